@@ -1,0 +1,47 @@
+"""Image and text encoder interfaces.
+
+Image encoders take pixels [B,3,H,W] in [0,1] at any size (they resize
+differentiably themselves) and return features [B,D]; used frozen, but gradients
+flow through them to the pixels, which is what guidance needs.
+"""
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images of one size -> [B,3,H,W] float32 in [0,1]."""
+    arrays = [np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class ImageEncoder(ABC):
+    #: stable id; features are cached per (image hash, encoder name)
+    name: str
+    dim: int
+
+    @abstractmethod
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> [B, dim], differentiable w.r.t. pixels."""
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], batch_size: int = 16) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            size = batch[0].size
+            if any(img.size != size for img in batch):
+                batch = [img.convert("RGB").resize(size, Image.BICUBIC) for img in batch]
+            chunks.append(self.encode(pil_to_tensor(batch)))
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+
+
+class TextEncoder(ABC):
+    name: str
+    dim: int
+
+    @abstractmethod
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> [B, dim] L2-normalised features."""

@@ -1,0 +1,55 @@
+"""Bounds on everything a user can type or upload, checked before anything changes."""
+import math
+from collections.abc import Mapping
+
+from prefstudio.errors import InvalidInput
+
+MAX_PROMPT_CHARS = 1000
+# Larger than any screen (8K UHD is 33 MP) yet far below clip-art "bombs" of 100+ MP.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_PROFILE_FILE_BYTES = 1 * 2**30
+MAX_WEIGHT = 10.0
+
+
+def validate_prompt(prompt: str) -> str:
+    if not isinstance(prompt, str):
+        raise InvalidInput(f"prompt must be text, got {type(prompt).__name__}")
+    prompt = prompt.strip()
+    if not prompt:
+        raise InvalidInput("prompt is empty: type what the image should show")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput(
+            f"prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
+        )
+    return prompt
+
+
+def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:
+    """Reward weights: finite, in [0, MAX_WEIGHT], names the backend offers, not all zero."""
+    checked = {}
+    for name, value in weights.items():
+        if name not in known:
+            raise InvalidInput(f"unknown reward {name!r}; available: {', '.join(sorted(known))}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"weight of {name!r} must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise InvalidInput(f"weight of {name!r} is {value}; it must be a finite number")
+        if not 0.0 <= value <= MAX_WEIGHT:
+            raise InvalidInput(f"weight of {name!r} is {value}; it must lie in [0, {MAX_WEIGHT:g}]")
+        checked[name] = value
+    if not any(checked.values()):
+        raise InvalidInput("all reward weights are zero: nothing to optimise")
+    return checked
+
+
+def validate_seed(seed) -> int:
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"seed must be a whole number, got {seed!r}") from None
+    if not 0 <= seed < 2**32:
+        raise InvalidInput(f"seed {seed} is out of range [0, 2^32)")
+    return seed
