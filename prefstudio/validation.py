@@ -10,6 +10,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_PROFILE_FILE_BYTES = 1 * 2**30
 MAX_WEIGHT = 10.0
+MAX_PROFILE_NAME_CHARS = 64
 
 
 def validate_prompt(prompt: str) -> str:
@@ -23,6 +24,26 @@ def validate_prompt(prompt: str) -> str:
             f"prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
         )
     return prompt
+
+
+def validate_profile_name(name: str) -> str:
+    """1-64 letters, digits, spaces, '-' or '_': safe in menus and file names."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"profile name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("profile name is empty")
+    if len(name) > MAX_PROFILE_NAME_CHARS:
+        raise InvalidInput(
+            f"profile name is {len(name)} characters; the limit is {MAX_PROFILE_NAME_CHARS}"
+        )
+    bad = sorted({c for c in name if not (c.isalnum() or c in " -_")})
+    if bad:
+        raise InvalidInput(
+            f"profile name {name!r} contains {''.join(bad)!r}; "
+            "use letters, digits, spaces, '-' or '_'"
+        )
+    return name
 
 
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:

@@ -1,0 +1,238 @@
+"""Image files: reading untrusted uploads safely, writing generated PNGs by content.
+
+Uploads and profile files are data from outside: their byte size and pixel count
+are bounded before anything is decoded, and only a few raster formats are read
+(PIL's EPS plugin, for one, would run Ghostscript). Generated images are written
+once, named by the SHA-256 of their PNG bytes, with every generation parameter in
+the PNG's text chunks so the file alone says how to make it again.
+"""
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from prefstudio import validation
+from prefstudio.errors import InvalidInput
+
+READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# Enough of each format's header to name it when PIL cannot even open the data.
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+}
+METADATA_KEY = "prefstudio"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} MP"
+
+
+def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:  # refused before reading a byte
+                raise InvalidInput(
+                    f"image file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+                )
+            with open(path, "rb") as file:
+                data = file.read(max_bytes + 1)  # +1: the file may have grown since stat
+        except OSError as error:
+            raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"image is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+        )
+    if not data:
+        raise InvalidInput("not an image: the data is empty")
+    return data
+
+
+def _format_of(data: bytes) -> str | None:
+    if data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
+        return "WebP"
+    return next((fmt for sig, fmt in _SIGNATURES.items() if data.startswith(sig)), None)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded mode -> RGB; transparent pixels become white, as on a page."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: a plain convert would clip everything above 255 to white.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_untrusted_image(
+    source: str | os.PathLike | bytes,
+    max_bytes: int = validation.MAX_IMAGE_BYTES,
+    max_pixels: int = validation.MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Decode an upload into an RGB image, or raise InvalidInput saying what is wrong.
+
+    Order matters: byte size, then the header's width×height, and only then the
+    pixels, so a decompression bomb (a few KB on disk, 100+ MP decoded) is refused
+    without allocating it.
+    """
+    data = _read_bounded(source, max_bytes)
+    readable = ", ".join(READABLE_FORMATS[:-1]) + " or " + READABLE_FORMATS[-1]
+    try:
+        # PIL warns above MAX_IMAGE_PIXELS (89 MP) and raises above twice that, on open.
+        # The warning is silenced here because the check below refuses those images
+        # anyway, with their real size; the error is turned into InvalidInput.
+        # (catch_warnings is process-wide; concurrent calls can at worst leave this
+        # filter installed, and the check below does not depend on filters.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
+    except Image.DecompressionBombError:
+        raise InvalidInput(
+            f"image is over {_megapixels(2 * Image.MAX_IMAGE_PIXELS)} "
+            f"(a decompression bomb); the limit is {_megapixels(max_pixels)}"
+        ) from None
+    except UnidentifiedImageError:
+        fmt = _format_of(data)
+        if fmt:
+            raise InvalidInput(f"truncated or corrupt {fmt}: its header cannot be read") from None
+        raise InvalidInput(f"not an image: expected {readable} data") from None
+    except Exception as error:  # PIL's plugins raise many types on malformed headers
+        raise InvalidInput(f"truncated or corrupt {_format_of(data) or 'image'}: {error}") from None
+
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"image is {width}×{height} = {_megapixels(width * height)}; "
+            f"the limit is {_megapixels(max_pixels)}"
+        )
+    if width == 0 or height == 0:
+        raise InvalidInput(f"image is {width}×{height}: it has no pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, zlib errors...
+        raise InvalidInput(f"truncated or corrupt {image.format or 'image'}: {error}") from None
+
+
+# --- content-addressed PNG files -------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """mkdir -p that also makes each new directory entry durable."""
+    if directory.is_dir():
+        return
+    _make_dirs(directory.parent)
+    directory.mkdir(exist_ok=True)
+    _fsync_dir(directory.parent)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a part, even after a crash."""
+    path = Path(path)
+    _make_dirs(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def png_path(sha256: str, images_dir: Path) -> Path:
+    """images/ab/abcdef….png: two-letter folders keep directories small."""
+    return Path(images_dir) / sha256[:2] / f"{sha256}.png"
+
+
+def store_png_bytes(png: bytes, images_dir: Path) -> tuple[str, Path]:
+    """Write PNG bytes under their SHA-256; the same bytes twice are written once."""
+    sha256 = hashlib.sha256(png).hexdigest()
+    path = png_path(sha256, images_dir)
+    if not path.exists():
+        write_atomically(path, png)
+    return sha256, path
+
+
+def encode_png(image: Image.Image, metadata: dict) -> bytes:
+    """PNG bytes with `metadata` as one JSON iTXt chunk, plus plain `prompt`/`seed` chunks
+    that other tools (image viewers, exiftool) show."""
+    try:
+        text = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"image metadata must be plain JSON values: {error}") from None
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(METADATA_KEY, text)
+    for key in ("prompt", "seed", "generator"):
+        if metadata.get(key) is not None:
+            info.add_text(key, str(metadata[key]))  # falls back to iTXt for non-Latin-1
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_png(image: Image.Image, metadata: dict, images_dir: Path) -> tuple[str, Path]:
+    """Encode and store a PNG by content; returns (sha256 of the PNG bytes, its path)."""
+    return store_png_bytes(encode_png(image, metadata), images_dir)
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict:
+    """The `prefstudio` JSON chunk of a PNG written by `write_png`."""
+    try:
+        with Image.open(path, formats=("PNG",)) as image:
+            # Text chunks before the pixel data are parsed on open, without decoding.
+            text = image.info.get(METADATA_KEY)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidInput(f"cannot read PNG metadata of {path}: {error}") from None
+    if text is None:
+        raise InvalidInput(f"{path} has no PrefStudio metadata (it was not written by PrefStudio)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"PrefStudio metadata of {path} is not valid JSON: {error}") from None
+
+
+# --- gallery thumbnails ------------------------------------------------------------
+
+
+def thumbnail(path: str | os.PathLike, size: int = 192) -> Path:
+    """A JPEG at most `size` px on its longer side, cached in thumbs/ beside the image.
+
+    Images are content-addressed and never change, so an existing thumbnail is current.
+    """
+    path = Path(path)
+    if not 16 <= size <= 1024:
+        raise InvalidInput(f"thumbnail size {size} is outside [16, 1024] pixels")
+    thumb = path.parent / "thumbs" / f"{path.stem}-{size}.jpg"
+    if thumb.exists():
+        return thumb
+    image = load_untrusted_image(path)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    write_atomically(thumb, buffer.getvalue())
+    return thumb

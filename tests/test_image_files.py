@@ -1,0 +1,225 @@
+import hashlib
+import io
+import os
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prefstudio.errors import InvalidInput
+from prefstudio.store.image_files import (
+    load_untrusted_image,
+    read_png_metadata,
+    thumbnail,
+    write_png,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of any size, built row by row so the test itself
+    never holds the pixels: 12000×9000 is 108 MP decoded but ~13 KB on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def noise_image(width=64, height=48, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+# --- reading untrusted images -------------------------------------------------------
+
+
+def test_png_from_bytes_and_path_decodes_to_identical_rgb(tmp_path):
+    image = noise_image()
+    data = encoded(image)
+    path = tmp_path / "upload.png"
+    path.write_bytes(data)
+    for source in (data, path, str(path)):
+        loaded = load_untrusted_image(source)
+        assert loaded.mode == "RGB" and loaded.size == (64, 48)
+        assert np.array_equal(np.asarray(loaded), np.asarray(image))
+
+
+def test_transparent_palette_and_rgba_are_composited_on_white():
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((0, 0), 1)  # one red pixel, the rest transparent black
+    loaded = np.asarray(load_untrusted_image(encoded(palette, transparency=0)))
+    assert loaded[0, 0].tolist() == [255, 0, 0]
+    assert loaded[1, 1].tolist() == [255, 255, 255]
+
+    half_blue = Image.new("RGBA", (4, 4), (0, 0, 255, 128))
+    loaded = np.asarray(load_untrusted_image(encoded(half_blue)))
+    assert loaded[0, 0].tolist() == pytest.approx([127, 127, 255], abs=1)
+
+
+def test_exif_orientation_is_applied():
+    wide = Image.new("RGB", (40, 20), (0, 128, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    loaded = load_untrusted_image(encoded(wide, "JPEG", exif=exif))
+    assert loaded.size == (20, 40)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 256)
+    loaded = np.asarray(load_untrusted_image(encoded(Image.fromarray(ramp))))
+    assert loaded[:, :, 0].ravel().tolist() == list(range(256))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"hello, I am a text file\n" * 10, "not an image"),
+        (b"", "not an image"),
+        (os.urandom(4096), "not an image"),
+        (encoded(noise_image())[:40], "truncated or corrupt PNG"),
+        (encoded(noise_image())[: len(encoded(noise_image())) // 2], "truncated or corrupt PNG"),
+        (encoded(noise_image(), "JPEG")[:300], "truncated or corrupt JPEG"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not an image"),
+    ],
+    ids=["text", "empty", "random", "png-header-only", "png-half", "jpeg-cut", "eps"],
+)
+def test_non_images_and_damaged_images_are_refused(data, message):
+    with pytest.raises(InvalidInput, match=message):
+        load_untrusted_image(data)
+
+
+def test_size_bounds_are_checked(tmp_path):
+    data = encoded(noise_image(100, 100))
+    with pytest.raises(InvalidInput, match="the limit is"):
+        load_untrusted_image(data, max_bytes=len(data) - 1)
+    with pytest.raises(InvalidInput, match="100×100 = 0 MP; the limit is 0 MP"):
+        load_untrusted_image(data, max_pixels=9_999)
+    # A file over the byte limit is refused from its size alone (sparse: no disk used).
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as file:
+        file.truncate(65 * 2**20)
+    with pytest.raises(InvalidInput, match="65.0 MB; the limit is 64 MB"):
+        load_untrusted_image(big)
+    with pytest.raises(InvalidInput, match="cannot read"):
+        load_untrusted_image(tmp_path / "missing.png")
+
+
+def test_decompression_bombs_are_refused_by_their_header():
+    data = bomb_png(12000, 9000)
+    assert len(data) < 50_000
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InvalidInput, match="image is 12000×9000 = 108 MP; the limit is 40 MP"):
+            load_untrusted_image(data)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    # Beyond PIL's own hard bound (2 × 89 MP) PIL refuses on open; still InvalidInput.
+    with pytest.raises(InvalidInput, match="decompression bomb.*the limit is 40 MP"):
+        load_untrusted_image(bomb_png(20000, 10000))
+
+
+def test_decompression_bomb_is_refused_without_allocating_its_pixels(tmp_path):
+    """Peak memory of a fresh process grows by far less than the 108 MB the pixels need."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(12000, 9000))
+    script = (
+        "import resource, sys\n"
+        "from prefstudio.store.image_files import load_untrusted_image\n"
+        "from prefstudio.errors import InvalidInput\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    load_untrusted_image(sys.argv[1])\n"
+        "except InvalidInput:\n"
+        "    pass\n"
+        "else:\n"
+        "    sys.exit('accepted')\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    growth_kb = int(result.stdout.split()[-1])
+    assert growth_kb < 20_000, f"peak memory grew by {growth_kb} KB"
+
+
+# --- content-addressed PNGs ---------------------------------------------------------
+
+
+METADATA = {
+    "prompt": "a lighthouse at dusk, café 🌸",
+    "seed": 7,
+    "generator": "embedded",
+    "params": {"resolution": 64, "steps": 1, "guidance": 0.0},
+}
+
+
+def test_write_png_names_the_file_by_its_bytes_and_keeps_metadata(tmp_path):
+    image = noise_image()
+    sha, path = write_png(image, METADATA, tmp_path / "images")
+    data = path.read_bytes()
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert path == tmp_path / "images" / sha[:2] / f"{sha}.png"
+    assert read_png_metadata(path) == METADATA
+    with Image.open(path) as reopened:  # plain chunks for other tools
+        assert reopened.text["prompt"] == METADATA["prompt"]
+        assert reopened.text["seed"] == "7"
+        assert reopened.text["generator"] == "embedded"
+        assert np.array_equal(np.asarray(reopened.convert("RGB")), np.asarray(image))
+
+
+def test_writing_the_same_content_twice_is_a_no_op(tmp_path):
+    images_dir = tmp_path / "images"
+    sha, path = write_png(noise_image(), METADATA, images_dir)
+    written_at = path.stat().st_mtime_ns
+    assert write_png(noise_image(), METADATA, images_dir) == (sha, path)
+    assert path.stat().st_mtime_ns == written_at
+    other, _ = write_png(noise_image(), {**METADATA, "seed": 8}, images_dir)
+    assert other != sha  # the metadata is part of the content
+    files = sorted(p.name for p in images_dir.rglob("*") if p.is_file())
+    assert files == sorted([f"{sha}.png", f"{other}.png"])  # no temporary files left
+
+
+def test_metadata_must_be_json(tmp_path):
+    with pytest.raises(InvalidInput, match="JSON"):
+        write_png(noise_image(), {**METADATA, "params": {"x": object()}}, tmp_path)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_png_without_prefstudio_metadata_is_reported(tmp_path):
+    path = tmp_path / "plain.png"
+    noise_image().save(path)
+    with pytest.raises(InvalidInput, match="no PrefStudio metadata"):
+        read_png_metadata(path)
+
+
+def test_thumbnail_is_small_cached_and_beside_the_image(tmp_path):
+    _, path = write_png(noise_image(600, 400), METADATA, tmp_path / "images")
+    thumb = thumbnail(path)
+    assert thumb.parent == path.parent / "thumbs"
+    with Image.open(thumb) as small:
+        assert small.size == (192, 128)
+    made_at = thumb.stat().st_mtime_ns
+    assert thumbnail(path) == thumb and thumb.stat().st_mtime_ns == made_at
+    with Image.open(thumbnail(path, size=64)) as smaller:
+        assert smaller.size == (64, 43)
