@@ -1,0 +1,461 @@
+"""The history store: profiles, images, judgments, cached features and fitted models.
+
+One SQLite database (`history.sqlite3`) beside a content-addressed `images/` folder.
+WAL with synchronous=FULL: a judgment is on disk when `record_judgment` returns, so
+a refresh, a crash or a killed server loses nothing that was acknowledged. One
+connection guarded by a lock serves every thread of the Gradio server; each write
+is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
+"""
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from PIL import Image
+
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.generators.base import GeneratedImage
+from prefstudio.store.image_files import (
+    load_untrusted_image,
+    png_path,
+    store_png_bytes,
+    write_png,
+)
+from prefstudio.validation import validate_profile_name, validate_prompt, validate_seed
+
+SCHEMA_VERSION = 1
+KINDS = ("like", "dislike", "pair", "tie", "skip")
+# like/dislike judge one image, pair (a ≻ b) and tie compare two, skip passes on either.
+_IMAGES_PER_KIND = {"like": (1,), "dislike": (1,), "pair": (2,), "tie": (2,), "skip": (1, 2)}
+IMPORTED = "import"  # the generator name of images a person uploaded
+
+_SCHEMA = """
+CREATE TABLE profiles (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    created TEXT NOT NULL
+);
+CREATE TABLE images (
+    sha256    TEXT PRIMARY KEY,
+    path      TEXT NOT NULL,          -- relative to the data folder
+    prompt    TEXT NOT NULL,
+    seed      INTEGER,                -- NULL for imported images
+    generator TEXT NOT NULL,
+    params    TEXT NOT NULL,          -- JSON
+    width     INTEGER NOT NULL,
+    height    INTEGER NOT NULL,
+    created   TEXT NOT NULL
+);
+-- AUTOINCREMENT: an id is never reused after undo, so a stale id in a browser tab
+-- can never remove a newer judgment.
+CREATE TABLE judgments (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL CHECK (kind IN ('like', 'dislike', 'pair', 'tie', 'skip')),
+    image_a    TEXT NOT NULL REFERENCES images(sha256),
+    image_b    TEXT REFERENCES images(sha256),
+    created    TEXT NOT NULL
+);
+CREATE INDEX judgments_by_profile ON judgments(profile_id, id);
+CREATE TABLE features (
+    image_sha TEXT NOT NULL REFERENCES images(sha256) ON DELETE CASCADE,
+    encoder   TEXT NOT NULL,
+    dim       INTEGER NOT NULL,
+    vector    BLOB NOT NULL,          -- float32, little-endian
+    PRIMARY KEY (image_sha, encoder)
+);
+CREATE TABLE models (
+    profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    weights    BLOB NOT NULL,         -- safetensors bytes
+    config     TEXT NOT NULL,         -- JSON
+    created    TEXT NOT NULL,
+    PRIMARY KEY (profile_id, name)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Profile:
+    id: int
+    name: str
+    created: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    sha256: str
+    path: Path  # absolute
+    prompt: str
+    seed: int | None
+    generator: str
+    params: dict
+    width: int
+    height: int
+    created: str
+
+
+@dataclass(frozen=True)
+class Judgment:
+    id: int
+    profile: str
+    kind: str
+    image_a: str
+    image_b: str | None
+    created: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _to_json(values: Mapping) -> str:
+    try:
+        return json.dumps(dict(values), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"parameters must be plain JSON values: {error}") from None
+
+
+def validate_model_name(name: str) -> str:
+    # No dots: profile files name tensors "model.<name>.<tensor>".
+    if not (isinstance(name, str) and 0 < len(name) <= 64
+            and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)):
+        raise InvalidInput(f"model name {name!r} must be 1-64 ASCII letters, digits, '-' or '_'")
+    return name
+
+
+def check_judgment(kind: str, image_a: str, image_b: str | None) -> None:
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown judgment kind {kind!r}; use one of {', '.join(KINDS)}")
+    count = 1 if image_b is None else 2
+    if count not in _IMAGES_PER_KIND[kind]:
+        if kind in ("pair", "tie"):
+            raise InvalidInput(f"a {kind} judgment compares two images; got one")
+        raise InvalidInput(f"a {kind} judgment is about one image; got two")
+    if image_a == image_b:
+        raise InvalidInput(f"a {kind} judgment needs two different images; got the same twice")
+
+
+class HistoryStore:
+    def __init__(self, data_dir: str | Path, timeout: float = 30.0):
+        self.data_dir = Path(data_dir)
+        self.images_dir = self.data_dir / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "history.sqlite3"
+        self._lock = threading.RLock()
+        # isolation_level=None: transactions are exactly the BEGIN/COMMIT written below.
+        self._db = sqlite3.connect(
+            self.db_path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._open_schema()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise InvalidInput(f"{self.db_path} is not a PrefStudio history: {error}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_schema(self) -> None:
+        db = self._db
+        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise InvalidInput(f"{self.db_path}: SQLite refused WAL mode on this file system")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                # One statement at a time: executescript would commit the open transaction.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise InvalidInput(
+                    f"{self.db_path} was written by a newer PrefStudio (history schema "
+                    f"version {version}; this one understands {SCHEMA_VERSION}): upgrade PrefStudio"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def _transaction(self):
+        """All writes inside happen together or not at all; nested uses join the outer one."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # --- profiles ------------------------------------------------------------------
+
+    def create_profile(self, name: str) -> Profile:
+        name = validate_profile_name(name)
+        created = _now()
+        with self._transaction() as db:
+            try:
+                cursor = db.execute(
+                    "INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created)
+                )
+            except sqlite3.IntegrityError:
+                raise InvalidInput(f"a profile named {name!r} already exists") from None
+        return Profile(cursor.lastrowid, name, created)
+
+    def list_profiles(self) -> list[Profile]:
+        rows = self._query("SELECT id, name, created FROM profiles ORDER BY name COLLATE NOCASE")
+        return [Profile(*row) for row in rows]
+
+    def get_profile(self, name: str) -> Profile:
+        rows = self._query("SELECT id, name, created FROM profiles WHERE name = ?", (name,))
+        if rows:
+            return Profile(*rows[0])
+        existing = [p.name for p in self.list_profiles()]
+        if not existing:
+            raise NotFound(f"no profile named {name!r}: there are no profiles yet; create one")
+        raise NotFound(f"no profile named {name!r}; existing profiles: {', '.join(existing)}")
+
+    # --- images --------------------------------------------------------------------
+
+    def image_path(self, sha256: str) -> Path:
+        return png_path(sha256, self.images_dir)
+
+    def _insert_image(self, db, record: ImageRecord) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.sha256, self.image_path(record.sha256).relative_to(self.data_dir).as_posix(),
+             record.prompt, record.seed, record.generator, _to_json(record.params), record.width,
+             record.height, record.created),
+        )
+
+    def _add(self, image: Image.Image, prompt: str, seed: int | None, generator: str,
+             params: dict) -> ImageRecord:
+        metadata = {"prompt": prompt, "seed": seed, "generator": generator, "params": params}
+        sha256, path = write_png(image, metadata, self.images_dir)  # file first, row after
+        record = ImageRecord(sha256, path, prompt, seed, generator, dict(params),
+                             image.width, image.height, _now())
+        with self._transaction() as db:
+            self._insert_image(db, record)
+        return self.image_record(sha256)  # the first record wins when content repeats
+
+    def add_image(self, generated: GeneratedImage) -> ImageRecord:
+        """Store a generated image with its prompt, seed and parameters (in the PNG and here)."""
+        if not isinstance(generated.image, Image.Image) or generated.image.mode != "RGB":
+            raise InvalidInput("a generated image must be an RGB PIL image")
+        return self._add(
+            generated.image, validate_prompt(generated.prompt), validate_seed(generated.seed),
+            str(generated.generator), generated.params,
+        )
+
+    def import_image(self, source: str | Path | bytes, prompt: str) -> ImageRecord:
+        """Store an uploaded image (checked by load_untrusted_image) under a describing prompt."""
+        prompt = validate_prompt(prompt)
+        return self._add(load_untrusted_image(source), prompt, None, IMPORTED, {})
+
+    def image_record(self, sha256: str) -> ImageRecord:
+        rows = self._query("SELECT * FROM images WHERE sha256 = ?", (sha256,))
+        if not rows:
+            raise NotFound(f"no image {sha256!r} in the history")
+        sha, path, prompt, seed, generator, params, width, height, created = rows[0]
+        return ImageRecord(sha, self.data_dir / path, prompt, seed, generator,
+                           json.loads(params), width, height, created)
+
+    def load_image(self, sha256: str) -> Image.Image:
+        return load_untrusted_image(self.image_record(sha256).path)
+
+    # --- judgments -----------------------------------------------------------------
+
+    def _require_images(self, db, shas: Iterable[str | None]) -> None:
+        for sha in shas:
+            if sha is not None and not db.execute(
+                "SELECT 1 FROM images WHERE sha256 = ?", (sha,)
+            ).fetchone():
+                raise NotFound(f"no image {sha!r} in the history")
+
+    def record_judgment(self, profile: str, kind: str, image_a: str,
+                        image_b: str | None = None) -> Judgment:
+        """Record and commit; once this returns the judgment survives a killed process."""
+        check_judgment(kind, image_a, image_b)
+        created = _now()
+        with self._transaction() as db:
+            stored = self.get_profile(profile)
+            self._require_images(db, (image_a, image_b))
+            cursor = db.execute(
+                "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (stored.id, kind, image_a, image_b, created),
+            )
+        return Judgment(cursor.lastrowid, stored.name, kind, image_a, image_b, created)
+
+    def judgments(self, profile: str, kinds: Iterable[str] | None = None) -> list[Judgment]:
+        """Oldest first."""
+        kinds = KINDS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise InvalidInput(
+                f"unknown judgment kind {unknown[0]!r}; use one of {', '.join(KINDS)}"
+            )
+        name = self.get_profile(profile).name
+        marks = ", ".join("?" * len(kinds))
+        rows = self._query(
+            "SELECT j.id, j.kind, j.image_a, j.image_b, j.created FROM judgments j "
+            f"JOIN profiles p ON p.id = j.profile_id WHERE p.name = ? AND j.kind IN ({marks}) "
+            "ORDER BY j.id",
+            (name, *kinds),
+        )
+        return [Judgment(id, name, kind, a, b, created) for id, kind, a, b, created in rows]
+
+    def counts(self, profile: str) -> dict[str, int]:
+        counts = dict.fromkeys(KINDS, 0)
+        rows = self._query(
+            "SELECT kind, COUNT(*) FROM judgments WHERE profile_id = ? GROUP BY kind",
+            (self.get_profile(profile).id,),
+        )
+        counts.update(rows)
+        return counts
+
+    def _remove(self, profile: str, judgment_id: int | None) -> Judgment:
+        with self._transaction() as db:
+            name = self.get_profile(profile).name
+            where = "p.name = ?" + ("" if judgment_id is None else " AND j.id = ?")
+            args = (name,) if judgment_id is None else (name, judgment_id)
+            row = db.execute(
+                "SELECT j.id, j.kind, j.image_a, j.image_b, j.created FROM judgments j "
+                f"JOIN profiles p ON p.id = j.profile_id WHERE {where} ORDER BY j.id DESC LIMIT 1",
+                args,
+            ).fetchone()
+            if row is None:
+                if judgment_id is None:
+                    raise NotFound(f"profile {name!r} has no judgments to undo")
+                raise NotFound(f"profile {name!r} has no judgment {judgment_id}")
+            db.execute("DELETE FROM judgments WHERE id = ?", (row[0],))
+        return Judgment(row[0], name, *row[1:])
+
+    def undo_last(self, profile: str) -> Judgment:
+        """Remove and return the profile's most recent judgment."""
+        return self._remove(profile, None)
+
+    def remove_judgment(self, profile: str, judgment_id: int) -> Judgment:
+        """Remove one judgment of this profile; another profile's id is NotFound."""
+        return self._remove(profile, int(judgment_id))
+
+    # --- feature cache -------------------------------------------------------------
+
+    def get_features(self, encoder: str, shas: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Cached float32 vectors of those images that have one for this encoder."""
+        shas = list(dict.fromkeys(shas))
+        found = {}
+        for start in range(0, len(shas), 500):  # stay under SQLite's bound on parameters
+            chunk = shas[start:start + 500]
+            rows = self._query(
+                f"SELECT image_sha, dim, vector FROM features WHERE encoder = ? "
+                f"AND image_sha IN ({', '.join('?' * len(chunk))})",
+                (encoder, *chunk),
+            )
+            for sha, dim, blob in rows:
+                vector = torch.frombuffer(bytearray(blob), dtype=torch.float32)
+                if vector.numel() != dim:
+                    raise InvalidInput(f"cached {encoder} features of {sha} are damaged")
+                found[sha] = vector
+        return found
+
+    def put_features(self, encoder: str, features: Mapping[str, torch.Tensor]) -> None:
+        rows = []
+        for sha, vector in features.items():
+            if vector.dim() != 1:
+                raise InvalidInput(f"features of {sha} must be one vector, got shape "
+                                   f"{tuple(vector.shape)}")
+            vector = vector.detach().to("cpu", torch.float32).contiguous()
+            rows.append((sha, encoder, vector.numel(), vector.numpy().tobytes()))
+        with self._transaction() as db:
+            self._require_images(db, features)
+            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
+
+    # --- fitted preference models --------------------------------------------------
+
+    def save_model(self, profile: str, name: str, tensors: Mapping[str, torch.Tensor],
+                   config: Mapping) -> None:
+        """Store (or replace) a profile's fitted model as safetensors bytes and JSON config."""
+        name = validate_model_name(name)
+        weights = safetensors.torch.save(
+            {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
+        )
+        config = _to_json(config)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
+                (self.get_profile(profile).id, name, weights, config, _now()),
+            )
+
+    def load_model(self, profile: str, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        rows = self._query(
+            "SELECT weights, config FROM models WHERE profile_id = ? AND name = ?",
+            (self.get_profile(profile).id, name),
+        )
+        if not rows:
+            return None
+        weights, config = rows[0]
+        return safetensors.torch.load(weights), json.loads(config)
+
+    def model_names(self, profile: str) -> list[str]:
+        rows = self._query("SELECT name FROM models WHERE profile_id = ? ORDER BY name",
+                           (self.get_profile(profile).id,))
+        return [name for (name,) in rows]
+
+    # --- whole profiles (import) ---------------------------------------------------
+
+    def restore_profile(
+        self,
+        name: str,
+        images: list[tuple[ImageRecord, bytes]],
+        judgments: list[tuple[str, str, str | None, str]],
+        models: list[tuple[str, dict[str, torch.Tensor], dict]],
+    ) -> Profile:
+        """Add a profile with its history in one transaction: all of it or nothing.
+
+        `images` pairs checked records (their path is ignored: the store puts each
+        file at `image_path(sha256)`) with their PNG bytes; the files are written
+        first and the rows after, so a crash between the two leaves only unreferenced
+        files. `judgments` are (kind, image_a, image_b, created), oldest first.
+        """
+        for record, png in images:
+            store_png_bytes(png, self.images_dir)
+        with self._transaction() as db:
+            profile = self.create_profile(name)
+            for record, _ in images:
+                self._insert_image(db, record)
+            for kind, image_a, image_b, created in judgments:
+                check_judgment(kind, image_a, image_b)
+                self._require_images(db, (image_a, image_b))
+                db.execute(
+                    "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (profile.id, kind, image_a, image_b, created),
+                )
+            for model_name, tensors, config in models:
+                self.save_model(profile.name, model_name, tensors, config)
+        return profile
