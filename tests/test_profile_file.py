@@ -1,0 +1,250 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from prefstudio import validation
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.generators.base import GeneratedImage
+from prefstudio.store.history import HistoryStore
+from prefstudio.store.profile_file import content_digest, export_profile, import_profile
+from test_image_files import bomb_png, encoded, noise_image
+
+
+def generated(seed: int) -> GeneratedImage:
+    return GeneratedImage(noise_image(32, 32, seed), f"a kite, take {seed}", seed, "embedded",
+                          {"resolution": 32, "guidance": 0.0})
+
+
+MODEL = {"embedding": torch.randn(8), "head.weight": torch.randn(3, 8).bfloat16(),
+         "count": torch.tensor(5, dtype=torch.int64)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with HistoryStore(tmp_path / "home") as store:
+        a, b, c, d = (store.add_image(generated(seed)).sha256 for seed in range(4))
+        store.create_profile("Alice")
+        store.record_judgment("Alice", "like", a)
+        store.record_judgment("Alice", "dislike", b)
+        store.record_judgment("Alice", "pair", c, a)
+        store.record_judgment("Alice", "tie", a, b)
+        store.record_judgment("Alice", "skip", c)
+        store.save_model("Alice", "user_embedding", MODEL, {"dim": 8, "encoder": "lite0"})
+        store.create_profile("Bob")
+        store.record_judgment("Bob", "like", d)  # not Alice's: must stay out of her file
+        yield store
+
+
+@pytest.fixture
+def exported(store, tmp_path):
+    return export_profile(store, "Alice", tmp_path / "alice.prefstudio")
+
+
+def history(store, name):
+    """What a profile is, independent of ids and of where the store keeps files."""
+    judgments = [(j.kind, j.image_a, j.image_b, j.created) for j in store.judgments(name)]
+    shas = {sha for j in judgments for sha in j[1:3] if sha}
+    images = {}
+    for sha in shas:
+        r = store.image_record(sha)
+        images[sha] = (r.prompt, r.seed, r.generator, r.params, r.width, r.height, r.created,
+                       r.path.read_bytes())
+    models = {name_: store.load_model(name, name_) for name_ in store.model_names(name)}
+    return judgments, images, models
+
+
+def assert_same_models(left, right):
+    assert left.keys() == right.keys()
+    for name in left:
+        (tensors_l, config_l), (tensors_r, config_r) = left[name], right[name]
+        assert config_l == config_r and tensors_l.keys() == tensors_r.keys()
+        for key in tensors_l:
+            assert tensors_l[key].dtype == tensors_r[key].dtype
+            assert torch.equal(tensors_l[key], tensors_r[key])
+
+
+def snapshot(store):
+    """Everything an import could change: rows and files."""
+    rows = {table: store._query(f"SELECT * FROM {table}")
+            for table in ("profiles", "images", "judgments", "features", "models")}
+    files = sorted(p.relative_to(store.data_dir).as_posix()
+                   for p in store.images_dir.rglob("*") if p.is_file())
+    return rows, files
+
+
+def test_round_trip_into_a_new_store_is_exact(store, exported, tmp_path):
+    with HistoryStore(tmp_path / "elsewhere") as other:
+        profile = import_profile(other, exported)
+        assert profile.name == "Alice"
+        judgments, images, models = history(other, "Alice")
+        expected_judgments, expected_images, expected_models = history(store, "Alice")
+        assert judgments == expected_judgments
+        assert images == expected_images  # metadata and the very PNG bytes
+        assert_same_models(models, expected_models)
+        assert len(other._query("SELECT * FROM images")) == 3  # Bob's image stayed home
+        assert [p.name for p in other.list_profiles()] == ["Alice"]
+
+
+def test_import_under_a_new_name_shares_the_images(store, exported):
+    files_before = snapshot(store)[1]
+    import_profile(store, exported, new_name="Alice at work")
+    assert history(store, "Alice at work")[0] == history(store, "Alice")[0]
+    assert snapshot(store)[1] == files_before  # content addressing: no copies
+
+
+def test_existing_name_is_refused_and_nothing_changes(store, exported):
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match="'Alice' already exists; import it under another"):
+        import_profile(store, exported)
+    assert snapshot(store) == before
+
+
+# --- hostile or damaged files -------------------------------------------------------
+
+
+def rewrite(source, target, edit_metadata=None, edit_tensors=None, redigest=True):
+    """Copy a profile file with edits, optionally re-signing the digest as an attacker could."""
+    with safe_open(source, framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    content = json.loads(metadata["profile"])
+    if edit_tensors:
+        edit_tensors(tensors, content)
+    if edit_metadata:
+        edit_metadata(metadata, content)
+    metadata["profile"] = json.dumps(content)
+    if redigest:
+        metadata["digest"] = content_digest(metadata["profile"], tensors)
+    save_file(tensors, target, metadata=metadata)
+    return target
+
+
+def as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def swap_image(new_bytes, name_by_hash):
+    """Replace the first image's bytes, keeping or renaming its sha everywhere."""
+    def edit(tensors, content):
+        old = content["images"][0]["sha256"]
+        new = hashlib.sha256(new_bytes).hexdigest() if name_by_hash else old
+        del tensors[f"image.{old}"]
+        tensors[f"image.{new}"] = as_tensor(new_bytes)
+        text = json.dumps(content).replace(old, new)
+        content.clear()
+        content.update(json.loads(text))
+    return edit
+
+
+def set_key(key, value):
+    def edit(metadata, content):
+        metadata[key] = value
+    return edit
+
+
+def edit_content(change):
+    def edit(metadata, content):
+        change(content)
+    return edit
+
+
+@pytest.mark.parametrize("edit, redigest, message", [
+    (dict(edit_metadata=set_key("version", "7")), True,
+     r"profile file version 7 is newer than this PrefStudio understands \(1\)"),
+    (dict(edit_metadata=set_key("format", "comfyui-workflow")), True,
+     "not a PrefStudio profile file"),
+    (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="dislike"))), False,
+     "does not match its digest"),
+    (dict(edit_tensors=lambda t, c: t["model.user_embedding.embedding"].mul_(2)), False,
+     "does not match its digest"),
+    (dict(edit_tensors=swap_image(encoded(noise_image(32, 32, 99)), name_by_hash=False)), True,
+     "does not match its hash"),
+    (dict(edit_tensors=swap_image(b"#!/bin/sh\nrm -rf ~\n", name_by_hash=True)), True,
+     "in the profile file: not an image"),
+    (dict(edit_tensors=swap_image(encoded(noise_image(), "JPEG"), name_by_hash=True)), True,
+     "is not a PNG"),
+    (dict(edit_tensors=swap_image(bomb_png(12000, 9000), name_by_hash=True)), True,
+     "12000×9000 = 108 MP; the limit is 40 MP"),
+    (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(image_a="a" * 64))), True,
+     "which is not in it"),
+    (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="adore"))), True,
+     "unknown judgment kind 'adore'"),
+], ids=["future-version", "wrong-format", "edited-judgment", "edited-model", "image-not-its-hash",
+        "image-not-an-image", "image-jpeg", "image-bomb", "dangling-judgment", "bad-kind"])
+def test_suspect_profile_files_are_refused_without_changing_the_store(
+        store, exported, tmp_path, edit, redigest, message):
+    bad = rewrite(exported, tmp_path / "bad.prefstudio", redigest=redigest, **edit)
+    with HistoryStore(tmp_path / "fresh") as fresh:
+        for target in (store, fresh):
+            before = snapshot(target)
+            with pytest.raises(InvalidInput, match=message):
+                import_profile(target, bad, new_name="Carol")
+            assert snapshot(target) == before
+
+
+def test_profile_name_in_the_file_is_validated(store, exported, tmp_path):
+    bad = rewrite(exported, tmp_path / "bad.prefstudio",
+                  edit_metadata=edit_content(lambda c: c.update(name="../../etc")))
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match="profile name '../../etc' contains './'"):
+        import_profile(store, bad)
+    assert snapshot(store) == before
+
+
+def test_restore_is_all_or_nothing(store):
+    """A failure half-way through the rows (here a judgment of an unknown image, which
+    import_profile would have caught earlier) rolls back the profile and its judgments."""
+    before = snapshot(store)
+    good = store.judgments("Alice")[0]
+    rows = [(good.kind, good.image_a, None, good.created), ("like", "f" * 64, None, good.created)]
+    with pytest.raises(NotFound, match="no image 'f+'"):
+        store.restore_profile("Carol", [], rows, [("m", MODEL, {})])
+    assert snapshot(store) == before
+
+
+def test_files_that_are_not_profile_files_are_refused(store, tmp_path):
+    before = snapshot(store)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a profile\n" * 20)
+    with pytest.raises(InvalidInput, match="not a safetensors file"):
+        import_profile(store, text)
+    plain = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(InvalidInput, match="not a PrefStudio profile file"):
+        import_profile(store, plain)
+    assert snapshot(store) == before
+
+
+def test_oversized_file_is_refused_before_reading(store, tmp_path):
+    huge = tmp_path / "huge.prefstudio"
+    with open(huge, "wb") as file:  # sparse: takes no disk space, and is never read
+        file.truncate(validation.MAX_PROFILE_FILE_BYTES + 1)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match="profile file is 1,024 MB; the limit is 1,024 MB"):
+        import_profile(store, huge)
+    assert snapshot(store) == before
+
+
+def test_exported_file_holds_the_pngs_and_no_foreign_data(store, exported):
+    with safe_open(exported, framework="pt") as file:
+        metadata = file.metadata()
+        keys = set(file.keys())
+    assert metadata["format"] == "prefstudio-profile" and metadata["version"] == "1"
+    content = json.loads(metadata["profile"])
+    shas = {image["sha256"] for image in content["images"]}
+    assert keys == {f"image.{sha}" for sha in shas} | {
+        "model.user_embedding.embedding", "model.user_embedding.head.weight",
+        "model.user_embedding.count"}
+    assert [j["kind"] for j in content["judgments"]] == ["like", "dislike", "pair", "tie", "skip"]
+    for image in content["images"]:
+        png = store.image_record(image["sha256"]).path.read_bytes()
+        with safe_open(exported, framework="pt") as file:
+            assert file.get_tensor(f"image.{image['sha256']}").numpy().tobytes() == png
+    with Image.open(store.image_record(next(iter(shas))).path) as first:
+        assert np.asarray(first).shape == (32, 32, 3)
