@@ -1,0 +1,341 @@
+"""Preference model A: a fitted user embedding over frozen image features.
+
+Features f(z) of an image are standardised and projected to a small taste space,
+φ(z) = ((f(z) − μ) / σ) P. A person is two vectors there, one for "like" and one
+for "dislike": M⁺(z) = φ(z)·u⁺ + b⁺, M⁻(z) = φ(z)·u⁻ + b⁻ (the logits of 000 eq. 2),
+fitted on their pairs with L_all (eqs. 1-5).
+
+Knowledge shared across people lives in a `UserBank`, trained once on many users:
+μ, σ, the projection P, and every training user's (u⁺, u⁻). A new person with a
+short history is a linear combination of the bank's users — only the coefficients
+are fitted (Premier, 003 §4.3) — and gains a personal offset, less and less
+restrained, as their history grows. Without a bank, P is the identity and the
+vectors are fitted from scratch.
+
+Leave-one-out accuracy is computed by fitting every held-out model in one batch:
+held-out pair i is predicted by a model that saw no pair sharing an image with it.
+"""
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefstudio.errors import InvalidInput
+from prefstudio.preference.losses import preference_loss
+
+# Below this many pairs only the bank coefficients are fitted (003 §4.3: linear
+# combination wins for histories shorter than 8, direct training above).
+COLD_START_PAIRS = 8
+# Pairs evaluated in leave-one-out (each one is an extra model in the batch).
+MAX_LOO_MODELS = 128
+# Taste-space size when fitting from scratch, and the PCA width a bank learns inside.
+SCRATCH_DIM = 32
+BANK_PCA_DIM = 128
+
+
+@dataclass
+class UserBank:
+    """What many users share: feature standardisation, a taste space, and their vectors."""
+
+    encoder: str
+    mean: torch.Tensor  # [D]
+    std: torch.Tensor  # [D]
+    projection: torch.Tensor  # [D, k]
+    like_vectors: torch.Tensor  # [K, k]
+    dislike_vectors: torch.Tensor  # [K, k]
+    source: str  # how the bank was built (command, data)
+
+    @property
+    def n_users(self) -> int:
+        return self.like_vectors.shape[0]
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std) @ self.projection
+
+    def save(self, path: str | Path) -> None:
+        tensors = {k: getattr(self, k).contiguous() for k in
+                   ("mean", "std", "projection", "like_vectors", "dislike_vectors")}
+        meta = {"format": "prefstudio-user-bank", "version": "1",
+                "encoder": self.encoder, "source": self.source}
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "UserBank":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != "1":
+            raise InvalidInput(f"{path} is not a PrefStudio user bank (version 1)")
+        t = load_file(str(path))
+        return cls(meta["encoder"], t["mean"], t["std"], t["projection"],
+                   t["like_vectors"], t["dislike_vectors"], meta.get("source", ""))
+
+
+class UserEmbeddingModel(torch.nn.Module):
+    """Scores images for one person: like/dislike logits from frozen features."""
+
+    def __init__(self, encoder: str, mean, std, projection, like_vector, dislike_vector,
+                 like_bias, dislike_bias):
+        super().__init__()
+        self.encoder = encoder
+        for name, value in dict(mean=mean, std=std, projection=projection,
+                                like_vector=like_vector, dislike_vector=dislike_vector,
+                                like_bias=like_bias, dislike_bias=dislike_bias).items():
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32).detach().clone())
+
+    def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        phi = ((features - self.mean) / self.std) @ self.projection
+        return phi @ self.like_vector + self.like_bias, phi @ self.dislike_vector + self.dislike_bias
+
+    def log_odds(self, features: torch.Tensor) -> torch.Tensor:
+        """M⁺ − M⁻ = logit of Q(S,z): the reward guidance maximises."""
+        m_like, m_dislike = self.logits(features)
+        return m_like - m_dislike
+
+    def like_probability(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.log_odds(features))
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and config for the history store / profile file."""
+        tensors = {k: v.contiguous() for k, v in self.named_buffers()}
+        return tensors, {"type": "user-embedding", "version": 1, "encoder": self.encoder}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], config: dict) -> "UserEmbeddingModel":
+        if config.get("type") != "user-embedding" or config.get("version") != 1:
+            raise InvalidInput(f"not a user-embedding model config: {json.dumps(config)[:200]}")
+        return cls(config["encoder"], **tensors)
+
+
+def principal_directions(standardised: torch.Tensor, k: int) -> torch.Tensor:
+    """[D, k] top principal directions, one common scale so the projected features have
+    unit variance on average. Not whitened: whitening would blow weak noise directions
+    up to the size of the strong ones that carry most of the signal."""
+    k = max(1, min(k, standardised.shape[0] - 1 if standardised.shape[0] > 1 else 1, standardised.shape[1]))
+    centred = standardised - standardised.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    scale = (s[:k].pow(2).mean() / max(1, standardised.shape[0] - 1)).sqrt().clamp_min(1e-6)
+    return v[:k].T / scale
+
+
+@dataclass
+class FitResult:
+    model: UserEmbeddingModel
+    mode: str  # "bank mix", "bank mix + personal", "free"
+    n_pairs: int
+    loo_accuracy: float | None  # None when fewer than 2 pairs
+    loo_pairs: int
+    final_loss: float
+
+
+def _solve(phi_pos, phi_neg, weights, prior_like, prior_dislike, bank_like, bank_dislike,
+           personal_l2: float | None, contrastive: bool, steps: int, lr: float):
+    """Fits M models at once (one per row of `weights` [M, N]) by full-batch Adam.
+
+    Vectors are prior + coefficients·bank + offset; with no bank, prior is zero and
+    only the (weight-decayed) offset moves; `personal_l2=None` freezes the offset.
+    """
+    n_models, k = weights.shape[0], phi_pos.shape[1]
+    params = []
+    coef = None
+    if bank_like is not None:
+        coef = torch.zeros(n_models, bank_like.shape[0], requires_grad=True)
+        params.append(coef)
+    offset_like = torch.zeros(n_models, k, requires_grad=personal_l2 is not None)
+    offset_dislike = torch.zeros(n_models, k, requires_grad=personal_l2 is not None)
+    bias = torch.zeros(n_models, 2, requires_grad=True)
+    params += [bias] + ([offset_like, offset_dislike] if personal_l2 is not None else [])
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def vectors():
+        like, dislike = prior_like + offset_like, prior_dislike + offset_dislike
+        if coef is not None:
+            # Convex weights over known users: with a handful of pairs an unconstrained
+            # combination of K vectors overfits; a mixture of real tastes does not.
+            mixture = torch.softmax(coef, -1)
+            like = like + mixture @ bank_like
+            dislike = dislike + mixture @ bank_dislike
+        return like, dislike
+
+    loss = None
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        like, dislike = vectors()  # [M, k]
+        pos_like = like @ phi_pos.T + bias[:, :1]  # [M, N]
+        pos_dislike = dislike @ phi_pos.T + bias[:, 1:]
+        neg_like = like @ phi_neg.T + bias[:, :1]
+        neg_dislike = dislike @ phi_neg.T + bias[:, 1:]
+        loss = preference_loss(pos_like, pos_dislike, neg_like, neg_dislike,
+                               contrastive=contrastive, weights=weights).total
+        penalty = 0.0
+        if coef is not None:
+            penalty = 1e-3 * coef.pow(2).sum(-1)
+        if personal_l2 is not None:
+            penalty = penalty + personal_l2 * (offset_like.pow(2).sum(-1) + offset_dislike.pow(2).sum(-1))
+        (loss + penalty).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        like, dislike = vectors()
+    return like.detach(), dislike.detach(), bias.detach(), loss.detach()
+
+
+def _loo_masks(pair_images: list[tuple[str, str]], generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+    """For each evaluated pair, a mask of the pairs its held-out model may train on:
+    none that shares an image with it (else a liked image seen in another pair leaks)."""
+    n = len(pair_images)
+    order = torch.randperm(n, generator=generator)[:MAX_LOO_MODELS].tolist()
+    masks = torch.ones(len(order), n)
+    for row, i in enumerate(order):
+        held = set(pair_images[i])
+        for j, images in enumerate(pair_images):
+            if held & set(images):
+                masks[row, j] = 0.0
+    keep = [row for row in range(len(order)) if masks[row].sum() > 0]
+    return masks[keep], [order[row] for row in keep]
+
+
+def fit_user_embedding(
+    liked: torch.Tensor,
+    disliked: torch.Tensor,
+    bank: UserBank | None,
+    encoder: str,
+    pair_images: list[tuple[str, str]] | None = None,
+    contrastive: bool = True,
+    steps: int = 150,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> FitResult:
+    """Fits a person's like/dislike vectors on pairs (liked[i] ≻ disliked[i]).
+
+    liked, disliked: [N, D] frozen features. pair_images: ids of the two images of
+    each pair, for a leave-one-out that never reuses a held-out image (defaults to
+    each pair being its own two images). With a bank and enough pairs, the
+    bank-based fit and a free fit from scratch compete on leave-one-out accuracy:
+    the history moves the person off the bank once it says more than the bank does.
+    """
+    args = dict(pair_images=pair_images, contrastive=contrastive, steps=steps, lr=lr, seed=seed)
+    result = _fit(liked, disliked, bank, encoder, **args)
+    if bank is not None and liked.shape[0] >= 2 * COLD_START_PAIRS:
+        free = _fit(liked, disliked, None, encoder, **args)
+        if free.loo_accuracy is not None and free.loo_accuracy > (result.loo_accuracy or 0.0):
+            return free
+    return result
+
+
+def _fit(
+    liked: torch.Tensor,
+    disliked: torch.Tensor,
+    bank: UserBank | None,
+    encoder: str,
+    pair_images: list[tuple[str, str]] | None = None,
+    contrastive: bool = True,
+    steps: int = 150,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> FitResult:
+    if liked.ndim != 2 or liked.shape != disliked.shape:
+        raise InvalidInput(f"liked and disliked features must both be [N, D]; got "
+                           f"{tuple(liked.shape)} and {tuple(disliked.shape)}")
+    n_pairs = liked.shape[0]
+    if n_pairs == 0 and bank is None:
+        raise InvalidInput("no judgments to learn from yet and no user bank for a cold start: "
+                           "like or dislike a few images (or pick the better of two) first")
+    if bank is not None and bank.encoder != encoder:
+        raise InvalidInput(f"the user bank was built with encoder {bank.encoder!r}, "
+                           f"but the features come from {encoder!r}")
+    liked, disliked = liked.float(), disliked.float()
+    if not (torch.isfinite(liked).all() and torch.isfinite(disliked).all()):
+        raise InvalidInput("image features contain NaN or infinite values")
+
+    if bank is not None:
+        mean, std, projection = bank.mean, bank.std, bank.projection
+        bank_like, bank_dislike = bank.like_vectors, bank.dislike_vectors
+        prior_like = prior_dislike = torch.zeros(bank.projection.shape[1])
+        if n_pairs < COLD_START_PAIRS:
+            mode, personal_l2 = "bank mix", None
+        else:
+            # The personal offset is held back less as evidence accumulates.
+            mode, personal_l2 = "bank mix + personal", 0.5 * COLD_START_PAIRS / n_pairs
+    else:
+        # From scratch: the person's own images define the space (their principal directions).
+        both = torch.cat([liked, disliked])
+        mean = both.mean(0)
+        std = both.std(0).clamp_min(1e-3) if n_pairs > 1 else torch.ones_like(mean)
+        projection = principal_directions((both - mean) / std, SCRATCH_DIM)
+        bank_like = bank_dislike = None
+        prior_like = prior_dislike = torch.zeros(projection.shape[1])
+        mode, personal_l2 = "free", 1e-3
+
+    if n_pairs == 0:  # cold start with nothing judged: the average bank user
+        model = UserEmbeddingModel(encoder, mean, std, projection, bank.like_vectors.mean(0),
+                                   bank.dislike_vectors.mean(0), 0.0, 0.0)
+        return FitResult(model, "bank average", 0, None, 0, float("nan"))
+
+    phi_pos = ((liked - mean) / std) @ projection
+    phi_neg = ((disliked - mean) / std) @ projection
+    pair_images = pair_images or [(f"pos{i}", f"neg{i}") for i in range(n_pairs)]
+    generator = torch.Generator().manual_seed(seed)
+    loo_masks, loo_index = _loo_masks(pair_images, generator) if n_pairs >= 2 else (torch.zeros(0, n_pairs), [])
+    weights = torch.cat([torch.ones(1, n_pairs), loo_masks])  # row 0: the model on every pair
+
+    like, dislike, bias, loss = _solve(phi_pos, phi_neg, weights, prior_like, prior_dislike,
+                                       bank_like, bank_dislike, personal_l2, contrastive, steps, lr)
+    model = UserEmbeddingModel(encoder, mean, std, projection, like[0], dislike[0], bias[0, 0], bias[0, 1])
+
+    loo_accuracy = None
+    if loo_index:
+        rows = torch.arange(1, 1 + len(loo_index))
+        idx = torch.tensor(loo_index)
+        odds_pos = ((phi_pos[idx] * like[rows]).sum(-1) + bias[rows, 0]) - ((phi_pos[idx] * dislike[rows]).sum(-1) + bias[rows, 1])
+        odds_neg = ((phi_neg[idx] * like[rows]).sum(-1) + bias[rows, 0]) - ((phi_neg[idx] * dislike[rows]).sum(-1) + bias[rows, 1])
+        loo_accuracy = float((odds_pos > odds_neg).float().mean())
+    return FitResult(model, mode, n_pairs, loo_accuracy, len(loo_index), float(loss[0]))
+
+
+def train_user_bank(
+    users: list[tuple[torch.Tensor, torch.Tensor]],
+    encoder: str,
+    source: str,
+    dim: int = 32,
+    epochs: int = 300,
+    lr: float = 0.02,
+    weight_decay: float = 1e-2,
+    contrastive: bool = True,
+    seed: int = 0,
+) -> UserBank:
+    """Learns the taste space P and every user's vectors jointly from many users' pairs.
+
+    users: one (liked [N_u, D], disliked [N_u, D]) per training user.
+    """
+    if len(users) < 2:
+        raise InvalidInput("a user bank needs at least two users")
+    torch.manual_seed(seed)
+    everything = torch.cat([torch.cat(u) for u in users]).float()
+    mean, std = everything.mean(0), everything.std(0).clamp_min(1e-3)
+    # Learn the taste space inside the main directions of variation: far fewer
+    # parameters than D x dim, so a few dozen pairs per user do not overfit it.
+    pca = principal_directions((everything - mean) / std, BANK_PCA_DIM)
+    inner = torch.nn.Parameter(torch.randn(pca.shape[1], dim) / math.sqrt(pca.shape[1]))
+    like = torch.nn.Parameter(torch.randn(len(users), dim) * 0.1)
+    dislike = torch.nn.Parameter(torch.randn(len(users), dim) * 0.1)
+    bias = torch.nn.Parameter(torch.zeros(len(users), 2))
+    opt = torch.optim.Adam([inner, like, dislike, bias], lr=lr)
+
+    user_index = torch.cat([torch.full((len(u[0]),), i) for i, u in enumerate(users)])
+    pos = ((torch.cat([u[0] for u in users]).float() - mean) / std) @ pca
+    neg = ((torch.cat([u[1] for u in users]).float() - mean) / std) @ pca
+    for _ in range(epochs):
+        opt.zero_grad(set_to_none=True)
+        phi_pos, phi_neg = pos @ inner, neg @ inner
+        ul, ud, ub = like[user_index], dislike[user_index], bias[user_index]
+        loss = preference_loss((phi_pos * ul).sum(-1) + ub[:, 0], (phi_pos * ud).sum(-1) + ub[:, 1],
+                               (phi_neg * ul).sum(-1) + ub[:, 0], (phi_neg * ud).sum(-1) + ub[:, 1],
+                               contrastive=contrastive).total
+        reg = weight_decay * (inner.pow(2).sum() + like.pow(2).sum(-1).mean() + dislike.pow(2).sum(-1).mean())
+        (loss + reg).backward()
+        opt.step()
+    return UserBank(encoder, mean, std, (pca @ inner).detach(), like.detach(), dislike.detach(), source)
