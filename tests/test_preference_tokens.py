@@ -1,0 +1,277 @@
+"""The preference-token model (000 §3): lite and VLM backbones, two-stage training,
+evaluation protocol, attention analysis and the Pick-a-Pic converter."""
+import io
+import json
+import pickle
+
+import pytest
+import torch
+from pair_data_fixture import CharacterCountText, MeanColourEncoder, write_pair_data
+from PIL import Image
+from safetensors.torch import load_file
+
+from prefstudio.errors import InvalidInput
+from prefstudio.eval import attention as attention_cli
+from prefstudio.eval.protocol import evaluate_model
+from prefstudio.preference.losses import preference_loss
+from prefstudio.preference.pair_data import PairDataSet
+from prefstudio.preference.scorers import LiteScorer
+from prefstudio.preference.tokens import (LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures,
+                                          load_token_model, save_token_model)
+from prefstudio.train.preference_tokens import StageConfig, train
+
+
+def _lite(preference_tokens=0, seed=0, **kw):
+    torch.manual_seed(seed)
+    config = dict(image_dim=6, text_dim=4, image_encoder="img", text_encoder="txt", width=32, layers=2, heads=2)
+    config.update(kw)
+    return LiteTokenModel(LiteConfig(preference_tokens=preference_tokens, **config))
+
+
+def _planted_batch(generator, batch=32, n_ref=4):
+    """Everyone likes images along one hidden direction w (a taste shared by all users)."""
+    w = torch.tensor([1.0, -1, 0, 0, 0, 0])
+
+    def pairs(n):
+        a, b = torch.randn(batch, n, 6, generator=generator), torch.randn(batch, n, 6, generator=generator)
+        a_wins = ((a - b) @ w).unsqueeze(-1) > 0
+        return torch.where(a_wins, a, b), torch.where(a_wins, b, a)
+
+    liked, disliked = pairs(n_ref)
+    history = PairFeatures(liked, disliked, torch.zeros(batch, n_ref, 4))
+    target_liked, target_disliked = pairs(1)
+    targets = TargetFeatures(torch.cat([target_liked, target_disliked], 1), torch.zeros(batch, 2, 4))
+    return history, targets
+
+
+def test_lite_model_trains_on_cpu_and_its_loss_falls():
+    model = _lite()
+    optimizer = torch.optim.AdamW(model.stage_parameters(1), lr=3e-3)
+    held_out = _planted_batch(torch.Generator().manual_seed(1), batch=512)
+
+    def loss_on(history, targets):
+        m_like, m_dislike = model(history, targets)
+        return preference_loss(m_like[:, 0], m_dislike[:, 0], m_like[:, 1], m_dislike[:, 1]).total
+
+    with torch.no_grad():
+        before = loss_on(*held_out).item()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        loss = loss_on(*_planted_batch(generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = loss_on(*held_out).item()
+        m_like, m_dislike = model(*held_out)
+    assert after < 0.7 * before
+    assert ((m_like - m_dislike)[:, 0] > (m_like - m_dislike)[:, 1]).float().mean() > 0.8
+
+
+def test_scores_of_many_targets_against_one_history_equal_one_at_a_time():
+    model = _lite(preference_tokens=3).eval()
+    history = PairFeatures(torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 4))
+    targets = TargetFeatures(torch.randn(7, 6), torch.randn(7, 4))
+    m_like, m_dislike = model.score(history, targets)
+    assert m_like.shape == m_dislike.shape == (7,)
+    for i in range(7):
+        one_like, one_dislike = model.score(history, TargetFeatures(targets.images[i:i + 1], targets.prompts[i:i + 1]))
+        assert torch.allclose(one_like[0], m_like[i], atol=1e-5)
+        assert torch.allclose(one_dislike[0], m_dislike[i], atol=1e-5)
+    # Q is differentiable in the target's features (guidance needs it); the history order matters.
+    images = targets.images.clone().requires_grad_(True)
+    model.like_probability(history, TargetFeatures(images, targets.prompts)).sum().backward()
+    assert images.grad.abs().sum() > 0
+    reversed_history = PairFeatures(history.liked.flip(0), history.disliked.flip(0), history.prompts.flip(0))
+    assert not torch.allclose(model.score(reversed_history, targets)[0], m_like)
+
+
+def test_lite_checkpoint_round_trip_and_clear_errors(tmp_path):
+    model = _lite(preference_tokens=4).eval()
+    save_token_model(model, tmp_path / "ckpt", {"command": "test"})
+    loaded = load_token_model(tmp_path / "ckpt")
+    history = PairFeatures(torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 4))
+    targets = TargetFeatures(torch.randn(2, 6), torch.randn(2, 4))
+    assert torch.equal(loaded.score(history, targets)[0], model.score(history, targets)[0])
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["model"]["preference_tokens"] == 4
+    with pytest.raises(InvalidInput, match="already has preference tokens"):
+        loaded.add_preference_tokens(5)
+    with pytest.raises(InvalidInput, match="stage 2 needs preference tokens"):
+        _lite().stage_parameters(2)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"format": "something else"}')
+    with pytest.raises(InvalidInput, match="not a PrefStudio preference-token checkpoint"):
+        load_token_model(tmp_path / "bad")
+
+
+def test_two_stage_training_validation_protocol_and_attention(tmp_path):
+    root = write_pair_data(tmp_path / "data")
+    encoders = (MeanColourEncoder(), CharacterCountText())
+    config = {"backbone": "lite",
+              "model": {"width": 32, "layers": 1, "heads": 2, "image_encoder": encoders[0].name,
+                        "text_encoder": encoders[1].name},
+              "stage1": StageConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10),
+              "stage2": StageConfig(steps=10, batch_size=16, lr=1e-2, eval_every=5, preference_tokens=4)}
+    messages = []
+    train(config, root, 1, tmp_path / "s1", encoders=encoders, log=messages.append)
+    train(config, root, 2, tmp_path / "s2", resume=tmp_path / "s1", encoders=encoders, log=messages.append)
+
+    # Logs: loss and validation accuracy on the validation users (4 users × 6 targets).
+    log = [json.loads(line) for line in (tmp_path / "s1" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 10, 20, 30] and all(r["val_n"] == 24 for r in log)
+    assert all(0 <= r["val_top1"] <= 1 for r in log)
+    # Stage 2 changed nothing but P_v (checked on the files: safetensors + JSON config).
+    stage1, stage2 = load_file(str(tmp_path / "s1" / "model.safetensors")), load_file(
+        str(tmp_path / "s2" / "model.safetensors"))
+    assert set(stage2) - set(stage1) == {"preference_tokens"} and stage2["preference_tokens"].shape == (4, 32)
+    assert all(torch.equal(stage1[k], stage2[k]) for k in stage1)
+    provenance = json.loads((tmp_path / "s2" / "config.json").read_text())["provenance"]
+    assert provenance["stage"] == 2 and provenance["resumed_from"] == str(tmp_path / "s1")
+
+    data = PairDataSet.read(root, splits=("test",))
+    model = load_token_model(tmp_path / "s2")
+    rows = evaluate_model("full", LiteScorer.for_data(model, data, *encoders), data)
+    by_key = {(r["protocol"], r["metric"], r["users"], r["n_ref"]): r for r in rows}
+    assert by_key[("table1", "top1", "all", 8)]["n"] == 8 * 6
+    assert [by_key[("table2", f"top{k}", "all", 8)]["n"] for k in (1, 2, 3)] == [16, 16, 16]
+    top = [by_key[("table2", f"top{k}", "all", 8)]["value"] for k in (1, 2, 3)]
+    assert top[0] <= top[1] <= top[2]
+    seen, unseen = by_key[("table3", "top1", "seen", 8)], by_key[("table3", "top1", "unseen", 8)]
+    assert by_key[("table3", "gap", "seen-unseen", 8)]["value"] == pytest.approx(abs(seen["value"] - unseen["value"]))
+    assert {n for (p, _, _, n) in by_key if p == "fig6"} == {1, 2, 4, 8}
+
+    maps = attention_cli.attention_maps(model, LiteScorer.for_data(model, data, *encoders), data,
+                                        ["u0", "test_unseen0"], data.targets_1v1["test"][0].liked, "a flat colour",
+                                        shuffles=3, layer=-1, head=None)
+    assert maps["u0"].shape == (3, 4)  # 3 shuffles × 1 target token, 4 preference tokens
+    assert torch.all(maps["u0"] >= 0) and torch.all(maps["u0"].sum(1) <= 1 + 1e-6)
+    similarity, pairs = attention_cli.similar_users(maps)
+    assert similarity.shape == (2, 2) and pairs[0]["users"] == ["u0", "test_unseen0"]
+    attention_cli.plot(maps, {"u0"}, 3, "test", tmp_path / "attention.png")
+    assert Image.open(tmp_path / "attention.png").size[0] > 100
+
+
+# ---- VLM backbone: a tiny random-init Idefics3 in 4-bit with LoRA -------------------------------
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    pytest.importorskip("bitsandbytes")
+    from prefstudio.preference.offline_vlm import tiny_idefics3
+    from prefstudio.preference.vlm import VLMConfig, load_vlm
+
+    folder = tiny_idefics3(tmp_path_factory.mktemp("idefics3"))
+    torch.manual_seed(0)
+    return load_vlm(VLMConfig(model=str(folder), compute_dtype="float32", image_size=32, lora_rank=4), "cpu")
+
+
+def _images(n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(24, 24, 3, generator=generator) * 255).byte().numpy()) for _ in range(n)]
+
+
+def test_vlm_loads_in_4bit_with_lora_on_the_language_model_only(tiny_vlm):
+    import bitsandbytes as bnb
+
+    base = tiny_vlm.model.get_base_model()
+    text_4bit = [n for n, m in base.model.text_model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert text_4bit, "the language model's linear layers are 4-bit"
+    lora = [n for n, _ in tiny_vlm.model.named_parameters() if "lora_" in n]
+    assert lora and all("text_model" in n and ("q_proj" in n or "v_proj" in n) for n in lora)
+    tokens = tiny_vlm.processor.tokenizer.convert_ids_to_tokens([tiny_vlm.like_id, tiny_vlm.dislike_id])
+    assert [t.lstrip("Ġ▁ ") for t in tokens] == ["like", "dislike"]
+
+
+def test_vlm_stage1_step_then_stage2_step_changes_only_the_preference_tokens(tiny_vlm):
+    from prefstudio.preference.vlm import ImagePair
+
+    images = _images(6, seed=1)
+    history = [ImagePair(images[0], images[1], "a cat"), ImagePair(images[2], images[3], "a dog")]
+    tiny_vlm.train()
+
+    def step(params):
+        before = {n: p.detach().clone() for n, p in tiny_vlm.named_parameters()}
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        logits = tiny_vlm.pair_logits(history, images[4], images[5], "a bird")
+        loss = preference_loss(*logits).total
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert torch.isfinite(loss)
+        return {n for n, p in tiny_vlm.named_parameters() if not torch.equal(p.detach(), before[n])}
+
+    changed = step(tiny_vlm.stage_parameters(1))
+    assert changed and all("lora_" in n for n in changed)
+    tiny_vlm.add_preference_tokens(3)
+    assert step(tiny_vlm.stage_parameters(2)) == {"preference_tokens"}
+
+    tiny_vlm.eval()
+    with torch.no_grad():
+        m_like, m_dislike = tiny_vlm.score(history, images[4:6], ["a bird", "a bird"])
+        attention = tiny_vlm.preference_token_attention(history, images[4], "a bird")
+    assert m_like.shape == m_dislike.shape == (2,)
+    layers = tiny_vlm.model.get_base_model().config.text_config.num_hidden_layers
+    assert attention.shape[0] == layers and attention.shape[-1] == 3 and torch.all(attention >= 0)
+
+
+# ---- Pick-a-Pic converter -------------------------------------------------------------------
+def _png(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 16), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _record(user, colours, target, label0):
+    return {"user_id": user, "reference_list": [_png(c) for c, _ in colours],
+            "reference_list_bad": [_png(c) for _, c in colours],
+            "reference_prompt_list": [f"prompt {i}" for i in range(len(colours))],
+            "image0": _png(target[0]), "image1": _png(target[1]), "prompt": "a square", "label0": label0}
+
+
+def test_pickapic_converter_reads_plain_pickles_and_writes_the_pair_layout(tmp_path):
+    from prefstudio.preference.pickapic_convert import convert
+
+    refs = [((200, 0, 0), (0, 0, 200)), ((180, 20, 0), (0, 20, 180))]
+    train_records = [_record(7, refs, ((250, 0, 0), (0, 0, 250)), 1.0),
+                     _record(7, refs, ((0, 0, 240), (240, 0, 0)), 0.0),
+                     _record(8, refs, ((1, 2, 3), (4, 5, 6)), 0.5)]
+    files = {}
+    for name, records, protocol in (("train", train_records, 2),  # protocol 2: bytes via _codecs.encode
+                                    ("val", [_record(9, refs, ((9, 9, 9), (8, 8, 8)), 1.0)], 5),
+                                    ("test", [_record(7, refs, ((7, 7, 7), (6, 6, 6)), 1.0),
+                                              _record(10, refs, ((5, 5, 5), (4, 4, 4)), 0.0)], 4)):
+        files[name] = tmp_path / f"{name}.pkl"
+        columns = {k: [r[k] for r in records] for k in records[0]} if name == "val" else records
+        files[name].write_bytes(pickle.dumps(columns, protocol=protocol))
+    counts = convert(files["train"], files["val"], files["test"], tmp_path / "out")
+    assert counts["ties skipped"] == 1
+    data = PairDataSet.read(tmp_path / "out")
+    assert data.users["test_seen"] == ["7"] and data.users["test_unseen"] == ["10"]
+    assert len(data.train) == 2 + 2 + 2  # user 7's references once and two targets; user 8's references
+    assert [len(h) for h in data.references["test"].values()] == [2, 2]
+    liked = data.targets_1v1["test"][1]
+    assert Image.open(liked.liked).getpixel((0, 0)) == (4, 4, 4)  # label0 = 0: image1 is the liked one
+    # Each distinct image once: 4 reference images, 4 train targets (the tie's are not written), 2 val, 4 test.
+    assert len(data.image_paths()) == len(set(data.image_paths())) == 14
+
+
+def test_pickapic_converter_refuses_a_pickle_that_would_run_code(tmp_path):
+    from prefstudio.preference.pickapic_convert import UnsafePickle, convert, load_plain_pickle
+
+    marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps([{"user_id": RunsCode()}]))
+    with pytest.raises(UnsafePickle, match=r"needs (io|builtins)\.open"):
+        load_plain_pickle(evil)
+    assert not marker.exists()
+    with pytest.raises(UnsafePickle):
+        convert(evil, evil, evil, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not marker.exists()
+    # A guarded stand-in refuses misuse too: bytearray(10**12) would allocate a terabyte.
+    bomb = tmp_path / "bomb.pkl"
+    bomb.write_bytes(b"\x80\x02cbuiltins\nbytearray\nJ\x00\x10\xa5\xd4\x85R.")
+    with pytest.raises(UnsafePickle, match="bytearray from int"):
+        load_plain_pickle(bomb)
