@@ -71,7 +71,8 @@ def idefics2_from_config(config_file: str | Path, device, dtype):
     from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
     from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
-    config = Idefics2Config(**json.loads(Path(config_file).read_text()))
+    fields = {k: v for k, v in json.loads(Path(config_file).read_text()).items() if not k.startswith("_")}
+    config = Idefics2Config(**fields)
     tokenizer = train_tokenizer(config.text_config.vocab_size - 8)
     processor = Idefics2Processor(image_processor=Idefics2ImageProcessorPil(do_image_splitting=False),
                                   tokenizer=tokenizer, image_seq_len=config.perceiver_config.resampler_n_latents)
