@@ -207,6 +207,12 @@ def test_vlm_stage1_step_then_stage2_step_changes_only_the_preference_tokens(tin
     with torch.no_grad():
         m_like, m_dislike = tiny_vlm.score(history, images[4:6], ["a bird", "a bird"])
         attention = tiny_vlm.preference_token_attention(history, images[4], "a bird")
+        # Encoding the shared history images once gives the same logits as once per sequence.
+        batch = tiny_vlm.encode([tiny_vlm.sequence(history, image, "a bird") for image in images[4:6]])
+        once, per_sequence = tiny_vlm(batch, shared_history=True), tiny_vlm(batch, shared_history=False)
+    assert torch.allclose(once[0], per_sequence[0], atol=1e-5)
+    assert torch.allclose(once[1], per_sequence[1], atol=1e-5)
+    assert torch.allclose(once[0], m_like, atol=1e-5)
     assert m_like.shape == m_dislike.shape == (2,)
     layers = tiny_vlm.model.get_base_model().config.text_config.num_hidden_layers
     assert attention.shape[0] == layers and attention.shape[-1] == 3 and torch.all(attention >= 0)

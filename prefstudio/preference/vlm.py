@@ -171,14 +171,30 @@ class VLMPreferenceModel(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ---- forward -----------------------------------------------------------------------
-    def _embeddings(self, batch: dict):
-        """Token embeddings with the images merged in and P_v prepended; and the attention mask."""
+    def _image_features(self, pixel_values, pixel_attention_mask):
+        """[B, n, 3, H, W] -> [(B·n·tokens per image), D] in sequence order."""
+        features = self._base().model.get_image_features(pixel_values, pixel_attention_mask).pooler_output
+        return torch.cat(list(features), dim=0)
+
+    def _embeddings(self, batch: dict, shared_history: bool):
+        """Token embeddings with the images merged in and P_v prepended; and the attention mask.
+
+        With shared_history (every sequence holds the same history images, only its last image,
+        the target, differs), the history images go through the vision tower once, not once per
+        sequence: half the vision work of a training pair, and far less when scoring many targets."""
         base = self._base()
-        ids = batch["input_ids"]
+        ids, pixels = batch["input_ids"], batch["pixel_values"]
+        masks = batch.get("pixel_attention_mask")
         embeds = base.get_input_embeddings()(ids)
-        image_features = base.model.get_image_features(
-            batch["pixel_values"], batch.get("pixel_attention_mask")).pooler_output
-        embeds = base.model.inputs_merger(ids, embeds, torch.cat(list(image_features), dim=0))
+        if shared_history and pixels.shape[0] > 1:
+            first = self._image_features(pixels[:1], None if masks is None else masks[:1])
+            targets = self._image_features(pixels[1:, -1:], None if masks is None else masks[1:, -1:])
+            per_image = first.shape[0] // pixels.shape[1]
+            history = first[: first.shape[0] - per_image]
+            image_features = torch.cat([first] + [torch.cat([history, t]) for t in targets.split(per_image)])
+        else:
+            image_features = self._image_features(pixels, masks)
+        embeds = base.model.inputs_merger(ids, embeds, image_features)
         mask = batch["attention_mask"]
         if self.preference_tokens is not None:
             pv = self.preference_tokens.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
@@ -186,10 +202,10 @@ class VLMPreferenceModel(nn.Module):
             mask = torch.cat([mask.new_ones(ids.shape[0], pv.shape[1]), mask], dim=1)
         return embeds, mask
 
-    def forward(self, batch: dict, output_attentions: bool = False):
+    def forward(self, batch: dict, shared_history: bool = False, output_attentions: bool = False):
         """-> (m_like [B], m_dislike [B]) in float32 (and the text model's attentions)."""
         base = self._base()
-        embeds, mask = self._embeddings(batch)
+        embeds, mask = self._embeddings(batch, shared_history)
         out = base.model.text_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
                                     output_attentions=output_attentions)
         last = mask.sum(1) - 1  # right padding: the last real token precedes the label
@@ -202,7 +218,7 @@ class VLMPreferenceModel(nn.Module):
         """Training example: the liked and the disliked target under the same history (same order).
         -> pos_like, pos_dislike, neg_like, neg_dislike, each [1]."""
         m_like, m_dislike = self(self.encode([self.sequence(history, liked, prompt),
-                                              self.sequence(history, disliked, prompt)]))
+                                              self.sequence(history, disliked, prompt)]), shared_history=True)
         return m_like[:1], m_dislike[:1], m_like[1:], m_dislike[1:]
 
     def score(self, history: list[ImagePair], images: list[Image.Image], prompts: list[str],
@@ -214,7 +230,7 @@ class VLMPreferenceModel(nn.Module):
         for start in range(0, len(images), batch_size):
             seqs = [self.sequence(history, img, p)
                     for img, p in zip(images[start:start + batch_size], prompts[start:start + batch_size])]
-            m_like, m_dislike = self(self.encode(seqs))
+            m_like, m_dislike = self(self.encode(seqs), shared_history=True)
             likes.append(m_like)
             dislikes.append(m_dislike)
         return torch.cat(likes), torch.cat(dislikes)

@@ -164,7 +164,8 @@ def vlm_logits(model, unwrapped, scorer, examples, judgments):
         t = judgments[target]
         for image in (t.liked, t.disliked):
             sequences.append(unwrapped.sequence(pairs, scorer._load(image), t.prompt))
-    m_like, m_dislike = model(unwrapped.encode(sequences))
+    # One example: both sequences hold the same history images, which are then encoded once.
+    m_like, m_dislike = model(unwrapped.encode(sequences), shared_history=len(examples) == 1)
     return m_like[0::2], m_dislike[0::2], m_like[1::2], m_dislike[1::2]
 
 
