@@ -26,6 +26,17 @@ class ImageEncoder(ABC):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> [B, dim], differentiable w.r.t. pixels."""
 
+    def encode_shared(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`encode`, computed once per pixels tensor: several rewards reading the same
+        encoder inside one guidance iteration share one forward (and one graph)."""
+        key = (id(pixels), pixels._version, torch.is_grad_enabled())
+        memo = getattr(self, "_shared_memo", None)
+        if memo is not None and memo[0] == key and memo[1] is pixels:
+            return memo[2]
+        features = self.encode(pixels)
+        self._shared_memo = (key, pixels, features)
+        return features
+
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 16) -> torch.Tensor:
         chunks = []

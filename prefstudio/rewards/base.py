@@ -27,5 +27,13 @@ class Reward(ABC):
     def score(self, pixels: torch.Tensor, context: Any) -> torch.Tensor:
         """Raw reward [B] for pixels [B,3,H,W] in [0,1]; differentiable w.r.t. pixels."""
 
-    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+    def normalise(self, raw: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """z-score against the reward's reference spread (a context may carry its own)."""
         return (raw - self.offset) / self.scale
+
+
+def score_all(rewards: dict[str, Reward], contexts: dict[str, Any], pixels: torch.Tensor
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Raw and normalised scores [B] of every reward for one batch of pixels."""
+    raw = {name: reward.score(pixels, contexts[name]) for name, reward in rewards.items()}
+    return raw, {name: rewards[name].normalise(value, contexts[name]) for name, value in raw.items()}

@@ -284,6 +284,19 @@ class HistoryStore:
         return ImageRecord(sha, self.data_dir / path, prompt, seed, generator,
                            json.loads(params), width, height, created)
 
+    def resolve_image_id(self, ref: str) -> str:
+        """A full image id from the id or a unique prefix of at least 6 characters."""
+        ref = str(ref).strip().lower()
+        if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
+            raise InvalidInput(f"{ref!r} is not an image id (6 to 64 hexadecimal characters)")
+        rows = self._query("SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? LIMIT 2",
+                           (ref, ref + "g"))
+        if not rows:
+            raise NotFound(f"no image {ref!r} in the history")
+        if len(rows) > 1:
+            raise InvalidInput(f"image id prefix {ref!r} is ambiguous: give more characters")
+        return rows[0][0]
+
     def load_image(self, sha256: str) -> Image.Image:
         return load_untrusted_image(self.image_record(sha256).path)
 

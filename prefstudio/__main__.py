@@ -1,0 +1,5 @@
+import sys
+
+from prefstudio.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""Reward-guided optimisation of a generator's initial noise (ReNO; 000 §4.2, app. D).
+
+Maximise Σ wᵢ·normalised rewardᵢ(render(z)) over the initial noise z of a one-step
+generator, starting from the seed's noise:
+  - SGD with Nesterov momentum 0.9, learning rate 5, gradient norm clipped to 0.1;
+  - a regulariser keeping ‖z‖ where a standard normal's norm lives (the negative
+    log-likelihood of the χ distribution with d degrees of freedom), so the
+    optimised noise stays a plausible sample and the image stays an image;
+  - the best iterate by total reward is kept (iteration 0 is the baseline itself,
+    so the result never scores below it);
+  - reward contexts (text features...) are computed once per run, not per iteration.
+It yields a progress record every iteration and stops between iterations when asked,
+returning the best so far.
+"""
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from prefstudio.errors import InvalidInput
+from prefstudio.generators.base import Generator, to_pil
+from prefstudio.rewards.base import Reward, score_all
+from prefstudio.validation import validate_prompt, validate_seed, validate_weights
+
+DEFAULT_ITERATIONS = 30
+MAX_ITERATIONS = 500
+
+
+@dataclass
+class GuidanceSettings:
+    iterations: int = DEFAULT_ITERATIONS
+    learning_rate: float = 5.0
+    momentum: float = 0.9
+    grad_clip: float = 0.1
+    noise_regularisation: float = 0.01
+    preview_every: int = 5  # decode a preview image every k iterations (0: never)
+
+
+@dataclass
+class GuidanceProgress:
+    iteration: int  # 0 = the baseline noise
+    total: float  # Σ wᵢ·normalisedᵢ of this iterate
+    normalised: dict[str, float]
+    raw: dict[str, float]
+    best_iteration: int
+    best_total: float
+    preview: Image.Image | None = None
+
+
+@dataclass
+class GuidanceResult:
+    image: Image.Image
+    noise: torch.Tensor
+    best_iteration: int
+    total: float
+    normalised: dict[str, float]
+    raw: dict[str, float]
+    iterations_run: int
+    stopped: bool
+    trace: list[GuidanceProgress] = field(default_factory=list)
+
+
+def chi_negative_log_likelihood(noise: torch.Tensor) -> torch.Tensor:
+    """−log p(‖z‖) for ‖z‖ ~ χ(d), up to a constant; per sample."""
+    d = noise[0].numel()
+    r = noise.flatten(1).norm(dim=1).clamp_min(1e-6)
+    return -(d - 1) * torch.log(r) + 0.5 * r**2
+
+
+def _scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()[0]) for k, v in scores.items()}
+
+
+def optimise_noise(
+    generator: Generator,
+    prompt: str,
+    seed: int,
+    rewards: dict[str, Reward],
+    weights: dict[str, float],
+    settings: GuidanceSettings = GuidanceSettings(),
+    stop: threading.Event | None = None,
+) -> Iterator[GuidanceProgress | GuidanceResult]:
+    """Yields GuidanceProgress per iteration, then one GuidanceResult (the last item)."""
+    prompt = validate_prompt(prompt)
+    seed = validate_seed(seed)
+    weights = validate_weights(weights, set(rewards))
+    if not 0 <= int(settings.iterations) <= MAX_ITERATIONS:
+        raise InvalidInput(f"iterations must lie in [0, {MAX_ITERATIONS}], got {settings.iterations}")
+    active = {name: rewards[name] for name, w in weights.items() if w > 0}
+
+    conditioning = generator.encode_prompt(prompt)
+    contexts = {name: reward.prepare(prompt) for name, reward in active.items()}
+    noise = generator.initial_noise(seed).detach().clone().requires_grad_(True)
+    optimiser = torch.optim.SGD([noise], lr=settings.learning_rate,
+                                momentum=settings.momentum, nesterov=True)
+    # Keep the regulariser on the same footing whatever the noise size.
+    reg_scale = settings.noise_regularisation / math.sqrt(noise[0].numel())
+
+    best = None  # (total, iteration, noise, normalised, raw)
+    trace: list[GuidanceProgress] = []
+    stopped = False
+    for iteration in range(settings.iterations + 1):
+        if stop is not None and stop.is_set():
+            stopped = True
+            break
+        optimiser.zero_grad(set_to_none=True)
+        pixels = generator.render(noise, conditioning)
+        raw, normalised = score_all(active, contexts, pixels)
+        total = sum(weights[name] * normalised[name] for name in active)
+        value = float(total.detach()[0])
+        if best is None or value > best[0]:
+            best = (value, iteration, noise.detach().clone(), _scalars(normalised), _scalars(raw))
+        preview = None
+        if settings.preview_every and iteration % settings.preview_every == 0:
+            preview = to_pil(pixels[:1])[0]
+        progress = GuidanceProgress(iteration, value, _scalars(normalised), _scalars(raw),
+                                    best[1], best[0], preview)
+        trace.append(progress)
+        yield progress
+        if iteration == settings.iterations:
+            break  # the last iterate is scored, not stepped from
+        loss = -total.sum() + reg_scale * chi_negative_log_likelihood(noise).sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
+        optimiser.step()
+
+    if best is None:  # stopped before the baseline was even scored
+        with torch.no_grad():
+            pixels = generator.render(noise.detach(), conditioning)
+            raw, normalised = score_all(active, contexts, pixels)
+        total = sum(weights[n] * normalised[n] for n in active)
+        best = (float(total[0]), 0, noise.detach().clone(), _scalars(normalised), _scalars(raw))
+    with torch.no_grad():
+        image = to_pil(generator.render(best[2], conditioning))[0]
+    yield GuidanceResult(image, best[2], best[1], best[0], best[3], best[4],
+                         max(0, len(trace) - 1), stopped, trace)
+
+
+def run_guidance(*args, **kwargs) -> GuidanceResult:
+    """optimise_noise, consumed to its result (for scripts and tests)."""
+    result = None
+    for result in optimise_noise(*args, **kwargs):
+        pass
+    return result
