@@ -281,3 +281,32 @@ def test_pickapic_converter_refuses_a_pickle_that_would_run_code(tmp_path):
     bomb.write_bytes(b"\x80\x02cbuiltins\nbytearray\nJ\x00\x10\xa5\xd4\x85R.")
     with pytest.raises(UnsafePickle, match="bytearray from int"):
         load_plain_pickle(bomb)
+
+
+def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_it():
+    from prefstudio.train.preference_tokens import train_lite_on_features
+
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(60, 6, generator=generator)  # images recur across users, as in a real pool
+    w = torch.tensor([1.0, -1, 0, 0, 0, 0])
+
+    def history(n):
+        pick = torch.stack([torch.randperm(60, generator=generator)[:2] for _ in range(n)])
+        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
+        a_wins = ((a - b) @ w > 0).unsqueeze(1)
+        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+
+    train_users = [history(12) for _ in range(10)]
+    validation = [(history(4), *(lambda h: (h.liked, h.disliked))(history(5))) for _ in range(3)]
+    result = train_lite_on_features(
+        train_users, validation, {"width": 16, "layers": 1, "heads": 2},
+        StageConfig(steps=20, batch_size=8, lr=3e-3, n_ref=4, eval_every=10),
+        StageConfig(steps=5, batch_size=8, lr=1e-2, n_ref=4, eval_every=5, preference_tokens=3),
+        image_encoder="test-features", log=lambda message: None)
+    first, second = result["stage1"], result["stage2"]
+    assert first.config.text_dim == 0 and first.preference_tokens is None
+    assert second.preference_tokens.shape == (3, 16)
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+    assert [r["stage"] for r in result["log"]] == [1, 2] and result["log"][0]["val_n"] == 15
+    m_like, m_dislike = second.score(PairFeatures(pool[:4], pool[4:8]), TargetFeatures(pool[10:20]))
+    assert m_like.shape == (10,)

@@ -183,16 +183,21 @@ def image_features(data: PairDataSet, encoder, batch_size: int = 32) -> tuple[di
 
 
 def prompt_features(data: PairDataSet, encoder) -> tuple[dict[str, int], torch.Tensor]:
-    """(row of each prompt, features [P, D]) for every prompt of the data set, cached in
-    <root>/features/<encoder.name>.prompts.safetensors; only new prompts are encoded."""
-    cache = data.root / "features" / f"{encoder.name}.prompts.safetensors"
-    known, features = [], torch.empty(0, encoder.dim)
+    """(row of each prompt, features [P, D]) for every prompt of the data set, from
+    <root>/features/<encoder.name>.safetensors ("features" + the prompt list in its metadata,
+    as PrefBench writes it); prompts not in it yet are encoded and added."""
+    cache = data.root / "features" / f"{encoder.name}.safetensors"
+    known, features, metadata = [], torch.empty(0, encoder.dim), {"encoder": encoder.name}
     if cache.is_file():
         from safetensors import safe_open
 
         with safe_open(str(cache), framework="pt") as f:
-            known = json.loads((f.metadata() or {}).get("prompts", "[]"))
+            metadata = dict(f.metadata() or {})
             features = f.get_tensor("features")
+        try:
+            known = json.loads(metadata["prompts"])
+        except (KeyError, json.JSONDecodeError):
+            raise InvalidInput(f"{cache} has no prompt list: it is not a text-feature file") from None
         if features.shape[0] != len(known):
             raise InvalidInput(f"{cache} is inconsistent: delete it to encode the prompts again")
     seen = set(known)
@@ -201,6 +206,5 @@ def prompt_features(data: PairDataSet, encoder) -> tuple[dict[str, int], torch.T
         new = torch.cat([encoder.encode(missing[i:i + 256]).float().cpu() for i in range(0, len(missing), 256)])
         known, features = known + missing, torch.cat([features, new])
         cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": features.contiguous()}, str(cache),
-                  metadata={"encoder": encoder.name, "prompts": json.dumps(known)})
+        save_file({"features": features.contiguous()}, str(cache), metadata={**metadata, "prompts": json.dumps(known)})
     return {p: i for i, p in enumerate(known)}, features

@@ -17,21 +17,33 @@ from prefstudio.preference.tokens import LiteTokenModel, PairFeatures, TargetFea
 class LiteScorer:
     """A lite model plus the frozen features of every image and prompt of a data set."""
 
-    def __init__(self, model: LiteTokenModel, image_rows: dict[Path, int], image_features: torch.Tensor,
-                 prompt_rows: dict[str, int], prompt_features: torch.Tensor):
+    def __init__(self, model: LiteTokenModel | None, image_rows: dict[Path, int], image_features: torch.Tensor,
+                 prompt_rows: dict[str, int], prompt_features: torch.Tensor, encoder_names=(None, None)):
         self.model = model
         self.image_rows, self.image_features = image_rows, image_features
         self.prompt_rows, self.prompt_features = prompt_rows, prompt_features
+        self.encoder_names = encoder_names
+
+    @classmethod
+    def for_encoders(cls, data: PairDataSet, image_encoder, text_encoder) -> "LiteScorer":
+        """Features of the data set (cached under <root>/features/), no model yet."""
+        from prefstudio.preference.pair_data import image_features, prompt_features
+
+        return cls(None, *image_features(data, image_encoder), *prompt_features(data, text_encoder),
+                   encoder_names=(image_encoder.name, text_encoder.name))
+
+    def check(self, model: LiteTokenModel) -> None:
+        for kind, have, expected in (("image", self.encoder_names[0], model.config.image_encoder),
+                                     ("text", self.encoder_names[1], model.config.text_encoder)):
+            if have != expected:
+                raise InvalidInput(f"the model reads {kind} features of {expected!r}, not {have!r}")
 
     @classmethod
     def for_data(cls, model: LiteTokenModel, data: PairDataSet, image_encoder, text_encoder) -> "LiteScorer":
-        from prefstudio.preference.pair_data import image_features, prompt_features
-
-        for kind, encoder, expected in (("image", image_encoder, model.config.image_encoder),
-                                        ("text", text_encoder, model.config.text_encoder)):
-            if encoder.name != expected:
-                raise InvalidInput(f"the model reads {kind} features of {expected!r}, not {encoder.name!r}")
-        return cls(model, *image_features(data, image_encoder), *prompt_features(data, text_encoder))
+        scorer = cls.for_encoders(data, image_encoder, text_encoder)
+        scorer.check(model)
+        scorer.model = model
+        return scorer
 
     def image_row(self, path: Path) -> int:
         try:

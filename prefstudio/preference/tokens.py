@@ -35,29 +35,29 @@ FORMAT = "prefstudio-preference-tokens"
 
 @dataclass
 class PairFeatures:
-    """A history of N judged pairs as frozen features: liked [N,Di], disliked [N,Di], prompts [N,Dt].
-
-    Leading batch dimensions are allowed ([B,N,Di] …) for training."""
+    """A history of N judged pairs as frozen features: liked [N,Di], disliked [N,Di], prompts [N,Dt]
+    (None for a model that reads no prompts). Leading batch dimensions are allowed ([B,N,Di] …)."""
 
     liked: torch.Tensor
     disliked: torch.Tensor
-    prompts: torch.Tensor
+    prompts: torch.Tensor | None = None
 
 
 @dataclass
 class TargetFeatures:
-    """Images to score and their prompts: images [T,Di], prompts [T,Dt] (or [B,T,·])."""
+    """Images to score and their prompts: images [T,Di], prompts [T,Dt] (or [B,T,·]; None for a
+    model that reads no prompts)."""
 
     images: torch.Tensor
-    prompts: torch.Tensor
+    prompts: torch.Tensor | None = None
 
 
 @dataclass
 class LiteConfig:
     image_dim: int
-    text_dim: int
+    text_dim: int  # 0: the model reads no prompts
     image_encoder: str  # names of the frozen encoders whose features the model reads
-    text_encoder: str
+    text_encoder: str | None
     width: int = 128
     layers: int = 2
     heads: int = 4
@@ -131,7 +131,7 @@ class LiteTokenModel(nn.Module):
         self.register_buffer("text_mean", torch.zeros(config.text_dim))
         self.register_buffer("text_std", torch.ones(config.text_dim))
         self.image_in = nn.Linear(config.image_dim, w)
-        self.text_in = nn.Linear(config.text_dim, w)
+        self.text_in = nn.Linear(config.text_dim, w) if config.text_dim else None
         self.label_embedding = nn.Parameter(torch.randn(2, w) * 0.02)  # rows: like, dislike
         self.query = nn.Parameter(torch.randn(w) * 0.02)  # "Score for this image?"
         self.blocks = nn.ModuleList(_Block(w, config.heads) for _ in range(config.layers))
@@ -171,16 +171,27 @@ class LiteTokenModel(nn.Module):
         return params
 
     @torch.no_grad()
-    def fit_standardisation(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+    def fit_standardisation(self, image_features: torch.Tensor, text_features: torch.Tensor | None) -> None:
         for name, feats in (("image", image_features), ("text", text_features)):
-            getattr(self, f"{name}_mean").copy_(feats.mean(0))
-            getattr(self, f"{name}_std").copy_(feats.std(0).clamp_min(1e-4))
+            if feats is not None and feats.shape[1]:
+                getattr(self, f"{name}_mean").copy_(feats.mean(0))
+                getattr(self, f"{name}_std").copy_(feats.std(0).clamp_min(1e-4))
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
 
     # ---- tokens ------------------------------------------------------------------------
     def _image(self, f):
         return self.image_in((f - self.image_mean) / self.image_std)
 
     def _text(self, f):
+        if self.text_in is None:
+            return 0.0
+        if f is None:
+            raise InvalidInput("this model reads prompts: pass their features")
         return self.text_in((f - self.text_mean) / self.text_std)
 
     def history_tokens(self, history: PairFeatures) -> torch.Tensor:

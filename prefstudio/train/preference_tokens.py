@@ -10,11 +10,14 @@
     accelerate launch --num_processes 8 -m prefstudio.train.preference_tokens --config \
         assets/preference_tokens/idefics2-8b.json --data DATA --stage 1 --out runs/idefics2/stage1
 
-A training example is one judged pair (z_pos, z_neg) of a training user, and a history of
+A training example is one judged pair (z_pos, z_neg) of a training user and a history of
 N_ref other pairs of the same user that share no image with it, drawn at random and in a
 random order every time (the shuffle of §4.1). Validation uses the *validation users*
-(val_references + val_1v1), never the training set. The checkpoint kept is the one with the
-best validation accuracy; log.jsonl has every logged step.
+(their references and 1v1 targets), never the training set. The weights kept are those of
+the best validation accuracy; log.jsonl holds every logged step.
+
+`train_lite_on_features` is the same two stages for callers that hold features, not files
+(the benchmark harness).
 """
 import argparse
 import json
@@ -28,15 +31,15 @@ import torch
 
 from prefstudio.errors import InvalidInput
 from prefstudio.eval.metrics import top_k_hits
-from prefstudio.eval.protocol import group_scores
 from prefstudio.preference.losses import preference_loss
-from prefstudio.preference.pair_data import Judgment, PairDataSet
+from prefstudio.preference.pair_data import PairDataSet
+from prefstudio.preference.tokens import LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures
 
 
 @dataclass
 class StageConfig:
     steps: int
-    batch_size: int  # pairs per optimizer step on each process (with grad_accum micro-batches)
+    batch_size: int  # pairs per optimizer step on each process (in grad_accum micro-batches)
     lr: float
     weight_decay: float = 0.0
     n_ref: int = 8
@@ -68,27 +71,26 @@ def read_run_config(path: str | Path) -> dict:
 
 
 class HistorySampler:
-    """Random (target pair, history) examples from the training users' judgments."""
+    """Random (target pair, history) examples: judgment i is (users[i], liked[i], disliked[i]),
+    images named by any hashable key (a path, a feature row)."""
 
-    def __init__(self, judgments: list[Judgment], n_ref: int):
-        self.judgments = judgments
-        self.n_ref = n_ref
-        per_user: dict[str, list[int]] = {}
-        for i, j in enumerate(judgments):
-            per_user.setdefault(j.user_id, []).append(i)
-        # Users need n_ref pairs besides the target; the rest only ever serve as targets of none.
+    def __init__(self, users: list, liked: list, disliked: list, n_ref: int):
+        self.liked, self.disliked, self.n_ref = liked, disliked, n_ref
+        per_user: dict = {}
+        for i, user in enumerate(users):
+            per_user.setdefault(user, []).append(i)
         self.per_user = {u: idx for u, idx in per_user.items() if len(idx) > n_ref}
-        self.targets = [i for idx in self.per_user.values() for i in idx]
+        self.user_of = {i: u for u, idx in self.per_user.items() for i in idx}
+        self.targets = sorted(self.user_of)
         if not self.targets:
             raise InvalidInput(f"no training user has more than N_ref = {n_ref} judgments")
         self.skipped_users = len(per_user) - len(self.per_user)
 
     def sample(self, generator: torch.Generator) -> tuple[int, list[int]] | None:
         target = self.targets[int(torch.randint(len(self.targets), (), generator=generator))]
-        t = self.judgments[target]
-        shown = {t.liked, t.disliked}
-        pool = [i for i in self.per_user[t.user_id]
-                if i != target and not {self.judgments[i].liked, self.judgments[i].disliked} & shown]
+        shown = {self.liked[target], self.disliked[target]}
+        pool = [i for i in self.per_user[self.user_of[target]]
+                if i != target and self.liked[i] not in shown and self.disliked[i] not in shown]
         if len(pool) < self.n_ref:
             return None
         order = torch.randperm(len(pool), generator=generator)[: self.n_ref]
@@ -105,104 +107,128 @@ class HistorySampler:
         raise InvalidInput("training users' judgments share too many images to draw disjoint histories")
 
 
-# ---- backbones ------------------------------------------------------------------------------
-def encoder_pair(model_config: dict):
-    from prefstudio.preference.scorers import encoder_named
+# ---- what a stage trains on -------------------------------------------------------------------
+class LiteTask:
+    """Feature tables, the training judgments as rows (liked, disliked, prompt; prompt -1 when
+    the model reads none) and the validation users as (history rows, target rows)."""
 
-    return encoder_named(model_config["image_encoder"]), encoder_named(model_config["text_encoder"])
+    def __init__(self, images, prompts, users, rows, validation, n_ref):
+        self.images, self.prompts = images, prompts
+        self.users, self.rows = users, rows
+        self.validation = validation
+        self.set_n_ref(n_ref)
+
+    def set_n_ref(self, n_ref: int) -> None:
+        self.sampler = HistorySampler(self.users, self.rows[:, 0].tolist(), self.rows[:, 1].tolist(), n_ref)
+
+    @classmethod
+    def from_data(cls, data: PairDataSet, scorer, n_ref: int) -> "LiteTask":
+        validation = [(scorer.rows(data.references["val"][u][:n_ref]),
+                       scorer.rows([j for j in data.targets_1v1["val"] if j.user_id == u]))
+                      for u in data.users["val"] if u in data.references["val"]]
+        return cls(scorer.image_features, scorer.prompt_features, [j.user_id for j in data.train],
+                   scorer.rows(data.train), validation, n_ref)
+
+    @classmethod
+    def from_features(cls, train_users: list[PairFeatures],
+                      validation: list[tuple[PairFeatures, torch.Tensor, torch.Tensor]], n_ref: int) -> "LiteTask":
+        """Features in, as a harness holds them; an image is identified by its feature vector."""
+        with_prompts = train_users[0].prompts is not None
+        histories = list(train_users) + [h for h, _, _ in validation]
+        all_images = torch.cat([torch.cat([h.liked, h.disliked]) for h in histories]
+                               + [torch.cat([a, b]) for _, a, b in validation])
+        images, inverse = torch.unique(all_images, dim=0, return_inverse=True)
+        prompts, prompt_inverse = (torch.unique(torch.cat([h.prompts for h in histories]), dim=0,
+                                                return_inverse=True) if with_prompts else (None, None))
+        image_at, prompt_at = iter(inverse.tolist()), iter(prompt_inverse.tolist() if with_prompts else [])
+
+        def history_rows(h):
+            n = h.liked.shape[0]
+            liked, disliked = [next(image_at) for _ in range(n)], [next(image_at) for _ in range(n)]
+            prompt = [next(prompt_at) for _ in range(n)] if with_prompts else [-1] * n
+            return torch.tensor([liked, disliked, prompt]).T.reshape(-1, 3)
+
+        train_rows = [history_rows(h) for h in train_users]
+        val_histories = [history_rows(h) for h, _, _ in validation]
+        val_targets = []
+        for _, liked, disliked in validation:
+            t = liked.shape[0]
+            pair = [[next(image_at) for _ in range(t)], [next(image_at) for _ in range(t)]]
+            val_targets.append(torch.tensor(pair + [[-1] * t]).T.reshape(-1, 3))
+        users = [u for u, rows in enumerate(train_rows) for _ in range(rows.shape[0])]
+        return cls(images, prompts, users, torch.cat(train_rows), list(zip(val_histories, val_targets)), n_ref)
+
+    def _prompts(self, rows):
+        return None if self.prompts is None else self.prompts[rows]
+
+    def history(self, rows) -> PairFeatures:
+        return PairFeatures(self.images[rows[..., 0]], self.images[rows[..., 1]], self._prompts(rows[..., 2]))
+
+    def logits(self, model, examples):
+        """-> pos_like, pos_dislike, neg_like, neg_dislike [B]."""
+        history = self.rows[torch.tensor([h for _, h in examples])]  # [B, N, 3]
+        target = self.rows[torch.tensor([t for t, _ in examples])]  # [B, 3]
+        prompts = self._prompts(target[:, 2])
+        targets = TargetFeatures(self.images[target[:, :2]],
+                                 None if prompts is None else prompts.unsqueeze(1).expand(-1, 2, -1))
+        m_like, m_dislike = model(self.history(history), targets)
+        return m_like[:, 0], m_dislike[:, 0], m_like[:, 1], m_dislike[:, 1]
+
+    @torch.no_grad()
+    def validation_accuracy(self, model) -> tuple[float, int]:
+        """Top-1, 1 liked vs 1 disliked, over the validation users' targets."""
+        hits = []
+        for history, targets in self.validation:
+            prompts = self._prompts(targets[:, 2])
+            both = TargetFeatures(self.images[targets[:, :2]].flatten(0, 1),
+                                  None if prompts is None else prompts.repeat_interleave(2, 0))
+            m_like, m_dislike = model(self.history(history), both)
+            hits.append(top_k_hits((m_like - m_dislike).reshape(-1, 2), 1))
+        hits = torch.cat(hits)
+        return float(hits.mean()), hits.numel()
 
 
-def build_lite(model_config: dict, data: PairDataSet, resume: Path | None, encoders=None):
-    from prefstudio.preference.pair_data import image_features, prompt_features
-    from prefstudio.preference.scorers import LiteScorer
-    from prefstudio.preference.tokens import LiteConfig, LiteTokenModel, load_token_model
+class VLMTask:
+    """Training pairs as images; validation through the evaluation protocol's scorer."""
 
-    if resume is not None:
-        model = load_token_model(resume)
-        model_config = {"image_encoder": model.config.image_encoder, "text_encoder": model.config.text_encoder}
-    image_encoder, text_encoder = encoders or encoder_pair(model_config)
-    for kind, encoder in (("image", image_encoder), ("text", text_encoder)):
-        if encoder.name != model_config[f"{kind}_encoder"]:
-            raise InvalidInput(f"the model reads {kind} features of {model_config[f'{kind}_encoder']!r}, "
-                               f"not {encoder.name!r}")
-    image_rows, images = image_features(data, image_encoder)
-    prompt_rows, prompts = prompt_features(data, text_encoder)
-    if resume is None:
-        model = LiteTokenModel(LiteConfig(image_dim=images.shape[1], text_dim=prompts.shape[1], **model_config))
-        scorer = LiteScorer(model, image_rows, images, prompt_rows, prompts)
-        train_rows = scorer.rows(data.train)
-        model.fit_standardisation(images[train_rows[:, :2].flatten().unique()], prompts[train_rows[:, 2].unique()])
-    return model.train(), LiteScorer(model, image_rows, images, prompt_rows, prompts)
+    def __init__(self, data: PairDataSet, scorer, n_ref: int):
+        self.data, self.scorer = data, scorer
+        judgments = data.train
+        self.sampler = HistorySampler([j.user_id for j in judgments], [j.liked for j in judgments],
+                                      [j.disliked for j in judgments], n_ref)
+        self.n_ref = n_ref
 
+    def logits(self, model, examples):
+        unwrapped = self.scorer.model
+        sequences = []
+        for target, history in examples:
+            pairs = self.scorer.image_history([self.data.train[i] for i in history])
+            t = self.data.train[target]
+            for image in (t.liked, t.disliked):
+                sequences.append(unwrapped.sequence(pairs, self.scorer._load(image), t.prompt))
+        # One example: both sequences hold the same history images, which are then encoded once.
+        m_like, m_dislike = model(unwrapped.encode(sequences), shared_history=len(examples) == 1)
+        return m_like[0::2], m_dislike[0::2], m_like[1::2], m_dislike[1::2]
 
-def lite_logits(model, scorer, examples, judgments):
-    """-> pos_like, pos_dislike, neg_like, neg_dislike [B] for a batch of examples."""
-    from prefstudio.preference.tokens import TargetFeatures
+    def validation_accuracy(self, model) -> tuple[float, int]:
+        from prefstudio.eval.protocol import group_scores
 
-    rows = scorer.rows(judgments)  # [P, 3]
-    history = rows[torch.tensor([h for _, h in examples])]  # [B, N, 3]
-    target = rows[torch.tensor([t for t, _ in examples])]  # [B, 3]
-    images = scorer.image_features[target[:, :2]]  # [B, 2, Di]: liked, disliked
-    prompts = scorer.prompt_features[target[:, 2]].unsqueeze(1).expand(-1, 2, -1)
-    m_like, m_dislike = model(scorer.history_features(history), TargetFeatures(images, prompts))
-    return m_like[:, 0], m_dislike[:, 0], m_like[:, 1], m_dislike[:, 1]
+        scores = group_scores(self.scorer, self.data, "val", self.n_ref, "1v1")
+        hits = torch.cat([top_k_hits(s, 1) for s in scores.values() if len(s)])
+        return float(hits.mean()), hits.numel()
 
 
-def build_vlm(model_config: dict, resume: Path | None, device):
-    from prefstudio.preference.scorers import VLMScorer
-    from prefstudio.preference.vlm import VLMConfig, load_vlm, load_vlm_checkpoint
-
-    model = load_vlm_checkpoint(resume, device) if resume is not None else load_vlm(VLMConfig(**model_config), device)
-    return model.train(), VLMScorer(model)
-
-
-def vlm_logits(model, unwrapped, scorer, examples, judgments):
-    """One forward over the 2 sequences (liked / disliked target, same history) of every example."""
-    sequences = []
-    for target, history in examples:
-        pairs = scorer.image_history([judgments[i] for i in history])
-        t = judgments[target]
-        for image in (t.liked, t.disliked):
-            sequences.append(unwrapped.sequence(pairs, scorer._load(image), t.prompt))
-    # One example: both sequences hold the same history images, which are then encoded once.
-    m_like, m_dislike = model(unwrapped.encode(sequences), shared_history=len(examples) == 1)
-    return m_like[0::2], m_dislike[0::2], m_like[1::2], m_dislike[1::2]
-
-
-# ---- the loop -------------------------------------------------------------------------------
-def validation_accuracy(scorer, data: PairDataSet, n_ref: int) -> tuple[float, int]:
-    """Top-1, 1 liked vs 1 disliked, on the validation users (history: their first n_ref references)."""
-    scores = group_scores(scorer, data, "val", n_ref, "1v1")
-    hits = torch.cat([top_k_hits(s, 1) for s in scores.values() if len(s)])
-    return float(hits.mean()), hits.numel()
-
-
-def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resume: str | Path | None = None,
-          log=print, encoders=None) -> dict:
-    """Run one stage; returns the kept (best-validation) log record. `encoders` (image, text)
-    replaces the lookup of the config's encoder names (lite only)."""
+# ---- one stage ----------------------------------------------------------------------------------
+def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_file: Path | None = None) -> dict:
+    """Train `model` in place for one stage (it must already hold P_v for stage 2) and leave it
+    with the weights of its best validation accuracy; returns that step's log record."""
     from accelerate import Accelerator
 
-    settings: StageConfig = config[f"stage{stage}"]
-    if stage == 2 and resume is None:
-        raise InvalidInput("stage 2 resumes from a stage-1 checkpoint: pass --resume")
-    out = Path(out)
     accelerator = Accelerator(gradient_accumulation_steps=settings.grad_accum)
-    torch.manual_seed(settings.seed)
-    data = PairDataSet.read(data_root, splits=("val",))
-    sampler = HistorySampler(data.train, settings.n_ref)
-    resume = Path(resume) if resume is not None else None
-    if config["backbone"] == "lite":
-        model, scorer = build_lite(config["model"], data, resume, encoders)
-    else:
-        model, scorer = build_vlm(config["model"], resume, accelerator.device)
-    if stage == 2:
-        model.add_preference_tokens(settings.preference_tokens,
-                                    generator=torch.Generator().manual_seed(settings.seed))
     params = model.stage_parameters(stage)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
-    def lr_at(step):  # linear warm-up, cosine decay to 10 %
+    def lr_at(step):  # linear warm-up, then cosine decay to 10 %
         if step < settings.warmup_steps:
             return (step + 1) / settings.warmup_steps
         progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
@@ -213,45 +239,33 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     unwrapped = accelerator.unwrap_model(wrapped)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + accelerator.process_index)
     micro = max(1, settings.batch_size // settings.grad_accum)
-    provenance = {"stage": stage, "data": str(data_root), "resumed_from": str(resume) if resume else None,
-                  "settings": asdict(settings), "command": " ".join(sys.argv)}
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "log.jsonl"
-    if accelerator.is_main_process:
-        log_file.write_text("")
-    best = {"val_top1": -1.0}
+    best, best_state, running = {"val_top1": -1.0}, None, []
     start = time.perf_counter()
-    running = []
 
-    def evaluate_and_keep(step):
-        nonlocal best
+    def evaluate(step):
+        nonlocal best, best_state
         if accelerator.is_main_process:
             unwrapped.eval()
-            accuracy, n = validation_accuracy(scorer, data, settings.n_ref)
+            accuracy, n = task.validation_accuracy(unwrapped)
             unwrapped.train()
             loss = sum(running) / len(running) if running else float("nan")
-            record = {"step": step, "loss": loss, "val_top1": accuracy, "val_n": n,
+            record = {"stage": stage, "step": step, "loss": loss, "val_top1": accuracy, "val_n": n,
                       "seconds": round(time.perf_counter() - start, 1)}
-            with open(log_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if log_file is not None:
+                with open(log_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             log(f"stage {stage} step {step:5d}  loss {loss:.4f}  val top-1 {100 * accuracy:.2f} % (n={n})  "
                 f"{record['seconds']:.0f} s")
             running.clear()
             if accuracy > best["val_top1"]:
-                best = record
-                provenance["best"] = record
-                _save(unwrapped, out, provenance)
+                best, best_state = record, unwrapped.trained_state()
         accelerator.wait_for_everyone()
 
-    evaluate_and_keep(0)
+    evaluate(0)
     for step in range(1, settings.steps + 1):
         for _ in range(settings.grad_accum):
             with accelerator.accumulate(wrapped):
-                examples = sampler.batch(micro, generator)
-                if config["backbone"] == "lite":
-                    logits = lite_logits(wrapped, scorer, examples, data.train)
-                else:
-                    logits = vlm_logits(wrapped, unwrapped, scorer, examples, data.train)
+                logits = task.logits(wrapped, task.sampler.batch(micro, generator))
                 loss = preference_loss(*logits, contrastive=settings.contrastive).total
                 running.append(float(loss.detach()))
                 accelerator.backward(loss)
@@ -259,10 +273,69 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
                 scheduler.step()
                 optimizer.zero_grad()
         if step % settings.eval_every == 0 or step == settings.steps:
-            evaluate_and_keep(step)
+            evaluate(step)
     if accelerator.is_main_process:
-        log(f"kept step {best['step']} (val top-1 {100 * best['val_top1']:.2f} %) in {out}; "
-            f"{sampler.skipped_users} training users had ≤ N_ref judgments and were skipped")
+        unwrapped.load_trained_state(best_state)
+        log(f"stage {stage}: kept step {best['step']} (val top-1 {100 * best['val_top1']:.2f} %); "
+            f"{task.sampler.skipped_users} training users had ≤ N_ref judgments and served no example")
+    return best
+
+
+# ---- from files (the CLI) ---------------------------------------------------------------------------
+def _encoders(model_config: dict):
+    from prefstudio.preference.scorers import encoder_named
+
+    return encoder_named(model_config["image_encoder"]), encoder_named(model_config["text_encoder"])
+
+
+def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resume: str | Path | None = None,
+          log=print, encoders=None) -> dict:
+    """Run one stage on a data root and save the kept weights to `out`; returns the kept step's
+    record. `encoders` (image, text) replaces the lookup of the config's encoder names (lite)."""
+    from accelerate import PartialState
+    from prefstudio.preference.scorers import LiteScorer, VLMScorer
+    from prefstudio.preference.tokens import load_token_model
+
+    settings: StageConfig = config[f"stage{stage}"]
+    if stage == 2 and resume is None:
+        raise InvalidInput("stage 2 resumes from a stage-1 checkpoint: pass --resume")
+    torch.manual_seed(settings.seed)
+    data = PairDataSet.read(data_root, splits=("val",))
+    resume = Path(resume) if resume is not None else None
+    if config["backbone"] == "lite":
+        model_config = config["model"]
+        if resume is not None:
+            model = load_token_model(resume)
+            model_config = {"image_encoder": model.config.image_encoder, "text_encoder": model.config.text_encoder}
+        image_encoder, text_encoder = encoders or _encoders(model_config)
+        scorer = LiteScorer.for_encoders(data, image_encoder, text_encoder)
+        if resume is None:
+            model = LiteTokenModel(LiteConfig(image_dim=scorer.image_features.shape[1],
+                                              text_dim=scorer.prompt_features.shape[1], **model_config))
+            train_rows = scorer.rows(data.train)
+            model.fit_standardisation(scorer.image_features[train_rows[:, :2].flatten().unique()],
+                                      scorer.prompt_features[train_rows[:, 2].unique()])
+        scorer.check(model)
+        scorer.model = model
+        task = LiteTask.from_data(data, scorer, settings.n_ref)
+    else:
+        from prefstudio.preference.vlm import VLMConfig, load_vlm, load_vlm_checkpoint
+
+        device = PartialState().device
+        model = (load_vlm_checkpoint(resume, device) if resume is not None
+                 else load_vlm(VLMConfig(**config["model"]), device))
+        task = VLMTask(data, VLMScorer(model), settings.n_ref)
+    if stage == 2:
+        model.add_preference_tokens(settings.preference_tokens,
+                                    generator=torch.Generator().manual_seed(settings.seed))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.jsonl").write_text("")
+    best = run_stage(model.train(), task, settings, stage, log, out / "log.jsonl")
+    provenance = {"stage": stage, "data": str(data_root), "resumed_from": str(resume) if resume else None,
+                  "settings": asdict(settings), "kept": best, "command": " ".join(sys.argv)}
+    if PartialState().is_main_process:
+        _save(model, out, provenance)
     return best
 
 
@@ -273,6 +346,36 @@ def _save(model, out: Path, provenance: dict) -> None:
         save_token_model(model, out, provenance)
     else:
         model.save(out, provenance)
+
+
+# ---- from features (the benchmark harness) -----------------------------------------------------
+def train_lite_on_features(train_users: list[PairFeatures],
+                           validation: list[tuple[PairFeatures, torch.Tensor, torch.Tensor]],
+                           model: dict, stage1: StageConfig, stage2: StageConfig | None,
+                           image_encoder: str, text_encoder: str | None = None, log=print) -> dict:
+    """Both stages on features: train_users are the training users' judged pairs; validation is
+    (history, liked targets [T,Di], disliked targets [T,Di]) per validation user. Prompts are
+    read when the histories carry them. Returns {"stage1": model without P_v, "stage2": with P_v
+    (None without stage2), "log": [kept records]}."""
+    import copy
+
+    torch.manual_seed(stage1.seed)
+    task = LiteTask.from_features(train_users, validation, stage1.n_ref)
+    text_dim = 0 if task.prompts is None else task.prompts.shape[1]
+    first = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1], text_dim=text_dim,
+                                      image_encoder=image_encoder, text_encoder=text_encoder if text_dim else None,
+                                      **model))
+    first.fit_standardisation(task.images[task.rows[:, :2].flatten().unique()],
+                              None if task.prompts is None else task.prompts[task.rows[:, 2].unique()])
+    kept = [run_stage(first.train(), task, stage1, 1, log)]
+    second = None
+    if stage2 is not None:
+        second = copy.deepcopy(first)
+        second.add_preference_tokens(stage2.preference_tokens, generator=torch.Generator().manual_seed(stage2.seed))
+        task.set_n_ref(stage2.n_ref)
+        kept.append(run_stage(second.train(), task, stage2, 2, log))
+        second.eval()
+    return {"stage1": first.eval(), "stage2": second, "log": kept}
 
 
 def main(argv=None) -> int:
@@ -286,16 +389,16 @@ def main(argv=None) -> int:
     parser.add_argument("--base-loss-only", action="store_true", help="train with L_base alone (Table 5 ablation)")
     parser.add_argument("--preference-tokens", type=int, help="L_p for stage 2 (Table 6 ablation)")
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = read_run_config(args.config)
     settings = config[f"stage{args.stage}"]
     if args.base_loss_only:
         settings.contrastive = False
-    if args.preference_tokens is not None:
-        settings.preference_tokens = args.preference_tokens
-    if args.steps is not None:
-        settings.steps = args.steps
+    for name in ("preference_tokens", "steps", "seed"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
     train(config, args.data, args.stage, args.out, args.resume)
     return 0
 
