@@ -310,3 +310,20 @@ def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_i
     assert [r["stage"] for r in result["log"]] == [1, 2] and result["log"][0]["val_n"] == 15
     m_like, m_dislike = second.score(PairFeatures(pool[:4], pool[4:8]), TargetFeatures(pool[10:20]))
     assert m_like.shape == (10,)
+
+
+def test_shipped_training_configs_parse():
+    from pathlib import Path
+
+    from prefstudio.preference.vlm import VLMConfig
+    from prefstudio.train.preference_tokens import read_run_config
+
+    configs = sorted(Path("assets/preference_tokens").glob("*.json"))
+    assert {c.stem for c in configs} >= {"lite", "idefics2-8b"}
+    for path in configs:
+        config = read_run_config(path)
+        if config["backbone"] == "vlm":
+            assert VLMConfig(**config["model"]).quantization == "nf4"
+        else:
+            LiteConfig(image_dim=1, text_dim=1, **config["model"])
+        assert config["stage2"].preference_tokens == 10  # L_p = 10 by default (000 §3.3)
