@@ -318,7 +318,7 @@ def test_shipped_training_configs_parse():
     from prefstudio.preference.vlm import VLMConfig
     from prefstudio.train.preference_tokens import read_run_config
 
-    configs = sorted(Path("assets/preference_tokens").glob("*.json"))
+    configs = sorted((Path(__file__).parents[1] / "assets" / "preference_tokens").glob("*.json"))
     assert {c.stem for c in configs} >= {"lite", "idefics2-8b"}
     for path in configs:
         config = read_run_config(path)
