@@ -110,7 +110,7 @@ def test_two_stage_training_validation_protocol_and_attention(tmp_path):
     config = {"backbone": "lite",
               "model": {"width": 32, "layers": 1, "heads": 2, "image_encoder": encoders[0].name,
                         "text_encoder": encoders[1].name},
-              "stage1": StageConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10),
+              "stage1": StageConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10, targets_per_history=3),
               "stage2": StageConfig(steps=10, batch_size=16, lr=1e-2, eval_every=5, preference_tokens=4)}
     messages = []
     train(config, root, 1, tmp_path / "s1", encoders=encoders, log=messages.append)

@@ -43,6 +43,7 @@ class StageConfig:
     lr: float
     weight_decay: float = 0.0
     n_ref: int = 8
+    targets_per_history: int = 1  # lite: several target pairs share one encoded history (cheaper signal)
     contrastive: bool = True  # L_all; False = L_base alone (Table 5's baseline)
     grad_accum: int = 1
     eval_every: int = 250
@@ -86,20 +87,27 @@ class HistorySampler:
             raise InvalidInput(f"no training user has more than N_ref = {n_ref} judgments")
         self.skipped_users = len(per_user) - len(self.per_user)
 
-    def sample(self, generator: torch.Generator) -> tuple[int, list[int]] | None:
-        target = self.targets[int(torch.randint(len(self.targets), (), generator=generator))]
-        shown = {self.liked[target], self.disliked[target]}
-        pool = [i for i in self.per_user[self.user_of[target]]
-                if i != target and self.liked[i] not in shown and self.disliked[i] not in shown]
-        if len(pool) < self.n_ref:
+    def sample(self, generator: torch.Generator, targets: int = 1) -> tuple[list[int], list[int]] | None:
+        """`targets` target pairs of one user and n_ref other pairs of theirs sharing no image with
+        them, in random order; None when this draw cannot make that."""
+        first = self.targets[int(torch.randint(len(self.targets), (), generator=generator))]
+        own = self.per_user[self.user_of[first]]
+        others = [own[i] for i in torch.randperm(len(own), generator=generator).tolist() if own[i] != first]
+        chosen, shown = [first], {self.liked[first], self.disliked[first]}
+        for i in others:
+            if len(chosen) == targets:
+                break
+            chosen.append(i)
+            shown |= {self.liked[i], self.disliked[i]}
+        pool = [i for i in others if i not in chosen and self.liked[i] not in shown and self.disliked[i] not in shown]
+        if len(chosen) < targets or len(pool) < self.n_ref:
             return None
-        order = torch.randperm(len(pool), generator=generator)[: self.n_ref]
-        return target, [pool[i] for i in order]
+        return chosen, pool[: self.n_ref]
 
-    def batch(self, size: int, generator: torch.Generator) -> list[tuple[int, list[int]]]:
+    def batch(self, size: int, generator: torch.Generator, targets: int = 1) -> list[tuple[list[int], list[int]]]:
         examples = []
         for _ in range(size * 20):
-            example = self.sample(generator)
+            example = self.sample(generator, targets)
             if example is not None:
                 examples.append(example)
                 if len(examples) == size:
@@ -165,14 +173,15 @@ class LiteTask:
         return PairFeatures(self.images[rows[..., 0]], self.images[rows[..., 1]], self._prompts(rows[..., 2]))
 
     def logits(self, model, examples):
-        """-> pos_like, pos_dislike, neg_like, neg_dislike [B]."""
+        """-> pos_like, pos_dislike, neg_like, neg_dislike [B·T] (T target pairs per history)."""
         history = self.rows[torch.tensor([h for _, h in examples])]  # [B, N, 3]
-        target = self.rows[torch.tensor([t for t, _ in examples])]  # [B, 3]
-        prompts = self._prompts(target[:, 2])
-        targets = TargetFeatures(self.images[target[:, :2]],
-                                 None if prompts is None else prompts.unsqueeze(1).expand(-1, 2, -1))
+        target = self.rows[torch.tensor([t for t, _ in examples])]  # [B, T, 3]
+        prompts = self._prompts(target[..., 2])
+        targets = TargetFeatures(self.images[target[..., :2]].flatten(1, 2),  # [B, 2T, D]: liked, disliked, ...
+                                 None if prompts is None else prompts.repeat_interleave(2, dim=1))
         m_like, m_dislike = model(self.history(history), targets)
-        return m_like[:, 0], m_dislike[:, 0], m_like[:, 1], m_dislike[:, 1]
+        return m_like[:, 0::2].flatten(), m_dislike[:, 0::2].flatten(), m_like[:, 1::2].flatten(), \
+            m_dislike[:, 1::2].flatten()
 
     @torch.no_grad()
     def validation_accuracy(self, model) -> tuple[float, int]:
@@ -201,7 +210,7 @@ class VLMTask:
     def logits(self, model, examples):
         unwrapped = self.scorer.model
         sequences = []
-        for target, history in examples:
+        for (target,), history in examples:
             pairs = self.scorer.image_history([self.data.train[i] for i in history])
             t = self.data.train[target]
             for image in (t.liked, t.disliked):
@@ -265,7 +274,7 @@ def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_fil
     for step in range(1, settings.steps + 1):
         for _ in range(settings.grad_accum):
             with accelerator.accumulate(wrapped):
-                logits = task.logits(wrapped, task.sampler.batch(micro, generator))
+                logits = task.logits(wrapped, task.sampler.batch(micro, generator, settings.targets_per_history))
                 loss = preference_loss(*logits, contrastive=settings.contrastive).total
                 running.append(float(loss.detach()))
                 accelerator.backward(loss)
@@ -324,6 +333,8 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
         device = PartialState().device
         model = (load_vlm_checkpoint(resume, device) if resume is not None
                  else load_vlm(VLMConfig(**config["model"]), device))
+        if settings.targets_per_history != 1:
+            raise InvalidInput("the VLM backbone trains on one target pair per history (targets_per_history = 1)")
         task = VLMTask(data, VLMScorer(model), settings.n_ref)
     if stage == 2:
         model.add_preference_tokens(settings.preference_tokens,
