@@ -1,0 +1,76 @@
+"""Speed of the embedded offline generator on one CPU thread.
+
+    python bench/generator_speed.py [--runs 10] [--resolution 256]
+
+Measures, as medians over `runs` repetitions after one warm-up:
+- `generate_8_s`: `generate(prompt, 8 seeds)`, i.e. the candidates the app shows per round
+  (prompt encoding, noise, render, conversion to PIL);
+- `render_fwd_bwd_s`: one `render` of a single image plus the backward pass to its noise,
+  the unit step of guidance (which runs ~30 of them together with an encoder).
+Prompts cycle through assets/prompts.txt so that every shape feature is exercised.
+Prints the numbers and a markdown table row; `measure()` returns them for the core bench.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefstudio.generators.embedded import EmbeddedGenerator  # noqa: E402
+
+PROMPTS_FILE = Path(__file__).resolve().parents[1] / "assets" / "prompts.txt"
+
+
+def measure(runs: int = 10, resolution: int = 256) -> dict:
+    """Median seconds for 8 candidates via generate() and for one render forward+backward."""
+    torch.set_num_threads(1)
+    prompts = PROMPTS_FILE.read_text().splitlines()
+    generator = EmbeddedGenerator(resolution=resolution)
+    conditionings = [generator.encode_prompt(p) for p in prompts]
+
+    generate_times, step_times = [], []
+    for run in range(runs + 1):   # run 0 warms up
+        prompt = prompts[run % len(prompts)]
+        seeds = list(range(8 * run, 8 * run + 8))
+        start = time.perf_counter()
+        generator.generate(prompt, seeds)
+        generate_times.append(time.perf_counter() - start)
+
+        noise = generator.initial_noise(run).requires_grad_(True)
+        start = time.perf_counter()
+        generator.render(noise, conditionings[run % len(prompts)]).mean().backward()
+        step_times.append(time.perf_counter() - start)
+    return {
+        "generate_8_s": statistics.median(generate_times[1:]),
+        "render_fwd_bwd_s": statistics.median(step_times[1:]),
+        "runs": runs,
+        "resolution": resolution,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--resolution", type=int, default=256)
+    args = parser.parse_args()
+    result = measure(args.runs, args.resolution)
+    res = result["resolution"]
+    print(f"generate() 8 candidates at {res}²: {result['generate_8_s'] * 1000:.0f} ms (median of {args.runs})")
+    print(f"render forward+backward, 1 image at {res}²: {result['render_fwd_bwd_s'] * 1000:.0f} ms")
+    print()
+    print("| generator | resolution | threads | 8 candidates (generate) | render fwd+bwd (1 image) | CPU |")
+    print("|---|---|---|---|---|---|")
+    print(f"| embedded | {res}² | {result['threads']} | {result['generate_8_s'] * 1000:.0f} ms "
+          f"| {result['render_fwd_bwd_s'] * 1000:.0f} ms | {platform.processor() or platform.machine()} |")
+
+
+if __name__ == "__main__":
+    main()
