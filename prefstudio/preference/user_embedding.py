@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.losses import preference_loss
 
-# Below this many pairs only the bank coefficients are fitted (003 §4.3: linear
-# combination wins for histories shorter than 8, direct training above).
-COLD_START_PAIRS = 8
+# Below this many independent pairs only the bank coefficients are fitted (003 §4.3:
+# the linear combination wins for short histories, direct training for long ones).
+COLD_START_PAIRS = 16
 # Pairs evaluated in leave-one-out (each one is an extra model in the batch).
 MAX_LOO_MODELS = 128
 # Taste-space size when fitting from scratch, and the PCA width a bank learns inside.
@@ -111,6 +111,14 @@ class UserEmbeddingModel(torch.nn.Module):
         return cls(config["encoder"], **tensors)
 
 
+def _common_scale(features: torch.Tensor) -> torch.Tensor:
+    """One scale for every dimension (the RMS spread), as a [D] tensor. Per-dimension
+    z-scores would undo the encoder's own balance between feature blocks (1,280 network
+    dimensions would outvote 80 colour statistics 16 to 1)."""
+    rms = features.std(0).pow(2).mean().sqrt().clamp_min(1e-6)
+    return rms.expand(features.shape[1]).clone()
+
+
 def principal_directions(standardised: torch.Tensor, k: int) -> torch.Tensor:
     """[D, k] top principal directions, one common scale so the projected features have
     unit variance on average. Not whitened: whitening would blow weak noise directions
@@ -183,6 +191,15 @@ def _solve(phi_pos, phi_neg, weights, prior_like, prior_dislike, bank_like, bank
     return like.detach(), dislike.detach(), bias.detach(), loss.detach()
 
 
+def _evidence(n_pairs: int, pair_images: list[tuple[str, str]] | None) -> float:
+    """How many independent pairs a history is worth: 8 likes and 8 dislikes make 64
+    like-x-dislike pairs but only 16 judged images, i.e. at most 8 independent pairs."""
+    if pair_images is None:
+        return n_pairs
+    distinct = len({image for pair in pair_images for image in pair})
+    return min(n_pairs, distinct / 2)
+
+
 def _loo_masks(pair_images: list[tuple[str, str]], generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """For each evaluated pair, a mask of the pairs its held-out model may train on:
     none that shares an image with it (else a liked image seen in another pair leaks)."""
@@ -219,7 +236,7 @@ def fit_user_embedding(
     """
     args = dict(pair_images=pair_images, contrastive=contrastive, steps=steps, lr=lr, seed=seed)
     result = _fit(liked, disliked, bank, encoder, **args)
-    if bank is not None and liked.shape[0] >= 2 * COLD_START_PAIRS:
+    if bank is not None and _evidence(liked.shape[0], pair_images) >= COLD_START_PAIRS:
         free = _fit(liked, disliked, None, encoder, **args)
         if free.loo_accuracy is not None and free.loo_accuracy > (result.loo_accuracy or 0.0):
             return free
@@ -255,16 +272,17 @@ def _fit(
         mean, std, projection = bank.mean, bank.std, bank.projection
         bank_like, bank_dislike = bank.like_vectors, bank.dislike_vectors
         prior_like = prior_dislike = torch.zeros(bank.projection.shape[1])
-        if n_pairs < COLD_START_PAIRS:
+        evidence = _evidence(n_pairs, pair_images)
+        if evidence < COLD_START_PAIRS:
             mode, personal_l2 = "bank mix", None
         else:
             # The personal offset is held back less as evidence accumulates.
-            mode, personal_l2 = "bank mix + personal", 0.5 * COLD_START_PAIRS / n_pairs
+            mode, personal_l2 = "bank mix + personal", 0.5 * COLD_START_PAIRS / evidence
     else:
         # From scratch: the person's own images define the space (their principal directions).
         both = torch.cat([liked, disliked])
         mean = both.mean(0)
-        std = both.std(0).clamp_min(1e-3) if n_pairs > 1 else torch.ones_like(mean)
+        std = _common_scale(both) if n_pairs > 1 else torch.ones_like(mean)
         projection = principal_directions((both - mean) / std, SCRATCH_DIM)
         bank_like = bank_dislike = None
         prior_like = prior_dislike = torch.zeros(projection.shape[1])
@@ -315,7 +333,7 @@ def train_user_bank(
         raise InvalidInput("a user bank needs at least two users")
     torch.manual_seed(seed)
     everything = torch.cat([torch.cat(u) for u in users]).float()
-    mean, std = everything.mean(0), everything.std(0).clamp_min(1e-3)
+    mean, std = everything.mean(0), _common_scale(everything)
     # Learn the taste space inside the main directions of variation: far fewer
     # parameters than D x dim, so a few dozen pairs per user do not overfit it.
     pca = principal_directions((everything - mean) / std, BANK_PCA_DIM)

@@ -1,0 +1,92 @@
+"""Builds the cold-start user bank the studio ships (checkpoints/user_bank_embedded.safetensors).
+
+    python -m prefstudio.train.user_bank --out checkpoints/user_bank_embedded.safetensors
+
+The bank's users are simulated people (prefstudio.eval.simulated_users) with tastes over
+image attributes a person can have a taste about — warmth, brightness, colourfulness,
+contrast, density, saturation, colour vs black-and-white — each caring about one to three
+of them with either sign. They judge same-prompt pairs of embedded-generator images (the
+images the studio shows) by Bradley–Terry draws; the bank learns the shared taste space and
+every user's vectors (prefstudio.preference.user_embedding.train_user_bank). A real person's
+short history is then fitted as a mixture of these users.
+"""
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import torch
+
+from prefstudio.eval.simulated_users import ATTRIBUTES, random_user
+from prefstudio.preference.user_embedding import train_user_bank
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_bank(n_users: int, n_prompts: int, seeds_per_prompt: int, pairs_per_user: int, seed: int,
+               command: str):
+    from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
+    from prefstudio.generators.embedded import EmbeddedGenerator
+
+    prompts = [p.strip() for p in (REPO_ROOT / "assets" / "prompts.txt").read_text().splitlines() if p.strip()]
+    prompts = prompts[:n_prompts]
+    generator = EmbeddedGenerator(resolution=256, text_encoder=MiniLMTextEncoder())
+    encoder = EmbeddedImageEncoder()
+    pixels, features, prompt_of = [], [], []
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            conditioning = generator.encode_prompt(prompt)
+            noise = torch.cat([generator.initial_noise(1_000_000 + i * 1000 + s) for s in range(seeds_per_prompt)])
+            images = generator.render(noise, conditioning)
+            # Quantise as stored PNGs are, so the bank sees what the studio will encode.
+            images = (images * 255).round() / 255
+            pixels.append(images)
+            features.append(encoder.encode(images))
+            prompt_of += [i] * seeds_per_prompt
+    pixels, features = torch.cat(pixels), torch.cat(features)
+    prompt_of = torch.tensor(prompt_of)
+    same_prompt = [(a, b) for i in range(len(prompts))
+                   for a, b in itertools.combinations((prompt_of == i).nonzero().flatten().tolist(), 2)]
+
+    rng = torch.Generator().manual_seed(seed)
+    users = []
+    for u in range(n_users):
+        person = random_user(f"bank-{u}", seed * 100_003 + u, n_attributes=1 + u % 3, temperature=0.3)
+        utility = person.utility(pixels)
+        chosen = torch.randperm(len(same_prompt), generator=rng)[:pairs_per_user].tolist()
+        liked, disliked = [], []
+        for index in chosen:
+            a, b = same_prompt[index]
+            if not person.prefers_first(float(utility[a]), float(utility[b]), rng):
+                a, b = b, a
+            liked.append(a)
+            disliked.append(b)
+        users.append((features[liked], features[disliked]))
+    source = (f"{command}: {n_users} simulated users (tastes over {', '.join(ATTRIBUTES)}), "
+              f"{pairs_per_user} same-prompt pairs each over {len(pixels)} embedded-generator images "
+              f"of {len(prompts)} prompts, seed {seed}")
+    return train_user_bank(users, encoder.name, source)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "checkpoints" / "user_bank_embedded.safetensors")
+    parser.add_argument("--users", type=int, default=96)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--seeds-per-prompt", type=int, default=8)
+    parser.add_argument("--pairs-per-user", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    command = ("python -m prefstudio.train.user_bank " + f"--users {args.users} --prompts {args.prompts} "
+               f"--seeds-per-prompt {args.seeds_per_prompt} --pairs-per-user {args.pairs_per_user} --seed {args.seed}")
+    bank = build_bank(args.users, args.prompts, args.seeds_per_prompt, args.pairs_per_user, args.seed, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    bank.save(args.out)
+    print(f"wrote {args.out} ({bank.n_users} users, taste space {bank.projection.shape[1]}-d) "
+          f"in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
