@@ -8,6 +8,9 @@ Measures, as medians over `runs` repetitions after one warm-up:
 - `render_fwd_bwd_s`: one `render` of a single image plus the backward pass to its noise,
   the unit step of guidance (which runs ~30 of them together with an encoder).
 Prompts cycle through assets/prompts.txt so that every shape feature is exercised.
+Wall-clock medians are the numbers that count; the machine's load average and the
+process's own CPU time per call are printed beside them, because on a shared machine the
+wall clock also counts time spent waiting for a core.
 Prints the numbers and a markdown table row; `measure()` returns them for the core bench.
 """
 import argparse
@@ -35,24 +38,25 @@ def measure(runs: int = 10, resolution: int = 256) -> dict:
     generator = EmbeddedGenerator(resolution=resolution)
     conditionings = [generator.encode_prompt(p) for p in prompts]
 
-    generate_times, step_times = [], []
-    for run in range(runs + 1):   # run 0 warms up
-        prompt = prompts[run % len(prompts)]
-        seeds = list(range(8 * run, 8 * run + 8))
-        start = time.perf_counter()
-        generator.generate(prompt, seeds)
-        generate_times.append(time.perf_counter() - start)
+    times = {"generate": [], "generate_cpu": [], "step": [], "step_cpu": []}
 
+    def timed(key, call):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        call()
+        times[key].append(time.perf_counter() - wall)
+        times[key + "_cpu"].append(time.thread_time() - cpu)
+
+    for run in range(runs + 1):   # run 0 warms up
+        prompt, conditioning = prompts[run % len(prompts)], conditionings[run % len(prompts)]
+        timed("generate", lambda: generator.generate(prompt, list(range(8 * run, 8 * run + 8))))
         noise = generator.initial_noise(run).requires_grad_(True)
-        start = time.perf_counter()
-        generator.render(noise, conditionings[run % len(prompts)]).mean().backward()
-        step_times.append(time.perf_counter() - start)
+        timed("step", lambda: generator.render(noise, conditioning).mean().backward())
+    median = {key: statistics.median(values[1:]) for key, values in times.items()}
     return {
-        "generate_8_s": statistics.median(generate_times[1:]),
-        "render_fwd_bwd_s": statistics.median(step_times[1:]),
-        "runs": runs,
-        "resolution": resolution,
-        "threads": torch.get_num_threads(),
+        "generate_8_s": median["generate"], "generate_8_cpu_s": median["generate_cpu"],
+        "render_fwd_bwd_s": median["step"], "render_fwd_bwd_cpu_s": median["step_cpu"],
+        "runs": runs, "resolution": resolution, "threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count(),
     }
 
 
@@ -62,9 +66,12 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     args = parser.parse_args()
     result = measure(args.runs, args.resolution)
-    res = result["resolution"]
-    print(f"generate() 8 candidates at {res}²: {result['generate_8_s'] * 1000:.0f} ms (median of {args.runs})")
-    print(f"render forward+backward, 1 image at {res}²: {result['render_fwd_bwd_s'] * 1000:.0f} ms")
+    res, ms = result["resolution"], lambda key: f"{result[key] * 1000:.0f} ms"
+    print(f"generate() 8 candidates at {res}²: {ms('generate_8_s')} "
+          f"(own CPU time {ms('generate_8_cpu_s')}), median of {args.runs}")
+    print(f"render forward+backward, 1 image at {res}²: {ms('render_fwd_bwd_s')} "
+          f"(own CPU time {ms('render_fwd_bwd_cpu_s')})")
+    print(f"load average {result['load_average_1min']:.1f} on {result['cpus']} CPUs")
     print()
     print("| generator | resolution | threads | 8 candidates (generate) | render fwd+bwd (1 image) | CPU |")
     print("|---|---|---|---|---|---|")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from prefstudio.encoders.embedded import MiniLMTextEncoder
 from prefstudio.errors import InvalidInput
 from prefstudio.eval.simulated_users import image_attributes
 from prefstudio.generators.base import Generator
@@ -41,6 +42,9 @@ def test_same_prompt_and_seed_give_identical_pixels_across_instances(generator):
     first = generator.generate("a koi pond in a japanese garden", [7, 8])
     again = EmbeddedGenerator().generate("a koi pond in a japanese garden", [7, 8])
     assert [im.image.tobytes() for im in first] == [im.image.tobytes() for im in again]
+    # ...and whatever other seeds it was generated with: stored images can be reproduced.
+    alone = generator.generate("a koi pond in a japanese garden", [8])[0]
+    assert alone.image.tobytes() == first[1].image.tobytes()
     a, b = (torch.frombuffer(bytearray(im.image.tobytes()), dtype=torch.uint8).float() / 255 for im in first)
     assert (a - b).abs().mean() > 0.03   # different seeds, different images
 
@@ -83,25 +87,23 @@ def test_unknown_words_still_relate_through_the_hashed_prompt_vector():
 
 
 def test_text_encoder_relates_prompts_by_meaning():
-    from prefstudio.encoders.embedded import MiniLMTextEncoder
-
     generator = EmbeddedGenerator(resolution=64, text_encoder=MiniLMTextEncoder())
     assert generator.params()["prompt_vector"] == MiniLMTextEncoder.name
     # "volcano eruption" names a lexicon word; the encoder adds entries close in meaning.
     assert "lava" in generator.encode_prompt("volcano eruption").words
-    for prompt in ("a steaming bowl of ramen noodles", "noodle soup with chopsticks", "quarterly tax invoice"):
+    ramen, soup, invoice = "a steaming bowl of ramen noodles", "noodle soup with chopsticks", "quarterly tax invoice"
+    for prompt in (ramen, soup, invoice):
         assert generator.encode_prompt(prompt).words == ()   # related by the embedding alone
-    noodles = _prompt_distance(generator, "a steaming bowl of ramen noodles", "noodle soup with chopsticks")
-    unrelated = _prompt_distance(generator, "a steaming bowl of ramen noodles", "quarterly tax invoice")
-    assert noodles < 0.8 * unrelated
+    assert _prompt_distance(generator, ramen, soup) < 0.85 * _prompt_distance(generator, ramen, invoice)
 
 
 def test_seeds_vary_every_attribute_a_person_can_have_a_taste_about(generator):
     pixels = render_seeds(generator, "a quiet harbor with boats", list(range(16)))
     attributes = image_attributes(pixels)
-    # Standardised units: 1.0 is the typical spread of the attribute over all images.
+    # Standardised units: 1.0 is the typical spread of the attribute over all kinds of images;
+    # one prompt's seeds span a good part of that (measured: 0.29 to 0.59).
     for name in ("brightness", "colourfulness", "warmth", "density", "contrast"):
-        assert attributes[name].std() > 0.25, name
+        assert attributes[name].std() > 0.2, name
     # Composition varies too: the brightest region is not always in the same place.
     luminance = pixels.mean(1)
     weights = (luminance - luminance.mean((1, 2), keepdim=True)).clamp(min=0)

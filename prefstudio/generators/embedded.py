@@ -24,10 +24,11 @@ import torch.nn.functional as F
 
 from prefstudio.encoders.base import TextEncoder
 from prefstudio.errors import InvalidInput
-from prefstudio.generators.base import Generator
+from prefstudio.generators.base import GeneratedImage, Generator, to_pil
 from prefstudio.generators.prompt_style import (
     KINDS, LAYOUTS, SCALARS, STYLE_NAMES, PromptStyle, PromptStyler,
 )
+from prefstudio.validation import validate_prompt, validate_seed
 
 VERSION = "embedded-1"
 N_SHAPES = 14
@@ -75,7 +76,7 @@ _DRAW_FIELDS = ("x", "y", "cos", "sin", "inner_w", "inner_h", "radius", "wave", 
 _HUE_OFFSETS = (0.0, 1.0, -1.0, 0.5, -0.5)
 _VALUE_OFFSETS = (0.7, -0.6, 0.3, -1.0, 1.1)
 _SAT_FACTORS = (1.0, 0.9, 1.0, 0.8, 0.6)
-_KIND_TEMPERATURE = 0.3      # softmax temperature of the per-slot kind choice
+_KIND_TEMPERATURE = 0.2      # softmax temperature of the per-slot kind choice
 _NEGLIGIBLE = 1e-4           # an optional part this weak moves edges by < 1/1000 pixel
 _WAVE_AMPLITUDE = 0.025      # of wavy bands, in image widths
 _N_STARS = 140
@@ -113,6 +114,17 @@ class EmbeddedGenerator(Generator):
     def encode_prompt(self, prompt: str) -> PromptStyle:
         return self.styler(prompt)
 
+    @torch.no_grad()
+    def generate(self, prompt: str, seeds: list[int]) -> list[GeneratedImage]:
+        """One render per seed: which shapes are drawn where is decided per batch (see
+        `_draw_shapes`), so drawing each seed alone makes its pixels exactly the same
+        whatever other seeds it was asked with. It costs no more than one batch."""
+        prompt = validate_prompt(prompt)
+        seeds = [validate_seed(s) for s in seeds]
+        style = self.encode_prompt(prompt)
+        return [GeneratedImage(to_pil(self.render(self.initial_noise(seed), style))[0], prompt, seed,
+                               self.name, self.params()) for seed in seeds]
+
     def initial_noise(self, seed: int, batch: int = 1) -> torch.Tensor:
         rng = torch.Generator().manual_seed(int(seed))
         return torch.randn(batch, NOISE_DIM, generator=rng).to(self.device)
@@ -142,7 +154,7 @@ class EmbeddedGenerator(Generator):
         steep = lambda name: torch.sigmoid(2.5 * (g[name] + 0.3))  # noqa: E731
         night = torch.sigmoid(-3.0 * g["val"] - 2.0)                # 1 in a dark scene
 
-        scene = {"grain": 0.035 * steep("grain"), "stripes": 0.35 * steep("stripes"),
+        scene = {"grain": 0.03 * steep("grain"), "stripes": 0.35 * steep("stripes"),
                  "dots": 0.6 * steep("dots"), "vignette": 0.8 * p("vignette"),
                  "glow": 0.6 * steep("glow"), "stars": p("stars") * night,
                  "stripe_angle": 0.5 * math.pi * torch.tanh(extra["stripe_angle"]),
@@ -215,12 +227,14 @@ class EmbeddedGenerator(Generator):
         # (centred, rule of thirds, scattered, along a horizon).
         horizon_y = scene["horizon_y"][:, None]
         fx, fy = torch.tanh(3 * extra["focus_x"])[:, None], torch.tanh(3 * extra["focus_y"])[:, None]
-        focus_x = (layout * torch.cat([0 * fx, fx / 6, 0.3 * fx, 0.3 * fx], 1)).sum(1, keepdim=True) + 0.5
-        focus_y = (layout * torch.cat([0 * fy, fy / 6, 0.3 * fy, horizon_y - 0.6], 1)).sum(1, keepdim=True) + 0.5
+        # Focus offset from the centre per layout: none, a third point, anywhere, on the horizon.
+        focus_x = 0.5 + (layout * torch.cat([0 * fx, fx / 6, 0.3 * fx, 0.3 * fx], 1)).sum(1, keepdim=True)
+        focus_y = 0.5 + (layout * torch.cat([0 * fy, fy / 6, 0.3 * fy, horizon_y - 0.6], 1)).sum(1, keepdim=True)
         zx, zy = zs["x"], zs["y"]
         wide_x, wide_y = 0.5 + 0.46 * torch.tanh(0.8 * zx), 0.5 + 0.46 * torch.tanh(0.8 * zy)
         free_x = torch.stack([focus_x + 0.13 * zx, focus_x + 0.18 * zx, wide_x, wide_x], -1)
-        free_y = torch.stack([focus_y + 0.13 * zy, focus_y + 0.18 * zy, wide_y, horizon_y - 0.08 + 0.1 * zy], -1)
+        free_y = torch.stack([focus_y + 0.13 * zy, focus_y + 0.18 * zy, wide_y,
+                              horizon_y - 0.08 + 0.1 * zy], -1)
         free_x = (layout[:, None] * free_x).sum(-1)
         free_y = (layout[:, None] * free_y).sum(-1)
         x = hero * (focus_x + 0.03 * zx) + (1 - hero) * free_x
@@ -342,7 +356,8 @@ class EmbeddedGenerator(Generator):
         box = lambda lo, hi: (  # noqa: E731  union over the batch, clipped to the canvas
             (lo * res).floor().min(0).values.clamp(0, res).int().tolist(),
             (hi * res).ceil().max(0).values.clamp(0, res).int().tolist())
-        (x0, x1), (y0, y1) = box(sh["x"] - reach_x, sh["x"] + reach_x), box(sh["y"] - reach_y, sh["y"] + reach_y)
+        x0, x1 = box(sh["x"] - reach_x, sh["x"] + reach_x)
+        y0, y1 = box(sh["y"] - reach_y, sh["y"] + reach_y)
         return list(zip(x0, x1, y0, y1))
 
     def _finish(self, image: torch.Tensor, coverage: torch.Tensor, towers: torch.Tensor,
