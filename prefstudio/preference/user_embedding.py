@@ -30,7 +30,7 @@ from prefstudio.preference.losses import preference_loss
 # the linear combination wins for short histories, direct training for long ones).
 COLD_START_PAIRS = 16
 # Pairs evaluated in leave-one-out (each one is an extra model in the batch).
-MAX_LOO_MODELS = 128
+MAX_LOO_MODELS = 64
 # Taste-space size when fitting from scratch, and the PCA width a bank learns inside.
 SCRATCH_DIM = 32
 BANK_PCA_DIM = 128

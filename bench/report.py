@@ -1,0 +1,27 @@
+"""Writes one bench script's section into docs/benchmarks.md, leaving the others as they are."""
+import os
+import platform
+import re
+from datetime import date
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery figure below names the command that produced it. Sections are rewritten by their scripts.\n"
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    cores = os.cpu_count() or "?"
+    return f"{cpu}, {cores} cores, {platform.system()} — {date.today().isoformat()}"
+
+
+def write_section(name: str, markdown: str) -> None:
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+    block = f"<!-- {name} -->\n{markdown.strip()}\n<!-- /{name} -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    BENCHMARKS.write_text(text)
