@@ -327,3 +327,20 @@ def test_shipped_training_configs_parse():
         else:
             LiteConfig(image_dim=1, text_dim=1, **config["model"])
         assert config["stage2"].preference_tokens == 10  # L_p = 10 by default (000 §3.3)
+
+
+def test_training_from_features_with_prompts_needs_the_validation_targets_prompts():
+    from prefstudio.train.preference_tokens import LiteTask
+
+    def h(n):
+        return PairFeatures(torch.randn(n, 6), torch.randn(n, 6), torch.randn(n, 4))
+
+    with pytest.raises(InvalidInput, match="target prompts"):
+        LiteTask.from_features([h(10)], [(h(4), torch.randn(3, 6), torch.randn(3, 6))], n_ref=4)
+    val_history, liked, disliked, prompts = h(4), torch.randn(3, 6), torch.randn(3, 6), torch.randn(3, 4)
+    task = LiteTask.from_features([h(10), h(10)], [(val_history, liked, disliked, prompts)], n_ref=4)
+    assert task.prompts.shape == (20 + 4 + 3, 4) and task.images.shape == (40 + 8 + 6, 6)
+    history, targets = task.validation[0]
+    assert torch.equal(task.images[history[:, 0]], val_history.liked)
+    assert torch.equal(task.prompts[history[:, 2]], val_history.prompts)
+    assert torch.equal(task.images[targets[:, 1]], disliked) and torch.equal(task.prompts[targets[:, 2]], prompts)

@@ -138,32 +138,45 @@ class LiteTask:
                    scorer.rows(data.train), validation, n_ref)
 
     @classmethod
-    def from_features(cls, train_users: list[PairFeatures],
-                      validation: list[tuple[PairFeatures, torch.Tensor, torch.Tensor]], n_ref: int) -> "LiteTask":
-        """Features in, as a harness holds them; an image is identified by its feature vector."""
+    def from_features(cls, train_users: list[PairFeatures], validation: list[tuple], n_ref: int) -> "LiteTask":
+        """Features in, as a harness holds them; an image is identified by its feature vector.
+        validation: (history, liked [T,Di], disliked [T,Di]) per user, plus the targets' prompt
+        features [T,Dt] as a fourth item when the histories carry prompts."""
         with_prompts = train_users[0].prompts is not None
-        histories = list(train_users) + [h for h, _, _ in validation]
+        for item in validation:
+            if with_prompts and (len(item) < 4 or item[0].prompts is None):
+                raise InvalidInput("the training histories carry prompts, so the validation histories and "
+                                   "targets must too: pass (history, liked, disliked, target prompts)")
+        histories = list(train_users) + [item[0] for item in validation]
         all_images = torch.cat([torch.cat([h.liked, h.disliked]) for h in histories]
-                               + [torch.cat([a, b]) for _, a, b in validation])
-        images, inverse = torch.unique(all_images, dim=0, return_inverse=True)
-        prompts, prompt_inverse = (torch.unique(torch.cat([h.prompts for h in histories]), dim=0,
-                                                return_inverse=True) if with_prompts else (None, None))
-        image_at, prompt_at = iter(inverse.tolist()), iter(prompt_inverse.tolist() if with_prompts else [])
+                               + [torch.cat([item[1], item[2]]) for item in validation])
+        images, image_rows = torch.unique(all_images, dim=0, return_inverse=True)
+        prompts, prompt_rows = None, None
+        if with_prompts:
+            prompts, prompt_rows = torch.unique(torch.cat([h.prompts for h in histories] + [item[3] for item in validation]),
+                                                dim=0, return_inverse=True)
+        image_at, prompt_at = iter(image_rows.tolist()), iter([] if prompt_rows is None else prompt_rows.tolist())
 
-        def history_rows(h):
+        # Rows are read back in the order the features were concatenated above.
+        histories_rows = []
+        for h in histories:
             n = h.liked.shape[0]
             liked, disliked = [next(image_at) for _ in range(n)], [next(image_at) for _ in range(n)]
-            prompt = [next(prompt_at) for _ in range(n)] if with_prompts else [-1] * n
-            return torch.tensor([liked, disliked, prompt]).T.reshape(-1, 3)
-
-        train_rows = [history_rows(h) for h in train_users]
-        val_histories = [history_rows(h) for h, _, _ in validation]
-        val_targets = []
-        for _, liked, disliked in validation:
-            t = liked.shape[0]
-            pair = [[next(image_at) for _ in range(t)], [next(image_at) for _ in range(t)]]
-            val_targets.append(torch.tensor(pair + [[-1] * t]).T.reshape(-1, 3))
-        users = [u for u, rows in enumerate(train_rows) for _ in range(rows.shape[0])]
+            histories_rows.append([liked, disliked])
+        target_rows = []
+        for item in validation:
+            t = item[1].shape[0]
+            target_rows.append([[next(image_at) for _ in range(t)], [next(image_at) for _ in range(t)]])
+        for pair in histories_rows:
+            n = len(pair[0])
+            pair.append([next(prompt_at) for _ in range(n)] if with_prompts else [-1] * n)
+        for pair in target_rows:
+            t = len(pair[0])
+            pair.append([next(prompt_at) for _ in range(t)] if with_prompts else [-1] * t)
+        as_rows = [torch.tensor(r).T.reshape(-1, 3) for r in histories_rows]
+        train_rows, val_histories = as_rows[: len(train_users)], as_rows[len(train_users):]
+        val_targets = [torch.tensor(r).T.reshape(-1, 3) for r in target_rows]
+        users = [u for u, r in enumerate(train_rows) for _ in range(r.shape[0])]
         return cls(images, prompts, users, torch.cat(train_rows), list(zip(val_histories, val_targets)), n_ref)
 
     def _prompts(self, rows):
@@ -360,13 +373,12 @@ def _save(model, out: Path, provenance: dict) -> None:
 
 
 # ---- from features (the benchmark harness) -----------------------------------------------------
-def train_lite_on_features(train_users: list[PairFeatures],
-                           validation: list[tuple[PairFeatures, torch.Tensor, torch.Tensor]],
+def train_lite_on_features(train_users: list[PairFeatures], validation: list[tuple],
                            model: dict, stage1: StageConfig, stage2: StageConfig | None,
                            image_encoder: str, text_encoder: str | None = None, log=print) -> dict:
     """Both stages on features: train_users are the training users' judged pairs; validation is
-    (history, liked targets [T,Di], disliked targets [T,Di]) per validation user. Prompts are
-    read when the histories carry them. Returns {"stage1": model without P_v, "stage2": with P_v
+    (history, liked targets [T,Di], disliked targets [T,Di][, target prompts [T,Dt]]) per
+    validation user. Prompts are read when the training histories carry them. Returns {"stage1": model without P_v, "stage2": with P_v
     (None without stage2), "log": [kept records]}."""
     import copy
 
