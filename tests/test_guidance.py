@@ -1,0 +1,93 @@
+"""Noise optimisation: climbs the objective, keeps the best iterate, stops when asked,
+and refuses bad settings before doing anything."""
+import math
+import threading
+
+import pytest
+import torch
+
+from prefstudio.errors import InvalidInput
+from prefstudio.generators.embedded import EmbeddedGenerator
+from prefstudio.guidance.best_of_n import best_of_n
+from prefstudio.guidance.noise_optimization import (
+    GuidanceProgress, GuidanceResult, GuidanceSettings, chi_negative_log_likelihood, optimise_noise,
+    run_guidance,
+)
+from prefstudio.rewards.base import Reward
+
+
+class Warmth(Reward):
+    """mean(R − B): a differentiable reward with an obvious meaning."""
+    name = "warmth"
+    description = "test reward"
+    scale = 0.1
+
+    def score(self, pixels, context=None):
+        return (pixels[:, 0] - pixels[:, 2]).flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return EmbeddedGenerator(resolution=96)
+
+
+def test_guidance_raises_the_reward_and_keeps_the_best(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=12))
+    baseline = result.trace[0].total
+    assert result.total > baseline + 0.5
+    assert result.total == max(step.total for step in result.trace)
+    assert result.best_iteration == max(result.trace, key=lambda s: s.total).iteration
+    rendered = generator.render(result.noise, generator.encode_prompt("a cold blue ocean"))
+    assert Warmth().normalise(Warmth().score(rendered)).item() == pytest.approx(result.total, abs=1e-4)
+
+
+def test_stop_flag_ends_the_loop_with_the_best_so_far(generator):
+    stop = threading.Event()
+    seen = []
+    for item in optimise_noise(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                               GuidanceSettings(iterations=30), stop):
+        seen.append(item)
+        if isinstance(item, GuidanceProgress) and item.iteration == 4:
+            stop.set()
+    result = seen[-1]
+    assert isinstance(result, GuidanceResult) and result.stopped
+    assert result.iterations_run == 4 and len(seen) == 6  # iterations 0..4, then the result
+    assert result.total == max(s.total for s in seen[:-1])
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"warmth": float("nan")}, "finite"),
+    ({"warmth": -1.0}, "must lie in"),
+    ({"warmth": 0.0}, "all reward weights are zero"),
+    ({"sharpness": 1.0}, "unknown reward"),
+])
+def test_bad_weights_are_refused(generator, weights, message):
+    with pytest.raises(InvalidInput, match=message):
+        run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, weights, GuidanceSettings(iterations=1))
+
+
+def test_bad_prompt_and_iterations_are_refused(generator):
+    with pytest.raises(InvalidInput, match="10,000 characters"):
+        run_guidance(generator, "a" * 10_000, 1, {"warmth": Warmth()}, {"warmth": 1.0})
+    with pytest.raises(InvalidInput, match="iterations"):
+        run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0},
+                     GuidanceSettings(iterations=10_000))
+
+
+def test_chi_regulariser_is_smallest_at_the_typical_norm():
+    d = 300
+    norms = torch.tensor([0.5, 1.0, 2.0]) * math.sqrt(d - 1)
+    noise = torch.nn.functional.normalize(torch.randn(3, d), dim=1) * norms[:, None]
+    values = chi_negative_log_likelihood(noise)
+    assert values[1] < values[0] and values[1] < values[2]
+
+
+def test_best_of_n_picks_the_warmest_candidate(generator):
+    seeds = list(range(6))
+    result = best_of_n(generator, "a city street", seeds, {"warmth": Warmth()}, {"warmth": 1.0})
+    conditioning = generator.encode_prompt("a city street")
+    scores = [Warmth().normalise(Warmth().score(generator.render(generator.initial_noise(s), conditioning))).item()
+              for s in seeds]
+    assert result.best_iteration == max(range(6), key=scores.__getitem__)
+    assert result.total == pytest.approx(max(scores), abs=1e-5)

@@ -1,0 +1,47 @@
+"""The Studio facade: judgments to pairs, fitting errors, side by side from one seed."""
+import pytest
+
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.store.history import Judgment
+from prefstudio.studio import Studio, training_pairs
+
+
+def j(i, kind, a, b=None):
+    return Judgment(i, "p", kind, a, b, "")
+
+
+def test_training_pairs_from_singles_pairs_and_changed_minds():
+    history = [j(1, "like", "a"), j(2, "dislike", "b"), j(3, "pair", "c", "d"), j(4, "tie", "e", "f"),
+               j(5, "like", "g"), j(6, "dislike", "g")]  # g: changed their mind
+    assert training_pairs(history) == [("c", "d"), ("a", "b"), ("a", "g")]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    studio = Studio(tmp_path_factory.mktemp("data"), bank_path=None)
+    studio.store.create_profile("ann")
+    return studio
+
+
+def test_fit_without_history_or_bank_is_a_clear_message(studio):
+    with pytest.raises(InvalidInput, match="no like/dislike pair"):
+        studio.fit("ann")
+    with pytest.raises(NotFound):
+        studio.fit("nobody")
+
+
+def test_personalize_side_by_side_shares_the_seed(studio):
+    images = studio.generate_candidates("a fox in the snow", seeds=[1, 2, 3, 4])
+    for image, kind in zip(images, ["like", "dislike", "like", "dislike"]):
+        studio.judge("ann", kind, image.sha256)
+    report = studio.fit("ann")
+    assert report.mode == "free" and report.n_pairs == 4
+    with pytest.raises(InvalidInput, match="prompt is empty"):
+        studio.personalize_once("ann", "   ", seed=1)
+    result = studio.personalize_once("ann", "a fox in the snow", seed=5, iterations=3)
+    assert result.baseline.record.seed == result.personalized.record.seed == 5
+    assert set(result.baseline.normalised) == {"user", "prompt_consistency"}
+    assert result.personalized.record.params["personalized_for"] == "ann"
+    # Both images are in the history, so they can be judged right away.
+    studio.judge("ann", "pair", result.personalized.record.sha256, result.baseline.record.sha256)
+    assert studio.store.counts("ann")
