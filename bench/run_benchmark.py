@@ -1,0 +1,233 @@
+"""PrefBench in one command: data set, preference prediction, personalized generation, speed.
+
+    python bench/run_benchmark.py            # full: writes docs/benchmark_results.md (+ PNGs in docs/images/)
+    python bench/run_benchmark.py --tiny     # CI smoke version: a few users and images, < 1 min
+
+The first full run installs Debian's openclipart-png (apt), renders and encodes the
+drawings into data/bench/ (a few minutes); later runs reuse that cache. Everything is
+reproducible from --seed. See bench/README.md for the data set and protocol.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from bench.prefbench import evaluate, generation, report, speed  # noqa: E402
+from bench.prefbench.clipart import build_image_pool, read_image_pool  # noqa: E402
+from bench.prefbench.data import load_split, load_text_features, load_training  # noqa: E402
+from bench.prefbench.features import cache_attributes, cache_image_features, cache_text_features  # noqa: E402
+from bench.prefbench.methods import PreferenceTokens, UserEmbedding, all_methods  # noqa: E402
+from bench.prefbench.pairs import (  # noqa: E402
+    PairConfig, build_pairs, is_built, read_archetypes, read_hidden_users, read_oracle,
+)
+from bench.prefbench.reference_points import reference_points  # noqa: E402
+from prefstudio.eval.simulated_users import TasteMix  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    per_subject: int
+    categories: tuple[str, ...] | None
+    pairs: PairConfig
+    n_refs: tuple[int, ...]
+    generation_users: int  # per seen/unseen half
+    generation_prompts: int
+    guidance_iterations: int
+    speed_histories: tuple[int, ...]
+    speed_pools: tuple[int, ...]
+    speed_repeats: int
+    speed_guidance_iterations: int
+    token_steps: tuple[int, int]  # preference-token model: stage-1 and stage-2 steps
+
+
+FULL = RunConfig(
+    name="full", per_subject=60, categories=None, pairs=PairConfig(), n_refs=(1, 2, 4, 8),
+    generation_users=8, generation_prompts=3, guidance_iterations=30,
+    speed_histories=(8, 32, 128, 512, 1000), speed_pools=(100, 1000, 10000), speed_repeats=5,
+    speed_guidance_iterations=10, token_steps=(1500, 500),
+)
+TINY = RunConfig(
+    name="tiny", per_subject=10, categories=("animals", "food"),
+    pairs=PairConfig(n_train_users=8, train_pairs_per_user=6, n_val_users=3, n_seen=2, n_unseen=3,
+                     n_ref=2, n_1v1=2, n_1v3=1, mix=TasteMix(n_archetypes=2)),
+    n_refs=(1, 2), generation_users=1, generation_prompts=1, guidance_iterations=3,
+    speed_histories=(8, 32), speed_pools=(100, 1000), speed_repeats=2, speed_guidance_iterations=2,
+    token_steps=(20, 10),
+)
+
+
+def build_data(cache: Path, config: RunConfig, seed: int, image_encoder, text_encoder, log) -> dict:
+    """Render, encode and judge — each step skipped when its cached output matches."""
+    timings = {}
+    pool_key = {"seed": seed, "per_subject": config.per_subject, "categories": config.categories}
+    pool_file = cache / "pool.json"
+    start = time.perf_counter()
+    if pool_file.exists() and json.loads(pool_file.read_text()) == json.loads(json.dumps(pool_key)) \
+            and (cache / "images.jsonl").exists():
+        drawings = read_image_pool(cache)
+    else:
+        log("rendering openclipart drawings")
+        drawings = build_image_pool(cache, seed, config.per_subject,
+                                    list(config.categories) if config.categories else None, log)
+        pool_file.write_text(json.dumps(pool_key))
+    timings["render images"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    log(f"encoding {len(drawings)} images ({image_encoder.name})")
+    cache_image_features(cache, drawings, image_encoder, log)
+    timings["encode images"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cache_text_features(cache, drawings, text_encoder)
+    attributes = cache_attributes(cache, drawings)
+    timings["encode prompts, attributes"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    pair_config = replace(config.pairs, seed=seed)
+    if not is_built(cache, pair_config):
+        log("simulated users judging pairs")
+        build_pairs(cache, drawings, attributes, pair_config, log)
+    timings["users and pairs"] = time.perf_counter() - start
+    return {"drawings": drawings, "attributes": attributes, "timings": timings}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CI smoke version (a few users and images)")
+    parser.add_argument("--cache", type=Path, help="data folder (default data/bench, or data/bench-tiny with --tiny)")
+    parser.add_argument("--out", type=Path, help="report to write (default docs/benchmark_results.md; "
+                                                 "with --tiny, benchmark_results.md in the cache folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = TINY if args.tiny else FULL
+    cache = args.cache or REPO / ("data/bench-tiny" if args.tiny else "data/bench")
+    out = args.out or (cache / "benchmark_results.md" if args.tiny else REPO / "docs" / "benchmark_results.md")
+    images_dir = out.parent / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+
+    from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
+    from prefstudio.generators.embedded import EmbeddedGenerator
+    from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
+
+    image_encoder, text_encoder = EmbeddedImageEncoder(), MiniLMTextEncoder()
+    data = build_data(cache, config, args.seed, image_encoder, text_encoder, log)
+    timings = dict(data["timings"])
+
+    # --- preference prediction: methods see features and pairs only --------------------
+    start = time.perf_counter()
+    val = load_split(cache, "val", image_encoder.name)
+    test = load_split(cache, "test", image_encoder.name)
+    training = load_training(cache)
+    train_users = evaluate.training_histories(test.features, training)
+    text_features, text_rows = load_text_features(cache, text_encoder.name)
+    prompts = evaluate.PromptFeatures(text_features, text_rows)
+    methods = all_methods(image_encoder.name, text_encoder.name, args.seed, config.token_steps,
+                          config.pairs.n_ref)
+    runs = evaluate.run_methods(methods, train_users, val, test, list(config.n_refs), prompts, log)
+    timings["preference methods"] = time.perf_counter() - start
+
+    # --- judged with the labels and the oracle (no method involved) ---------------------
+    oracle = read_oracle(cache)
+    ceiling = evaluate.ceiling(test, oracle)
+    scores = {name: {n: evaluate.score(p, test) for n, p in run["predictions"].items()}
+              for name, run in runs.items()}
+    hidden = read_hidden_users(cache)
+    train_rows = torch.tensor([i for i, d in enumerate(data["drawings"]) if d.split == "train"])
+    points = reference_points(test, hidden, read_archetypes(cache), data["attributes"],
+                              [d.subject for d in data["drawings"]], train_rows)
+
+    # --- personalized generation, judged by the hidden utilities -----------------------
+    start = time.perf_counter()
+    generator = EmbeddedGenerator(resolution=256)
+    consistency = PromptConsistencyReward(generator, image_encoder)
+    bank_method = next(m for m in methods if isinstance(m, UserEmbedding) and m.with_bank and m.contrastive)
+    prompt_list = [p.strip() for p in (REPO / "assets" / "prompts.txt").read_text().splitlines() if p.strip()]
+    step = max(1, len(prompt_list) // config.generation_prompts)
+    gen_prompts = prompt_list[::step][: config.generation_prompts]
+    seen = [u for u in test.users if u in test.seen][: config.generation_users]
+    unseen = [u for u in test.users if u not in test.seen][: config.generation_users]
+    sets = []
+    for i, user in enumerate(seen + unseen):
+        refs = test.references[user][: max(config.n_refs)]
+        liked, disliked = test.features[refs[:, 0]], test.features[refs[:, 1]]
+        from prefstudio.preference.user_embedding import fit_user_embedding
+
+        model = fit_user_embedding(liked, disliked, bank_method.bank, image_encoder.name, seed=args.seed).model
+        sets += generation.personalize(generator, image_encoder, consistency, user, model,
+                                       torch.cat([liked, disliked]), gen_prompts, seed=1000 + i,
+                                       iterations=config.guidance_iterations)
+    judged = {"all": generation.judge(sets, hidden, image_encoder, consistency)}
+    judged["seen"] = generation.judge([s for s in sets if s.user in test.seen], hidden, image_encoder, consistency)
+    judged["unseen"] = generation.judge([s for s in sets if s.user not in test.seen], hidden, image_encoder,
+                                        consistency)
+    generation.contact_sheet(sets[: min(len(sets), 6)], images_dir / f"benchmark_generation{'_tiny' if args.tiny else ''}.png")
+    timings["personalized generation"] = time.perf_counter() - start
+
+    # --- speed and scaling -------------------------------------------------------------
+    start = time.perf_counter()
+    all_train_rows = torch.cat([rows for _, rows in sorted(training.items())])
+    speed_rows = speed.measure(test.features, all_train_rows, bank_method.bank, image_encoder, generator,
+                               list(config.speed_histories), list(config.speed_pools), config.speed_repeats,
+                               config.speed_guidance_iterations, log=log)
+    token_method = next((m for m in methods if isinstance(m, PreferenceTokens)), None)
+    if token_method is not None:
+        speed_rows += token_method.speed(test.features, all_train_rows, text_features[:1],
+                                         list(config.speed_histories), list(config.speed_pools),
+                                         config.speed_repeats)
+    timings["speed and scaling"] = time.perf_counter() - start
+
+    suffix = "_tiny" if args.tiny else ""
+    speed.plot(speed_rows, images_dir / f"benchmark_speed{suffix}.png")
+    sweep = {name: {n: s[n]["unseen"]["1v1"] for n in s} for name, s in scores.items()
+             if runs[name]["method"].uses_history}
+    generic = max(s[0]["unseen"]["1v1"] for name, s in scores.items() if not runs[name]["method"].uses_history)
+    report.nref_plot(sweep, ceiling["unseen"]["1v1"], generic, images_dir / f"benchmark_nref{suffix}.png")
+
+    timings["total"] = time.perf_counter() - started
+    results = {
+        "config": config.name, "seed": args.seed,
+        "command": "python bench/run_benchmark.py" + (" --tiny" if args.tiny else ""),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": report.machine(), "torch_threads": torch.get_num_threads(),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "commit": report.git_commit(),
+        "render_report": {k: v for k, v in json.loads((cache / "render_report.json").read_text()).items()
+                          if k != "refusals"},
+        "refusal_reasons": report.refusal_summary(json.loads((cache / "render_report.json").read_text())),
+        "data": report.data_summary(cache, test, val, training),
+        "methods": {name: {"description": run["method"].description, "uses_history": run["method"].uses_history,
+                           "train_seconds": run["train_seconds"],
+                           "fit_ms_median": 1e3 * report.median(run["predictions"][max(run["predictions"])].fit_seconds)}
+                    for name, run in runs.items()},
+        "scores": scores, "ceiling": ceiling, "reference_points": points,
+        "generation": {"prompts": gen_prompts, "iterations": config.guidance_iterations,
+                       "best_of": generation.BEST_OF, "judged": judged},
+        "speed": speed_rows, "timings": timings, "n_refs": list(config.n_refs),
+        "images": {"nref": f"images/benchmark_nref{suffix}.png", "speed": f"images/benchmark_speed{suffix}.png",
+                   "generation": f"images/benchmark_generation{suffix}.png"},
+    }
+    (cache / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    out.write_text(report.render_markdown(results))
+    log(f"wrote {out} in {timings['total']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
