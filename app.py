@@ -1,0 +1,59 @@
+"""PrefStudio in the browser.
+
+    python app.py                          # http://127.0.0.1:7860, history in ./data
+    python app.py --port 7861 --data ~/prefstudio-data
+    python app.py --model sd-turbo         # a GPU generator (weights must be on this machine,
+                                           # or add --allow-downloads to fetch them once)
+"""
+import argparse
+import sys
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default 127.0.0.1: only this computer can open the page)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--data", default="data", help="history folder: profiles, judgments, images (default ./data)")
+    parser.add_argument("--model", default="auto",
+                        help="generator: 'embedded', a known name (sd-turbo, sdxl-turbo, flux-schnell), a Hugging "
+                             "Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA if its weights are "
+                             "here, else the embedded offline generator (default auto)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--allow-downloads", action="store_true",
+                        help="let Hugging Face models download (off by default: nothing leaves this machine)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    from prefstudio import privacy
+
+    privacy.apply_defaults(allow_downloads=args.allow_downloads)  # before gradio reads the environment
+    import torch
+
+    from prefstudio.errors import PrefStudioError
+    from prefstudio.studio import build_studio
+    from prefstudio.ui.app import build_app, launch
+
+    torch.set_num_threads(min(4, torch.get_num_threads()))
+    try:
+        studio = build_studio(args.data, args.model, args.device)
+        demo = build_app(studio)
+        launch(demo, args.host, args.port, prevent_thread_lock=True)
+    except (PrefStudioError, OSError) as error:  # OSError: the port is taken
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"PrefStudio is ready at http://{args.host}:{args.port}/ "
+          f"(started in {time.perf_counter() - started:.1f} s; Ctrl+C stops it)", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""What every tab shares: the studio, one lock for model work, user-facing errors, thumbnails."""
+import functools
+import io
+import inspect
+import math
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from prefstudio.errors import PrefStudioError
+from prefstudio.store.image_files import thumbnail, write_atomically
+from prefstudio.studio import Studio
+
+GALLERY_THUMB = 192  # px, the longer side of a gallery thumbnail
+VIEW_SIZE = 512  # px, the single image being judged or compared
+
+KIND_MARKS = {"like": "👍", "dislike": "👎", "pair": "≻", "tie": "=", "skip": "⏭"}
+
+
+@dataclass
+class AppContext:
+    studio: Studio
+    # The models are not thread-safe (lazy loads, the encoder's shared-forward memo) and the
+    # CPU has no cores to spare: model work runs one step at a time. Store reads and
+    # judgments do not take it, so a click is recorded while an optimisation runs.
+    compute: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def store(self):
+        return self.studio.store
+
+    @property
+    def ui_cache(self) -> Path:
+        return self.store.data_dir / "ui-cache"
+
+    def run(self, fn, *args, **kwargs):
+        with self.compute:
+            return fn(*args, **kwargs)
+
+    def steps(self, iterator: Iterator) -> Iterator:
+        """Iterate a long computation, holding the lock for each step only (never across a
+        yield to the browser, so an abandoned run cannot keep it)."""
+        while True:
+            with self.compute:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
+
+def user_errors(fn):
+    """PrefStudio errors become a visible gr.Error with the message as written; nothing
+    else is caught (anything else is a bug and gradio reports it as one)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except PrefStudioError as error:
+                raise gr.Error(str(error), title="Not done") from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PrefStudioError as error:
+            raise gr.Error(str(error), title="Not done") from None
+    return call
+
+
+def thumb(path: Path, size: int = GALLERY_THUMB) -> str:
+    return str(thumbnail(path, size))
+
+
+def pair_thumb(ctx: AppContext, sha_a: str, sha_b: str, size: int = GALLERY_THUMB) -> str:
+    """A ≻ B as one gallery item: the two thumbnails side by side (cached by content)."""
+    path = ctx.ui_cache / "pairs" / f"{sha_a[:20]}-{sha_b[:20]}-{size}.jpg"
+    if not path.exists():
+        left, right = (Image.open(thumbnail(ctx.store.image_record(s).path, size)).convert("RGB")
+                       for s in (sha_a, sha_b))
+        gap = max(4, size // 32)
+        sheet = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height)), "white")
+        sheet.paste(left, (0, 0))
+        sheet.paste(right, (left.width + gap, 0))
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="JPEG", quality=88)
+        write_atomically(path, buffer.getvalue())
+    return str(path)
+
+
+def counts_line(ctx: AppContext, profile: str | None) -> str:
+    """The running count of a profile's judgments, for the status lines."""
+    if not profile:
+        return "No profile chosen: create one at the top of the page."
+    counts = ctx.store.counts(profile)
+    total = sum(counts.values())
+    parts = [f"{counts['like']} 👍", f"{counts['dislike']} 👎", f"{counts['pair']} pairs",
+             f"{counts['tie']} ties", f"{counts['skip']} skipped"]
+    return f"**{profile}** · {total} judgments: " + " · ".join(parts)
+
+
+def gallery_height(items: int, columns: int, width: int = 1180) -> int:
+    """Pixels for a gallery that shows `items` square thumbnails with no empty band below."""
+    rows = max(1, math.ceil(items / columns))
+    return rows * (width // columns + 6) + 12
+
+
+def random_seed() -> int:
+    """Seeds a person can read and type again: a million of them is variety enough."""
+    return secrets.randbelow(10**6)
+
+
+def short(sha: str) -> str:
+    return sha[:8]

@@ -1,0 +1,126 @@
+"""Evaluate: over K prompts, how often the personalized image beats the baseline from the
+same seed under the person's own model, and the two score distributions.
+
+This measures the optimisation against the model it optimises (a sanity check that the
+sliders do what they say), not the person's real satisfaction: that is what judging the
+side by sides in the Generate tab is for.
+"""
+import math
+import random
+import threading
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from prefstudio.errors import InvalidInput
+from prefstudio.studio import SideBySide
+from prefstudio.taste_summary import read_prompts
+from prefstudio.ui.common import AppContext, user_errors
+from prefstudio.validation import validate_prompt, validate_seed
+
+MAX_PROMPTS = 12
+COLUMNS = ["prompt", "seed", "baseline", "personalized", "gain", "winner"]
+
+
+@dataclass
+class EvaluateSession:
+    stop: threading.Event | None = None
+
+
+def win_rate(rows: list[tuple]) -> tuple[float, float]:
+    """Share of prompts where personalized scores higher (a tie counts half), and its
+    binomial standard error."""
+    wins = sum(1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows)
+    rate = wins / len(rows)
+    return rate, math.sqrt(rate * (1 - rate) / len(rows))
+
+
+def distribution_plot(rows: list[tuple]):
+    from matplotlib.figure import Figure  # on first use: half a second off the app's start
+
+    baseline = [r[2] for r in rows]
+    personalized = [r[3] for r in rows]
+    figure = Figure(figsize=(8, 3.2), layout="constrained")
+    paired, spread = figure.subplots(1, 2)
+    for b, p in zip(baseline, personalized):
+        paired.plot([0, 1], [b, p], color="#16a34a" if p > b else "#dc2626", alpha=0.6, marker="o")
+    paired.set_xticks([0, 1], ["baseline", "personalized"])
+    paired.set_xlim(-0.3, 1.3)
+    paired.set_ylabel("user-model score (normalised)")
+    paired.set_title("Same seed, per prompt")
+    spread.boxplot([baseline, personalized], tick_labels=["baseline", "personalized"], widths=0.5)
+    spread.set_title("Score distributions")
+    for axis in (paired, spread):
+        axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+class EvaluateTab:
+    def __init__(self, ctx: AppContext, profile: gr.Dropdown):
+        self.ctx = ctx
+        self.all_prompts = read_prompts()
+        self.session = gr.State(EvaluateSession())
+        gr.Markdown("For K prompts: the baseline and the personalized image from the same seed, both scored "
+                    "by **your** taste model (at the weights of the Generate tab's defaults). The win rate is "
+                    "how often personalization raised that score.")
+        with gr.Row():
+            self.k = gr.Slider(1, MAX_PROMPTS, value=4, step=1, label="K prompts")
+            self.iterations = gr.Slider(0, 100, value=15, step=1, label="Iterations per prompt")
+            self.seed = gr.Number(value=0, precision=0, minimum=0, label="First seed (prompt i uses seed + i)")
+        self.prompts = gr.Textbox(label="Prompts (optional, one per line)", lines=3,
+                                  placeholder="blank: K prompts drawn from the built-in list")
+        with gr.Row():
+            run = gr.Button("Run evaluation", variant="primary", elem_id="ps-evaluate")
+            stop = gr.Button("■ Stop", variant="stop")
+        self.result = gr.Markdown()
+        self.plot = gr.Plot(label="Scores under your model")
+        self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt")
+        run.click(user_errors(self.evaluate), [self.session, profile, self.prompts, self.k, self.iterations, self.seed],
+                  [self.result, self.plot, self.table], api_name="evaluate")
+        stop.click(self.stop, self.session, self.result, api_name="stop_evaluation", concurrency_limit=None)
+
+    def choose_prompts(self, text: str, k: int, seed: int) -> list[str]:
+        typed = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        if typed:
+            if len(typed) > MAX_PROMPTS:
+                raise InvalidInput(f"{len(typed)} prompts given; the limit is {MAX_PROMPTS}")
+            return [validate_prompt(p) for p in typed]
+        return random.Random(seed).sample(self.all_prompts, min(int(k), len(self.all_prompts)))
+
+    def evaluate(self, session: EvaluateSession, profile, prompts_text, k, iterations, seed):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        seed = validate_seed(0 if seed is None else seed)
+        prompts = self.choose_prompts(prompts_text, k, seed)
+        studio = self.ctx.studio
+        studio.user_reward(profile)  # says "fit first" before any work is done
+        session.stop = stop = threading.Event()
+        rows = []
+        for i, prompt in enumerate(prompts):
+            if stop.is_set():
+                break
+            yield f"Prompt {i + 1} of {len(prompts)}: “{prompt}”…", None, _table(rows)
+            steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
+            side: SideBySide = [item for item in self.ctx.steps(steps)][-1]
+            b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
+            rows.append((prompt, side.seed, b, p, p - b,
+                         "personalized" if p > b else "tie" if p == b else "baseline"))
+        if not rows:
+            yield "Stopped before the first prompt finished.", None, _table(rows)
+            return
+        rate, error = win_rate(rows)
+        wins = sum(r[5] == "personalized" for r in rows)
+        stopped = " (stopped early)" if stop.is_set() else ""
+        yield (f"**Win rate {rate:.0%} ± {error:.0%}**: personalized beat the baseline on {wins} of "
+               f"{len(rows)} prompts under your model{stopped}.", distribution_plot(rows), _table(rows))
+
+    def stop(self, session: EvaluateSession):
+        if session.stop is None or session.stop.is_set():
+            return "Nothing is running."
+        session.stop.set()
+        return "Stopping: the prompt in progress finishes with its best so far."
+
+
+def _table(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS).round(3)

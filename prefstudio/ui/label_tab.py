@@ -1,0 +1,333 @@
+"""Label: generate candidates, judge them one at a time (👍/👎) or the better of two.
+
+Every click is one judgment in the history store, on disk when the click returns; the
+session only remembers which candidates are on screen and which judgments it made (for
+undo). What each candidate was judged is read back from the store, so it is never stale.
+"""
+import random
+import secrets
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import gradio as gr
+
+from prefstudio.errors import InvalidInput
+from prefstudio.store.image_files import load_untrusted_image
+from prefstudio.taste_summary import read_prompts
+from prefstudio.ui.common import (
+    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, gallery_height, random_seed, short, thumb, user_errors,
+)
+from prefstudio.validation import validate_prompt, validate_seed
+
+MAX_CANDIDATES = 16
+GALLERY_COLUMNS = 8
+DEFAULT_CANDIDATES = 8
+SINGLE, PAIRWISE = "👍/👎 one at a time", "Better of two"
+SINGLE_KEYS = ("**Keys** (when not typing in a box): <kbd>L</kbd> like · <kbd>D</kbd> dislike · "
+               "<kbd>S</kbd> skip · <kbd>←</kbd> <kbd>→</kbd> previous / next · <kbd>U</kbd> undo")
+PAIR_KEYS = ("**Keys** (when not typing in a box): <kbd>1</kbd> or <kbd>←</kbd> left is better · "
+             "<kbd>2</kbd> or <kbd>→</kbd> right is better · <kbd>T</kbd> tie · <kbd>S</kbd> skip · "
+             "<kbd>U</kbd> undo")
+
+
+@dataclass
+class LabelSession:
+    candidates: list[str] = field(default_factory=list)  # image ids in gallery order
+    current: int = 0
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (left, right) indices
+    pair_index: int = 0
+    made: list[tuple[str, int, str]] = field(default_factory=list)  # (profile, judgment id, image) for undo
+
+    def show(self, candidates: list[str]) -> None:
+        self.candidates, self.current, self.pair_index = candidates, 0, 0
+        self.pairs = pair_schedule(len(candidates), seed="".join(candidates))
+
+
+def pair_schedule(n: int, seed: str) -> list[tuple[int, int]]:
+    """Every pair once: disjoint neighbours first (each image is seen early), then the rest
+    shuffled; each pair's sides are drawn at random so position carries no preference."""
+    rng = random.Random(seed)
+    first = [(i, i + 1) for i in range(0, n - 1, 2)]
+    rest = [p for p in combinations(range(n), 2) if p not in first]
+    rng.shuffle(rest)
+    return [(b, a) if rng.random() < 0.5 else (a, b) for a, b in first + rest]
+
+
+def parse_seeds(text: str) -> list[int] | None:
+    """'1, 2, 3' or '1 2 3' -> [1, 2, 3]; blank -> None (random seeds)."""
+    items = (text or "").replace(",", " ").split()
+    if not items:
+        return None
+    if len(items) > MAX_CANDIDATES:
+        raise InvalidInput(f"{len(items)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
+    seeds = []
+    for item in items:
+        if not item.lstrip("-").isdigit():
+            raise InvalidInput(f"seeds are whole numbers separated by commas or spaces; {item!r} is not one")
+        seeds.append(validate_seed(item))
+    return seeds
+
+
+class LabelTab:
+    def __init__(self, ctx: AppContext, profile: gr.Dropdown):
+        self.ctx = ctx
+        self.prompts = read_prompts()
+        self.session = gr.State(LabelSession())
+        with gr.Row(equal_height=True):
+            self.prompt = gr.Textbox(label="Prompt", placeholder="what should the images show?",
+                                     scale=5, max_length=1000, elem_id="ps-label-prompt")
+            surprise = gr.Button("🎲 Surprise me", scale=1)
+            generate = gr.Button("Generate candidates", variant="primary", scale=1, elem_id="ps-generate")
+        with gr.Row():
+            self.n = gr.Slider(1, MAX_CANDIDATES, value=DEFAULT_CANDIDATES, step=1, label="Candidates")
+            self.seeds = gr.Textbox(label="Seeds (optional)", placeholder="e.g. 7, 42, 1234 — blank: random",
+                                    info="Given seeds replace the count; each candidate shows its seed.",
+                                    elem_id="ps-label-seeds")
+            self.mode = gr.Radio([SINGLE, PAIRWISE], value=SINGLE, label="How to judge")
+        with gr.Column(visible=True) as single:
+            with gr.Row():
+                self.view = gr.Image(label="Candidate", type="filepath", interactive=False, height=360,
+                                     buttons=["fullscreen"], elem_id="ps-view")
+                with gr.Column(scale=1, min_width=240):
+                    self.view_info = gr.Markdown("Type a prompt and press **Generate candidates** "
+                                                 "(or 🎲 Surprise me).", elem_id="ps-view-info")
+                    with gr.Row():
+                        like = gr.Button("👍 Like (L)", variant="primary", elem_id="ps-like")
+                        dislike = gr.Button("👎 Dislike (D)", variant="stop", elem_id="ps-dislike")
+                    with gr.Row():
+                        previous = gr.Button("← Previous", size="sm", elem_id="ps-prev")
+                        skip = gr.Button("⏭ Skip (S)", size="sm", elem_id="ps-skip")
+                        following = gr.Button("Next →", size="sm", elem_id="ps-next")
+                    undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-undo")
+                    self.status = gr.Markdown(elem_id="ps-label-status")
+                    gr.Markdown(SINGLE_KEYS, elem_classes="ps-keys")
+        with gr.Column(visible=False) as pairwise:
+            self.pair_info = gr.Markdown("Generate at least two candidates to compare.")
+            with gr.Row():
+                self.left = gr.Image(label="Left (1 / ←)", type="filepath", interactive=False, height=320,
+                                     buttons=["fullscreen"], elem_id="ps-left")
+                self.right = gr.Image(label="Right (2 / →)", type="filepath", interactive=False, height=320,
+                                      buttons=["fullscreen"], elem_id="ps-right")
+            with gr.Row():
+                pick_left = gr.Button("◀ Left is better (1)", variant="primary", elem_id="ps-pick-left")
+                tie = gr.Button("= Tie (T)", elem_id="ps-tie")
+                pair_skip = gr.Button("⏭ Skip (S)", elem_id="ps-pair-skip")
+                pick_right = gr.Button("Right is better (2) ▶", variant="primary", elem_id="ps-pick-right")
+            with gr.Row(equal_height=True):
+                pair_undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-pair-undo", scale=1)
+                self.pair_status = gr.Markdown(elem_id="ps-pair-status")
+            gr.Markdown(PAIR_KEYS, elem_classes="ps-keys")
+        self.gallery = gr.Gallery(label="Candidates (click one to judge it)", columns=GALLERY_COLUMNS,
+                                  height=gallery_height(0, GALLERY_COLUMNS),
+                                  allow_preview=False, object_fit="cover", elem_id="ps-candidates",
+                                  buttons=[])
+        with gr.Accordion("Judge your own images", open=False):
+            with gr.Row():
+                self.uploads = gr.File(label="Images (PNG, JPEG, WebP, GIF, BMP; up to 64 MB and 40 MP each)",
+                                       file_count="multiple", file_types=["image"], scale=2)
+                with gr.Column(scale=1):
+                    self.upload_prompt = gr.Textbox(label="What do they show?", placeholder="a short description")
+                    add = gr.Button("Add as candidates")
+
+        views = [self.gallery, self.view, self.view_info, self.left, self.right, self.pair_info, self.status,
+                 self.pair_status]
+        self.views = views
+        s, p = self.session, profile
+        surprise.click(self.surprise, None, self.prompt, api_name="surprise")
+        inputs = [s, p, self.prompt, self.n, self.seeds]
+        self.generated = [
+            generate.click(user_errors(self.generate), inputs, views, api_name="generate_candidates"),
+            self.prompt.submit(user_errors(self.generate), inputs, views, api_visibility="private"),
+        ]
+        like.click(user_errors(self.like), [s, p], views, api_name="like")
+        dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike")
+        skip.click(user_errors(self.skip), [s, p], views, api_name="skip")
+        previous.click(self.previous, [s, p], views, api_name="previous")
+        following.click(self.next, [s, p], views, api_name="next")
+        pick_left.click(user_errors(self.pick_left), [s, p], views, api_name="pick_left")
+        pick_right.click(user_errors(self.pick_right), [s, p], views, api_name="pick_right")
+        tie.click(user_errors(self.tie), [s, p], views, api_name="tie")
+        pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair")
+        undo.click(user_errors(self.undo), [s, p], views, api_name="undo")
+        pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private")
+        self.gallery.select(self.select, [s, p], views, api_visibility="private")
+        self.mode.change(lambda mode: (gr.Column(visible=mode == SINGLE), gr.Column(visible=mode == PAIRWISE)),
+                         self.mode, [single, pairwise], api_visibility="private")
+        self.uploaded = add.click(user_errors(self.add_uploads), [s, p, self.uploads, self.upload_prompt], views,
+                  api_name="add_images")
+
+    # -- actions --------------------------------------------------------------------------
+    def surprise(self) -> str:
+        return secrets.choice(self.prompts)
+
+    def generate(self, session: LabelSession, profile, prompt, n, seeds_text):
+        prompt = validate_prompt(prompt)
+        if not 1 <= int(n) <= MAX_CANDIDATES:
+            raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
+        seeds = parse_seeds(seeds_text) or [random_seed() for _ in range(int(n))]
+        records = self.ctx.run(self.ctx.studio.generate_candidates, prompt, int(n), seeds)
+        session.show([r.sha256 for r in records])
+        return self.render(session, profile, f"{len(records)} candidates for “{prompt}”.")
+
+    def add_uploads(self, session: LabelSession, profile, files, prompt):
+        if not files:
+            raise InvalidInput("choose one or more image files to add")
+        prompt = validate_prompt(prompt)
+        paths = [getattr(f, "name", f) for f in files][:MAX_CANDIDATES]
+        for path in paths:  # every file is checked before any is stored
+            try:
+                load_untrusted_image(path)
+            except InvalidInput as error:
+                raise InvalidInput(f"{_file_name(path)}: {error}; no image was added") from None
+        records = [self.ctx.store.import_image(path, prompt) for path in paths]
+        session.show([r.sha256 for r in records])
+        return self.render(session, profile, f"Added {len(records)} of your images as candidates.")
+
+    def _judge(self, session, profile, kind, a, b=None):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        judgment = self.ctx.studio.judge(profile, kind, a, b)
+        session.made.append((judgment.profile, judgment.id, a))
+        return judgment
+
+    def _judge_current(self, session, profile, kind):
+        if not session.candidates:
+            raise InvalidInput("nothing to judge yet: generate candidates first")
+        sha = session.candidates[session.current]
+        self._judge(session, profile, kind, sha)
+        verdicts = self._verdicts(session, profile)
+        n = len(session.candidates)
+        after = [(session.current + k) % n for k in range(1, n + 1)]
+        pending = [i for i in after if session.candidates[i] not in verdicts]
+        session.current = pending[0] if pending else session.current
+        done = "" if pending else " All candidates judged: generate more, or compare them in “Better of two”."
+        return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}.{done}")
+
+    def like(self, session, profile):
+        return self._judge_current(session, profile, "like")
+
+    def dislike(self, session, profile):
+        return self._judge_current(session, profile, "dislike")
+
+    def skip(self, session, profile):
+        return self._judge_current(session, profile, "skip")
+
+    def _move(self, session, profile, step):
+        if session.candidates:
+            session.current = (session.current + step) % len(session.candidates)
+        return self.render(session, profile)
+
+    def previous(self, session, profile):
+        return self._move(session, profile, -1)
+
+    def next(self, session, profile):
+        return self._move(session, profile, +1)
+
+    def select(self, session, profile, event: gr.SelectData):
+        if session.candidates and 0 <= event.index < len(session.candidates):
+            session.current = event.index
+        return self.render(session, profile)
+
+    def _pick(self, session, profile, outcome):
+        if session.pair_index >= len(session.pairs):
+            raise InvalidInput("no pair to compare: generate at least two candidates")
+        left, right = (session.candidates[i] for i in session.pairs[session.pair_index])
+        if outcome == "left":
+            self._judge(session, profile, "pair", left, right)
+        elif outcome == "right":
+            self._judge(session, profile, "pair", right, left)
+        else:
+            self._judge(session, profile, outcome, left, right)
+        session.pair_index += 1
+        said = {"left": f"{short(left)} ≻ {short(right)}", "right": f"{short(right)} ≻ {short(left)}",
+                "tie": f"{short(left)} = {short(right)}", "skip": "pair skipped"}[outcome]
+        return self.render(session, profile, f"Recorded {said}.")
+
+    def pick_left(self, session, profile):
+        return self._pick(session, profile, "left")
+
+    def pick_right(self, session, profile):
+        return self._pick(session, profile, "right")
+
+    def tie(self, session, profile):
+        return self._pick(session, profile, "tie")
+
+    def pair_skip(self, session, profile):
+        return self._pick(session, profile, "skip")
+
+    def undo(self, session: LabelSession, profile):
+        if not session.made:
+            raise InvalidInput("nothing to undo in this browser session; older judgments can be "
+                               "removed in the Profile tab's history")
+        owner, judgment_id, image = session.made.pop()
+        removed = self.ctx.store.remove_judgment(owner, judgment_id)
+        if removed.kind in ("pair", "tie") or (removed.kind == "skip" and removed.image_b):
+            session.pair_index = max(0, session.pair_index - 1)
+        elif image in session.candidates:
+            session.current = session.candidates.index(image)
+        return self.render(session, profile, f"Undone: {KIND_MARKS[removed.kind]} on {short(image)}.")
+
+    def restore(self, session: LabelSession, profile, saved):
+        """After a page refresh: the batch that was on screen (ids kept in the browser)."""
+        if isinstance(saved, list) and not session.candidates:
+            known = [s for s in saved if isinstance(s, str) and self._exists(s)]
+            if known:
+                session.show(known[:MAX_CANDIDATES])
+        return self.render(session, profile)
+
+    def _exists(self, sha: str) -> bool:
+        try:
+            self.ctx.store.image_record(sha)
+            return True
+        except Exception:  # NotFound, or a malformed id from a tampered localStorage
+            return False
+
+    # -- view -----------------------------------------------------------------------------
+    def _verdicts(self, session, profile) -> dict[str, str]:
+        """The latest single-image judgment of each candidate in this profile."""
+        if not profile or not session.candidates:
+            return {}
+        shown = set(session.candidates)
+        verdicts = {}
+        for j in self.ctx.store.judgments(profile, ("like", "dislike", "skip")):
+            if j.image_b is None and j.image_a in shown:
+                verdicts[j.image_a] = j.kind
+        return verdicts
+
+    def render(self, session: LabelSession, profile, message: str = ""):
+        store = self.ctx.store
+        records = [store.image_record(s) for s in session.candidates]
+        verdicts = self._verdicts(session, profile)
+        items = []
+        for i, r in enumerate(records):
+            seed = "uploaded" if r.seed is None else f"seed {r.seed}"
+            mark = f"{KIND_MARKS[verdicts[r.sha256]]} " if r.sha256 in verdicts else ""
+            items.append((thumb(r.path), f"{mark}{seed}"))
+        gallery = gr.Gallery(value=items or None, selected_index=session.current if items else None,
+                             height=gallery_height(len(items), GALLERY_COLUMNS))
+        if records:
+            r = records[session.current]
+            verdict = verdicts.get(r.sha256)
+            view = thumb(r.path, VIEW_SIZE)
+            seed = "an uploaded image" if r.seed is None else f"seed **{r.seed}**"
+            info = (f"**Candidate {session.current + 1} of {len(records)}** · {seed} · id `{short(r.sha256)}`"
+                    f"\n\n“{r.prompt}”\n\n"
+                    + (f"Judged: {KIND_MARKS[verdict]}" if verdict else "Not judged yet."))
+        else:
+            view, info = None, "Type a prompt and press **Generate candidates** (or 🎲 Surprise me)."
+        if session.pair_index < len(session.pairs):
+            a, b = session.pairs[session.pair_index]
+            left, right = thumb(records[a].path, VIEW_SIZE), thumb(records[b].path, VIEW_SIZE)
+            pair_info = (f"**Pair {session.pair_index + 1} of {len(session.pairs)}** · which one do you "
+                         f"prefer? (seeds {records[a].seed} and {records[b].seed})")
+        else:
+            left = right = None
+            pair_info = ("All pairs of this batch compared: generate new candidates." if session.pairs
+                         else "Generate at least two candidates to compare.")
+        status = (message + "\n\n" if message else "") + counts_line(self.ctx, profile)
+        return gallery, view, info, left, right, pair_info, status, status
+
+
+def _file_name(path) -> str:
+    return Path(str(path)).name

@@ -1,0 +1,203 @@
+"""Profile: fit the taste model, see what it likes, browse and prune the history,
+export the profile as one file and import one."""
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import gradio as gr
+
+from prefstudio.errors import InvalidInput
+from prefstudio.preference.user_embedding import COLD_START_PAIRS
+from prefstudio.store.history import KINDS
+from prefstudio.studio import training_pairs
+from prefstudio.taste_summary import taste_summary
+from prefstudio.ui.common import (
+    KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, short, thumb, user_errors,
+)
+
+HISTORY_SHOWN = 120  # newest judgments in the history gallery
+SUMMARY_IMAGES = 4
+SUMMARY_HEIGHT = gallery_height(SUMMARY_IMAGES, SUMMARY_IMAGES, width=580)
+HISTORY_COLUMNS = 8
+FILTERS = [("👍 liked", "like"), ("👎 disliked", "dislike"), ("A ≻ B pairs", "pair"), ("= ties", "tie"),
+           ("⏭ skipped", "skip")]
+FEATURE_CHUNK = 16
+
+_MODES = {
+    "free": "a personal model fitted from your own pairs",
+    "bank mix": "cold start: a mix of the tastes in the user bank, fitted to your few pairs "
+                f"(a personal part joins at {COLD_START_PAIRS} pairs)",
+    "bank mix + personal": "a mix of the user bank's tastes plus a personal part",
+    "bank average": "cold start: the average taste of the user bank (nothing judged yet)",
+}
+
+
+@dataclass
+class HistorySession:
+    shown: list[int] = field(default_factory=list)  # judgment ids in gallery order
+
+
+def describe_fit(ctx: AppContext, profile: str | None) -> str:
+    if not profile:
+        return "Choose or create a profile at the top of the page."
+    status = ctx.studio.fit_status(profile)
+    if status is None:
+        return ("**Not fitted yet.** Judge at least one image 👍 and one 👎 (or pick the better of two), "
+                "then press **Fit my taste**.")
+    when = datetime.fromtimestamp(status["fitted_at"]).strftime("%Y-%m-%d %H:%M")
+    loo = status.get("loo_accuracy")
+    lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs**: {_MODES.get(status['mode'], status['mode'])}."]
+    if loo is not None:
+        lines.append(f"Leave-one-out accuracy **{loo:.0%}** over {status['loo_pairs']} held-out pairs "
+                     "(each predicted by a model that never saw its images; chance is 50%).")
+    else:
+        lines.append("Too few pairs for a leave-one-out accuracy yet.")
+    if status["n_pairs"] < COLD_START_PAIRS:
+        lines.append(f"Cold start: under {COLD_START_PAIRS} pairs the model is a rough guess; keep judging.")
+    fitted_at = status["fitted_at"]
+    newer = sum(1 for j in ctx.store.judgments(profile)
+                if datetime.fromisoformat(j.created).timestamp() > fitted_at)
+    if newer:
+        lines.append(f"{newer} judgment{'s' if newer > 1 else ''} since this fit: fit again to include them.")
+    return "\n\n".join(lines)
+
+
+class ProfileTab:
+    def __init__(self, ctx: AppContext, profile: gr.Dropdown):
+        self.ctx = ctx
+        self.session = gr.State(HistorySession())
+        with gr.Row():
+            with gr.Column(scale=2):
+                gr.Markdown("### Your taste model")
+                fit = gr.Button("Fit my taste", variant="primary", elem_id="ps-fit")
+                self.fit_status = gr.Markdown(elem_id="ps-fit-status")
+            with gr.Column(scale=3):
+                gr.Markdown("### What the model likes")
+                summarise = gr.Button("Summarise my taste", elem_id="ps-summarise")
+                self.taste_text = gr.Markdown(
+                    "The model scores a fixed reference pool of images; the summary shows the ones it "
+                    "likes most and least.", elem_id="ps-taste-text")
+        with gr.Row():
+            self.most = gr.Gallery(label="Likes most", columns=SUMMARY_IMAGES, height=SUMMARY_HEIGHT,
+                                   allow_preview=False, buttons=[], elem_id="ps-most")
+            self.least = gr.Gallery(label="Likes least", columns=SUMMARY_IMAGES, height=SUMMARY_HEIGHT,
+                                    allow_preview=False, buttons=[], elem_id="ps-least")
+        gr.Markdown("### History")
+        with gr.Row(equal_height=True):
+            self.filters = gr.CheckboxGroup(FILTERS, value=[v for _, v in FILTERS], label="Show", scale=3)
+            self.selected = gr.Number(label="Selected judgment #", precision=0, minimum=1, scale=1,
+                                      elem_id="ps-selected-judgment")
+            remove = gr.Button("🗑 Remove judgment", variant="stop", scale=1)
+        self.history = gr.Gallery(label="Judgments, newest first (click one to select it)",
+                                  columns=HISTORY_COLUMNS, height=gallery_height(0, HISTORY_COLUMNS),
+                                  allow_preview=False, buttons=[], elem_id="ps-history")
+        self.history_info = gr.Markdown()
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Export\nThe whole profile (judgments, their images, the fitted model) "
+                            "as one `.prefstudio` file.")
+                export = gr.Button("Export profile")
+                self.export_file = gr.File(label="Profile file", interactive=False, height=90, elem_id="ps-export-file")
+            with gr.Column():
+                gr.Markdown("### Import\nAdd a profile from a `.prefstudio` file (it is checked in full "
+                            "before anything is added).")
+                self.import_file = gr.File(label="Profile file", file_types=[".prefstudio"], height=120,
+                                           elem_id="ps-import-file")
+                self.import_name = gr.Textbox(label="Import as (optional)",
+                                              placeholder="the name stored in the file")
+                do_import = gr.Button("Import profile")
+                self.import_status = gr.Markdown()
+
+        self.profile = profile
+        self.history_views = [self.history, self.history_info, self.selected]
+        fit.click(user_errors(self.fit), profile, self.fit_status, api_name="fit")
+        summarise.click(user_errors(self.summarise), profile, [self.taste_text, self.most, self.least],
+                        api_name="taste_summary")
+        self.filters.change(user_errors(self.render_history), [self.session, profile, self.filters],
+                            self.history_views, api_name="history")
+        self.history.select(self.select, self.session, self.selected, api_visibility="private")
+        remove.click(user_errors(self.remove), [self.session, profile, self.filters, self.selected],
+                     self.history_views, api_name="remove_judgment")
+        export.click(user_errors(self.export), profile, self.export_file, api_name="export_profile")
+        do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
+                        [self.import_status, profile], api_name="import_profile")
+
+    # -- fit and summary ----------------------------------------------------------------
+    def fit(self, profile, progress=gr.Progress()):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        studio = self.ctx.studio
+        pairs = training_pairs(studio.store.judgments(profile))
+        shas = list(dict.fromkeys(s for pair in pairs for s in pair))
+        # Features first, in chunks, so the bar moves; the fit then reads them from the cache.
+        for start in range(0, len(shas), FEATURE_CHUNK):
+            progress((start, len(shas)), desc="Reading the judged images", unit="images")
+            self.ctx.run(studio.features, shas[start:start + FEATURE_CHUNK])
+        progress(None, desc=f"Fitting on {len(pairs)} pairs")
+        report = self.ctx.run(studio.fit, profile)
+        return f"{report.summary()}\n\n" + describe_fit(self.ctx, profile)
+
+    def summarise(self, profile):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        summary = self.ctx.run(taste_summary, self.ctx.studio, profile)
+
+        def items(scored):
+            return [(thumb(r.path), f"{score:+.2f} · {r.prompt}") for r, score in scored]
+        return summary.text(), items(summary.most_liked(SUMMARY_IMAGES)), items(summary.least_liked(SUMMARY_IMAGES))
+
+    # -- history --------------------------------------------------------------------------
+    def render_history(self, session: HistorySession, profile, kinds, message: str = ""):
+        if not profile:
+            session.shown = []
+            return gr.Gallery(None), "Choose or create a profile at the top of the page.", None
+        kinds = [k for k in (kinds or []) if k in KINDS]
+        judgments = self.ctx.store.judgments(profile, kinds)[::-1] if kinds else []
+        shown = judgments[:HISTORY_SHOWN]
+        items = []
+        for j in shown:
+            record = self.ctx.store.image_record(j.image_a)
+            image = pair_thumb(self.ctx, j.image_a, j.image_b) if j.image_b else thumb(record.path)
+            items.append((image, f"#{j.id} {KIND_MARKS[j.kind]} · {record.prompt[:40]}"))
+        session.shown = [j.id for j in shown]
+        more = f" (the newest {HISTORY_SHOWN} shown)" if len(judgments) > HISTORY_SHOWN else ""
+        info = (message + "\n\n" if message else "") + counts_line(self.ctx, profile) + more
+        gallery = gr.Gallery(items or None, height=gallery_height(min(len(items), 3 * HISTORY_COLUMNS), HISTORY_COLUMNS))
+        return gallery, info, None
+
+    def select(self, session: HistorySession, event: gr.SelectData):
+        if 0 <= event.index < len(session.shown):
+            return session.shown[event.index]
+        return None
+
+    def remove(self, session, profile, kinds, judgment_id):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        if judgment_id is None:
+            raise InvalidInput("select a judgment in the history (or type its number) to remove it")
+        removed = self.ctx.store.remove_judgment(profile, int(judgment_id))
+        what = f"{KIND_MARKS[removed.kind]} on {short(removed.image_a)}"
+        return self.render_history(session, profile, kinds, f"Removed judgment #{removed.id} ({what}).")
+
+    # -- export and import ------------------------------------------------------------------
+    def export(self, profile):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        name = self.ctx.store.get_profile(profile).name
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "profile"
+        # One file per profile, replaced atomically by each export: nothing piles up.
+        path = self.ctx.ui_cache / "exports" / f"{stem}.prefstudio"
+        return str(self.ctx.run(self.ctx.studio.export_profile, name, path))
+
+    def import_profile(self, file, new_name):
+        if file is None:
+            raise InvalidInput("choose a .prefstudio profile file to import")
+        path = Path(getattr(file, "name", file))
+        name = (new_name or "").strip() or None
+        imported = self.ctx.run(self.ctx.studio.import_profile, path, name)
+        counts = self.ctx.store.counts(imported.name)
+        message = (f"Imported profile **{imported.name}** with {sum(counts.values())} judgments"
+                   + (" and its fitted model." if self.ctx.studio.fit_status(imported.name) else "."))
+        choices = [p.name for p in self.ctx.store.list_profiles()]
+        return message, gr.Dropdown(choices=choices, value=imported.name)

@@ -1,0 +1,276 @@
+"""The studio driven through its HTTP API with gradio_client, as a browser would drive it.
+
+One app serves the whole module (data in a temporary folder); each gradio_client Client
+is its own browser session.
+"""
+import io
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from prefstudio.studio import Studio
+from prefstudio.ui.app import build_app, launch
+
+ITERATIONS = 3  # guidance steps per side by side: enough to exercise the loop, fast on a CPU
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    studio = Studio(tmp_path_factory.mktemp("studio-data"))
+    demo = build_app(studio)
+    port = free_port()
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def client(url: str) -> Client:
+    return Client(url, verbose=False)
+
+
+def store_of(app):
+    return app[0].prefstudio.store
+
+
+def image_count(store) -> int:
+    return len([p for p in store.images_dir.rglob("*.png")])
+
+
+def snapshot(store) -> dict:
+    """Everything a bad input must leave as it was."""
+    profiles = [p.name for p in store.list_profiles()]
+    return {"profiles": profiles, "images": image_count(store),
+            "judgments": {p: [(j.id, j.kind) for j in store.judgments(p)] for p in profiles}}
+
+
+def candidate_ids(demo, prompt: str, seeds: list[int]) -> list[str]:
+    """The ids of the candidates a session was shown: the generator is deterministic and the
+    store content-addressed, so generating the same prompt and seeds again gives the same ids."""
+    ctx = demo.prefstudio
+    return [r.sha256 for r in ctx.run(ctx.studio.generate_candidates, prompt, seeds=seeds)]
+
+
+def value(output):
+    """A component's value, whether it came back bare or inside a property update."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+def generate(c: Client, profile: str, prompt: str, seeds: list[int]):
+    gallery, *rest = c.predict(profile, prompt, len(seeds), ", ".join(map(str, seeds)),
+                               api_name="/generate_candidates")
+    return value(gallery), *rest
+
+
+def test_whole_loop_generate_judge_fit_personalize_export_import(app):
+    demo, url = app
+    studio: Studio = demo.prefstudio.studio
+    store = studio.store
+    c = client(url)
+    c.predict("alice", api_name="/create_profile")
+
+    gallery, *_, status, _ = generate(c, "alice", "sunset over the desert", list(range(1, 17)))
+    assert [item["caption"] for item in gallery] == [f"seed {s}" for s in range(1, 17)]
+    shown = candidate_ids(demo, "sunset over the desert", list(range(1, 17)))
+    # Galleries carry thumbnails, never the full image.
+    assert max(max(Image.open(item["image"]).size) for item in gallery) <= 192
+
+    for i in range(16):
+        *_, status, _ = c.predict("alice", api_name="/like" if i % 2 == 0 else "/dislike")
+    assert "16 judgments: 8 👍 · 8 👎" in status
+    judged = store.judgments("alice")
+    assert [j.kind for j in judged] == ["like", "dislike"] * 8
+    assert sorted(j.image_a for j in judged) == sorted(shown)  # each candidate judged once, in turn
+    gallery, *_ = c.predict("alice", api_name="/next")
+    assert [item["caption"] for item in value(gallery)[:2]] == ["👍 seed 1", "👎 seed 2"]
+
+    # Better of two: left, right, tie, skip; each names two different images on screen.
+    for api in ("/pick_left", "/pick_right", "/tie", "/skip_pair"):
+        c.predict("alice", api_name=api)
+    compared = store.judgments("alice", ("pair", "tie", "skip"))
+    assert [j.kind for j in compared] == ["pair", "pair", "tie", "skip"]
+    assert all(j.image_a in shown and j.image_b in shown and j.image_a != j.image_b for j in compared)
+
+    fitted = c.predict("alice", api_name="/fit")
+    assert "Fitted" in fitted and "Leave-one-out accuracy" in fitted
+
+    progress, seed, baseline, personalized, base_scores, pers_scores, _ = c.predict(
+        "alice", "a dense green forest", "Fixed seed", 7, ITERATIONS, 0.75, 0.25, api_name="/personalize")
+    assert seed == 7 and progress.startswith(f"Done: {ITERATIONS} iterations")
+    assert Path(baseline).is_file() and Path(personalized).is_file()
+    assert "weighted total" in base_scores and "weighted total" in pers_scores
+    c.predict("alice", api_name="/prefer_personalized")  # the loop closes: the result joins the history
+    last = store.judgments("alice")[-1]
+    assert last.kind == "pair"
+    assert store.image_record(last.image_a).params["personalized_for"] == "alice"
+    assert store.image_record(last.image_b).seed == 7
+    assert "personalized_for" not in store.image_record(last.image_b).params
+
+    exported = c.predict("alice", api_name="/export_profile")
+    message, profile = c.predict(handle_file(exported), "alice copy", api_name="/import_profile")
+    assert "Imported profile **alice copy** with 21 judgments and its fitted model" in message
+    assert value(profile) == "alice copy"
+    assert [(j.kind, j.image_a, j.image_b) for j in store.judgments("alice copy")] == \
+        [(j.kind, j.image_a, j.image_b) for j in store.judgments("alice")]
+
+    # The imported profile scores the same images identically, through the app and the library.
+    original = c.predict("alice", api_name="/taste_summary")
+    copied = c.predict("alice copy", api_name="/taste_summary")
+    assert original[0] == copied[0] and "Scores highest" in original[0]
+    for ours, theirs in zip(original[1:], copied[1:]):
+        assert len(ours) == 4 and [i["caption"] for i in ours] == [i["caption"] for i in theirs]
+    assert studio.score_images("alice", shown) == studio.score_images("alice copy", shown)
+
+
+@pytest.fixture(scope="module")
+def fitted(app):
+    """A profile with a fitted model, made through the library (the UI's way is tested above)."""
+    ctx = app[0].prefstudio
+    ctx.store.create_profile("fitted")
+    records = ctx.run(ctx.studio.generate_candidates, "a cold blue ocean at night", seeds=list(range(100, 108)))
+    for i, record in enumerate(records):
+        ctx.studio.judge("fitted", "like" if i % 2 else "dislike", record.sha256)
+    ctx.run(ctx.studio.fit, "fitted")
+    return "fitted"
+
+
+def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
+    c = client(app[1])
+    job = c.submit(fitted, "a cold blue ocean at night", "Fixed seed", 3, 100, 0.75, 0.25, api_name="/personalize")
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 3 and not job.done() and time.monotonic() < deadline:  # a few iterations in
+        time.sleep(0.05)
+    assert c.predict(api_name="/stop").startswith("Stopping")
+    progress, seed, baseline, personalized, *_ = job.result(timeout=120)
+    found = re.search(r"Stopped after (\d+) iterations; kept the best so far \(iteration (\d+)\)", progress)
+    ran, best = map(int, found.groups())
+    assert 2 <= ran < 100 and best <= ran
+    assert seed == 3 and Path(baseline).is_file() and Path(personalized).is_file()
+    assert c.predict(api_name="/stop") == "Nothing is running."
+
+
+def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
+    c = client(app[1])
+    result, plot, table = c.predict(fitted, "a dense green forest\nportrait of a cat", 4, 2, 5, api_name="/evaluate")
+    rows = table["data"]
+    assert [r[:2] for r in rows] == [["a dense green forest", 5], ["portrait of a cat", 6]]
+    wins = sum(r[5] == "personalized" for r in rows)
+    assert re.search(rf"Win rate \d+% ± \d+%\*\*: personalized beat the baseline on {wins} of 2 prompts", result)
+    assert all(abs(r[3] - r[2] - r[4]) < 2e-3 for r in rows)
+    assert plot["type"] == "matplotlib"
+
+
+def test_two_sessions_on_two_profiles_judge_concurrently(app):
+    demo, url = app
+    store = store_of(app)
+    bob, carol = client(url), client(url)
+    bob.predict("bob", api_name="/create_profile")
+    carol.predict("carol", api_name="/create_profile")
+    generate(bob, "bob", "portrait of a cat", [11, 12, 13, 14, 15, 16])
+    generate(carol, "carol", "neon city at night", [21, 22, 23, 24, 25, 26])
+    expected = {"bob": set(candidate_ids(demo, "portrait of a cat", [11, 12, 13, 14, 15, 16])),
+                "carol": set(candidate_ids(demo, "neon city at night", [21, 22, 23, 24, 25, 26]))}
+    assert not expected["bob"] & expected["carol"]
+
+    errors = []
+
+    def judge(c: Client, profile: str):
+        try:
+            for i in range(6):
+                c.predict(profile, api_name="/like" if i % 3 else "/dislike")
+            c.predict(profile, api_name="/undo")  # undoes this session's own last judgment
+        except Exception as error:  # surfaced in the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=judge, args=(c, p)) for c, p in ((bob, "bob"), (carol, "carol"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for profile, candidates in expected.items():
+        judged = store.judgments(profile)
+        assert len(judged) == 5
+        assert {j.image_a for j in judged} <= candidates
+        assert [j.kind for j in judged] == ["dislike", "like", "like", "dislike", "like"]
+    # Each session's history shows only its own profile.
+    gallery, info, _ = bob.predict("bob", ["like", "dislike", "pair", "tie", "skip"], api_name="/history")
+    assert len(value(gallery)) == 5 and info.startswith("**bob** · 5 judgments")
+
+
+def _png(size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_inputs_get_specific_messages_and_change_nothing(app, tmp_path):
+    demo, url = app
+    store = store_of(app)
+    c = client(url)
+    c.predict("dora", api_name="/create_profile")
+    before = snapshot(store)
+
+    def refused(expected: str, *args, api_name: str):
+        with pytest.raises(AppError, match=expected):
+            c.predict(*args, api_name=api_name)
+        assert snapshot(store) == before
+
+    refused("prompt is empty", "dora", "   ", 4, "", api_name="/generate_candidates")
+    refused("seeds are whole numbers", "dora", "a red boat", 4, "7, x", api_name="/generate_candidates")
+    refused("nothing to judge yet", "dora", api_name="/like")
+    refused("no fitted taste yet", "dora", "a red boat", "Fixed seed", 1, ITERATIONS, 0.75, 0.25,
+            api_name="/personalize")
+    refused("no profile named 'nobody'", "nobody", api_name="/fit")
+    refused("already exists", "Dora", api_name="/create_profile")
+    refused("contains", "a/b", api_name="/create_profile")
+
+    text = tmp_path / "notes.png"
+    text.write_text("these are my notes, not a picture")
+    refused("notes.png: not an image", "dora", [handle_file(text)], "a red square", api_name="/add_images")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(_png()[:60])
+    refused("broken.png: truncated or corrupt PNG", "dora", [handle_file(broken)], "a red square",
+            api_name="/add_images")
+    good = tmp_path / "good.png"
+    good.write_bytes(_png())
+    # One bad file refuses the whole batch: the good one is not added either.
+    refused("broken.png", "dora", [handle_file(good), handle_file(broken)], "a red square", api_name="/add_images")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png((7000, 7000)))  # a few KB on disk, 49 MP decoded
+    refused("huge.png: image is 7000×7000 = 49 MP; the limit is 40 MP", "dora", [handle_file(huge)], "red",
+            api_name="/add_images")
+    heavy = tmp_path / "heavy.png"
+    heavy.write_bytes(_png() + bytes(65 * 2**20))
+    refused("heavy.png: image file is 65.0 MB; the limit is 64 MB", "dora", [handle_file(heavy)], "red",
+            api_name="/add_images")
+    refused("prompt is empty", "dora", [handle_file(good)], "", api_name="/add_images")
+
+    newer = tmp_path / "newer.prefstudio"
+    safetensors.torch.save_file({"x": torch.zeros(1)}, newer,
+                                metadata={"format": "prefstudio-profile", "version": "2"})
+    refused("profile file version 2 is newer than this PrefStudio understands", handle_file(newer), "",
+            api_name="/import_profile")
+    garbage = tmp_path / "garbage.prefstudio"
+    garbage.write_bytes(b"PK\x03\x04 not what it says it is")
+    refused("not a PrefStudio profile file", handle_file(garbage), "", api_name="/import_profile")
+    refused("Invalid file type", handle_file(text), "", api_name="/import_profile")
+
+    # And the good image goes in once everything is right.
+    gallery, *_ = c.predict("dora", [handle_file(good)], "a red square", api_name="/add_images")
+    gallery = value(gallery)
+    assert len(gallery) == 1 and gallery[0]["caption"] == "uploaded"
