@@ -19,6 +19,7 @@ from PIL import Image
 
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app, launch
+from prefstudio.ui.evaluate_tab import win_rate
 
 ITERATIONS = 3  # guidance steps per side by side: enough to exercise the loop, fast on a CPU
 
@@ -40,7 +41,14 @@ def app(tmp_path_factory):
 
 
 def client(url: str) -> Client:
-    return Client(url, verbose=False)
+    # The server runs in this process, so the files it returns are read where they lie
+    # (the path in each file reference) instead of being downloaded again on every call.
+    return Client(url, verbose=False, download_files=False)
+
+
+def local(file) -> str:
+    """The server-side path of a file the app returned."""
+    return file["path"]
 
 
 def store_of(app):
@@ -87,7 +95,7 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     assert [item["caption"] for item in gallery] == [f"seed {s}" for s in range(1, 17)]
     shown = candidate_ids(demo, "sunset over the desert", list(range(1, 17)))
     # Galleries carry thumbnails, never the full image.
-    assert max(max(Image.open(item["image"]).size) for item in gallery) <= 192
+    assert max(max(Image.open(local(item["image"])).size) for item in gallery) <= 192
 
     for i in range(16):
         *_, status, _ = c.predict("alice", api_name="/like" if i % 2 == 0 else "/dislike")
@@ -111,7 +119,7 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     progress, seed, baseline, personalized, base_scores, pers_scores, _ = c.predict(
         "alice", "a dense green forest", "Fixed seed", 7, ITERATIONS, 0.75, 0.25, api_name="/personalize")
     assert seed == 7 and progress.startswith(f"Done: {ITERATIONS} iterations")
-    assert Path(baseline).is_file() and Path(personalized).is_file()
+    assert Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
     assert "weighted total" in base_scores and "weighted total" in pers_scores
     c.predict("alice", api_name="/prefer_personalized")  # the loop closes: the result joins the history
     last = store.judgments("alice")[-1]
@@ -121,7 +129,7 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     assert "personalized_for" not in store.image_record(last.image_b).params
 
     exported = c.predict("alice", api_name="/export_profile")
-    message, profile = c.predict(handle_file(exported), "alice copy", api_name="/import_profile")
+    message, profile = c.predict(handle_file(local(exported)), "alice copy", api_name="/import_profile")
     assert "Imported profile **alice copy** with 21 judgments and its fitted model" in message
     assert value(profile) == "alice copy"
     assert [(j.kind, j.image_a, j.image_b) for j in store.judgments("alice copy")] == \
@@ -159,7 +167,7 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     found = re.search(r"Stopped after (\d+) iterations; kept the best so far \(iteration (\d+)\)", progress)
     ran, best = map(int, found.groups())
     assert 2 <= ran < 100 and best <= ran
-    assert seed == 3 and Path(baseline).is_file() and Path(personalized).is_file()
+    assert seed == 3 and Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
     assert c.predict(api_name="/stop") == "Nothing is running."
 
 
@@ -169,7 +177,8 @@ def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
     rows = table["data"]
     assert [r[:2] for r in rows] == [["a dense green forest", 5], ["portrait of a cat", 6]]
     wins = sum(r[5] == "personalized" for r in rows)
-    assert re.search(rf"Win rate \d+% ± \d+%\*\*: personalized beat the baseline on {wins} of 2 prompts", result)
+    assert re.search(rf"Win rate \d+%\*\* \(95% interval \d+%–\d+%\): personalized beat the baseline on "
+                     rf"{wins} of 2 prompts", result)
     assert all(abs(r[3] - r[2] - r[4]) < 2e-3 for r in rows)
     assert plot["type"] == "matplotlib"
 
@@ -274,3 +283,11 @@ def test_bad_inputs_get_specific_messages_and_change_nothing(app, tmp_path):
     gallery, *_ = c.predict("dora", [handle_file(good)], "a red square", api_name="/add_images")
     gallery = value(gallery)
     assert len(gallery) == 1 and gallery[0]["caption"] == "uploaded"
+
+
+def test_win_rate_interval_stays_honest_at_the_edges():
+    rows = [("p", 0, 0.0, 1.0)] * 4  # personalized higher on 4 of 4
+    rate, low, high = win_rate(rows)
+    assert rate == 1.0 and high == 1.0 and low == pytest.approx(0.510, abs=1e-3)
+    rate, low, high = win_rate([("p", 0, 1.0, 0.0), ("p", 1, 0.5, 0.5)])  # a loss and a tie
+    assert rate == 0.25 and 0.0 < low < 0.25 < high < 1.0

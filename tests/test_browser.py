@@ -58,6 +58,10 @@ def test_label_fit_generate_in_the_browser(server, page):
     expect(page.locator("#ps-models")).to_contain_text("embedded offline generator")
     expect(page.locator("body")).to_contain_text("L like")  # the shortcuts are documented
 
+    page.click("#ps-generate")  # no prompt yet: refused, with the reason in view
+    expect(page.get_by_text("prompt is empty: type what the image should show").first).to_be_visible()
+    expect(page.locator("#ps-candidates button.thumbnail-item")).to_have_count(0)
+
     page.fill("#ps-label-prompt textarea", "a bouquet of pink flowers")
     page.fill("#ps-label-seeds textarea", "11, 12, 13, 14, 15, 16")
     page.click("#ps-generate")
@@ -77,6 +81,21 @@ def test_label_fit_generate_in_the_browser(server, page):
     singles = store.judgments("me")
     assert [j.kind for j in singles] == ["like", "dislike"] * 3
     assert len({j.image_a for j in singles}) == 6  # each candidate once, in turn
+
+    # A refresh loses nothing: the judgments are stored, the batch on screen comes back.
+    page.reload(wait_until="load")
+    expect(page.locator("#ps-candidates button.thumbnail-item")).to_have_count(6, timeout=SLOW)
+    expect(status).to_contain_text("6 judgments: 3 👍 · 3 👎")
+    # A second profile: created here, kept across a refresh, its own (empty) history.
+    page.fill("#ps-new-profile textarea", "guest")
+    page.keyboard.press("Enter")
+    expect(status).to_contain_text("guest · 0 judgments")
+    page.reload(wait_until="load")
+    expect(page.locator("#ps-profile input")).to_have_value("guest", timeout=SLOW)
+    expect(status).to_contain_text("guest · 0 judgments")
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name="me", exact=True).click()
+    expect(status).to_contain_text("me · 6 judgments")
 
     page.get_by_label("Better of two").check()
     expect(page.locator("#ps-left img")).to_be_visible()

@@ -64,6 +64,8 @@ CSS = """
 #ps-candidates .caption-label, #ps-history .caption-label, #ps-most .caption-label, #ps-least .caption-label {
   max-width: 94%; font-size: 0.8em; opacity: 0.92; }
 #ps-export-file .empty.large { min-height: 64px; height: 64px; }
+/* A refused input is explained in the toast; no "Error" badge is left on every output. */
+[data-testid="status-tracker"]:has(> span.error) { display: none !important; }
 kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
       font-size: 0.85em; background: #f7f7fa; color: #333; }
 """
@@ -92,7 +94,7 @@ def describe_models(studio: Studio) -> str:
 def _browser_secret(ctx: AppContext) -> str:
     """The key that encrypts this app's localStorage entries, kept with the data so a
     restarted server still reads what browsers saved."""
-    path = ctx.ui_cache / "browser-secret"
+    path = ctx.store.data_dir / "browser-secret"  # beside the database: never served
     if not path.exists():
         write_atomically(path, secrets.token_urlsafe(24).encode())
     return path.read_text().strip()
@@ -191,5 +193,4 @@ def warm_up(ctx: AppContext) -> None:
     """Load the prompt and image encoders before the first click needs them."""
     with ctx.compute:
         ctx.studio.generator.encode_prompt("warm up")
-        network = getattr(ctx.studio.encoder, "network", None)  # the embedded encoder loads lazily
-        del network
+        getattr(ctx.studio.encoder, "network", None)  # the embedded encoder's weights load on first use

@@ -14,7 +14,6 @@ import gradio as gr
 import pandas as pd
 
 from prefstudio.errors import InvalidInput
-from prefstudio.studio import SideBySide
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import AppContext, user_errors
 from prefstudio.validation import validate_prompt, validate_seed
@@ -28,12 +27,15 @@ class EvaluateSession:
     stop: threading.Event | None = None
 
 
-def win_rate(rows: list[tuple]) -> tuple[float, float]:
-    """Share of prompts where personalized scores higher (a tie counts half), and its
-    binomial standard error."""
-    wins = sum(1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows)
-    rate = wins / len(rows)
-    return rate, math.sqrt(rate * (1 - rate) / len(rows))
+def win_rate(rows: list[tuple]) -> tuple[float, float, float]:
+    """Share of prompts where personalized scores higher (a tie counts half), with its 95%
+    Wilson interval (unlike rate ± standard error it stays honest at 0 or K wins of K)."""
+    n = len(rows)
+    rate = sum(1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows) / n
+    z = 1.96
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return rate, max(0.0, centre - half), min(1.0, centre + half)
 
 
 def distribution_plot(rows: list[tuple]):
@@ -102,18 +104,18 @@ class EvaluateTab:
                 break
             yield f"Prompt {i + 1} of {len(prompts)}: “{prompt}”…", None, _table(rows)
             steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
-            side: SideBySide = [item for item in self.ctx.steps(steps)][-1]
+            *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
             b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
             rows.append((prompt, side.seed, b, p, p - b,
                          "personalized" if p > b else "tie" if p == b else "baseline"))
         if not rows:
             yield "Stopped before the first prompt finished.", None, _table(rows)
             return
-        rate, error = win_rate(rows)
+        rate, low, high = win_rate(rows)
         wins = sum(r[5] == "personalized" for r in rows)
         stopped = " (stopped early)" if stop.is_set() else ""
-        yield (f"**Win rate {rate:.0%} ± {error:.0%}**: personalized beat the baseline on {wins} of "
-               f"{len(rows)} prompts under your model{stopped}.", distribution_plot(rows), _table(rows))
+        yield (f"**Win rate {rate:.0%}** (95% interval {low:.0%}–{high:.0%}): personalized beat the baseline "
+               f"on {wins} of {len(rows)} prompts under your model{stopped}.", distribution_plot(rows), _table(rows))
 
     def stop(self, session: EvaluateSession):
         if session.stop is None or session.stop.is_set():

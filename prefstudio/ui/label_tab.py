@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
@@ -114,9 +114,11 @@ class LabelTab:
                 tie = gr.Button("= Tie (T)", elem_id="ps-tie")
                 pair_skip = gr.Button("⏭ Skip (S)", elem_id="ps-pair-skip")
                 pick_right = gr.Button("Right is better (2) ▶", variant="primary", elem_id="ps-pick-right")
-            with gr.Row(equal_height=True):
-                pair_undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-pair-undo", scale=1)
-                self.pair_status = gr.Markdown(elem_id="ps-pair-status")
+            with gr.Row():
+                with gr.Column(scale=1, min_width=160):
+                    pair_undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-pair-undo")
+                with gr.Column(scale=3):
+                    self.pair_status = gr.Markdown(elem_id="ps-pair-status")
             gr.Markdown(PAIR_KEYS, elem_classes="ps-keys")
         self.gallery = gr.Gallery(label="Candidates (click one to judge it)", columns=GALLERY_COLUMNS,
                                   height=gallery_height(0, GALLERY_COLUMNS),
@@ -280,7 +282,7 @@ class LabelTab:
         try:
             self.ctx.store.image_record(sha)
             return True
-        except Exception:  # NotFound, or a malformed id from a tampered localStorage
+        except NotFound:
             return False
 
     # -- view -----------------------------------------------------------------------------

@@ -25,11 +25,11 @@ FILTERS = [("👍 liked", "like"), ("👎 disliked", "dislike"), ("A ≻ B pairs
 FEATURE_CHUNK = 16
 
 _MODES = {
-    "free": "a personal model fitted from your own pairs",
-    "bank mix": "cold start: a mix of the tastes in the user bank, fitted to your few pairs "
-                f"(a personal part joins at {COLD_START_PAIRS} pairs)",
-    "bank mix + personal": "a mix of the user bank's tastes plus a personal part",
-    "bank average": "cold start: the average taste of the user bank (nothing judged yet)",
+    "free": "a personal model fitted from your own judgments (no user bank on this machine)",
+    "bank mix": "**cold start**: a mix of the tastes in the user bank, fitted to your judgments; a "
+                f"personal part joins once about {2 * COLD_START_PAIRS} different images are judged",
+    "bank mix + personal": "the user bank's tastes plus a personal part learned from your judgments",
+    "bank average": "**cold start**: the average taste of the user bank (nothing judged yet)",
 }
 
 
@@ -53,8 +53,6 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
                      "(each predicted by a model that never saw its images; chance is 50%).")
     else:
         lines.append("Too few pairs for a leave-one-out accuracy yet.")
-    if status["n_pairs"] < COLD_START_PAIRS:
-        lines.append(f"Cold start: under {COLD_START_PAIRS} pairs the model is a rough guess; keep judging.")
     fitted_at = status["fitted_at"]
     newer = sum(1 for j in ctx.store.judgments(profile)
                 if datetime.fromisoformat(j.created).timestamp() > fitted_at)
@@ -111,9 +109,11 @@ class ProfileTab:
 
         self.profile = profile
         self.history_views = [self.history, self.history_info, self.selected]
-        fit.click(user_errors(self.fit), profile, self.fit_status, api_name="fit")
-        summarise.click(user_errors(self.summarise), profile, [self.taste_text, self.most, self.least],
-                        api_name="taste_summary")
+        summary = [self.taste_text, self.most, self.least]
+        summarise.click(user_errors(self.summarise), profile, summary, api_name="taste_summary")
+        # A new fit changes what the model likes: show it straight away.
+        fit.click(user_errors(self.fit), profile, self.fit_status, api_name="fit").success(
+            user_errors(self.summarise), profile, summary, api_visibility="private")
         self.filters.change(user_errors(self.render_history), [self.session, profile, self.filters],
                             self.history_views, api_name="history")
         self.history.select(self.select, self.session, self.selected, api_visibility="private")
