@@ -216,9 +216,18 @@ def test_two_sessions_on_two_profiles_judge_concurrently(app):
         assert len(judged) == 5
         assert {j.image_a for j in judged} <= candidates
         assert [j.kind for j in judged] == ["dislike", "like", "like", "dislike", "like"]
-    # Each session's history shows only its own profile.
-    gallery, info, _ = bob.predict("bob", ["like", "dislike", "pair", "tie", "skip"], api_name="/history")
+    # Each session's history shows only its own profile, and removes only from it.
+    everything = ["like", "dislike", "pair", "tie", "skip"]
+    gallery, info, _ = bob.predict("bob", everything, api_name="/history")
     assert len(value(gallery)) == 5 and info.startswith("**bob** · 5 judgments")
+    carols = store.judgments("carol")[0].id
+    with pytest.raises(AppError, match=f"profile 'bob' has no judgment {carols}"):
+        bob.predict("bob", everything, carols, api_name="/remove_judgment")
+    assert len(store.judgments("carol")) == 5
+    bobs = store.judgments("bob")[0].id
+    gallery, info, _ = bob.predict("bob", everything, bobs, api_name="/remove_judgment")
+    assert info.startswith(f"Removed judgment #{bobs}") and len(value(gallery)) == 4
+    assert bobs not in [j.id for j in store.judgments("bob")]
 
 
 def _png(size=(64, 64)) -> bytes:

@@ -69,7 +69,7 @@ def test_label_fit_generate_in_the_browser(server, page):
     status = page.locator("#ps-label-status")
 
     page.click("#ps-like")  # by click
-    expect(status).to_contain_text("1 judgments: 1 👍")
+    expect(status).to_contain_text("1 judgment: 1 👍")
     page.click("#ps-dislike")
     expect(status).to_contain_text("2 judgments: 1 👍 · 1 👎")
     page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not a text box

@@ -13,7 +13,6 @@ import threading
 
 import gradio as gr
 
-from prefstudio.errors import InvalidInput
 from prefstudio.store.image_files import write_atomically
 from prefstudio.studio import Studio
 from prefstudio.ui.common import AppContext, user_errors

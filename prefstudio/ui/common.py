@@ -103,7 +103,7 @@ def counts_line(ctx: AppContext, profile: str | None) -> str:
     total = sum(counts.values())
     parts = [f"{counts['like']} 👍", f"{counts['dislike']} 👎", f"{counts['pair']} pairs",
              f"{counts['tie']} ties", f"{counts['skip']} skipped"]
-    return f"**{profile}** · {total} judgments: " + " · ".join(parts)
+    return f"**{profile}** · {total} judgment{'' if total == 1 else 's'}: " + " · ".join(parts)
 
 
 def gallery_height(items: int, columns: int, width: int = 1180) -> int:

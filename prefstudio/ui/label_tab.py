@@ -156,8 +156,8 @@ class LabelTab:
         self.gallery.select(self.select, [s, p], views, api_visibility="private")
         self.mode.change(lambda mode: (gr.Column(visible=mode == SINGLE), gr.Column(visible=mode == PAIRWISE)),
                          self.mode, [single, pairwise], api_visibility="private")
-        self.uploaded = add.click(user_errors(self.add_uploads), [s, p, self.uploads, self.upload_prompt], views,
-                  api_name="add_images")
+        self.uploaded = add.click(user_errors(self.add_uploads), [s, p, self.uploads, self.upload_prompt],
+                                  views, api_name="add_images")
 
     # -- actions --------------------------------------------------------------------------
     def surprise(self) -> str:
@@ -302,18 +302,16 @@ class LabelTab:
         records = [store.image_record(s) for s in session.candidates]
         verdicts = self._verdicts(session, profile)
         items = []
-        for i, r in enumerate(records):
-            seed = "uploaded" if r.seed is None else f"seed {r.seed}"
+        for r in records:
             mark = f"{KIND_MARKS[verdicts[r.sha256]]} " if r.sha256 in verdicts else ""
-            items.append((thumb(r.path), f"{mark}{seed}"))
+            items.append((thumb(r.path), mark + _seed(r)))
         gallery = gr.Gallery(value=items or None, selected_index=session.current if items else None,
                              height=gallery_height(len(items), GALLERY_COLUMNS))
         if records:
             r = records[session.current]
             verdict = verdicts.get(r.sha256)
             view = thumb(r.path, VIEW_SIZE)
-            seed = "an uploaded image" if r.seed is None else f"seed **{r.seed}**"
-            info = (f"**Candidate {session.current + 1} of {len(records)}** · {seed} · id `{short(r.sha256)}`"
+            info = (f"**Candidate {session.current + 1} of {len(records)}** · {_seed(r)} · id `{short(r.sha256)}`"
                     f"\n\n“{r.prompt}”\n\n"
                     + (f"Judged: {KIND_MARKS[verdict]}" if verdict else "Not judged yet."))
         else:
@@ -322,13 +320,17 @@ class LabelTab:
             a, b = session.pairs[session.pair_index]
             left, right = thumb(records[a].path, VIEW_SIZE), thumb(records[b].path, VIEW_SIZE)
             pair_info = (f"**Pair {session.pair_index + 1} of {len(session.pairs)}** · which one do you "
-                         f"prefer? (seeds {records[a].seed} and {records[b].seed})")
+                         f"prefer? ({_seed(records[a])} and {_seed(records[b])})")
         else:
             left = right = None
             pair_info = ("All pairs of this batch compared: generate new candidates." if session.pairs
                          else "Generate at least two candidates to compare.")
         status = (message + "\n\n" if message else "") + counts_line(self.ctx, profile)
         return gallery, view, info, left, right, pair_info, status, status
+
+
+def _seed(record) -> str:
+    return "uploaded" if record.seed is None else f"seed {record.seed}"
 
 
 def _file_name(path) -> str:

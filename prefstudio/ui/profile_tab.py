@@ -163,7 +163,8 @@ class ProfileTab:
         session.shown = [j.id for j in shown]
         more = f" (the newest {HISTORY_SHOWN} shown)" if len(judgments) > HISTORY_SHOWN else ""
         info = (message + "\n\n" if message else "") + counts_line(self.ctx, profile) + more
-        gallery = gr.Gallery(items or None, height=gallery_height(min(len(items), 3 * HISTORY_COLUMNS), HISTORY_COLUMNS))
+        rows_shown = min(len(items), 3 * HISTORY_COLUMNS)  # up to three rows, then it scrolls
+        gallery = gr.Gallery(items or None, height=gallery_height(rows_shown, HISTORY_COLUMNS))
         return gallery, info, None
 
     def select(self, session: HistorySession, event: gr.SelectData):
@@ -184,11 +185,11 @@ class ProfileTab:
     def export(self, profile):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
-        name = self.ctx.store.get_profile(profile).name
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "profile"
+        stored = self.ctx.store.get_profile(profile)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stored.name).strip("-") or "profile"
         # One file per profile, replaced atomically by each export: nothing piles up.
-        path = self.ctx.ui_cache / "exports" / f"{stem}.prefstudio"
-        return str(self.ctx.run(self.ctx.studio.export_profile, name, path))
+        path = self.ctx.ui_cache / "exports" / str(stored.id) / f"{stem}.prefstudio"
+        return str(self.ctx.run(self.ctx.studio.export_profile, stored.name, path))
 
     def import_profile(self, file, new_name):
         if file is None:
