@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         studio = build_studio(args.data, args.model, args.device)
         demo = build_app(studio)
         launch(demo, args.host, args.port, prevent_thread_lock=True)
-    except (PrefStudioError, OSError) as error:  # OSError: the port is taken
+    except PrefStudioError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the port is taken
+        print(f"error: {error} Choose another with --port.", file=sys.stderr)
         return 2
     print(f"PrefStudio is ready at http://{args.host}:{args.port}/ "
           f"(started in {time.perf_counter() - started:.1f} s; Ctrl+C stops it)", flush=True)
