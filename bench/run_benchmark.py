@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,38 +70,71 @@ TINY = RunConfig(
 )
 
 
-def build_data(cache: Path, config: RunConfig, seed: int, image_encoder, text_encoder, log) -> dict:
+class Stopwatch:
+    """Wall and CPU seconds of each phase: on a shared machine they differ, and both are reported."""
+
+    def __init__(self):
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.phases[name] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+
+def build_data(cache: Path, config: RunConfig, seed: int, image_encoder, text_encoder, clock, log):
     """Render, encode and judge — each step skipped when its cached output matches."""
-    timings = {}
-    pool_key = {"seed": seed, "per_subject": config.per_subject, "categories": config.categories}
+    pool_key = json.loads(json.dumps({"seed": seed, "per_subject": config.per_subject,
+                                      "categories": config.categories}))
     pool_file = cache / "pool.json"
-    start = time.perf_counter()
-    if pool_file.exists() and json.loads(pool_file.read_text()) == json.loads(json.dumps(pool_key)) \
-            and (cache / "images.jsonl").exists():
-        drawings = read_image_pool(cache)
-    else:
-        log("rendering openclipart drawings")
-        drawings = build_image_pool(cache, seed, config.per_subject,
-                                    list(config.categories) if config.categories else None, log)
-        pool_file.write_text(json.dumps(pool_key))
-    timings["render images"] = time.perf_counter() - start
+    with clock.phase("render images"):
+        if pool_file.exists() and json.loads(pool_file.read_text()) == pool_key and (cache / "images.jsonl").exists():
+            drawings = read_image_pool(cache)
+        else:
+            log("rendering openclipart drawings")
+            drawings = build_image_pool(cache, seed, config.per_subject,
+                                        list(config.categories) if config.categories else None, log)
+            pool_file.write_text(json.dumps(pool_key))
+    with clock.phase("encode images"):
+        log(f"encoding {len(drawings)} images ({image_encoder.name})")
+        cache_image_features(cache, drawings, image_encoder, log)
+    with clock.phase("encode prompts, attributes"):
+        cache_text_features(cache, drawings, text_encoder)
+        attributes = cache_attributes(cache, drawings)
+    with clock.phase("users and pairs"):
+        pair_config = replace(config.pairs, seed=seed)
+        if not is_built(cache, pair_config):
+            log("simulated users judging pairs")
+            build_pairs(cache, drawings, attributes, pair_config, log)
+    return drawings, attributes
 
-    start = time.perf_counter()
-    log(f"encoding {len(drawings)} images ({image_encoder.name})")
-    cache_image_features(cache, drawings, image_encoder, log)
-    timings["encode images"] = time.perf_counter() - start
-    start = time.perf_counter()
-    cache_text_features(cache, drawings, text_encoder)
-    attributes = cache_attributes(cache, drawings)
-    timings["encode prompts, attributes"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    pair_config = replace(config.pairs, seed=seed)
-    if not is_built(cache, pair_config):
-        log("simulated users judging pairs")
-        build_pairs(cache, drawings, attributes, pair_config, log)
-    timings["users and pairs"] = time.perf_counter() - start
-    return {"drawings": drawings, "attributes": attributes, "timings": timings}
+def personalized_generation(test, bank, image_encoder, config: RunConfig, seed: int, log):
+    """Guided images for test users (half seen, half unseen), then judged by their hidden utilities."""
+    from prefstudio.generators.embedded import EmbeddedGenerator
+    from prefstudio.preference.user_embedding import fit_user_embedding
+    from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
+
+    generator = EmbeddedGenerator(resolution=256)
+    consistency = PromptConsistencyReward(generator, image_encoder)
+    prompt_list = [p.strip() for p in (REPO / "assets" / "prompts.txt").read_text().splitlines() if p.strip()]
+    step = max(1, len(prompt_list) // config.generation_prompts)
+    prompts = prompt_list[::step][: config.generation_prompts]
+    seen = [u for u in test.users if u in test.seen][: config.generation_users]
+    unseen = [u for u in test.users if u not in test.seen][: config.generation_users]
+    sets = []
+    for i, user in enumerate(seen + unseen):
+        refs = test.references[user][: config.pairs.n_ref]
+        liked, disliked = test.features[refs[:, 0]], test.features[refs[:, 1]]
+        model = fit_user_embedding(liked, disliked, bank, image_encoder.name, seed=seed).model
+        sets += generation.personalize(generator, image_encoder, consistency, user, model,
+                                       torch.cat([liked, disliked]), prompts, seed=1000 + i,
+                                       iterations=config.guidance_iterations)
+        log(f"  personalized {len(sets)}/{len(prompts) * (len(seen) + len(unseen))} images")
+    return generator, prompts, sets, consistency
 
 
 def main(argv=None) -> int:
@@ -115,117 +149,92 @@ def main(argv=None) -> int:
     config = TINY if args.tiny else FULL
     cache = args.cache or REPO / ("data/bench-tiny" if args.tiny else "data/bench")
     out = args.out or (cache / "benchmark_results.md" if args.tiny else REPO / "docs" / "benchmark_results.md")
+    suffix = "_tiny" if args.tiny else ""
     images_dir = out.parent / "images"
     cache.mkdir(parents=True, exist_ok=True)
     images_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    clock = Stopwatch()
     load_start = os.getloadavg()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
 
     from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
-    from prefstudio.generators.embedded import EmbeddedGenerator
-    from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 
-    image_encoder, text_encoder = EmbeddedImageEncoder(), MiniLMTextEncoder()
-    data = build_data(cache, config, args.seed, image_encoder, text_encoder, log)
-    timings = dict(data["timings"])
+    with clock.phase("total"):
+        image_encoder, text_encoder = EmbeddedImageEncoder(), MiniLMTextEncoder()
+        drawings, attributes = build_data(cache, config, args.seed, image_encoder, text_encoder, clock, log)
 
-    # --- preference prediction: methods see features and pairs only --------------------
-    start = time.perf_counter()
-    val = load_split(cache, "val", image_encoder.name)
-    test = load_split(cache, "test", image_encoder.name)
-    training = load_training(cache)
-    train_users = evaluate.training_histories(test.features, training)
-    text_features, text_rows = load_text_features(cache, text_encoder.name)
-    prompts = evaluate.PromptFeatures(text_features, text_rows)
-    methods = all_methods(image_encoder.name, text_encoder.name, args.seed, config.token_steps,
-                          config.pairs.n_ref)
-    runs = evaluate.run_methods(methods, train_users, val, test, list(config.n_refs), prompts, log)
-    timings["preference methods"] = time.perf_counter() - start
+        # Preference prediction: methods see features and judgments only.
+        with clock.phase("preference methods"):
+            val = load_split(cache, "val", image_encoder.name)
+            test = load_split(cache, "test", image_encoder.name)
+            training = load_training(cache)
+            train_users = evaluate.training_histories(test.features, training)
+            text_features, text_rows = load_text_features(cache, text_encoder.name)
+            prompts = evaluate.PromptFeatures(text_features, text_rows)
+            methods = all_methods(image_encoder.name, text_encoder.name, args.seed, config.token_steps,
+                                  config.pairs.n_ref)
+            runs = evaluate.run_methods(methods, train_users, val, test, list(config.n_refs), prompts, log)
 
-    # --- judged with the labels and the oracle (no method involved) ---------------------
-    oracle = read_oracle(cache)
-    ceiling = evaluate.ceiling(test, oracle)
-    scores = {name: {n: evaluate.score(p, test) for n, p in run["predictions"].items()}
-              for name, run in runs.items()}
-    hidden = read_hidden_users(cache)
-    train_rows = torch.tensor([i for i, d in enumerate(data["drawings"]) if d.split == "train"])
-    points = reference_points(test, hidden, read_archetypes(cache), data["attributes"],
-                              [d.subject for d in data["drawings"]], train_rows)
+        # Judged against the labels and the oracle; no method involved.
+        ceiling = evaluate.ceiling(test, read_oracle(cache))
+        scores = {name: {n: evaluate.score(p, test) for n, p in run["predictions"].items()}
+                  for name, run in runs.items()}
+        hidden = read_hidden_users(cache)
+        train_pool = torch.tensor([i for i, d in enumerate(drawings) if d.split == "train"])
+        points = reference_points(test, hidden, read_archetypes(cache), attributes,
+                                  [d.subject for d in drawings], train_pool)
 
-    # --- personalized generation, judged by the hidden utilities -----------------------
-    start = time.perf_counter()
-    generator = EmbeddedGenerator(resolution=256)
-    consistency = PromptConsistencyReward(generator, image_encoder)
-    bank_method = next(m for m in methods if isinstance(m, UserEmbedding) and m.with_bank and m.contrastive)
-    prompt_list = [p.strip() for p in (REPO / "assets" / "prompts.txt").read_text().splitlines() if p.strip()]
-    step = max(1, len(prompt_list) // config.generation_prompts)
-    gen_prompts = prompt_list[::step][: config.generation_prompts]
-    seen = [u for u in test.users if u in test.seen][: config.generation_users]
-    unseen = [u for u in test.users if u not in test.seen][: config.generation_users]
-    sets = []
-    for i, user in enumerate(seen + unseen):
-        refs = test.references[user][: max(config.n_refs)]
-        liked, disliked = test.features[refs[:, 0]], test.features[refs[:, 1]]
-        from prefstudio.preference.user_embedding import fit_user_embedding
+        bank = next(m for m in methods if isinstance(m, UserEmbedding) and m.with_bank and m.contrastive).bank
+        with clock.phase("personalized generation"):
+            generator, gen_prompts, sets, consistency = personalized_generation(
+                test, bank, image_encoder, config, args.seed, log)
+            judged = {"all": generation.judge(sets, hidden, image_encoder, consistency),
+                      "seen": generation.judge([s for s in sets if s.user in test.seen], hidden,
+                                               image_encoder, consistency),
+                      "unseen": generation.judge([s for s in sets if s.user not in test.seen], hidden,
+                                                 image_encoder, consistency)}
+            generation.contact_sheet(sets[:6], images_dir / f"benchmark_generation{suffix}.png")
 
-        model = fit_user_embedding(liked, disliked, bank_method.bank, image_encoder.name, seed=args.seed).model
-        sets += generation.personalize(generator, image_encoder, consistency, user, model,
-                                       torch.cat([liked, disliked]), gen_prompts, seed=1000 + i,
-                                       iterations=config.guidance_iterations)
-    judged = {"all": generation.judge(sets, hidden, image_encoder, consistency)}
-    judged["seen"] = generation.judge([s for s in sets if s.user in test.seen], hidden, image_encoder, consistency)
-    judged["unseen"] = generation.judge([s for s in sets if s.user not in test.seen], hidden, image_encoder,
-                                        consistency)
-    generation.contact_sheet(sets[: min(len(sets), 6)], images_dir / f"benchmark_generation{'_tiny' if args.tiny else ''}.png")
-    timings["personalized generation"] = time.perf_counter() - start
+        with clock.phase("speed and scaling"):
+            all_train_rows = torch.cat([rows for _, rows in sorted(training.items())])
+            speed_rows = speed.measure(test.features, all_train_rows, bank, image_encoder, generator,
+                                       list(config.speed_histories), list(config.speed_pools),
+                                       config.speed_repeats, config.speed_guidance_iterations, log=log)
+            tokens = next(m for m in methods if isinstance(m, PreferenceTokens))
+            speed_rows += tokens.speed(test.features, all_train_rows, text_features[:1],
+                                       list(config.speed_histories), list(config.speed_pools),
+                                       config.speed_repeats)
 
-    # --- speed and scaling -------------------------------------------------------------
-    start = time.perf_counter()
-    all_train_rows = torch.cat([rows for _, rows in sorted(training.items())])
-    speed_rows = speed.measure(test.features, all_train_rows, bank_method.bank, image_encoder, generator,
-                               list(config.speed_histories), list(config.speed_pools), config.speed_repeats,
-                               config.speed_guidance_iterations, log=log)
-    token_method = next((m for m in methods if isinstance(m, PreferenceTokens)), None)
-    if token_method is not None:
-        speed_rows += token_method.speed(test.features, all_train_rows, text_features[:1],
-                                         list(config.speed_histories), list(config.speed_pools),
-                                         config.speed_repeats)
-    timings["speed and scaling"] = time.perf_counter() - start
-
-    suffix = "_tiny" if args.tiny else ""
     speed.plot(speed_rows, images_dir / f"benchmark_speed{suffix}.png")
     sweep = {name: {n: s[n]["unseen"]["1v1"] for n in s} for name, s in scores.items()
              if runs[name]["method"].uses_history}
     generic = max(s[0]["unseen"]["1v1"] for name, s in scores.items() if not runs[name]["method"].uses_history)
     report.nref_plot(sweep, ceiling["unseen"]["1v1"], generic, images_dir / f"benchmark_nref{suffix}.png")
-
-    timings["total"] = time.perf_counter() - started
+    render_report = json.loads((cache / "render_report.json").read_text())
     results = {
         "config": config.name, "seed": args.seed,
-        "command": "python bench/run_benchmark.py" + (" --tiny" if args.tiny else ""),
+        "command": " ".join(["python bench/run_benchmark.py"] + list(sys.argv[1:] if argv is None else argv)),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": report.machine(), "torch_threads": torch.get_num_threads(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "commit": report.git_commit(),
-        "render_report": {k: v for k, v in json.loads((cache / "render_report.json").read_text()).items()
-                          if k != "refusals"},
-        "refusal_reasons": report.refusal_summary(json.loads((cache / "render_report.json").read_text())),
-        "data": report.data_summary(cache, test, val, training),
+        "render_report": {k: v for k, v in render_report.items() if k != "refusals"},
+        "refusal_reasons": report.refusal_summary(render_report),
+        "data": report.data_summary(cache, test, training),
         "methods": {name: {"description": run["method"].description, "uses_history": run["method"].uses_history,
-                           "train_seconds": run["train_seconds"],
+                           "train_seconds": run["train_seconds"], "training_note": run["method"].training_note,
                            "fit_ms_median": 1e3 * report.median(run["predictions"][max(run["predictions"])].fit_seconds)}
                     for name, run in runs.items()},
         "scores": scores, "ceiling": ceiling, "reference_points": points,
         "generation": {"prompts": gen_prompts, "iterations": config.guidance_iterations,
                        "best_of": generation.BEST_OF, "judged": judged},
-        "speed": speed_rows, "timings": timings, "n_refs": list(config.n_refs),
+        "speed": speed_rows, "timings": clock.phases, "n_refs": list(config.n_refs),
         "images": {"nref": f"images/benchmark_nref{suffix}.png", "speed": f"images/benchmark_speed{suffix}.png",
                    "generation": f"images/benchmark_generation{suffix}.png"},
     }
     (cache / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     out.write_text(report.render_markdown(results))
-    log(f"wrote {out} in {timings['total']:.0f} s")
+    log(f"wrote {out} in {clock.phases['total']['wall']:.0f} s")
     return 0
 
 

@@ -18,14 +18,17 @@ from prefstudio.preference.user_embedding import UserBank, fit_user_embedding
 from prefstudio.rewards.user_preference import UserPreferenceReward
 
 
-def median_seconds(fn, repeats: int) -> float:
+def median_wall_and_cpu(fn, repeats: int) -> tuple[float, float]:
+    """Medians of wall-clock and of this process's CPU seconds: on a shared machine the
+    wall time includes waiting for a core, the CPU time does not."""
     fn()  # warm-up: first calls load weights and allocate
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def _pairs(features: torch.Tensor, train_rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,38 +42,36 @@ def measure(features: torch.Tensor, train_rows: torch.Tensor, bank: UserBank, en
             guidance_iterations: int, prompt: str = "a bouquet of pink flowers", log=print) -> list[dict]:
     rows = []
 
-    def record(what, size, unit, seconds, reps):
-        rows.append({"what": what, "size": size, "unit": unit, "seconds": seconds, "repeats": reps})
-        log(f"  {what} @ {size} {unit}: {seconds * 1e3:.1f} ms")
+    def record(what, size, unit, fn, reps, per=1):
+        wall, cpu = median_wall_and_cpu(fn, reps)
+        rows.append({"what": what, "size": size, "unit": unit, "seconds": wall / per,
+                     "cpu_seconds": cpu / per, "repeats": reps})
+        log(f"  {what} @ {size} {unit}: {wall / per * 1e3:.1f} ms (CPU {cpu / per * 1e3:.1f} ms)")
 
     for n in histories:
         liked, disliked = _pairs(features, train_rows, n)
         reps = repeats if n <= 128 else max(2, repeats // 2)
         for name, b in (("fit user (scratch)", None), ("fit user (bank)", bank)):
-            record(name, n, "pairs", median_seconds(
-                lambda: fit_user_embedding(liked, disliked, b, encoder.name), reps), reps)
+            record(name, n, "pairs", lambda: fit_user_embedding(liked, disliked, b, encoder.name), reps)
 
     model = fit_user_embedding(*_pairs(features, train_rows, 8), bank, encoder.name).model
     for m in pools:
         pool = features[torch.arange(m) % features.shape[0]]
         with torch.no_grad():
-            record("score pool (cached features)", m, "images",
-                   median_seconds(lambda: model.log_odds(pool), repeats), repeats)
+            record("score pool (cached features)", m, "images", lambda: model.log_odds(pool), repeats)
 
     for n in (histories[0], histories[-1]):
         liked, disliked = _pairs(features, train_rows, n)
         fitted = fit_user_embedding(liked, disliked, bank, encoder.name).model
         reward = UserPreferenceReward(fitted, encoder, torch.cat([liked, disliked]))
         settings = GuidanceSettings(iterations=guidance_iterations, preview_every=0)
-        total = median_seconds(lambda: run_guidance(generator, prompt, 0, {"user": reward}, {"user": 1.0},
-                                                    settings), max(2, repeats // 2))
-        record("guidance iteration", n, "pairs", total / (guidance_iterations + 1), max(2, repeats // 2))
+        record("guidance iteration", n, "pairs",
+               lambda: run_guidance(generator, prompt, 0, {"user": reward}, {"user": 1.0}, settings),
+               max(2, repeats // 2), per=guidance_iterations + 1)
 
-    record("generate 8 candidates", 8, "images",
-           median_seconds(lambda: generator.generate(prompt, list(range(8))), repeats), repeats)
+    record("generate 8 candidates", 8, "images", lambda: generator.generate(prompt, list(range(8))), repeats)
     images = [im.image for im in generator.generate(prompt, list(range(8)))]
-    record("encode 8 new images", 8, "images",
-           median_seconds(lambda: encoder.encode_images(images), repeats), repeats)
+    record("encode 8 new images", 8, "images", lambda: encoder.encode_images(images), repeats)
     return rows
 
 
