@@ -6,7 +6,14 @@ from datetime import date
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-HEADER = "# Benchmarks\n\nEvery figure below names the command that produced it. Sections are rewritten by their scripts.\n"
+HEADER = """# Benchmarks
+
+Every figure below names the command that produced it. Sections are rewritten by their scripts.
+Other reports, each written by its own script with its command inside:
+- [benchmarks_gpu.md](benchmarks_gpu.md): guided generation with full-size SD-Turbo / SDXL-Turbo on an H100 (`bench/gpu_guidance.py`).
+- [benchmark_results.md](benchmark_results.md): PrefBench — preference accuracy, generation win rates, speed and scaling (`bench/run_benchmark.py`).
+- [preference_tokens.md](preference_tokens.md): the preference-token model, its training and the IDEFICS2-8B step memory (`bench/vlm_step_memory.py`, `bench/preference_tokens_speed.py`).
+"""
 
 
 def machine() -> str:
