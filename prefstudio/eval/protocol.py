@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, PrefStudioError
 from prefstudio.eval.metrics import standard_error, top_k_hits
 from prefstudio.preference.pair_data import PairDataSet
 
@@ -144,14 +144,22 @@ def main(argv=None) -> int:
     unknown = set(protocols) - set(PROTOCOL_TEXT)
     if unknown:
         parser.error(f"unknown protocols {sorted(unknown)}; choose from {sorted(PROTOCOL_TEXT)}")
-    data = PairDataSet.read(args.data, splits=(args.split,))
+    try:
+        data = PairDataSet.read(args.data, splits=(args.split,))
+    except PrefStudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     results = []
     for spec in args.model:
-        name, sep, path = spec.partition("=")
+        name, sep, path = spec.rpartition("=")  # names may hold "=" (L_p=10), paths seldom do
         if not sep or not name or not path:
             parser.error(f"--model takes NAME=CHECKPOINT, got {spec!r}")
         start = time.perf_counter()
-        rows = evaluate_model(name, scorer_for_checkpoint(path, data, args.device), data, args.split, protocols)
+        try:
+            rows = evaluate_model(name, scorer_for_checkpoint(path, data, args.device), data, args.split, protocols)
+        except PrefStudioError as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            return 2
         for row in rows:
             row["checkpoint"] = path
             print(describe(row))
