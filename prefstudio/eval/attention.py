@@ -70,7 +70,8 @@ def plot(maps: dict[str, torch.Tensor], seen: set[str], shuffles: int, title: st
     users = list(maps)
     columns = min(4, len(users))
     rows = (len(users) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows), squeeze=False,
+                             constrained_layout=True)
     high = max(float(m.max()) for m in maps.values())
     for ax, user in zip(axes.flat, users):
         image = ax.imshow(maps[user].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=high,
