@@ -33,6 +33,24 @@ CHECKPOINT_CONFIG = "config.json"
 FORMAT = "prefstudio-preference-tokens"
 
 
+def train_only_stage(module: nn.Module, stage: int, stage1_parameters: list[nn.Parameter],
+                     preference_tokens: nn.Parameter | None) -> list[nn.Parameter]:
+    """The two-stage schedule of 000 §4.1, shared by both backbones: stage 1 trains
+    `stage1_parameters`, stage 2 only P_v; every other parameter of `module` is frozen."""
+    if stage == 1:
+        params = stage1_parameters
+    elif stage == 2:
+        if preference_tokens is None:
+            raise InvalidInput("stage 2 needs preference tokens: call add_preference_tokens first")
+        params = [preference_tokens]
+    else:
+        raise InvalidInput(f"stage must be 1 or 2, got {stage}")
+    trainable = {id(p) for p in params}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in trainable)
+    return params
+
+
 @dataclass
 class PairFeatures:
     """A history of N judged pairs as frozen features: liked [N,Di], disliked [N,Di], prompts [N,Dt]
@@ -157,18 +175,7 @@ class LiteTokenModel(nn.Module):
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Stage 1: everything (there is no P_v yet); stage 2: P_v alone, the rest frozen."""
-        if stage == 1:
-            params = list(self.parameters())
-        elif stage == 2:
-            if self.preference_tokens is None:
-                raise InvalidInput("stage 2 needs preference tokens: call add_preference_tokens first")
-            params = [self.preference_tokens]
-        else:
-            raise InvalidInput(f"stage must be 1 or 2, got {stage}")
-        trainable = {id(p) for p in params}
-        for p in self.parameters():
-            p.requires_grad_(id(p) in trainable)
-        return params
+        return train_only_stage(self, stage, list(self.parameters()), self.preference_tokens)
 
     @torch.no_grad()
     def fit_standardisation(self, image_features: torch.Tensor, text_features: torch.Tensor | None) -> None:

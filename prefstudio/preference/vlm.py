@@ -127,18 +127,10 @@ class VLMPreferenceModel(nn.Module):
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Stage 1: the LoRA weights; stage 2: P_v alone. Everything else is frozen."""
-        if stage == 1:
-            params = [p for n, p in self.model.named_parameters() if "lora_" in n]
-        elif stage == 2:
-            if self.preference_tokens is None:
-                raise InvalidInput("stage 2 needs preference tokens: call add_preference_tokens first")
-            params = [self.preference_tokens]
-        else:
-            raise InvalidInput(f"stage must be 1 or 2, got {stage}")
-        trainable = {id(p) for p in params}
-        for p in self.parameters():
-            p.requires_grad_(id(p) in trainable)
-        return params
+        from prefstudio.preference.tokens import train_only_stage  # tokens imports this module
+
+        lora = [p for n, p in self.model.named_parameters() if "lora_" in n]
+        return train_only_stage(self, stage, lora, self.preference_tokens)
 
     # ---- inputs ------------------------------------------------------------------------
     def _prompt(self, prompt: str) -> str:
