@@ -5,6 +5,7 @@ import torch
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.user_embedding import (
     COLD_START_PAIRS,
+    LIKELIHOOD_POWERS,
     UserBank,
     UserEmbeddingModel,
     fit_user_embedding,
@@ -51,7 +52,7 @@ def test_bank_helps_with_a_short_history(bank):
     for user in (1, 2, 3):
         liked, disliked = user_pairs(user, COLD_START_PAIRS - 2)
         fitted = fit_user_embedding(liked, disliked, bank, "enc")
-        assert fitted.mode == "bank mix"
+        assert fitted.mode == "bank posterior"
         with_bank.append(heldout_accuracy(fitted.model, user))
         scratch.append(heldout_accuracy(fit_user_embedding(liked, disliked, None, "enc").model, user))
     assert sum(with_bank) / 3 > sum(scratch) / 3 + 0.05
@@ -98,3 +99,14 @@ def test_model_and_bank_round_trip(tmp_path, bank):
     (tmp_path / "bad.safetensors").write_bytes(b"not a bank")
     with pytest.raises(Exception):
         UserBank.load(tmp_path / "bad.safetensors")
+
+
+def test_bank_posterior_follows_the_evidence(bank):
+    # A new person of archetype 0: the posterior puts its weight on the bank users of that
+    # archetype (bank user i is user 10 + i), a third of the bank.
+    liked, disliked = user_pairs(3, 12)
+    weights = bank.posterior(bank.pair_log_likelihoods(liked, disliked).sum(0))
+    same_kind = torch.tensor([(10 + i) % 3 == 0 for i in range(bank.n_users)])
+    assert torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert weights[same_kind].sum() > 0.8
+    assert bank.likelihood_power in LIKELIHOOD_POWERS

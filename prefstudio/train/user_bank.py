@@ -8,7 +8,8 @@ contrast, density, saturation, colour vs black-and-white — each caring about o
 of them with either sign. They judge same-prompt pairs of embedded-generator images (the
 images the studio shows) by Bradley–Terry draws; the bank learns the shared taste space and
 every user's vectors (prefstudio.preference.user_embedding.train_user_bank). A real person's
-short history is then fitted as a mixture of these users.
+short history is then a mix of these users, each weighted by how well it explains the
+person's judgments.
 """
 import argparse
 import itertools

@@ -26,9 +26,11 @@ FEATURE_CHUNK = 16
 
 _MODES = {
     "free": "a personal model fitted from your own judgments (no user bank on this machine)",
-    "bank mix": "**cold start**: a mix of the tastes in the user bank, fitted to your judgments; a "
-                f"personal part joins once about {2 * COLD_START_PAIRS} different images are judged",
-    "bank mix + personal": "the user bank's tastes plus a personal part learned from your judgments",
+    "bank posterior": "**cold start**: the tastes in the user bank, each weighted by how well it explains "
+                      f"your judgments; a personal part joins once about {2 * COLD_START_PAIRS} different "
+                      "images are judged",
+    "bank posterior + personal": "the user bank's tastes that explain your judgments, plus a personal part "
+                                 "learned from them",
     "bank average": "**cold start**: the average taste of the user bank (nothing judged yet)",
 }
 
