@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "a Hugging Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA, "
                              "else embedded")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--preference-model", default="user-embedding",
+                        help="preference model: 'user-embedding' (a fitted user embedding, cold-started from the shipped "
+                             "user bank), 'preference-tokens' (the shipped lite preference-token model, which reads your "
+                             "judged pairs) or a folder holding a lite preference-token checkpoint (default user-embedding)")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         return evaluate_pair_file(args.file, args.n_ref, build_studio(args.data, "embedded", None).encoder,
                                   contrastive=not args.base_loss_only)
 
-    studio = build_studio(args.data, args.model, args.device)
+    studio = build_studio(args.data, args.model, args.device, args.preference_model)
     store = studio.store
     if args.command == "profile":
         if args.action == "create":

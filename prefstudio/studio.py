@@ -7,8 +7,11 @@
         ...  # GuidanceProgress per iteration, then a SideBySide
 
 It owns one generator, one image encoder (features for the preference model and the
-rewards, cached per image in the history store) and the history store.
+rewards, cached per image in the history store), the history store, and one kind of
+preference model: the fitted user embedding (model A, the default) or the preference-token
+model (model B, 000 §3), which reads the person's judged pairs instead of being fitted.
 """
+import hashlib
 import secrets
 import threading
 import time
@@ -29,14 +32,22 @@ from prefstudio.preference.user_embedding import (
     FitResult, UserBank, UserEmbeddingModel, fit_user_embedding,
 )
 from prefstudio.rewards.base import Reward, score_all
+from prefstudio.preference.tokens import PairFeatures, TargetFeatures, load_token_model, read_checkpoint_config
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
+from prefstudio.rewards.token_preference import TokenPreferenceReward, check_encoders
 from prefstudio.rewards.user_preference import UserPreferenceReward
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
 from prefstudio.validation import validate_prompt, validate_seed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BANK = REPO_ROOT / "checkpoints" / "user_bank_embedded.safetensors"
-MODEL_NAME = "user-embedding"
+# The preference models a studio can run, by name; a folder holding a lite preference-token
+# checkpoint (prefstudio.train.preference_tokens) is accepted too.
+USER_EMBEDDING = "user-embedding"
+PREFERENCE_TOKENS = "preference-tokens"
+PREFERENCE_MODELS = {USER_EMBEDDING: None,
+                     PREFERENCE_TOKENS: REPO_ROOT / "checkpoints" / "preference_tokens_lite"}
+TOKEN_HISTORY_PAIRS = 8  # the lite checkpoint was trained on histories of 8 pairs (000: N_ref = 8)
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 MAX_CANDIDATES = 32
 MAX_TRAINING_PAIRS = 4000  # like x dislike combinations beyond this are sampled
@@ -101,7 +112,7 @@ def training_pairs(judgments: list[Judgment]) -> list[tuple[str, str]]:
 class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
-                 extra_rewards: dict[str, Reward] | None = None):
+                 extra_rewards: dict[str, Reward] | None = None, preference_model: str = USER_EMBEDDING):
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -120,7 +131,29 @@ class Studio:
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
             **(extra_rewards or {}),
         }
-        self._models: dict[str, tuple[str, UserPreferenceReward]] = {}
+        self._models: dict[str, tuple[str, Reward]] = {}
+        self.model_name = USER_EMBEDDING if preference_model == USER_EMBEDDING else PREFERENCE_TOKENS
+        if self.model_name == PREFERENCE_TOKENS:
+            self._load_token_model(preference_model)
+
+    def _load_token_model(self, name_or_folder: str) -> None:
+        from prefstudio.encoders.embedded import MiniLMTextEncoder
+
+        folder = Path(PREFERENCE_MODELS.get(name_or_folder) or name_or_folder)
+        if not folder.is_dir():
+            raise InvalidInput(f"preference model must be one of {', '.join(PREFERENCE_MODELS)} or a folder "
+                               f"holding a preference-token checkpoint; {str(name_or_folder)!r} is neither")
+        if read_checkpoint_config(folder)["model"].get("backbone") != "lite":
+            raise InvalidInput(f"{folder} is not a lite preference-token checkpoint; the studio guides "
+                               "generation with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")
+        model = load_token_model(folder).requires_grad_(False)
+        text_encoder = getattr(self.generator, "text_encoder", None)
+        if getattr(text_encoder, "name", None) != model.config.text_encoder:
+            text_encoder = MiniLMTextEncoder()
+        check_encoders(model, self.encoder, text_encoder)
+        self.token_model, self.text_encoder = model, text_encoder
+        # Fits name the checkpoint they were made with: another checkpoint reads them differently.
+        self.token_checkpoint = f"{folder.name}:{hashlib.sha256((folder / 'model.safetensors').read_bytes()).hexdigest()[:16]}"
 
     # -- candidates and judgments ----------------------------------------------------
     def generate_candidates(self, prompt: str, n: int = 8, seeds: list[int] | None = None
@@ -169,8 +202,11 @@ class Studio:
 
     # -- the preference model ---------------------------------------------------------
     def fit(self, profile: str, contrastive: bool = True) -> FitReport:
+        """Fit (model A) or read (model B) the profile's taste from its judgments, and store it."""
         start = time.perf_counter()
         pairs = training_pairs(self.store.judgments(profile))
+        if self.model_name == PREFERENCE_TOKENS:
+            return self._read_history(profile, pairs, start)
         if not pairs and self.bank is None:
             raise InvalidInput(
                 f"profile {profile!r} has no like/dislike pair to learn from yet: judge at least one "
@@ -179,23 +215,64 @@ class Studio:
         feats = self.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, self.encoder.dim)
         result: FitResult = fit_user_embedding(feats[:, 0], feats[:, 1], self.bank, self.encoder.name,
                                                pair_images=pairs, contrastive=contrastive)
-        seconds = time.perf_counter() - start
         tensors, config = result.model.state()
-        judged = list(dict.fromkeys(shas))
-        config.update(fitted_at=time.time(), mode=result.mode, n_pairs=result.n_pairs, loo_accuracy=result.loo_accuracy,
-                      loo_pairs=result.loo_pairs, reference_images=judged)
-        self.store.save_model(profile, MODEL_NAME, tensors, config)
+        return self._save_fit(profile, tensors, config, result.mode, result.n_pairs, result.loo_accuracy,
+                              result.loo_pairs, list(dict.fromkeys(shas)), start)
+
+    def _read_history(self, profile: str, pairs: list[tuple[str, str]], start: float) -> FitReport:
+        """Model B: the history it reads is the latest pairs of distinct images; held-out
+        accuracy scores each of them with the others as the history."""
+        history, used = [], set()
+        for liked, disliked in reversed(pairs):
+            if len(history) < TOKEN_HISTORY_PAIRS and not {liked, disliked} & used:
+                history.append((liked, disliked))
+                used |= {liked, disliked}
+        history.reverse()
+        shas = [s for pair in history for s in pair]
+        feats = self.features(shas).view(len(history), 2, self.encoder.dim)
+        prompts = self._prompt_features([liked for liked, _ in history])
+        tensors = {"liked": feats[:, 0].contiguous(), "disliked": feats[:, 1].contiguous()}
+        if prompts is not None:
+            tensors["prompts"] = prompts
+        hits = []
+        with torch.no_grad():
+            for i in range(len(history)):
+                rest = [j for j in range(len(history)) if j != i]
+                prefix = self.token_model.encode_history(PairFeatures(
+                    feats[rest, 0], feats[rest, 1], None if prompts is None else prompts[rest]))
+                target_prompts = None if prompts is None else prompts[[i, i]]
+                m_like, m_dislike = self.token_model.score_encoded(prefix, TargetFeatures(feats[i], target_prompts))
+                odds = m_like - m_dislike
+                hits.append(bool(odds[0] > odds[1]))
+        config = {"type": PREFERENCE_TOKENS, "version": 1, "checkpoint": self.token_checkpoint,
+                  "encoder": self.encoder.name}
+        loo = sum(hits) / len(hits) if len(hits) >= 2 else None
+        mode = "preference tokens" if history else "preference tokens, no history"
+        return self._save_fit(profile, tensors, config, mode, len(history), loo, len(hits) if loo else 0,
+                              shas, start)
+
+    def _save_fit(self, profile, tensors, config, mode, n_pairs, loo_accuracy, loo_pairs, judged, start):
+        config.update(fitted_at=time.time(), mode=mode, n_pairs=n_pairs, loo_accuracy=loo_accuracy,
+                      loo_pairs=loo_pairs, reference_images=judged)
+        self.store.save_model(profile, self.model_name, tensors, config)
         self._models.pop(profile.casefold(), None)
-        return FitReport(profile, result.mode, result.n_pairs, result.loo_accuracy,
-                         result.loo_pairs, seconds)
+        return FitReport(profile, mode, n_pairs, loo_accuracy, loo_pairs, time.perf_counter() - start)
+
+    def _prompt_features(self, shas: list[str]) -> torch.Tensor | None:
+        """Prompt features of stored images (the model B reads prompts), or None if it reads none."""
+        if not self.token_model.config.text_dim:
+            return None
+        if not shas:
+            return torch.zeros(0, self.token_model.config.text_dim)
+        return self.text_encoder.encode([self.store.image_record(s).prompt or "" for s in shas]).float()
 
     def fit_status(self, profile: str) -> dict | None:
         """The stored fit's config (mode, pairs, leave-one-out accuracy), or None."""
-        stored = self.store.load_model(profile, MODEL_NAME)
+        stored = self.store.load_model(profile, self.model_name)
         return None if stored is None else stored[1]
 
-    def user_reward(self, profile: str) -> UserPreferenceReward:
-        stored = self.store.load_model(profile, MODEL_NAME)
+    def user_reward(self, profile: str) -> Reward:
+        stored = self.store.load_model(profile, self.model_name)
         if stored is None:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
         tensors, config = stored
@@ -203,13 +280,22 @@ class Studio:
         fingerprint = config.get("fitted_at")
         cached = self._models.get(key)
         if cached is None or cached[0] != fingerprint:
-            model = UserEmbeddingModel.from_state(tensors, config)
-            if model.encoder != self.encoder.name:
-                raise InvalidInput(f"profile {profile!r} was fitted on {model.encoder!r} features; this studio "
-                                   f"runs {self.encoder.name!r}: fit again here")
-            reference = config.get("reference_images") or []
-            reference = [s for s in reference if self._has_image(s)]
-            reward = UserPreferenceReward(model, self.encoder, self.features(reference) if reference else None)
+            if config.get("encoder") != self.encoder.name:
+                raise InvalidInput(f"profile {profile!r} was fitted on {config.get('encoder')!r} features; this "
+                                   f"studio runs {self.encoder.name!r}: fit again here")
+            reference = [s for s in config.get("reference_images") or [] if self._has_image(s)]
+            reference_features = self.features(reference) if reference else None
+            if self.model_name == USER_EMBEDDING:
+                reward = UserPreferenceReward(UserEmbeddingModel.from_state(tensors, config), self.encoder,
+                                              reference_features)
+            else:
+                if config.get("checkpoint") != self.token_checkpoint:
+                    raise InvalidInput(f"profile {profile!r} was read by preference-token checkpoint "
+                                       f"{config.get('checkpoint')!r}; this studio runs {self.token_checkpoint!r}: "
+                                       "fit again here")
+                history = PairFeatures(tensors["liked"], tensors["disliked"], tensors.get("prompts"))
+                reward = TokenPreferenceReward(self.token_model, self.encoder, self.text_encoder, history,
+                                               reference_features, self._prompt_features(reference))
             cached = (fingerprint, reward)
             self._models[key] = cached
         return cached[1]
@@ -311,11 +397,13 @@ class Studio:
         return import_profile(self.store, path, new_name)
 
 
-def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None) -> Studio:
-    """The studio for a generator spec: 'embedded', 'auto', a known name, a hub id or a folder."""
+def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,
+                 preference_model: str = USER_EMBEDDING) -> Studio:
+    """The studio for a generator spec ('embedded', 'auto', a known name, a hub id or a folder)
+    and a preference model ('user-embedding', 'preference-tokens' or a token checkpoint folder)."""
     from prefstudio.generators import EMBEDDED, default_generator_spec, load_generator
 
     spec = default_generator_spec() if model == "auto" else model
-    if spec == EMBEDDED:
-        return Studio(data_dir)  # the embedded generator, steered by the MiniLM prompt encoder
-    return Studio(data_dir, generator=load_generator(spec, device=device))
+    if spec == EMBEDDED:  # the embedded generator, steered by the MiniLM prompt encoder
+        return Studio(data_dir, preference_model=preference_model)
+    return Studio(data_dir, generator=load_generator(spec, device=device), preference_model=preference_model)

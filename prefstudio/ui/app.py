@@ -70,7 +70,8 @@ kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; p
 """
 
 def describe_models(studio: Studio) -> str:
-    """Says which generator and encoder run, and that they are the offline embedded ones when so."""
+    """Says which generator, encoder and preference model run, and that they are the offline
+    embedded ones when so."""
     from prefstudio.encoders.embedded import EmbeddedImageEncoder
     from prefstudio.generators.embedded import EmbeddedGenerator
 
@@ -87,7 +88,13 @@ def describe_models(studio: Studio) -> str:
         enc = f"**{encoder.name}**"
     offline = ("Offline: nothing is downloaded and nothing leaves this machine."
                if os.environ.get("HF_HUB_OFFLINE") == "1" else "Model downloads are allowed (--allow-downloads).")
-    return f"Generator: {gen}. Image encoder: {enc}. {offline}"
+    if studio.model_name == "preference-tokens":
+        taste = (f"the **preference-token model** ({studio.token_checkpoint.split(':')[0]}), which reads your "
+                 "judged pairs")
+    else:
+        taste = ("a **fitted user embedding** (cold start from the user bank; start with "
+                 "`--preference-model preference-tokens` for the preference-token model)")
+    return f"Generator: {gen}. Image encoder: {enc}. Preference model: {taste}. {offline}"
 
 
 def _browser_secret(ctx: AppContext) -> str:

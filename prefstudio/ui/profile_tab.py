@@ -32,6 +32,10 @@ _MODES = {
     "bank posterior + personal": "the user bank's tastes that explain your judgments, plus a personal part "
                                  "learned from them",
     "bank average": "**cold start**: the average taste of the user bank (nothing judged yet)",
+    "preference tokens": "the preference-token model scores images against your latest judged pairs "
+                         "(nothing is trained per person)",
+    "preference tokens, no history": "**cold start**: the preference-token model's shared preference "
+                                     "tokens alone (nothing judged yet)",
 }
 
 

@@ -1,0 +1,121 @@
+"""The preference-token model (model B) as the studio's preference model: chosen by name or
+checkpoint folder, reading the person's latest pairs, guiding generation, surviving export."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from prefstudio import cli
+from prefstudio.errors import InvalidInput
+from prefstudio.preference.tokens import load_token_model, save_token_model
+from prefstudio.studio import PREFERENCE_MODELS, PREFERENCE_TOKENS, Studio
+
+CHECKPOINT = PREFERENCE_MODELS[PREFERENCE_TOKENS]
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """A token studio and a profile with 6 likes and 6 dislikes (36 like x dislike pairs)."""
+    data = tmp_path_factory.mktemp("data")
+    studio = Studio(data, preference_model=PREFERENCE_TOKENS)
+    studio.store.create_profile("tess")
+    images = studio.generate_candidates("a bowl of fruit", seeds=list(range(12)))
+    for i, image in enumerate(images):
+        studio.judge("tess", "like" if i % 2 else "dislike", image.sha256)
+    return studio, images
+
+
+def test_no_history_is_a_cold_start_on_the_preference_tokens(tmp_path):
+    studio = Studio(tmp_path, preference_model=PREFERENCE_TOKENS)
+    studio.store.create_profile("new")
+    report = studio.fit("new")
+    assert report.mode == "preference tokens, no history" and report.n_pairs == 0
+    scores = studio.score_images("new", [studio.generate_candidates("a fox", seeds=[1])[0].sha256])
+    assert set(scores[0]) == {"user", "prompt_consistency"}
+
+
+def test_reads_the_latest_distinct_pairs_and_scores_as_the_model_does(judged):
+    studio, images = judged
+    report = studio.fit("tess")
+    assert report.mode == "preference tokens" and report.n_pairs == 6  # 6 likes: 6 distinct-image pairs
+    assert report.loo_accuracy is not None and report.loo_pairs == 6
+    tensors, config = studio.store.load_model("tess", PREFERENCE_TOKENS)
+    assert tensors["liked"].shape == (6, studio.encoder.dim) and tensors["prompts"].shape == (6, 384)
+    assert config["checkpoint"].startswith(CHECKPOINT.name + ":")
+
+    # The reward is the checkpoint's M⁺ − M⁻ for the image and its prompt, given the stored history.
+    from prefstudio.encoders.base import pil_to_tensor
+    from prefstudio.encoders.embedded import MiniLMTextEncoder
+    from prefstudio.preference.tokens import PairFeatures, TargetFeatures
+
+    model = load_token_model(CHECKPOINT)
+    pixels = pil_to_tensor([studio.store.load_image(images[0].sha256)])
+    with torch.no_grad():
+        m_like, m_dislike = model.score(
+            PairFeatures(tensors["liked"], tensors["disliked"], tensors["prompts"]),
+            TargetFeatures(studio.encoder.encode(pixels), MiniLMTextEncoder().encode(["a bowl of fruit"])))
+        reward = studio.user_reward("tess")
+        raw = reward.score(pixels, reward.prepare("a bowl of fruit"))
+    assert torch.allclose(raw, m_like - m_dislike, atol=1e-4)
+
+
+def test_guides_generation_and_survives_export_and_import(judged, tmp_path):
+    studio, images = judged
+    studio.fit("tess")
+    result = studio.personalize_once("tess", "a bowl of fruit", seed=9, iterations=4)
+    assert result.baseline.record.seed == result.personalized.record.seed == 9
+    assert result.personalized.normalised["user"] >= result.baseline.normalised["user"] - 0.05
+    judged_images = [image.sha256 for image in images]  # they travel with the profile
+    before = studio.score_images("tess", judged_images)
+    path = studio.export_profile("tess", tmp_path / "tess.prefstudio")
+    elsewhere = Studio(tmp_path / "other", preference_model=PREFERENCE_TOKENS)
+    elsewhere.import_profile(path)
+    assert elsewhere.fit_status("tess")["n_pairs"] == 6
+    after = elsewhere.score_images("tess", judged_images)
+    assert [s["user"] for s in after] == pytest.approx([s["user"] for s in before], abs=1e-5)
+
+
+def test_unknown_model_and_another_checkpoint_are_refused(judged, tmp_path):
+    studio, _ = judged
+    with pytest.raises(InvalidInput, match="preference model must be one of user-embedding, preference-tokens"):
+        Studio(tmp_path / "x", preference_model="tokens-please")
+    studio.fit("tess")
+    # A checkpoint with other weights reads the stored history differently: fit again.
+    other = tmp_path / "other_checkpoint"
+    model = load_token_model(CHECKPOINT)
+    with torch.no_grad():
+        model.preference_tokens.add_(1.0)
+    save_token_model(model, other, json.loads((CHECKPOINT / "config.json").read_text())["provenance"])
+    again = Studio(studio.store.data_dir, preference_model=str(other))
+    with pytest.raises(InvalidInput, match="fit again here"):
+        again.user_reward("tess")
+    assert again.fit("tess").n_pairs == 6
+    vlm = tmp_path / "copy"
+    shutil.copytree(CHECKPOINT, vlm)
+    config = json.loads((vlm / "config.json").read_text())
+    config["model"]["backbone"] = "vlm"
+    (vlm / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match="not a lite preference-token checkpoint"):
+        Studio(tmp_path / "y", preference_model=str(vlm))
+
+
+def test_cli_flag_chooses_the_preference_model(tmp_path, capsys):
+    data = str(tmp_path / "cli")
+    base = ["--data", data, "--model", "embedded", "--preference-model", "preference-tokens"]
+    assert cli.main(base + ["profile", "create", "cleo"]) == 0
+    assert cli.main(base + ["fit", "cleo"]) == 0
+    assert '"mode": "preference tokens, no history"' in capsys.readouterr().out
+    assert cli.main(["--data", data, "--model", "embedded", "--preference-model", "nope", "fit", "cleo"]) == 2
+    assert "preference model must be one of" in capsys.readouterr().err
+
+
+def test_app_flag_refuses_an_unknown_model_before_serving(tmp_path, capsys):
+    import app
+
+    assert app.main(["--data", str(tmp_path), "--model", "embedded", "--preference-model", "nope"]) == 2
+    assert "preference model must be one of" in capsys.readouterr().err
+    studio = Studio(tmp_path, preference_model=PREFERENCE_TOKENS)
+    from prefstudio.ui.app import describe_models
+
+    assert "preference-token model" in describe_models(studio)
