@@ -234,6 +234,10 @@ def main(argv=None) -> int:
     }
     (cache / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     out.write_text(report.render_markdown(results))
+    if not args.tiny:  # the headline numbers go to docs/benchmarks.md next to the other benchmarks
+        from bench.report import write_section
+
+        write_section("prefbench", report.summary_markdown(results, out.name))
     log(f"wrote {out} in {clock.phases['total']['wall']:.0f} s")
     return 0
 

@@ -214,44 +214,10 @@ def render_markdown(r: dict) -> str:
         "",
     ]
 
-    # --- acceptance --------------------------------------------------------------------
-    generic_name, generic = _best(scores, history_free, "all", 0)
-    viper = next(n for n in names if n.startswith("ViPer"))
-    contrastive = [n for n in names if n.startswith("user embedding, L_base + L_CP")]
-    out += ["## Acceptance, judged on this run", ""]
-    for n in contrastive:
-        v = at(n, n_max)["1v1"]
-        rivals = {generic_name: generic, viper: at(viper, n_max)["1v1"]}
-        beaten = all(v > x for x in rivals.values())
-        out.append(f"- **{n}** at N_ref = {n_max}, 1v1 top-1, all test users: {pct(v)} % vs best no-history "
-                   f"baseline ({generic_name}) {pct(generic)} % and {viper} {pct(rivals[viper])} % → "
-                   f"{'beats both' if beaten else 'does NOT beat both'} "
-                   f"(one standard error ≈ {100 * at(n, n_max)['1v1_se']:.1f} points).")
-    g_name, g_unseen = _best(scores, history_free, "unseen", 0)
-    b_name, b_unseen = _best(scores, ours, "unseen", n_max)
-    c = ceiling["unseen"]["1v1"]
-    closed = (b_unseen - g_unseen) / (c - g_unseen)
-    verdict = "meets the goal (½)" if closed >= 0.5 else ("meets the bar (⅓)" if closed >= 1 / 3 else "misses the bar (⅓)")
-    out.append(f"- Unseen users, N_ref = {n_max}, 1v1 top-1: best PrefStudio method **{b_name}** {pct(b_unseen)} %, "
-               f"best generic baseline ({g_name}) {pct(g_unseen)} %, Bayes ceiling {pct(c)} % → it closes "
-               f"**{100 * closed:.0f} %** of the distance from the generic baseline to the ceiling: {verdict}.")
-    points = r["reference_points"]
-    cluster = points["taste-cluster oracle"]["unseen"]["1v1"]
-    linear = points["feature oracle (linear)"]["unseen"]["1v1"]
-    out.append(f"  What limits it (reference points below, unseen users): knowing only which taste cluster a "
-               f"person belongs to would give {pct(cluster)} %; a scorer linear in these features with unlimited "
-               f"judgments {pct(linear)} %; the best method reaches {pct(b_unseen)} % from {n_max} pairs. "
-               + ("The gap to the cluster oracle is cross-user knowledge not yet exploited; the gap from there to "
-                  "the feature oracle is personal taste that 8 pairs cannot pin down; the rest to the ceiling is "
-                  "what the features do not encode." if b_unseen < cluster else
-                  "It is past the cluster oracle: the remaining gap is personal taste and the features."))
-    gen = r["generation"]["judged"]["all"]
-    out.append(f"- Personalized generation beats the same-seed baseline under the hidden utilities in "
-               f"**{pct(gen['win_vs_baseline'])} %** of {gen['cases']} cases (target ≥ 80 %): "
-               f"{'met' if gen['win_vs_baseline'] >= 0.8 else 'NOT met'}.")
-    out.append("")
+    out += ["## Acceptance, judged on this run", ""] + acceptance_lines(r) + [""]
 
     # --- reference points ----------------------------------------------------------------
+    points = r["reference_points"]
     out += [
         "### Reference points (they read the hidden utilities: bounds, not methods)",
         "",
@@ -330,3 +296,92 @@ def _duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+def acceptance_lines(r: dict) -> list[str]:
+    """The issue's acceptance points, each judged on this run's numbers."""
+    scores, ceiling = r["scores"], r["ceiling"]
+    n_max = max(r["n_refs"])
+    names = list(scores)
+    history_free = [n for n in names if not r["methods"][n]["uses_history"]]
+    ours = [n for n in names if n.startswith(PREFSTUDIO_METHODS)]
+
+    def at(name, n_ref, subset="all"):
+        s = scores[name]
+        return s[n_ref if n_ref in s else 0][subset]
+
+    out = []
+    generic_name, generic = _best(scores, history_free, "all", 0)
+    viper = next(n for n in names if n.startswith("ViPer"))
+    contrastive = [n for n in names if n.startswith("user embedding, L_base + L_CP")]
+    for n in contrastive:
+        v = at(n, n_max)["1v1"]
+        rivals = {generic_name: generic, viper: at(viper, n_max)["1v1"]}
+        beaten = all(v > x for x in rivals.values())
+        out.append(f"- **{n}** at N_ref = {n_max}, 1v1 top-1, all test users: {pct(v)} % vs best no-history "
+                   f"baseline ({generic_name}) {pct(generic)} % and {viper} {pct(rivals[viper])} % → "
+                   f"{'beats both' if beaten else 'does NOT beat both'} "
+                   f"(one standard error ≈ {100 * at(n, n_max)['1v1_se']:.1f} points).")
+    g_name, g_unseen = _best(scores, history_free, "unseen", 0)
+    b_name, b_unseen = _best(scores, ours, "unseen", n_max)
+    c = ceiling["unseen"]["1v1"]
+    closed = (b_unseen - g_unseen) / (c - g_unseen)
+    verdict = "meets the goal (½)" if closed >= 0.5 else ("meets the bar (⅓)" if closed >= 1 / 3 else "misses the bar (⅓)")
+    out.append(f"- Unseen users, N_ref = {n_max}, 1v1 top-1: best PrefStudio method **{b_name}** {pct(b_unseen)} %, "
+               f"best generic baseline ({g_name}) {pct(g_unseen)} %, Bayes ceiling {pct(c)} % → it closes "
+               f"**{100 * closed:.0f} %** of the distance from the generic baseline to the ceiling: {verdict}.")
+    points = r["reference_points"]
+    cluster = points["taste-cluster oracle"]["unseen"]["1v1"]
+    linear = points["feature oracle (linear)"]["unseen"]["1v1"]
+    out.append(f"  What limits it (reference points below, unseen users): knowing only which taste cluster a "
+               f"person belongs to would give {pct(cluster)} %; a scorer linear in these features with unlimited "
+               f"judgments {pct(linear)} %; the best method reaches {pct(b_unseen)} % from {n_max} pairs. "
+               + ("The gap to the cluster oracle is cross-user knowledge not yet exploited; the gap from there to "
+                  "the feature oracle is personal taste that 8 pairs cannot pin down; the rest to the ceiling is "
+                  "what the features do not encode." if b_unseen < cluster else
+                  "It is past the cluster oracle: the remaining gap is personal taste and the features."))
+    gen = r["generation"]["judged"]["all"]
+    out.append(f"- Personalized generation beats the same-seed baseline under the hidden utilities in "
+               f"**{pct(gen['win_vs_baseline'])} %** of {gen['cases']} cases (target ≥ 80 %): "
+               f"{'met' if gen['win_vs_baseline'] >= 0.8 else 'NOT met'}.")
+    full = next((n for n in names if n.startswith("preference tokens (full")), None)
+    stage1 = next((n for n in names if n.startswith("preference tokens, w/o P_v")), None)
+    if full and stage1:
+        f_unseen, s_unseen = at(full, n_max, "unseen")["1v1"], at(stage1, n_max, "unseen")["1v1"]
+        gap = abs(at(full, n_max, "seen")["1v1"] - f_unseen)
+        out.append(f"- Preference tokens on unseen users, N_ref = {n_max}, 1v1 top-1: full model {pct(f_unseen)} % vs "
+                   f"the same model without P_v {pct(s_unseen)} % → "
+                   f"{'beats it' if f_unseen > s_unseen else 'does NOT beat it'}; seen/unseen gap of the full model "
+                   f"{100 * gap:.2f} points ({'≤ 1: met' if gap <= 0.01 else '> 1: NOT met'}).")
+    return out
+
+
+def summary_markdown(r: dict, full_report: str) -> str:
+    """The headline numbers for docs/benchmarks.md; the full report holds every table."""
+    scores, ceiling = r["scores"], r["ceiling"]
+    n_max = max(r["n_refs"])
+
+    def at(name, subset):
+        s = scores[name]
+        return s[n_max if n_max in s else 0][subset]
+
+    rows = [[n, pct(at(n, "all")["1v1"]), pct(at(n, "seen")["1v1"]), pct(at(n, "unseen")["1v1"]),
+             f"{100 * abs(at(n, 'seen')['1v1'] - at(n, 'unseen')['1v1']):.2f}", pct(at(n, "all")["1v3@1"])]
+            for n in scores]
+    rows.append(["Bayes ceiling", pct(ceiling["all"]["1v1"]), pct(ceiling["seen"]["1v1"]),
+                 pct(ceiling["unseen"]["1v1"]), "—", pct(ceiling["all"]["1v3@1"])])
+    m = r["machine"]
+    return "\n".join([
+        "## PrefBench: preference accuracy and personalized generation (issues 5 and 6)",
+        "",
+        f"`{r['command']}` on {r['date']} (commit {r['commit']}, seed {r['seed']}), {m['cpu']}, {m['cores']} cores, "
+        f"no GPU; wall time {r['timings']['total']['wall'] / 60:.1f} min. Protocol, every table (1v3 top-2/3, "
+        f"N_ref sweep, ablations), the generation judge and speed/scaling: [{full_report}]({full_report}).",
+        "",
+        f"Top-1 (%) at N_ref = {n_max} (no-history methods use none); 1v1 = 1 liked vs 1 disliked, "
+        "1v3 = 1 liked vs 3 disliked; seen users are training users on new images, unseen users appear "
+        "nowhere in training.",
+        "",
+        table(["method", "1v1 all", "1v1 seen", "1v1 unseen", "|seen − unseen|", "1v3 all"], rows),
+        "",
+    ] + acceptance_lines(r))
