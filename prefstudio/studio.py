@@ -31,8 +31,8 @@ from prefstudio.guidance.noise_optimization import (
 from prefstudio.preference.user_embedding import (
     FitResult, UserBank, UserEmbeddingModel, fit_user_embedding,
 )
-from prefstudio.rewards.base import Reward, score_all
 from prefstudio.preference.tokens import PairFeatures, TargetFeatures, load_token_model, read_checkpoint_config
+from prefstudio.rewards.base import Reward, score_all
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.token_preference import TokenPreferenceReward, check_encoders
 from prefstudio.rewards.user_preference import UserPreferenceReward

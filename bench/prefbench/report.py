@@ -117,9 +117,10 @@ def _best(scores: dict, names: list[str], subset: str, n_ref: int, metric: str =
     return name, value
 
 
-def render_markdown(r: dict) -> str:
-    m, data, scores, ceiling = r["machine"], r["data"], r["scores"], r["ceiling"]
-    n_max = max(r["n_refs"])
+def _methods(r: dict):
+    """Method names (all, no-history, PrefStudio's) and at(name, n_ref, subset): a method's scores at
+    n_ref, or at 0 for a method that reads no history."""
+    scores = r["scores"]
     names = list(scores)
     history_free = [n for n in names if not r["methods"][n]["uses_history"]]
     ours = [n for n in names if n.startswith(PREFSTUDIO_METHODS)]
@@ -127,6 +128,14 @@ def render_markdown(r: dict) -> str:
     def at(name, n_ref, subset="all"):
         s = scores[name]
         return s[n_ref if n_ref in s else 0][subset]
+
+    return names, history_free, ours, at
+
+
+def render_markdown(r: dict) -> str:
+    m, data, scores, ceiling = r["machine"], r["data"], r["scores"], r["ceiling"]
+    n_max = max(r["n_refs"])
+    names, history_free, ours, at = _methods(r)
 
     def nref_of(name):
         return n_max if r["methods"][name]["uses_history"] else 0
@@ -302,14 +311,7 @@ def acceptance_lines(r: dict) -> list[str]:
     """The issue's acceptance points, each judged on this run's numbers."""
     scores, ceiling = r["scores"], r["ceiling"]
     n_max = max(r["n_refs"])
-    names = list(scores)
-    history_free = [n for n in names if not r["methods"][n]["uses_history"]]
-    ours = [n for n in names if n.startswith(PREFSTUDIO_METHODS)]
-
-    def at(name, n_ref, subset="all"):
-        s = scores[name]
-        return s[n_ref if n_ref in s else 0][subset]
-
+    names, history_free, ours, at = _methods(r)
     out = []
     generic_name, generic = _best(scores, history_free, "all", 0)
     viper = next(n for n in names if n.startswith("ViPer"))
@@ -360,13 +362,10 @@ def summary_markdown(r: dict, full_report: str) -> str:
     """The headline numbers for docs/benchmarks.md; the full report holds every table."""
     scores, ceiling = r["scores"], r["ceiling"]
     n_max = max(r["n_refs"])
-
-    def at(name, subset):
-        s = scores[name]
-        return s[n_max if n_max in s else 0][subset]
-
-    rows = [[n, pct(at(n, "all")["1v1"]), pct(at(n, "seen")["1v1"]), pct(at(n, "unseen")["1v1"]),
-             f"{100 * abs(at(n, 'seen')['1v1'] - at(n, 'unseen')['1v1']):.2f}", pct(at(n, "all")["1v3@1"])]
+    _, _, _, at = _methods(r)
+    rows = [[n, pct(at(n, n_max)["1v1"]), pct(at(n, n_max, "seen")["1v1"]), pct(at(n, n_max, "unseen")["1v1"]),
+             f"{100 * abs(at(n, n_max, 'seen')['1v1'] - at(n, n_max, 'unseen')['1v1']):.2f}",
+             pct(at(n, n_max)["1v3@1"])]
             for n in scores]
     rows.append(["Bayes ceiling", pct(ceiling["all"]["1v1"]), pct(ceiling["seen"]["1v1"]),
                  pct(ceiling["unseen"]["1v1"]), "—", pct(ceiling["all"]["1v3@1"])])

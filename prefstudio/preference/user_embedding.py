@@ -64,8 +64,11 @@ class UserBank:
 
     def pair_log_likelihoods(self, liked: torch.Tensor, disliked: torch.Tensor) -> torch.Tensor:
         """[N, K]: log P(liked[i] ≻ disliked[i]) under each bank user's taste."""
-        direction = (self.like_vectors - self.dislike_vectors).T  # [k, K]
-        return F.logsigmoid((self.project(liked) - self.project(disliked)) @ direction)
+        return self.projected_pair_log_likelihoods(self.project(liked) - self.project(disliked))
+
+    def projected_pair_log_likelihoods(self, gaps: torch.Tensor) -> torch.Tensor:
+        """The same from projected liked − disliked features [N, k]."""
+        return F.logsigmoid(gaps @ (self.like_vectors - self.dislike_vectors).T)
 
     def posterior(self, log_likelihood: torch.Tensor) -> torch.Tensor:
         """Weights over the bank's users from summed pair log-likelihoods [..., K]."""
@@ -266,9 +269,9 @@ def _fit(
     if not (torch.isfinite(liked).all() and torch.isfinite(disliked).all()):
         raise InvalidInput("image features contain NaN or infinite values")
 
+    evidence = _evidence(n_pairs, pair_images)
     if bank is not None:
         mean, std, projection = bank.mean, bank.std, bank.projection
-        evidence = _evidence(n_pairs, pair_images)
         if evidence < COLD_START_PAIRS:
             mode, personal_l2 = "bank posterior", None
         else:
@@ -298,7 +301,7 @@ def _fit(
         # Each model's prior is the posterior mix of the bank users given its pairs. Pair
         # log-likelihoods are scaled to the history's independent evidence: 8 likes x 8
         # dislikes are 64 pairs but say no more than 8 would.
-        per_pair = bank.pair_log_likelihoods(liked, disliked) * (_evidence(n_pairs, pair_images) / n_pairs)
+        per_pair = bank.projected_pair_log_likelihoods(phi_pos - phi_neg) * (evidence / n_pairs)
         posterior = bank.posterior(weights @ per_pair)  # [M, K]
         prior_like, prior_dislike = posterior @ bank.like_vectors, posterior @ bank.dislike_vectors
     else:
