@@ -17,7 +17,7 @@ from prefstudio.preference.losses import preference_loss
 from prefstudio.preference.pair_data import PairDataSet
 from prefstudio.preference.scorers import LiteScorer
 from prefstudio.preference.tokens import (LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures,
-                                          load_token_model, save_token_model)
+                                          load_checkpoint_bank, load_token_model, save_token_model)
 from prefstudio.train.preference_tokens import StageConfig, train
 
 
@@ -98,10 +98,17 @@ def test_lite_checkpoint_round_trip_and_clear_errors(tmp_path):
         loaded.add_preference_tokens(5)
     with pytest.raises(InvalidInput, match="stage 2 needs preference tokens"):
         _lite().stage_parameters(2)
+    # Stage 1 trains P_v with everything else when the model has them; stage 2 trains P_v alone.
+    assert any(p is loaded.preference_tokens for p in loaded.stage_parameters(1))
+    assert loaded.stage_parameters(2) == [loaded.preference_tokens]
+    assert all(p.requires_grad == (p is loaded.preference_tokens) for p in loaded.parameters())
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text('{"format": "something else"}')
     with pytest.raises(InvalidInput, match="not a PrefStudio preference-token checkpoint"):
         load_token_model(tmp_path / "bad")
+    with pytest.raises(InvalidInput, match="save the bank with it"):
+        save_token_model(_lite(taste_dim=2), tmp_path / "no_bank")
+    assert not (tmp_path / "no_bank").exists()
 
 
 def test_two_stage_training_validation_protocol_and_attention(tmp_path):
@@ -109,9 +116,10 @@ def test_two_stage_training_validation_protocol_and_attention(tmp_path):
     encoders = (MeanColourEncoder(), CharacterCountText())
     config = {"backbone": "lite",
               "model": {"width": 32, "layers": 1, "heads": 2, "image_encoder": encoders[0].name,
-                        "text_encoder": encoders[1].name},
-              "stage1": StageConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10, targets_per_history=3),
-              "stage2": StageConfig(steps=10, batch_size=16, lr=1e-2, eval_every=5, preference_tokens=4)}
+                        "text_encoder": encoders[1].name, "taste_dim": 2},
+              "stage1": StageConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10, targets_per_history=3,
+                                    preference_tokens=4),
+              "stage2": StageConfig(steps=10, batch_size=16, lr=1e-2, eval_every=5)}
     messages = []
     train(config, root, 1, tmp_path / "s1", encoders=encoders, log=messages.append)
     train(config, root, 2, tmp_path / "s2", resume=tmp_path / "s1", encoders=encoders, log=messages.append)
@@ -120,13 +128,20 @@ def test_two_stage_training_validation_protocol_and_attention(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "s1" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 10, 20, 30] and all(r["val_n"] == 24 for r in log)
     assert all(0 <= r["val_top1"] <= 1 for r in log)
-    # Stage 2 changed nothing but P_v (checked on the files: safetensors + JSON config).
+    # P_v trains with the backbone in stage 1; stage 2 changed nothing but P_v (checked on the
+    # files: safetensors + JSON config).
     stage1, stage2 = load_file(str(tmp_path / "s1" / "model.safetensors")), load_file(
         str(tmp_path / "s2" / "model.safetensors"))
-    assert set(stage2) - set(stage1) == {"preference_tokens"} and stage2["preference_tokens"].shape == (4, 32)
-    assert all(torch.equal(stage1[k], stage2[k]) for k in stage1)
+    assert set(stage2) == set(stage1) and stage2["preference_tokens"].shape == (4, 32)
+    assert {k for k in stage1 if not torch.equal(stage1[k], stage2[k])} <= {"preference_tokens"}
+    assert any("stage 2: tuning the model's 4 preference tokens" in m for m in messages)
     provenance = json.loads((tmp_path / "s2" / "config.json").read_text())["provenance"]
     assert provenance["stage"] == 2 and provenance["resumed_from"] == str(tmp_path / "s1")
+    # The model reads the taste space of a user bank of the training users, saved beside it.
+    bank = load_checkpoint_bank(tmp_path / "s2")
+    assert bank.n_users == len(PairDataSet.read(root).users["train"]) and bank.encoder == encoders[0].name
+    assert torch.equal(stage1["taste_projection"], bank.projection)
+    assert torch.equal(load_checkpoint_bank(tmp_path / "s1").like_vectors, bank.like_vectors)
 
     data = PairDataSet.read(root, splits=("test",))
     model = load_token_model(tmp_path / "s2")
@@ -304,7 +319,7 @@ def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_i
         StageConfig(steps=5, batch_size=8, lr=1e-2, n_ref=4, eval_every=5, preference_tokens=3),
         image_encoder="test-features", log=lambda message: None)
     first, second = result["stage1"], result["stage2"]
-    assert first.config.text_dim == 0 and first.preference_tokens is None
+    assert first.config.text_dim == 0 and first.preference_tokens is None and result["bank"] is None
     assert second.preference_tokens.shape == (3, 16)
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
     assert [r["stage"] for r in result["log"]] == [1, 2] and result["log"][0]["val_n"] == 15

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from prefstudio import cli
+from prefstudio.encoders.embedded import EmbeddedImageEncoder
 from prefstudio.errors import InvalidInput
-from prefstudio.preference.tokens import load_token_model, save_token_model
+from prefstudio.preference.tokens import load_checkpoint_bank, load_token_model, save_token_model
 from prefstudio.studio import PREFERENCE_MODELS, PREFERENCE_TOKENS, Studio
 
 CHECKPOINT = PREFERENCE_MODELS[PREFERENCE_TOKENS]
@@ -86,7 +87,8 @@ def test_unknown_model_and_another_checkpoint_are_refused(judged, tmp_path):
     model = load_token_model(CHECKPOINT)
     with torch.no_grad():
         model.preference_tokens.add_(1.0)
-    save_token_model(model, other, json.loads((CHECKPOINT / "config.json").read_text())["provenance"])
+    save_token_model(model, other, json.loads((CHECKPOINT / "config.json").read_text())["provenance"],
+                     load_checkpoint_bank(CHECKPOINT))
     again = Studio(studio.store.data_dir, preference_model=str(other))
     with pytest.raises(InvalidInput, match="fit again here"):
         again.user_reward("tess")
@@ -119,3 +121,41 @@ def test_app_flag_refuses_an_unknown_model_before_serving(tmp_path, capsys):
     from prefstudio.ui.app import describe_models
 
     assert "preference-token model" in describe_models(studio)
+
+
+def test_the_shipped_checkpoint_carries_the_bank_of_its_training_users():
+    from prefstudio.preference.user_embedding import fit_user_embedding
+
+    bank = load_checkpoint_bank(CHECKPOINT)
+    model = load_token_model(CHECKPOINT)
+    assert bank.n_users == 1000 and bank.encoder == model.config.image_encoder == EmbeddedImageEncoder.name
+    assert torch.equal(model.taste_projection, bank.projection)  # the taste space the model reads
+    # Its user vectors serve the user-embedding model's cold start as the studio's own bank does.
+    generator = torch.Generator().manual_seed(0)
+    liked, disliked = (bank.mean + bank.std * torch.randn(3, bank.mean.shape[0], generator=generator) for _ in range(2))
+    fit = fit_user_embedding(liked, disliked, bank, bank.encoder)
+    assert fit.mode == "bank posterior" and fit.n_pairs == 3
+
+
+def test_the_shipped_token_model_reads_a_studio_history(tmp_path):
+    """Trained on PrefBench's clip-art, it still reads simulated people's tastes on the studio's
+    own images: held out, each stored pair is predicted from the other seven."""
+    from prefstudio.encoders.base import pil_to_tensor
+    from prefstudio.eval.simulated_users import SimulatedUser
+
+    studio = Studio(tmp_path, preference_model=PREFERENCE_TOKENS)
+    candidates = (studio.generate_candidates("a quiet landscape", seeds=list(range(8)))
+                  + studio.generate_candidates("a city street at dusk", seeds=list(range(8, 16))))
+    pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
+    accuracies = []
+    for person in (SimulatedUser("warm-dense", {"warmth": 1.0, "density": 1.0}),
+                   SimulatedUser("bright-colourful", {"brightness": 1.0, "colourfulness": 1.0}),
+                   SimulatedUser("dark-muted", {"brightness": -1.0, "saturation": -1.0})):
+        studio.store.create_profile(person.user_id)
+        utility = person.utility(pixels)
+        for candidate, u in zip(candidates, utility):
+            studio.judge(person.user_id, "like" if u > utility.median() else "dislike", candidate.sha256)
+        report = studio.fit(person.user_id)
+        assert report.n_pairs == 8 and report.loo_pairs == 8
+        accuracies.append(report.loo_accuracy)
+    assert sum(accuracies) / len(accuracies) >= 0.75, accuracies

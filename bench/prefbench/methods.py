@@ -212,12 +212,17 @@ class TokenTraining:
                              eval_every=max(1, self.steps[0] // 6))
             stage2 = replace(config["stage2"], steps=self.steps[1], seed=self.seed, n_ref=self.n_ref,
                              eval_every=max(1, self.steps[1] // 4))
-            result = train_lite_on_features(
-                [PairFeatures(u.liked, u.disliked, u.prompts) for u in users],
-                [(PairFeatures(v.history.liked, v.history.disliked, v.history.prompts),
-                  v.target_liked, v.target_disliked) for v in validation],
-                model, stage1, stage2, self.encoder_name, self.text_encoder_name, log=lambda *a: None)
-            self.models = {"stage1": result["stage1"], "stage2": result["stage2"]}
+            train_users = [PairFeatures(u.liked, u.disliked, u.prompts) for u in users]
+            validation_users = [(PairFeatures(v.history.liked, v.history.disliked, v.history.prompts),
+                                 v.target_liked, v.target_disliked) for v in validation]
+
+            def train(first, second):
+                return train_lite_on_features(train_users, validation_users, model, first, second,
+                                              self.encoder_name, self.text_encoder_name, log=lambda *a: None)
+
+            # The same model trained without preference tokens is a run of its own (Table 3's "w/o P_v").
+            self.models = {"without": train(replace(stage1, preference_tokens=0), None)["stage1"],
+                           "full": train(stage1, stage2)["stage2"]}
             self.seconds = time.perf_counter() - start
         return self.models
 
@@ -227,21 +232,22 @@ TOKEN_CONFIG = "assets/preference_tokens/lite.json"
 
 class PreferenceTokens(Method):
     """PrefStudio's model B (`prefstudio.preference.tokens`, lite backbone): a causal
-    transformer reads the history pairs (images + prompts + labels) and scores each target;
-    stage 1 without preference tokens, stage 2 adds P_v (000 §3.3). Trained here on the
-    training users with the settings of assets/preference_tokens/lite.json (steps capped)."""
+    transformer reads the history pairs (images + prompts + labels) and scores each target.
+    Full: P_v trained with the backbone (stage 1), then alone (stage 2) (000 §3.3, §4.1);
+    w/o P_v: the same model and stage 1 without tokens. Trained here on the training users
+    with the settings of assets/preference_tokens/lite.json (steps as the run config says)."""
 
-    def __init__(self, training: TokenTraining, stage: int):
-        self.training, self.stage = training, stage
-        self.name = "preference tokens (full, L_p = 10)" if stage == 2 else "preference tokens, w/o P_v (stage 1)"
+    def __init__(self, training: TokenTraining, with_tokens: bool):
+        self.training, self.variant = training, "full" if with_tokens else "without"
+        self.name = "preference tokens (full, L_p = 10)" if with_tokens else "preference tokens, w/o P_v"
         self.description = (f"lite sequence model over features and prompts, L_base + L_CP, "
-                            f"{'with' if stage == 2 else 'without'} preference tokens; "
-                            f"{training.steps[0]} stage-1 + {training.steps[1]} stage-2 steps")
+                            f"{'with' if with_tokens else 'without'} preference tokens; {training.steps[0]} stage-1"
+                            + (f" + {training.steps[1]} stage-2 steps" if with_tokens else " steps"))
 
     def train(self, users: list[History], validation: list[ValidationUser]) -> None:
-        self.model = self.training.run(users, validation)[f"stage{self.stage}"]
-        self.training_note = (f"one training run ({self.training.seconds:.0f} s: stage 1 then stage 2) "
-                              "serves both token variants; it is counted under the first")
+        self.model = self.training.run(users, validation)[self.variant]
+        self.training_note = (f"both token variants are trained together ({self.training.seconds:.0f} s); "
+                              "the time is counted under the first")
 
     def fit_user(self, history: History) -> Scorer:
         from prefstudio.preference.tokens import PairFeatures, TargetFeatures
@@ -293,6 +299,6 @@ def all_methods(encoder_name: str, text_encoder_name: str, seed: int,
         UserEmbedding(encoder_name, contrastive=False, with_bank=False, seed=seed),
         UserEmbedding(encoder_name, contrastive=True, with_bank=False, seed=seed),
         UserEmbedding(encoder_name, contrastive=True, with_bank=True, seed=seed),
-        PreferenceTokens(tokens, stage=1),
-        PreferenceTokens(tokens, stage=2),
+        PreferenceTokens(tokens, with_tokens=False),
+        PreferenceTokens(tokens, with_tokens=True),
     ]

@@ -6,13 +6,19 @@ features and the embedding of its label ("like"/"dislike"); then the target, its
 and prompt plus a learned query that stands where the VLM's "Score for this image?"
 stands. The target's output gives the two label logits M⁺, M⁻, and Q (eq. 2) is their
 softmax. P_v ∈ ℝ^{L_p×D} are learnable tokens shared by all people; stage 1 trains the
-model without them, stage 2 adds them and trains nothing else.
+model with them (or without, and stage 2 adds them), stage 2 trains nothing else.
 
 This is the lite backbone: a small causal transformer over frozen image/text features
-(any encoder). Attention is causal as in the VLM's language model, so P_v and the
-history form a prefix whose keys and values are computed once per person and every
-target is scored against them in one batch; a target attends to the prefix and to
-itself, never to other targets, so scores do not depend on what else is in the batch.
+(any encoder). With `taste_dim` set, image features first pass through the frozen taste
+space of a user bank trained on the same training users (`user_embedding.UserBank`): a
+linear map learned from their judgments, so the transformer reads the directions people's
+tastes differ along instead of memorising a thousand encoder dimensions of the training
+images. The bank, user vectors included, is saved with the checkpoint.
+
+Attention is causal as in the VLM's language model, so P_v and the history form a
+prefix whose keys and values are computed once per person and every target is scored
+against them in one batch; a target attends to the prefix and to itself, never to other
+targets, so scores do not depend on what else is in the batch.
 The VLM backbone (`prefstudio.preference.vlm`) has the same stages and loss.
 """
 import json
@@ -30,15 +36,19 @@ from prefstudio.preference.losses import like_probability
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "config.json"
+CHECKPOINT_BANK = "user_bank.safetensors"
 FORMAT = "prefstudio-preference-tokens"
 
 
 def train_only_stage(module: nn.Module, stage: int, stage1_parameters: list[nn.Parameter],
                      preference_tokens: nn.Parameter | None) -> list[nn.Parameter]:
     """The two-stage schedule of 000 §4.1, shared by both backbones: stage 1 trains
-    `stage1_parameters`, stage 2 only P_v; every other parameter of `module` is frozen."""
+    `stage1_parameters` and P_v if the model has them yet, stage 2 only P_v; every other
+    parameter of `module` is frozen."""
     if stage == 1:
-        params = stage1_parameters
+        params = list(stage1_parameters)
+        if preference_tokens is not None and all(p is not preference_tokens for p in params):
+            params.append(preference_tokens)
     elif stage == 2:
         if preference_tokens is None:
             raise InvalidInput("stage 2 needs preference tokens: call add_preference_tokens first")
@@ -79,7 +89,8 @@ class LiteConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
-    preference_tokens: int = 0  # L_p of this model; 0 = stage 1 / "w/o P_v"
+    preference_tokens: int = 0  # L_p of this model; 0 = "w/o P_v"
+    taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
@@ -143,12 +154,17 @@ class LiteTokenModel(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
+        image_width = config.taste_dim or config.image_dim
+        if config.taste_dim:  # the bank's frozen map into its taste space (`set_taste_space`)
+            self.register_buffer("taste_mean", torch.zeros(config.image_dim))
+            self.register_buffer("taste_std", torch.ones(config.image_dim))
+            self.register_buffer("taste_projection", torch.zeros(config.image_dim, config.taste_dim))
         # Feature standardisation, fitted on the training images/prompts (`fit_standardisation`).
-        self.register_buffer("image_mean", torch.zeros(config.image_dim))
-        self.register_buffer("image_std", torch.ones(config.image_dim))
+        self.register_buffer("image_mean", torch.zeros(image_width))
+        self.register_buffer("image_std", torch.ones(image_width))
         self.register_buffer("text_mean", torch.zeros(config.text_dim))
         self.register_buffer("text_std", torch.ones(config.text_dim))
-        self.image_in = nn.Linear(config.image_dim, w)
+        self.image_in = nn.Linear(image_width, w)
         self.text_in = nn.Linear(config.text_dim, w) if config.text_dim else None
         self.label_embedding = nn.Parameter(torch.randn(2, w) * 0.02)  # rows: like, dislike
         self.query = nn.Parameter(torch.randn(w) * 0.02)  # "Score for this image?"
@@ -164,7 +180,7 @@ class LiteTokenModel(nn.Module):
     def add_preference_tokens(self, count: int, generator: torch.Generator | None = None) -> None:
         """Stage 2: append L_p fresh tokens P_v (the model must have none yet)."""
         if self.preference_tokens is not None:
-            raise InvalidInput("this model already has preference tokens; stage 2 starts from a stage-1 model")
+            raise InvalidInput("this model already has preference tokens")
         if count < 1:
             raise InvalidInput(f"the number of preference tokens must be at least 1, got {count}")
         w = self.config.width
@@ -174,11 +190,27 @@ class LiteTokenModel(nn.Module):
         self.config.preference_tokens = count
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Stage 1: everything (there is no P_v yet); stage 2: P_v alone, the rest frozen."""
+        """Stage 1: everything (P_v included, if any); stage 2: P_v alone, the rest frozen."""
         return train_only_stage(self, stage, list(self.parameters()), self.preference_tokens)
 
     @torch.no_grad()
+    def set_taste_space(self, bank) -> None:
+        """Read image features through `bank`'s taste space (a `UserBank` over the same encoder)."""
+        c = self.config
+        if not c.taste_dim:
+            raise InvalidInput("this model reads raw image features (taste_dim = 0)")
+        if bank.encoder != c.image_encoder or tuple(bank.projection.shape) != (c.image_dim, c.taste_dim):
+            raise InvalidInput(f"the user bank ({bank.encoder}, {tuple(bank.projection.shape)}) does not fit "
+                               f"this model ({c.image_encoder}, ({c.image_dim}, {c.taste_dim}))")
+        self.taste_mean.copy_(bank.mean)
+        self.taste_std.copy_(bank.std)
+        self.taste_projection.copy_(bank.projection)
+
+    @torch.no_grad()
     def fit_standardisation(self, image_features: torch.Tensor, text_features: torch.Tensor | None) -> None:
+        """Centre and scale of the model's inputs (after the taste space, if any) on training data."""
+        if self.config.taste_dim:
+            image_features = self._taste(image_features)
         for name, feats in (("image", image_features), ("text", text_features)):
             if feats is not None and feats.shape[1]:
                 getattr(self, f"{name}_mean").copy_(feats.mean(0))
@@ -191,7 +223,12 @@ class LiteTokenModel(nn.Module):
         self.load_state_dict(state)
 
     # ---- tokens ------------------------------------------------------------------------
+    def _taste(self, f):
+        return ((f - self.taste_mean) / self.taste_std) @ self.taste_projection
+
     def _image(self, f):
+        if self.config.taste_dim:
+            f = self._taste(f)
         return self.image_in((f - self.image_mean) / self.image_std)
 
     def _text(self, f):
@@ -274,15 +311,31 @@ class LiteTokenModel(nn.Module):
 
 
 # ---- checkpoints ------------------------------------------------------------------------
-def save_token_model(model: LiteTokenModel, directory: str | Path, provenance: dict | None = None) -> Path:
-    """safetensors weights + JSON config (+ how it was made) in `directory`."""
+def save_token_model(model: LiteTokenModel, directory: str | Path, provenance: dict | None = None,
+                     bank=None) -> Path:
+    """safetensors weights + JSON config (+ how it was made) in `directory`, and the user bank
+    whose taste space the model reads (required when it reads one)."""
+    if model.config.taste_dim and bank is None:
+        raise InvalidInput("this model reads a user bank's taste space: save the bank with it")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if bank is not None:
+        bank.save(directory / CHECKPOINT_BANK)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(directory / CHECKPOINT_WEIGHTS), metadata={"format": FORMAT})
     config = {"format": FORMAT, "version": 1, "model": asdict(model.config), "provenance": provenance or {}}
     (directory / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def load_checkpoint_bank(directory: str | Path):
+    """The user bank saved with a lite checkpoint: the training users' taste space and vectors."""
+    from prefstudio.preference.user_embedding import UserBank
+
+    path = Path(directory) / CHECKPOINT_BANK
+    if not path.is_file():
+        raise NotFound(f"{directory} holds no user bank ({CHECKPOINT_BANK})")
+    return UserBank.load(path)
 
 
 def read_checkpoint_config(directory: str | Path) -> dict:

@@ -119,14 +119,14 @@ class VLMPreferenceModel(nn.Module):
 
     def add_preference_tokens(self, count: int, generator=None) -> None:
         if self.preference_tokens is not None:
-            raise InvalidInput("this model already has preference tokens; stage 2 starts from a stage-1 model")
+            raise InvalidInput("this model already has preference tokens")
         if count < 1:
             raise InvalidInput(f"the number of preference tokens must be at least 1, got {count}")
         self._new_preference_tokens(count, generator)
         self.config.preference_tokens = count
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Stage 1: the LoRA weights; stage 2: P_v alone. Everything else is frozen."""
+        """Stage 1: the LoRA weights (and P_v, if any); stage 2: P_v alone. Everything else is frozen."""
         from prefstudio.preference.tokens import train_only_stage  # tokens imports this module
 
         lora = [p for n, p in self.model.named_parameters() if "lora_" in n]

@@ -1,14 +1,23 @@
 """Two-stage training of the preference-token model (000 §3.3, §4.1; 001 train.py/train2.py).
 
-    # stage 1: the backbone (lite: all weights; vlm: LoRA) with L_all, no preference tokens
+    # stage 1: the backbone (lite: all weights; vlm: LoRA) with L_all, and P_v with it
+    # when the config's stage 1 has preference_tokens (L_p) > 0
     python -m prefstudio.train.preference_tokens --config assets/preference_tokens/lite.json \
         --data data/bench --stage 1 --out runs/lite/stage1
-    # stage 2: from the stage-1 checkpoint, add P_v (L_p from the config) and train P_v alone
+    # stage 2: from the stage-1 checkpoint, everything frozen but P_v (added here, with the
+    # stage-2 L_p, if the stage-1 model has none)
     python -m prefstudio.train.preference_tokens --config assets/preference_tokens/lite.json \
         --data data/bench --stage 2 --resume runs/lite/stage1 --out runs/lite/stage2
     # several GPUs (the paper's 8-GPU run):
     accelerate launch --num_processes 8 -m prefstudio.train.preference_tokens --config \
         assets/preference_tokens/idefics2-8b.json --data DATA --stage 1 --out runs/idefics2/stage1
+
+Where P_v starts is read two ways. 000 §4.1: the model is trained with the loss, "after
+which the model weights are fixed, and only the learnable preference tokens are further
+tuned" (P_v exists in stage 1); 001's README: stage 2 "introduces" them. Both run here: a
+stage-1 L_p > 0 trains P_v with the backbone, L_p = 0 trains without (also the "w/o P_v"
+ablation) and stage 2 then adds fresh ones. The lite config uses the first; what each
+gives on PrefBench is in docs/preference_tokens.md.
 
 A training example is one judged pair (z_pos, z_neg) of a training user and a history of
 N_ref other pairs of the same user that share no image with it, drawn at random and in a
@@ -33,7 +42,8 @@ from prefstudio.errors import InvalidInput
 from prefstudio.eval.metrics import top_k_hits
 from prefstudio.preference.losses import preference_loss
 from prefstudio.preference.pair_data import PairDataSet
-from prefstudio.preference.tokens import LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures
+from prefstudio.preference.tokens import (LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures,
+                                          save_token_model)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class StageConfig:
     grad_accum: int = 1
     eval_every: int = 250
     warmup_steps: int = 0
-    preference_tokens: int = 10  # L_p, used by stage 2
+    preference_tokens: int = 0  # L_p: stage 1, trained with the backbone (0: none); stage 2, added if the model has none
     seed: int = 0
 
 
@@ -241,6 +251,18 @@ class VLMTask:
 
 
 # ---- one stage ----------------------------------------------------------------------------------
+def add_stage_tokens(model, settings: StageConfig, stage: int, log=print) -> None:
+    """P_v for this stage: stage 1 adds L_p tokens to train with the backbone; stage 2 adds
+    them only to a model that has none, and otherwise tunes the ones it has."""
+    has_tokens = model.preference_tokens is not None
+    if stage == 2 and has_tokens:
+        log(f"stage 2: tuning the model's {model.preference_tokens.shape[0]} preference tokens")
+    elif stage == 2 or settings.preference_tokens:
+        if stage == 2 and not settings.preference_tokens:
+            raise InvalidInput("stage 2 needs preference tokens: the stage-1 model has none and L_p is 0")
+        model.add_preference_tokens(settings.preference_tokens, generator=torch.Generator().manual_seed(settings.seed))
+
+
 def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_file: Path | None = None) -> dict:
     """Train `model` in place for one stage (it must already hold P_v for stage 2) and leave it
     with the weights of its best validation accuracy; returns that step's log record."""
@@ -316,7 +338,7 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     record. `encoders` (image, text) replaces the lookup of the config's encoder names (lite)."""
     from accelerate import PartialState
     from prefstudio.preference.scorers import LiteScorer, VLMScorer
-    from prefstudio.preference.tokens import load_token_model
+    from prefstudio.preference.tokens import load_checkpoint_bank, load_token_model
 
     settings: StageConfig = config[f"stage{stage}"]
     if stage == 2 and resume is None:
@@ -324,6 +346,7 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     torch.manual_seed(settings.seed)
     data = PairDataSet.read(data_root, splits=("val",))
     resume = Path(resume) if resume is not None else None
+    bank = None
     if config["backbone"] == "lite":
         model_config = config["model"]
         if resume is not None:
@@ -335,8 +358,14 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
             model = LiteTokenModel(LiteConfig(image_dim=scorer.image_features.shape[1],
                                               text_dim=scorer.prompt_features.shape[1], **model_config))
             train_rows = scorer.rows(data.train)
+            if model.config.taste_dim:
+                bank = taste_bank(model.config, scorer.image_features, train_rows,
+                                  [j.user_id for j in data.train], f"training users of {data_root}", settings.seed)
+                model.set_taste_space(bank)
             model.fit_standardisation(scorer.image_features[train_rows[:, :2].flatten().unique()],
                                       scorer.prompt_features[train_rows[:, 2].unique()])
+        elif model.config.taste_dim:
+            bank = load_checkpoint_bank(resume)
         scorer.check(model)
         scorer.model = model
         task = LiteTask.from_data(data, scorer, settings.n_ref)
@@ -349,9 +378,7 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
         if settings.targets_per_history != 1:
             raise InvalidInput("the VLM backbone trains on one target pair per history (targets_per_history = 1)")
         task = VLMTask(data, VLMScorer(model), settings.n_ref)
-    if stage == 2:
-        model.add_preference_tokens(settings.preference_tokens,
-                                    generator=torch.Generator().manual_seed(settings.seed))
+    add_stage_tokens(model, settings, stage, log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").write_text("")
@@ -359,17 +386,24 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     provenance = {"stage": stage, "data": str(data_root), "resumed_from": str(resume) if resume else None,
                   "settings": asdict(settings), "kept": best, "command": " ".join(sys.argv)}
     if PartialState().is_main_process:
-        _save(model, out, provenance)
+        if model.config.backbone == "lite":
+            save_token_model(model, out, provenance, bank)
+        else:
+            model.save(out, provenance)
     return best
 
 
-def _save(model, out: Path, provenance: dict) -> None:
-    from prefstudio.preference.tokens import save_token_model
+def taste_bank(model_config: LiteConfig, images: torch.Tensor, rows: torch.Tensor, users: list,
+               source: str, seed: int):
+    """The user bank of the training judgments (rows: liked, disliked image row per judgment of
+    users[i]) whose taste space a lite model with taste_dim reads."""
+    from prefstudio.preference.user_embedding import train_user_bank
 
-    if model.config.backbone == "lite":
-        save_token_model(model, out, provenance)
-    else:
-        model.save(out, provenance)
+    per_user: dict = {}
+    for i, user in enumerate(users):
+        per_user.setdefault(user, []).append(i)
+    pairs = [(images[rows[idx, 0]], images[rows[idx, 1]]) for idx in (torch.tensor(v) for v in per_user.values())]
+    return train_user_bank(pairs, model_config.image_encoder, source, dim=model_config.taste_dim, seed=seed)
 
 
 # ---- from features (the benchmark harness) -----------------------------------------------------
@@ -378,8 +412,9 @@ def train_lite_on_features(train_users: list[PairFeatures], validation: list[tup
                            image_encoder: str, text_encoder: str | None = None, log=print) -> dict:
     """Both stages on features: train_users are the training users' judged pairs; validation is
     (history, liked targets [T,Di], disliked targets [T,Di][, target prompts [T,Dt]]) per
-    validation user. Prompts are read when the training histories carry them. Returns {"stage1": model without P_v, "stage2": with P_v
-    (None without stage2), "log": [kept records]}."""
+    validation user. Prompts are read when the training histories carry them. Returns {"stage1":
+    the stage-1 model, "stage2": the stage-2 model (None without stage2), "bank": the user bank whose
+    taste space they read (None without taste_dim), "log": [kept records]}."""
     import copy
 
     torch.manual_seed(stage1.seed)
@@ -388,17 +423,22 @@ def train_lite_on_features(train_users: list[PairFeatures], validation: list[tup
     first = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1], text_dim=text_dim,
                                       image_encoder=image_encoder, text_encoder=text_encoder if text_dim else None,
                                       **model))
+    bank = None
+    if first.config.taste_dim:
+        bank = taste_bank(first.config, task.images, task.rows, task.users, "training users (features)", stage1.seed)
+        first.set_taste_space(bank)
     first.fit_standardisation(task.images[task.rows[:, :2].flatten().unique()],
                               None if task.prompts is None else task.prompts[task.rows[:, 2].unique()])
+    add_stage_tokens(first, stage1, 1, log)
     kept = [run_stage(first.train(), task, stage1, 1, log)]
     second = None
     if stage2 is not None:
         second = copy.deepcopy(first)
-        second.add_preference_tokens(stage2.preference_tokens, generator=torch.Generator().manual_seed(stage2.seed))
+        add_stage_tokens(second, stage2, 2, log)
         task.set_n_ref(stage2.n_ref)
         kept.append(run_stage(second.train(), task, stage2, 2, log))
         second.eval()
-    return {"stage1": first.eval(), "stage2": second, "log": kept}
+    return {"stage1": first.eval(), "stage2": second, "bank": bank, "log": kept}
 
 
 def main(argv=None) -> int:
@@ -410,7 +450,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--resume", help="stage-1 checkpoint folder (stage 2)")
     parser.add_argument("--base-loss-only", action="store_true", help="train with L_base alone (Table 5 ablation)")
-    parser.add_argument("--preference-tokens", type=int, help="L_p for stage 2 (Table 6 ablation)")
+    parser.add_argument("--preference-tokens", type=int,
+                        help="L_p of this stage (Table 6 ablation; at stage 1, 0 = the w/o P_v ablation)")
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     args = parser.parse_args(argv)
