@@ -91,6 +91,24 @@ def main() -> int:
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from report import machine, write_section
+
+    command = "python bench/preference_tokens_speed.py " + " ".join(sys.argv[1:])
+    write_section("preference_tokens_speed", "\n".join([
+        "## Preference tokens, lite backbone: speed on CPU (issue 5)", "",
+        f"Machine: {machine()}. torch threads: {result['threads']}. Command: `{command.strip()}`",
+        f"(model: width {c.width}, {c.layers} layers, L_p = {c.preference_tokens}, taste space {c.taste_dim or 'none'}; "
+        f"random features of the real sizes, {c.image_dim}-d images and {c.text_dim}-d prompts).", "",
+        f"| measure | median of {args.repeats} | target |", "|---|---|---|",
+        f"| score {args.targets:,} targets against an encoded 8-pair history | {result['score_batch_ms']:.1f} ms = "
+        f"**{result['targets_per_second']:,.0f} targets/s** | ≥ 1,000 targets/s |",
+        f"| the same, encoding the history too | {result['history_plus_batch_targets_per_second']:,.0f} targets/s | |",
+        f"| encode one 8-pair history | {result['encode_history_ms']:.2f} ms | |",
+        f"| score one target alone | {result['one_target_ms']:.2f} ms | |",
+        f"| training step, 64 histories × 1 target pair: stage 1 / stage 2 | {result['stage1_train_step_ms']:.0f} ms / "
+        f"{result['stage2_train_step_ms']:.0f} ms | |",
+        "", "Training the shipped checkpoint on PrefBench's 1,000 training users (< 10 minutes): the commands and wall "
+        "times in [checkpoints/preference_tokens_lite/README.md](../checkpoints/preference_tokens_lite/README.md)."]))
     return 0
 
 

@@ -58,7 +58,7 @@ FULL = RunConfig(
     name="full", per_subject=60, categories=None, pairs=PairConfig(), n_refs=(1, 2, 4, 8),
     generation_users=8, generation_prompts=3, guidance_iterations=30,
     speed_histories=(8, 32, 128, 512, 1000), speed_pools=(100, 1000, 10000), speed_repeats=5,
-    speed_guidance_iterations=10, token_steps=(1500, 500),
+    speed_guidance_iterations=10, token_steps=(3000, 1500),
 )
 TINY = RunConfig(
     name="tiny", per_subject=10, categories=("animals", "food"),

@@ -152,7 +152,30 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from report import write_section
+
+    write_section("vlm_step_memory", section(result, "python bench/vlm_step_memory.py " + " ".join(sys.argv[1:])))
     return 0
+
+
+def section(result: dict, command: str) -> str:
+    """The docs/benchmarks.md section for one run's result."""
+    lines = ["## Preference tokens, VLM backbone: one training step of full-size IDEFICS2-8B (issue 5)", "",
+             f"Command: `{command.strip()}` on one {result['gpu']} (torch {result['torch']}, transformers "
+             f"{result['transformers']}, peft {result['peft']}, bitsandbytes {result['bitsandbytes']}). Random weights "
+             f"from the architecture's config ({result['parameters_billion']} B parameters) in 4-bit nf4 "
+             f"({result['nf4_model_gib']} GiB), LoRA on the language model ({result['trainable_lora_parameters']:,} "
+             f"trainable); one example = liked and disliked target under the same {result['images_per_sequence'] // 2}-pair "
+             f"history: 2 sequences × {result['images_per_sequence']} images of 512², {result['sequence_tokens']} tokens each; "
+             f"the process's allocator capped at {result['memory_cap_gib']:.0f} GiB.", ""]
+    if result["fits_under_cap"]:
+        lines += ["| step | median time | peak allocated | peak reserved | target |", "|---|---|---|---|---|",
+                  f"| stage 1 (LoRA) | {result['stage1_step_median_s']} s | {result['stage1_peak_allocated_gib']} GiB | "
+                  f"{result['stage1_peak_reserved_gib']} GiB | ≤ 24 GB |",
+                  f"| stage 2 (P_v alone) | {result['stage2_step_s']} s | {result['stage2_peak_allocated_gib']} GiB | – | ≤ 24 GB |"]
+    else:
+        lines.append(f"Did not fit: {result['out_of_memory']} (peak {result['peak_allocated_before_oom_gib']} GiB).")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

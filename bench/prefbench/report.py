@@ -351,10 +351,13 @@ def acceptance_lines(r: dict) -> list[str]:
     if full and stage1:
         f_unseen, s_unseen = at(full, n_max, "unseen")["1v1"], at(stage1, n_max, "unseen")["1v1"]
         gap = abs(at(full, n_max, "seen")["1v1"] - f_unseen)
+        se = at(full, n_max, "unseen")["1v1_se"]
         out.append(f"- Preference tokens on unseen users, N_ref = {n_max}, 1v1 top-1: full model {pct(f_unseen)} % vs "
-                   f"the same model without P_v {pct(s_unseen)} % → "
-                   f"{'beats it' if f_unseen > s_unseen else 'does NOT beat it'}; seen/unseen gap of the full model "
-                   f"{100 * gap:.2f} points ({'≤ 1: met' if gap <= 0.01 else '> 1: NOT met'}).")
+                   f"the same model without P_v {pct(s_unseen)} % (one standard error ≈ {100 * se:.1f} points "
+                   f"each; one training seed) → {'beats it' if f_unseen > s_unseen else 'does NOT beat it'}; "
+                   f"seen/unseen gap of the full model {100 * gap:.2f} points "
+                   f"({'≤ 1: met' if gap <= 0.01 else '> 1: NOT met'}). Over training seeds: "
+                   "[preference_tokens.md](preference_tokens.md).")
     return out
 
 
@@ -381,6 +384,6 @@ def summary_markdown(r: dict, full_report: str) -> str:
         "1v3 = 1 liked vs 3 disliked; seen users are training users on new images, unseen users appear "
         "nowhere in training.",
         "",
-        table(["method", "1v1 all", "1v1 seen", "1v1 unseen", "|seen − unseen|", "1v3 all"], rows),
+        table(["method", "1v1 all", "1v1 seen", "1v1 unseen", "\\|seen − unseen\\|", "1v3 all"], rows),
         "",
     ] + acceptance_lines(r))
