@@ -254,12 +254,12 @@ class VLMTask:
 def add_stage_tokens(model, settings: StageConfig, stage: int, log=print) -> None:
     """P_v for this stage: stage 1 adds L_p tokens to train with the backbone; stage 2 adds
     them only to a model that has none, and otherwise tunes the ones it has."""
-    has_tokens = model.preference_tokens is not None
-    if stage == 2 and has_tokens:
+    if stage == 2 and model.preference_tokens is not None:
         log(f"stage 2: tuning the model's {model.preference_tokens.shape[0]} preference tokens")
-    elif stage == 2 or settings.preference_tokens:
-        if stage == 2 and not settings.preference_tokens:
-            raise InvalidInput("stage 2 needs preference tokens: the stage-1 model has none and L_p is 0")
+        return
+    if stage == 2 and not settings.preference_tokens:
+        raise InvalidInput("stage 2 needs preference tokens: the stage-1 model has none and L_p is 0")
+    if settings.preference_tokens:
         model.add_preference_tokens(settings.preference_tokens, generator=torch.Generator().manual_seed(settings.seed))
 
 
@@ -354,21 +354,13 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
             model_config = {"image_encoder": model.config.image_encoder, "text_encoder": model.config.text_encoder}
         image_encoder, text_encoder = encoders or _encoders(model_config)
         scorer = LiteScorer.for_encoders(data, image_encoder, text_encoder)
+        task = LiteTask.from_data(data, scorer, settings.n_ref)
         if resume is None:
-            model = LiteTokenModel(LiteConfig(image_dim=scorer.image_features.shape[1],
-                                              text_dim=scorer.prompt_features.shape[1], **model_config))
-            train_rows = scorer.rows(data.train)
-            if model.config.taste_dim:
-                bank = taste_bank(model.config, scorer.image_features, train_rows,
-                                  [j.user_id for j in data.train], f"training users of {data_root}", settings.seed)
-                model.set_taste_space(bank)
-            model.fit_standardisation(scorer.image_features[train_rows[:, :2].flatten().unique()],
-                                      scorer.prompt_features[train_rows[:, 2].unique()])
+            model, bank = new_lite_model(task, model_config, f"training users of {data_root}", settings.seed)
         elif model.config.taste_dim:
             bank = load_checkpoint_bank(resume)
         scorer.check(model)
         scorer.model = model
-        task = LiteTask.from_data(data, scorer, settings.n_ref)
     else:
         from prefstudio.preference.vlm import VLMConfig, load_vlm, load_vlm_checkpoint
 
@@ -393,17 +385,26 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     return best
 
 
-def taste_bank(model_config: LiteConfig, images: torch.Tensor, rows: torch.Tensor, users: list,
-               source: str, seed: int):
-    """The user bank of the training judgments (rows: liked, disliked image row per judgment of
-    users[i]) whose taste space a lite model with taste_dim reads."""
+def new_lite_model(task: LiteTask, architecture: dict, source: str, seed: int):
+    """A fresh lite model for the task's features -> (model, its user bank or None): with
+    taste_dim, it reads a bank of the task's training users (trained here, `source` says on
+    what); its input standardisation is fitted on the training judgments' images and prompts."""
     from prefstudio.preference.user_embedding import train_user_bank
 
-    per_user: dict = {}
-    for i, user in enumerate(users):
-        per_user.setdefault(user, []).append(i)
-    pairs = [(images[rows[idx, 0]], images[rows[idx, 1]]) for idx in (torch.tensor(v) for v in per_user.values())]
-    return train_user_bank(pairs, model_config.image_encoder, source, dim=model_config.taste_dim, seed=seed)
+    model = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1],
+                                      text_dim=0 if task.prompts is None else task.prompts.shape[1], **architecture))
+    bank = None
+    if model.config.taste_dim:
+        per_user: dict = {}
+        for i, user in enumerate(task.users):
+            per_user.setdefault(user, []).append(i)
+        pairs = [(task.images[task.rows[idx, 0]], task.images[task.rows[idx, 1]])
+                 for idx in (torch.tensor(v) for v in per_user.values())]
+        bank = train_user_bank(pairs, model.config.image_encoder, source, dim=model.config.taste_dim, seed=seed)
+        model.set_taste_space(bank)
+    model.fit_standardisation(task.images[task.rows[:, :2].flatten().unique()],
+                              None if task.prompts is None else task.prompts[task.rows[:, 2].unique()])
+    return model, bank
 
 
 # ---- from features (the benchmark harness) -----------------------------------------------------
@@ -419,16 +420,9 @@ def train_lite_on_features(train_users: list[PairFeatures], validation: list[tup
 
     torch.manual_seed(stage1.seed)
     task = LiteTask.from_features(train_users, validation, stage1.n_ref)
-    text_dim = 0 if task.prompts is None else task.prompts.shape[1]
-    first = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1], text_dim=text_dim,
-                                      image_encoder=image_encoder, text_encoder=text_encoder if text_dim else None,
-                                      **model))
-    bank = None
-    if first.config.taste_dim:
-        bank = taste_bank(first.config, task.images, task.rows, task.users, "training users (features)", stage1.seed)
-        first.set_taste_space(bank)
-    first.fit_standardisation(task.images[task.rows[:, :2].flatten().unique()],
-                              None if task.prompts is None else task.prompts[task.rows[:, 2].unique()])
+    architecture = dict(model, image_encoder=image_encoder,
+                        text_encoder=text_encoder if task.prompts is not None else None)
+    first, bank = new_lite_model(task, architecture, "training users (features)", stage1.seed)
     add_stage_tokens(first, stage1, 1, log)
     kept = [run_stage(first.train(), task, stage1, 1, log)]
     second = None
