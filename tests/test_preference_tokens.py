@@ -78,12 +78,30 @@ def test_scores_of_many_targets_against_one_history_equal_one_at_a_time():
         one_like, one_dislike = model.score(history, TargetFeatures(targets.images[i:i + 1], targets.prompts[i:i + 1]))
         assert torch.allclose(one_like[0], m_like[i], atol=1e-5)
         assert torch.allclose(one_dislike[0], m_dislike[i], atol=1e-5)
-    # Q is differentiable in the target's features (guidance needs it); the history order matters.
+    # Q is differentiable in the target's features (guidance needs it).
     images = targets.images.clone().requires_grad_(True)
     model.like_probability(history, TargetFeatures(images, targets.prompts)).sum().backward()
     assert images.grad.abs().sum() > 0
-    reversed_history = PairFeatures(history.liked.flip(0), history.disliked.flip(0), history.prompts.flip(0))
-    assert not torch.allclose(model.score(reversed_history, targets)[0], m_like)
+
+
+def test_history_is_a_set_that_the_preference_tokens_read():
+    model = _lite(preference_tokens=3).eval()
+    history = PairFeatures(torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 4))
+    targets = TargetFeatures(torch.randn(7, 6), torch.randn(7, 4))
+    with torch.no_grad():
+        m_like, _ = model.score(history, targets)
+        # The same judgments in another order give the same scores ...
+        order = torch.tensor([3, 0, 4, 1, 2])
+        shuffled = PairFeatures(history.liked[order], history.disliked[order], history.prompts[order])
+        assert torch.allclose(model.score(shuffled, targets)[0], m_like, atol=1e-5)
+        # ... other judgments give other scores, and P_v's keys past the first layer depend on whose
+        # history it is: the tokens summarise the person rather than being a constant prefix.
+        other = PairFeatures(history.disliked, history.liked, history.prompts)
+        assert not torch.allclose(model.score(other, targets)[0], m_like, atol=1e-3)
+        n_pv = 3
+        mine, theirs = model.encode_history(history), model.encode_history(other)
+        assert torch.equal(mine.keys[0][..., :n_pv, :], theirs.keys[0][..., :n_pv, :])
+        assert not torch.allclose(mine.keys[1][..., :n_pv, :], theirs.keys[1][..., :n_pv, :], atol=1e-4)
 
 
 def test_lite_checkpoint_round_trip_and_clear_errors(tmp_path):

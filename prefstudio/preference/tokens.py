@@ -8,17 +8,22 @@ stands. The target's output gives the two label logits M⁺, M⁻, and Q (eq. 2)
 softmax. P_v ∈ ℝ^{L_p×D} are learnable tokens shared by all people; stage 1 trains the
 model with them (or without, and stage 2 adds them), stage 2 trains nothing else.
 
-This is the lite backbone: a small causal transformer over frozen image/text features
+This is the lite backbone: a small transformer over frozen image/text features
 (any encoder). With `taste_dim` set, image features first pass through the frozen taste
 space of a user bank trained on the same training users (`user_embedding.UserBank`): a
 linear map learned from their judgments, so the transformer reads the directions people's
 tastes differ along instead of memorising a thousand encoder dimensions of the training
 images. The bank, user vectors included, is saved with the checkpoint.
 
-Attention is causal as in the VLM's language model, so P_v and the history form a
-prefix whose keys and values are computed once per person and every target is scored
-against them in one batch; a target attends to the prefix and to itself, never to other
-targets, so scores do not depend on what else is in the batch.
+[P_v; history] is a prefix with full attention among its tokens: each preference token
+reads the whole history, so it becomes a summary of the person along one shared interest,
+which the target then reads. (Under the VLM's causal attention P_v come first and their
+keys and values are the same constants for everyone; in the lite model that gave P_v nothing
+to add on unseen users, docs/preference_tokens.md.) The prefix's keys and values are
+computed once per person and every target is scored against them in one batch; a target
+attends to the prefix and to itself, never to other targets, so scores do not depend on
+what else is in the batch. There are no positions: the history is a set, and its order
+does not change a score.
 The VLM backbone (`prefstudio.preference.vlm`) has the same stages and loss.
 """
 import json
@@ -99,8 +104,8 @@ class LiteConfig:
 
 
 class _Block(nn.Module):
-    """Pre-norm transformer block whose attention runs in two parts: causal over the
-    prefix, then targets against the cached prefix keys/values (plus themselves)."""
+    """Pre-norm transformer block whose attention runs in two parts: full attention within
+    the prefix, then targets against the cached prefix keys/values (plus themselves)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -121,9 +126,9 @@ class _Block(nn.Module):
         return x.reshape(x.shape[:-2] + (-1,))
 
     def prefix(self, x):
-        """x [B,L,W] -> (x', keys, values), causal self-attention."""
+        """x [B,L,W] -> (x', keys, values), self-attention among all prefix tokens."""
         q, k, v = self._split(x)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attended = F.scaled_dot_product_attention(q, k, v)
         x = x + self.out(self._merge(attended))
         return x + self.mlp(self.norm2(x)), k, v
 

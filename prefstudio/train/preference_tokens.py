@@ -21,7 +21,8 @@ gives on PrefBench is in docs/preference_tokens.md.
 
 A training example is one judged pair (z_pos, z_neg) of a training user and a history of
 N_ref other pairs of the same user that share no image with it, drawn at random and in a
-random order every time (the shuffle of §4.1). Validation uses the *validation users*
+random order every time (the shuffle of §4.1; it matters to the VLM, the lite model reads
+the history as a set). Validation uses the *validation users*
 (their references and 1v1 targets), never the training set. The weights kept are those of
 the best validation accuracy; log.jsonl holds every logged step.
 
