@@ -231,8 +231,8 @@ TOKEN_CONFIG = "assets/preference_tokens/lite.json"
 
 
 class PreferenceTokens(Method):
-    """PrefStudio's model B (`prefstudio.preference.tokens`, lite backbone): a causal
-    transformer reads the history pairs (images + prompts + labels) and scores each target.
+    """PrefStudio's model B (`prefstudio.preference.tokens`, lite backbone): a transformer
+    reads [P_v; history pairs (images + prompts + labels)] and scores each target.
     Full: P_v trained with the backbone (stage 1), then alone (stage 2) (000 §3.3, §4.1);
     w/o P_v: the same model and stage 1 without tokens. Trained here on the training users
     with the settings of assets/preference_tokens/lite.json (steps as the run config says)."""
