@@ -69,7 +69,7 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
             for (m, p, k, u, n), v in keyed.items()]
 
 
-def markdown(rows: list[dict], seeds: list[int], command: str, wall: float) -> str:
+def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data: Path) -> str:
     def get(model, protocol, metric, users, n_ref=8):
         return next(r for r in rows if (r["model"], r["protocol"], r["metric"], r["users"], r["n_ref"])
                     == (model, protocol, metric, users, n_ref))
@@ -77,15 +77,27 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float) -> s
     def pct(x):
         return f"{100 * x:.2f}"
 
+    users = json.loads((data / "pairs" / "users.json").read_text())
+    targets = {}  # 1 vs 1 targets per test user
+    for line in (data / "pairs" / "test_1v1.jsonl").read_text().splitlines():
+        user = json.loads(line)["user_id"]
+        targets[user] = targets.get(user, 0) + 1
+    n_seen, n_unseen = (sum(targets.get(u, 0) for u in users[k]) for k in ("test_seen", "test_unseen"))
+    accuracy = get(FULL, "table1", "top1", "all")["mean"]
+
+    def binomial_se(n):  # points
+        return 100 * (accuracy * (1 - accuracy) / n) ** 0.5
+
     lines = [
         "## Preference tokens: the paper's protocol over training seeds (issue 5)",
         "",
         f"`{command}` on {time.strftime('%Y-%m-%d')}; seeds {', '.join(map(str, seeds))}; {wall / 60:.0f} min wall "
         "on 2 cores (training runs reused from the run folder are not counted). Lite model of "
-        f"`{CONFIG}` on PrefBench (`data/bench`: 1,000 training users, 40 seen and 80 unseen test users, "
-        "N_ref = 8). Mean over seeds (± standard deviation over seeds); one seed's single number has a "
-        "binomial standard error of ≈ 0.9 points (all), 1.5 (seen), 1.1 (unseen). Per-model protocol lines: "
-        "[preference_tokens.md](preference_tokens.md).",
+        f"`{CONFIG}` on PrefBench (`{data}`: {len(users['train']):,} training users, {len(users['test_seen'])} seen "
+        f"and {len(users['test_unseen'])} unseen test users, N_ref = {users['n_ref']}). Mean over seeds (± standard "
+        "deviation over seeds); one seed's single number has a binomial standard error of "
+        f"≈ {binomial_se(n_seen + n_unseen):.1f} points (all), {binomial_se(n_seen):.1f} (seen), "
+        f"{binomial_se(n_unseen):.1f} (unseen). Per-model protocol lines: [preference_tokens.md](preference_tokens.md).",
         "",
         "| model (Table 5 / 6) | Table 1: top-1, 1 vs 1 | Table 2: top-1 / 2 / 3, 1 vs 3 | Table 3: seen | unseen | \\|seen − unseen\\| |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -104,8 +116,8 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float) -> s
     full_unseen, without_unseen = get(FULL, "table3", "top1", "unseen"), get(WITHOUT, "table3", "top1", "unseen")
     differences = [f - w for f, w in zip(full_unseen["per_seed"], without_unseen["per_seed"])]
     mean_difference = statistics.mean(differences)
-    # The gap is taken between the seed means: a single seed's gap carries the ≈ 1.9-point noise of
-    # 40 seen and 80 unseen test users, so the mean of per-seed |gaps| is biased upwards by it.
+    # The gap is taken between the seed means: each seed's |gap| carries the test users' sampling
+    # noise, so the mean of per-seed |gaps| is biased upwards by it (both are printed).
     full_seen, seen_gaps = get(FULL, "table3", "top1", "seen"), get(FULL, "table3", "gap", "seen-unseen")["per_seed"]
     gap = abs(full_seen["mean"] - full_unseen["mean"])
     cp, base = get(WITHOUT, "table1", "top1", "all"), get(BASE, "table1", "top1", "all")
@@ -144,7 +156,7 @@ def main(argv=None) -> int:
     out = ROOT / "bench" / "results" / "preference_tokens_prefbench.json"
     out.write_text(json.dumps({"seeds": args.seeds, "config": CONFIG, "rows": rows}, indent=1) + "\n")
     command = "python bench/preference_tokens_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = markdown(rows, args.seeds, command.strip(), time.perf_counter() - start)
+    text = markdown(rows, args.seeds, command.strip(), time.perf_counter() - start, Path(args.data))
     print(text)
     from bench.report import write_section
 
