@@ -108,6 +108,10 @@ def load_split(cache: Path, name: str, encoder_name: str) -> Split:
 
 def load_training(cache: Path) -> dict[str, torch.Tensor]:
     """Training users' judgments: user -> [n, 2] (liked row, disliked row)."""
+    return load_training_with_prompts(cache)[0]
+
+
+def load_training_with_prompts(cache: Path) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Training users' judgments as in `load_training`, and each judgment's prompt, in the same order."""
     cache = Path(cache)
-    rows, _ = _grouped(read_pairs(cache / "pairs" / "train.jsonl", image_rows(cache)))
-    return rows
+    return _grouped(read_pairs(cache / "pairs" / "train.jsonl", image_rows(cache)))

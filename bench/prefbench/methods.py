@@ -232,7 +232,9 @@ TOKEN_CONFIG = "assets/preference_tokens/lite.json"
 
 class PreferenceTokens(Method):
     """PrefStudio's model B (`prefstudio.preference.tokens`, lite backbone): a transformer
-    reads [P_v; history pairs (images + prompts + labels)] and scores each target.
+    reads [P_v; history pairs (images + labels)] and scores each target. Here it reads no
+    prompts (text_dim = 0): the training histories hold image features only, as for every
+    method of the harness; the shipped checkpoint, trained with the CLI, reads them.
     Full: P_v trained with the backbone (stage 1), then alone (stage 2) (000 §3.3, §4.1);
     w/o P_v: the same model and stage 1 without tokens. Trained here on the training users
     with the settings of assets/preference_tokens/lite.json (steps as the run config says)."""
@@ -240,7 +242,7 @@ class PreferenceTokens(Method):
     def __init__(self, training: TokenTraining, with_tokens: bool):
         self.training, self.variant = training, "full" if with_tokens else "without"
         self.name = "preference tokens (full, L_p = 10)" if with_tokens else "preference tokens, w/o P_v"
-        self.description = (f"lite sequence model over features and prompts, L_base + L_CP, "
+        self.description = (f"lite sequence model over image features (no prompts), L_base + L_CP, "
                             f"{'with' if with_tokens else 'without'} preference tokens; {training.steps[0]} stage-1"
                             + (f" + {training.steps[1]} stage-2 steps" if with_tokens else " steps"))
 
