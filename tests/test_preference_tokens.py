@@ -2,6 +2,7 @@
 evaluation protocol, attention analysis and the Pick-a-Pic converter."""
 import io
 import json
+import math
 import pickle
 
 import pytest
@@ -172,6 +173,12 @@ def test_two_stage_training_validation_protocol_and_attention(tmp_path):
     seen, unseen = by_key[("table3", "top1", "seen", 8)], by_key[("table3", "top1", "unseen", 8)]
     assert by_key[("table3", "gap", "seen-unseen", 8)]["value"] == pytest.approx(abs(seen["value"] - unseen["value"]))
     assert {n for (p, _, _, n) in by_key if p == "fig6"} == {1, 2, 4, 8}
+    # A test set of unseen users only (a person's own data, a fresh-user check) has no seen rows
+    # and no gap, rather than NaNs in the JSON.
+    data.users = {**data.users, "test_seen": []}
+    rows = evaluate_model("full", LiteScorer.for_data(model, data, *encoders), data)
+    assert rows and all(math.isfinite(r["value"]) for r in rows)
+    assert {r["users"] for r in rows} == {"all", "unseen"} and "table3" not in {r["protocol"] for r in rows}
 
     maps = attention_cli.attention_maps(model, LiteScorer.for_data(model, data, *encoders), data,
                                         ["u0", "test_unseen0"], data.targets_1v1["test"][0].liked, "a flat colour",

@@ -69,6 +69,7 @@ def evaluate_model(name: str, scorer, data: PairDataSet, split: str = "test",
                   "seen": data.users["test_seen"], "unseen": data.users["test_unseen"]}
     else:
         groups = {"all": data.users[split]}
+    groups = {name: ids for name, ids in groups.items() if ids}  # a set without seen users has no seen rows
     rows = []
     full = max(N_REF_SWEEP)
     one_v_one = {}
@@ -84,7 +85,7 @@ def evaluate_model(name: str, scorer, data: PairDataSet, split: str = "test",
         scores = group_scores(scorer, data, split, full, "1v3")
         for k in (1, 2, 3):
             rows.append(_row(name, "table2", f"top{k}", "all", full, *_accuracy(scores, groups["all"], k)))
-    if "table3" in protocols and split == "test":
+    if "table3" in protocols and "seen" in groups and "unseen" in groups:
         seen = _accuracy(ensure_1v1(full), groups["seen"], 1)
         unseen = _accuracy(ensure_1v1(full), groups["unseen"], 1)
         rows.append(_row(name, "table3", "top1", "seen", full, *seen))
