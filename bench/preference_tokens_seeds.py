@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,11 +79,9 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data
         return f"{100 * x:.2f}"
 
     users = json.loads((data / "pairs" / "users.json").read_text())
-    targets = {}  # 1 vs 1 targets per test user
-    for line in (data / "pairs" / "test_1v1.jsonl").read_text().splitlines():
-        user = json.loads(line)["user_id"]
-        targets[user] = targets.get(user, 0) + 1
-    n_seen, n_unseen = (sum(targets.get(u, 0) for u in users[k]) for k in ("test_seen", "test_unseen"))
+    targets = Counter(json.loads(line)["user_id"]  # 1 vs 1 targets per test user
+                      for line in (data / "pairs" / "test_1v1.jsonl").read_text().splitlines())
+    n_seen, n_unseen = (sum(targets[u] for u in users[k]) for k in ("test_seen", "test_unseen"))
     accuracy = get(FULL, "table1", "top1", "all")["mean"]
 
     def binomial_se(n):  # points
