@@ -120,7 +120,7 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data
     full_seen, seen_gaps = get(FULL, "table3", "top1", "seen"), get(FULL, "table3", "gap", "seen-unseen")["per_seed"]
     gap = abs(full_seen["mean"] - full_unseen["mean"])
     cp, base = get(WITHOUT, "table1", "top1", "all"), get(BASE, "table1", "top1", "all")
-    cp_wins = sum(c > b for c, b in zip(cp["per_seed"], base["per_seed"]))
+    cp_differences = [c - b for c, b in zip(cp["per_seed"], base["per_seed"])]
     lines += [
         "",
         f"- Full model vs the same model without P_v, unseen users: {pct(full_unseen['mean'])} % vs "
@@ -133,8 +133,10 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data
         f"{pct(gap)} points between the seed means → {'≤ 1: met' if gap <= 0.01 else '> 1: NOT met'} "
         f"(per seed {', '.join(pct(g) for g in seen_gaps)}, mean {pct(statistics.mean(seen_gaps))}).",
         f"- + L_CP vs L_base alone, all users: {pct(cp['mean'])} % vs {pct(base['mean'])} % → "
-        f"{'beats it' if cp['mean'] > base['mean'] else 'does NOT beat it'} on the mean ({cp_wins} of {len(seeds)} seeds; "
-        f"per seed {', '.join(f'{100 * (c - b):+.2f}' for c, b in zip(cp['per_seed'], base['per_seed']))}).",
+        f"{'beats it' if cp['mean'] > base['mean'] else 'does NOT beat it'} on the mean "
+        f"({sum(d > 0 for d in cp_differences)} of {len(seeds)} seeds; per seed "
+        f"{', '.join(f'{100 * d:+.2f}' for d in cp_differences)}; standard error of the mean "
+        f"{100 * statistics.stdev(cp_differences) / len(cp_differences) ** 0.5:.2f}).",
     ]
     return "\n".join(lines)
 
