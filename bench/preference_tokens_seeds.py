@@ -70,6 +70,13 @@ def aggregate(per_seed: dict[int, list[dict]]) -> list[dict]:
             for (m, p, k, u, n), v in keyed.items()]
 
 
+def seed_differences(differences: list[float]) -> str:
+    """How many seeds a paired difference favours, its per-seed values and its standard error (points)."""
+    return (f"{sum(d > 0 for d in differences)} of {len(differences)} seeds; per seed "
+            f"{', '.join(f'{100 * d:+.2f}' for d in differences)}; standard error of the mean "
+            f"{100 * statistics.stdev(differences) / len(differences) ** 0.5:.2f}")
+
+
 def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data: Path) -> str:
     def get(model, protocol, metric, users, n_ref=8):
         return next(r for r in rows if (r["model"], r["protocol"], r["metric"], r["users"], r["n_ref"])
@@ -124,19 +131,14 @@ def markdown(rows: list[dict], seeds: list[int], command: str, wall: float, data
     lines += [
         "",
         f"- Full model vs the same model without P_v, unseen users: {pct(full_unseen['mean'])} % vs "
-        f"{pct(without_unseen['mean'])} %, difference {100 * mean_difference:+.2f} points (per seed "
-        f"{', '.join(f'{100 * d:+.2f}' for d in differences)}; standard error of the mean "
-        f"{100 * statistics.stdev(differences) / len(differences) ** 0.5:.2f}) → "
-        f"{'beats it' if mean_difference > 0 else 'does NOT beat it'} on the mean"
-        f" ({sum(d > 0 for d in differences)} of {len(differences)} seeds).",
+        f"{pct(without_unseen['mean'])} %, difference {100 * mean_difference:+.2f} points → "
+        f"{'beats it' if mean_difference > 0 else 'does NOT beat it'} on the mean ({seed_differences(differences)}).",
         f"- Seen/unseen gap of the full model: |{pct(full_seen['mean'])} − {pct(full_unseen['mean'])}| = "
         f"{pct(gap)} points between the seed means → {'≤ 1: met' if gap <= 0.01 else '> 1: NOT met'} "
         f"(per seed {', '.join(pct(g) for g in seen_gaps)}, mean {pct(statistics.mean(seen_gaps))}).",
         f"- + L_CP vs L_base alone, all users: {pct(cp['mean'])} % vs {pct(base['mean'])} % → "
         f"{'beats it' if cp['mean'] > base['mean'] else 'does NOT beat it'} on the mean "
-        f"({sum(d > 0 for d in cp_differences)} of {len(seeds)} seeds; per seed "
-        f"{', '.join(f'{100 * d:+.2f}' for d in cp_differences)}; standard error of the mean "
-        f"{100 * statistics.stdev(cp_differences) / len(cp_differences) ** 0.5:.2f}).",
+        f"({seed_differences(cp_differences)}).",
     ]
     return "\n".join(lines)
 
