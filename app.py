@@ -4,7 +4,7 @@
     python app.py --port 7861 --data ~/prefstudio-data
     python app.py --model sd-turbo         # a GPU generator (weights must be on this machine,
                                            # or add --allow-downloads to fetch them once)
-    python app.py --preference-model preference-tokens   # model B instead of the user embedding
+    python app.py --preference-model preference-tokens   # one model instead of auto's combination
 """
 import argparse
 import sys
@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA if its weights are "
                              "here, else the embedded offline generator (default auto)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--preference-model", default="user-embedding",
-                        help="preference model: 'user-embedding' (a fitted user embedding, cold-started from the shipped "
-                             "user bank), 'preference-tokens' (the shipped lite preference-token model, which reads your "
-                             "judged pairs) or a folder holding a lite preference-token checkpoint (default user-embedding)")
+    parser.add_argument("--preference-model", default="auto",
+                        help="preference model: 'auto' (the default: the user embedding and the preference-token "
+                             "model combined for each person), 'user-embedding' (a fitted user embedding, cold-started "
+                             "from the shipped user bank), 'preference-tokens' (the shipped lite preference-token model, "
+                             "which reads your judged pairs) or a folder holding a lite preference-token checkpoint")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
     return parser

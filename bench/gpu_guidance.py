@@ -5,7 +5,7 @@ timing and memory depend on shapes, not on trained values. The loop is PrefStudi
 (prefstudio.guidance.noise_optimization.optimise_noise: ReNO's SGD-Nesterov, lr 5, gradient
 clip 0.1, noise-norm regulariser, a preview image every 5 iterations) through
 DiffusersOneStepGenerator.render, with two rewards on a random CLIP ViT-L/14:
-  - "user": the real UserPreferenceReward over a stand-in taste model, a linear head on the
+  - "user": the real TasteReward over a stand-in taste model, a linear head on the
     CLIP image features (the fitted user model is also a small head on frozen features,
     so the cost is the CLIP forward/backward, which this measures);
   - "clip": CLIPAlignmentReward (text–image cosine), prompt features computed once per run.
@@ -35,7 +35,7 @@ from prefstudio.encoders.clip import CLIPEncoder  # noqa: E402
 from prefstudio.generators.diffusers_onestep import DiffusersOneStepGenerator  # noqa: E402
 from prefstudio.guidance.noise_optimization import GuidanceSettings, optimise_noise  # noqa: E402
 from prefstudio.rewards.clip_alignment import CLIPAlignmentReward  # noqa: E402
-from prefstudio.rewards.user_preference import UserPreferenceReward  # noqa: E402
+from prefstudio.rewards.user_preference import TasteReward  # noqa: E402
 from prefstudio.tools.make_tiny_pipeline import BUILDERS, clip_tokenizer, tiny_clip_model  # noqa: E402
 
 CONFIGS = ROOT / "assets" / "model_configs"
@@ -59,7 +59,10 @@ class LinearTaste:
         w = torch.randn(dim, generator=torch.Generator().manual_seed(0))
         self.w = (w / w.norm()).to(device)
 
-    def log_odds(self, features: torch.Tensor) -> torch.Tensor:
+    def prompt_context(self, prompts):
+        return None
+
+    def log_odds(self, features: torch.Tensor, context=None) -> torch.Tensor:
         return features @ self.w
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         clip = CLIPEncoder.from_model(tiny_clip_model(), clip_tokenizer(), "tiny-clip")
     else:
         clip = random_clip(device, dtype)
-    rewards = {"user": UserPreferenceReward(LinearTaste(clip.dim, device), clip),
+    rewards = {"user": TasteReward(LinearTaste(clip.dim, device), clip),
                "clip": CLIPAlignmentReward(clip)}
     device_line = describe_device(device, dtype)
     print(device_line, flush=True)

@@ -47,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "a Hugging Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA, "
                              "else embedded")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--preference-model", default="user-embedding",
-                        help="preference model: 'user-embedding' (a fitted user embedding, cold-started from the shipped "
-                             "user bank), 'preference-tokens' (the shipped lite preference-token model, which reads your "
-                             "judged pairs) or a folder holding a lite preference-token checkpoint (default user-embedding)")
+    parser.add_argument("--preference-model", default="auto",
+                        help="preference model: 'auto' (the default: the user embedding and the preference-token "
+                             "model combined for each person), 'user-embedding' (a fitted user embedding, cold-started "
+                             "from the shipped user bank), 'preference-tokens' (the shipped lite preference-token model, "
+                             "which reads your judged pairs) or a folder holding a lite preference-token checkpoint")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit the profile's preference model")
     p.add_argument("profile")
-    p.add_argument("--base-loss-only", action="store_true", help="L_base alone (ablation of L_CP)")
 
     p = sub.add_parser("personalize", help="baseline and personalized image from the same seed")
     p.add_argument("profile")
@@ -98,10 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--name", help="profile name to import as (default: the name in the file)")
 
-    p = sub.add_parser("evaluate", help="pairwise accuracy of the user embedding on a pair data set")
+    p = sub.add_parser("evaluate", help="pairwise accuracy of the studio's preference model on a pair data set")
     p.add_argument("file", type=Path)
     p.add_argument("--n-ref", type=int, default=8, help="history pairs per user (default 8, as in 000)")
-    p.add_argument("--base-loss-only", action="store_true")
     return parser
 
 
@@ -110,8 +109,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.command == "evaluate":
         from prefstudio.eval.pair_file import evaluate_pair_file
-        return evaluate_pair_file(args.file, args.n_ref, build_studio(args.data, "embedded", None).encoder,
-                                  contrastive=not args.base_loss_only)
+        studio = build_studio(args.data, "embedded", None, args.preference_model)
+        return evaluate_pair_file(args.file, args.n_ref, studio.encoder, studio.preference)
 
     studio = build_studio(args.data, args.model, args.device, args.preference_model)
     store = studio.store
@@ -136,8 +135,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "import-pairs":
         return {"imported": studio.import_pairs(args.profile, args.file, args.user)}
     if args.command == "fit":
-        report = studio.fit(args.profile, contrastive=not args.base_loss_only)
-        return {"summary": report.summary(), "mode": report.mode, "pairs": report.n_pairs,
+        report = studio.fit(args.profile)
+        return {"summary": report.summary(), "model": report.model, "mode": report.mode, "why": report.reason,
+                "pairs": report.n_pairs,
                 "loo_accuracy": report.loo_accuracy, "seconds": round(report.seconds, 3)}
     if args.command == "personalize":
         result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,

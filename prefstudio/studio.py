@@ -7,11 +7,10 @@
         ...  # GuidanceProgress per iteration, then a SideBySide
 
 It owns one generator, one image encoder (features for the preference model and the
-rewards, cached per image in the history store), the history store, and one kind of
-preference model: the fitted user embedding (model A, the default) or the preference-token
-model (model B, 000 §3), which reads the person's judged pairs instead of being fitted.
+rewards, cached per image in the history store), the history store, and one preference
+model (`prefstudio.preference.model.PreferenceModel`; "auto" by default), which it never
+asks the kind of.
 """
-import hashlib
 import secrets
 import threading
 import time
@@ -28,26 +27,17 @@ from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
     GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
 )
-from prefstudio.preference.user_embedding import (
-    FitResult, UserBank, UserEmbeddingModel, fit_user_embedding,
-)
-from prefstudio.preference.tokens import PairFeatures, TargetFeatures, load_token_model, read_checkpoint_config
+from prefstudio.preference.model import JudgedPairs, PreferenceModel, Taste
+from prefstudio.preference.models import AUTO, build_preference_model
+from prefstudio.preference.user_embedding import UserBank
 from prefstudio.rewards.base import Reward, score_all
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
-from prefstudio.rewards.token_preference import TokenPreferenceReward, check_encoders
-from prefstudio.rewards.user_preference import UserPreferenceReward
+from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
 from prefstudio.validation import validate_prompt, validate_seed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BANK = REPO_ROOT / "checkpoints" / "user_bank_embedded.safetensors"
-# The preference models a studio can run, by name; a folder holding a lite preference-token
-# checkpoint (prefstudio.train.preference_tokens) is accepted too.
-USER_EMBEDDING = "user-embedding"
-PREFERENCE_TOKENS = "preference-tokens"
-PREFERENCE_MODELS = {USER_EMBEDDING: None,
-                     PREFERENCE_TOKENS: REPO_ROOT / "checkpoints" / "preference_tokens_lite"}
-TOKEN_HISTORY_PAIRS = 8  # the lite checkpoint was trained on histories of 8 pairs (000: N_ref = 8)
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 MAX_CANDIDATES = 32
 MAX_TRAINING_PAIRS = 4000  # like x dislike combinations beyond this are sampled
@@ -56,7 +46,9 @@ MAX_TRAINING_PAIRS = 4000  # like x dislike combinations beyond this are sampled
 @dataclass
 class FitReport:
     profile: str
+    model: str  # the preference model that served
     mode: str
+    reason: str  # why this model/mode, in words
     n_pairs: int
     loo_accuracy: float | None
     loo_pairs: int
@@ -65,7 +57,8 @@ class FitReport:
     def summary(self) -> str:
         loo = (f"leave-one-out pairwise accuracy {self.loo_accuracy:.0%} over {self.loo_pairs} pairs"
                if self.loo_accuracy is not None else "too few pairs for leave-one-out accuracy")
-        return f"{self.profile}: {self.mode} fit on {self.n_pairs} pairs in {self.seconds:.2f} s; {loo}"
+        return (f"{self.profile}: {self.model} ({self.mode}) fit on {self.n_pairs} pairs in {self.seconds:.2f} s; "
+                f"{loo}. {self.reason}")
 
 
 @dataclass
@@ -112,7 +105,7 @@ def training_pairs(judgments: list[Judgment]) -> list[tuple[str, str]]:
 class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
-                 extra_rewards: dict[str, Reward] | None = None, preference_model: str = USER_EMBEDDING):
+                 extra_rewards: dict[str, Reward] | None = None, preference_model: str = AUTO):
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -131,29 +124,9 @@ class Studio:
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
             **(extra_rewards or {}),
         }
-        self._models: dict[str, tuple[str, Reward]] = {}
-        self.model_name = USER_EMBEDDING if preference_model == USER_EMBEDDING else PREFERENCE_TOKENS
-        if self.model_name == PREFERENCE_TOKENS:
-            self._load_token_model(preference_model)
-
-    def _load_token_model(self, name_or_folder: str) -> None:
-        from prefstudio.encoders.embedded import MiniLMTextEncoder
-
-        folder = Path(PREFERENCE_MODELS.get(name_or_folder) or name_or_folder)
-        if not folder.is_dir():
-            raise InvalidInput(f"preference model must be one of {', '.join(PREFERENCE_MODELS)} or a folder "
-                               f"holding a preference-token checkpoint; {str(name_or_folder)!r} is neither")
-        if read_checkpoint_config(folder)["model"].get("backbone") != "lite":
-            raise InvalidInput(f"{folder} is not a lite preference-token checkpoint; the studio guides "
-                               "generation with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")
-        model = load_token_model(folder).requires_grad_(False)
-        text_encoder = getattr(self.generator, "text_encoder", None)
-        if getattr(text_encoder, "name", None) != model.config.text_encoder:
-            text_encoder = MiniLMTextEncoder()
-        check_encoders(model, self.encoder, text_encoder)
-        self.token_model, self.text_encoder = model, text_encoder
-        # Fits name the checkpoint they were made with: another checkpoint reads them differently.
-        self.token_checkpoint = f"{folder.name}:{hashlib.sha256((folder / 'model.safetensors').read_bytes()).hexdigest()[:16]}"
+        self.preference: PreferenceModel = build_preference_model(
+            preference_model, self.encoder.name, getattr(generator, "text_encoder", None), self.bank)
+        self._rewards: dict[str, tuple[object, Reward]] = {}
 
     # -- candidates and judgments ----------------------------------------------------
     def generate_candidates(self, prompt: str, n: int = 8, seeds: list[int] | None = None
@@ -201,103 +174,44 @@ class Studio:
         return torch.stack([cached[s] for s in shas]).float()
 
     # -- the preference model ---------------------------------------------------------
-    def fit(self, profile: str, contrastive: bool = True) -> FitReport:
-        """Fit (model A) or read (model B) the profile's taste from its judgments, and store it."""
+    def judged_pairs(self, profile: str) -> JudgedPairs:
+        return JudgedPairs(training_pairs(self.store.judgments(profile)), self.features,
+                           lambda shas: [self.store.image_record(s).prompt or "" for s in shas])
+
+    def fit(self, profile: str) -> FitReport:
+        """Fit (or read) the profile's taste from its judgments with the studio's model, and store it."""
         start = time.perf_counter()
-        pairs = training_pairs(self.store.judgments(profile))
-        if self.model_name == PREFERENCE_TOKENS:
-            return self._read_history(profile, pairs, start)
-        if not pairs and self.bank is None:
-            raise InvalidInput(
-                f"profile {profile!r} has no like/dislike pair to learn from yet: judge at least one "
-                "image 👍 and one 👎 (or pick the better of two), then fit again")
-        shas = [s for pair in pairs for s in pair]
-        feats = self.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, self.encoder.dim)
-        result: FitResult = fit_user_embedding(feats[:, 0], feats[:, 1], self.bank, self.encoder.name,
-                                               pair_images=pairs, contrastive=contrastive)
-        tensors, config = result.model.state()
-        return self._save_fit(profile, tensors, config, result.mode, result.n_pairs, result.loo_accuracy,
-                              result.loo_pairs, list(dict.fromkeys(shas)), start)
-
-    def _read_history(self, profile: str, pairs: list[tuple[str, str]], start: float) -> FitReport:
-        """Model B: the history it reads is the latest pairs of distinct images; held-out
-        accuracy scores each of them with the others as the history."""
-        history, used = [], set()
-        for liked, disliked in reversed(pairs):
-            if len(history) < TOKEN_HISTORY_PAIRS and not {liked, disliked} & used:
-                history.append((liked, disliked))
-                used |= {liked, disliked}
-        history.reverse()
-        shas = [s for pair in history for s in pair]
-        feats = self.features(shas).view(len(history), 2, self.encoder.dim)
-        prompts = self._prompt_features([liked for liked, _ in history])
-        tensors = {"liked": feats[:, 0].contiguous(), "disliked": feats[:, 1].contiguous()}
-        if prompts is not None:
-            tensors["prompts"] = prompts
-        hits = []
-        with torch.no_grad():
-            for i in range(len(history)):
-                rest = [j for j in range(len(history)) if j != i]
-                prefix = self.token_model.encode_history(PairFeatures(
-                    feats[rest, 0], feats[rest, 1], None if prompts is None else prompts[rest]))
-                target_prompts = None if prompts is None else prompts[[i, i]]
-                m_like, m_dislike = self.token_model.score_encoded(prefix, TargetFeatures(feats[i], target_prompts))
-                odds = m_like - m_dislike
-                hits.append(bool(odds[0] > odds[1]))
-        config = {"type": PREFERENCE_TOKENS, "version": 1, "checkpoint": self.token_checkpoint,
-                  "encoder": self.encoder.name}
-        loo = sum(hits) / len(hits) if len(hits) >= 2 else None
-        mode = "preference tokens" if history else "preference tokens, no history"
-        return self._save_fit(profile, tensors, config, mode, len(history), loo, len(hits) if loo else 0,
-                              shas, start)
-
-    def _save_fit(self, profile, tensors, config, mode, n_pairs, loo_accuracy, loo_pairs, judged, start):
-        config.update(fitted_at=time.time(), mode=mode, n_pairs=n_pairs, loo_accuracy=loo_accuracy,
-                      loo_pairs=loo_pairs, reference_images=judged)
-        self.store.save_model(profile, self.model_name, tensors, config)
-        self._models.pop(profile.casefold(), None)
-        return FitReport(profile, mode, n_pairs, loo_accuracy, loo_pairs, time.perf_counter() - start)
-
-    def _prompt_features(self, shas: list[str]) -> torch.Tensor | None:
-        """Prompt features of stored images (the model B reads prompts), or None if it reads none."""
-        if not self.token_model.config.text_dim:
-            return None
-        if not shas:
-            return torch.zeros(0, self.token_model.config.text_dim)
-        return self.text_encoder.encode([self.store.image_record(s).prompt or "" for s in shas]).float()
+        judged = self.judged_pairs(profile)
+        taste, outcome = self.preference.fit(judged)
+        tensors, config = taste.state()
+        config.update(fitted_at=time.time(), mode=outcome.mode, reason=outcome.reason, n_pairs=outcome.n_pairs,
+                      loo_accuracy=outcome.loo_accuracy, loo_pairs=outcome.loo_pairs,
+                      reference_images=judged.images())
+        self.store.save_model(profile, self.preference.name, tensors, config)
+        return FitReport(self.store.get_profile(profile).name, self.preference.name, outcome.mode, outcome.reason,
+                         outcome.n_pairs, outcome.loo_accuracy, outcome.loo_pairs, time.perf_counter() - start)
 
     def fit_status(self, profile: str) -> dict | None:
-        """The stored fit's config (mode, pairs, leave-one-out accuracy), or None."""
-        stored = self.store.load_model(profile, self.model_name)
+        """The stored fit's config (mode, reason, pairs, leave-one-out accuracy), or None."""
+        stored = self.store.load_model(profile, self.preference.name)
         return None if stored is None else stored[1]
 
-    def user_reward(self, profile: str) -> Reward:
-        stored = self.store.load_model(profile, self.model_name)
+    def user_reward(self, profile: str) -> TasteReward:
+        """The profile's fitted taste as a reward, rebuilt only when a newer fit was stored."""
+        stored = self.store.load_model(profile, self.preference.name)
         if stored is None:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
         tensors, config = stored
-        key = profile.casefold()
-        fingerprint = config.get("fitted_at")
-        cached = self._models.get(key)
+        key = self.store.get_profile(profile).id
+        fingerprint = (config.get("fitted_at"), self.preference.name)
+        cached = self._rewards.get(key)
         if cached is None or cached[0] != fingerprint:
-            if config.get("encoder") != self.encoder.name:
-                raise InvalidInput(f"profile {profile!r} was fitted on {config.get('encoder')!r} features; this "
-                                   f"studio runs {self.encoder.name!r}: fit again here")
+            taste: Taste = self.preference.load(tensors, config)
             reference = [s for s in config.get("reference_images") or [] if self._has_image(s)]
-            reference_features = self.features(reference) if reference else None
-            if self.model_name == USER_EMBEDDING:
-                reward = UserPreferenceReward(UserEmbeddingModel.from_state(tensors, config), self.encoder,
-                                              reference_features)
-            else:
-                if config.get("checkpoint") != self.token_checkpoint:
-                    raise InvalidInput(f"profile {profile!r} was read by preference-token checkpoint "
-                                       f"{config.get('checkpoint')!r}; this studio runs {self.token_checkpoint!r}: "
-                                       "fit again here")
-                history = PairFeatures(tensors["liked"], tensors["disliked"], tensors.get("prompts"))
-                reward = TokenPreferenceReward(self.token_model, self.encoder, self.text_encoder, history,
-                                               reference_features, self._prompt_features(reference))
-            cached = (fingerprint, reward)
-            self._models[key] = cached
+            prompts = [self.store.image_record(s).prompt or "" for s in reference]
+            cached = (fingerprint, TasteReward(taste, self.encoder, self.features(reference) if reference else None,
+                                               prompts))
+            self._rewards[key] = cached
         return cached[1]
 
     def _has_image(self, sha: str) -> bool:
@@ -398,9 +312,9 @@ class Studio:
 
 
 def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,
-                 preference_model: str = USER_EMBEDDING) -> Studio:
+                 preference_model: str = AUTO) -> Studio:
     """The studio for a generator spec ('embedded', 'auto', a known name, a hub id or a folder)
-    and a preference model ('user-embedding', 'preference-tokens' or a token checkpoint folder)."""
+    and a preference model ('auto', 'user-embedding', 'preference-tokens' or a token checkpoint folder)."""
     from prefstudio.generators import EMBEDDED, default_generator_spec, load_generator
 
     spec = default_generator_spec() if model == "auto" else model

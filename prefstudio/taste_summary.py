@@ -103,7 +103,8 @@ def taste_summary(studio, profile: str) -> TasteSummary:
     pool = reference_pool(studio)
     shas = [r.sha256 for r in pool]
     # Cached features: the pool is encoded once, however many profiles look at it.
-    scores = reward.normalise(reward.model.log_odds(studio.features(shas))).float()
+    context = reward.taste.prompt_context([r.prompt for r in pool])
+    scores = reward.normalise(reward.score_features(studio.features(shas), context)).float()
     attributes = image_attributes(pil_to_tensor([studio.store.load_image(s) for s in shas]))
     leanings = sorted(((name, _correlation(values, scores)) for name, values in attributes.items()),
                       key=lambda item: -abs(item[1]))

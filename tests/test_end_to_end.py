@@ -36,7 +36,8 @@ def fitted(tmp_path_factory):
 def test_fit_learns_the_hidden_taste(fitted):
     _, reports = fitted
     for report in reports.values():
-        assert report.n_pairs == 64 and report.mode == "bank posterior"
+        # The default model combines the bank-posterior user embedding with the token model.
+        assert report.model == "auto" and report.n_pairs == 64 and report.mode.startswith("bank posterior + ")
         assert report.loo_accuracy >= 0.7, report.summary()
 
 

@@ -18,7 +18,7 @@ def test_training_pairs_from_singles_pairs_and_changed_minds():
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    studio = Studio(tmp_path_factory.mktemp("data"), bank_path=None)
+    studio = Studio(tmp_path_factory.mktemp("data"), bank_path=None, preference_model="user-embedding")
     studio.store.create_profile("ann")
     return studio
 

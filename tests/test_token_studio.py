@@ -10,9 +10,9 @@ from prefstudio import cli
 from prefstudio.encoders.embedded import EmbeddedImageEncoder
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.tokens import load_checkpoint_bank, load_token_model, save_token_model
-from prefstudio.studio import PREFERENCE_MODELS, PREFERENCE_TOKENS, Studio
-
-CHECKPOINT = PREFERENCE_MODELS[PREFERENCE_TOKENS]
+from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT as CHECKPOINT
+from prefstudio.preference.models import PREFERENCE_TOKENS
+from prefstudio.studio import Studio
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_guides_generation_and_survives_export_and_import(judged, tmp_path):
 
 def test_unknown_model_and_another_checkpoint_are_refused(judged, tmp_path):
     studio, _ = judged
-    with pytest.raises(InvalidInput, match="preference model must be one of user-embedding, preference-tokens"):
+    with pytest.raises(InvalidInput, match="preference model must be one of auto, user-embedding, preference-tokens"):
         Studio(tmp_path / "x", preference_model="tokens-please")
     studio.fit("tess")
     # A checkpoint with other weights reads the stored history differently: fit again.

@@ -24,7 +24,7 @@ from prefstudio.generators.base import Generator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import GuidanceSettings, run_guidance
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
-from prefstudio.rewards.user_preference import UserPreferenceReward
+from prefstudio.rewards.user_preference import TasteReward
 
 USER_WEIGHT = 0.75
 PROMPT_WEIGHT = 0.25
@@ -49,7 +49,7 @@ def personalize(generator: Generator, encoder: ImageEncoder, consistency: Prompt
                 user: str, model, reference_features: torch.Tensor, prompts: list[str], seed: int,
                 iterations: int) -> list[GeneratedSet]:
     """The images for one user; `model` is the fitted preference model (features -> log-odds)."""
-    rewards = {"user": UserPreferenceReward(model, encoder, reference_features),
+    rewards = {"user": TasteReward(model, encoder, reference_features),
                "prompt_consistency": consistency}
     weights = {"user": USER_WEIGHT, "prompt_consistency": PROMPT_WEIGHT}
     out = []

@@ -15,7 +15,7 @@ from prefstudio.encoders.base import ImageEncoder
 from prefstudio.generators.base import Generator
 from prefstudio.guidance.noise_optimization import GuidanceSettings, run_guidance
 from prefstudio.preference.user_embedding import UserBank, fit_user_embedding
-from prefstudio.rewards.user_preference import UserPreferenceReward
+from prefstudio.rewards.user_preference import TasteReward
 
 
 def median_wall_and_cpu(fn, repeats: int) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def measure(features: torch.Tensor, train_rows: torch.Tensor, bank: UserBank, en
     for n in (histories[0], histories[-1]):
         liked, disliked = _pairs(features, train_rows, n)
         fitted = fit_user_embedding(liked, disliked, bank, encoder.name).model
-        reward = UserPreferenceReward(fitted, encoder, torch.cat([liked, disliked]))
+        reward = TasteReward(fitted, encoder, torch.cat([liked, disliked]))
         settings = GuidanceSettings(iterations=guidance_iterations, preview_every=0)
         record("guidance iteration", n, "pairs",
                lambda: run_guidance(generator, prompt, 0, {"user": reward}, {"user": 1.0}, settings),

@@ -18,7 +18,7 @@ held-out pair i is predicted by a model that saw no pair sharing an image with i
 """
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.losses import preference_loss
+from prefstudio.preference.model import Taste
 
 # Below this many independent pairs only the bank coefficients are fitted (003 §4.3:
 # the linear combination wins for short histories, direct training for long ones).
@@ -95,7 +96,7 @@ class UserBank:
                    t["dislike_vectors"], float(meta["likelihood_power"]), meta.get("source", ""))
 
 
-class UserEmbeddingModel(torch.nn.Module):
+class UserEmbeddingModel(torch.nn.Module, Taste):
     """Scores images for one person: like/dislike logits from frozen features."""
 
     def __init__(self, encoder: str, mean, std, projection, like_vector, dislike_vector,
@@ -111,7 +112,10 @@ class UserEmbeddingModel(torch.nn.Module):
         phi = ((features - self.mean) / self.std) @ self.projection
         return phi @ self.like_vector + self.like_bias, phi @ self.dislike_vector + self.dislike_bias
 
-    def log_odds(self, features: torch.Tensor) -> torch.Tensor:
+    def prompt_context(self, prompts: list[str]) -> None:
+        return None  # reads images only
+
+    def log_odds(self, features: torch.Tensor, context=None) -> torch.Tensor:
         """M⁺ − M⁻ = logit of Q(S,z): the reward guidance maximises."""
         m_like, m_dislike = self.logits(features)
         return m_like - m_dislike
@@ -158,6 +162,8 @@ class FitResult:
     loo_accuracy: float | None  # None when fewer than 2 pairs
     loo_pairs: int
     final_loss: float
+    # pair index -> liked − disliked log-odds under the model that did not see that pair
+    held_out: dict[int, float] = field(default_factory=dict)
 
 
 def _solve(phi_pos, phi_neg, weights, prior_like, prior_dislike, personal_l2: float | None,
@@ -310,14 +316,15 @@ def _fit(
                                        personal_l2, contrastive, steps, lr)
     model = UserEmbeddingModel(encoder, mean, std, projection, like[0], dislike[0], bias[0, 0], bias[0, 1])
 
-    loo_accuracy = None
+    loo_accuracy, held_out = None, {}
     if loo_index:
         rows = torch.arange(1, 1 + len(loo_index))
         idx = torch.tensor(loo_index)
         odds_pos = ((phi_pos[idx] * like[rows]).sum(-1) + bias[rows, 0]) - ((phi_pos[idx] * dislike[rows]).sum(-1) + bias[rows, 1])
         odds_neg = ((phi_neg[idx] * like[rows]).sum(-1) + bias[rows, 0]) - ((phi_neg[idx] * dislike[rows]).sum(-1) + bias[rows, 1])
         loo_accuracy = float((odds_pos > odds_neg).float().mean())
-    return FitResult(model, mode, n_pairs, loo_accuracy, len(loo_index), float(loss[0]))
+        held_out = dict(zip(loo_index, (odds_pos - odds_neg).tolist()))
+    return FitResult(model, mode, n_pairs, loo_accuracy, len(loo_index), float(loss[0]), held_out)
 
 
 def train_user_bank(

@@ -88,12 +88,7 @@ def describe_models(studio: Studio) -> str:
         enc = f"**{encoder.name}**"
     offline = ("Offline: nothing is downloaded and nothing leaves this machine."
                if os.environ.get("HF_HUB_OFFLINE") == "1" else "Model downloads are allowed (--allow-downloads).")
-    if studio.model_name == "preference-tokens":
-        taste = (f"the **preference-token model** ({studio.token_checkpoint.split(':')[0]}), which reads your "
-                 "judged pairs")
-    else:
-        taste = ("a **fitted user embedding** (cold start from the user bank; start with "
-                 "`--preference-model preference-tokens` for the preference-token model)")
+    taste = f"**{studio.preference.name}**, {studio.preference.description} (`--preference-model` chooses)"
     return f"Generator: {gen}. Image encoder: {enc}. Preference model: {taste}. {offline}"
 
 

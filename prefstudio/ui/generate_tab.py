@@ -14,7 +14,7 @@ import pandas as pd
 
 from prefstudio.errors import InvalidInput
 from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
-from prefstudio.rewards.user_preference import UserPreferenceReward
+from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.studio import SideBySide
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
@@ -51,7 +51,7 @@ class GenerateTab:
         studio = ctx.studio
         self.prompts = read_prompts()
         self.reward_names = list(studio.default_weights())  # the user model first
-        descriptions = {"user": UserPreferenceReward.description} | {
+        descriptions = {"user": TasteReward.description} | {
             n: r.description for n, r in studio.base_rewards.items()}
         self.session = gr.State(GenerateSession())
         with gr.Row(equal_height=True):

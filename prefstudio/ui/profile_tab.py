@@ -8,7 +8,6 @@ from pathlib import Path
 import gradio as gr
 
 from prefstudio.errors import InvalidInput
-from prefstudio.preference.user_embedding import COLD_START_PAIRS
 from prefstudio.store.history import KINDS
 from prefstudio.studio import training_pairs
 from prefstudio.taste_summary import taste_summary
@@ -24,21 +23,6 @@ FILTERS = [("👍 liked", "like"), ("👎 disliked", "dislike"), ("A ≻ B pairs
            ("⏭ skipped", "skip")]
 FEATURE_CHUNK = 16
 
-_MODES = {
-    "free": "a personal model fitted from your own judgments (no user bank on this machine)",
-    "bank posterior": "**cold start**: the tastes in the user bank, each weighted by how well it explains "
-                      f"your judgments; a personal part joins once about {2 * COLD_START_PAIRS} different "
-                      "images are judged",
-    "bank posterior + personal": "the user bank's tastes that explain your judgments, plus a personal part "
-                                 "learned from them",
-    "bank average": "**cold start**: the average taste of the user bank (nothing judged yet)",
-    "preference tokens": "the preference-token model scores images against your latest judged pairs "
-                         "(nothing is trained per person)",
-    "preference tokens, no history": "**cold start**: the preference-token model's shared preference "
-                                     "tokens alone (nothing judged yet)",
-}
-
-
 @dataclass
 class HistorySession:
     shown: list[int] = field(default_factory=list)  # judgment ids in gallery order
@@ -53,7 +37,9 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
                 "then press **Fit my taste**.")
     when = datetime.fromtimestamp(status["fitted_at"]).strftime("%Y-%m-%d %H:%M")
     loo = status.get("loo_accuracy")
-    lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs**: {_MODES.get(status['mode'], status['mode'])}."]
+    model = ctx.studio.preference
+    lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
+             f"{status.get('reason') or status['mode']}."]
     if loo is not None:
         lines.append(f"Leave-one-out accuracy **{loo:.0%}** over {status['loo_pairs']} held-out pairs "
                      "(each predicted by a model that never saw its images; chance is 50%).")
