@@ -39,6 +39,11 @@ from prefstudio.validation import validate_prompt, validate_seed
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BANK = REPO_ROOT / "checkpoints" / "user_bank_embedded.safetensors"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
+GUARD_WEIGHT = 0.5  # what a drop of one spread in a guard (prompt consistency) costs
+OTHER_WEIGHT = 0.25
+DEFAULT_STRENGTH = 0.5
+MAX_RADIUS = 0.5  # strength 1: the noise may move half its norm away from the seed's
+MIN_GAIN = 0.05  # below this the personalized image is not called better (PNG rounding)
 MAX_CANDIDATES = 32
 MAX_TRAINING_PAIRS = 4000  # like x dislike combinations beyond this are sampled
 
@@ -78,6 +83,15 @@ class SideBySide:
     best_iteration: int
     iterations_run: int
     stopped: bool
+    strength: float
+    # The rewards it raises (guards aside) score the personalized image higher than the
+    # baseline, from the PNGs: otherwise it is not called personalized.
+    improved: bool
+    gain: float
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {n: round(v, 4) for n, v in scores.items()}
 
 
 def training_pairs(judgments: list[Judgment]) -> list[tuple[str, str]]:
@@ -232,7 +246,8 @@ class Studio:
         return rewards | self.base_rewards
 
     def default_weights(self) -> dict[str, float]:
-        return {"user": USER_WEIGHT} | {name: 0.25 for name in self.base_rewards}
+        return {"user": USER_WEIGHT} | {name: GUARD_WEIGHT if reward.guard else OTHER_WEIGHT
+                                        for name, reward in self.base_rewards.items()}
 
     @torch.no_grad()
     def score_images(self, profile: str | None, shas: list[str]) -> list[dict[str, float]]:
@@ -251,11 +266,13 @@ class Studio:
     # -- personalized generation ------------------------------------------------------
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
                     weights: dict[str, float] | None = None, iterations: int = 30,
-                    method: str = "guidance", candidates: int = 8,
+                    method: str = "guidance", candidates: int = 8, strength: float = DEFAULT_STRENGTH,
                     stop: threading.Event | None = None) -> Iterator[GuidanceProgress | SideBySide]:
         """Baseline (same seed, no personalization) and personalized, side by side.
 
-        Yields GuidanceProgress per iteration (method "guidance"), then one SideBySide."""
+        `strength` in [0, 1] bounds how far guidance may move the seed's noise (0: the
+        baseline itself). Yields GuidanceProgress per iteration (method "guidance"), then
+        one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         rewards = self.rewards(profile)
@@ -264,11 +281,18 @@ class Studio:
         weights = dict(self.default_weights() if weights is None else weights)
         if method not in ("guidance", "best_of_n"):
             raise InvalidInput(f"method must be 'guidance' or 'best_of_n', got {method!r}")
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"strength must be a number in [0, 1], got {strength!r}") from None
+        if not 0.0 <= strength <= 1.0:
+            raise InvalidInput(f"strength must lie in [0, 1], got {strength}")
 
         if method == "guidance":
             result = None
             for item in optimise_noise(self.generator, prompt, seed, rewards, weights,
-                                       GuidanceSettings(iterations=int(iterations)), stop):
+                                       GuidanceSettings(iterations=int(iterations),
+                                                        radius=strength * MAX_RADIUS), stop):
                 if isinstance(item, GuidanceResult):
                     result = item
                 else:
@@ -288,12 +312,26 @@ class Studio:
             return ScoredImage(record, {n: float(v[i]) for n, v in normalised.items()},
                                {n: float(v[i]) for n, v in raw.items()})
 
+        raised = [n for n, w in weights.items() if w > 0 and not rewards[n].guard]
+        gain = float(sum(weights[n] * (normalised[n][1] - normalised[n][0]) for n in raised))
+        improved = result.best_iteration > 0 and gain > MIN_GAIN
+        baseline_scored = scored(0, baseline)
         params = self.generator.params() | {
-            "personalized_for": profile, "method": method, "weights": weights,
-            "iterations": int(iterations), "best_iteration": result.best_iteration}
+            "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
+            "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
+            "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
+            "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
+            "scores": {"baseline": _rounded(baseline_scored.normalised),
+                       "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}}
         personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)
-        yield SideBySide(prompt, seed, weights, scored(0, baseline), scored(1, personalized),
-                         result.best_iteration, result.iterations_run, result.stopped)
+        yield SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
+                         result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain)
+
+    def _fit_stamp(self, profile: str) -> dict:
+        """Which fit made an image: the model, when, on how many pairs."""
+        status = self.fit_status(profile) or {}
+        return {"model": self.preference.name, "fitted_at": status.get("fitted_at"),
+                "n_pairs": status.get("n_pairs"), "mode": status.get("mode")}
 
     def personalize_once(self, *args, **kwargs) -> SideBySide:
         last = None

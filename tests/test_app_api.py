@@ -116,11 +116,12 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     fitted = c.predict("alice", api_name="/fit")
     assert "Fitted" in fitted and "Leave-one-out accuracy" in fitted
 
-    progress, seed, baseline, personalized, base_scores, pers_scores, _ = c.predict(
-        "alice", "a dense green forest", "Fixed seed", 7, ITERATIONS, 0.75, 0.25, api_name="/personalize")
+    progress, seed, baseline, personalized, base_scores, pers_scores, _, past = c.predict(
+        "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, api_name="/personalize")
     assert seed == 7 and progress.startswith(f"Done: {ITERATIONS} iterations")
     assert Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
-    assert "weighted total" in base_scores and "weighted total" in pers_scores
+    assert "Your taste" in base_scores and "Your taste" in pers_scores
+    assert len(past["value"]) == 1 and "seed 7" in past["value"][0]["caption"]  # listed with past side by sides
     c.predict("alice", api_name="/prefer_personalized")  # the loop closes: the result joins the history
     last = store.judgments("alice")[-1]
     assert last.kind == "pair"
@@ -158,17 +159,18 @@ def fitted(app):
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     c = client(app[1])
-    job = c.submit(fitted, "a cold blue ocean at night", "Fixed seed", 3, 100, 0.75, 0.25, api_name="/personalize")
+    job = c.submit(fitted, "a cold blue ocean at night", "Fixed seed", 3, 1.0, 100, 0.75, 0.5,
+                   api_name="/personalize")
     deadline = time.monotonic() + 120
     while len(job.outputs()) < 3 and not job.done() and time.monotonic() < deadline:  # a few iterations in
         time.sleep(0.05)
-    assert c.predict(api_name="/stop").startswith("Stopping")
+    assert c.predict(fitted, api_name="/stop").startswith("Stopping")
     progress, seed, baseline, personalized, *_ = job.result(timeout=120)
-    found = re.search(r"Stopped after (\d+) iterations; kept the best so far \(iteration (\d+)\)", progress)
-    ran, best = map(int, found.groups())
-    assert 2 <= ran < 100 and best <= ran
+    ran = int(re.search(r"Stopped after (\d+) of 100 iterations", progress).group(1))
+    best = re.search(r"the best was iteration (\d+)", progress)
+    assert 2 <= ran < 100 and (best is None or int(best.group(1)) <= ran)
     assert seed == 3 and Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
-    assert c.predict(api_name="/stop") == "Nothing is running."
+    assert c.predict(fitted, api_name="/stop") == "Nothing is running."
 
 
 def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
@@ -251,7 +253,7 @@ def test_bad_inputs_get_specific_messages_and_change_nothing(app, tmp_path):
     refused("prompt is empty", "dora", "   ", 4, "", api_name="/generate_candidates")
     refused("seeds are whole numbers", "dora", "a red boat", 4, "7, x", api_name="/generate_candidates")
     refused("nothing to judge yet", "dora", api_name="/like")
-    refused("no fitted taste yet", "dora", "a red boat", "Fixed seed", 1, ITERATIONS, 0.75, 0.25,
+    refused("no fitted taste yet", "dora", "a red boat", "Fixed seed", 1, 0.5, ITERATIONS, 0.75, 0.5,
             api_name="/personalize")
     refused("no profile named 'nobody'", "nobody", api_name="/fit")
     refused("already exists", "Dora", api_name="/create_profile")

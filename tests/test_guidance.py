@@ -91,3 +91,71 @@ def test_best_of_n_picks_the_warmest_candidate(generator):
               for s in seeds]
     assert result.best_iteration == max(range(6), key=scores.__getitem__)
     assert result.total == pytest.approx(max(scores), abs=1e-5)
+
+
+class Coolness(Reward):
+    """mean(B − R) on a narrow scale: its normalised gradient outweighs Warmth's."""
+    name = "prompt_consistency"
+    description = "test guard"
+    scale = 0.02
+    guard = True
+
+    def score(self, pixels, context=None):
+        return (pixels[:, 2] - pixels[:, 0]).flatten(1).mean(1)
+
+
+def test_a_guard_is_never_raised_at_the_cost_of_the_taste(generator):
+    """A consistency term pulling the other way must not make the taste fall (it did when
+    it was a reward to maximise): it may only hold the image back."""
+    rewards = {"user": Warmth(), "prompt_consistency": Coolness()}
+    result = run_guidance(generator, "a cold blue ocean", 3, rewards, {"user": 1.0, "prompt_consistency": 0.5},
+                          GuidanceSettings(iterations=12))
+    assert result.normalised["user"] >= result.trace[0].normalised["user"]
+    # A light guard lets the taste climb while the guard's drop is paid for.
+    light = run_guidance(generator, "a cold blue ocean", 3, rewards, {"user": 1.0, "prompt_consistency": 0.01},
+                         GuidanceSettings(iterations=12))
+    assert light.normalised["user"] > light.trace[0].normalised["user"] + 0.5
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.05, 0.2])
+def test_the_trust_region_bounds_how_far_the_noise_moves(generator, radius):
+    start = generator.initial_noise(3)
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=10, radius=radius))
+    assert float((result.noise - start).norm()) <= radius * float(start.norm()) * (1 + 1e-5)
+    if radius == 0.0:
+        assert result.best_iteration == 0 and torch.equal(result.noise, start)
+    else:
+        assert result.total > result.trace[0].total
+
+
+class Peaked(Reward):
+    """Rises with warmth up to a point, then falls: guidance overshoots the peak."""
+    name = "warmth"
+    description = "test reward"
+
+    def score(self, pixels, context=None):
+        w = (pixels[:, 0] - pixels[:, 2]).flatten(1).mean(1)
+        return -((w - 0.05) / 0.02) ** 2
+
+
+def test_the_best_iterate_is_returned_not_the_last(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Peaked()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=25, learning_rate=20.0))
+    last = result.trace[-1]
+    assert last.total < max(s.total for s in result.trace)  # it did overshoot
+    assert result.best_iteration != last.iteration and result.total == max(s.total for s in result.trace)
+
+
+def test_every_step_respects_the_gradient_clip(generator, monkeypatch):
+    clipped = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        original(parameters, max_norm, *args, **kwargs)
+        clipped.append(float(parameters[0].grad.norm()))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                 GuidanceSettings(iterations=6, grad_clip=0.1))
+    assert len(clipped) == 6 and max(clipped) <= 0.1 + 1e-6

@@ -1,13 +1,16 @@
 """Reward-guided optimisation of a generator's initial noise (ReNO; 000 §4.2, app. D).
 
 Maximise Σ wᵢ·normalised rewardᵢ(render(z)) over the initial noise z of a one-step
-generator, starting from the seed's noise:
+generator, starting from the seed's noise z₀. Guard rewards (prompt consistency) are not
+raised: they only cost wⱼ·(drop below their value at z₀), so they keep the image on topic
+without taking over the objective. Then:
   - SGD with Nesterov momentum 0.9, learning rate 5, gradient norm clipped to 0.1;
   - a regulariser keeping ‖z‖ where a standard normal's norm lives (the negative
     log-likelihood of the χ distribution with d degrees of freedom), so the
     optimised noise stays a plausible sample and the image stays an image;
-  - the best iterate by total reward is kept (iteration 0 is the baseline itself,
-    so the result never scores below it);
+  - a trust region: ‖z − z₀‖ ≤ radius·‖z₀‖ (the person's "strength"; None = unbounded);
+  - the best iterate by the objective is kept (iteration 0 is the baseline itself, so
+    the result never scores below it, and the rewards it raises never fall);
   - reward contexts (text features...) are computed once per run, not per iteration.
 It yields a progress record every iteration and stops between iterations when asked,
 returning the best so far.
@@ -36,6 +39,7 @@ class GuidanceSettings:
     momentum: float = 0.9
     grad_clip: float = 0.1
     noise_regularisation: float = 0.01
+    radius: float | None = None  # trust region, relative to the seed's noise norm
     preview_every: int = 5  # decode a preview image every k iterations (0: never)
 
 
@@ -70,6 +74,19 @@ def chi_negative_log_likelihood(noise: torch.Tensor) -> torch.Tensor:
     return -(d - 1) * torch.log(r) + 0.5 * r**2
 
 
+def objective(normalised: dict[str, torch.Tensor], weights: dict[str, float], rewards: dict[str, Reward],
+              baseline: dict[str, float]) -> torch.Tensor:
+    """[B] Σ wᵢ·rewardᵢ over the rewards to raise, plus wⱼ·min(0, guardⱼ − its baseline
+    value) over the guards."""
+    total = 0.0
+    for name, value in normalised.items():
+        if rewards[name].guard:
+            total = total + weights[name] * torch.clamp(value - baseline[name], max=0.0)
+        else:
+            total = total + weights[name] * value
+    return total
+
+
 def _scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v.detach()[0]) for k, v in scores.items()}
 
@@ -89,11 +106,16 @@ def optimise_noise(
     weights = validate_weights(weights, set(rewards))
     if not 0 <= int(settings.iterations) <= MAX_ITERATIONS:
         raise InvalidInput(f"iterations must lie in [0, {MAX_ITERATIONS}], got {settings.iterations}")
+    if settings.radius is not None and not (math.isfinite(settings.radius) and settings.radius >= 0):
+        raise InvalidInput(f"the trust region's radius must be a number ≥ 0, got {settings.radius}")
     active = {name: rewards[name] for name, w in weights.items() if w > 0}
 
     conditioning = generator.encode_prompt(prompt)
     contexts = {name: reward.prepare(prompt) for name, reward in active.items()}
-    noise = generator.initial_noise(seed).detach().clone().requires_grad_(True)
+    start = generator.initial_noise(seed).detach().clone()
+    noise = start.clone().requires_grad_(True)
+    reach = None if settings.radius is None else settings.radius * float(start.norm())
+    baseline: dict[str, float] = {}
     optimiser = torch.optim.SGD([noise], lr=settings.learning_rate,
                                 momentum=settings.momentum, nesterov=True)
     # Keep the regulariser on the same footing whatever the noise size.
@@ -109,7 +131,9 @@ def optimise_noise(
         optimiser.zero_grad(set_to_none=True)
         pixels = generator.render(noise, conditioning)
         raw, normalised = score_all(active, contexts, pixels)
-        total = sum(weights[name] * normalised[name] for name in active)
+        if iteration == 0:
+            baseline = _scalars(normalised)
+        total = objective(normalised, weights, active, baseline)
         value = float(total.detach()[0])
         if best is None or value > best[0]:
             best = (value, iteration, noise.detach().clone(), _scalars(normalised), _scalars(raw))
@@ -126,12 +150,18 @@ def optimise_noise(
         loss.backward()
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
         optimiser.step()
+        if reach is not None:
+            with torch.no_grad():
+                step = noise - start
+                length = float(step.norm())
+                if length > reach:
+                    noise.copy_(start + step * (reach / length))
 
     if best is None:  # stopped before the baseline was even scored
         with torch.no_grad():
             pixels = generator.render(noise.detach(), conditioning)
             raw, normalised = score_all(active, contexts, pixels)
-        total = sum(weights[n] * normalised[n] for n in active)
+        total = objective(normalised, weights, active, _scalars(normalised))
         best = (float(total[0]), 0, noise.detach().clone(), _scalars(normalised), _scalars(raw))
     with torch.no_grad():
         image = to_pil(generator.render(best[2], conditioning))[0]

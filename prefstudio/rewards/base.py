@@ -15,6 +15,9 @@ class Reward(ABC):
     name: str
     #: one line shown next to the slider
     description: str
+    #: a guard is not raised, only kept from falling below the same-seed baseline (prompt
+    #: consistency: raising it would pull every image towards the prompt's average look)
+    guard: bool = False
     #: raw = offset + scale * normalised
     offset: float = 0.0
     scale: float = 1.0

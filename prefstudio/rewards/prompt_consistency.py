@@ -27,7 +27,8 @@ class PromptAnchor:
 
 class PromptConsistencyReward(Reward):
     name = "prompt_consistency"
-    description = "Stays close to what the prompt usually draws (keeps personalization on topic)"
+    description = "Keeps personalization on topic: never less typical of the prompt than the baseline, beyond its weight"
+    guard = True
 
     def __init__(self, generator: Generator, encoder: ImageEncoder):
         self.generator = generator

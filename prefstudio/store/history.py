@@ -276,6 +276,13 @@ class HistoryStore:
         prompt = validate_prompt(prompt)
         return self._add(load_untrusted_image(source), prompt, None, IMPORTED, {})
 
+    def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
+        """The profile's personalized images, newest first (each names its baseline in params)."""
+        name = self.get_profile(profile).name
+        rows = self._query("SELECT sha256 FROM images WHERE json_extract(params, '$.personalized_for') = ? "
+                           "ORDER BY created DESC LIMIT ?", (name, int(limit)))
+        return [self.image_record(sha) for (sha,) in rows]
+
     def image_record(self, sha256: str) -> ImageRecord:
         rows = self._query("SELECT * FROM images WHERE sha256 = ?", (sha256,))
         if not rows:

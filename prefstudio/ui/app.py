@@ -129,7 +129,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Profile", id="profile") as profile_page:
                 profile_tab = ProfileTab(ctx, profile)
             with gr.Tab("Generate", id="generate"):
-                GenerateTab(ctx, profile)
+                generate = GenerateTab(ctx, profile)
             with gr.Tab("Evaluate", id="evaluate"):
                 EvaluateTab(ctx, profile)
 
@@ -148,17 +148,20 @@ def build_app(studio: Studio) -> gr.Blocks:
         def profile_chosen(name, label_session, history_session, filters):
             if name:
                 store.get_profile(name)  # a typed name that does not exist says so, and nothing changes
-            return (name, describe_fit(ctx, name), *label.render(label_session, name),
+            return (name, *profile_tab.render(name), *label.render(label_session, name),
                     *profile_tab.render_history(history_session, name, filters))
 
         new_name.submit(user_errors(create_profile), new_name, [profile, new_name], api_name="create_profile")
         profile.focus(refresh_choices, profile, profile, api_visibility="private")
         chosen_inputs = [profile, label.session, profile_tab.session, profile_tab.filters]
-        chosen_outputs = [saved_profile, profile_tab.fit_status, *label.views, *profile_tab.history_views]
-        profile.change(user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private")
+        chosen_outputs = [saved_profile, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
+        attach = (user_errors(generate.attach), [generate.session, profile], generate.views)
+        profile.change(user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private").then(
+            *attach, api_visibility="private")
         demo.load(restore_profile, saved_profile, profile, api_visibility="private").then(
             user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private").then(
-            user_errors(label.restore), [label.session, profile, saved_batch], label.views, api_visibility="private")
+            user_errors(label.restore), [label.session, profile, saved_batch], label.views, api_visibility="private"
+        ).then(*attach, api_visibility="private")
         # Judgments made in the other tabs show up when the Profile tab opens.
         profile_page.select(user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private")
         # The batch on screen follows the session into localStorage, for a refresh.

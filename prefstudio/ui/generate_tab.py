@@ -1,37 +1,45 @@
 """Generate: baseline and personalized from the same seed, side by side, with live progress.
 
-Stop sets the session's threading.Event; the optimisation checks it before every
-iteration and finishes with the best iterate so far. Both results can be judged here,
-and those judgments join the history like any other.
+A run is a server-side job (ui/jobs.py): a reloaded page re-attaches to its profile's run
+or shows the profile's last finished side by side. Stop sets the job's event; the
+optimisation checks it before every iteration and finishes with the best iterate so far.
+One "strength" control bounds how far personalization moves from the baseline; the
+per-reward weights sit under "Advanced". A result whose rewards did not rise is shown
+as such, never called personalized. Both images can be judged here, and past side by
+sides can be reused (prompt, seed, weights → the controls) or judged again.
 """
 import inspect
 import secrets
-import threading
-from dataclasses import dataclass
 
 import gradio as gr
 import pandas as pd
 
-from prefstudio.errors import InvalidInput
-from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS
 from prefstudio.rewards.user_preference import TasteReward
-from prefstudio.studio import SideBySide
+from prefstudio.store.history import ImageRecord
+from prefstudio.studio import DEFAULT_STRENGTH
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
-    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, random_seed, short, thumb, user_errors,
+    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, gallery_height, pair_thumb, random_seed, short, thumb,
+    user_errors,
 )
+from prefstudio.ui.jobs import GenerationJob, GenerationJobs
 from prefstudio.validation import validate_prompt, validate_seed
 
 RANDOM, FIXED = "Random seed", "Fixed seed"
 MAX_UI_ITERATIONS = 100
-TOTAL = "weighted total"
+TOTAL = "objective"
+PAST = 12  # past side by sides listed
 
 
-@dataclass
 class GenerateSession:
-    stop: threading.Event | None = None
-    baseline: str | None = None  # image ids of the last side by side
-    personalized: str | None = None
+    """What this page shows: the side by side its judge buttons act on, and the past list."""
+
+    def __init__(self):
+        self.baseline: str | None = None
+        self.personalized: str | None = None
+        self.past: list[str] = []  # personalized image ids in gallery order
 
 
 def reward_label(name: str) -> str:
@@ -40,42 +48,45 @@ def reward_label(name: str) -> str:
 
 def scores_table(normalised: dict[str, float], weights: dict[str, float]) -> str:
     rows = [f"| {reward_label(n)} | {v:+.2f} | {weights.get(n, 0):.2f} |" for n, v in normalised.items()]
-    total = sum(weights.get(n, 0) * v for n, v in normalised.items())
-    return ("| reward | score | weight |\n|---|---:|---:|\n" + "\n".join(rows)
-            + f"\n| **{TOTAL}** | **{total:+.2f}** | |")
+    return "| reward | score | weight |\n|---|---:|---:|\n" + "\n".join(rows)
 
 
 class GenerateTab:
     def __init__(self, ctx: AppContext, profile: gr.Dropdown):
         self.ctx = ctx
         studio = ctx.studio
+        self.jobs = GenerationJobs(ctx.steps)
         self.prompts = read_prompts()
         self.reward_names = list(studio.default_weights())  # the user model first
+        self.guards = {n for n, r in studio.base_rewards.items() if r.guard}
         descriptions = {"user": TasteReward.description} | {
             n: r.description for n, r in studio.base_rewards.items()}
         self.session = gr.State(GenerateSession())
         with gr.Row(equal_height=True):
             self.prompt = gr.Textbox(label="Prompt", placeholder="what should the image show?", scale=5,
                                      max_length=1000, elem_id="ps-gen-prompt")
-            surprise = gr.Button("🎲 Surprise me", scale=1)
+            surprise = gr.Button("🎲 Surprise me", scale=1, elem_id="ps-gen-surprise")
         with gr.Row():
             self.seed_mode = gr.Radio([RANDOM, FIXED], value=RANDOM, label="Seed",
                                       info="Random picks a new seed and shows it here; fixed reuses it.")
             self.seed = gr.Number(label="Seed used", precision=0, minimum=0, maximum=2**32 - 1,
                                   elem_id="ps-seed")
+            self.strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
+                                      info="How far personalization may move away from the baseline (0: not at all).",
+                                      elem_id="ps-strength")
+        with gr.Accordion("Advanced: iterations and reward weights (one normalised scale: a weight of 1 is one "
+                          "typical spread of that reward)", open=False, elem_id="ps-advanced"):
             self.iterations = gr.Slider(0, MAX_UI_ITERATIONS, value=DEFAULT_ITERATIONS, step=1,
                                         label="Iterations", info="Optimisation steps on the seed's noise.",
                                         elem_id="ps-iterations")
-        with gr.Accordion("Reward weights — one normalised scale: a weight of 1 is one typical spread "
-                          "of that reward", open=True):
             with gr.Row():
-                self.sliders = [gr.Slider(0, 2, value=w, step=0.05, label=reward_label(n), info=descriptions[n])
+                self.sliders = [gr.Slider(0, 2, value=w, step=0.05, label=reward_label(n), info=descriptions[n],
+                                          elem_id=f"ps-weight-{n}")
                                 for n, w in studio.default_weights().items()]
         with gr.Row():
             run = gr.Button("Generate baseline and personalized", variant="primary", elem_id="ps-personalize")
             stop = gr.Button("■ Stop (keeps the best so far)", variant="stop", elem_id="ps-stop")
-        self.progress = gr.Markdown("Fit your taste in the Profile tab first, then generate.",
-                                    elem_id="ps-gen-progress")
+        self.progress = gr.Markdown(elem_id="ps-gen-progress")
         with gr.Row(equal_height=True):
             with gr.Column():
                 self.baseline = gr.Image(label="Baseline (same seed, no personalization)", type="filepath",
@@ -98,15 +109,26 @@ class GenerateTab:
             prefer_pers = gr.Button("Personalized is better ▶")
         self.status = gr.Markdown()
         self.trace = gr.LinePlot(x="iteration", y="score", color="series", title="Scores during optimisation",
-                                 y_title="normalised score", height=260)
+                                 y_title="normalised score", height=260, x_axis_format="d", elem_id="ps-trace")
+        gr.Markdown("### Your past side by sides\nSelect one to show it again, judge it, or reuse its prompt, "
+                    "seed and weights.")
+        self.past = gr.Gallery(columns=6, height=gallery_height(PAST, 6), allow_preview=False,
+                               object_fit="contain", elem_id="ps-past")
+        reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
 
-        outputs = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
-                   self.personalized_scores, self.trace]
-        surprise.click(lambda: secrets.choice(self.prompts), None, self.prompt, api_visibility="private")
-        run.click(self._with_weight_names(user_errors(self.generate)),
-                  [self.session, profile, self.prompt, self.seed_mode, self.seed, self.iterations, *self.sliders],
-                  outputs, api_name="personalize")
-        stop.click(self.stop, self.session, self.status, api_name="stop", concurrency_limit=None)
+        self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
+                      self.personalized_scores, self.trace, self.past]
+        surprise.click(lambda: secrets.choice(self.prompts), None, self.prompt, api_visibility="private").then(
+            self._with_weight_names(user_errors(self.generate)), self.generate_inputs(profile), self.views,
+            api_visibility="private")
+        run.click(self._with_weight_names(user_errors(self.generate)), self.generate_inputs(profile), self.views,
+                  api_name="personalize")
+        stop.click(user_errors(self.stop), profile, self.status, api_name="stop", concurrency_limit=None)
+        self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
+                         api_visibility="private")
+        reuse.click(user_errors(self.reuse), self.session,
+                    [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders],
+                    api_name="reuse_settings")
         judged = [self.status]
         for button, kind, which, api in ((like_base, "like", "baseline", "like_baseline"),
                                          (dislike_base, "dislike", "baseline", "dislike_baseline"),
@@ -116,7 +138,12 @@ class GenerateTab:
                                          (prefer_pers, "pair", "personalized", "prefer_personalized")):
             button.click(user_errors(self._judge_handler(kind, which)), [self.session, profile], judged, api_name=api)
 
-    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, iterations, *weights):
+    def generate_inputs(self, profile):
+        return [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
+                *self.sliders]
+
+    # -- runs ------------------------------------------------------------------------------
+    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, *weights):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         prompt = validate_prompt(prompt)
@@ -127,48 +154,156 @@ class GenerateTab:
         else:
             seed = random_seed()
         weights = dict(zip(self.reward_names, (float(w) for w in weights)))
-        iterations = int(iterations)
-        session.stop = stop = threading.Event()
+        name = self.ctx.store.get_profile(profile).name
+        self.ctx.studio.user_reward(name)  # "fit first" before a job starts
+        job = GenerationJob(name, prompt, seed, int(iterations))
+        run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
+                                          stop=job.stop)
+        self.jobs.start(name.casefold(), job, run)
+        yield from self._follow(session, job)
+
+    def attach(self, session: GenerateSession, profile):
+        """On page load and profile switch: follow the profile's running job, or show its
+        last finished side by side, or say what to do first."""
+        if not profile:
+            yield self._empty(session, "Choose or create a profile at the top of the page.")
+            return
+        name = self.ctx.store.get_profile(profile).name
+        job = self.jobs.running(name.casefold())
+        if job is not None:
+            yield from self._follow(session, job)
+            return
+        past = self.ctx.store.personalized_images(name, 1)
+        if past:
+            yield self._show_record(session, name, past[0], "Your last side by side")
+            return
+        if self.ctx.studio.fit_status(name) is None:
+            message = f"**{name}** has no fitted taste yet: judge some images and press **Fit my taste** in the Profile tab."
+        else:
+            message = f"**{name}** is fitted and ready: type a prompt and press **Generate**."
+        yield self._empty(session, message)
+
+    def _follow(self, session: GenerateSession, job: GenerationJob):
+        seen = -1
         session.baseline = session.personalized = None
-        steps = self.ctx.studio.personalize(profile, prompt, seed, weights, iterations, stop=stop)
-        rows, baseline_preview, preview = [], None, None
-        for item in self.ctx.steps(steps):
-            if isinstance(item, GuidanceProgress):
-                rows += [(item.iteration, item.total, TOTAL)] + [
-                    (item.iteration, v, reward_label(n)) for n, v in item.normalised.items()]
-                if item.preview is not None:
-                    preview = item.preview
-                    baseline_preview = baseline_preview or item.preview  # iteration 0 is the baseline
-                done = item.iteration / max(iterations, 1)
-                bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
-                text = (f"Optimising `{bar}` iteration {item.iteration}/{iterations} · weighted total "
-                        f"{item.total:+.2f} · best so far {item.best_total:+.2f} (iteration {item.best_iteration})")
-                yield (text, seed, baseline_preview, preview, "", "", _trace(rows))
-            else:
-                side: SideBySide = item
+        while True:
+            version = job.wait_for_change(seen)
+            if version != seen:
+                seen = version
+                if job.done.is_set():
+                    break
+                yield self._progress_view(job)
+        if job.error is not None:
+            raise InvalidInput(job.error)
+        yield self._finished_view(session, job)
+
+    def _progress_view(self, job: GenerationJob):
+        if not job.progress:
+            return (f"Starting: seed **{job.seed}** …", job.seed, None, None, "", "", self._trace([], job.iterations),
+                    gr.skip())
+        item = job.progress[-1]
+        baseline = next((p.preview for p in job.progress if p.preview is not None), None)
+        preview = next((p.preview for p in reversed(job.progress) if p.preview is not None), None)
+        done = item.iteration / max(job.iterations, 1)
+        bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
+        text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+.2f} · "
+                f"best so far {item.best_total:+.2f} (iteration {item.best_iteration})")
+        return (text, job.seed, baseline, preview, "", "", self._trace(job.progress, job.iterations), gr.skip())
+
+    def _finished_view(self, session: GenerateSession, job: GenerationJob):
+        side = job.result
         session.baseline = side.baseline.record.sha256
         session.personalized = side.personalized.record.sha256
-        how = (f"Stopped after {side.iterations_run} iterations; kept the best so far" if side.stopped
+        how = (f"Stopped after {side.iterations_run} of {job.iterations} iterations" if side.stopped
                else f"Done: {side.iterations_run} iterations")
-        text = (f"{how} (iteration {side.best_iteration}). Seed **{side.seed}** — both images are stored "
-                "with their prompt, seed and weights; judge them below.")
-        yield (text, side.seed, thumb(side.baseline.record.path, VIEW_SIZE),
-               thumb(side.personalized.record.path, VIEW_SIZE),
-               scores_table(side.baseline.normalised, side.weights),
-               scores_table(side.personalized.normalised, side.weights), _trace(rows))
+        if side.improved:
+            verdict = (f"{how}; the best was iteration {side.best_iteration}, which raised your weighted rewards "
+                       f"by **{side.gain:+.2f}** over the baseline.")
+        else:
+            verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
+                       "not personalized — try another seed, a higher strength or more iterations.")
+        text = f"{verdict} Seed **{side.seed}** — both images are stored with their prompt, seed and weights."
+        return (text, side.seed, thumb(side.baseline.record.path, VIEW_SIZE),
+                thumb(side.personalized.record.path, VIEW_SIZE),
+                scores_table(side.baseline.normalised, side.weights),
+                scores_table(side.personalized.normalised, side.weights),
+                self._trace(job.progress, job.iterations, side.iterations_run),
+                self._past_gallery(session, job.profile))
+
+    def _show_record(self, session: GenerateSession, profile: str, record: ImageRecord, title: str):
+        params = record.params
+        try:
+            baseline = self.ctx.store.image_record(params["baseline"])
+        except (KeyError, NotFound):
+            return self._empty(session, "That side by side's baseline is no longer in the history.")
+        session.baseline, session.personalized = baseline.sha256, record.sha256
+        weights = params.get("weights", {})
+        scores = params.get("scores", {})
+        verdict = ("personalized: raised your weighted rewards by "
+                   f"{params.get('gain', 0):+.2f}" if params.get("improved") else "**no improvement on the baseline**")
+        text = (f"{title}: “{record.prompt}”, seed **{record.seed}**, strength {params.get('strength', '?')}, "
+                f"{verdict}.")
+        return (text, record.seed, thumb(baseline.path, VIEW_SIZE), thumb(record.path, VIEW_SIZE),
+                scores_table(scores.get("baseline", {}), weights), scores_table(scores.get("personalized", {}), weights),
+                self._trace([], 1), self._past_gallery(session, profile))
+
+    def _empty(self, session: GenerateSession, message: str):
+        session.baseline = session.personalized = None
+        return (message, None, None, None, "", "", self._trace([], 1), self._past_gallery(session, None))
+
+    def _past_gallery(self, session: GenerateSession, profile: str | None):
+        records = self.ctx.store.personalized_images(profile, PAST) if profile else []
+        items, session.past = [], []
+        for record in records:
+            base = record.params.get("baseline")
+            try:
+                self.ctx.store.image_record(base)
+            except NotFound:
+                continue
+            mark = "✓" if record.params.get("improved") else "·"
+            items.append((pair_thumb(self.ctx, base, record.sha256),
+                          f"{mark} seed {record.seed} · {record.prompt[:40]}"))
+            session.past.append(record.sha256)
+        return gr.Gallery(items or None)
+
+    @staticmethod
+    def _trace(progress, planned: int, last: int | None = None):
+        rows = []
+        for item in progress:
+            rows += [(item.iteration, item.total, TOTAL)] + [
+                (item.iteration, v, reward_label(n)) for n, v in item.normalised.items()]
+        frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
+        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)])
+
+    def show_past(self, session: GenerateSession, profile, event: gr.SelectData):
+        if not profile or event.index is None or event.index >= len(session.past):
+            raise InvalidInput("that side by side is no longer listed: choose another")
+        record = self.ctx.store.image_record(session.past[event.index])
+        return self._show_record(session, profile, record, "Past side by side")
+
+    def reuse(self, session: GenerateSession):
+        if session.personalized is None:
+            raise InvalidInput("nothing to reuse yet: generate or select a side by side first")
+        params = self.ctx.store.image_record(session.personalized).params
+        record = self.ctx.store.image_record(session.personalized)
+        weights = params.get("weights", {})
+        return (record.prompt, FIXED, record.seed, params.get("strength", DEFAULT_STRENGTH),
+                params.get("iterations", DEFAULT_ITERATIONS),
+                *[weights.get(n, 0.0) for n in self.reward_names])
 
     def _with_weight_names(self, fn):
         """One named API parameter per slider (weight_user, weight_prompt_consistency, ...)."""
-        fixed = ["session", "profile", "prompt", "seed_mode", "seed", "iterations"]
+        fixed = ["session", "profile", "prompt", "seed_mode", "seed", "strength", "iterations"]
         names = fixed + [f"weight_{n}" for n in self.reward_names]
         fn.__signature__ = inspect.Signature(
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
         return fn
 
-    def stop(self, session: GenerateSession):
-        if session.stop is None or session.stop.is_set():
+    def stop(self, profile):
+        job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
+        if job is None or job.stop.is_set():
             return "Nothing is running."
-        session.stop.set()
+        job.stop.set()
         return "Stopping after this iteration; the best image so far is kept."
 
     def _judge_handler(self, kind: str, which: str):
@@ -188,6 +323,3 @@ class GenerateTab:
             return f"Recorded {said}. " + counts_line(self.ctx, profile)
         return judge
 
-
-def _trace(rows: list[tuple[int, float, str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["iteration", "score", "series"])

@@ -102,6 +102,8 @@ class ProfileTab:
         self.profile = profile
         self.history_views = [self.history, self.history_info, self.selected]
         summary = [self.taste_text, self.most, self.least]
+        # Everything this tab shows of a profile, rendered from the store on switch and load.
+        self.profile_views = [self.fit_status, *summary, self.export_file]
         summarise.click(user_errors(self.summarise), profile, summary, api_name="taste_summary")
         # A new fit changes what the model likes: show it straight away.
         fit.click(user_errors(self.fit), profile, self.fit_status, api_name="fit").success(
@@ -138,6 +140,14 @@ class ProfileTab:
         def items(scored):
             return [(thumb(r.path), f"{score:+.2f} · {r.prompt}") for r, score in scored]
         return summary.text(), items(summary.most_liked(SUMMARY_IMAGES)), items(summary.least_liked(SUMMARY_IMAGES))
+
+    def render(self, profile):
+        """Fit status, taste summary and an empty export box, all of this profile."""
+        if profile and self.ctx.studio.fit_status(profile) is not None:
+            text, most, least = self.summarise(profile)
+        else:
+            text, most, least = "No fitted taste to summarise yet.", None, None
+        return describe_fit(self.ctx, profile), text, most, least, None
 
     # -- history --------------------------------------------------------------------------
     def render_history(self, session: HistorySession, profile, kinds, message: str = ""):
