@@ -45,7 +45,7 @@ class UserEmbeddingPreference(PreferenceModel):
         shas = [s for pair in pairs for s in pair]
         feats = judged.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, 1)
         result = fit_user_embedding(feats[:, 0], feats[:, 1], self.bank, self.encoder, pair_images=pairs)
-        reason = {"bank average": "nothing judged yet: the average user of the bank",
+        reason = {"bank average": "no 👍/👎 pair judged yet: the average user of the bank",
                   "bank posterior": "a short history: a mix of the bank's users who explain your judgments",
                   "bank posterior + personal": "the bank's users who explain you plus a personal offset",
                   "free": "fitted from your judgments alone"}[result.mode]
@@ -166,7 +166,7 @@ class PreferenceTokens(PreferenceModel):
                 held_out[index] = float(odds[0] - odds[1])
         mode = "preference tokens" if pairs else "preference tokens, no history"
         reason = (f"reads your latest {len(pairs)} pairs of distinct images" if pairs
-                  else "nothing judged yet: reads an empty history")
+                  else "no 👍/👎 pair judged yet: reads an empty history")
         return self._taste(history), FitOutcome(mode, len(pairs), reason, held_out)
 
     def load(self, tensors: dict[str, torch.Tensor], config: dict) -> TokenTaste:

@@ -121,8 +121,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     profile = gr.Dropdown(names, value=names[0], label="Profile", allow_custom_value=True,
                                           scale=3, elem_id="ps-profile")
+                    # No max_length: a cut name would be created silently; the store refuses long ones.
                     new_name = gr.Textbox(label="New profile", placeholder="name", scale=2,
-                                          max_length=64, submit_btn="Create", elem_id="ps-new-profile")
+                                          submit_btn="Create", elem_id="ps-new-profile")
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 label = LabelTab(ctx, profile)

@@ -136,11 +136,13 @@ class LabelTab:
                  self.pair_status]
         self.views = views
         s, p = self.session, profile
-        surprise.click(self.surprise, None, self.prompt, api_name="surprise")
         inputs = [s, p, self.prompt, self.n, self.seeds]
         self.generated = [
             generate.click(user_errors(self.generate), inputs, views, api_name="generate_candidates"),
             self.prompt.submit(user_errors(self.generate), inputs, views, api_visibility="private"),
+            # 🎲 does what its hint says: a prompt, then its candidates.
+            surprise.click(self.surprise, None, self.prompt, api_name="surprise").then(
+                user_errors(self.generate), inputs, views, api_visibility="private"),
         ]
         like.click(user_errors(self.like), [s, p], views, api_name="like")
         dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike")

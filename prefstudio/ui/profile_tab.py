@@ -40,6 +40,11 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     model = ctx.studio.preference
     lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
              f"{status.get('reason') or status['mode']}."]
+    if not status["n_pairs"]:
+        judged = sum(ctx.store.counts(profile).values())
+        if judged:
+            lines.append(f"You have {judged} judgment{'s' if judged > 1 else ''} but no pair yet: a pair is one image "
+                         "👍 and one 👎, or a better-of-two.")
     if loo is not None:
         lines.append(f"Leave-one-out accuracy **{loo:.0%}** over {status['loo_pairs']} held-out pairs "
                      "(each predicted by a model that never saw its images; chance is 50%).")
