@@ -158,6 +158,7 @@ def fitted(app):
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")  # made through the library: this session opens it
     job = c.submit(fitted, "a cold blue ocean at night", "Fixed seed", 3, 100, 0.75, 0.25, api_name="/personalize")
     deadline = time.monotonic() + 120
     while len(job.outputs()) < 3 and not job.done() and time.monotonic() < deadline:  # a few iterations in
@@ -173,6 +174,7 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
 
 def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
     c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
     result, plot, table = c.predict(fitted, "a dense green forest\nportrait of a cat", 4, 2, 5, api_name="/evaluate")
     rows = table["data"]
     assert [r[:2] for r in rows] == [["a dense green forest", 5], ["portrait of a cat", 6]]
