@@ -64,7 +64,7 @@ def test_a_non_local_host_without_logins_refuses_before_anything_is_built(monkey
     def must_not_run(*args, **kwargs):
         raise AssertionError("the studio was built: the server would have bound a public address")
 
-    monkeypatch.delenv(privacy.AUTH_VARIABLE, raising=False)
+    monkeypatch.delenv("PREFSTUDIO_AUTH", raising=False)
     monkeypatch.setattr("prefstudio.studio.build_studio", must_not_run)
     monkeypatch.setattr("prefstudio.ui.app.launch", must_not_run)
     for host in ("0.0.0.0", "192.168.1.20", "::", "myhost.example"):
@@ -85,7 +85,7 @@ def test_with_logins_a_non_local_host_uses_them_and_warns(monkeypatch, capsys, t
     def fake_launch(demo, host, port, prevent_thread_lock=False, auth=None):
         calls.update(host=host, auth=auth)  # recorded, never bound
 
-    monkeypatch.delenv(privacy.AUTH_VARIABLE, raising=False)
+    monkeypatch.delenv("PREFSTUDIO_AUTH", raising=False)
     monkeypatch.setattr("prefstudio.studio.build_studio", lambda *args: object())
     monkeypatch.setattr("prefstudio.ui.app.build_app", lambda studio: Demo())
     monkeypatch.setattr("prefstudio.ui.app.launch", fake_launch)
