@@ -34,7 +34,8 @@ def _session(request: gr.Request | None) -> str:
 
 
 class SessionAccess:
-    """The profiles each session opened (in memory: a session ends with its page)."""
+    """The profiles each session opened, in memory, for the newest MAX_SESSIONS sessions (a
+    page that sleeps and wakes keeps its session, so nothing is dropped when one goes quiet)."""
 
     def __init__(self, profiles: ProfileAccess):
         self.profiles = profiles
@@ -59,14 +60,13 @@ class SessionAccess:
     def require(self, request: gr.Request | None, name) -> None:
         """NotFound unless this session opened the profile and its login may still use it."""
         profile = self.profiles.lookup(name, login(request))
+        session = getattr(request, "session_hash", None) or ""
         with self._lock:
-            opened = self._opened.get(getattr(request, "session_hash", None) or "", set())
+            opened = self._opened.get(session, set())
+            if opened:
+                self._opened.move_to_end(session)  # in use: the last to be forgotten
         if profile.id not in opened:
             raise no_such_profile(name)
-
-    def forget(self, request: gr.Request | None) -> None:
-        with self._lock:
-            self._opened.pop(getattr(request, "session_hash", None) or "", None)
 
 
 def _input_positions(fn) -> list[int]:

@@ -112,8 +112,10 @@ def build_app(studio: Studio) -> gr.Blocks:
     profiles = access.profiles
     if not store.list_profiles():
         store.create_profile(FIRST_PROFILE)  # the person at this computer's (no owner row)
-    # Exports of older versions sat at a fixed, guessable path under a served folder.
+    # Left by older versions: exports at a fixed, guessable path in a served folder, and the
+    # BrowserState key, which gradio sends to every browser in /config.
     shutil.rmtree(ctx.ui_cache / "exports", ignore_errors=True)
+    (store.data_dir / "browser-secret").unlink(missing_ok=True)
 
     with gr.Blocks(title="PrefStudio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         demo.prefstudio = ctx  # for tests and benchmarks that drive the app in-process
@@ -176,9 +178,6 @@ def build_app(studio: Studio) -> gr.Blocks:
             if valid_token(token):
                 profiles.remember(token, login(request), batch=label_session.candidates)
 
-        def forget_session(request: gr.Request):
-            access.forget(request)
-
         new_name.submit(user_errors(create_profile), new_name, [profile, new_name], api_name="create_profile")
         gr.api(user_errors(open_profile), api_name="open_profile")
         chooser = user_errors(profile_chosen)
@@ -194,7 +193,6 @@ def build_app(studio: Studio) -> gr.Blocks:
         # The batch on screen is kept for this browser, for a refresh.
         for event in (*label.generated, label.uploaded):
             event.success(remember_batch, [label.session, browser], None, api_visibility="private")
-        demo.unload(forget_session)
         guard_listeners(demo, profile, access, openers=(chooser, refresh_choices))
     return demo
 
