@@ -4,6 +4,7 @@ after use; the history on disk private to its owner.
 
 Every server here listens on 127.0.0.1 only; a wider address is only ever checked, never bound.
 """
+import inspect
 import io
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import stat
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import pytest
 from gradio.utils import get_upload_folder
@@ -24,6 +26,7 @@ from prefstudio.errors import InvalidInput
 from prefstudio.store.history import HistoryStore
 from prefstudio.store.image_files import thumbnail
 from prefstudio.studio import Studio
+from prefstudio.ui.access import _input_positions
 from prefstudio.ui.app import build_app, launch
 
 EVERYTHING = ["like", "dislike", "pair", "tie", "skip"]
@@ -193,6 +196,21 @@ def test_a_session_cannot_touch_a_profile_it_never_opened(local_app, victim):
     assert stranger.predict("victim", api_name="/open_profile") == "victim"
     gallery, info, _ = stranger.predict("victim", EVERYTHING, api_name="/history")
     assert info.startswith("**victim** · 2 judgments")
+
+
+def test_every_listener_that_reads_the_profile_is_guarded(local_app):
+    demo, _, _ = local_app
+    profile = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "ps-profile")
+    readers = [f for f in demo.fns.values() if f.fn is not None and any(c is profile for c in f.inputs)]
+    unguarded = sorted({f.name for f in readers if "guard_request" not in inspect.signature(f.fn).parameters})
+    assert len(readers) > 20 and unguarded == ["profile_chosen", "refresh_choices"]  # the openers
+
+
+def test_guarded_arguments_skip_what_gradio_injects():
+    def listener(session, event: gr.SelectData, profile, request: gr.Request, files, progress=gr.Progress()):
+        pass
+
+    assert _input_positions(listener) == [0, 2, 4]
 
 
 def test_config_holds_no_secret_and_no_profile_names(local_app, victim):
