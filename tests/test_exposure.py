@@ -288,6 +288,11 @@ def test_with_logins_each_sees_and_changes_only_its_own_profiles(tmp_path):
             ben.predict("ann taste", EVERYTHING, 1, api_name="/remove_judgment")
         choices = ben.predict("ben taste", api_name="/create_profile")[0]["choices"]
         assert [c[0] for c in choices] == ["ben taste"]
+        # An import never replaces a profile, another login's included.
+        exported = tmp_path / "ben.prefstudio"
+        exported.write_bytes(Path(ben.predict("ben taste", api_name="/export_profile")["path"]).read_bytes())
+        with pytest.raises(AppError, match="already exists"):
+            ben.predict(handle_file(exported), "ann taste", api_name="/import_profile")
         assert len(demo.prefstudio.store.judgments("ann taste")) == 1
     finally:
         demo.close()
