@@ -5,8 +5,10 @@
     python app.py --model sd-turbo         # a GPU generator (weights must be on this machine,
                                            # or add --allow-downloads to fetch them once)
     python app.py --preference-model preference-tokens   # one model instead of auto's combination
+    python app.py --host 0.0.0.0 --auth-file logins.txt  # other computers, with logins (user:password lines)
 """
 import argparse
+import os
 import sys
 import time
 
@@ -14,7 +16,11 @@ import time
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to serve on (default 127.0.0.1: only this computer can open the page)")
+                        help="address to serve on (default 127.0.0.1: only this computer can open the page, "
+                             "no login); any other address needs logins (--auth-file or PREFSTUDIO_AUTH)")
+    parser.add_argument("--auth-file", default=None, metavar="FILE",
+                        help="require a login: a file of user:password lines (also read: the PREFSTUDIO_AUTH "
+                             "variable, same format); each login sees only the profiles it creates or imports")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--data", default="data", help="history folder: profiles, judgments, images (default ./data)")
     parser.add_argument("--model", default="auto",
@@ -36,11 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
     from prefstudio import privacy
+    from prefstudio.errors import PrefStudioError
 
     privacy.apply_defaults(allow_downloads=args.allow_downloads)  # before gradio reads the environment
+    try:  # before anything is built or bound
+        credentials = privacy.read_credentials(args.auth_file, os.environ)
+        exposure_warning = privacy.check_exposure(args.host, credentials)
+    except PrefStudioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.umask(0o077)  # the history, images, uploads and exports this process writes: owner only
     import torch
 
-    from prefstudio.errors import PrefStudioError
     from prefstudio.studio import build_studio
     from prefstudio.ui.app import build_app, launch
 
@@ -48,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         studio = build_studio(args.data, args.model, args.device, args.preference_model)
         demo = build_app(studio)
-        launch(demo, args.host, args.port, prevent_thread_lock=True)
+        launch(demo, args.host, args.port, prevent_thread_lock=True, auth=credentials)
     except PrefStudioError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # the port is taken
         print(f"error: {error} Choose another with --port.", file=sys.stderr)
         return 2
+    if exposure_warning:
+        print(exposure_warning, file=sys.stderr, flush=True)
     print(f"PrefStudio is ready at http://{args.host}:{args.port}/ "
           f"(started in {time.perf_counter() - started:.1f} s; Ctrl+C stops it)", flush=True)
     try:

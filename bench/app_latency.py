@@ -63,6 +63,7 @@ def one_start(first_batch: bool) -> tuple[float, float | None]:
             batch = None
             if first_batch:
                 client = Client(url, verbose=False)
+                client.predict("me", api_name="/open_profile")  # a session acts only on profiles it opened
                 client.predict("me", "sunset over the desert", 8, "", api_name="/generate_candidates")
                 batch = time.perf_counter() - start
             return served, batch
@@ -89,6 +90,7 @@ def click_latencies(clicks: int) -> tuple[list[float], list[float]]:
             # Like a browser, which has the thumbnails cached by URL (content-addressed): the
             # client does not fetch the returned image files again.
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+            client.predict("me", api_name="/open_profile")
             client.predict("me", "a bouquet of pink flowers", 16, "", api_name="/generate_candidates")
             judge, noop = [], []
             for i in range(clicks):

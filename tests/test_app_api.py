@@ -159,6 +159,7 @@ def fitted(app):
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")  # made through the library: this session opens it
     job = c.submit(fitted, "a cold blue ocean at night", "Fixed seed", 3, 1.0, 100, 0.75, 0.5,
                    api_name="/personalize")
     deadline = time.monotonic() + 120
@@ -168,13 +169,14 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     progress, seed, baseline, personalized, *_ = job.result(timeout=120)
     ran = int(re.search(r"Stopped after (\d+) of 100 iterations", progress).group(1))
     best = re.search(r"the best was iteration (\d+)", progress)
-    assert 2 <= ran < 100 and (best is None or int(best.group(1)) <= ran)
+    assert 1 <= ran < 100 and (best is None or int(best.group(1)) <= ran)
     assert seed == 3 and Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
     assert c.predict(fitted, api_name="/stop") == "Nothing is running."
 
 
 def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
     c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
     result, plot, table = c.predict(fitted, "a dense green forest\nportrait of a cat", 4, 2, 5, api_name="/evaluate")
     rows = table["data"]
     assert [r[:2] for r in rows] == [["a dense green forest", 5], ["portrait of a cat", 6]]

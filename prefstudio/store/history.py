@@ -7,6 +7,7 @@ connection guarded by a lock serves every thread of the Gradio server; each writ
 is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
 """
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
 from prefstudio.store.image_files import (
     load_untrusted_image,
+    make_private,
     png_path,
     store_png_bytes,
     write_png,
@@ -146,8 +148,14 @@ class HistoryStore:
     def __init__(self, data_dir: str | Path, timeout: float = 30.0):
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
-        self.images_dir.mkdir(parents=True, exist_ok=True)
+        # Owner only (0700 folders, 0600 files): a history is one person's taste. SQLite gives
+        # its -wal and -shm files the database file's mode.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.images_dir.mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.data_dir / "history.sqlite3"
+        os.close(os.open(self.db_path, os.O_CREAT | os.O_RDWR, 0o600))
+        for path, mode in ((self.data_dir, 0o700), (self.images_dir, 0o700), (self.db_path, 0o600)):
+            make_private(path, mode)
         self._lock = threading.RLock()
         # isolation_level=None: transactions are exactly the BEGIN/COMMIT written below.
         self._db = sqlite3.connect(

@@ -138,12 +138,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_private(path: Path, mode: int) -> None:
+    """Take group and other access away from a file or folder of ours (one made by an older
+    version, or under a loose umask); one owned by someone else is left as it is."""
+    status = os.stat(path)
+    if status.st_mode & 0o077 and status.st_uid == os.getuid():
+        os.chmod(path, mode)
+
+
 def _make_dirs(directory: Path) -> None:
-    """mkdir -p that also makes each new directory entry durable."""
+    """mkdir -p that also makes each new directory entry durable; new folders are owner-only
+    (files are too: mkstemp makes them 0600)."""
     if directory.is_dir():
         return
     _make_dirs(directory.parent)
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(mode=0o700, exist_ok=True)
     _fsync_dir(directory.parent)
 
 

@@ -1,20 +1,25 @@
 """The studio in the browser: one Blocks with a profile bar and four tabs.
 
     demo = build_app(studio)
-    launch(demo, studio, host="127.0.0.1", port=7860)
+    launch(demo, host="127.0.0.1", port=7860)                 # this computer only
+    launch(demo, host="0.0.0.0", auth=[("ann", "a long password")])  # the network, with logins
 
 Per browser session: the candidates on screen and the last side by side (gr.State).
-Per browser: the chosen profile and the batch on screen (gr.BrowserState, so a refresh
-keeps them). Everything judged is in the history store the moment the click returns.
+Per browser: the chosen profile and the batch on screen, kept on the server under a random
+token the browser holds (gr.BrowserState), so a refresh keeps them. A session acts only on the
+profiles it opened (prefstudio.ui.access). Everything judged is in the history store the
+moment the click returns.
 """
 import os
 import secrets
+import shutil
 import threading
 
 import gradio as gr
 
-from prefstudio.store.image_files import write_atomically
+from prefstudio.store.profile_access import valid_token
 from prefstudio.studio import Studio
+from prefstudio.ui.access import guard_listeners, login
 from prefstudio.ui.common import AppContext, user_errors
 from prefstudio.ui.evaluate_tab import EvaluateTab
 from prefstudio.ui.generate_tab import GenerateTab
@@ -23,6 +28,9 @@ from prefstudio.ui.profile_tab import ProfileTab, describe_fit
 from prefstudio.validation import MAX_IMAGE_BYTES, MAX_PROFILE_FILE_BYTES
 
 FIRST_PROFILE = "me"
+PUBLIC_BROWSER_KEY = "prefstudio-browser-token"
+# Every 10 minutes, gradio deletes the uploads and served copies it made over an hour ago.
+DELETE_CACHE = (600, 3600)
 
 # Keys act on whichever matching button is visible, so one key can mean "previous" while
 # judging one at a time and "left is better" while comparing two. Typing in a text box
@@ -92,34 +100,32 @@ def describe_models(studio: Studio) -> str:
     return f"Generator: {gen}. Image encoder: {enc}. Preference model: {taste}. {offline}"
 
 
-def _browser_secret(ctx: AppContext) -> str:
-    """The key that encrypts this app's localStorage entries, kept with the data so a
-    restarted server still reads what browsers saved."""
-    path = ctx.store.data_dir / "browser-secret"  # beside the database: never served
-    if not path.exists():
-        write_atomically(path, secrets.token_urlsafe(24).encode())
-    return path.read_text().strip()
-
-
 def build_app(studio: Studio) -> gr.Blocks:
     ctx = AppContext(studio)
     store = studio.store
+    access = ctx.access
+    profiles = access.profiles
     if not store.list_profiles():
-        store.create_profile(FIRST_PROFILE)
-    names = [p.name for p in store.list_profiles()]
-    secret = _browser_secret(ctx)
+        store.create_profile(FIRST_PROFILE)  # the person at this computer's (no owner row)
+    # Left by older versions: exports at a fixed, guessable path in a served folder, and the
+    # BrowserState key, which gradio sends to every browser in /config.
+    shutil.rmtree(ctx.ui_cache / "exports", ignore_errors=True)
+    (store.data_dir / "browser-secret").unlink(missing_ok=True)
 
-    with gr.Blocks(title="PrefStudio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="PrefStudio", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         demo.prefstudio = ctx  # for tests and benchmarks that drive the app in-process
-        saved_profile = gr.BrowserState(None, storage_key="prefstudio-profile", secret=secret)
-        saved_batch = gr.BrowserState(None, storage_key="prefstudio-batch", secret=secret)
+        # gradio sends a BrowserState's key to every browser (it is in /config), so it is no
+        # secret and nothing relies on it: the browser keeps only a random token, and what the
+        # token chose (profile, batch on screen) stays on this server.
+        browser = gr.BrowserState(None, storage_key="prefstudio-browser", secret=PUBLIC_BROWSER_KEY)
         with gr.Row(elem_id="ps-header"):
             with gr.Column(scale=3):
                 gr.Markdown("# PrefStudio\nLearns your visual taste from 👍/👎 and generates images for you.")
                 gr.Markdown(describe_models(studio), elem_id="ps-models")
             with gr.Column(scale=2):
                 with gr.Row():
-                    profile = gr.Dropdown(names, value=names[0], label="Profile", allow_custom_value=True,
+                    # No names here: /config is the same for everyone; each page fills its own list.
+                    profile = gr.Dropdown([], value=None, label="Profile", allow_custom_value=True,
                                           scale=3, elem_id="ps-profile")
                     # No max_length: a cut name would be created silently; the store refuses long ones.
                     new_name = gr.Textbox(label="New profile", placeholder="name", scale=2,
@@ -134,40 +140,60 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 EvaluateTab(ctx, profile)
 
-        def create_profile(name):
-            created = store.create_profile(name)
-            return gr.Dropdown(choices=[p.name for p in store.list_profiles()], value=created.name), ""
+        def create_profile(name, request: gr.Request):
+            created = profiles.create(name, login(request))
+            access.open(request, created.name)
+            return gr.Dropdown(choices=profiles.visible(login(request)), value=created.name), ""
 
-        def refresh_choices(current):
-            return gr.Dropdown(choices=[p.name for p in store.list_profiles()], value=current)
+        def open_profile(name: str, request: gr.Request) -> str:
+            """Open a profile in this session (the API's profile menu): later calls may then name it."""
+            return access.open(request, name)
 
-        def restore_profile(saved):
-            known = {p.name for p in store.list_profiles()}
-            value = saved if saved in known else profile.value
-            return gr.Dropdown(choices=sorted(known, key=str.casefold), value=value)
+        def refresh_choices(current, request: gr.Request):
+            return gr.Dropdown(choices=profiles.visible(login(request)), value=current)
 
-        def profile_chosen(name, label_session, history_session, filters):
-            if name:
-                store.get_profile(name)  # a typed name that does not exist says so, and nothing changes
-            return (name, *profile_tab.render(name), *label.render(label_session, name),
+        def restore_profile(token, request: gr.Request):
+            user = login(request)
+            token = token if valid_token(token) else secrets.token_urlsafe(32)
+            visible = profiles.visible(user)
+            value = profiles.chosen_profile(token, user) or (visible[0] if visible else None)
+            return gr.Dropdown(choices=visible, value=value), token
+
+        def profile_chosen(name, token, label_session, history_session, filters, request: gr.Request):
+            if name:  # a typed name that does not exist (or is not this login's) says so; nothing changes
+                name = access.open(request, name)
+                if valid_token(token):
+                    profiles.remember(token, login(request), profile=name)
+            return (*profile_tab.render(name), *label.render(label_session, name),
                     *profile_tab.render_history(history_session, name, filters))
 
+        def restore_batch(label_session, name, token, request: gr.Request):
+            return label.restore(label_session, name, profiles.saved_batch(token, login(request)))
+
+        def remember_batch(label_session, token, request: gr.Request):
+            if valid_token(token):
+                profiles.remember(token, login(request), batch=label_session.candidates)
+
         new_name.submit(user_errors(create_profile), new_name, [profile, new_name], api_name="create_profile")
+        gr.api(user_errors(open_profile), api_name="open_profile")
+        chooser = user_errors(profile_chosen)
         profile.focus(refresh_choices, profile, profile, api_visibility="private")
-        chosen_inputs = [profile, label.session, profile_tab.session, profile_tab.filters]
-        chosen_outputs = [saved_profile, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
+        chosen_inputs = [profile, browser, label.session, profile_tab.session, profile_tab.filters]
+        chosen_outputs = [*profile_tab.profile_views, *label.views, *profile_tab.history_views]
+        # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, profile], generate.views)
-        profile.change(user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private").then(
+        profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             *attach, api_visibility="private")
-        demo.load(restore_profile, saved_profile, profile, api_visibility="private").then(
-            user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private").then(
-            user_errors(label.restore), [label.session, profile, saved_batch], label.views, api_visibility="private"
+        demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(
+            chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
+            user_errors(restore_batch), [label.session, profile, browser], label.views, api_visibility="private"
         ).then(*attach, api_visibility="private")
         # Judgments made in the other tabs show up when the Profile tab opens.
-        profile_page.select(user_errors(profile_chosen), chosen_inputs, chosen_outputs, api_visibility="private")
-        # The batch on screen follows the session into localStorage, for a refresh.
+        profile_page.select(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
+        # The batch on screen is kept for this browser, for a refresh.
         for event in (*label.generated, label.uploaded):
-            event.success(lambda s: s.candidates, label.session, saved_batch, api_visibility="private")
+            event.success(remember_batch, [label.session, browser], None, api_visibility="private")
+        guard_listeners(demo, profile, access, openers=(chooser, refresh_choices))
     return demo
 
 
@@ -181,15 +207,19 @@ def launch_options() -> dict:
     return {"theme": theme, "css": CSS, "js": SHORTCUTS_JS}
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool = False):
-    """Serve the app; model weights warm up in the background so the page is ready at once."""
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool = False,
+           auth: list[tuple[str, str]] | None = None):
+    """Serve the app; model weights warm up in the background so the page is ready at once.
+    With `auth` (user, password) pairs every page and API call needs a login, and each login
+    sees only its own profiles."""
     ctx: AppContext = demo.prefstudio
     threading.Thread(target=warm_up, args=(ctx,), daemon=True, name="prefstudio-warm-up").start()
     data = ctx.store.data_dir
     return demo.launch(
         server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=True,
-        show_error=True, ssr_mode=False, max_file_size=max(MAX_IMAGE_BYTES, MAX_PROFILE_FILE_BYTES),
-        # Images, thumbnails and exports only: never the database beside them.
+        auth=auth or None, show_error=True, ssr_mode=False,
+        max_file_size=max(MAX_IMAGE_BYTES, MAX_PROFILE_FILE_BYTES),
+        # Images and thumbnails only (by content hash): never the database beside them.
         allowed_paths=[str(data / "images"), str(ctx.ui_cache)],
         footer_links=["gradio", "settings"], **launch_options())
 

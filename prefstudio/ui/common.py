@@ -4,6 +4,7 @@ import io
 import inspect
 import math
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ from PIL import Image
 
 from prefstudio.errors import PrefStudioError
 from prefstudio.store.image_files import thumbnail, write_atomically
+from prefstudio.store.profile_access import ProfileAccess
 from prefstudio.studio import Studio
+from prefstudio.ui.access import SessionAccess
 
 GALLERY_THUMB = 192  # px, the longer side of a gallery thumbnail
 VIEW_SIZE = 512  # px, the single image being judged or compared
@@ -29,10 +32,28 @@ class AppContext:
     # CPU has no cores to spare: model work runs one step at a time. Store reads and
     # judgments do not take it, so a click is recorded while an optimisation runs.
     compute: threading.Lock = field(default_factory=threading.Lock)
+    access: SessionAccess = field(init=False)
+    _exports: dict[int, Path] = field(default_factory=dict, init=False)
+    _exports_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self):
+        self.access = SessionAccess(ProfileAccess(self.store))
 
     @property
     def store(self):
         return self.studio.store
+
+    def export_path(self, profile_id: int, file_name: str) -> Path:
+        """Where to write a profile's export: a new folder with an unguessable name in gradio's
+        upload folder, so gradio serves it as it is (no copy) to the session it is returned
+        to, and its cache cleaning deletes it. The profile's previous export goes now."""
+        with self._exports_lock:
+            previous = self._exports.pop(profile_id, None)
+            if previous is not None:
+                shutil.rmtree(previous.parent, ignore_errors=True)
+            folder = Path(gr.utils.get_upload_folder()) / f"prefstudio-export-{secrets.token_urlsafe(24)}"
+            self._exports[profile_id] = path = folder / file_name
+        return path
 
     @property
     def ui_cache(self) -> Path:

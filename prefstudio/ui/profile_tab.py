@@ -11,6 +11,7 @@ from prefstudio.errors import InvalidInput
 from prefstudio.store.history import KINDS
 from prefstudio.studio import training_pairs
 from prefstudio.taste_summary import taste_summary
+from prefstudio.ui.access import login
 from prefstudio.ui.common import (
     KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, short, thumb, user_errors,
 )
@@ -194,18 +195,18 @@ class ProfileTab:
             raise InvalidInput("choose or create a profile first (top of the page)")
         stored = self.ctx.store.get_profile(profile)
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stored.name).strip("-") or "profile"
-        # One file per profile, replaced atomically by each export: nothing piles up.
-        path = self.ctx.ui_cache / "exports" / str(stored.id) / f"{stem}.prefstudio"
+        path = self.ctx.export_path(stored.id, f"{stem}.prefstudio")
         return str(self.ctx.run(self.ctx.studio.export_profile, stored.name, path))
 
-    def import_profile(self, file, new_name):
+    def import_profile(self, file, new_name, request: gr.Request):
         if file is None:
             raise InvalidInput("choose a .prefstudio profile file to import")
         path = Path(getattr(file, "name", file))
         name = (new_name or "").strip() or None
         imported = self.ctx.run(self.ctx.studio.import_profile, path, name)
+        self.ctx.access.adopt(request, imported.name)  # this login owns it; this session has it open
         counts = self.ctx.store.counts(imported.name)
         message = (f"Imported profile **{imported.name}** with {sum(counts.values())} judgments"
                    + (" and its fitted model." if self.ctx.studio.fit_status(imported.name) else "."))
-        choices = [p.name for p in self.ctx.store.list_profiles()]
+        choices = self.ctx.access.profiles.visible(login(request))
         return message, gr.Dropdown(choices=choices, value=imported.name)
