@@ -321,6 +321,7 @@ class Studio:
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
+            "trace": [[p.iteration, round(p.total, 4), _rounded(p.normalised)] for p in result.trace],
             "scores": {"baseline": _rounded(baseline_scored.normalised),
                        "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}}
         personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)

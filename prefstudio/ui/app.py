@@ -70,6 +70,12 @@ CSS = """
 /* Captions carry the seed and the verdict: let them use the thumbnail's width. */
 #ps-candidates .caption-label, #ps-history .caption-label, #ps-most .caption-label, #ps-least .caption-label {
   max-width: 94%; font-size: 0.8em; opacity: 0.92; }
+/* gradio lays out a gallery with fewer items than columns as that many full-width columns
+   (one history item became one huge cropped image): keep every gallery's columns. */
+#ps-history .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
+#ps-past .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
+#ps-most .grid-container, #ps-least .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+#ps-candidates .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
 #ps-export-file .empty.large { min-height: 64px; height: 64px; }
 /* A refused input is explained in the toast; no "Error" badge is left on every output. */
 [data-testid="status-tracker"]:has(> span.error) { display: none !important; }
@@ -164,7 +170,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 name = access.open(request, name)
                 if valid_token(token):
                     profiles.remember(token, login(request), profile=name)
-            return (*profile_tab.render(name), *label.render(label_session, name),
+            return (name, *profile_tab.render(name), *label.render(label_session, name),
                     *profile_tab.render_history(history_session, name, filters))
 
         def restore_batch(label_session, name, token, request: gr.Request):
@@ -179,9 +185,12 @@ def build_app(studio: Studio) -> gr.Blocks:
         chooser = user_errors(profile_chosen)
         profile.focus(refresh_choices, profile, profile, api_visibility="private")
         chosen_inputs = [profile, browser, label.session, profile_tab.session, profile_tab.filters]
-        chosen_outputs = [*profile_tab.profile_views, *label.views, *profile_tab.history_views]
+        # The profile this session last opened (server-side, so the Generate tab below never
+        # races a menu change that is still being opened).
+        opened = gr.State(None)
+        chosen_outputs = [opened, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
         # The Generate tab follows the profile: its running job, or its last side by side.
-        attach = (user_errors(generate.attach), [generate.session, profile], generate.views)
+        attach = (user_errors(generate.attach), [generate.session, opened], generate.views)
         profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             *attach, api_visibility="private")
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(

@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from prefstudio.errors import InvalidInput, NotFound
-from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS
+from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.studio import DEFAULT_STRENGTH
@@ -31,6 +31,8 @@ RANDOM, FIXED = "Random seed", "Fixed seed"
 MAX_UI_ITERATIONS = 100
 TOTAL = "objective"
 PAST = 12  # past side by sides listed
+PAST_COLUMNS = 6
+PERSONALIZED = "Personalized (live preview while optimising)"
 
 
 class GenerateSession:
@@ -47,7 +49,8 @@ def reward_label(name: str) -> str:
 
 
 def scores_table(normalised: dict[str, float], weights: dict[str, float]) -> str:
-    rows = [f"| {reward_label(n)} | {v:+.2f} | {weights.get(n, 0):.2f} |" for n, v in normalised.items()]
+    order = sorted(normalised, key=lambda n: (n != "user", n))  # the person's taste first
+    rows = [f"| {reward_label(n)} | {normalised[n]:+.2f} | {weights.get(n, 0):.2f} |" for n in order]
     return "| reward | score | weight |\n|---|---:|---:|\n" + "\n".join(rows)
 
 
@@ -97,7 +100,7 @@ class GenerateTab:
                     like_base = gr.Button("👍 Baseline", size="sm")
                     dislike_base = gr.Button("👎 Baseline", size="sm")
             with gr.Column():
-                self.personalized = gr.Image(label="Personalized (live preview while optimising)", type="filepath",
+                self.personalized = gr.Image(label=PERSONALIZED, type="filepath",
                                              interactive=False, height=360, buttons=["download", "fullscreen"],
                                              elem_id="ps-personalized")
                 self.personalized_scores = gr.Markdown()
@@ -109,10 +112,10 @@ class GenerateTab:
             prefer_pers = gr.Button("Personalized is better ▶")
         self.status = gr.Markdown()
         self.trace = gr.LinePlot(x="iteration", y="score", color="series", title="Scores during optimisation",
-                                 y_title="normalised score", height=260, x_axis_format="d", elem_id="ps-trace")
+                                 y_title="normalised score", height=260, elem_id="ps-trace")
         gr.Markdown("### Your past side by sides\nSelect one to show it again, judge it, or reuse its prompt, "
                     "seed and weights.")
-        self.past = gr.Gallery(columns=6, height=gallery_height(PAST, 6), allow_preview=False,
+        self.past = gr.Gallery(columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
                                object_fit="contain", elem_id="ps-past")
         reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
 
@@ -208,7 +211,8 @@ class GenerateTab:
         bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
         text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+.2f} · "
                 f"best so far {item.best_total:+.2f} (iteration {item.best_iteration})")
-        return (text, job.seed, baseline, preview, "", "", self._trace(job.progress, job.iterations), gr.skip())
+        return (text, job.seed, baseline, gr.Image(preview, label=PERSONALIZED), "", "",
+                self._trace(job.progress, job.iterations), gr.skip())
 
     def _finished_view(self, session: GenerateSession, job: GenerationJob):
         side = job.result
@@ -224,7 +228,7 @@ class GenerateTab:
                        "not personalized — try another seed, a higher strength or more iterations.")
         text = f"{verdict} Seed **{side.seed}** — both images are stored with their prompt, seed and weights."
         return (text, side.seed, thumb(side.baseline.record.path, VIEW_SIZE),
-                thumb(side.personalized.record.path, VIEW_SIZE),
+                self._result_image(side.personalized.record.path, side.improved),
                 scores_table(side.baseline.normalised, side.weights),
                 scores_table(side.personalized.normalised, side.weights),
                 self._trace(job.progress, job.iterations, side.iterations_run),
@@ -241,11 +245,19 @@ class GenerateTab:
         scores = params.get("scores", {})
         verdict = ("personalized: raised your weighted rewards by "
                    f"{params.get('gain', 0):+.2f}" if params.get("improved") else "**no improvement on the baseline**")
+        ran = params.get("iterations_run", params.get("iterations"))
         text = (f"{title}: “{record.prompt}”, seed **{record.seed}**, strength {params.get('strength', '?')}, "
-                f"{verdict}.")
-        return (text, record.seed, thumb(baseline.path, VIEW_SIZE), thumb(record.path, VIEW_SIZE),
+                f"{ran} iterations, {verdict}.")
+        trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
+        return (text, record.seed, thumb(baseline.path, VIEW_SIZE),
+                self._result_image(record.path, bool(params.get("improved"))),
                 scores_table(scores.get("baseline", {}), weights), scores_table(scores.get("personalized", {}), weights),
-                self._trace([], 1), self._past_gallery(session, profile))
+                self._trace(trace, params.get("iterations", 1), ran), self._past_gallery(session, profile))
+
+    @staticmethod
+    def _result_image(path, improved: bool):
+        label = PERSONALIZED if improved else "Not personalized: no improvement on the baseline (best iterate shown)"
+        return gr.Image(thumb(path, VIEW_SIZE), label=label)
 
     def _empty(self, session: GenerateSession, message: str):
         session.baseline = session.personalized = None
@@ -264,7 +276,8 @@ class GenerateTab:
             items.append((pair_thumb(self.ctx, base, record.sha256),
                           f"{mark} seed {record.seed} · {record.prompt[:40]}"))
             session.past.append(record.sha256)
-        return gr.Gallery(items or None)
+        rows = max(1, -(-len(items) // PAST_COLUMNS))
+        return gr.Gallery(items or None, columns=PAST_COLUMNS, height=gallery_height(rows, PAST_COLUMNS))
 
     @staticmethod
     def _trace(progress, planned: int, last: int | None = None):

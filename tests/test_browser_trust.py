@@ -1,0 +1,166 @@
+"""Trust defects seen by a new user, each driven in Chromium as a person would: the state
+on screen follows the chosen profile, a reload loses no run, the chart ends where the run
+does, a result that did not improve is not called personalized, and the small things
+(one judgment, long names, 🎲, the export box)."""
+import re
+import shutil
+import socket
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from prefstudio.encoders.base import pil_to_tensor
+from prefstudio.eval.simulated_users import SimulatedUser
+from prefstudio.studio import Studio
+from prefstudio.taste_summary import taste_summary
+from prefstudio.ui.app import build_app, launch
+from tests.test_browser import CHROMIUM_FLAGS, SLOW
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    studio = Studio(tmp_path_factory.mktemp("trust-data"))
+    person = SimulatedUser("bright-warm", {"brightness": 1.0, "warmth": 1.0})
+    images = studio.generate_candidates("a quiet landscape", seeds=list(range(12)))
+    utility = person.utility(pil_to_tensor([studio.store.load_image(i.sha256) for i in images]))
+    studio.store.create_profile("alice")
+    for image, u in zip(images, utility):
+        studio.judge("alice", "like" if u > utility.median() else "dislike", image.sha256)
+    studio.fit("alice")
+    studio.store.create_profile("empty")
+    studio.store.create_profile("single")
+    studio.judge("single", "like", images[0].sha256)
+    demo = build_app(studio)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    yield studio, f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium fonts-noto-color-emoji")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        browser.close()
+
+
+def open_studio(page, url):
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+
+
+def choose(page, name):
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text(f"{name} ·", timeout=SLOW)
+
+
+def test_every_panel_shows_the_chosen_profile(server, page):
+    """Defect 1: another profile's taste summary stayed on screen after a switch."""
+    studio, url = server
+    open_studio(page, url)
+    choose(page, "empty")
+    page.get_by_role("tab", name="Profile").click()
+    page.click("#ps-fit")  # a cold start: its own summary
+    expect(page.locator("#ps-fit-status")).to_contain_text("on 0 pairs", timeout=SLOW)
+    empty_text = taste_summary(studio, "empty").text()
+    expect(page.locator("#ps-taste-text")).to_have_text(empty_text, timeout=SLOW)
+    page.get_by_role("button", name="Export profile").click()
+    expect(page.locator("#ps-export-file")).to_contain_text(re.compile(r"empty\s*\.prefstudio"), timeout=SLOW)
+
+    choose(page, "alice")
+    expect(page.locator("#ps-taste-text")).to_have_text(taste_summary(studio, "alice").text(), timeout=SLOW)
+    expect(page.locator("#ps-fit-status")).to_contain_text("on 36 pairs")
+    expect(page.locator("#ps-export-file")).not_to_contain_text("prefstudio")  # not the other's file
+    choose(page, "single")
+    expect(page.locator("#ps-taste-text")).to_have_text("No fitted taste to summarise yet.", timeout=SLOW)
+    expect(page.locator("#ps-fit-status")).to_contain_text("Not fitted yet")
+
+
+def test_the_generate_tab_knows_a_fitted_profile(server, page):
+    """Defect 2: "Fit your taste first" on every page load, fitted or not."""
+    _, url = server
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    progress = page.locator("#ps-gen-progress")
+    expect(progress).to_contain_text(re.compile("fitted and ready|last side by side"), timeout=SLOW)
+    choose(page, "single")
+    expect(progress).to_contain_text("has no fitted taste yet", timeout=SLOW)
+
+
+def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, page):
+    """Defects 4 and 5: a reload lost the run; the chart ended before the run did."""
+    studio, url = server
+    before = len(studio.store.personalized_images("alice"))
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#ps-gen-prompt textarea", "a lighthouse at dusk")
+    page.click("#ps-advanced")
+    page.fill("#ps-iterations input[type=number]", "24")
+    page.keyboard.press("Enter")
+    page.click("#ps-personalize")
+    progress = page.locator("#ps-gen-progress")
+    expect(progress).to_contain_text("Optimising", timeout=SLOW)
+    page.reload(wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    # The page re-attaches to the run (or shows it finished), and it ends stored.
+    expect(progress).to_contain_text(re.compile("Optimising|Done: 24 iterations"), timeout=SLOW)
+    expect(progress).to_contain_text(re.compile("Done: 24 iterations|“a lighthouse at dusk”.* 24 iterations"),
+                                     timeout=SLOW)
+    assert len(studio.store.personalized_images("alice")) == before + 1
+    axis = page.locator("#ps-trace [aria-roledescription=axis]").first
+    expect(axis).to_have_attribute("aria-label", re.compile(r"iteration.*\b24\b"), timeout=SLOW)
+    assert not re.search(r"\d\.\d", axis.get_attribute("aria-label"))  # whole iterations only
+
+
+def test_no_improvement_is_not_called_personalized(server, page):
+    """Defect 6: a result whose taste score fell was still labelled personalized."""
+    _, url = server
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#ps-gen-prompt textarea", "a city street at night")
+    page.fill("#ps-strength input[type=number]", "0")  # the noise may not move at all
+    page.keyboard.press("Enter")
+    page.click("#ps-personalize")
+    progress = page.locator("#ps-gen-progress")
+    expect(progress).to_contain_text("No improvement on the baseline", timeout=SLOW)
+    expect(page.locator("#ps-personalized")).to_contain_text("Not personalized")
+
+
+def test_one_judgment_long_names_dice_and_export(server, page):
+    """Defect 7: "0 pairs (nothing judged yet)" after one judgment; one history image shown
+    huge and cropped; a long name cut silently; 🎲 that did not generate."""
+    studio, url = server
+    open_studio(page, url)
+    choose(page, "single")
+    page.get_by_role("tab", name="Profile").click()
+    page.click("#ps-fit")
+    status = page.locator("#ps-fit-status")
+    expect(status).to_contain_text("1 judgment but no pair yet", timeout=SLOW)
+    thumbnail = page.locator("#ps-history button.thumbnail-item").first
+    expect(thumbnail).to_be_visible(timeout=SLOW)
+    assert thumbnail.bounding_box()["width"] < 300  # one of eight columns, not the whole row
+    expect(page.locator("#ps-history .caption-label").first).to_contain_text("👍")
+
+    long_name = "n" * 300
+    page.fill("#ps-new-profile textarea", long_name)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("64").first).to_be_visible(timeout=SLOW)
+    assert all(len(p.name) <= 64 and not p.name.startswith("nnnn") for p in studio.store.list_profiles())
+
+    page.get_by_role("tab", name="Label").click()
+    page.get_by_role("button", name="🎲 Surprise me").first.click()
+    expect(page.locator("#ps-candidates button.thumbnail-item").first).to_be_visible(timeout=SLOW)
