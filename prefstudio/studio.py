@@ -163,7 +163,9 @@ class Studio:
             if not 1 <= int(n) <= MAX_CANDIDATES:
                 raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
             seeds = [secrets.randbelow(2**31) for _ in range(int(n))]
-        seeds = [validate_seed(s) for s in seeds][:MAX_CANDIDATES]
+        if len(seeds) > MAX_CANDIDATES:
+            raise InvalidInput(f"{len(seeds)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
+        seeds = [validate_seed(s) for s in seeds]
         generated = self.generator.generate(prompt, seeds)
         return [self.store.add_image(g) for g in generated]
 
@@ -344,6 +346,7 @@ class Studio:
         Yields GuidanceProgress per iteration (method "guidance"), then one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
+        self.store.get_profile(profile)  # a missing profile is not one without a fit
         rewards = self.rewards(profile)
         if "user" not in rewards:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")

@@ -6,6 +6,8 @@ a refresh, a crash or a killed server loses nothing that was acknowledged. One
 connection guarded by a lock serves every thread of the Gradio server; each write
 is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
 """
+from __future__ import annotations  # annotations name torch types without importing torch
+
 import json
 import sqlite3
 import threading
@@ -14,13 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import safetensors.torch
-import torch
 from PIL import Image
 
-from prefstudio.errors import InvalidInput, NotFound
-from prefstudio.generators.base import GeneratedImage
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
     png_path,
@@ -28,6 +28,11 @@ from prefstudio.store.image_files import (
     write_png,
 )
 from prefstudio.validation import validate_profile_name, validate_prompt, validate_seed
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: store-only commands start fast
+    import torch
+
+    from prefstudio.generators.base import GeneratedImage
 
 SCHEMA_VERSION = 1
 KINDS = ("like", "dislike", "pair", "tie", "skip")
@@ -223,7 +228,9 @@ class HistoryStore:
                     "INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created)
                 )
             except sqlite3.IntegrityError:
-                raise InvalidInput(f"a profile named {name!r} already exists") from None
+                existing = db.execute("SELECT name FROM profiles WHERE name = ?", (name,)).fetchone()[0]
+                same = "" if existing == name else " (names ignore upper/lower case)"
+                raise InvalidInput(f"a profile named {existing!r} already exists{same}") from None
         return Profile(cursor.lastrowid, name, created)
 
     def list_profiles(self) -> list[Profile]:
@@ -236,8 +243,8 @@ class HistoryStore:
             return Profile(*rows[0])
         existing = [p.name for p in self.list_profiles()]
         if not existing:
-            raise NotFound(f"no profile named {name!r}: there are no profiles yet; create one")
-        raise NotFound(f"no profile named {name!r}; existing profiles: {', '.join(existing)}")
+            raise NotFound(f"no profile named {echo(name)}: there are no profiles yet; create one")
+        raise NotFound(f"no profile named {echo(name)}; existing profiles: {', '.join(existing)}")
 
     # --- images --------------------------------------------------------------------
 
@@ -288,7 +295,7 @@ class HistoryStore:
         """A full image id from the id or a unique prefix of at least 6 characters."""
         ref = str(ref).strip().lower()
         if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
-            raise InvalidInput(f"{ref!r} is not an image id (6 to 64 hexadecimal characters)")
+            raise InvalidInput(f"{echo(ref)} is not an image id (6 to 64 hexadecimal characters)")
         rows = self._query("SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? LIMIT 2",
                            (ref, ref + "g"))
         if not rows:
@@ -380,6 +387,8 @@ class HistoryStore:
 
     def get_features(self, encoder: str, shas: Iterable[str]) -> dict[str, torch.Tensor]:
         """Cached float32 vectors of those images that have one for this encoder."""
+        import torch
+
         shas = list(dict.fromkeys(shas))
         found = {}
         for start in range(0, len(shas), 500):  # stay under SQLite's bound on parameters
@@ -397,6 +406,8 @@ class HistoryStore:
         return found
 
     def put_features(self, encoder: str, features: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         rows = []
         for sha, vector in features.items():
             if vector.dim() != 1:
@@ -413,6 +424,8 @@ class HistoryStore:
     def save_model(self, profile: str, name: str, tensors: Mapping[str, torch.Tensor],
                    config: Mapping) -> None:
         """Store (or replace) a profile's fitted model as safetensors bytes and JSON config."""
+        import safetensors.torch
+
         name = validate_model_name(name)
         weights = safetensors.torch.save(
             {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
@@ -425,6 +438,8 @@ class HistoryStore:
             )
 
     def load_model(self, profile: str, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        import safetensors.torch
+
         rows = self._query(
             "SELECT weights, config FROM models WHERE profile_id = ? AND name = ?",
             (self.get_profile(profile).id, name),

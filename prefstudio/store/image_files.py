@@ -40,10 +40,12 @@ def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     else:
         path = Path(source)
         try:
+            if path.exists() and not path.is_file():  # /dev/zero, a fifo, a folder: no size to trust
+                raise InvalidInput(f"{path} is not a regular file, so it is not an image file")
             size = path.stat().st_size
             if size > max_bytes:  # refused before reading a byte
                 raise InvalidInput(
-                    f"image file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+                    f"image file is {size:,} bytes; the limit is {max_bytes:,} bytes ({max_bytes / 2**20:.0f} MB)"
                 )
             with open(path, "rb") as file:
                 data = file.read(max_bytes + 1)  # +1: the file may have grown since stat
@@ -51,7 +53,7 @@ def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
             raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
     if len(data) > max_bytes:
         raise InvalidInput(
-            f"image is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+            f"image is over the limit of {max_bytes:,} bytes ({max_bytes / 2**20:.0f} MB)"
         )
     if not data:
         raise InvalidInput("not an image: the data is empty")

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.store.history import (
     HistoryStore,
     ImageRecord,
@@ -60,6 +60,7 @@ def content_digest(profile_json: str, tensors: dict[str, torch.Tensor]) -> str:
 
 def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLike) -> Path:
     """Write the profile's judgments, the images they refer to and its fitted models."""
+    path = validation.validate_output_file(path)
     profile = store.get_profile(profile_name)
     judgments = store.judgments(profile.name)
     shas = list(dict.fromkeys(
@@ -95,7 +96,6 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
     profile_json = _canonical_json(content)
     metadata = {"format": FORMAT, "version": str(VERSION), "profile": profile_json,
                 "digest": content_digest(profile_json, tensors)}
-    path = Path(path)
     write_atomically(path, safetensors.torch.save(tensors, metadata=metadata))
     return path
 
@@ -136,10 +136,10 @@ def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def _check_format(metadata: dict) -> None:
     if metadata.get("format") != FORMAT:
         raise InvalidInput(f"not a PrefStudio profile file (format "
-                           f"{metadata.get('format')!r}, expected {FORMAT!r})")
+                           f"{echo(metadata.get('format'))}, expected {FORMAT!r})")
     version = metadata.get("version", "")
     if not version.isdigit():
-        raise InvalidInput(f"profile file has an unreadable version {version!r}")
+        raise InvalidInput(f"profile file has an unreadable version {echo(version)}")
     if int(version) > VERSION:
         raise InvalidInput(f"profile file version {int(version)} is newer than this "
                            f"PrefStudio understands ({VERSION}); upgrade PrefStudio")
@@ -226,9 +226,11 @@ def import_profile(store: HistoryStore, path: str | os.PathLike,
     expected |= {f"model.{m}.{key}" for m, model_tensors, _ in models for key in model_tensors}
     if set(tensors) != expected:
         raise _malformed(f"unexpected tensors {sorted(set(tensors) - expected)[:3]}")
-    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
-        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
-                           "another name")
+    existing = [p.name for p in store.list_profiles() if p.name.casefold() == name.casefold()]
+    if existing:
+        same = "" if existing[0] == name else " (names ignore upper/lower case)"
+        raise InvalidInput(f"a profile named {existing[0]!r} already exists{same}; import it under "
+                           "another name with --name")
 
     records = []
     for item, png in images:
