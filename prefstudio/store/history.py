@@ -426,10 +426,13 @@ class HistoryStore:
         """Store (or replace) a profile's fitted model as safetensors bytes and JSON config."""
         import safetensors.torch
 
-        name = validate_model_name(name)
-        weights = safetensors.torch.save(
+        self.save_model_weights(profile, name, safetensors.torch.save(
             {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
-        )
+        ), config)
+
+    def save_model_weights(self, profile: str, name: str, weights: bytes, config: Mapping) -> None:
+        """`save_model` for weights already serialised as safetensors bytes (no torch needed)."""
+        name = validate_model_name(name)
         config = _to_json(config)
         with self._transaction() as db:
             db.execute(
@@ -440,6 +443,11 @@ class HistoryStore:
     def load_model(self, profile: str, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
         import safetensors.torch
 
+        stored = self.load_model_weights(profile, name)
+        return None if stored is None else (safetensors.torch.load(stored[0]), stored[1])
+
+    def load_model_weights(self, profile: str, name: str) -> tuple[bytes, dict] | None:
+        """The stored safetensors bytes and config (no torch needed), or None."""
         rows = self._query(
             "SELECT weights, config FROM models WHERE profile_id = ? AND name = ?",
             (self.get_profile(profile).id, name),
@@ -447,7 +455,7 @@ class HistoryStore:
         if not rows:
             return None
         weights, config = rows[0]
-        return safetensors.torch.load(weights), json.loads(config)
+        return bytes(weights), json.loads(config)
 
     def model_names(self, profile: str) -> list[str]:
         rows = self._query("SELECT name FROM models WHERE profile_id = ? ORDER BY name",
@@ -461,14 +469,15 @@ class HistoryStore:
         name: str,
         images: list[tuple[ImageRecord, bytes]],
         judgments: list[tuple[str, str, str | None, str]],
-        models: list[tuple[str, dict[str, torch.Tensor], dict]],
+        models: list[tuple[str, bytes, dict]],
     ) -> Profile:
         """Add a profile with its history in one transaction: all of it or nothing.
 
         `images` pairs checked records (their path is ignored: the store puts each
         file at `image_path(sha256)`) with their PNG bytes; the files are written
         first and the rows after, so a crash between the two leaves only unreferenced
-        files. `judgments` are (kind, image_a, image_b, created), oldest first.
+        files. `judgments` are (kind, image_a, image_b, created), oldest first;
+        `models` are (name, safetensors bytes, config).
         """
         for record, png in images:
             store_png_bytes(png, self.images_dir)
@@ -484,6 +493,6 @@ class HistoryStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (profile.id, kind, image_a, image_b, created),
                 )
-            for model_name, tensors, config in models:
-                self.save_model(profile.name, model_name, tensors, config)
+            for model_name, weights, config in models:
+                self.save_model_weights(profile.name, model_name, weights, config)
         return profile
