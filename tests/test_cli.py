@@ -249,6 +249,29 @@ def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path, capsys):
     refused(capsys, data, "import-pairs", "alice", str(tmp_path / "missing.jsonl"))
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "TMP"], "is not a file"),
+    (["evaluate", "TMP/missing.jsonl"], "does not exist"),
+    (["evaluate", "SAMPLE", "--n-ref", "0"], "--n-ref must lie in"),
+    (["import-pairs", "alice", "TMP/bad.jsonl"], "not JSON"),
+    (["import-pairs", "alice", "SAMPLE", "--user", "nobody"], "no judgments of user 'nobody'"),
+    (["import-pairs", "bob", "SAMPLE"], "no profile named 'bob'"),
+    (["import", "/dev/zero"], "not a regular file"),
+    (["export", "alice", "/dev/null"], "not a regular file"),
+    (["generate", "a fox", "-n", "0"], "number of candidates"),
+    (["personalize", "alice", "a fox", "--weight", "user=abc"], "not a number"),
+    (["personalize", "alice", "a fox", "--seed", "-1"], "out of range"),
+    (["profile", "create"], "needs a name"),
+    (["profile", "create", "a/b"], "contains '/'"),
+])
+def test_ordinary_input_errors_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    assert run_cli(capsys, tmp_path / "data", "profile", "create", "alice")[0] == 0
+    argv = [a.replace("TMP", str(tmp_path)).replace("SAMPLE", str(REPO / "assets/sample_pairs/pairs.jsonl"))
+            for a in argv]
+    assert message in refused(capsys, tmp_path / "data", *argv)
+
+
 def test_an_output_folder_needs_an_existing_parent(tmp_path, capsys):
     line = refused(capsys, tmp_path / "data", "generate", "a fox", "--seeds", "1", "--out",
                    str(tmp_path / "no" / "such"))

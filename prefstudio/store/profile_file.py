@@ -168,6 +168,8 @@ def _read_file(path: Path) -> tuple[dict, dict[str, RawTensor]]:
         size = path.stat().st_size
     except OSError as error:
         raise NotFound(f"cannot read profile file {path}: {error.strerror}") from None
+    if not path.is_file():  # a folder, /dev/zero, a fifo
+        raise InvalidInput(f"{path} is not a regular file, so it is not a profile file")
     limit = validation.MAX_PROFILE_FILE_BYTES
     if size > limit:
         raise InvalidInput(f"profile file is {size / 2**20:,.0f} MB; the limit is "
