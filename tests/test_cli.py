@@ -320,11 +320,10 @@ def test_valid_device_names_pass():
     assert [validate_device_name(d) for d in ("cpu", "cuda", "cuda:1", "MPS")] == ["cpu", "cuda", "cuda:1", "mps"]
 
 
-def test_a_device_this_machine_lacks_is_refused(tmp_path, capsys):
+def test_a_device_this_machine_lacks_is_refused(tmp_path, capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")  # the refusal needs a machine without it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
     line = refused(capsys, tmp_path, "--device", "cuda", "generate", "a fox", "--seeds", "1")
     assert "no usable CUDA GPU" in line
 
