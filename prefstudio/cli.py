@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from prefstudio.errors import PrefStudioError, disk_full, echo
+from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, echo
 from prefstudio.validation import validate_device_name, validate_output_folder, validate_prompt
 
 # Commands that read or write only the history store: they never import torch or the models,
@@ -25,8 +25,6 @@ STORE_COMMANDS = ("profile", "judge", "export", "import")
 
 
 def _weights(items: list[str]) -> dict[str, float] | None:
-    from prefstudio.errors import InvalidInput
-
     if not items:
         return None
     weights = {}
@@ -111,8 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_profile(args, store) -> dict:
-    from prefstudio.errors import InvalidInput
-
     if args.action == "create":
         if not args.name:
             raise InvalidInput("profile create needs a name")
@@ -123,7 +119,6 @@ def cmd_profile(args, store) -> dict:
 def cmd_judge(args, store) -> dict:
     """One judgment per id (like, dislike, skip), or one of two ids (pair, tie). Every id is
     resolved and checked before anything is recorded."""
-    from prefstudio.errors import InvalidInput
     from prefstudio.store.history import check_judgment
 
     ids = [store.resolve_image_id(ref) for ref in args.images]

@@ -94,6 +94,13 @@ def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str,
     return checked
 
 
+def size_over_limit(size: int, limit: int) -> str:
+    """'65.0 MB; the limit is 64 MB', in bytes where rounding would make the two look equal."""
+    if round(size / 2**20, 1) > round(limit / 2**20, 1):
+        return f"{size / 2**20:,.1f} MB; the limit is {limit / 2**20:,.0f} MB"
+    return f"{size:,} bytes; the limit is {limit:,} bytes ({limit / 2**20:,.0f} MB)"
+
+
 DEVICE_NAMES = "cpu, cuda, cuda:N (N = 0, 1, …), mps"
 
 

@@ -172,8 +172,7 @@ def _read_file(path: Path) -> tuple[dict, dict[str, RawTensor]]:
         raise InvalidInput(f"{path} is not a regular file, so it is not a profile file")
     limit = validation.MAX_PROFILE_FILE_BYTES
     if size > limit:
-        raise InvalidInput(f"profile file is {size / 2**20:,.0f} MB; the limit is "
-                           f"{limit / 2**20:,.0f} MB")
+        raise InvalidInput(f"profile file is {validation.size_over_limit(size, limit)}")
     try:
         with safe_open(path, framework="numpy") as file:  # checks the header; reads no tensor
             metadata = file.metadata() or {}
