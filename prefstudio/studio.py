@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
@@ -142,7 +142,7 @@ class Studio:
         folder = Path(PREFERENCE_MODELS.get(name_or_folder) or name_or_folder)
         if not folder.is_dir():
             raise InvalidInput(f"preference model must be one of {', '.join(PREFERENCE_MODELS)} or a folder "
-                               f"holding a preference-token checkpoint; {str(name_or_folder)!r} is neither")
+                               f"holding a preference-token checkpoint; {echo(str(name_or_folder))} is neither")
         if read_checkpoint_config(folder)["model"].get("backbone") != "lite":
             raise InvalidInput(f"{folder} is not a lite preference-token checkpoint; the studio guides "
                                "generation with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")
@@ -181,7 +181,7 @@ class Studio:
         self.store.get_profile(profile)
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
         if not judgments:
-            raise InvalidInput(f"{path} has no judgments" + (f" of user {user_id!r}" if user_id else ""))
+            raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
         imported = [(self.store.import_image(j.liked, j.prompt).sha256,
                      self.store.import_image(j.disliked, j.prompt).sha256) for j in judgments]
         for liked, disliked in imported:

@@ -63,6 +63,14 @@ def test_prompts_with_hidden_characters_are_refused(prompt, message):
         validate_prompt(prompt)
 
 
+def test_the_library_refuses_a_lone_surrogate_before_any_work():
+    from prefstudio.studio import Studio
+
+    studio = Studio.__new__(Studio)  # no models: the prompt is refused before they are used
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        studio.generate_candidates("\ud800")
+
+
 def test_ordinary_prompts_still_pass():
     assert validate_prompt("  a fox in the snow\n") == "a fox in the snow"
     assert validate_prompt("un renard dans la neige 🦊\tà l'aube") == "un renard dans la neige 🦊\tà l'aube"
@@ -97,6 +105,17 @@ def test_a_megabyte_argument_is_not_echoed_whole(tmp_path, capsys):
     with pytest.raises(InvalidInput) as caught:
         cli._weights([huge])
     assert len(str(caught.value)) < 400
+
+
+def test_megabyte_names_and_paths_are_not_echoed_whole(tmp_path, capsys):
+    huge = "%s" * (2**19)
+    pairs = str(REPO / "assets" / "sample_pairs" / "pairs.jsonl")
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    for argv in (["import-pairs", "alice", pairs, "--user", huge], ["import", huge], ["export", "alice", huge],
+                 ["evaluate", huge], ["--preference-model", huge, "fit", "alice"],
+                 ["personalize", "alice", "a fox", "--weight", huge + "=1"], ["generate", huge]):
+        line = refused(capsys, tmp_path, *argv)
+        assert len(line) < 400, (argv[0], line[:200])
 
 
 def test_a_profile_file_with_a_huge_format_field_is_refused_briefly(tmp_path, capsys):

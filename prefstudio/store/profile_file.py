@@ -167,7 +167,7 @@ def _read_file(path: Path) -> tuple[dict, dict[str, RawTensor]]:
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise NotFound(f"cannot read profile file {path}: {error.strerror}") from None
+        raise NotFound(f"cannot read profile file {echo(str(path))}: {error.strerror}") from None
     if not path.is_file():  # a folder, /dev/zero, a fifo
         raise InvalidInput(f"{path} is not a regular file, so it is not a profile file")
     limit = validation.MAX_PROFILE_FILE_BYTES
