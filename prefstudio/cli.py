@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, echo
-from prefstudio.validation import validate_device_name, validate_output_folder, validate_prompt
+from prefstudio.validation import (
+    validate_device_name, validate_output_file, validate_output_folder, validate_prompt,
+)
 
 # Commands that read or write only the history store: they never import torch or the models,
 # so they start in well under a second.
@@ -142,6 +144,9 @@ def cmd_judge(args, store) -> dict:
 def cmd_export(args, store) -> dict:
     from prefstudio.store.profile_file import export_profile
 
+    # The library makes missing folders (the UI exports into its cache); a person typing a
+    # path gets no new tree from a typo.
+    validate_output_file(args.file)
     return {"exported": str(export_profile(store, args.profile, args.file))}
 
 
