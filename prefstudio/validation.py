@@ -29,9 +29,14 @@ def _codepoint(char: str) -> str:
 def validate_prompt(prompt: str) -> str:
     if not isinstance(prompt, str):
         raise InvalidInput(f"prompt must be text, got {type(prompt).__name__}")
+    prompt = prompt.strip()
+    if len(prompt) > MAX_PROMPT_CHARS:  # first: the scan below is per character
+        raise InvalidInput(
+            f"prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
+        )
     for position, char in enumerate(prompt, 1):
         category = unicodedata.category(char)
-        if category == "Cs":  # from undecodable bytes ($'\\xff' on a command line) or a broken string
+        if category == "Cs":  # from undecodable bytes ($'\xff' on a command line) or a broken string
             raise InvalidInput(f"prompt has an invalid character at position {position} "
                                f"({_codepoint(char)}, a lone surrogate): it is not valid UTF-8 text")
         if category == "Cc" and char not in LINE_CONTROLS:
@@ -40,18 +45,20 @@ def validate_prompt(prompt: str) -> str:
         if char in BIDI_CONTROLS:
             raise InvalidInput(f"prompt has a text-direction override at position {position} "
                                f"({_codepoint(char)}): it would display differently from what is stored")
-    prompt = prompt.strip()
     # Zero-width and other format characters (U+200B, U+FEFF, …) are invisible on their own.
     if not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in prompt):
         if prompt:
             raise InvalidInput("prompt has only invisible characters (zero-width or format characters): "
                                "type what the image should show")
         raise InvalidInput("prompt is empty: type what the image should show")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(
-            f"prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
-        )
     return prompt
+
+
+def strip_hidden_characters(text: str) -> str:
+    """Third-party text (a converted data set's prompts) without what validate_prompt refuses:
+    control characters become spaces; surrogates and direction overrides are dropped."""
+    return "".join(" " if unicodedata.category(c) == "Cc" and c not in LINE_CONTROLS else c
+                   for c in text if unicodedata.category(c) != "Cs" and c not in BIDI_CONTROLS)
 
 
 def validate_profile_name(name: str) -> str:

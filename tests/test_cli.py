@@ -425,3 +425,10 @@ def test_store_only_commands_import_no_torch(tmp_path):
                               timeout=120)
         assert proc.returncode == 0, (argv, proc.stderr)
         assert "HEAVY []" in proc.stdout, (argv, proc.stdout)
+
+
+def test_converted_third_party_prompts_are_cleaned_not_refused():
+    from prefstudio.preference.pickapic_convert import _prompt
+
+    cleaned = _prompt("a fox\x07 in\u202e snow\ud800", "row 1")
+    assert cleaned == "a fox  in snow" and validate_prompt(cleaned) == cleaned
