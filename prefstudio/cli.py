@@ -120,9 +120,7 @@ def cmd_profile(args, store) -> dict:
 
 def cmd_judge(args, store) -> dict:
     """One judgment per id (like, dislike, skip), or one of two ids (pair, tie). Every id is
-    resolved and checked before anything is recorded."""
-    from prefstudio.store.history import check_judgment
-
+    resolved and checked before anything is recorded, and they are recorded together."""
     ids = [store.resolve_image_id(ref) for ref in args.images]
     for ref, sha in zip(args.images, ids):
         if ids.count(sha) > 1:
@@ -133,10 +131,7 @@ def cmd_judge(args, store) -> dict:
         items = [(ids[0], ids[1])]
     else:
         items = [(sha, None) for sha in ids]
-    profile = store.get_profile(args.profile).name
-    for a, b in items:
-        check_judgment(args.kind, a, b)
-    recorded = [store.record_judgment(profile, args.kind, a, b) for a, b in items]
+    recorded = store.record_judgments(store.get_profile(args.profile).name, args.kind, items)
     return {"judgments": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
                           for j in recorded]}
 

@@ -209,6 +209,26 @@ def test_every_store_command_on_a_full_disk_says_so_in_one_line(tmp_path, capsys
         assert [j.image_a for j in store.judgments("alice")] == [shas[0]]
 
 
+def test_several_judgments_are_recorded_together_or_not_at_all(tmp_path, capsys, monkeypatch):
+    shas = add_images(tmp_path, 3)
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    real_connect, inserts = sqlite3.connect, []
+
+    class FullAfterTwo(FullDatabase):  # the disk fills up during the third judgment
+        def _check(self, sql):
+            if sql.lstrip().upper().startswith("INSERT"):
+                inserts.append(sql)
+                if len(inserts) > 2:
+                    super()._check(sql)
+
+    monkeypatch.setattr("prefstudio.store.history.sqlite3.connect", lambda *a, **k: FullAfterTwo(real_connect(*a, **k)))
+    _assert_disk_full(refused(capsys, tmp_path, "judge", "alice", "like", *shas))
+    monkeypatch.undo()
+    assert len(inserts) == 3
+    with HistoryStore(tmp_path) as store:
+        assert store.judgments("alice") == []
+
+
 def test_model_commands_on_a_full_disk_say_so_in_one_line(tmp_path, capsys, full_database, full_files):
     data = tmp_path / "data"
     add_images(data, 1)

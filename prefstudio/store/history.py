@@ -331,6 +331,14 @@ class HistoryStore:
             )
         return Judgment(cursor.lastrowid, stored.name, kind, image_a, image_b, created)
 
+    def record_judgments(self, profile: str, kind: str,
+                         images: list[tuple[str, str | None]]) -> list[Judgment]:
+        """Several judgments of one kind in one transaction: all are recorded or none."""
+        for image_a, image_b in images:
+            check_judgment(kind, image_a, image_b)
+        with self._transaction():
+            return [self.record_judgment(profile, kind, a, b) for a, b in images]
+
     def judgments(self, profile: str, kinds: Iterable[str] | None = None) -> list[Judgment]:
         """Oldest first."""
         kinds = KINDS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
