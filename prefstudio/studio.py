@@ -184,9 +184,7 @@ class Studio:
             raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
         imported = [(self.store.import_image(j.liked, j.prompt).sha256,
                      self.store.import_image(j.disliked, j.prompt).sha256) for j in judgments]
-        for liked, disliked in imported:
-            self.judge(profile, "pair", liked, disliked)
-        return len(imported)
+        return len(self.store.record_judgments(profile, "pair", imported))  # all or none
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:

@@ -223,10 +223,31 @@ def test_several_judgments_are_recorded_together_or_not_at_all(tmp_path, capsys,
 
     monkeypatch.setattr("prefstudio.store.history.sqlite3.connect", lambda *a, **k: FullAfterTwo(real_connect(*a, **k)))
     _assert_disk_full(refused(capsys, tmp_path, "judge", "alice", "like", *shas))
-    monkeypatch.undo()
     assert len(inserts) == 3
     with HistoryStore(tmp_path) as store:
         assert store.judgments("alice") == []
+
+
+def test_imported_pairs_are_recorded_together_or_not_at_all(tmp_path, monkeypatch):
+    from prefstudio.studio import Studio
+
+    studio = Studio.__new__(Studio)  # import_pairs needs only the store
+    studio.store = HistoryStore(tmp_path)
+    studio.store.create_profile("alice")
+    pairs = REPO / "assets" / "sample_pairs" / "pairs.jsonl"
+    recorded = []
+    real_record = HistoryStore.record_judgment
+
+    def record_until_full(self, *args):
+        if len(recorded) == 5:
+            raise sqlite3.OperationalError("database or disk is full")
+        recorded.append(args)
+        return real_record(self, *args)
+
+    monkeypatch.setattr(HistoryStore, "record_judgment", record_until_full)
+    with pytest.raises(sqlite3.OperationalError):
+        studio.import_pairs("alice", pairs, "ana")
+    assert len(recorded) == 5 and studio.store.judgments("alice") == []
 
 
 def test_model_commands_on_a_full_disk_say_so_in_one_line(tmp_path, capsys, full_database, full_files):
