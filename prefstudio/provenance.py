@@ -73,7 +73,10 @@ def a1111_parameters(info: dict, size: tuple[int, int]) -> str:
 
 def encode_png_with_provenance(image: Image.Image, info: dict) -> bytes:
     info = check_info(info)
-    text = json.dumps(info, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(info, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:  # params holding NaN or a non-JSON object
+        raise InvalidInput(f"provenance must be plain JSON values: {error}") from None
     if len(text) > MAX_CHUNK_CHARS:
         raise InvalidInput(f"provenance record is {len(text):,} characters; the limit is {MAX_CHUNK_CHARS:,}")
     png_info = PngImagePlugin.PngInfo()

@@ -115,6 +115,8 @@ def test_a_compressed_chunk_bomb_is_not_inflated():
 def test_writing_refuses_what_reading_would_refuse(tmp_path):
     with pytest.raises(InvalidInput):
         write_png_with_provenance(picture(), tmp_path / "x.png", INFO | {"seed": 2**40})
+    with pytest.raises(InvalidInput, match="plain JSON"):
+        write_png_with_provenance(picture(), tmp_path / "x.png", INFO | {"params": {"x": float("nan")}})
     with pytest.raises(InvalidInput, match="limit"):
         write_png_with_provenance(picture(), tmp_path / "x.png", INFO | {"params": {"x": "y" * MAX_CHUNK_CHARS}})
     assert not (tmp_path / "x.png").exists()
