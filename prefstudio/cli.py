@@ -2,7 +2,7 @@
 
     python -m prefstudio profile create alice
     python -m prefstudio generate "a fox in the snow" -n 8 --out out/
-    python -m prefstudio judge alice like 3fa2c1          # an image id (or a unique prefix)
+    python -m prefstudio judge alice like 3fa2c1 77b0e4   # image ids (or unique prefixes)
     python -m prefstudio import-pairs alice pairs.jsonl   # {"user_id","prompt","liked","disliked"} per line
     python -m prefstudio fit alice
     python -m prefstudio personalize alice "a fox in the snow" --seed 7 --out out/
@@ -12,10 +12,18 @@
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from prefstudio.errors import InvalidInput, NotFound, PrefStudioError
+from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, echo
+from prefstudio.validation import (
+    validate_device_name, validate_output_file, validate_output_folder, validate_prompt,
+)
+
+# Commands that read or write only the history store: they never import torch or the models,
+# so they start in well under a second.
+STORE_COMMANDS = ("profile", "judge", "export", "import")
 
 
 def _weights(items: list[str]) -> dict[str, float] | None:
@@ -25,17 +33,12 @@ def _weights(items: list[str]) -> dict[str, float] | None:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise InvalidInput(f"--weight takes NAME=VALUE (e.g. user=0.75), got {item!r}")
+            raise InvalidInput(f"--weight takes NAME=VALUE (e.g. user=0.75), got {echo(item)}")
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise InvalidInput(f"--weight {item!r}: {value!r} is not a number") from None
+            raise InvalidInput(f"--weight {echo(name)}: {echo(value)} is not a number") from None
     return weights
-
-
-def _resolve_image(studio, ref: str) -> str:
-    """A full image id, or a unique prefix of one (at least 6 hex characters)."""
-    return studio.store.resolve_image_id(ref)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generator: 'embedded', a known name (sd-turbo, sdxl-turbo, flux-schnell), "
                              "a Hugging Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA, "
                              "else embedded")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     parser.add_argument("--preference-model", default="auto",
                         help="preference model: 'auto' (the default: the user embedding and the preference-token "
                              "model combined for each person), 'user-embedding' (a fitted user embedding, cold-started "
@@ -64,13 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("-n", type=int, default=8, help="number of candidates (default 8)")
     p.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (overrides -n)")
-    p.add_argument("--out", type=Path, help="also copy the PNGs here")
+    p.add_argument("--out", type=Path, help="also write the PNGs here, with their settings in them")
 
-    p = sub.add_parser("judge", help="record a judgment: like/dislike A, pair A B (A better), tie A B, skip A")
+    p = sub.add_parser("judge", help="record judgments: like/dislike/skip ID…, pair A B (A better), tie A B")
     p.add_argument("profile")
     p.add_argument("kind", choices=["like", "dislike", "pair", "tie", "skip"])
-    p.add_argument("image_a")
-    p.add_argument("image_b", nargs="?")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image ids or unique prefixes of them")
 
     p = sub.add_parser("import-pairs", help="import judgments from a pair data set (JSON Lines)")
     p.add_argument("profile")
@@ -85,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
-                   help="reward weight, repeatable (default user=0.75 and 0.25 for the others)")
+                   help="reward weight, repeatable (default user=0.75, 0.5 on prompt consistency, which is a "
+                        "guard: it only keeps the image from becoming less typical of the prompt than the baseline)")
+    p.add_argument("--strength", type=float, default=0.5,
+                   help="how far personalization may move away from the baseline, 0-1 (default 0.5)")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--method", choices=["guidance", "best_of_n"], default="guidance")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
@@ -104,74 +109,203 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- store-only commands (no torch) -------------------------------------------------------
+
+
+def cmd_profile(args, store) -> dict:
+    if args.action == "create":
+        if not args.name:
+            raise InvalidInput("profile create needs a name")
+        return {"created": store.create_profile(args.name).name}
+    return {"profiles": [p.name for p in store.list_profiles()]}
+
+
+def cmd_judge(args, store) -> dict:
+    """One judgment per id (like, dislike, skip), or one of two ids (pair, tie). Every id is
+    resolved and checked before anything is recorded, and they are recorded together."""
+    ids = [store.resolve_image_id(ref) for ref in args.images]
+    for ref, sha in zip(args.images, ids):
+        if ids.count(sha) > 1:
+            raise InvalidInput(f"image {echo(ref)} is given more than once")
+    if args.kind in ("pair", "tie"):
+        if len(ids) != 2:
+            raise InvalidInput(f"a {args.kind} judgment compares exactly two images; got {len(ids)}")
+        items = [(ids[0], ids[1])]
+    else:
+        items = [(sha, None) for sha in ids]
+    recorded = store.record_judgments(store.get_profile(args.profile).name, args.kind, items)
+    return {"judgments": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
+                          for j in recorded]}
+
+
+def cmd_export(args, store) -> dict:
+    from prefstudio.store.profile_file import export_profile
+
+    # The library makes missing folders (the UI exports into its cache); a person typing a
+    # path gets no new tree from a typo.
+    validate_output_file(args.file)
+    return {"exported": str(export_profile(store, args.profile, args.file))}
+
+
+def cmd_import(args, store) -> dict:
+    from prefstudio.store.profile_file import import_profile
+
+    return {"imported": import_profile(store, args.file, args.name).name}
+
+
+# --- model commands -----------------------------------------------------------------------
+
+
+def cmd_generate(args, studio) -> dict:
+    from prefstudio.provenance import write_png_with_provenance
+
+    records = studio.generate_candidates(args.prompt, n=args.n, seeds=args.seeds)
+    if args.out:
+        _make_out_folder(args.out)
+        for r in records:
+            info = {"prompt": r.prompt, "seed": r.seed, "generator": r.generator, "params": r.params,
+                    "role": "candidate"}
+            write_png_with_provenance(studio.store.load_image(r.sha256),
+                                      args.out / f"{r.sha256[:12]}-seed{r.seed}.png", info)
+    return {"images": [{"id": r.sha256, "seed": r.seed, "path": str(r.path)} for r in records]}
+
+
+def cmd_import_pairs(args, studio) -> dict:
+    return {"imported": studio.import_pairs(args.profile, args.file, args.user)}
+
+
+def cmd_fit(args, studio) -> dict:
+    report = studio.fit(args.profile)
+    return {"summary": report.summary(), "model": report.model, "mode": report.mode, "why": report.reason,
+            "pairs": report.n_pairs, "loo_accuracy": report.loo_accuracy, "seconds": round(report.seconds, 3)}
+
+
+def cmd_personalize(args, studio) -> dict:
+    result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
+                                     weights=_weights(args.weight), iterations=args.iterations,
+                                     method=args.method, strength=args.strength)
+    paths = save_side_by_side(result, args.out, fit=studio.fit_status(args.profile),
+                              model=studio.preference.name)
+    return {"seed": result.seed, "weights": result.weights, "strength": result.strength,
+            "improved": result.improved, "gain": round(result.gain, 4), "best_iteration": result.best_iteration,
+            "baseline": {"id": result.baseline.record.sha256, "scores": result.baseline.normalised},
+            "personalized": {"id": result.personalized.record.sha256,
+                             "scores": result.personalized.normalised},
+            "files": {k: str(v) for k, v in paths.items()}}
+
+
+STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import}
+STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "fit": cmd_fit,
+                   "personalize": cmd_personalize}
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.device is not None:
+        validate_device_name(args.device)
+    if args.command in STORE_HANDLERS:
+        from prefstudio.store.history import HistoryStore
+
+        with HistoryStore(args.data) as store:
+            return STORE_HANDLERS[args.command](args, store)
+    if args.command in ("generate", "personalize"):
+        validate_prompt(args.prompt)  # before minutes of model loading
+    if getattr(args, "out", None) is not None:
+        validate_output_folder(args.out)
+
+    import torch
+
+    from prefstudio.devices import pick_device
     from prefstudio.studio import build_studio
 
+    torch.set_num_threads(min(4, torch.get_num_threads()))
+    if args.device is not None:
+        pick_device(args.device)  # refuses a device this machine does not have
     if args.command == "evaluate":
         from prefstudio.eval.pair_file import evaluate_pair_file
         studio = build_studio(args.data, "embedded", None, args.preference_model)
         return evaluate_pair_file(args.file, args.n_ref, studio.encoder, studio.preference)
-
     studio = build_studio(args.data, args.model, args.device, args.preference_model)
-    store = studio.store
-    if args.command == "profile":
-        if args.action == "create":
-            if not args.name:
-                raise InvalidInput("profile create needs a name")
-            return {"created": store.create_profile(args.name).name}
-        return {"profiles": [p.name for p in store.list_profiles()]}
-    if args.command == "generate":
-        records = studio.generate_candidates(args.prompt, n=args.n, seeds=args.seeds)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for r in records:
-                (args.out / f"{r.sha256[:12]}-seed{r.seed}.png").write_bytes(r.path.read_bytes())
-        return {"images": [{"id": r.sha256, "seed": r.seed, "path": str(r.path)} for r in records]}
-    if args.command == "judge":
-        a = _resolve_image(studio, args.image_a)
-        b = _resolve_image(studio, args.image_b) if args.image_b else None
-        j = studio.judge(args.profile, args.kind, a, b)
-        return {"judgment": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
-    if args.command == "import-pairs":
-        return {"imported": studio.import_pairs(args.profile, args.file, args.user)}
-    if args.command == "fit":
-        report = studio.fit(args.profile)
-        return {"summary": report.summary(), "model": report.model, "mode": report.mode, "why": report.reason,
-                "pairs": report.n_pairs,
-                "loo_accuracy": report.loo_accuracy, "seconds": round(report.seconds, 3)}
-    if args.command == "personalize":
-        result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
-                                         weights=_weights(args.weight), iterations=args.iterations,
-                                         method=args.method)
-        paths = save_side_by_side(result, args.out)
-        return {"seed": result.seed, "weights": result.weights, "best_iteration": result.best_iteration,
-                "baseline": {"id": result.baseline.record.sha256, "scores": result.baseline.normalised},
-                "personalized": {"id": result.personalized.record.sha256,
-                                 "scores": result.personalized.normalised},
-                "files": {k: str(v) for k, v in paths.items()}}
-    if args.command == "export":
-        return {"exported": str(studio.export_profile(args.profile, args.file))}
-    if args.command == "import":
-        return {"imported": studio.import_profile(args.file, args.name).name}
-    raise AssertionError(args.command)
+    try:
+        return STUDIO_HANDLERS[args.command](args, studio)
+    finally:
+        studio.store.close()
 
 
-def save_side_by_side(result, out: Path) -> dict[str, Path]:
+# --- output files -------------------------------------------------------------------------
+
+
+def _make_out_folder(out: Path) -> None:
+    validate_output_folder(out).mkdir(exist_ok=True)
+
+
+def _caption(sheet, x: int, y: int, width: int, lines: list[str]) -> None:
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(sheet)
+    size = max(10, min(16, width // 22))
+    font = ImageFont.load_default(size=size)
+    for i, line in enumerate(lines):
+        draw.text((x + 4, y + 4 + i * (size + 4)), line, fill="black", font=font)
+
+
+def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: str = "auto") -> dict[str, Path]:
+    """Write the baseline, the personalized image and a labelled side-by-side sheet into `out`
+    (created if its parent exists), each a PNG carrying prompt, seed, generator, reward weights
+    and the fit (`Studio.fit_status(profile)`) it was made with."""
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
+    from prefstudio.provenance import fit_summary, write_png_with_provenance
+
+    out = Path(out)
+    _make_out_folder(out)
     stem = f"seed{result.seed}"
-    baseline = Image.open(result.baseline.record.path).convert("RGB")
-    personalized = Image.open(result.personalized.record.path).convert("RGB")
-    paths = {"baseline": out / f"{stem}-baseline.png", "personalized": out / f"{stem}-personalized.png",
-             "side_by_side": out / f"{stem}-side-by-side.png"}
-    baseline.save(paths["baseline"])
-    personalized.save(paths["personalized"])
-    sheet = Image.new("RGB", (baseline.width + personalized.width + 8, baseline.height), "white")
-    sheet.paste(baseline, (0, 0))
-    sheet.paste(personalized, (baseline.width + 8, 0))
-    sheet.save(paths["side_by_side"])
+    profile = result.personalized.record.params.get("personalized_for")
+    images = {"baseline": result.baseline, "personalized": result.personalized}
+    pictures = {side: Image.open(scored.record.path).convert("RGB") for side, scored in images.items()}
+    shared = {"prompt": result.prompt, "seed": result.seed, "weights": result.weights,
+              "fit": fit_summary(profile, model, fit) if profile else None}
+    paths = {}
+    for side, scored in images.items():
+        paths[side] = write_png_with_provenance(
+            pictures[side], out / f"{stem}-{side}.png",
+            shared | {"generator": scored.record.generator, "params": scored.record.params, "role": side,
+                      "scores": scored.normalised})
+
+    gap, band = 8, 64
+    left, right = pictures["baseline"], pictures["personalized"]
+    sheet = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height) + band), "white")
+    verdict = {"baseline": "no personalization",
+               "personalized": f"raised the weighted rewards {result.gain:+.2f}" if result.improved
+               else "no improvement on the baseline"}
+    for x, side, picture in ((0, "baseline", left), (left.width + gap, "personalized", right)):
+        sheet.paste(picture, (x, 0))
+        scores = images[side].normalised
+        score_text = "  ".join(f"{name} {scores[name]:+.2f}" for name in result.weights if name in scores)
+        label = side if side == "baseline" or result.improved else "not personalized"
+        _caption(sheet, x, picture.height, picture.width,
+                 [f"{label} · seed {result.seed} · strength {result.strength:g}", score_text, verdict[side]])
+    paths["side_by_side"] = write_png_with_provenance(
+        sheet, out / f"{stem}-side-by-side.png",
+        shared | {"generator": result.personalized.record.generator, "role": "side-by-side",
+                  "scores": {f"{side}.{name}": value for side, scored in images.items()
+                             for name, value in scored.normalised.items()}})
     return paths
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one line to print for an error a person can act on, or None for a bug."""
+    full = disk_full(error)
+    if full is not None:
+        return str(full)
+    if isinstance(error, PrefStudioError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        # A file the person named cannot be read or written (permissions, a folder, /proc…).
+        return f"{error.strerror or error.__class__.__name__}: {echo(str(error.filename))}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,12 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     from prefstudio import privacy
 
     privacy.apply_defaults(allow_downloads=args.allow_downloads)
-    import torch
-
-    torch.set_num_threads(min(4, torch.get_num_threads()))
+    if not args.allow_downloads:  # stderr is for errors: no "Loading weights" bars from local files
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        print(json.dumps(run(args), indent=2, ensure_ascii=False))
-        return 0
-    except (PrefStudioError, InvalidInput, NotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
+        result = run(args)
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        print(f"error: {' '.join(message.splitlines())}", file=sys.stderr)
         return 2
+    # Paths from the command line may hold undecodable bytes: print them escaped, never crash.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0

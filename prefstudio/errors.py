@@ -1,4 +1,9 @@
 """Errors a person can read and act on. Anything else reaching the UI is a bug."""
+import errno
+import sqlite3
+
+# Echoed input is cut to this many characters: a 1 MB argument must not become a 1 MB message.
+MAX_ECHO_CHARS = 80
 
 
 class PrefStudioError(Exception):
@@ -15,3 +20,32 @@ class NotFound(PrefStudioError, LookupError):
 
 class ModelUnavailable(PrefStudioError, RuntimeError):
     """A model's weights are not on this machine; the message says how to get them."""
+
+
+class DiskFull(PrefStudioError):
+    """A write failed for lack of space; the write was rolled back, nothing saved before was lost."""
+
+
+def echo(value, limit: int = MAX_ECHO_CHARS) -> str:
+    """repr() of user input for an error message, cut to `limit` characters."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(str(value)):,} characters)"
+
+
+DISK_FULL_MESSAGE = ("the disk is full: this action was not saved, and nothing saved before was lost; "
+                     "free some space and try again")
+
+
+def disk_full(error: BaseException) -> DiskFull | None:
+    """The DiskFull equivalent of a low-level write error caused by a full disk, else None.
+
+    SQLite rolls back a transaction that hits SQLITE_FULL and files are written to a temporary
+    name first, so in both cases what was stored before is intact."""
+    if isinstance(error, sqlite3.OperationalError) and (
+            getattr(error, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(error)):
+        return DiskFull(DISK_FULL_MESSAGE)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(DISK_FULL_MESSAGE)
+    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
@@ -150,7 +150,9 @@ class Studio:
             if not 1 <= int(n) <= MAX_CANDIDATES:
                 raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
             seeds = [secrets.randbelow(2**31) for _ in range(int(n))]
-        seeds = [validate_seed(s) for s in seeds][:MAX_CANDIDATES]
+        if len(seeds) > MAX_CANDIDATES:
+            raise InvalidInput(f"{len(seeds)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
+        seeds = [validate_seed(s) for s in seeds]
         generated = self.generator.generate(prompt, seeds)
         return [self.store.add_image(g) for g in generated]
 
@@ -166,12 +168,10 @@ class Studio:
         self.store.get_profile(profile)
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
         if not judgments:
-            raise InvalidInput(f"{path} has no judgments" + (f" of user {user_id!r}" if user_id else ""))
+            raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
         imported = [(self.store.import_image(j.liked, j.prompt).sha256,
                      self.store.import_image(j.disliked, j.prompt).sha256) for j in judgments]
-        for liked, disliked in imported:
-            self.judge(profile, "pair", liked, disliked)
-        return len(imported)
+        return len(self.store.record_judgments(profile, "pair", imported))  # all or none
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:
@@ -275,6 +275,7 @@ class Studio:
         one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
+        self.store.get_profile(profile)  # a missing profile is not one without a fit
         rewards = self.rewards(profile)
         if "user" not in rewards:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")

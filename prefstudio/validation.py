@@ -1,8 +1,11 @@
 """Bounds on everything a user can type or upload, checked before anything changes."""
 import math
+import os
+import unicodedata
 from collections.abc import Mapping
+from pathlib import Path
 
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, echo
 
 MAX_PROMPT_CHARS = 1000
 # Larger than any screen (8K UHD is 33 MP) yet far below clip-art "bombs" of 100+ MP.
@@ -13,17 +16,49 @@ MAX_WEIGHT = 10.0
 MAX_PROFILE_NAME_CHARS = 64
 
 
+# Characters that reorder how text is displayed (the "Trojan Source" trick): a stored prompt
+# would read differently from what it is.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+LINE_CONTROLS = frozenset("\t\n\r")
+
+
+def _codepoint(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
 def validate_prompt(prompt: str) -> str:
     if not isinstance(prompt, str):
         raise InvalidInput(f"prompt must be text, got {type(prompt).__name__}")
     prompt = prompt.strip()
-    if not prompt:
-        raise InvalidInput("prompt is empty: type what the image should show")
-    if len(prompt) > MAX_PROMPT_CHARS:
+    if len(prompt) > MAX_PROMPT_CHARS:  # first: the scan below is per character
         raise InvalidInput(
             f"prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
         )
+    for position, char in enumerate(prompt, 1):
+        category = unicodedata.category(char)
+        if category == "Cs":  # from undecodable bytes ($'\xff' on a command line) or a broken string
+            raise InvalidInput(f"prompt has an invalid character at position {position} "
+                               f"({_codepoint(char)}, a lone surrogate): it is not valid UTF-8 text")
+        if category == "Cc" and char not in LINE_CONTROLS:
+            raise InvalidInput(f"prompt has a control character at position {position} "
+                               f"({_codepoint(char)}); type plain text")
+        if char in BIDI_CONTROLS:
+            raise InvalidInput(f"prompt has a text-direction override at position {position} "
+                               f"({_codepoint(char)}): it would display differently from what is stored")
+    # Zero-width and other format characters (U+200B, U+FEFF, …) are invisible on their own.
+    if not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in prompt):
+        if prompt:
+            raise InvalidInput("prompt has only invisible characters (zero-width or format characters): "
+                               "type what the image should show")
+        raise InvalidInput("prompt is empty: type what the image should show")
     return prompt
+
+
+def strip_hidden_characters(text: str) -> str:
+    """Third-party text (a converted data set's prompts) without what validate_prompt refuses:
+    control characters become spaces; surrogates and direction overrides are dropped."""
+    return "".join(" " if unicodedata.category(c) == "Cc" and c not in LINE_CONTROLS else c
+                   for c in text if unicodedata.category(c) != "Cs" and c not in BIDI_CONTROLS)
 
 
 def validate_profile_name(name: str) -> str:
@@ -40,7 +75,7 @@ def validate_profile_name(name: str) -> str:
     bad = sorted({c for c in name if not (c.isalnum() or c in " -_")})
     if bad:
         raise InvalidInput(
-            f"profile name {name!r} contains {''.join(bad)!r}; "
+            f"profile name {echo(name)} contains {echo(''.join(bad))}; "
             "use letters, digits, spaces, '-' or '_'"
         )
     return name
@@ -51,11 +86,11 @@ def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str,
     checked = {}
     for name, value in weights.items():
         if name not in known:
-            raise InvalidInput(f"unknown reward {name!r}; available: {', '.join(sorted(known))}")
+            raise InvalidInput(f"unknown reward {echo(name)}; available: {', '.join(sorted(known))}")
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise InvalidInput(f"weight of {name!r} must be a number, got {value!r}") from None
+            raise InvalidInput(f"weight of {echo(name)} must be a number, got {echo(value)}") from None
         if not math.isfinite(value):
             raise InvalidInput(f"weight of {name!r} is {value}; it must be a finite number")
         if not 0.0 <= value <= MAX_WEIGHT:
@@ -66,11 +101,56 @@ def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str,
     return checked
 
 
+def size_over_limit(size: int, limit: int) -> str:
+    """'65.0 MB; the limit is 64 MB', in bytes where rounding would make the two look equal."""
+    if round(size / 2**20, 1) > round(limit / 2**20, 1):
+        return f"{size / 2**20:,.1f} MB; the limit is {limit / 2**20:,.0f} MB"
+    return f"{size:,} bytes; the limit is {limit:,} bytes ({limit / 2**20:,.0f} MB)"
+
+
+DEVICE_NAMES = "cpu, cuda, cuda:N (N = 0, 1, …), mps"
+
+
+def validate_device_name(device: str) -> str:
+    """A device name torch understands and PrefStudio runs on; whether this machine has it is
+    checked where models load (prefstudio.devices.pick_device)."""
+    kind, sep, index = str(device).strip().lower().partition(":")
+    if kind in ("cpu", "mps") and not sep or kind == "cuda" and (not sep or index.isdigit() and len(index) < 4):
+        return f"{kind}{sep}{index}"
+    raise InvalidInput(f"unknown device {echo(device)}; use one of {DEVICE_NAMES}")
+
+
 def validate_seed(seed) -> int:
     try:
         seed = int(seed)
     except (TypeError, ValueError):
-        raise InvalidInput(f"seed must be a whole number, got {seed!r}") from None
+        raise InvalidInput(f"seed must be a whole number, got {echo(seed)}") from None
     if not 0 <= seed < 2**32:
         raise InvalidInput(f"seed {seed} is out of range [0, 2^32)")
     return seed
+
+
+def validate_output_file(path: str | os.PathLike) -> Path:
+    """A file to write: not a folder, in a folder that exists (a typo is not a new tree)."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise InvalidInput(f"{echo(str(path))} is a folder; give a file name inside it")
+    if not parent.is_dir():
+        raise InvalidInput(f"cannot write {echo(str(path))}: the folder {echo(str(parent))} does not exist")
+    if path.exists() and not path.is_file():
+        raise InvalidInput(f"{echo(str(path))} exists and is not a regular file")
+    if not os.access(parent, os.W_OK):
+        raise InvalidInput(f"cannot write {echo(str(path))}: the folder {echo(str(parent))} is not writable")
+    return path
+
+
+def validate_output_folder(path: str | os.PathLike) -> Path:
+    """A folder to write into: it may be new, but its parent must exist."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"{echo(str(path))} is a file, not a folder")
+    parent = path.absolute().parent
+    if not path.exists() and not parent.is_dir():
+        raise InvalidInput(f"cannot create {echo(str(path))}: the folder {echo(str(parent))} does not exist")
+    return path

@@ -226,7 +226,7 @@ def test_oversized_file_is_refused_before_reading(store, tmp_path):
     with open(huge, "wb") as file:  # sparse: takes no disk space, and is never read
         file.truncate(validation.MAX_PROFILE_FILE_BYTES + 1)
     before = snapshot(store)
-    with pytest.raises(InvalidInput, match="profile file is 1,024 MB; the limit is 1,024 MB"):
+    with pytest.raises(InvalidInput, match=r"profile file is 1,073,741,825 bytes; the limit is 1,073,741,824 bytes \(1,024 MB\)"):
         import_profile(store, huge)
     assert snapshot(store) == before
 

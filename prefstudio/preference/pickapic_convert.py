@@ -34,7 +34,7 @@ from PIL import Image
 
 from prefstudio.errors import InvalidInput
 from prefstudio.store.image_files import load_untrusted_image, store_png_bytes
-from prefstudio.validation import MAX_PROMPT_CHARS
+from prefstudio.validation import MAX_PROMPT_CHARS, strip_hidden_characters
 
 FIELDS = ("user_id", "reference_list", "reference_list_bad", "reference_prompt_list",
           "image0", "image1", "prompt", "label0")
@@ -150,6 +150,8 @@ class ImageWriter:
 
 
 def _prompt(value, where: str) -> str:
+    if isinstance(value, str):  # real prompts hold control characters validate_prompt refuses
+        value = strip_hidden_characters(value)
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{where}: the prompt must be non-empty text")
     return value.strip()[:MAX_PROMPT_CHARS]

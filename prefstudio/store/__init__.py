@@ -6,9 +6,16 @@ from prefstudio.store.image_files import (
     thumbnail,
     write_png,
 )
-from prefstudio.store.profile_file import export_profile, import_profile
 
 __all__ = [
     "KINDS", "HistoryStore", "ImageRecord", "Judgment", "Profile", "export_profile",
     "import_profile", "load_untrusted_image", "read_png_metadata", "thumbnail", "write_png",
 ]
+
+
+def __getattr__(name: str):
+    # Profile files need torch; importing the store for a judgment must not (CLI start-up).
+    if name in ("export_profile", "import_profile"):
+        from prefstudio.store import profile_file
+        return getattr(profile_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,8 @@ a refresh, a crash or a killed server loses nothing that was acknowledged. One
 connection guarded by a lock serves every thread of the Gradio server; each write
 is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
 """
+from __future__ import annotations  # annotations name torch types without importing torch
+
 import json
 import os
 import sqlite3
@@ -15,13 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import safetensors.torch
-import torch
 from PIL import Image
 
-from prefstudio.errors import InvalidInput, NotFound
-from prefstudio.generators.base import GeneratedImage
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
     make_private,
@@ -30,6 +30,11 @@ from prefstudio.store.image_files import (
     write_png,
 )
 from prefstudio.validation import validate_profile_name, validate_prompt, validate_seed
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: store-only commands start fast
+    import torch
+
+    from prefstudio.generators.base import GeneratedImage
 
 SCHEMA_VERSION = 1
 KINDS = ("like", "dislike", "pair", "tie", "skip")
@@ -231,7 +236,9 @@ class HistoryStore:
                     "INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created)
                 )
             except sqlite3.IntegrityError:
-                raise InvalidInput(f"a profile named {name!r} already exists") from None
+                existing = db.execute("SELECT name FROM profiles WHERE name = ?", (name,)).fetchone()[0]
+                same = "" if existing == name else " (names ignore upper/lower case)"
+                raise InvalidInput(f"a profile named {existing!r} already exists{same}") from None
         return Profile(cursor.lastrowid, name, created)
 
     def list_profiles(self) -> list[Profile]:
@@ -244,8 +251,8 @@ class HistoryStore:
             return Profile(*rows[0])
         existing = [p.name for p in self.list_profiles()]
         if not existing:
-            raise NotFound(f"no profile named {name!r}: there are no profiles yet; create one")
-        raise NotFound(f"no profile named {name!r}; existing profiles: {', '.join(existing)}")
+            raise NotFound(f"no profile named {echo(name)}: there are no profiles yet; create one")
+        raise NotFound(f"no profile named {echo(name)}; existing profiles: {', '.join(existing)}")
 
     # --- images --------------------------------------------------------------------
 
@@ -303,7 +310,7 @@ class HistoryStore:
         """A full image id from the id or a unique prefix of at least 6 characters."""
         ref = str(ref).strip().lower()
         if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
-            raise InvalidInput(f"{ref!r} is not an image id (6 to 64 hexadecimal characters)")
+            raise InvalidInput(f"{echo(ref)} is not an image id (6 to 64 hexadecimal characters)")
         rows = self._query("SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? LIMIT 2",
                            (ref, ref + "g"))
         if not rows:
@@ -338,6 +345,14 @@ class HistoryStore:
                 (stored.id, kind, image_a, image_b, created),
             )
         return Judgment(cursor.lastrowid, stored.name, kind, image_a, image_b, created)
+
+    def record_judgments(self, profile: str, kind: str,
+                         images: list[tuple[str, str | None]]) -> list[Judgment]:
+        """Several judgments of one kind in one transaction: all are recorded or none."""
+        for image_a, image_b in images:
+            check_judgment(kind, image_a, image_b)
+        with self._transaction():
+            return [self.record_judgment(profile, kind, a, b) for a, b in images]
 
     def judgments(self, profile: str, kinds: Iterable[str] | None = None) -> list[Judgment]:
         """Oldest first."""
@@ -395,6 +410,8 @@ class HistoryStore:
 
     def get_features(self, encoder: str, shas: Iterable[str]) -> dict[str, torch.Tensor]:
         """Cached float32 vectors of those images that have one for this encoder."""
+        import torch
+
         shas = list(dict.fromkeys(shas))
         found = {}
         for start in range(0, len(shas), 500):  # stay under SQLite's bound on parameters
@@ -412,6 +429,8 @@ class HistoryStore:
         return found
 
     def put_features(self, encoder: str, features: Mapping[str, torch.Tensor]) -> None:
+        import torch
+
         rows = []
         for sha, vector in features.items():
             if vector.dim() != 1:
@@ -428,10 +447,15 @@ class HistoryStore:
     def save_model(self, profile: str, name: str, tensors: Mapping[str, torch.Tensor],
                    config: Mapping) -> None:
         """Store (or replace) a profile's fitted model as safetensors bytes and JSON config."""
-        name = validate_model_name(name)
-        weights = safetensors.torch.save(
+        import safetensors.torch
+
+        self.save_model_weights(profile, name, safetensors.torch.save(
             {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
-        )
+        ), config)
+
+    def save_model_weights(self, profile: str, name: str, weights: bytes, config: Mapping) -> None:
+        """`save_model` for weights already serialised as safetensors bytes (no torch needed)."""
+        name = validate_model_name(name)
         config = _to_json(config)
         with self._transaction() as db:
             db.execute(
@@ -440,6 +464,13 @@ class HistoryStore:
             )
 
     def load_model(self, profile: str, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        import safetensors.torch
+
+        stored = self.load_model_weights(profile, name)
+        return None if stored is None else (safetensors.torch.load(stored[0]), stored[1])
+
+    def load_model_weights(self, profile: str, name: str) -> tuple[bytes, dict] | None:
+        """The stored safetensors bytes and config (no torch needed), or None."""
         rows = self._query(
             "SELECT weights, config FROM models WHERE profile_id = ? AND name = ?",
             (self.get_profile(profile).id, name),
@@ -447,7 +478,7 @@ class HistoryStore:
         if not rows:
             return None
         weights, config = rows[0]
-        return safetensors.torch.load(weights), json.loads(config)
+        return bytes(weights), json.loads(config)
 
     def model_names(self, profile: str) -> list[str]:
         rows = self._query("SELECT name FROM models WHERE profile_id = ? ORDER BY name",
@@ -461,14 +492,15 @@ class HistoryStore:
         name: str,
         images: list[tuple[ImageRecord, bytes]],
         judgments: list[tuple[str, str, str | None, str]],
-        models: list[tuple[str, dict[str, torch.Tensor], dict]],
+        models: list[tuple[str, bytes, dict]],
     ) -> Profile:
         """Add a profile with its history in one transaction: all of it or nothing.
 
         `images` pairs checked records (their path is ignored: the store puts each
         file at `image_path(sha256)`) with their PNG bytes; the files are written
         first and the rows after, so a crash between the two leaves only unreferenced
-        files. `judgments` are (kind, image_a, image_b, created), oldest first.
+        files. `judgments` are (kind, image_a, image_b, created), oldest first;
+        `models` are (name, safetensors bytes, config).
         """
         for record, png in images:
             store_png_bytes(png, self.images_dir)
@@ -484,6 +516,6 @@ class HistoryStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (profile.id, kind, image_a, image_b, created),
                 )
-            for model_name, tensors, config in models:
-                self.save_model(profile.name, model_name, tensors, config)
+            for model_name, weights, config in models:
+                self.save_model_weights(profile.name, model_name, weights, config)
         return profile

@@ -40,19 +40,20 @@ def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     else:
         path = Path(source)
         try:
+            if path.exists() and not path.is_file():  # /dev/zero, a fifo, a folder: no size to trust
+                raise InvalidInput(f"{path} is not a regular file, so it is not an image file")
             size = path.stat().st_size
             if size > max_bytes:  # refused before reading a byte
-                raise InvalidInput(
-                    f"image file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
-                )
+                raise InvalidInput(f"image file is {validation.size_over_limit(size, max_bytes)}")
             with open(path, "rb") as file:
                 data = file.read(max_bytes + 1)  # +1: the file may have grown since stat
         except OSError as error:
             raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
     if len(data) > max_bytes:
-        raise InvalidInput(
-            f"image is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
-        )
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"image is {validation.size_over_limit(len(data), max_bytes)}")
+        # The file grew after stat: only max_bytes + 1 of it were read.
+        raise InvalidInput(f"image file is over the limit of {max_bytes / 2**20:.0f} MB")
     if not data:
         raise InvalidInput("not an image: the data is empty")
     return data

@@ -10,19 +10,25 @@ models' tensors (`model.<name>.<tensor>`). The digest catches damaged or hand-ed
 files; it is not a signature. What keeps a hostile file harmless is the rest of the
 checks: bounded size, each image's bytes must hash to its name and decode within
 the upload bounds, and nothing is executed or unpickled.
+
+Tensors travel as raw bytes (`RawTensor`), never as torch tensors: export and import run
+without importing torch, so the CLI's `export`/`import` start in a fraction of a second.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import re
+import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import safetensors.torch
-import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError, deserialize, safe_open
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.store.history import (
     HistoryStore,
     ImageRecord,
@@ -32,10 +38,25 @@ from prefstudio.store.history import (
 )
 from prefstudio.store.image_files import load_untrusted_image, write_atomically
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT = "prefstudio-profile"
 VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# safetensors dtype codes -> torch's names, which the digest has always hashed.
+_DIGEST_DTYPES = {"BOOL": "torch.bool", "U8": "torch.uint8", "I8": "torch.int8", "I16": "torch.int16",
+                  "I32": "torch.int32", "I64": "torch.int64", "F16": "torch.float16", "BF16": "torch.bfloat16",
+                  "F32": "torch.float32", "F64": "torch.float64"}
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor as safetensors stores it: dtype code, shape and little-endian bytes."""
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
 
 
 def _canonical_json(value) -> str:
@@ -44,28 +65,58 @@ def _canonical_json(value) -> str:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    import torch
+
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()  # via uint8: numpy has no bfloat16
 
 
-def content_digest(profile_json: str, tensors: dict[str, torch.Tensor]) -> str:
+def content_digest(profile_json: str, tensors: dict[str, RawTensor | torch.Tensor]) -> str:
     digest = hashlib.sha256(profile_json.encode())
     for name in sorted(tensors):
         tensor = tensors[name]
-        header = f"\n{name}\n{tensor.dtype}\n{list(tensor.shape)}\n"
+        if isinstance(tensor, RawTensor):
+            if tensor.dtype not in _DIGEST_DTYPES:
+                raise InvalidInput(f"profile file holds a tensor of unsupported type {echo(tensor.dtype)}")
+            dtype, data = _DIGEST_DTYPES[tensor.dtype], tensor.data
+        else:  # a torch tensor (tests and tools that build files with torch)
+            dtype, data = str(tensor.dtype), _tensor_bytes(tensor)
+        header = f"\n{name}\n{dtype}\n{list(tensor.shape)}\n"
         digest.update(header.encode())
-        digest.update(_tensor_bytes(tensor))
+        digest.update(data)
     return digest.hexdigest()
+
+
+def raw_tensors(safetensors_bytes: bytes) -> dict[str, RawTensor]:
+    """Parse safetensors bytes (checked by the safetensors library) into raw tensors."""
+    return {name: RawTensor(info["dtype"], tuple(info["shape"]), bytes(info["data"]))
+            for name, info in deserialize(safetensors_bytes)}
+
+
+def serialize(tensors: dict[str, RawTensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes: an 8-byte header length, the JSON header (padded to 8 bytes), the data."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset, chunks = 0, []
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        header[name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(tensor.data)]}
+        offset += len(tensor.data)
+        chunks.append(tensor.data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLike) -> Path:
     """Write the profile's judgments, the images they refer to and its fitted models."""
+    path = Path(path)
     profile = store.get_profile(profile_name)
     judgments = store.judgments(profile.name)
     shas = list(dict.fromkeys(
         sha for j in judgments for sha in (j.image_a, j.image_b) if sha is not None
     ))
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, RawTensor] = {}
     images = []
     for sha in shas:
         record = store.image_record(sha)
@@ -75,14 +126,14 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
             raise NotFound(f"image file {record.path} is missing: {error.strerror}") from None
         if hashlib.sha256(png).hexdigest() != sha:
             raise InvalidInput(f"image file {record.path} is damaged: its bytes changed on disk")
-        tensors[f"image.{sha}"] = torch.frombuffer(bytearray(png), dtype=torch.uint8)
+        tensors[f"image.{sha}"] = RawTensor("U8", (len(png),), png)
         images.append({"sha256": sha, "prompt": record.prompt, "seed": record.seed,
                        "generator": record.generator, "params": record.params,
                        "created": record.created})
     models = []
     for model_name in store.model_names(profile.name):
-        model_tensors, config = store.load_model(profile.name, model_name)
-        for key, tensor in model_tensors.items():
+        weights, config = store.load_model_weights(profile.name, model_name)
+        for key, tensor in raw_tensors(weights).items():
             tensors[f"model.{model_name}.{key}"] = tensor
         models.append({"name": model_name, "config": config})
     content = {
@@ -95,8 +146,7 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
     profile_json = _canonical_json(content)
     metadata = {"format": FORMAT, "version": str(VERSION), "profile": profile_json,
                 "digest": content_digest(profile_json, tensors)}
-    path = Path(path)
-    write_atomically(path, safetensors.torch.save(tensors, metadata=metadata))
+    write_atomically(path, serialize(tensors, metadata))
     return path
 
 
@@ -113,20 +163,21 @@ def _expect(value, kind, what: str):
     return value
 
 
-def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read_file(path: Path) -> tuple[dict, dict[str, RawTensor]]:
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise NotFound(f"cannot read profile file {path}: {error.strerror}") from None
+        raise NotFound(f"cannot read profile file {echo(str(path))}: {error.strerror}") from None
+    if not path.is_file():  # a folder, /dev/zero, a fifo
+        raise InvalidInput(f"{path} is not a regular file, so it is not a profile file")
     limit = validation.MAX_PROFILE_FILE_BYTES
     if size > limit:
-        raise InvalidInput(f"profile file is {size / 2**20:,.0f} MB; the limit is "
-                           f"{limit / 2**20:,.0f} MB")
+        raise InvalidInput(f"profile file is {validation.size_over_limit(size, limit)}")
     try:
-        with safe_open(path, framework="pt") as file:
+        with safe_open(path, framework="numpy") as file:  # checks the header; reads no tensor
             metadata = file.metadata() or {}
-            _check_format(metadata)
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
+        _check_format(metadata)
+        tensors = raw_tensors(path.read_bytes())
     except (SafetensorError, OSError) as error:
         raise InvalidInput(f"not a PrefStudio profile file (not a safetensors file: {error})") \
             from None
@@ -136,10 +187,10 @@ def _read_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def _check_format(metadata: dict) -> None:
     if metadata.get("format") != FORMAT:
         raise InvalidInput(f"not a PrefStudio profile file (format "
-                           f"{metadata.get('format')!r}, expected {FORMAT!r})")
+                           f"{echo(metadata.get('format'))}, expected {FORMAT!r})")
     version = metadata.get("version", "")
     if not version.isdigit():
-        raise InvalidInput(f"profile file has an unreadable version {version!r}")
+        raise InvalidInput(f"profile file has an unreadable version {echo(version)}")
     if int(version) > VERSION:
         raise InvalidInput(f"profile file version {int(version)} is newer than this "
                            f"PrefStudio understands ({VERSION}); upgrade PrefStudio")
@@ -162,9 +213,9 @@ def _parse_images(content: dict, tensors: dict) -> list[tuple[dict, bytes]]:
         if item.get("seed") is not None:
             validation.validate_seed(_expect(item["seed"], int, "an image's seed"))
         tensor = tensors.get(f"image.{sha}")
-        if tensor is None or tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        if tensor is None or tensor.dtype != "U8" or len(tensor.shape) != 1:
             raise _malformed(f"image {sha[:12]}… has no uint8 byte tensor")
-        parsed.append((item, tensor.numpy().tobytes()))
+        parsed.append((item, tensor.data))
     return parsed
 
 
@@ -226,9 +277,11 @@ def import_profile(store: HistoryStore, path: str | os.PathLike,
     expected |= {f"model.{m}.{key}" for m, model_tensors, _ in models for key in model_tensors}
     if set(tensors) != expected:
         raise _malformed(f"unexpected tensors {sorted(set(tensors) - expected)[:3]}")
-    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
-        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
-                           "another name")
+    existing = [p.name for p in store.list_profiles() if p.name.casefold() == name.casefold()]
+    if existing:
+        same = "" if existing[0] == name else " (names ignore upper/lower case)"
+        raise InvalidInput(f"a profile named {existing[0]!r} already exists{same}; import it under "
+                           "another name with --name")
 
     records = []
     for item, png in images:
@@ -245,4 +298,5 @@ def import_profile(store: HistoryStore, path: str | os.PathLike,
                              item["generator"], item["params"], image.width, image.height,
                              item["created"])
         records.append((record, png))
-    return store.restore_profile(name, records, judgments, models)
+    return store.restore_profile(name, records, judgments,
+                                 [(model, serialize(model_tensors), config) for model, model_tensors, config in models])

@@ -2,9 +2,11 @@
 import functools
 import io
 import inspect
+import logging
 import math
 import secrets
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from prefstudio.errors import PrefStudioError
+from prefstudio.errors import PrefStudioError, disk_full
 from prefstudio.store.image_files import thumbnail, write_atomically
 from prefstudio.store.profile_access import ProfileAccess
 from prefstudio.studio import Studio
@@ -75,24 +77,38 @@ class AppContext:
             yield item
 
 
+log = logging.getLogger(__name__)
+
+
+def _shown(error: Exception) -> gr.Error:
+    """The gr.Error for a PrefStudio error or a full disk; anything else is re-raised."""
+    full = disk_full(error)
+    if full is not None:
+        log.error("%s (%s)", full, error)  # one line in the server log too, not a traceback
+        return gr.Error(str(full), title="Not saved")
+    if isinstance(error, PrefStudioError):
+        return gr.Error(str(error), title="Not done")
+    raise error
+
+
 def user_errors(fn):
-    """PrefStudio errors become a visible gr.Error with the message as written; nothing
-    else is caught (anything else is a bug and gradio reports it as one)."""
+    """PrefStudio errors and a full disk become a visible gr.Error with a message a person
+    can act on; nothing else is caught (anything else is a bug and gradio reports it as one)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def stream(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except PrefStudioError as error:
-                raise gr.Error(str(error), title="Not done") from None
+            except (PrefStudioError, OSError, sqlite3.OperationalError) as error:
+                raise _shown(error) from None
         return stream
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except PrefStudioError as error:
-            raise gr.Error(str(error), title="Not done") from None
+        except (PrefStudioError, OSError, sqlite3.OperationalError) as error:
+            raise _shown(error) from None
     return call
 
 

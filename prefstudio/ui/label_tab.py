@@ -178,7 +178,9 @@ class LabelTab:
         if not files:
             raise InvalidInput("choose one or more image files to add")
         prompt = validate_prompt(prompt)
-        paths = [getattr(f, "name", f) for f in files][:MAX_CANDIDATES]
+        if len(files) > MAX_CANDIDATES:
+            raise InvalidInput(f"{len(files)} files chosen; at most {MAX_CANDIDATES} can be added at a time")
+        paths = [getattr(f, "name", f) for f in files]
         for path in paths:  # every file is checked before any is stored
             try:
                 load_untrusted_image(path)

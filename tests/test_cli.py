@@ -1,0 +1,476 @@
+"""The CLI on bad input, full disks and odd paths: one line, exit 2, nothing changed."""
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from prefstudio import cli
+from prefstudio.errors import DiskFull, InvalidInput, NotFound, disk_full, echo
+from prefstudio.store.history import HistoryStore
+from prefstudio.validation import validate_device_name, validate_prompt
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def run_cli(capsys, data, *argv) -> tuple[int, str, str]:
+    code = cli.main(["--data", str(data), "--model", "embedded", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, data, *argv) -> str:
+    """The command exits 2 with one line on stderr and nothing on stdout; returns the line."""
+    code, out, err = run_cli(capsys, data, *argv)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def add_images(data: Path, n: int) -> list[str]:
+    """n distinct stored images (uploads: no models needed)."""
+    with HistoryStore(data) as store:
+        return [store.import_image(_png(i), "a test image").sha256 for i in range(n)]
+
+
+def _png(i: int) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (i * 40 % 256, 90, 200 - i)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- prompts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a fox \ud800 in snow", "lone surrogate"),
+    ("a fox\x00", "control character"),
+    ("a\x07fox", "control character"),
+    ("\x1b[31mred", "control character"),
+    ("a fox \u202e wons eht ni", "text-direction override"),
+    ("\u2066a fox", "text-direction override"),
+    ("\u200b", "only invisible characters"),
+    ("\u200b\u200d \ufeff", "only invisible characters"),
+])
+def test_prompts_with_hidden_characters_are_refused(prompt, message):
+    with pytest.raises(InvalidInput, match=message):
+        validate_prompt(prompt)
+
+
+def test_the_library_refuses_a_lone_surrogate_before_any_work():
+    from prefstudio.studio import Studio
+
+    studio = Studio.__new__(Studio)  # no models: the prompt is refused before they are used
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        studio.generate_candidates("\ud800")
+
+
+def test_ordinary_prompts_still_pass():
+    assert validate_prompt("  a fox in the snow\n") == "a fox in the snow"
+    assert validate_prompt("un renard dans la neige 🦊\tà l'aube") == "un renard dans la neige 🦊\tà l'aube"
+    assert validate_prompt("שועל בשלג") == "שועל בשלג"  # right-to-left text is fine, overrides are not
+    assert validate_prompt("family 👨\u200d👩\u200d👧") == "family 👨\u200d👩\u200d👧"  # joiners inside text
+
+
+def test_undecodable_prompt_bytes_on_the_command_line_exit_2(tmp_path):
+    # $'\xff' from a shell: Python hands it over as a lone surrogate.
+    proc = subprocess.run([sys.executable, "-m", "prefstudio", "--data", str(tmp_path), "--model", "embedded",
+                           "generate", b"a fox \xff".decode("utf-8", "surrogateescape")],
+                          capture_output=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr.decode(errors="replace")
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    assert len(lines) == 1 and "not valid UTF-8" in lines[0], lines
+
+
+# --- echoed input is cut ------------------------------------------------------------------
+
+def test_echo_cuts_long_input():
+    assert echo("fox") == "'fox'"
+    assert len(echo("x" * 2**20)) < 120 and "1,048,576 characters" in echo("x" * 2**20)
+
+
+def test_a_megabyte_argument_is_not_echoed_whole(tmp_path, capsys):
+    huge = "%s" * (2**19)  # a 1 MB format string
+    add_images(tmp_path, 1)
+    for argv in (["judge", "alice", "like", huge], ["profile", "create", huge], ["judge", huge, "like", "abcdef"],
+                 ["--device", huge, "profile", "list"]):
+        line = refused(capsys, tmp_path, *argv)
+        assert len(line) < 400, (argv[:2], len(line))
+    with pytest.raises(InvalidInput) as caught:
+        cli._weights([huge])
+    assert len(str(caught.value)) < 400
+
+
+def test_megabyte_names_and_paths_are_not_echoed_whole(tmp_path, capsys):
+    huge = "%s" * (2**19)
+    pairs = str(REPO / "assets" / "sample_pairs" / "pairs.jsonl")
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    for argv in (["import-pairs", "alice", pairs, "--user", huge], ["import", huge], ["export", "alice", huge],
+                 ["evaluate", huge], ["--preference-model", huge, "fit", "alice"],
+                 ["personalize", "alice", "a fox", "--weight", huge + "=1"], ["generate", huge]):
+        line = refused(capsys, tmp_path, *argv)
+        assert len(line) < 400, (argv[0], line[:200])
+
+
+def test_a_profile_file_with_a_huge_format_field_is_refused_briefly(tmp_path, capsys):
+    import safetensors.torch
+    import torch
+
+    path = tmp_path / "evil.prefstudio"
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(path), metadata={"format": "%n" * 2**19})
+    line = refused(capsys, tmp_path / "data", "import", str(path))
+    assert "not a PrefStudio profile file" in line and len(line) < 400
+
+
+# --- full disk ----------------------------------------------------------------------------
+
+class FullDatabase:
+    """A connection on a full disk: reads work, every write fails as SQLite reports it."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def _check(self, sql: str) -> None:
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def execute(self, sql, *args):
+        self._check(sql)
+        return self._db.execute(sql, *args)
+
+    def executemany(self, sql, *args):
+        self._check(sql)
+        return self._db.executemany(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+@pytest.fixture
+def full_database(monkeypatch):
+    real_connect = sqlite3.connect
+    return lambda: monkeypatch.setattr("prefstudio.store.history.sqlite3.connect",
+                                       lambda *a, **k: FullDatabase(real_connect(*a, **k)))
+
+
+def test_sqlite_reports_a_full_database_as_disk_full(tmp_path):
+    """The real error, not a stand-in: a database that may not grow by a page (SQLITE_FULL)."""
+    with HistoryStore(tmp_path) as store:
+        store.create_profile("alice")
+        store._db.execute(f"PRAGMA max_page_count = {store._db.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            for i in range(1000):
+                store.create_profile(f"p{i}")
+        assert isinstance(disk_full(caught.value), DiskFull)
+        assert len(store.list_profiles()) == i + 1  # every profile created before is still there
+
+
+@pytest.fixture
+def full_files(monkeypatch):
+    """Writing a file fails with ENOSPC, as on a full disk."""
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return lambda: monkeypatch.setattr(os, "fsync", no_space)
+
+
+def test_disk_full_errors_are_recognised():
+    assert isinstance(disk_full(sqlite3.OperationalError("database or disk is full")), DiskFull)
+    assert isinstance(disk_full(OSError(errno.ENOSPC, "No space left on device")), DiskFull)
+    assert disk_full(sqlite3.OperationalError("no such table: x")) is None
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def _assert_disk_full(line: str) -> None:
+    assert "disk is full" in line and "nothing saved before was lost" in line, line
+
+
+def test_every_store_command_on_a_full_disk_says_so_in_one_line(tmp_path, capsys, full_database, full_files):
+    data = tmp_path / "data"
+    shas = add_images(data, 3)
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    assert run_cli(capsys, data, "judge", "alice", "like", shas[0])[0] == 0
+    assert run_cli(capsys, data, "export", "alice", str(tmp_path / "alice.prefstudio"))[0] == 0
+    full_database()
+    _assert_disk_full(refused(capsys, data, "profile", "create", "bob"))
+    _assert_disk_full(refused(capsys, data, "judge", "alice", "like", shas[1], shas[2]))
+    _assert_disk_full(refused(capsys, data, "import", str(tmp_path / "alice.prefstudio"), "--name", "alice2"))
+    full_files()
+    _assert_disk_full(refused(capsys, data, "export", "alice", str(tmp_path / "again.prefstudio")))
+    assert not (tmp_path / "again.prefstudio").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    with HistoryStore(data) as store:  # nothing lost
+        assert [p.name for p in store.list_profiles()] == ["alice"]
+        assert [j.image_a for j in store.judgments("alice")] == [shas[0]]
+
+
+def test_several_judgments_are_recorded_together_or_not_at_all(tmp_path, capsys, monkeypatch):
+    shas = add_images(tmp_path, 3)
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    real_connect, inserts = sqlite3.connect, []
+
+    class FullAfterTwo(FullDatabase):  # the disk fills up during the third judgment
+        def _check(self, sql):
+            if sql.lstrip().upper().startswith("INSERT"):
+                inserts.append(sql)
+                if len(inserts) > 2:
+                    super()._check(sql)
+
+    monkeypatch.setattr("prefstudio.store.history.sqlite3.connect", lambda *a, **k: FullAfterTwo(real_connect(*a, **k)))
+    _assert_disk_full(refused(capsys, tmp_path, "judge", "alice", "like", *shas))
+    assert len(inserts) == 3
+    with HistoryStore(tmp_path) as store:
+        assert store.judgments("alice") == []
+
+
+def test_imported_pairs_are_recorded_together_or_not_at_all(tmp_path, monkeypatch):
+    from prefstudio.studio import Studio
+
+    studio = Studio.__new__(Studio)  # import_pairs needs only the store
+    studio.store = HistoryStore(tmp_path)
+    studio.store.create_profile("alice")
+    pairs = REPO / "assets" / "sample_pairs" / "pairs.jsonl"
+    recorded = []
+    real_record = HistoryStore.record_judgment
+
+    def record_until_full(self, *args):
+        if len(recorded) == 5:
+            raise sqlite3.OperationalError("database or disk is full")
+        recorded.append(args)
+        return real_record(self, *args)
+
+    monkeypatch.setattr(HistoryStore, "record_judgment", record_until_full)
+    with pytest.raises(sqlite3.OperationalError):
+        studio.import_pairs("alice", pairs, "ana")
+    assert len(recorded) == 5 and studio.store.judgments("alice") == []
+
+
+def test_model_commands_on_a_full_disk_say_so_in_one_line(tmp_path, capsys, full_database, full_files):
+    data = tmp_path / "data"
+    add_images(data, 1)
+    pairs = REPO / "assets" / "sample_pairs" / "pairs.jsonl"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    full_files()  # generated and imported images are files first
+    _assert_disk_full(refused(capsys, data, "generate", "a fox in the snow", "--seeds", "1"))
+    _assert_disk_full(refused(capsys, data, "import-pairs", "alice", str(pairs), "--user", "ana"))
+    full_database()  # fit writes no file, only the model's row
+    _assert_disk_full(refused(capsys, data, "fit", "alice"))
+    with HistoryStore(data) as store:
+        assert store.judgments("alice") == [] and store.model_names("alice") == []
+
+
+def test_the_ui_shows_a_full_disk_as_one_message(caplog):
+    import gradio as gr
+
+    from prefstudio.ui.common import user_errors
+
+    @user_errors
+    def judge():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(gr.Error) as caught:
+        judge()
+    assert "disk is full" in caught.value.message
+    assert any("disk is full" in r.getMessage() for r in caplog.records)
+
+    @user_errors
+    def bug():
+        raise sqlite3.OperationalError("no such table: judgments")
+
+    with pytest.raises(sqlite3.OperationalError):  # anything else is still a bug
+        bug()
+
+
+# --- output paths -------------------------------------------------------------------------
+
+def test_export_refuses_folders_missing_parents_and_proc(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    assert "is a folder" in refused(capsys, data, "export", "alice", str(tmp_path))
+    line = refused(capsys, data, "export", "alice", str(tmp_path / "no" / "such" / "alice.prefstudio"))
+    assert "does not exist" in line
+    assert not (tmp_path / "no").exists()
+    refused(capsys, data, "export", "alice", "/proc")
+    refused(capsys, data, "export", "alice", "/proc/alice.prefstudio")
+    assert run_cli(capsys, data, "export", "alice", str(tmp_path / "alice.prefstudio"))[0] == 0
+
+
+def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    refused(capsys, data, "import", str(tmp_path))
+    refused(capsys, data, "import", str(tmp_path / "missing.prefstudio"))
+    refused(capsys, data, "import-pairs", "alice", str(tmp_path))
+    refused(capsys, data, "import-pairs", "alice", str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "TMP"], "is not a file"),
+    (["evaluate", "TMP/missing.jsonl"], "does not exist"),
+    (["evaluate", "SAMPLE", "--n-ref", "0"], "--n-ref must lie in"),
+    (["import-pairs", "alice", "TMP/bad.jsonl"], "not JSON"),
+    (["import-pairs", "alice", "SAMPLE", "--user", "nobody"], "no judgments of user 'nobody'"),
+    (["import-pairs", "bob", "SAMPLE"], "no profile named 'bob'"),
+    (["import", "/dev/zero"], "not a regular file"),
+    (["export", "alice", "/dev/null"], "not a regular file"),
+    (["generate", "a fox", "-n", "0"], "number of candidates"),
+    (["personalize", "alice", "a fox", "--weight", "user=abc"], "not a number"),
+    (["personalize", "alice", "a fox", "--seed", "-1"], "out of range"),
+    (["profile", "create"], "needs a name"),
+    (["profile", "create", "a/b"], "contains '/'"),
+])
+def test_ordinary_input_errors_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    assert run_cli(capsys, tmp_path / "data", "profile", "create", "alice")[0] == 0
+    argv = [a.replace("TMP", str(tmp_path)).replace("SAMPLE", str(REPO / "assets/sample_pairs/pairs.jsonl"))
+            for a in argv]
+    assert message in refused(capsys, tmp_path / "data", *argv)
+
+
+def test_an_output_folder_needs_an_existing_parent(tmp_path, capsys):
+    line = refused(capsys, tmp_path / "data", "generate", "a fox", "--seeds", "1", "--out",
+                   str(tmp_path / "no" / "such"))
+    assert "does not exist" in line and not (tmp_path / "no").exists()
+
+
+# --- silent changes -----------------------------------------------------------------------
+
+def test_forty_seeds_are_refused_not_cut_to_32(tmp_path, capsys):
+    line = refused(capsys, tmp_path, "generate", "a fox", "--seeds", *map(str, range(40)))
+    assert "40 seeds" in line and "at most 32" in line
+
+
+def test_too_many_best_of_n_candidates_are_refused():
+    from prefstudio.guidance.best_of_n import MAX_CANDIDATES, best_of_n
+
+    with pytest.raises(InvalidInput, match="at most"):
+        best_of_n(None, "a fox", list(range(MAX_CANDIDATES + 1)), {}, {})
+
+
+def test_seventeen_uploads_are_refused_not_cut_to_16(tmp_path):
+    from prefstudio.studio import Studio
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.label_tab import MAX_CANDIDATES, LabelSession, LabelTab
+
+    files = []
+    for i in range(MAX_CANDIDATES + 1):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(_png(i))
+        files.append(str(path))
+    tab = LabelTab.__new__(LabelTab)  # its actions need only the context, not the widgets
+    studio = Studio.__new__(Studio)
+    studio.store = HistoryStore(tmp_path / "data")
+    tab.ctx = AppContext(studio)
+    with pytest.raises(InvalidInput, match=f"{MAX_CANDIDATES + 1} files"):
+        tab.add_uploads(LabelSession(), None, files, "uploads")
+    assert tab.ctx.store._query("SELECT COUNT(*) FROM images") == [(0,)]
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "gpu", "cpu:0:1", ""])
+def test_an_unknown_device_is_refused_with_the_valid_ones(tmp_path, capsys, device):
+    line = refused(capsys, tmp_path, "--device", device, "profile", "list")
+    assert "unknown device" in line and "cpu, cuda" in line and "mps" in line
+
+
+def test_valid_device_names_pass():
+    assert [validate_device_name(d) for d in ("cpu", "cuda", "cuda:1", "MPS")] == ["cpu", "cuda", "cuda:1", "mps"]
+
+
+def test_a_device_this_machine_lacks_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
+    line = refused(capsys, tmp_path, "--device", "cuda", "generate", "a fox", "--seeds", "1")
+    assert "no usable CUDA GPU" in line
+
+
+def test_personalizing_a_missing_profile_says_it_does_not_exist(tmp_path, capsys):
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    line = refused(capsys, tmp_path, "personalize", "bob", "a fox", "--iterations", "1")
+    assert "no profile named 'bob'" in line and "fitted" not in line
+    assert "has no fitted taste yet" in refused(capsys, tmp_path, "personalize", "alice", "a fox", "--iterations", "1")
+
+
+def test_a_duplicate_name_names_the_existing_spelling(tmp_path, capsys):
+    assert run_cli(capsys, tmp_path, "profile", "create", "me")[0] == 0
+    line = refused(capsys, tmp_path, "profile", "create", "ME")
+    assert "a profile named 'me' already exists" in line and "upper/lower case" in line
+
+
+def test_dev_zero_is_not_a_regular_file(tmp_path):
+    from prefstudio.store.image_files import load_untrusted_image
+
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        load_untrusted_image("/dev/zero")
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        load_untrusted_image(tmp_path)
+
+
+def test_an_oversized_file_gets_a_true_size_message(tmp_path):
+    from prefstudio.store.image_files import load_untrusted_image
+
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\0" * (2**20 + 1))
+    with pytest.raises(InvalidInput) as caught:
+        load_untrusted_image(path, max_bytes=2**20)
+    assert "1,048,577 bytes; the limit is 1,048,576 bytes" in str(caught.value)
+
+
+# --- judge --------------------------------------------------------------------------------
+
+def test_judge_takes_several_ids(tmp_path, capsys):
+    shas = add_images(tmp_path, 4)
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    code, out, _ = run_cli(capsys, tmp_path, "judge", "alice", "like", shas[0][:8], shas[1])
+    assert code == 0 and out.count('"kind": "like"') == 2
+    assert run_cli(capsys, tmp_path, "judge", "alice", "pair", shas[2], shas[3])[0] == 0
+    with HistoryStore(tmp_path) as store:
+        assert [(j.kind, j.image_a, j.image_b) for j in store.judgments("alice")] == [
+            ("like", shas[0], None), ("like", shas[1], None), ("pair", shas[2], shas[3])]
+
+
+def test_judge_checks_every_id_before_recording_any(tmp_path, capsys):
+    shas = add_images(tmp_path, 3)
+    assert run_cli(capsys, tmp_path, "profile", "create", "alice")[0] == 0
+    assert "no image 'abcdef12'" in refused(capsys, tmp_path, "judge", "alice", "dislike", shas[0], shas[1], "abcdef12")
+    assert "not an image id" in refused(capsys, tmp_path, "judge", "alice", "like", shas[0], "zz")
+    assert "more than once" in refused(capsys, tmp_path, "judge", "alice", "like", shas[0], shas[0][:10])
+    assert "exactly two" in refused(capsys, tmp_path, "judge", "alice", "pair", *shas)
+    assert "exactly two" in refused(capsys, tmp_path, "judge", "alice", "tie", shas[0])
+    assert "no profile named 'bob'" in refused(capsys, tmp_path, "judge", "bob", "like", shas[0])
+    with HistoryStore(tmp_path) as store:
+        assert store.judgments("alice") == []
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+STORE_ONLY = [["profile", "list"], ["judge", "alice", "like", "IMAGE"], ["export", "alice", "alice.prefstudio"],
+              ["import", "alice.prefstudio", "--name", "alice2"]]
+
+
+def test_store_only_commands_import_no_torch(tmp_path):
+    sha = add_images(tmp_path / "data", 1)[0]
+    with HistoryStore(tmp_path / "data") as store:
+        store.create_profile("alice")
+    for argv in STORE_ONLY:
+        argv = [sha if a == "IMAGE" else a for a in argv]
+        code = ("import sys; from prefstudio import cli; "
+                f"code = cli.main(['--data', 'data', *{argv!r}]); "
+                "heavy = sorted(m for m in ('torch', 'transformers', 'diffusers', 'gradio') if m in sys.modules); "
+                "print('HEAVY', heavy); sys.exit(code)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path,
+                              timeout=120)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert "HEAVY []" in proc.stdout, (argv, proc.stdout)
+
+
+def test_converted_third_party_prompts_are_cleaned_not_refused():
+    from prefstudio.preference.pickapic_convert import _prompt
+
+    cleaned = _prompt("a fox\x07 in\u202e snow\ud800", "row 1")
+    assert cleaned == "a fox  in snow" and validate_prompt(cleaned) == cleaned
