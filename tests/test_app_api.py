@@ -17,6 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from prefstudio.provenance import read_provenance
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app, launch
 from prefstudio.ui.evaluate_tab import win_rate
@@ -47,8 +48,8 @@ def client(url: str) -> Client:
 
 
 def local(file) -> str:
-    """The server-side path of a file the app returned."""
-    return file["path"]
+    """The server-side path of a file the app returned (as a value or inside an update)."""
+    return file["value"]["path"] if file.get("__type__") == "update" else file["path"]
 
 
 def store_of(app):
@@ -122,6 +123,15 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     assert Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
     assert "Your taste" in base_scores and "Your taste" in pers_scores
     assert len(past["value"]) == 1 and "seed 7" in past["value"][0]["caption"]  # listed with past side by sides
+    # What the download buttons give carries how it was made, and a dropped copy reuses it.
+    made = read_provenance(local(personalized))
+    assert made["prompt"] == "a dense green forest" and made["seed"] == 7 and made["role"] == "personalized"
+    assert made["weights"] == {"user": 0.75, "prompt_consistency": 0.5} and made["fit"]["model"] == "auto"
+    prompt, mode, seed, strength, iterations, *weights, note = c.predict(
+        handle_file(local(personalized)), api_name="/reuse_png")
+    assert (prompt, mode, seed, strength, iterations, weights) == (
+        "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, [0.75, 0.5])
+    assert note.startswith("Settings of “a dense green forest” loaded, seed 7")
     c.predict("alice", api_name="/prefer_personalized")  # the loop closes: the result joins the history
     last = store.judgments("alice")[-1]
     assert last.kind == "pair"

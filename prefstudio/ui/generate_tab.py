@@ -13,9 +13,11 @@ import secrets
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
+from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.studio import DEFAULT_STRENGTH
@@ -117,7 +119,10 @@ class GenerateTab:
                     "seed and weights.")
         self.past = gr.Gallery(columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
                                object_fit="contain", elem_id="ps-past")
-        reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
+        with gr.Row(equal_height=True):
+            reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
+            dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
+                              height=90, elem_id="ps-reuse-png")
 
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
                       self.personalized_scores, self.trace, self.past]
@@ -129,9 +134,9 @@ class GenerateTab:
         stop.click(user_errors(self.stop), profile, self.status, api_name="stop", concurrency_limit=None)
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
-        reuse.click(user_errors(self.reuse), self.session,
-                    [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders],
-                    api_name="reuse_settings")
+        settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
+        reuse.click(user_errors(self.reuse), self.session, settings, api_name="reuse_settings")
+        dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status], api_name="reuse_png")
         judged = [self.status]
         for button, kind, which, api in ((like_base, "like", "baseline", "like_baseline"),
                                          (dislike_base, "dislike", "baseline", "dislike_baseline"),
@@ -227,8 +232,8 @@ class GenerateTab:
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
                        "not personalized — try another seed, a higher strength or more iterations.")
         text = f"{verdict} Seed **{side.seed}** — both images are stored with their prompt, seed and weights."
-        return (text, side.seed, thumb(side.baseline.record.path, VIEW_SIZE),
-                self._result_image(side.personalized.record.path, side.improved),
+        return (text, side.seed, self._provenance_png(side.baseline.record, "baseline"),
+                self._result_image(side.personalized.record, side.improved),
                 scores_table(side.baseline.normalised, side.weights),
                 scores_table(side.personalized.normalised, side.weights),
                 self._trace(job.progress, job.iterations, side.iterations_run),
@@ -249,15 +254,28 @@ class GenerateTab:
         text = (f"{title}: “{record.prompt}”, seed **{record.seed}**, strength {params.get('strength', '?')}, "
                 f"{ran} iterations, {verdict}.")
         trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
-        return (text, record.seed, thumb(baseline.path, VIEW_SIZE),
-                self._result_image(record.path, bool(params.get("improved"))),
+        return (text, record.seed, self._provenance_png(baseline, "baseline"),
+                self._result_image(record, bool(params.get("improved"))),
                 scores_table(scores.get("baseline", {}), weights), scores_table(scores.get("personalized", {}), weights),
                 self._trace(trace, params.get("iterations", 1), ran), self._past_gallery(session, profile))
 
-    @staticmethod
-    def _result_image(path, improved: bool):
+    def _result_image(self, record: ImageRecord, improved: bool):
         label = PERSONALIZED if improved else "Not personalized: no improvement on the baseline (best iterate shown)"
-        return gr.Image(thumb(path, VIEW_SIZE), label=label)
+        return gr.Image(self._provenance_png(record, "personalized"), label=label)
+
+    def _provenance_png(self, record: ImageRecord, role: str) -> str:
+        """The image as a PNG that carries how it was made (prompt, seed, generator, weights,
+        the fit): what the download button gives. Written once per image."""
+        path = self.ctx.ui_cache / "provenance" / f"{record.sha256[:32]}-{role}.png"
+        if not path.exists():
+            params = record.params
+            info = {"prompt": record.prompt, "seed": record.seed, "generator": record.generator,
+                    "params": params, "role": role, "weights": params.get("weights"),
+                    "scores": (params.get("scores") or {}).get("personalized") if role == "personalized" else None,
+                    "fit": params.get("fit") and {k: v for k, v in params["fit"].items() if v is not None}}
+            with Image.open(record.path) as image:
+                write_png_with_provenance(image.convert("RGB"), path, info)
+        return str(path)
 
     def _empty(self, session: GenerateSession, message: str):
         session.baseline = session.personalized = None
@@ -303,6 +321,22 @@ class GenerateTab:
         return (record.prompt, FIXED, record.seed, params.get("strength", DEFAULT_STRENGTH),
                 params.get("iterations", DEFAULT_ITERATIONS),
                 *[weights.get(n, 0.0) for n in self.reward_names])
+
+    def reuse_png(self, file):
+        """Prompt, seed, strength, iterations and weights from a PNG's provenance (a dropped
+        file is data: only its text chunks are read and checked)."""
+        if file is None:
+            raise InvalidInput("drop a PNG made by PrefStudio (or another tool that writes its settings)")
+        info = read_provenance(getattr(file, "name", file))
+        params = info.get("params") or {}
+        weights = info.get("weights") or params.get("weights") or {}
+        known = {n: float(w) for n, w in weights.items() if n in self.reward_names}
+        values = [known.get(n, 0.0) for n in self.reward_names] if known else [gr.skip()] * len(self.reward_names)
+        seed = info.get("seed")
+        note = (f"Settings of “{info['prompt'][:80]}” loaded" + (f", seed {seed}" if seed is not None else "")
+                + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept"))
+        return (info["prompt"], FIXED if seed is not None else RANDOM, seed,
+                params.get("strength", gr.skip()), params.get("iterations", gr.skip()), *values, note + ".")
 
     def _with_weight_names(self, fn):
         """One named API parameter per slider (weight_user, weight_prompt_consistency, ...)."""
