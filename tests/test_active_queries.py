@@ -1,5 +1,6 @@
 """Active queries: the selector asks what tells the plausible tastes apart; studio and CLI suggest."""
 import json
+import socket
 
 import pytest
 import torch
@@ -134,3 +135,36 @@ def test_studio_suggest_needs_two_distinct_stored_images(tmp_path):
     with pytest.raises(NotFound, match="no fitted taste and this studio has no user bank"):
         studio.suggest("ann", [i.sha256 for i in images])
 
+
+def value(output):
+    """A component's value, whether it came back bare or inside a property update."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+def test_label_tab_suggest_puts_the_most_informative_pair_next(tmp_path):
+    from gradio_client import Client
+
+    from prefstudio.studio import Studio
+    from prefstudio.ui.app import build_app, launch
+
+    studio = Studio(tmp_path)
+    demo = build_app(studio)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    try:
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        c.predict("lena", api_name="/create_profile")
+        c.predict("lena", "a lighthouse at dusk", 4, "1, 2, 3, 4", api_name="/generate_candidates")
+        shas = [r.sha256 for r in studio.generate_candidates("a lighthouse at dusk", seeds=[1, 2, 3, 4])]
+        top = studio.suggest("lena", shas, top=1)[0]
+        *_, pair_info, status, _ = c.predict("lena", api_name="/suggest")
+        assert f"Next: {top.first[:8]}" in value(status) and top.reason in value(status)
+        assert "Pair 1 of" in value(pair_info)
+        # The pair now on screen is the suggested one, sides as scheduled.
+        c.predict("lena", api_name="/pick_left")
+        judged = studio.store.judgments("lena")[-1]
+        assert {judged.image_a, judged.image_b} == {top.first, top.second}
+    finally:
+        demo.close()

@@ -117,6 +117,7 @@ class LabelTab:
             with gr.Row():
                 with gr.Column(scale=1, min_width=160):
                     pair_undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-pair-undo")
+                    suggest = gr.Button("💡 Suggest what to judge", size="sm", elem_id="ps-suggest")
                 with gr.Column(scale=3):
                     self.pair_status = gr.Markdown(elem_id="ps-pair-status")
             gr.Markdown(PAIR_KEYS, elem_classes="ps-keys")
@@ -153,6 +154,7 @@ class LabelTab:
         pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair")
         undo.click(user_errors(self.undo), [s, p], views, api_name="undo")
         pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private")
+        suggest.click(user_errors(self.suggest), [s, p], views, api_name="suggest")
         self.gallery.select(self.select, [s, p], views, api_visibility="private")
         self.mode.change(lambda mode: (gr.Column(visible=mode == SINGLE), gr.Column(visible=mode == PAIRWISE)),
                          self.mode, [single, pairwise], api_visibility="private")
@@ -257,6 +259,23 @@ class LabelTab:
 
     def pair_skip(self, session, profile):
         return self._pick(session, profile, "skip")
+
+    def suggest(self, session: LabelSession, profile):
+        """Puts the pairs most informative about this person's taste next (Studio.suggest)."""
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        if len(session.candidates) < 2:
+            raise InvalidInput("generate at least two candidates first")
+        ranked = self.ctx.run(self.ctx.studio.suggest, profile, session.candidates, len(session.pairs))
+        if not ranked:
+            raise InvalidInput("every pair of these candidates is judged already: generate new ones")
+        index = {sha: i for i, sha in enumerate(session.candidates)}
+        best = [(index[q.first], index[q.second]) for q in ranked]
+        left = session.pairs[session.pair_index:]  # keep each pair's sides as scheduled
+        sides = {frozenset(pair): pair for pair in left}
+        session.pairs[session.pair_index:] = [sides[frozenset(pair)] for pair in best if frozenset(pair) in sides]
+        top = ranked[0]
+        return self.render(session, profile, f"💡 Next: {short(top.first)} vs {short(top.second)} — {top.reason}.")
 
     def undo(self, session: LabelSession, profile):
         if not session.made:
