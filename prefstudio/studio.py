@@ -251,8 +251,8 @@ class Studio:
     # -- active queries ----------------------------------------------------------------------
     def suggest(self, profile: str, candidate_shas: list[str], top: int = 3) -> list:
         """`SuggestedPair`s of these stored candidates most worth judging next, most informative first
-        (`prefstudio.preference.active`: the bank users' disagreement given the profile's history,
-        and the stored fit's uncertainty). Pairs the profile already judged are not suggested."""
+        (`prefstudio.preference.active`: how much the tastes that still fit the profile's history
+        disagree on each pair, and the stored fit's uncertainty). Pairs already judged are left out."""
         from prefstudio.preference.active import SuggestedPair, rank_pairs
 
         shas = list(dict.fromkeys(candidate_shas))

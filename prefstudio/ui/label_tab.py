@@ -267,14 +267,13 @@ class LabelTab:
         if len(session.candidates) < 2:
             raise InvalidInput("generate at least two candidates first")
         ranked = self.ctx.run(self.ctx.studio.suggest, profile, session.candidates, len(session.pairs))
-        if not ranked:
-            raise InvalidInput("every pair of these candidates is judged already: generate new ones")
         index = {sha: i for i, sha in enumerate(session.candidates)}
-        best = [(index[q.first], index[q.second]) for q in ranked]
-        left = session.pairs[session.pair_index:]  # keep each pair's sides as scheduled
-        sides = {frozenset(pair): pair for pair in left}
-        session.pairs[session.pair_index:] = [sides[frozenset(pair)] for pair in best if frozenset(pair) in sides]
-        top = ranked[0]
+        sides = {frozenset(pair): pair for pair in session.pairs[session.pair_index:]}  # as scheduled
+        ahead = [q for q in ranked if frozenset((index[q.first], index[q.second])) in sides]
+        if not ahead:
+            raise InvalidInput("every pair of these candidates is judged already: generate new ones")
+        session.pairs[session.pair_index:] = [sides[frozenset((index[q.first], index[q.second]))] for q in ahead]
+        top = ahead[0]
         return self.render(session, profile, f"💡 Next: {short(top.first)} vs {short(top.second)} — {top.reason}.")
 
     def undo(self, session: LabelSession, profile):
