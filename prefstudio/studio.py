@@ -271,8 +271,9 @@ class Studio:
         position = {sha: i for i, sha in enumerate(shas)}
         judged = {tuple(sorted((position[a], position[b]))) for a, b in pairs if a in position and b in position}
         history = self.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1) if pairs else None
-        context = None if taste is None else taste.prompt_context(
-            [self.store.image_record(s).prompt or "" for s in shas])
+        prompts = [self.store.image_record(s).prompt or "" for s in shas]
+        # One row serves every candidate: a batch of one prompt is encoded once, not per image.
+        context = None if taste is None else taste.prompt_context(prompts[:1] if len(set(prompts)) == 1 else prompts)
         queries = rank_pairs(self.features(shas), None if history is None else history[:, 0],
                              None if history is None else history[:, 1], self.bank, taste, context,
                              pair_images=pairs or None, exclude=judged)

@@ -13,15 +13,14 @@ used by what the studio has:
   I = H(mean_s q_s) − mean_s H(q_s), q_s = σ(w_s · (φ(first) − φ(second))).
   It is the expected entropy reduction of the posterior over the person's taste; a pair every
   plausible taste answers alike scores ~0 however uncertain each answer is. It reads only the
-  features and the bank, so it serves whichever preference model the studio runs. (A discrete
-  posterior over the bank's 96 users did as well at 8 judgments but stalled after 16 on the
-  development population of bench/active_queries.py: people are mixtures, not copies, of them.)
+  features and the bank, so it serves whichever preference model the studio runs. A continuous
+  posterior rather than one over the bank's users: people are mixtures of them, not copies.
 - **Model uncertainty**: the entropy of the fitted taste's own answer,
   σ(log-odds(first) − log-odds(second)), through the `Taste` interface — any preference model.
-  Without a bank it is the score; with one it is a tie-break (`MODEL_WEIGHT`; a weight of 0.5
-  did worse on the development population), deciding once the posterior has settled.
+  Without a bank it is the score; with one it is a tie-break (`MODEL_WEIGHT`), deciding once the
+  posterior has settled.
 
-Ranking 32 candidates (496 pairs) takes milliseconds: docs/benchmarks.md, "Active queries".
+How these were chosen, what they save and how fast they are: docs/benchmarks.md, "Active queries".
 """
 from dataclasses import dataclass
 from typing import Any
