@@ -5,6 +5,7 @@
     python -m prefstudio judge alice like 3fa2c1 77b0e4   # image ids (or unique prefixes)
     python -m prefstudio import-pairs alice pairs.jsonl   # {"user_id","prompt","liked","disliked"} per line
     python -m prefstudio fit alice
+    python -m prefstudio suggest alice --prompt "a fox in the snow"   # which pair to judge next
     python -m prefstudio personalize alice "a fox in the snow" --seed 7 --out out/
     python -m prefstudio export alice alice.prefstudio
     python -m prefstudio import alice.prefstudio --name alice-laptop
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit the profile's preference model")
     p.add_argument("profile")
+
+    p = sub.add_parser("suggest", help="which pair of candidates to judge next (most informative first)")
+    p.add_argument("profile")
+    p.add_argument("ids", nargs="*", metavar="ID", help="stored candidate image ids (or unique prefixes)")
+    p.add_argument("--prompt", help="instead of ids: generate new candidates for this prompt and suggest among them")
+    p.add_argument("-n", type=int, default=8, help="candidates to generate with --prompt (default 8)")
+    p.add_argument("--top", type=int, default=3, help="how many pairs to list (default 3)")
 
     p = sub.add_parser("personalize", help="baseline and personalized image from the same seed")
     p.add_argument("profile")
@@ -195,8 +203,21 @@ def cmd_personalize(args, studio) -> dict:
 
 
 STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import}
+def cmd_suggest(args, studio) -> dict:
+    if bool(args.prompt) == bool(args.ids):
+        raise InvalidInput("suggest takes either --prompt P or candidate image ids, not both and not neither")
+    if not 1 <= args.top <= 100:
+        raise InvalidInput(f"--top must lie in [1, 100], got {args.top}")
+    studio.store.get_profile(args.profile)  # an unknown profile fails before anything is generated
+    shas = ([r.sha256 for r in studio.generate_candidates(args.prompt, n=args.n)] if args.prompt
+            else [studio.store.resolve_image_id(ref) for ref in args.ids])
+    return {"candidates": shas,
+            "suggestions": [{"judge": [s.first, s.second], "information": round(s.information, 4),
+                             "why": s.reason} for s in studio.suggest(args.profile, shas, args.top)]}
+
+
 STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "fit": cmd_fit,
-                   "personalize": cmd_personalize}
+                   "suggest": cmd_suggest, "personalize": cmd_personalize}
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -263,6 +263,37 @@ class Studio:
             out.append({n: float(v[0]) for n, v in normalised.items()})
         return out
 
+    # -- active queries ----------------------------------------------------------------------
+    def suggest(self, profile: str, candidate_shas: list[str], top: int = 3) -> list:
+        """`SuggestedPair`s of these stored candidates most worth judging next, most informative first
+        (`prefstudio.preference.active`: how much the tastes that still fit the profile's history
+        disagree on each pair, and the stored fit's uncertainty). Pairs already judged are left out."""
+        from prefstudio.preference.active import SuggestedPair, rank_pairs
+
+        shas = list(dict.fromkeys(candidate_shas))
+        if len(shas) < 2:
+            raise InvalidInput(f"suggesting a pair needs at least two different candidate images; got {len(shas)}")
+        for sha in shas:
+            self.store.image_record(sha)  # NotFound names an unknown image
+        pairs = self.judged_pairs(profile).pairs  # NotFound for an unknown profile
+        try:
+            taste = self.user_reward(profile).taste
+        except (NotFound, InvalidInput):  # never fitted, or fitted by another model: the bank alone
+            taste = None
+        if self.bank is None and taste is None:
+            raise NotFound(f"nothing to choose queries by: profile {profile!r} has no fitted taste and this "
+                           "studio has no user bank; judge a few images and press Fit first")
+        position = {sha: i for i, sha in enumerate(shas)}
+        judged = {tuple(sorted((position[a], position[b]))) for a, b in pairs if a in position and b in position}
+        history = self.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1) if pairs else None
+        prompts = [self.store.image_record(s).prompt or "" for s in shas]
+        # One row serves every candidate: a batch of one prompt is encoded once, not per image.
+        context = None if taste is None else taste.prompt_context(prompts[:1] if len(set(prompts)) == 1 else prompts)
+        queries = rank_pairs(self.features(shas), None if history is None else history[:, 0],
+                             None if history is None else history[:, 1], self.bank, taste, context,
+                             pair_images=pairs or None, exclude=judged)
+        return [SuggestedPair(shas[q.first], shas[q.second], q.score, q.reason) for q in queries[:max(1, int(top))]]
+
     # -- personalized generation ------------------------------------------------------
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
                     weights: dict[str, float] | None = None, iterations: int = 30,

@@ -117,6 +117,7 @@ class LabelTab:
             with gr.Row():
                 with gr.Column(scale=1, min_width=160):
                     pair_undo = gr.Button("↶ Undo (U)", size="sm", elem_id="ps-pair-undo")
+                    suggest = gr.Button("💡 Suggest what to judge", size="sm", elem_id="ps-suggest")
                 with gr.Column(scale=3):
                     self.pair_status = gr.Markdown(elem_id="ps-pair-status")
             gr.Markdown(PAIR_KEYS, elem_classes="ps-keys")
@@ -155,6 +156,7 @@ class LabelTab:
         pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair")
         undo.click(user_errors(self.undo), [s, p], views, api_name="undo")
         pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private")
+        suggest.click(user_errors(self.suggest), [s, p], views, api_name="suggest")
         self.gallery.select(self.select, [s, p], views, api_visibility="private")
         self.mode.change(lambda mode: (gr.Column(visible=mode == SINGLE), gr.Column(visible=mode == PAIRWISE)),
                          self.mode, [single, pairwise], api_visibility="private")
@@ -261,6 +263,22 @@ class LabelTab:
 
     def pair_skip(self, session, profile):
         return self._pick(session, profile, "skip")
+
+    def suggest(self, session: LabelSession, profile):
+        """Puts the pairs most informative about this person's taste next (Studio.suggest)."""
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        if len(session.candidates) < 2:
+            raise InvalidInput("generate at least two candidates first")
+        ranked = self.ctx.run(self.ctx.studio.suggest, profile, session.candidates, len(session.pairs))
+        index = {sha: i for i, sha in enumerate(session.candidates)}
+        sides = {frozenset(pair): pair for pair in session.pairs[session.pair_index:]}  # as scheduled
+        ahead = [q for q in ranked if frozenset((index[q.first], index[q.second])) in sides]
+        if not ahead:
+            raise InvalidInput("every pair of these candidates is judged already: generate new ones")
+        session.pairs[session.pair_index:] = [sides[frozenset((index[q.first], index[q.second]))] for q in ahead]
+        top = ahead[0]
+        return self.render(session, profile, f"💡 Next: {short(top.first)} vs {short(top.second)} — {top.reason}.")
 
     def undo(self, session: LabelSession, profile):
         if not session.made:

@@ -1,0 +1,170 @@
+"""Active queries: the selector asks what tells the plausible tastes apart; studio and CLI suggest."""
+import json
+import socket
+
+import pytest
+import torch
+
+from prefstudio import cli
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.preference.active import rank_pairs, taste_samples
+from prefstudio.preference.user_embedding import UserBank, UserEmbeddingModel
+
+
+def two_user_bank() -> UserBank:
+    """Two known people in a 2-d taste space: both like feature 0; on feature 1 they disagree."""
+    eye = torch.eye(2)
+    return UserBank("toy", torch.zeros(2), torch.ones(2), eye,
+                    like_vectors=torch.tensor([[3.0, 3.0], [3.0, -3.0]]), dislike_vectors=torch.zeros(2, 2),
+                    likelihood_power=1.0, source="test")
+
+
+# c0 neutral, c1 more of feature 0 (both users prefer it), c2 more of feature 1 (they disagree)
+CANDIDATES = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+
+
+def test_a_pair_the_bank_users_disagree_on_beats_one_they_agree_on():
+    queries = rank_pairs(CANDIDATES, bank=two_user_bank())
+    by_pair = {(q.first, q.second): q for q in queries}
+    assert (queries[0].first, queries[0].second) == (0, 2)
+    assert by_pair[0, 2].taste_information > 0.3  # the answer says which way feature 1 counts
+    assert by_pair[0, 1].taste_information < 1e-3  # both answer alike: nothing to learn
+    assert "disagree" in queries[0].reason
+
+
+def test_once_the_history_answers_a_question_it_is_worth_less_and_the_next_one_comes_first():
+    bank = two_user_bank()
+    before = {(q.first, q.second): q.taste_information for q in rank_pairs(CANDIDATES, bank=bank)}
+    liked, disliked = torch.tensor([[0.0, 1.0]] * 10), torch.zeros(10, 2)  # likes feature 1
+    assert taste_samples(bank, liked, disliked)[:, 1].mean() > 2.5  # the posterior learnt it
+    queries = rank_pairs(CANDIDATES, liked, disliked, bank=bank)
+    after = {(q.first, q.second): q.taste_information for q in queries}
+    assert after[0, 2] < 0.3 * before[0, 2]
+    # Now how much feature 1 counts against feature 0 is what is unknown: c1 vs c2 asks it.
+    assert (queries[0].first, queries[0].second) == (1, 2)
+
+
+def test_without_a_bank_the_fitted_taste_asks_where_it_is_least_sure():
+    taste = UserEmbeddingModel("toy", torch.zeros(2), torch.ones(2), torch.eye(2),
+                               torch.tensor([4.0, 0.1]), torch.zeros(2), 0.0, 0.0)
+    queries = rank_pairs(CANDIDATES, taste=taste)
+    # (0, 2) differ only along the direction the taste barely weighs: its answer is a coin flip
+    assert (queries[0].first, queries[0].second) == (0, 2)
+    assert queries[0].taste_information is None and queries[0].model_confidence < 0.53
+    assert queries[-1].model_confidence > 0.95
+
+
+def test_judged_pairs_are_not_asked_again():
+    queries = rank_pairs(CANDIDATES, bank=two_user_bank(), exclude={(0, 2)})
+    assert (0, 2) not in {(q.first, q.second) for q in queries} and len(queries) == 2
+
+
+def test_bad_input_is_a_one_line_error():
+    bank = two_user_bank()
+    with pytest.raises(InvalidInput, match="at least two candidate"):
+        rank_pairs(CANDIDATES[:1], bank=bank)
+    with pytest.raises(InvalidInput, match="NaN"):
+        rank_pairs(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]), bank=bank)
+    with pytest.raises(InvalidInput, match="reads 2-d features"):
+        rank_pairs(torch.zeros(3, 5), bank=bank)
+    with pytest.raises(InvalidInput, match="no user bank and no fitted taste"):
+        rank_pairs(CANDIDATES)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A history folder with a profile; the studio serves the user embedding with the shipped bank."""
+    data = str(tmp_path_factory.mktemp("suggest"))
+    base = ["--data", data, "--model", "embedded", "--preference-model", "user-embedding"]
+    assert cli.main(base + ["profile", "create", "ida"]) == 0
+    return data, base
+
+
+def test_cli_suggest_names_a_pair_of_the_candidates_and_why(data, capsys):
+    _, base = data
+    capsys.readouterr()
+    assert cli.main(base + ["generate", "a lighthouse at dusk", "--seeds", "1", "2", "3", "4"]) == 0
+    ids = [image["id"] for image in json.loads(capsys.readouterr().out)["images"]]
+    assert cli.main(base + ["suggest", "ida", *[i[:10] for i in ids], "--top", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["candidates"] == ids and len(out["suggestions"]) == 2
+    first = out["suggestions"][0]
+    assert set(first["judge"]) <= set(ids) and first["judge"][0] != first["judge"][1]
+    assert "disagree" in first["why"]
+    # Judge the suggested pair: it is not suggested again.
+    assert cli.main(base + ["judge", "ida", "pair", *first["judge"]]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["suggest", "ida", *ids, "--top", "6"]) == 0
+    pairs = [set(s["judge"]) for s in json.loads(capsys.readouterr().out)["suggestions"]]
+    assert len(pairs) == 5 and set(first["judge"]) not in pairs
+
+
+def test_cli_suggest_refuses_bad_input_in_one_line(data, capsys):
+    _, base = data
+    capsys.readouterr()
+    for argv, message in [(["suggest", "ida"], "either --prompt P or candidate image ids"),
+                          (["suggest", "ida", "abcdef12", "--prompt", "a fox"], "either --prompt P or"),
+                          (["suggest", "nobody", "--prompt", "a fox"], "nobody"),
+                          (["suggest", "ida", "zz"], "is not an image id"),
+                          (["suggest", "ida", "abcdef0123", "abcdef0124"], "no image"),
+                          (["suggest", "ida", "--prompt", "a fox", "--top", "0"], "--top must lie in")]:
+        assert cli.main(base + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_studio_suggest_with_a_prompt_generates_candidates_and_uses_the_fit(data, capsys):
+    _, base = data
+    capsys.readouterr()
+    assert cli.main(base + ["fit", "ida"]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["suggest", "ida", "--prompt", "a red barn", "-n", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["candidates"]) == 4 and len(out["suggestions"]) == 3
+    assert "fitted taste" in out["suggestions"][0]["why"]
+
+
+def test_studio_suggest_needs_two_distinct_stored_images(tmp_path):
+    from prefstudio.studio import Studio
+
+    studio = Studio(tmp_path, bank_path=None, preference_model="user-embedding")
+    studio.store.create_profile("ann")
+    images = studio.generate_candidates("a fox in the snow", seeds=[1, 2])
+    with pytest.raises(InvalidInput, match="at least two different"):
+        studio.suggest("ann", [images[0].sha256, images[0].sha256])
+    with pytest.raises(NotFound, match="no fitted taste and this studio has no user bank"):
+        studio.suggest("ann", [i.sha256 for i in images])
+
+
+def value(output):
+    """A component's value, whether it came back bare or inside a property update."""
+    return output["value"] if isinstance(output, dict) and output.get("__type__") == "update" else output
+
+
+def test_label_tab_suggest_puts_the_most_informative_pair_next(tmp_path):
+    from gradio_client import Client
+
+    from prefstudio.studio import Studio
+    from prefstudio.ui.app import build_app, launch
+
+    studio = Studio(tmp_path)
+    demo = build_app(studio)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    try:
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        c.predict("lena", api_name="/create_profile")
+        c.predict("lena", "a lighthouse at dusk", 4, "1, 2, 3, 4", api_name="/generate_candidates")
+        shas = [r.sha256 for r in studio.generate_candidates("a lighthouse at dusk", seeds=[1, 2, 3, 4])]
+        top = studio.suggest("lena", shas, top=1)[0]
+        *_, pair_info, status, _ = c.predict("lena", api_name="/suggest")
+        assert f"Next: {top.first[:8]}" in value(status) and top.reason in value(status)
+        assert "Pair 1 of" in value(pair_info)
+        # The pair now on screen is the suggested one, sides as scheduled.
+        c.predict("lena", api_name="/pick_left")
+        judged = studio.store.judgments("lena")[-1]
+        assert {judged.image_a, judged.image_b} == {top.first, top.second}
+    finally:
+        demo.close()
