@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,13 +41,20 @@ def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     else:
         path = Path(source)
         try:
-            size = path.stat().st_size
-            if size > max_bytes:  # refused before reading a byte
-                raise InvalidInput(
-                    f"image file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
-                )
-            with open(path, "rb") as file:
-                data = file.read(max_bytes + 1)  # +1: the file may have grown since stat
+            # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the
+            # fstat of what was opened then refuses anything but a regular file.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InvalidInput(f"{path} is not a regular file")
+                if info.st_size > max_bytes:  # refused before reading a byte
+                    raise InvalidInput(f"image file is {info.st_size / 2**20:.1f} MB; the limit "
+                                       f"is {max_bytes / 2**20:.0f} MB")
+                with open(fd, "rb", closefd=False) as file:
+                    data = file.read(max_bytes + 1)  # +1: the file may have grown since fstat
+            finally:
+                os.close(fd)
         except OSError as error:
             raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
     if len(data) > max_bytes:
@@ -80,12 +88,13 @@ def load_untrusted_image(
     source: str | os.PathLike | bytes,
     max_bytes: int = validation.MAX_IMAGE_BYTES,
     max_pixels: int = validation.MAX_IMAGE_PIXELS,
+    max_side: int = validation.MAX_IMAGE_SIDE,
 ) -> Image.Image:
     """Decode an upload into an RGB image, or raise InvalidInput saying what is wrong.
 
-    Order matters: byte size, then the header's width×height, and only then the
-    pixels, so a decompression bomb (a few KB on disk, 100+ MP decoded) is refused
-    without allocating it.
+    Order matters: byte size, then the header's width×height and sides, and only then
+    the pixels, so a decompression bomb (a few KB on disk, 100+ MP decoded) is refused
+    without allocating it. Only regular files are opened.
     """
     data = _read_bounded(source, max_bytes)
     readable = ", ".join(READABLE_FORMATS[:-1]) + " or " + READABLE_FORMATS[-1]
@@ -119,6 +128,8 @@ def load_untrusted_image(
         )
     if width == 0 or height == 0:
         raise InvalidInput(f"image is {width}×{height}: it has no pixels")
+    if max(width, height) > max_side:
+        raise InvalidInput(f"image is {width}×{height}; no side may exceed {max_side:,} pixels")
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
