@@ -1,5 +1,6 @@
 """Bounds on everything a user can type or upload, checked before anything changes."""
 import math
+import reprlib
 from collections.abc import Mapping
 
 from prefstudio.errors import InvalidInput
@@ -8,7 +9,13 @@ MAX_PROMPT_CHARS = 1000
 # Larger than any screen (8K UHD is 33 MP) yet far below clip-art "bombs" of 100+ MP.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 64 * 2**20
+# Each side too: a 1×40,000,000 PNG is within the pixel bound yet takes PIL 13 s and 1 GB.
+MAX_IMAGE_SIDE = 16_384
 MAX_PROFILE_FILE_BYTES = 1 * 2**30
+# All images of one profile file together (decoding costs ~8 ms per MP): 1,000 SDXL images.
+MAX_PROFILE_PIXELS = 1_000_000_000
+# The safetensors header of a profile file: tensor index plus the profile JSON.
+MAX_PROFILE_HEADER_BYTES = 64 * 2**20
 MAX_WEIGHT = 10.0
 MAX_PROFILE_NAME_CHARS = 64
 
@@ -74,3 +81,17 @@ def validate_seed(seed) -> int:
     if not 0 <= seed < 2**32:
         raise InvalidInput(f"seed {seed} is out of range [0, 2^32)")
     return seed
+
+
+def shorten(value, limit: int = 60) -> str:
+    """A repr of `value` of at most about `limit` characters, for echoing untrusted
+    input in an error message: a 1 MB string or a list nested a million deep must
+    not come back whole (reprlib cuts long strings, long and deep containers)."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring = 3, limit
+    shortener.maxother = shortener.maxlong = limit
+    try:
+        text = shortener.repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int of more than 4,300 digits
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
