@@ -35,6 +35,20 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP"
 
 
+def open_regular_file(path: str | os.PathLike):
+    """Open `path` for reading in binary, refusing (InvalidInput) anything but a regular
+    file: opening a FIFO would wait forever for a writer, a device could be endless.
+    O_NONBLOCK makes the open itself return at once; the fstat of what was opened decides."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -43,18 +57,12 @@ def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
         try:
             # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the
             # fstat of what was opened then refuses anything but a regular file.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    raise InvalidInput(f"{path} is not a regular file")
-                if info.st_size > max_bytes:  # refused before reading a byte
-                    raise InvalidInput(f"image file is {info.st_size / 2**20:.1f} MB; the limit "
+            with open_regular_file(path) as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > max_bytes:  # refused before reading a byte
+                    raise InvalidInput(f"image file is {size / 2**20:.1f} MB; the limit "
                                        f"is {max_bytes / 2**20:.0f} MB")
-                with open(fd, "rb", closefd=False) as file:
-                    data = file.read(max_bytes + 1)  # +1: the file may have grown since fstat
-            finally:
-                os.close(fd)
+                data = file.read(max_bytes + 1)  # +1: the file may have grown since fstat
         except OSError as error:
             raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
     if len(data) > max_bytes:
