@@ -67,9 +67,9 @@ def _exact_keys(model: str, what: str, found, required, optional=()) -> None:
     missing = sorted(set(required) - set(found))
     extra = sorted(set(found) - set(required) - set(optional))
     if missing:
-        raise _refuse(model, f"{what} lacks {', '.join(map(repr, missing))}")
+        raise _refuse(model, f"missing {what} {', '.join(map(repr, missing))}")
     if extra:
-        raise _refuse(model, f"{what} has unexpected {', '.join(shorten(k, 40) for k in extra[:3])}")
+        raise _refuse(model, f"unexpected {what} {', '.join(shorten(k, 40) for k in extra[:3])}")
 
 
 def _int(model: str, config: Mapping, key: str, low: int, high: int) -> int:
@@ -129,9 +129,9 @@ def check_user_embedding(tensors: Mapping[str, torch.Tensor], config: Mapping,
     """UserEmbeddingModel.state(): mean, std [D]; projection [D, k]; like_vector,
     dislike_vector [k]; like_bias, dislike_bias scalars; all float32."""
     model = USER_EMBEDDING
-    _exact_keys(model, "its tensors", tensors, ("mean", "std", "projection", "like_vector",
+    _exact_keys(model, "tensor", tensors, ("mean", "std", "projection", "like_vector",
                                                  "dislike_vector", "like_bias", "dislike_bias"))
-    _exact_keys(model, "its config", config, ("type", "version", "encoder") + FIT_FIELDS)
+    _exact_keys(model, "config field", config, ("type", "version", "encoder") + FIT_FIELDS)
     projection = _tensor(model, tensors, "projection", (None, None))
     dim, taste = projection.shape
     if not (1 <= dim <= MAX_FEATURE_DIM and 1 <= taste <= MAX_TASTE_DIM):
@@ -153,8 +153,8 @@ def check_preference_tokens(tensors: Mapping[str, torch.Tensor], config: Mapping
     """The history a preference-token model reads: liked, disliked [N, D] image features
     and optionally prompts [N, T] text features; n_pairs is N."""
     model = PREFERENCE_TOKENS
-    _exact_keys(model, "its tensors", tensors, ("liked", "disliked"), ("prompts",))
-    _exact_keys(model, "its config", config, ("type", "version", "checkpoint", "encoder") + FIT_FIELDS)
+    _exact_keys(model, "tensor", tensors, ("liked", "disliked"), ("prompts",))
+    _exact_keys(model, "config field", config, ("type", "version", "checkpoint", "encoder") + FIT_FIELDS)
     liked = _tensor(model, tensors, "liked", (None, None))
     pairs, dim = liked.shape
     if not (pairs <= MAX_HISTORY_PAIRS and 1 <= dim <= MAX_FEATURE_DIM):
