@@ -143,3 +143,14 @@ def test_the_data_set_reader_applies_the_same_rules(tmp_path):
     refused(lambda: PairDataSet.read(root), "users.json is missing", NotFound)
     (root / "pairs" / "users.json").write_text('{"train": [1], "val": [], "test_seen": [], "test_unseen": []}')
     refused(lambda: PairDataSet.read(root), "'train' must be a list of user ids")
+
+
+def test_a_fifo_as_the_feature_cache_is_refused(tmp_path):
+    """It is not a file, so it used to be written to: safetensors blocked on the FIFO."""
+    from pair_data_fixture import MeanColourEncoder
+    from prefstudio.preference.pair_data import image_features
+
+    root = write_pair_data(tmp_path / "data")
+    (root / "features").mkdir()
+    os.mkfifo(root / "features" / f"{MeanColourEncoder.name}.safetensors")
+    refused(lambda: image_features(PairDataSet.read(root), MeanColourEncoder()), "is not a regular file")

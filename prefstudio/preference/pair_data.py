@@ -222,6 +222,15 @@ class PairDataSet:
         return list(found)
 
 
+def _feature_cache(root: Path, encoder_name: str) -> Path:
+    """<root>/features/<encoder>.safetensors, which must be a regular file if it exists
+    (safetensors would block on a FIFO there, reading or writing)."""
+    cache = root / "features" / f"{encoder_name}.safetensors"
+    if cache.exists() and not cache.is_file():
+        raise InvalidInput(f"{cache} is not a regular file")
+    return cache
+
+
 def image_features(data: PairDataSet, encoder, batch_size: int = 32) -> tuple[dict[Path, int], torch.Tensor]:
     """(row of each image path, features [N, D]) from <root>/features/<encoder.name>.safetensors,
     which is written here first if it does not exist yet (encoding every image once)."""
@@ -229,7 +238,7 @@ def image_features(data: PairDataSet, encoder, batch_size: int = 32) -> tuple[di
 
     paths = data.image_paths()
     rows = {p: i for i, p in enumerate(paths)}
-    cache = data.root / "features" / f"{encoder.name}.safetensors"
+    cache = _feature_cache(data.root, encoder.name)
     if cache.is_file():
         features = load_file(str(cache))["features"]
         if features.shape[0] != len(paths):
@@ -250,7 +259,7 @@ def prompt_features(data: PairDataSet, encoder) -> tuple[dict[str, int], torch.T
     """(row of each prompt, features [P, D]) for every prompt of the data set, from
     <root>/features/<encoder.name>.safetensors ("features" + the prompt list in its metadata,
     as PrefBench writes it); prompts not in it yet are encoded and added."""
-    cache = data.root / "features" / f"{encoder.name}.safetensors"
+    cache = _feature_cache(data.root, encoder.name)
     known, features, metadata = [], torch.empty(0, encoder.dim), {"encoder": encoder.name}
     if cache.is_file():
         from safetensors import safe_open
