@@ -363,7 +363,7 @@ def _parse_judgments(content: dict, image_shas: set[str]) -> list[tuple]:
     return judgments
 
 
-def _parse_models(content: dict, entries: dict[str, _Entry]) -> list[tuple[str, dict]]:
+def _parse_models(content: dict) -> list[tuple[str, dict]]:
     models, seen = [], set()
     for item in _expect(content.get("models"), list, "models"):
         _expect(item, dict, "each model")
@@ -433,60 +433,67 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
     be checked against the encoders this PrefStudio runs.
     """
     file, size = _open_profile_file(Path(path))
-    with file:
+    try:
+        with file:
+            name, records, judgments, models = _check_file(store, file, size, new_name, encoder_dims)
+    except OSError as error:  # the disk or the file failing while it is read
+        raise InvalidInput(f"cannot read profile file {path}: {error.strerror or error}") from None
+    return _restore(store, name, records, judgments, models)
+
+
+def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
+                encoder_dims: Mapping[str, int] | None) -> tuple:
+    """Everything import_profile checks, in order of cost; returns what restore_profile takes."""
+    metadata, entries = _read_header(file, size)
+    _check_format(metadata)
+    _check_tensor_names(entries)
+    profile_json = metadata["profile"]
+    digest, image_hashes = _stream_digest(file, profile_json, entries)
+    if digest != metadata["digest"]:
+        raise InvalidInput("profile file is damaged or was edited: its content does not "
+                           "match its digest")
+    content = _expect(_load_json(profile_json, "the profile"), dict, "the profile")
+    _keys(content, {"name", "images", "judgments", "models"}, "the profile")
+    name = validation.validate_profile_name(
+        new_name if new_name is not None else _expect(content["name"], str, "the name"))
+    images = _parse_images(content)
+    shas = [item["sha256"] for item in images]
+    judgments = _parse_judgments(content, set(shas))
+    models = _parse_models(content)
+    expected = {f"image.{sha}" for sha in shas}
+    for model_name, _ in models:
+        expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
+    if set(entries) != expected:
+        raise _malformed(f"unexpected tensors {shorten(sorted(set(entries) - expected)[:3], 200)}")
+    for sha in shas:
+        if image_hashes[sha] != sha:
+            raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
+    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
+        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
+                           "another name")
+
+    stored_models = []
+    for model_name, config in models:
+        prefix = f"model.{model_name}."
+        tensors = {key[len(prefix):]: _read_tensor(file, entry)
+                   for key, entry in entries.items() if key.startswith(prefix)}
+        check_state(model_name, tensors, config, encoder_dims)
+        stored_models.append((model_name, tensors, config))
+
+    _check_pixel_budget(file, entries, shas)
+    records = []
+    for item in images:
+        sha = item["sha256"]
+        png = _read_bytes(file, entries[f"image.{sha}"])
         try:
-            metadata, entries = _read_header(file, size)
-        except OSError as error:
-            raise InvalidInput(f"cannot read profile file {path}: {error.strerror}") from None
-        _check_format(metadata)
-        _check_tensor_names(entries)
-        profile_json = metadata["profile"]
-        digest, image_hashes = _stream_digest(file, profile_json, entries)
-        if digest != metadata["digest"]:
-            raise InvalidInput("profile file is damaged or was edited: its content does not "
-                               "match its digest")
-        content = _expect(_load_json(profile_json, "the profile"), dict, "the profile")
-        _keys(content, {"name", "images", "judgments", "models"}, "the profile")
-        name = validation.validate_profile_name(
-            new_name if new_name is not None else _expect(content["name"], str, "the name"))
-        images = _parse_images(content)
-        shas = [item["sha256"] for item in images]
-        judgments = _parse_judgments(content, set(shas))
-        models = _parse_models(content, entries)
-        expected = {f"image.{sha}" for sha in shas}
-        for model_name, _ in models:
-            expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
-        if set(entries) != expected:
-            raise _malformed(f"unexpected tensors {shorten(sorted(set(entries) - expected)[:3], 200)}")
-        for sha in shas:
-            if image_hashes[sha] != sha:
-                raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
-        if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
-            raise InvalidInput(f"a profile named {name!r} already exists; import it under "
-                               "another name")
-
-        stored_models = []
-        for model_name, config in models:
-            prefix = f"model.{model_name}."
-            tensors = {key[len(prefix):]: _read_tensor(file, entry)
-                       for key, entry in entries.items() if key.startswith(prefix)}
-            check_state(model_name, tensors, config, encoder_dims)
-            stored_models.append((model_name, tensors, config))
-
-        _check_pixel_budget(file, entries, shas)
-        records = []
-        for item in images:
-            sha = item["sha256"]
-            png = _read_bytes(file, entries[f"image.{sha}"])
-            try:
-                image = load_untrusted_image(png)
-            except InvalidInput as error:
-                raise InvalidInput(f"image {sha[:12]}… in the profile file: {error}") from None
-            record = ImageRecord(sha, store.image_path(sha), item["prompt"], item["seed"],
-                                 item["generator"], item["params"], image.width, image.height,
-                                 item["created"])
-            records.append((record, png))
-    return _restore(store, name, records, judgments, stored_models)
+            image = load_untrusted_image(png)
+        except InvalidInput as error:
+            raise InvalidInput(f"image {sha[:12]}… in the profile file: {error}") from None
+        record = ImageRecord(sha, store.image_path(sha), item["prompt"], item["seed"],
+                             item["generator"], item["params"], image.width, image.height,
+                             item["created"])
+        records.append((record, png))
+    return name, records, judgments, stored_models
 
 
 def _restore(store: HistoryStore, name: str, records, judgments, models) -> Profile:
