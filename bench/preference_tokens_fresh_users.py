@@ -12,6 +12,8 @@ the protocol CLI and prints the per-seed differences at each N_ref.
 """
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,11 @@ def build_fresh(source: Path, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
         link = cache / name
-        if not link.exists():
+        if link.exists():
+            continue
+        if name == "images":  # hard links: pair data readers refuse images outside the data set's folder
+            shutil.copytree(source / name, link, copy_function=os.link)
+        else:
             link.symlink_to((source / name).resolve())
     config = replace(FULL, pairs=replace(PairConfig(), n_unseen=BUILT_UNSEEN))
     build_data(cache, config, 0, EmbeddedImageEncoder(), MiniLMTextEncoder(), Stopwatch(), print)

@@ -1,5 +1,6 @@
 """Errors a person can read and act on. Anything else reaching the UI is a bug."""
 import errno
+import reprlib
 import sqlite3
 
 # Echoed input is cut to this many characters: a 1 MB argument must not become a 1 MB message.
@@ -27,11 +28,20 @@ class DiskFull(PrefStudioError):
 
 
 def echo(value, limit: int = MAX_ECHO_CHARS) -> str:
-    """repr() of user input for an error message, cut to `limit` characters."""
-    text = repr(value)
+    """A repr of user input for an error message, of at most about `limit` characters: a 1 MB
+    string or a list nested a million deep must not come back whole (reprlib cuts long
+    strings and long or deep containers without building their whole repr)."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring = 3, limit
+    shortener.maxother = shortener.maxlong = limit
+    try:
+        text = shortener.repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int of more than 4,300 digits
+        text = f"<{type(value).__name__}>"
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}… ({len(str(value)):,} characters)"
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return text[: limit - 1] + "…" + size
 
 
 DISK_FULL_MESSAGE = ("the disk is full: this action was not saved, and nothing saved before was lost; "

@@ -379,7 +379,7 @@ class Studio:
 
     def import_profile(self, path: str | Path, new_name: str | None = None):
         from prefstudio.store.profile_file import import_profile
-        return import_profile(self.store, path, new_name)
+        return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim})
 
 
 def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,

@@ -310,7 +310,7 @@ def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["evaluate", "TMP"], "is not a file"),
+    (["evaluate", "TMP"], "is not a regular file"),
     (["evaluate", "TMP/missing.jsonl"], "does not exist"),
     (["evaluate", "SAMPLE", "--n-ref", "0"], "--n-ref must lie in"),
     (["import-pairs", "alice", "TMP/bad.jsonl"], "not JSON"),

@@ -4,6 +4,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -32,7 +34,10 @@ def bomb_png(width: int, height: int) -> bytes:
 
     compressor = zlib.compressobj(9)
     row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    rows_per_block = max(1, 2**20 // len(row))  # ~1 MB at a time: tall images build fast
+    blocks = [compressor.compress(row * min(rows_per_block, height - start))
+              for start in range(0, height, rows_per_block)]
+    pixels = b"".join(blocks) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
             + chunk(b"IEND", b""))
@@ -161,6 +166,39 @@ def test_decompression_bomb_is_refused_without_allocating_its_pixels(tmp_path):
     assert result.returncode == 0, result.stderr
     growth_kb = int(result.stdout.split()[-1])
     assert growth_kb < 20_000, f"peak memory grew by {growth_kb} KB"
+
+
+def test_a_very_long_side_is_refused_from_the_header_before_decoding():
+    """1×40,000,000 is within the 40 MP bound, yet PIL takes ~13 s and 1 GB to decode it."""
+    data = bomb_png(1, 40_000_000)
+    start = time.perf_counter()
+    with pytest.raises(InvalidInput, match="1×40000000; no side may exceed 16,384 pixels"):
+        load_untrusted_image(data)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    """A FIFO used to block open() forever (waiting for a writer); a folder is no image."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            load_untrusted_image(fifo)
+        except InvalidInput as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # unblock the stuck open() so the thread can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+        pytest.fail("reading a FIFO blocked")
+    assert outcome == [f"{fifo} is not a regular file"]
+    with pytest.raises(InvalidInput, match="is not a regular file"):
+        load_untrusted_image(tmp_path)
 
 
 # --- content-addressed PNGs ---------------------------------------------------------

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from prefstudio import validation
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
+from prefstudio.preference.user_embedding import UserEmbeddingModel
 from prefstudio.store.history import HistoryStore
 from prefstudio.store.profile_file import content_digest, export_profile, import_profile
 from test_image_files import bomb_png, encoded, noise_image
@@ -21,8 +22,22 @@ def generated(seed: int) -> GeneratedImage:
                           {"resolution": 32, "guidance": 0.0})
 
 
+# The store keeps any model's tensors (restore_profile below); an import checks them.
 MODEL = {"embedding": torch.randn(8), "head.weight": torch.randn(3, 8).bfloat16(),
          "count": torch.tensor(5, dtype=torch.int64)}
+ENCODER, DIM, TASTE = "test-mean-colour", 6, 4  # pair_data_fixture.MeanColourEncoder
+
+
+def user_embedding_state(references=(), seed=0):
+    """A user-embedding model's tensors and config as a studio fit stores them."""
+    g = torch.Generator().manual_seed(seed)
+    model = UserEmbeddingModel(ENCODER, torch.randn(DIM, generator=g), torch.rand(DIM, generator=g) + 0.5,
+                               torch.randn(DIM, TASTE, generator=g), torch.randn(TASTE, generator=g),
+                               torch.randn(TASTE, generator=g), 0.25, -0.5)
+    tensors, config = model.state()
+    config.update(fitted_at=1_790_000_000.5, mode="free", n_pairs=2, loo_accuracy=0.5, loo_pairs=2,
+                  reference_images=list(references))
+    return tensors, config
 
 
 @pytest.fixture
@@ -35,7 +50,7 @@ def store(tmp_path):
         store.record_judgment("Alice", "pair", c, a)
         store.record_judgment("Alice", "tie", a, b)
         store.record_judgment("Alice", "skip", c)
-        store.save_model("Alice", "user_embedding", MODEL, {"dim": 8, "encoder": "lite0"})
+        store.save_model("Alice", "user-embedding", *user_embedding_state([a, b, c]))
         store.create_profile("Bob")
         store.record_judgment("Bob", "like", d)  # not Alice's: must stay out of her file
         yield store
@@ -161,12 +176,12 @@ def edit_content(change):
      "not a PrefStudio profile file"),
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="dislike"))), False,
      "does not match its digest"),
-    (dict(edit_tensors=lambda t, c: t["model.user_embedding.embedding"].mul_(2)), False,
+    (dict(edit_tensors=lambda t, c: t["model.user-embedding.like_vector"].mul_(2)), False,
      "does not match its digest"),
     (dict(edit_tensors=swap_image(encoded(noise_image(32, 32, 99)), name_by_hash=False)), True,
      "does not match its hash"),
     (dict(edit_tensors=swap_image(b"#!/bin/sh\nrm -rf ~\n", name_by_hash=True)), True,
-     "in the profile file: not an image"),
+     "in the profile file is not a PNG"),
     (dict(edit_tensors=swap_image(encoded(noise_image(), "JPEG"), name_by_hash=True)), True,
      "is not a PNG"),
     (dict(edit_tensors=swap_image(bomb_png(12000, 9000), name_by_hash=True)), True,
@@ -239,8 +254,7 @@ def test_exported_file_holds_the_pngs_and_no_foreign_data(store, exported):
     content = json.loads(metadata["profile"])
     shas = {image["sha256"] for image in content["images"]}
     assert keys == {f"image.{sha}" for sha in shas} | {
-        "model.user_embedding.embedding", "model.user_embedding.head.weight",
-        "model.user_embedding.count"}
+        f"model.user-embedding.{key}" for key in user_embedding_state()[0]}
     assert [j["kind"] for j in content["judgments"]] == ["like", "dislike", "pair", "tie", "skip"]
     for image in content["images"]:
         png = store.image_record(image["sha256"]).path.read_bytes()

@@ -12,8 +12,11 @@ Layout (documented in bench/README.md; PrefBench and the Pick-a-Pic converter bo
 
 A judgment is one JSON line {"user_id", "prompt", "liked", "disliked"}, image paths relative
 to the pair file. Everything read here is checked, and an error names the file and line.
+Data sets come from elsewhere: only regular files are opened (a FIFO would block), and
+images must lie inside the data set's folder once symlinks and `..` are resolved.
 """
 import json
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
+from prefstudio.store.image_files import open_regular_file
 from prefstudio.validation import validate_prompt
 
-MAX_LINE_CHARS = 16_384
+MAX_LINE_BYTES = 65_536
+MAX_USER_ID_CHARS = 256
+MAX_USERS_FILE_BYTES = 64 * 2**20
 SPLITS = ("val", "test")
 
 
@@ -36,23 +42,75 @@ class Judgment:
     disliked: Path
 
 
+def _open(path: Path):
+    """A regular file opened for reading (a FIFO would block, a device never end)."""
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist") from None
+    except OSError as err:
+        raise InvalidInput(f"cannot read {echo(str(path))}: {err.strerror or err}") from None
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"{where}: not JSON (nested too deeply)") from None
+    except ValueError as err:  # JSONDecodeError, and numbers past Python's 4,300-digit limit
+        raise InvalidInput(f"{where}: not JSON ({echo(getattr(err, 'msg', str(err)), 80)})") from None
+
+
 def _json_lines(path: Path):
-    if not path.is_file():
-        raise NotFound(f"{path} is not a file" if path.exists() else f"{path} does not exist")
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if len(line) > MAX_LINE_CHARS:
-                raise InvalidInput(f"{path}:{number}: line is over {MAX_LINE_CHARS} characters")
-            if not line.strip():
-                continue
+    with _open(path) as file:
+        number = 0
+        while raw := file.readline(MAX_LINE_BYTES + 1):  # bounded: a 1 GB line is not read whole
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise InvalidInput(f"{path}:{number}: line is over {MAX_LINE_BYTES:,} bytes")
             try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidInput(f"{path}:{number}: not JSON ({err.msg})") from None
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{path}:{number}: not UTF-8 text") from None
+            if line.strip():
+                yield number, _parse_json(line, f"{path}:{number}")
 
 
-def read_judgments(path: str | Path) -> list[Judgment]:
+def default_root(pair_file: Path) -> Path:
+    """The data set's folder of a pair file: <root> for <root>/pairs/x.jsonl (the layout
+    above), else the folder holding the file."""
+    folder = Path(pair_file).parent
+    return folder.parent if folder.name == "pairs" else folder
+
+
+def _image_inside(root: Path, base: Path, value: str, what: str, where: str) -> Path:
+    """`value` (relative to `base`) resolved, and only if it is a regular file inside `root`
+    (already resolved) after following symlinks and `..`."""
+    if Path(value).is_absolute():
+        raise InvalidInput(f"{where}: {what} must be a path relative to the file, got {echo(value)}")
+    name = f"{what} image {echo(value)}" if what != "path" else f"path {echo(value)}"
+    try:
+        resolved = (base / value).resolve()
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        raise InvalidInput(f"{where}: {name} is not a usable path") from None
+    if not resolved.is_relative_to(root):
+        raise InvalidInput(f"{where}: {name} lies outside the data set's folder {root}")
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise InvalidInput(f"{where}: {name} does not exist") from None
+    except OSError as err:
+        raise InvalidInput(f"{where}: {name} cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(f"{where}: {name} is not a regular file")
+    return resolved
+
+
+def read_judgments(path: str | Path, root: str | Path | None = None) -> list[Judgment]:
+    """Every judgment of a pair file, checked; images must be regular files inside `root`
+    (default: `default_root(path)`)."""
     path = Path(path)
+    root = Path(default_root(path) if root is None else root).resolve()
     judgments = []
     for number, row in _json_lines(path):
         where = f"{path}:{number}"
@@ -60,15 +118,13 @@ def read_judgments(path: str | Path) -> list[Judgment]:
             raise InvalidInput(f"{where}: a judgment has exactly the keys user_id, prompt, liked, disliked")
         if not all(isinstance(row[k], str) and row[k] for k in row):
             raise InvalidInput(f"{where}: every field must be a non-empty string")
+        if len(row["user_id"]) > MAX_USER_ID_CHARS:
+            raise InvalidInput(f"{where}: user_id is over {MAX_USER_ID_CHARS} characters")
         try:
             prompt = validate_prompt(row["prompt"])
         except InvalidInput as err:
             raise InvalidInput(f"{where}: {err}") from None
-        images = []
-        for key in ("liked", "disliked"):
-            if Path(row[key]).is_absolute():
-                raise InvalidInput(f"{where}: {key} must be a path relative to the file, got {row[key]!r}")
-            images.append((path.parent / row[key]).resolve())
+        images = [_image_inside(root, path.parent, row[key], key, where) for key in ("liked", "disliked")]
         if images[0] == images[1]:
             raise InvalidInput(f"{where}: liked and disliked are the same image")
         judgments.append(Judgment(row["user_id"], prompt, images[0], images[1]))
@@ -91,8 +147,8 @@ class Group1v3:
     disliked: tuple[Path, Path, Path]
 
 
-def read_groups_1v3(path: str | Path) -> list[Group1v3]:
-    judgments = read_judgments(path)
+def read_groups_1v3(path: str | Path, root: str | Path | None = None) -> list[Group1v3]:
+    judgments = read_judgments(path, root)
     if len(judgments) % 3:
         raise InvalidInput(f"{path}: {len(judgments)} lines is not a multiple of 3 (1 liked vs 3 disliked)")
     groups = []
@@ -121,31 +177,39 @@ class PairDataSet:
         root = Path(root)
         pairs = root / "pairs"
         users_file = pairs / "users.json"
-        if not users_file.is_file():
+        if not users_file.exists():
             raise NotFound(f"{root} is not a pair data set: {users_file} is missing (see bench/README.md)")
+        with _open(users_file) as file:
+            raw = file.read(MAX_USERS_FILE_BYTES + 1)
+        if len(raw) > MAX_USERS_FILE_BYTES:
+            raise InvalidInput(f"{users_file} is over {MAX_USERS_FILE_BYTES // 2**20} MB")
         try:
-            users = json.loads(users_file.read_text())
-        except json.JSONDecodeError as err:
-            raise InvalidInput(f"{users_file}: not JSON ({err.msg})") from None
+            users = _parse_json(raw.decode("utf-8"), str(users_file))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{users_file}: not UTF-8 text") from None
+        if not isinstance(users, dict):
+            raise InvalidInput(f"{users_file}: expected a JSON object of user id lists")
         for key in ("train", "val", "test_seen", "test_unseen"):
-            if not isinstance(users.get(key), list):
+            if not isinstance(users.get(key), list) or not all(isinstance(u, str) for u in users[key]):
                 raise InvalidInput(f"{users_file}: {key!r} must be a list of user ids")
         references, one_v_one, one_v_three = {}, {}, {}
         for split in splits:
-            references[split] = by_user(read_judgments(pairs / f"{split}_references.jsonl"))
-            one_v_one[split] = read_judgments(pairs / f"{split}_1v1.jsonl")
+            references[split] = by_user(read_judgments(pairs / f"{split}_references.jsonl", root))
+            one_v_one[split] = read_judgments(pairs / f"{split}_1v1.jsonl", root)
             groups = pairs / f"{split}_1v3.jsonl"
-            one_v_three[split] = read_groups_1v3(groups) if groups.is_file() else []
-        return cls(root, users, read_judgments(pairs / "train.jsonl"), references, one_v_one, one_v_three)
+            one_v_three[split] = read_groups_1v3(groups, root) if groups.exists() else []
+        return cls(root, users, read_judgments(pairs / "train.jsonl", root), references, one_v_one,
+                   one_v_three)
 
     def image_paths(self) -> list[Path]:
         """Every image of the root's images.jsonl, resolved, in line order."""
         index = self.root / "images.jsonl"
+        root = self.root.resolve()
         paths = []
         for number, row in _json_lines(index):
-            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or Path(row["path"]).is_absolute():
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
                 raise InvalidInput(f"{index}:{number}: needs a relative \"path\"")
-            paths.append((self.root / row["path"]).resolve())
+            paths.append(_image_inside(root, self.root, row["path"], "path", f"{index}:{number}"))
         return paths
 
     def prompts(self) -> list[str]:
@@ -158,6 +222,15 @@ class PairDataSet:
         return list(found)
 
 
+def _feature_cache(root: Path, encoder_name: str) -> Path:
+    """<root>/features/<encoder>.safetensors, which must be a regular file if it exists
+    (safetensors would block on a FIFO there, reading or writing)."""
+    cache = root / "features" / f"{encoder_name}.safetensors"
+    if cache.exists() and not cache.is_file():
+        raise InvalidInput(f"{cache} is not a regular file")
+    return cache
+
+
 def image_features(data: PairDataSet, encoder, batch_size: int = 32) -> tuple[dict[Path, int], torch.Tensor]:
     """(row of each image path, features [N, D]) from <root>/features/<encoder.name>.safetensors,
     which is written here first if it does not exist yet (encoding every image once)."""
@@ -165,7 +238,7 @@ def image_features(data: PairDataSet, encoder, batch_size: int = 32) -> tuple[di
 
     paths = data.image_paths()
     rows = {p: i for i, p in enumerate(paths)}
-    cache = data.root / "features" / f"{encoder.name}.safetensors"
+    cache = _feature_cache(data.root, encoder.name)
     if cache.is_file():
         features = load_file(str(cache))["features"]
         if features.shape[0] != len(paths):
@@ -186,7 +259,7 @@ def prompt_features(data: PairDataSet, encoder) -> tuple[dict[str, int], torch.T
     """(row of each prompt, features [P, D]) for every prompt of the data set, from
     <root>/features/<encoder.name>.safetensors ("features" + the prompt list in its metadata,
     as PrefBench writes it); prompts not in it yet are encoded and added."""
-    cache = data.root / "features" / f"{encoder.name}.safetensors"
+    cache = _feature_cache(data.root, encoder.name)
     known, features, metadata = [], torch.empty(0, encoder.dim), {"encoder": encoder.name}
     if cache.is_file():
         from safetensors import safe_open

@@ -20,10 +20,12 @@ training records are "seen" (000 §4.1). A user's history is the reference list 
 first record; targets that share an image with it are dropped and counted.
 """
 import argparse
+import hashlib
 import io
 import json
 import os
 import pickle
+import pickletools
 import shutil
 import sys
 import tempfile
@@ -32,8 +34,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from prefstudio.errors import InvalidInput
-from prefstudio.store.image_files import load_untrusted_image, store_png_bytes
+from prefstudio.errors import InvalidInput, echo
+from prefstudio.preference.pair_data import MAX_USER_ID_CHARS
+from prefstudio.store.image_files import load_untrusted_image, open_regular_file, store_png_bytes
 from prefstudio.validation import MAX_PROMPT_CHARS, strip_hidden_characters
 
 FIELDS = ("user_id", "reference_list", "reference_list_bad", "reference_prompt_list",
@@ -72,13 +75,16 @@ class PlainDataUnpickler(pickle.Unpickler):
         ("builtins", "bytearray"): _plain(bytearray),
         ("_codecs", "encode"): _latin1_bytes,
     }
+    # Protocols below 3 name the builtins module by its Python 2 name.
+    _ALLOWED.update({("__builtin__", name): build for (module, name), build in list(_ALLOWED.items())
+                     if module == "builtins"})
 
     def find_class(self, module, name):
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickle(
-                f"refused: the pickle needs {module}.{name}, and PrefStudio only reads pickles of plain "
+                f"refused: the pickle needs {_echo(module)}.{_echo(name)}, and PrefStudio only reads pickles of plain "
                 f"data (lists, dicts, strings, bytes, numbers); loading it could run code. If you trust "
                 f"its source, convert it to plain data there (images as encoded bytes)"
             ) from None
@@ -87,21 +93,123 @@ class PlainDataUnpickler(pickle.Unpickler):
         raise UnsafePickle("refused: the pickle refers to external (persistent) objects")
 
 
+def _echo(name: str) -> str:
+    """A global's name as is when it looks like one, else shortened and quoted."""
+    return name if len(name) <= 80 and name.isprintable() else echo(name)
+
+
+# Tuples and frozensets nested deeper than this are refused before unpickling: hashing one
+# (as a dict key or set member) recurses in C with no depth guard, and Python crashes.
+MAX_HASHABLE_NESTING = 100
+
+
+# Opcodes the nesting check treats specially, by name; any other opcode is applied by its
+# documented stack effect with plain values (its pushes nest nothing).
+_PUSH_CONTAINER = {"EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"}
+_ADD_ONE = {"APPEND": 1, "SETITEM": 2}
+_ADD_MANY = {"APPENDS", "SETITEMS", "ADDITEMS"}
+_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET = {"GET", "BINGET", "LONG_BINGET"}
+_TUPLE_N = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def _check_nesting(file) -> None:
+    """Walk the opcodes (pickletools, nothing built) tracking how deeply every tuple and
+    frozenset nests; lists, dicts and sets cannot be hashed, so they stop the recursion.
+
+    Each stack value is a list [depth, members, reach]: how deep hashing it recurses, the
+    most any member would make a set built from it recurse, and for a tuple the same for
+    its members (a call's argument tuple: set(list), frozenset(list))."""
+    stack: list[list[int]] = []
+    marks: list[int] = []
+    memo: dict = {}
+    limit = MAX_HASHABLE_NESTING
+
+    def pop_to_mark() -> list[list[int]]:
+        start = marks.pop() if marks else 0
+        items = stack[start:]
+        del stack[start:]
+        return items
+
+    def hashable(items) -> list[int]:
+        members = max((i[0] for i in items), default=0)
+        if members >= limit:
+            raise UnsafePickle(f"refused: the pickle nests tuples or sets more than {limit} deep")
+        return [1 + members, members, max((i[1] for i in items), default=0)]
+
+    for opcode, arg, _ in pickletools.genops(file):
+        name = opcode.name
+        if name in _ADD_ONE:
+            for _ in range(_ADD_ONE[name]):
+                item = stack.pop()
+                if stack and item[0] > stack[-1][1]:
+                    stack[-1][1] = item[0]
+        elif name in _PUSH_CONTAINER:
+            stack.append([0, 0, 0])
+        elif name in _PUT:
+            if stack:
+                memo[arg] = stack[-1]
+        elif name == "MEMOIZE":
+            if stack:
+                memo[len(memo)] = stack[-1]
+        elif name in _GET:
+            stack.append(memo.get(arg, [0, 0, 0]))
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in _TUPLE_N:
+            count = _TUPLE_N[name]
+            items = stack[-count:]
+            del stack[-count:]
+            stack.append(hashable(items))
+        elif name in ("TUPLE", "FROZENSET"):
+            stack.append(hashable(pop_to_mark()))
+        elif name == "EMPTY_TUPLE":
+            stack.append([1, 0, 0])
+        elif name in _ADD_MANY:
+            items = pop_to_mark()
+            if stack:
+                stack[-1][1] = max([stack[-1][1]] + [i[0] for i in items])
+        elif name in ("LIST", "DICT"):
+            stack.append([0, max((i[0] for i in pop_to_mark()), default=0), 0])
+        elif name == "REDUCE":  # set/frozenset/bytearray of the argument tuple's first member
+            arguments = stack.pop()
+            if stack:
+                stack.pop()
+            stack.append(hashable([[arguments[2], 0]]))
+        elif name == "DUP":
+            stack.append(stack[-1])
+        else:
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                pop_to_mark()
+                before = before[:before.index(pickletools.markobject)]
+            if before:
+                del stack[-len(before):]
+            stack.extend([0, 0, 0] for _ in opcode.stack_after)
+
+
 def load_plain_pickle(path: str | Path, max_bytes: int = MAX_PICKLE_BYTES):
     path = Path(path)
     try:
-        size = path.stat().st_size
+        file = open_regular_file(path)
     except OSError as err:
         raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
-    if size > max_bytes:
-        raise InvalidInput(f"{path} is {size / 2**30:.1f} GiB; the limit is {max_bytes / 2**30:.0f} GiB")
-    with open(path, "rb") as file:
+    with file:
+        size = os.fstat(file.fileno()).st_size
+        if size > max_bytes:
+            raise InvalidInput(f"{path} is {size / 2**30:.1f} GiB; the limit is {max_bytes / 2**30:.0f} GiB")
         try:
+            _check_nesting(file)
+            file.seek(0)
             return PlainDataUnpickler(file).load()
         except UnsafePickle as err:
             raise UnsafePickle(f"{path}: {err}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, MemoryError) as err:
-            raise InvalidInput(f"{path} is not a readable pickle of plain data: {err}") from None
+        # A malformed pickle can raise nearly anything from the unpickler's C code: BUILD on an
+        # allowed set (AttributeError), a bad memo index, a truncated frame, a stack underflow.
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError,
+                IndexError, RecursionError, MemoryError, OverflowError) as err:
+            raise InvalidInput(f"{path} is not a readable pickle of plain data: "
+                               f"{echo(str(err) or type(err).__name__, 120)}") from None
 
 
 def records_of(data, source: str) -> list[dict]:
@@ -126,17 +234,26 @@ class ImageWriter:
     def __init__(self, root: Path, max_side: int):
         self.root, self.max_side = root, max_side
         self.paths: dict[str, str] = {}  # sha256 -> path relative to root, in first-seen order
+        self.written: dict[bytes, str] = {}  # SHA-256 of the encoded input -> its path
 
     def write(self, value, where: str) -> str:
         if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
             value = value["bytes"]
         if isinstance(value, str):
-            raise InvalidInput(f"{where}: the image is a path or URL ({value[:80]!r}), not image bytes; "
+            raise InvalidInput(f"{where}: the image is a path or URL ({echo(value, 80)}), not image bytes; "
                                f"fetch the images into the pickle's records first (PrefStudio does not download)")
         if not isinstance(value, (bytes, bytearray)):
             raise InvalidInput(f"{where}: expected encoded image bytes, got {type(value).__name__}")
+        # Each distinct encoded image is decoded once: records repeat their reference images,
+        # and a 40 MP image takes 0.3 s.
+        key = hashlib.sha256(value).digest()
+        if key not in self.written:
+            self.written[key] = self._write(bytes(value), where)
+        return self.written[key]
+
+    def _write(self, value: bytes, where: str) -> str:
         try:
-            image = load_untrusted_image(bytes(value))
+            image = load_untrusted_image(value)
         except InvalidInput as err:
             raise InvalidInput(f"{where}: {err}") from None
         if max(image.size) > self.max_side:
@@ -147,6 +264,15 @@ class ImageWriter:
         relative = path.relative_to(self.root).as_posix()
         self.paths.setdefault(sha256, relative)
         return relative
+
+
+def _user_id(value, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= MAX_USER_ID_CHARS:
+        return value
+    raise InvalidInput(f"{where}: user_id must be text or a whole number, got {type(value).__name__}"
+                       + (f" {echo(value)}" if isinstance(value, (str, int)) else ""))
 
 
 def _prompt(value, where: str) -> str:
@@ -166,7 +292,7 @@ def convert_split(records: list[dict], writer: ImageWriter, source: str, counts:
     references, all_references, targets = {}, [], []
     for i, record in enumerate(records):
         where = f"{source} record {i}"
-        user = str(record["user_id"])
+        user = _user_id(record["user_id"], where)
         liked, disliked, ref_prompts = (record[k] for k in ("reference_list", "reference_list_bad",
                                                              "reference_prompt_list"))
         if not all(isinstance(x, (list, tuple)) for x in (liked, disliked, ref_prompts)) or \
@@ -182,7 +308,7 @@ def convert_split(records: list[dict], writer: ImageWriter, source: str, counts:
             counts[f"{source}: records whose references differ from the user's first record"] += 1
         label = record["label0"]
         if not isinstance(label, (int, float)) or label not in (0, 0.5, 1):
-            raise InvalidInput(f"{where}: label0 must be 1, 0 or 0.5, got {label!r}")
+            raise InvalidInput(f"{where}: label0 must be 1, 0 or 0.5, got {echo(label)}")
         if label == 0.5:
             counts["ties skipped"] += 1
             continue

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, echo
 
 READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 # Enough of each format's header to name it when PIL cannot even open the data.
@@ -34,21 +35,35 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP"
 
 
+def open_regular_file(path: str | os.PathLike):
+    """Open `path` for reading in binary, refusing (InvalidInput) anything but a regular
+    file: opening a FIFO would wait forever for a writer, a device could be endless.
+    O_NONBLOCK makes the open itself return at once; the fstat of what was opened decides."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_bounded(source: str | os.PathLike | bytes, max_bytes: int) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
         path = Path(source)
         try:
-            if path.exists() and not path.is_file():  # /dev/zero, a fifo, a folder: no size to trust
-                raise InvalidInput(f"{path} is not a regular file, so it is not an image file")
-            size = path.stat().st_size
-            if size > max_bytes:  # refused before reading a byte
-                raise InvalidInput(f"image file is {validation.size_over_limit(size, max_bytes)}")
-            with open(path, "rb") as file:
-                data = file.read(max_bytes + 1)  # +1: the file may have grown since stat
+            # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the
+            # fstat of what was opened then refuses anything but a regular file.
+            with open_regular_file(path) as file:
+                size = os.fstat(file.fileno()).st_size
+                if size > max_bytes:  # refused before reading a byte
+                    raise InvalidInput(f"image file is {validation.size_over_limit(size, max_bytes)}")
+                data = file.read(max_bytes + 1)  # +1: the file may have grown since fstat
         except OSError as error:
-            raise InvalidInput(f"cannot read {path}: {error.strerror or error}") from None
+            raise InvalidInput(f"cannot read {echo(str(path))}: {error.strerror or error}") from None
     if len(data) > max_bytes:
         if isinstance(source, (bytes, bytearray, memoryview)):
             raise InvalidInput(f"image is {validation.size_over_limit(len(data), max_bytes)}")
@@ -81,12 +96,13 @@ def load_untrusted_image(
     source: str | os.PathLike | bytes,
     max_bytes: int = validation.MAX_IMAGE_BYTES,
     max_pixels: int = validation.MAX_IMAGE_PIXELS,
+    max_side: int = validation.MAX_IMAGE_SIDE,
 ) -> Image.Image:
     """Decode an upload into an RGB image, or raise InvalidInput saying what is wrong.
 
-    Order matters: byte size, then the header's width×height, and only then the
-    pixels, so a decompression bomb (a few KB on disk, 100+ MP decoded) is refused
-    without allocating it.
+    Order matters: byte size, then the header's width×height and sides, and only then
+    the pixels, so a decompression bomb (a few KB on disk, 100+ MP decoded) is refused
+    without allocating it. Only regular files are opened.
     """
     data = _read_bounded(source, max_bytes)
     readable = ", ".join(READABLE_FORMATS[:-1]) + " or " + READABLE_FORMATS[-1]
@@ -120,6 +136,8 @@ def load_untrusted_image(
         )
     if width == 0 or height == 0:
         raise InvalidInput(f"image is {width}×{height}: it has no pixels")
+    if max(width, height) > max_side:
+        raise InvalidInput(f"image is {width}×{height}; no side may exceed {max_side:,} pixels")
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -8,35 +8,41 @@ The file is safetensors (no pickle): its `__metadata__` holds
 and its tensors are each image's PNG bytes (`image.<sha>`, uint8) and the fitted
 models' tensors (`model.<name>.<tensor>`). The digest catches damaged or hand-edited
 files; it is not a signature. What keeps a hostile file harmless is the rest of the
-checks: bounded size, each image's bytes must hash to its name and decode within
-the upload bounds, and nothing is executed or unpickled.
-
-Tensors travel as raw bytes (`RawTensor`), never as torch tensors: export and import run
-without importing torch, so the CLI's `export`/`import` start in a fraction of a second.
+checks: bounded sizes and costs, every JSON field and every model tensor checked
+against its schema (prefstudio.preference.state_schema), each image's bytes must
+hash to its name and decode within the upload bounds, and nothing is executed or
+unpickled. A refused import leaves the store exactly as it was.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors import SafetensorError, deserialize, safe_open
+import numpy as np
+import safetensors.numpy
+from safetensors import deserialize
 
 from prefstudio import validation
 from prefstudio.errors import InvalidInput, NotFound, echo
+from prefstudio.preference.state_schema import check_state
 from prefstudio.store.history import (
+    KINDS,
     HistoryStore,
     ImageRecord,
     Profile,
     check_judgment,
     validate_model_name,
 )
-from prefstudio.store.image_files import load_untrusted_image, write_atomically
+from prefstudio.store.image_files import load_untrusted_image, open_regular_file, write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +63,8 @@ class RawTensor:
     dtype: str
     shape: tuple[int, ...]
     data: bytes
+
+
 
 
 def _canonical_json(value) -> str:
@@ -151,10 +159,34 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
 
 
 # --- import ------------------------------------------------------------------------
+#
+# Cost is bounded before anything is decoded: the safetensors header is parsed here
+# (not by safetensors, which would map the whole file) and every tensor's name, dtype
+# and size checked from it; the digest and each image's SHA-256 are computed in one
+# streaming pass; image sizes come from their PNG headers. Only then are the JSON
+# fields, model states (prefstudio.preference.state_schema) and images checked, one
+# image decoded at a time, and only then is anything written.
+
+# Bytes per element of each safetensors dtype code; model tensors are read as numpy arrays
+# (no torch on the import path), and bfloat16, which numpy lacks, is refused for them.
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+          "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_METADATA_KEYS = {"format", "version", "profile", "digest"}
+_MODEL_TENSOR = re.compile(r"model\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_.-]{1,64})")
+MAX_MODEL_TENSOR_ELEMENTS = 2**26
+MAX_PARAMS_CHARS = 65_536
+MAX_PARAMS_DEPTH = 8
+MAX_GENERATOR_CHARS = 200
+_CHUNK = 2**20
 
 
 def _malformed(what: str) -> InvalidInput:
     return InvalidInput(f"profile file is malformed: {what}")
+
+
+def _not_safetensors(what: str) -> InvalidInput:
+    return InvalidInput(f"not a PrefStudio profile file (not a safetensors file: {what})")
 
 
 def _expect(value, kind, what: str):
@@ -163,25 +195,74 @@ def _expect(value, kind, what: str):
     return value
 
 
-def _read_file(path: Path) -> tuple[dict, dict[str, RawTensor]]:
+def _keys(item: dict, required: set[str], what: str) -> None:
+    if set(item) != required:
+        odd = sorted(set(item) ^ required)
+        raise _malformed(f"{what} must have exactly the keys {', '.join(sorted(required))} "
+                         f"(not {echo(odd[0], 40)})")
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _load_json(text: str, what: str):
+    """json.loads without NaN/Infinity (the store could not write them back), with any
+    parser failure (a 100,000-deep nesting, a 5,000-digit number) as InvalidInput."""
     try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise NotFound(f"cannot read profile file {echo(str(path))}: {error.strerror}") from None
-    if not path.is_file():  # a folder, /dev/zero, a fifo
-        raise InvalidInput(f"{path} is not a regular file, so it is not a profile file")
-    limit = validation.MAX_PROFILE_FILE_BYTES
-    if size > limit:
-        raise InvalidInput(f"profile file is {validation.size_over_limit(size, limit)}")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _malformed(f"{what} is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError and int-size limits are ValueErrors
+        raise _malformed(f"{what} is not valid JSON ({echo(str(error), 80)})") from None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor as the header declares it; start/end are absolute file offsets."""
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
+    if size < 8:
+        raise _not_safetensors("shorter than its header")
+    length = int.from_bytes(file.read(8), "little")
+    if length > min(validation.MAX_PROFILE_HEADER_BYTES, size - 8):
+        raise _not_safetensors(f"a header of {length:,} bytes in a file of {size:,}")
     try:
-        with safe_open(path, framework="numpy") as file:  # checks the header; reads no tensor
-            metadata = file.metadata() or {}
-        _check_format(metadata)
-        tensors = raw_tensors(path.read_bytes())
-    except (SafetensorError, OSError) as error:
-        raise InvalidInput(f"not a PrefStudio profile file (not a safetensors file: {error})") \
-            from None
-    return metadata, tensors
+        header = json.loads(file.read(length).decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _not_safetensors("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _not_safetensors("its header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _not_safetensors("its metadata is not text")
+    base, entries = 8 + length, {}
+    for name, info in header.items():
+        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}
+                and info["dtype"] in _ITEMSIZE and isinstance(info["shape"], list)
+                and len(info["shape"]) <= 4 and isinstance(info["data_offsets"], list)
+                and len(info["data_offsets"]) == 2
+                and all(type(n) is int and n >= 0 for n in info["shape"] + info["data_offsets"])):
+            raise _not_safetensors(f"tensor {echo(name, 40)} is described wrongly")
+        dtype, (begin, end) = info["dtype"], info["data_offsets"]
+        count = math.prod(info["shape"])
+        if count * _ITEMSIZE[dtype] != end - begin:
+            raise _not_safetensors(f"tensor {echo(name, 40)} has {end - begin} bytes for "
+                                   f"shape {info['shape']}")
+        entries[name] = _Entry(dtype, tuple(info["shape"]), base + begin, base + end)
+    position = base  # the tensors must tile the rest of the file exactly, as safetensors writes them
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+        if entry.start != position:
+            raise _not_safetensors("its tensors overlap or leave gaps")
+        position = entry.end
+    if position != size:
+        raise _not_safetensors(f"its tensors end at byte {position:,} of {size:,}")
+    return metadata, entries
 
 
 def _check_format(metadata: dict) -> None:
@@ -189,7 +270,7 @@ def _check_format(metadata: dict) -> None:
         raise InvalidInput(f"not a PrefStudio profile file (format "
                            f"{echo(metadata.get('format'))}, expected {FORMAT!r})")
     version = metadata.get("version", "")
-    if not version.isdigit():
+    if not re.fullmatch(r"[0-9]{1,9}", version):
         raise InvalidInput(f"profile file has an unreadable version {echo(version)}")
     if int(version) > VERSION:
         raise InvalidInput(f"profile file version {int(version)} is newer than this "
@@ -197,106 +278,283 @@ def _check_format(metadata: dict) -> None:
     if int(version) != VERSION:
         raise InvalidInput(f"profile file version {int(version)} is not one this "
                            f"PrefStudio reads ({VERSION})")
+    if set(metadata) != _METADATA_KEYS:
+        raise _malformed(f"its metadata must hold exactly {', '.join(sorted(_METADATA_KEYS))}")
 
 
-def _parse_images(content: dict, tensors: dict) -> list[tuple[dict, bytes]]:
-    parsed = []
+def _check_tensor_names(entries: dict[str, _Entry]) -> None:
+    for name, entry in entries.items():
+        if name.startswith("image."):
+            if not _SHA256.fullmatch(name[6:]) or entry.dtype != "U8" or len(entry.shape) != 1:
+                raise _malformed(f"tensor {echo(name, 40)} is not an image's uint8 bytes")
+            if entry.end - entry.start > validation.MAX_IMAGE_BYTES:
+                raise InvalidInput(f"image {name[6:18]}… in the profile file is "
+                                   f"{validation.size_over_limit(entry.end - entry.start, validation.MAX_IMAGE_BYTES)}")
+        elif _MODEL_TENSOR.fullmatch(name):
+            if math.prod(entry.shape) > MAX_MODEL_TENSOR_ELEMENTS:
+                raise _malformed(f"model tensor {name!r} has over {MAX_MODEL_TENSOR_ELEMENTS:,} values")
+        else:
+            raise _malformed(f"unexpected tensor {echo(name, 40)}")
+
+
+def _stream_digest(file, profile_json: str, entries: dict[str, _Entry]) -> tuple[str, dict[str, str]]:
+    """content_digest of the file's tensors read in chunks, and each image's SHA-256."""
+    digest = hashlib.sha256(profile_json.encode())
+    image_hashes = {}
+    for name in sorted(entries):
+        entry = entries[name]
+        digest.update(f"\n{name}\n{_DIGEST_DTYPES[entry.dtype]}\n{list(entry.shape)}\n".encode())
+        image_hash = hashlib.sha256() if name.startswith("image.") else None
+        file.seek(entry.start)
+        remaining = entry.end - entry.start
+        while remaining:
+            chunk = file.read(min(_CHUNK, remaining))
+            if not chunk:
+                raise InvalidInput("profile file changed while it was read")
+            digest.update(chunk)
+            if image_hash is not None:
+                image_hash.update(chunk)
+            remaining -= len(chunk)
+        if image_hash is not None:
+            image_hashes[name[6:]] = image_hash.hexdigest()
+    return digest.hexdigest(), image_hashes
+
+
+def _read_bytes(file, entry: _Entry) -> bytes:
+    file.seek(entry.start)
+    data = file.read(entry.end - entry.start)
+    if len(data) != entry.end - entry.start:
+        raise InvalidInput("profile file changed while it was read")
+    return data
+
+
+def _read_tensor(file, entry: _Entry) -> np.ndarray:
+    if entry.dtype not in _NUMPY:
+        raise _malformed(f"a model tensor is {entry.dtype}, which PrefStudio does not store")
+    return np.frombuffer(_read_bytes(file, entry), dtype=np.dtype(_NUMPY[entry.dtype]).newbyteorder("<")
+                         ).reshape(entry.shape).copy()
+
+
+def _check_plain_json(value, what: str, depth: int = 0) -> None:
+    if depth > MAX_PARAMS_DEPTH:
+        raise _malformed(f"{what} is nested more than {MAX_PARAMS_DEPTH} deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_plain_json(item, what, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain_json(item, what, depth + 1)
+
+
+def _timestamp(value, what: str) -> str:
+    """An ISO 8601 time with a zone, as the store writes (the UI compares it with fits)."""
+    _expect(value, str, what)
+    try:
+        parsed = datetime.fromisoformat(value) if len(value) <= 64 else None
+        if parsed is None or parsed.tzinfo is None:
+            raise ValueError
+        parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise _malformed(f"{what} {echo(value)} is not an ISO 8601 time with a zone") from None
+    return value
+
+
+def _text(value, what: str, limit: int) -> str:
+    _expect(value, str, what)
+    if not value.strip() or len(value) > limit or not value.isprintable():
+        raise _malformed(f"{what} must be one line of 1-{limit} printable characters, "
+                         f"got {echo(value)}")
+    return value
+
+
+def _parse_images(content: dict) -> list[dict]:
+    parsed, seen = [], set()
     for item in _expect(content.get("images"), list, "images"):
         _expect(item, dict, "each image")
-        sha = _expect(item.get("sha256"), str, "an image's sha256")
+        _keys(item, {"sha256", "prompt", "seed", "generator", "params", "created"}, "an image")
+        sha = _expect(item["sha256"], str, "an image's sha256")
         if not _SHA256.fullmatch(sha):
-            raise _malformed(f"{sha!r} is not a SHA-256")
-        validation.validate_prompt(_expect(item.get("prompt"), str, "an image's prompt"))
-        _expect(item.get("generator"), str, "an image's generator")
-        _expect(item.get("params"), dict, "an image's params")
-        _expect(item.get("created"), str, "an image's created")
-        if item.get("seed") is not None:
-            validation.validate_seed(_expect(item["seed"], int, "an image's seed"))
-        tensor = tensors.get(f"image.{sha}")
-        if tensor is None or tensor.dtype != "U8" or len(tensor.shape) != 1:
-            raise _malformed(f"image {sha[:12]}… has no uint8 byte tensor")
-        parsed.append((item, tensor.data))
+            raise _malformed(f"{echo(sha)} is not a SHA-256")
+        if sha in seen:
+            raise _malformed(f"image {sha[:12]}… is listed twice")
+        seen.add(sha)
+        validation.validate_prompt(_expect(item["prompt"], str, "an image's prompt"))
+        _text(item["generator"], "an image's generator", MAX_GENERATOR_CHARS)
+        params = _expect(item["params"], dict, "an image's params")
+        _check_plain_json(params, "an image's params")
+        if len(_canonical_json(params)) > MAX_PARAMS_CHARS:
+            raise _malformed(f"an image's params are over {MAX_PARAMS_CHARS:,} characters")
+        _timestamp(item["created"], "an image's created")
+        seed = item["seed"]
+        if seed is not None and not (type(seed) is int and 0 <= seed < 2**32):
+            raise _malformed(f"an image's seed must be null or a whole number in [0, 2^32), "
+                             f"got {echo(seed)}")
+        parsed.append(item)
     return parsed
-
-
-def _parse_models(content: dict, tensors: dict) -> list[tuple[str, dict, dict]]:
-    models = []
-    for item in _expect(content.get("models"), list, "models"):
-        _expect(item, dict, "each model")
-        name = validate_model_name(_expect(item.get("name"), str, "a model's name"))
-        config = _expect(item.get("config"), dict, "a model's config")
-        prefix = f"model.{name}."
-        models.append((name, {k[len(prefix):]: t for k, t in tensors.items()
-                              if k.startswith(prefix)}, config))
-    return models
 
 
 def _parse_judgments(content: dict, image_shas: set[str]) -> list[tuple]:
     judgments = []
     for item in _expect(content.get("judgments"), list, "judgments"):
         _expect(item, dict, "each judgment")
-        kind = _expect(item.get("kind"), str, "a judgment's kind")
-        image_a = _expect(item.get("image_a"), str, "a judgment's image_a")
-        image_b = item.get("image_b")
+        _keys(item, {"kind", "image_a", "image_b", "created"}, "a judgment")
+        kind = _expect(item["kind"], str, "a judgment's kind")
+        if kind not in KINDS:
+            raise InvalidInput(f"unknown judgment kind {echo(kind)}; use one of {', '.join(KINDS)}")
+        image_a = _expect(item["image_a"], str, "a judgment's image_a")
+        image_b = item["image_b"]
         if image_b is not None:
             _expect(image_b, str, "a judgment's image_b")
-        created = _expect(item.get("created"), str, "a judgment's created")
+        created = _timestamp(item["created"], "a judgment's created")
         check_judgment(kind, image_a, image_b)
         for sha in (image_a, image_b):
             if sha is not None and sha not in image_shas:
-                raise _malformed(f"a judgment refers to image {sha[:12]}…, which is not in it")
+                raise _malformed(f"a judgment refers to image {echo(sha[:12])}…, which is not in it")
         judgments.append((kind, image_a, image_b, created))
     return judgments
 
 
-def import_profile(store: HistoryStore, path: str | os.PathLike,
-                   new_name: str | None = None) -> Profile:
+def _parse_models(content: dict) -> list[tuple[str, dict]]:
+    models, seen = [], set()
+    for item in _expect(content.get("models"), list, "models"):
+        _expect(item, dict, "each model")
+        _keys(item, {"name", "config"}, "a model")
+        name = _expect(item["name"], str, "a model's name")
+        if len(name) > 64:
+            raise _malformed(f"model name {echo(name)} is over 64 characters")
+        validate_model_name(name)
+        if name in seen:
+            raise _malformed(f"model {name!r} is listed twice")
+        seen.add(name)
+        config = _expect(item["config"], dict, "a model's config")
+        models.append((name, config))
+    return models
+
+
+def _image_size(file, sha: str, entry: _Entry) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk, which PNG puts first."""
+    file.seek(entry.start)
+    head = file.read(24)
+    if not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise InvalidInput(f"image {sha[:12]}… in the profile file is not a PNG")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _check_pixel_budget(file, entries: dict[str, _Entry], shas: list[str]) -> None:
+    """Each image's sides and pixels, and all of them together, before decoding any."""
+    total = 0
+    for sha in shas:
+        width, height = _image_size(file, sha, entries[f"image.{sha}"])
+        where = f"image {sha[:12]}… in the profile file"
+        if width * height > validation.MAX_IMAGE_PIXELS:
+            raise InvalidInput(f"{where} is {width}×{height} = {width * height / 1e6:.0f} MP; "
+                               f"the limit is {validation.MAX_IMAGE_PIXELS / 1e6:.0f} MP")
+        if max(width, height) > validation.MAX_IMAGE_SIDE:
+            raise InvalidInput(f"{where} is {width}×{height}; no side may exceed "
+                               f"{validation.MAX_IMAGE_SIDE:,} pixels")
+        total += width * height
+    if total > validation.MAX_PROFILE_PIXELS:
+        raise InvalidInput(f"the profile file's images hold {total / 1e6:,.0f} MP together; the "
+                           f"limit is {validation.MAX_PROFILE_PIXELS / 1e6:,.0f} MP")
+
+
+def _open_profile_file(path: Path):
+    try:
+        file = open_regular_file(path)
+    except FileNotFoundError:
+        raise NotFound(f"no profile file {path}") from None
+    except OSError as error:
+        raise NotFound(f"cannot read profile file {echo(str(path))}: {error.strerror}") from None
+    size = os.fstat(file.fileno()).st_size
+    limit = validation.MAX_PROFILE_FILE_BYTES
+    if size > limit:
+        file.close()
+        raise InvalidInput(f"profile file is {validation.size_over_limit(size, limit)}")
+    return file, size
+
+
+def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str | None = None,
+                   encoder_dims: Mapping[str, int] | None = None) -> Profile:
     """Add the profile in `path` to `store`, all or nothing; refuses anything suspect.
 
     Every check runs before the store is touched; then image files are written and
-    all rows are added in one transaction.
+    all rows are added in one transaction (files this import wrote are removed again
+    if that fails). `encoder_dims` (encoder name -> feature width) lets model tensors
+    be checked against the encoders this PrefStudio runs.
     """
-    metadata, tensors = _read_file(Path(path))
-    profile_json = metadata.get("profile", "")
-    if content_digest(profile_json, tensors) != metadata.get("digest"):
+    file, size = _open_profile_file(Path(path))
+    try:
+        with file:
+            name, records, judgments, models = _check_file(store, file, size, new_name, encoder_dims)
+    except OSError as error:  # the disk or the file failing while it is read
+        raise InvalidInput(f"cannot read profile file {echo(str(path))}: {error.strerror or error}") from None
+    return _restore(store, name, records, judgments, models)
+
+
+def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
+                encoder_dims: Mapping[str, int] | None) -> tuple:
+    """Everything import_profile checks, in order of cost; returns what restore_profile takes."""
+    metadata, entries = _read_header(file, size)
+    _check_format(metadata)
+    _check_tensor_names(entries)
+    profile_json = metadata["profile"]
+    digest, image_hashes = _stream_digest(file, profile_json, entries)
+    if digest != metadata["digest"]:
         raise InvalidInput("profile file is damaged or was edited: its content does not "
                            "match its digest")
-    try:
-        content = _expect(json.loads(profile_json), dict, "the profile")
-    except json.JSONDecodeError as error:
-        raise _malformed(f"the profile is not JSON ({error})") from None
-
+    content = _expect(_load_json(profile_json, "the profile"), dict, "the profile")
+    _keys(content, {"name", "images", "judgments", "models"}, "the profile")
     name = validation.validate_profile_name(
-        new_name if new_name is not None else _expect(content.get("name"), str, "the name")
-    )
-    images = _parse_images(content, tensors)
-    image_shas = {item["sha256"] for item, _ in images}
-    judgments = _parse_judgments(content, image_shas)
-    models = _parse_models(content, tensors)
-    expected = {f"image.{sha}" for sha in image_shas}
-    expected |= {f"model.{m}.{key}" for m, model_tensors, _ in models for key in model_tensors}
-    if set(tensors) != expected:
-        raise _malformed(f"unexpected tensors {sorted(set(tensors) - expected)[:3]}")
-    existing = [p.name for p in store.list_profiles() if p.name.casefold() == name.casefold()]
-    if existing:
-        same = "" if existing[0] == name else " (names ignore upper/lower case)"
-        raise InvalidInput(f"a profile named {existing[0]!r} already exists{same}; import it under "
-                           "another name with --name")
-
-    records = []
-    for item, png in images:
-        sha = item["sha256"]
-        if hashlib.sha256(png).hexdigest() != sha:
+        new_name if new_name is not None else _expect(content["name"], str, "the name"))
+    images = _parse_images(content)
+    shas = [item["sha256"] for item in images]
+    judgments = _parse_judgments(content, set(shas))
+    models = _parse_models(content)
+    expected = {f"image.{sha}" for sha in shas}
+    for model_name, _ in models:
+        expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
+    if set(entries) != expected:
+        raise _malformed(f"unexpected tensors {echo(sorted(set(entries) - expected)[:3], 200)}")
+    for sha in shas:
+        if image_hashes[sha] != sha:
             raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
+    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
+        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
+                           "another name")
+
+    stored_models = []
+    for model_name, config in models:
+        prefix = f"model.{model_name}."
+        tensors = {key[len(prefix):]: _read_tensor(file, entry)
+                   for key, entry in entries.items() if key.startswith(prefix)}
+        check_state(model_name, tensors, config, encoder_dims)
+        stored_models.append((model_name, safetensors.numpy.save(tensors), config))
+
+    _check_pixel_budget(file, entries, shas)
+    records = []
+    for item in images:
+        sha = item["sha256"]
+        png = _read_bytes(file, entries[f"image.{sha}"])
         try:
             image = load_untrusted_image(png)
         except InvalidInput as error:
             raise InvalidInput(f"image {sha[:12]}… in the profile file: {error}") from None
-        if not png.startswith(_PNG_SIGNATURE):
-            raise InvalidInput(f"image {sha[:12]}… in the profile file is not a PNG")
-        record = ImageRecord(sha, store.image_path(sha), item["prompt"], item.get("seed"),
+        record = ImageRecord(sha, store.image_path(sha), item["prompt"], item["seed"],
                              item["generator"], item["params"], image.width, image.height,
                              item["created"])
         records.append((record, png))
-    return store.restore_profile(name, records, judgments,
-                                 [(model, serialize(model_tensors), config) for model, model_tensors, config in models])
+    return name, records, judgments, stored_models
+
+
+def _restore(store: HistoryStore, name: str, records, judgments, models) -> Profile:
+    """store.restore_profile, removing the image files it wrote if its transaction fails."""
+    new_files = [record.path for record, _ in records if not record.path.exists()]
+    try:
+        return store.restore_profile(name, records, judgments, models)
+    except BaseException:
+        for path in new_files:
+            try:
+                store.image_record(path.stem)
+            except NotFound:  # no row refers to it (another writer may have added one since)
+                path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,156 @@
+"""Pair data set files from elsewhere (issue #19): only regular files inside the data set's
+folder are read, and every refusal is one line naming the file and line."""
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.preference.pair_data import PairDataSet, read_judgments
+from pair_data_fixture import write_pair_data
+
+
+def judgment(liked, disliked, user="u1", prompt="a red square"):
+    return {"user_id": user, "prompt": prompt, "liked": liked, "disliked": disliked}
+
+
+@pytest.fixture
+def root(tmp_path):
+    """<root>/images/{a,b}.png and <root>/pairs/, as the documented layout has them."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "pairs").mkdir()
+    for name, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        Image.new("RGB", (8, 8), colour).save(root / "images" / f"{name}.png")
+    return root
+
+
+def write_lines(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def refused(call, message, error=InvalidInput) -> str:
+    with pytest.raises(error, match=message) as caught:
+        call()
+    text = str(caught.value)
+    assert "\n" not in text and len(text) <= 400, text[:400]
+    return text
+
+
+def test_images_in_the_data_set_are_read(root):
+    pairs = write_lines(root / "pairs" / "train.jsonl", [judgment("../images/a.png", "../images/b.png")])
+    [read] = read_judgments(pairs)
+    assert read.liked == (root / "images" / "a.png").resolve()
+
+
+def test_a_fifo_as_an_image_is_refused_at_once_naming_file_and_line(root):
+    """It used to be opened later (by the image reader), which blocked forever."""
+    os.mkfifo(root / "images" / "pipe.png")
+    pairs = write_lines(root / "pairs" / "train.jsonl", [judgment("../images/a.png", "../images/b.png"),
+                                                         judgment("../images/pipe.png", "../images/b.png")])
+    outcome = []
+
+    def read():
+        try:
+            from prefstudio.store.image_files import load_untrusted_image
+            for j in read_judgments(pairs):
+                load_untrusted_image(j.liked)  # what Studio.import_pairs does next
+        except InvalidInput as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(root / "images" / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("a FIFO in the data set blocked the reader")
+    assert outcome == [f"{pairs}:2: liked image '../images/pipe.png' is not a regular file"]
+
+
+def test_a_fifo_as_a_pair_file_is_refused(root):
+    os.mkfifo(root / "pairs" / "train.jsonl")
+    refused(lambda: read_judgments(root / "pairs" / "train.jsonl"), "train.jsonl is not a regular file")
+
+
+@pytest.mark.parametrize("liked, message", [
+    ("../../outside.png", "liked image '../../outside.png' lies outside the data set's folder"),
+    ("../images/../../outside.png", "lies outside the data set's folder"),
+    ("../images/link.png", "liked image '../images/link.png' lies outside the data set's folder"),
+    ("/etc/passwd", "liked must be a path relative to the file, got '/etc/passwd'"),
+    ("../images/missing.png", "liked image '../images/missing.png' does not exist"),
+    ("../images", "liked image '../images' is not a regular file"),
+    ("../images/a\0.png", "liked image .* is not a usable path"),
+], ids=["dotdot", "dotdot-inside", "symlink-out", "absolute", "missing", "folder", "nul"])
+def test_images_outside_the_data_set_or_not_files_are_refused(root, liked, message):
+    outside = root.parent / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    (root / "images" / "link.png").symlink_to(outside)
+    pairs = write_lines(root / "pairs" / "train.jsonl",
+                        [judgment("../images/a.png", "../images/b.png"), judgment(liked, "../images/b.png")])
+    text = refused(lambda: read_judgments(pairs), message)
+    assert text.startswith(f"{pairs}:2: ")
+
+
+def test_a_symlink_inside_the_data_set_is_fine(root):
+    (root / "images" / "alias.png").symlink_to(root / "images" / "a.png")
+    pairs = write_lines(root / "pairs" / "train.jsonl", [judgment("../images/alias.png", "../images/b.png")])
+    assert read_judgments(pairs)[0].liked == (root / "images" / "a.png").resolve()
+
+
+def test_a_pair_file_outside_the_layout_keeps_its_images_beside_it(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "y.png")
+    (tmp_path / "sub").mkdir()
+    pairs = write_lines(tmp_path / "sub" / "mine.jsonl", [judgment("../x.png", "../y.png")])
+    refused(lambda: read_judgments(pairs), "lies outside the data set's folder")
+    assert len(read_judgments(pairs, root=tmp_path)) == 1
+
+
+@pytest.mark.parametrize("line, message", [
+    (b"[" * 10_000 + b"]" * 10_000, "not JSON \\(nested too deeply\\)"),
+    (b'{"user_id": ' + b"9" * 5000 + b"}", "not JSON"),
+    (json.dumps(judgment("../images/a.png", "../images/b.png", user="u" * 300)).encode(),
+     "user_id is over 256 characters"),
+    (json.dumps(judgment("../images/a.png", "../images/b.png", prompt="p" * 5000)).encode(),
+     "prompt is 5,000 characters"),
+    (b"x" * 70_000, "line is over 65,536 bytes"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
+], ids=["deep", "huge-number", "long-user", "long-prompt", "long-line", "not-utf8"])
+def test_hostile_lines_get_a_one_line_error_with_file_and_line(root, line, message):
+    pairs = root / "pairs" / "train.jsonl"
+    good = json.dumps(judgment("../images/a.png", "../images/b.png")).encode()
+    pairs.write_bytes(good + b"\n" + line + b"\n")
+    text = refused(lambda: read_judgments(pairs), message)
+    assert text.startswith(f"{pairs}:2: ")
+
+
+def test_the_data_set_reader_applies_the_same_rules(tmp_path):
+    root = write_pair_data(tmp_path / "data")
+    data = PairDataSet.read(root)
+    assert data.image_paths() and all(p.is_relative_to(root.resolve()) for p in data.image_paths())
+    index = root / "images.jsonl"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:3] + [json.dumps({"path": "../outside.png"})] + lines[3:]) + "\n")
+    refused(data.image_paths, f"{index}:4: path '../outside.png' lies outside the data set's folder")
+    (root / "pairs" / "users.json").unlink()
+    os.mkfifo(root / "pairs" / "users.json")
+    refused(lambda: PairDataSet.read(root), "users.json is not a regular file")
+    (root / "pairs" / "users.json").unlink()
+    refused(lambda: PairDataSet.read(root), "users.json is missing", NotFound)
+    (root / "pairs" / "users.json").write_text('{"train": [1], "val": [], "test_seen": [], "test_unseen": []}')
+    refused(lambda: PairDataSet.read(root), "'train' must be a list of user ids")
+
+
+def test_a_fifo_as_the_feature_cache_is_refused(tmp_path):
+    """It is not a file, so it used to be written to: safetensors blocked on the FIFO."""
+    from pair_data_fixture import MeanColourEncoder
+    from prefstudio.preference.pair_data import image_features
+
+    root = write_pair_data(tmp_path / "data")
+    (root / "features").mkdir()
+    os.mkfifo(root / "features" / f"{MeanColourEncoder.name}.safetensors")
+    refused(lambda: image_features(PairDataSet.read(root), MeanColourEncoder()), "is not a regular file")
