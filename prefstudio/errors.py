@@ -38,10 +38,11 @@ def echo(value, limit: int = MAX_ECHO_CHARS) -> str:
         text = shortener.repr(value)
     except (RecursionError, ValueError):  # ValueError: an int of more than 4,300 digits
         text = f"<{type(value).__name__}>"
-    if len(text) <= limit:
-        return text
-    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
-    return text[: limit - 1] + "…" + size
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if isinstance(value, str) and len(value) > limit:  # cut: say how long it was
+        text += f" ({len(value):,} characters)"
+    return text
 
 
 DISK_FULL_MESSAGE = ("the disk is full: this action was not saved, and nothing saved before was lost; "

@@ -258,7 +258,7 @@ def test_long_fields_are_not_echoed_whole(exported, target, tmp_path):
 
     def model_name(content, tensors):
         content["models"][0]["name"] = huge
-    refused(target, edited(exported, tmp_path, model_name), "model name 'kkk.*' is over 64 characters")
+    refused(target, edited(exported, tmp_path, model_name), "model name 'kkk.*is over 64 characters")
 
 
 def _forge_images(path: Path, images: dict[str, bytes]) -> Path:

@@ -241,7 +241,8 @@ class AutoPreference(PreferenceModel):
             reason = "; ".join(f"{name}: {outcome.reason}" + (f", leave-one-out {outcome.loo_accuracy:.0%}"
                                                                if outcome.loo_accuracy is not None else "")
                                for name, (_, outcome) in fitted.items())
-            reason = "combined with equal weights — " + reason
+            reason = ("combined with equal weights — " if len(members) > 1
+                      else "the only model that reads this image encoder's features — ") + reason
         held_out = {}
         for index in set.intersection(*(set(fitted[name][1].held_out) for name in members)):
             held_out[index] = sum(weights[name] / scales[name] * fitted[name][1].held_out[index] for name in members)
@@ -270,7 +271,11 @@ def build_preference_model(name_or_folder: str, image_encoder: str, text_encoder
     if name_or_folder == USER_EMBEDDING:
         return UserEmbeddingPreference(image_encoder, bank)
     if name_or_folder == AUTO:
-        return AutoPreference([UserEmbeddingPreference(image_encoder, bank),
-                               PreferenceTokens(DEFAULT_TOKEN_CHECKPOINT, image_encoder, text_encoder)])
+        members: list[PreferenceModel] = [UserEmbeddingPreference(image_encoder, bank)]
+        # The shipped token checkpoint reads the embedded encoder's features; with another
+        # encoder auto serves the user embedding alone rather than refusing to start.
+        if read_checkpoint_config(DEFAULT_TOKEN_CHECKPOINT)["model"].get("image_encoder") == image_encoder:
+            members.append(PreferenceTokens(DEFAULT_TOKEN_CHECKPOINT, image_encoder, text_encoder))
+        return AutoPreference(members)
     folder = DEFAULT_TOKEN_CHECKPOINT if name_or_folder == PREFERENCE_TOKENS else name_or_folder
     return PreferenceTokens(folder, image_encoder, text_encoder)
