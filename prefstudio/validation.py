@@ -1,5 +1,6 @@
 """Bounds on everything a user can type or upload, checked before anything changes."""
 import math
+import unicodedata
 from collections.abc import Mapping
 
 from prefstudio.errors import InvalidInput
@@ -44,6 +45,12 @@ def validate_profile_name(name: str) -> str:
             "use letters, digits, spaces, '-' or '_'"
         )
     return name
+
+
+def profile_name_key(name: str) -> str:
+    """What two profile names must not share: names equal after Unicode compatibility
+    folding (fullwidth forms, ligatures, superscripts) and case folding look alike in a menu."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:
