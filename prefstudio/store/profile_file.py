@@ -226,9 +226,7 @@ def import_profile(store: HistoryStore, path: str | os.PathLike,
     expected |= {f"model.{m}.{key}" for m, model_tensors, _ in models for key in model_tensors}
     if set(tensors) != expected:
         raise _malformed(f"unexpected tensors {sorted(set(tensors) - expected)[:3]}")
-    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
-        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
-                           "another name")
+    store.check_name_free(name, hint="; import it under another name")
 
     records = []
     for item, png in images:
