@@ -437,7 +437,7 @@ class HistoryStore:
     def _current_verdict(db, profile: Profile, image_a: str, image_b: str | None) -> Judgment | None:
         lo, hi = (image_a, "") if image_b is None else sorted((image_a, image_b))
         row = db.execute(
-            "SELECT id, kind, image_a, image_b, created FROM judgments "
+            "SELECT id, kind, image_a, image_b, created FROM judgments INDEXED BY one_verdict "
             "WHERE profile_id = ? AND subject_lo = ? AND subject_hi = ? AND active = 1",
             (profile.id, lo, hi),
         ).fetchone()
@@ -466,8 +466,9 @@ class HistoryStore:
         if not shas:
             return {}
         rows = self._query(
-            "SELECT subject_lo, kind FROM judgments WHERE profile_id = ? AND active = 1 "
-            f"AND subject_hi = '' AND subject_lo IN ({', '.join('?' * len(shas))})",
+            # INDEXED BY: without statistics SQLite would scan the profile's whole history.
+            "SELECT subject_lo, kind FROM judgments INDEXED BY one_verdict WHERE profile_id = ? "
+            f"AND active = 1 AND subject_hi = '' AND subject_lo IN ({', '.join('?' * len(shas))})",
             (self.get_profile(profile).id, *shas),
         )
         return dict(rows)
