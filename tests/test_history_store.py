@@ -611,3 +611,29 @@ def test_delete_of_an_unknown_profile_is_not_found(store):
     with pytest.raises(NotFound, match="no profile named 'Alicia'"):
         store.delete_profile("Alicia")
     assert len(store.list_profiles()) == 1
+
+
+def test_a_judgment_and_the_reads_of_a_click_never_scan_the_history(store, images):
+    """Each statement a 👍 click runs (record, the verdicts and counts of the candidates on
+    screen, undo) finds its rows through an index: its cost does not grow with the history."""
+    store.create_profile("Alice")
+    for sha in images[1:]:
+        store.record_judgment("Alice", "like", sha)
+    store.record_judgment("Alice", "pair", images[1], images[2])
+    statements = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        store.record_judgment("Alice", "dislike", images[1])
+        store.record_judgment("Alice", "like", images[0])
+        store.verdicts("Alice", images)
+        store.pair_verdicts("Alice", images)
+        store.counts("Alice")
+        store.undo_last("Alice")
+        store.undo_last("Alice")
+    finally:
+        store._db.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE"))]
+    assert len(reads) > 10
+    for statement in reads:
+        plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement)]
+        assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)

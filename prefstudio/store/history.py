@@ -105,6 +105,8 @@ _V2_COLUMNS = (
 _V2_STATEMENTS = (
     "CREATE UNIQUE INDEX one_verdict ON judgments(profile_id, subject_lo, subject_hi) WHERE active = 1",
     "CREATE INDEX current_judgments ON judgments(profile_id, active, id)",
+    # Deleting a judgment checks that no other one `replaces` it: without this, a scan.
+    "CREATE INDEX replaced_judgments ON judgments(replaces)",
     """CREATE TABLE verdict_counts (
         profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
         kind       TEXT NOT NULL,
