@@ -239,8 +239,9 @@ class HistoryStore:
 
     @staticmethod
     def _upgrade_to_one_verdict_each(db) -> int:
-        """Version 1 -> 2: keep each profile's latest verdict per image and unordered pair,
-        which is the one training already used; returns how many earlier ones were removed."""
+        """Version 1 -> 2: keep each profile's latest verdict per image and unordered pair
+        (what the person said last; training already read only the latest 👍/👎 of an
+        image); returns how many earlier ones were removed."""
         for column in _V2_COLUMNS:
             db.execute(f"ALTER TABLE judgments ADD COLUMN {column}")
         folded = db.execute(
