@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=100, help="timed clicks per size (default 100)")
     parser.add_argument("--base", type=Path, help="another checkout to measure side by side")
     parser.add_argument("--base-clicks", type=int, default=10, help="timed clicks per size for --base (default 10)")
+    parser.add_argument("--base-name", help="what --base is, for the report (e.g. its commit)")
     parser.add_argument("--code", type=Path, default=REPO, help=argparse.SUPPRESS)  # used by --base
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # used by --base
     args = parser.parse_args()
@@ -142,6 +143,8 @@ def main() -> None:
     command = f"python bench/judgment_latency.py --sizes {' '.join(map(str, args.sizes))} --clicks {args.clicks}"
     if args.base:
         command += f" --base {args.base} --base-clicks {args.base_clicks}"
+        if args.base_name:
+            command += f" --base-name '{args.base_name}'"
     sys.path.insert(0, str(REPO))
     from bench.report import machine, write_section
 
@@ -168,8 +171,8 @@ def main() -> None:
                     f" {len(base[size])} |")
         lines.append(row)
     if args.base:
-        lines += ["", f"Base: the checkout at `{args.base}` (PrefStudio before one verdict per image and "
-                      "O(log N) judgments), same seeding, same clicks."]
+        lines += ["", f"Base: {args.base_name or 'the checkout'} at `{args.base}`, same seeding, same kind of "
+                      "clicks, measured in the same run."]
     markdown = "\n".join(lines)
     print(markdown)
     write_section("judgment_latency", markdown)
