@@ -276,8 +276,12 @@ class LabelTab:
                                "removed in the Profile tab's history")
         owner, judgment_id, image = session.made.pop()
         removed = self.ctx.store.remove_judgment(owner, judgment_id)
-        if removed.image_b is not None:
-            session.pair_index = max(0, session.pair_index - 1)
+        if removed.image_b is not None:  # back to that pair, wherever it is in the schedule
+            undone = {removed.image_a, removed.image_b}
+            session.pair_index = next(
+                (k for k, (a, b) in enumerate(session.pairs)
+                 if {session.candidates[a], session.candidates[b]} == undone),
+                max(0, session.pair_index - 1))
             back = self.ctx.store.pair_verdicts(owner, [removed.image_a, removed.image_b])
             back = next(iter(back.values()), None)
             back = back and back.kind
