@@ -1,6 +1,8 @@
 """`python -m prefstudio …`: the personalization loop for scripts.
 
     python -m prefstudio profile create alice
+    python -m prefstudio profile rename alice alice-home
+    python -m prefstudio profile delete alice-home --yes  # its judgments and models; images stay
     python -m prefstudio generate "a fox in the snow" -n 8 --out out/
     python -m prefstudio judge alice like 3fa2c1 77b0e4   # image ids (or unique prefixes)
     python -m prefstudio import-pairs alice pairs.jsonl   # {"user_id","prompt","liked","disliked"} per line
@@ -60,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profile", help="create or list profiles")
-    p.add_argument("action", choices=["create", "list"])
+    p = sub.add_parser("profile", help="create, list, rename or delete profiles")
+    p.add_argument("action", choices=["create", "list", "rename", "delete"])
     p.add_argument("name", nargs="?")
+    p.add_argument("new_name", nargs="?", help="rename: the new name")
+    p.add_argument("--yes", action="store_true", help="delete: confirm removing the profile's judgments and models")
 
     p = sub.add_parser("generate", help="generate candidate images and store them")
     p.add_argument("prompt")
@@ -121,10 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_profile(args, store) -> dict:
+    if args.new_name and args.action != "rename":
+        raise InvalidInput(f"profile {args.action} takes one name; got {echo(args.new_name)} as well")
     if args.action == "create":
         if not args.name:
             raise InvalidInput("profile create needs a name")
         return {"created": store.create_profile(args.name).name}
+    if args.action == "rename":
+        if not (args.name and args.new_name):
+            raise InvalidInput("profile rename needs the current name and the new one")
+        old = store.get_profile(args.name).name
+        return {"renamed": old, "to": store.rename_profile(args.name, args.new_name).name}
+    if args.action == "delete":
+        if not args.name:
+            raise InvalidInput("profile delete needs a name")
+        if not args.yes:
+            raise InvalidInput(f"deleting {echo(args.name)} removes its judgments and models for good: "
+                               "add --yes to confirm (export it first to keep a copy)")
+        return {"deleted": store.delete_profile(args.name).name}
     return {"profiles": [p.name for p in store.list_profiles()]}
 
 

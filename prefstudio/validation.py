@@ -88,6 +88,12 @@ def validate_profile_name(name: str) -> str:
     return name
 
 
+def profile_name_key(name: str) -> str:
+    """What two profile names must not share: names equal after Unicode compatibility
+    folding (fullwidth forms, ligatures, superscripts) and case folding look alike in a menu."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:
     """Reward weights: finite, in [0, MAX_WEIGHT], names the backend offers, not all zero."""
     checked = {}

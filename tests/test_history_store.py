@@ -14,7 +14,7 @@ from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
-from prefstudio.store.history import HistoryStore
+from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment
 from prefstudio.store.image_files import read_png_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,48 +201,57 @@ def test_remove_judgment_only_within_its_profile(store, images):
     assert store.judgments("Alice") == [] and store.judgments("Bob") == [bobs]
 
 
-def test_concurrent_judging_into_two_profiles(store, images):
-    """Several browser sessions write at once: every judgment lands in its own profile."""
+def test_concurrent_judging_into_two_profiles(store):
+    """Several browser sessions write at once: every judgment lands in its own profile, and
+    each writer reads back a count that includes everything it has recorded."""
+    shas = [store.add_image(generated(seed)).sha256 for seed in range(40)]
     store.create_profile("Alice")
     store.create_profile("Bob")
     start = threading.Barrier(3)
     failures = []
 
-    def judge(profile, kind, sha):
+    def judge(profile, kind):
         try:
             start.wait()
-            for _ in range(60):
+            for done, sha in enumerate(shas, 1):
                 store.record_judgment(profile, kind, sha)
-                store.counts(profile)
+                counted = store.counts(profile)
+                if counted[kind] != done or sum(counted.values()) != done:
+                    failures.append(f"{profile}: {counted} after {done} {kind}s")
         except Exception as error:  # reported below: a thread's exception is otherwise lost
             failures.append(error)
 
     def read():
         start.wait()
-        for _ in range(60):
+        for _ in range(40):
             store.judgments("Alice")
 
-    threads = [threading.Thread(target=judge, args=("Alice", "like", images[0])),
-               threading.Thread(target=judge, args=("Bob", "dislike", images[1])),
+    threads = [threading.Thread(target=judge, args=("Alice", "like")),
+               threading.Thread(target=judge, args=("Bob", "dislike")),
                threading.Thread(target=read)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert failures == []
-    assert {(j.kind, j.image_a) for j in store.judgments("Alice")} == {("like", images[0])}
-    assert {(j.kind, j.image_a) for j in store.judgments("Bob")} == {("dislike", images[1])}
-    assert store.counts("Alice")["like"] == 60 and store.counts("Bob")["dislike"] == 60
+    assert [(j.kind, j.image_a) for j in store.judgments("Alice")] == [("like", s) for s in shas]
+    assert [(j.kind, j.image_a) for j in store.judgments("Bob")] == [("dislike", s) for s in shas]
 
 
 WRITER = """
 import sys
+import numpy as np
+from PIL import Image
+from prefstudio.generators.base import GeneratedImage
 from prefstudio.store.history import HistoryStore
 store = HistoryStore(sys.argv[1])
-a, b = sys.argv[2], sys.argv[3]
-while True:
-    judgment = store.record_judgment("Writer", "pair", a, b)
+seed = 0
+while True:  # a new image each time: judging the same one again would add no row
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    sha = store.add_image(GeneratedImage(Image.fromarray(pixels, "RGB"), "p", seed, "g", {})).sha256
+    judgment = store.record_judgment("Writer", "like" if seed % 2 else "dislike", sha)
     print(judgment.id, flush=True)
+    seed += 1
 """
 
 
@@ -250,9 +259,8 @@ def test_acknowledged_judgments_survive_a_killed_writer(tmp_path):
     data = tmp_path / "data"
     with HistoryStore(data) as store:
         store.create_profile("Writer")
-        a, b = (store.add_image(generated(s)).sha256 for s in (1, 2))
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(data), a, b], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", WRITER, str(data)], stdout=subprocess.PIPE, text=True,
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     printed = []
@@ -267,7 +275,7 @@ def test_acknowledged_judgments_survive_a_killed_writer(tmp_path):
         printed += [int(line) for line in writer.stdout]
         writer.wait(timeout=30)
     assert writer.returncode == -signal.SIGKILL
-    assert len(printed) >= 150
+    assert len(printed) >= 150 and len(set(printed)) == len(printed)
     with HistoryStore(data) as store:
         stored = {j.id for j in store.judgments("Writer")}
         assert set(printed) <= stored
@@ -291,8 +299,9 @@ def test_history_survives_reopening(tmp_path):
 def test_database_from_a_newer_prefstudio_is_refused(tmp_path):
     HistoryStore(tmp_path).close()
     with sqlite3.connect(tmp_path / "history.sqlite3") as db:
-        db.execute("PRAGMA user_version=2")
-    with pytest.raises(InvalidInput, match="newer PrefStudio .*version 2; this one understands 1"):
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(InvalidInput, match=f"newer PrefStudio .*version {SCHEMA_VERSION + 1}; "
+                                           f"this one understands {SCHEMA_VERSION}"):
         HistoryStore(tmp_path)
 
 
@@ -336,3 +345,295 @@ def test_models_round_trip_exactly(store):
     assert store.model_names("Alice") == ["user_embedding"]
     with pytest.raises(InvalidInput, match="model name"):
         store.save_model("Alice", "a.b", tensors, {})
+
+
+# --- one verdict per image and per unordered pair -----------------------------------
+
+
+def test_judging_an_image_again_replaces_its_verdict(store, images):
+    store.create_profile("Alice")
+    a, b = images[:2]
+    store.record_judgment("Alice", "like", a)
+    disliked = store.record_judgment("Alice", "dislike", a)
+    store.record_judgment("Alice", "like", b)
+    assert [(j.kind, j.image_a) for j in store.judgments("Alice")] == [("dislike", a), ("like", b)]
+    assert store.judgments("Alice")[0] == disliked
+    assert store.counts("Alice") == {"like": 1, "dislike": 1, "pair": 0, "tie": 0, "skip": 0}
+
+
+def test_the_same_verdict_again_is_a_no_op(store, images):
+    store.create_profile("Alice")
+    a, b, c = images[:3]
+    liked = store.record_judgment("Alice", "like", a)
+    preferred = store.record_judgment("Alice", "pair", b, c)
+    tie = store.record_judgment("Alice", "tie", a, c)
+    skipped = store.record_judgment("Alice", "skip", a, b)
+    assert store.record_judgment("Alice", "like", a) == liked  # the existing judgment, no new row
+    assert store.record_judgment("Alice", "pair", b, c) == preferred
+    assert store.record_judgment("Alice", "tie", c, a) == tie  # a tie has no order
+    assert store.record_judgment("Alice", "skip", b, a) == skipped
+    assert store.judgments("Alice") == [liked, preferred, tie, skipped]
+    assert len(store._query("SELECT id FROM judgments")) == 4
+
+
+def test_a_pair_has_one_verdict_whichever_side_was_shown_first(store, images):
+    store.create_profile("Alice")
+    a, b, c = images[:3]
+    store.record_judgment("Alice", "pair", a, b)
+    reversed_ = store.record_judgment("Alice", "pair", b, a)
+    assert store.judgments("Alice") == [reversed_]
+    tie = store.record_judgment("Alice", "tie", a, b)
+    assert store.judgments("Alice") == [tie]
+    # An image's own verdict and its pairs' verdicts are separate questions.
+    liked = store.record_judgment("Alice", "like", a)
+    other_pair = store.record_judgment("Alice", "pair", c, a)
+    assert store.judgments("Alice") == [tie, liked, other_pair]
+
+
+def test_undoing_a_replacement_restores_the_verdict_it_replaced(store, images):
+    store.create_profile("Alice")
+    a = images[0]
+    liked = store.record_judgment("Alice", "like", a)
+    disliked = store.record_judgment("Alice", "dislike", a)
+    skipped = store.record_judgment("Alice", "skip", a)
+    assert store.undo_last("Alice") == skipped
+    assert store.judgments("Alice") == [disliked]
+    assert store.remove_judgment("Alice", disliked.id) == disliked
+    assert store.judgments("Alice") == [liked]  # the original row, its id and time kept
+    assert store.counts("Alice")["like"] == 1 and store.counts("Alice")["dislike"] == 0
+    assert store.undo_last("Alice") == liked
+    assert store.judgments("Alice") == []
+    with pytest.raises(NotFound, match="no judgments to undo"):
+        store.undo_last("Alice")
+
+
+def test_a_replaced_judgment_cannot_be_removed_behind_its_replacement(store, images):
+    store.create_profile("Alice")
+    liked = store.record_judgment("Alice", "like", images[0])
+    disliked = store.record_judgment("Alice", "dislike", images[0])
+    with pytest.raises(NotFound, match=f"judgment {liked.id} was replaced by judgment {disliked.id}"):
+        store.remove_judgment("Alice", liked.id)
+    assert store.judgments("Alice") == [disliked]
+
+
+def test_verdicts_are_kept_per_profile(store, images):
+    store.create_profile("Alice")
+    store.create_profile("Bob")
+    a, b = images[:2]
+    alices = [store.record_judgment("Alice", "like", a), store.record_judgment("Alice", "pair", a, b)]
+    bobs = [store.record_judgment("Bob", "dislike", a), store.record_judgment("Bob", "pair", b, a)]
+    assert store.judgments("Alice") == alices and store.judgments("Bob") == bobs
+    assert store.verdicts("Alice", [a, b]) == {a: "like"}
+    assert store.verdicts("Bob", [a, b]) == {a: "dislike"}
+
+
+def test_verdicts_of_shown_images_and_their_pairs(store, images):
+    store.create_profile("Alice")
+    a, b, c, d = images
+    store.record_judgment("Alice", "like", a)
+    store.record_judgment("Alice", "skip", b)
+    store.record_judgment("Alice", "dislike", d)
+    preferred = store.record_judgment("Alice", "pair", c, a)
+    store.record_judgment("Alice", "tie", b, d)
+    assert store.verdicts("Alice", [a, b, c]) == {a: "like", b: "skip"}
+    assert store.pair_verdicts("Alice", [a, b, c]) == {frozenset((a, c)): preferred}
+    assert store.verdicts("Alice", []) == {} and store.pair_verdicts("Alice", [a]) == {}
+
+
+# A version-1 history, as PrefStudio wrote it before one verdict per image and pair.
+_V1_SCHEMA = """
+CREATE TABLE profiles (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                       created TEXT NOT NULL);
+CREATE TABLE images (sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, prompt TEXT NOT NULL, seed INTEGER,
+                     generator TEXT NOT NULL, params TEXT NOT NULL, width INTEGER NOT NULL,
+                     height INTEGER NOT NULL, created TEXT NOT NULL);
+CREATE TABLE judgments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('like', 'dislike', 'pair', 'tie', 'skip')),
+    image_a TEXT NOT NULL REFERENCES images(sha256), image_b TEXT REFERENCES images(sha256),
+    created TEXT NOT NULL);
+CREATE INDEX judgments_by_profile ON judgments(profile_id, id);
+CREATE TABLE features (image_sha TEXT NOT NULL REFERENCES images(sha256) ON DELETE CASCADE,
+                       encoder TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+                       PRIMARY KEY (image_sha, encoder));
+CREATE TABLE models (profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+                     name TEXT NOT NULL, weights BLOB NOT NULL, config TEXT NOT NULL,
+                     created TEXT NOT NULL, PRIMARY KEY (profile_id, name));
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_history_is_folded_to_one_verdict_each_on_open(tmp_path):
+    a, b, c = (f"{i}" * 64 for i in "abc")
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+        db.executescript(_V1_SCHEMA)
+        db.executemany("INSERT INTO profiles VALUES (?, ?, 't')", [(1, "Alice"), (2, "Bob")])
+        db.executemany("INSERT INTO images VALUES (?, 'p', 'x', 1, 'g', '{}', 8, 8, 't')",
+                       [(a,), (b,), (c,)])
+        db.executemany(
+            "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) VALUES (?, ?, ?, ?, ?)", [
+                (1, "like", a, None, "t1"), (1, "like", a, None, "t2"), (1, "dislike", a, None, "t3"),
+                (1, "pair", a, b, "t4"), (1, "pair", b, a, "t5"), (1, "tie", b, c, "t6"),
+                (1, "skip", b, None, "t7"), (2, "like", a, None, "t8"), (2, "like", a, None, "t9"),
+            ])
+    db.close()
+    with HistoryStore(tmp_path) as store:
+        assert store.folded_on_open == 4
+        assert [(j.kind, j.image_a, j.image_b, j.created) for j in store.judgments("Alice")] == [
+            ("dislike", a, None, "t3"), ("pair", b, a, "t5"), ("tie", b, c, "t6"), ("skip", b, None, "t7")]
+        assert [j.created for j in store.judgments("Bob")] == ["t9"]
+        assert store.counts("Alice") == {"like": 0, "dislike": 1, "pair": 1, "tie": 1, "skip": 1}
+        assert store._query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        # The migrated store keeps the rule from now on.
+        again = store.record_judgment("Alice", "like", a)
+        assert [j.kind for j in store.judgments("Alice") if j.image_a == a and j.image_b is None] == ["like"]
+        assert store.undo_last("Alice") == again
+    with HistoryStore(tmp_path) as store:
+        assert store.folded_on_open == 0  # migrated once
+        assert store._query("PRAGMA integrity_check") == [("ok",)]
+
+
+# --- profiles that must not see each other's judgments ------------------------------
+
+SIMILAR_NAMES = ["ann_1", "ann21", "ann", "ann_11", "Ann 1", "ann-1"]
+
+
+def test_profiles_with_similar_names_each_see_only_their_own_judgments(store):
+    shas = [store.add_image(generated(100 + i)).sha256 for i in range(len(SIMILAR_NAMES))]
+    for name in SIMILAR_NAMES:
+        store.create_profile(name)
+    made = {name: store.record_judgment(name, "like", sha) for name, sha in zip(SIMILAR_NAMES, shas)}
+    made["ann21"] = store.record_judgment("ann21", "dislike", shas[1])  # a replacement in one of them
+    for name, sha in zip(SIMILAR_NAMES, shas):
+        assert store.judgments(name) == [made[name]]
+        assert sum(store.counts(name).values()) == 1
+        assert store.verdicts(name, shas) == {sha: made[name].kind}
+    assert store.judgments("ANN_1") == [made["ann_1"]]  # one profile by NOCASE: the same name
+    assert store.undo_last("ANN_1") == made["ann_1"]
+    assert store.judgments("ann_1") == []
+    for name in SIMILAR_NAMES[1:]:
+        assert store.judgments(name) == [made[name]]
+
+
+def test_undo_never_removes_another_profiles_judgment(store, images):
+    store.create_profile("Alice")
+    store.create_profile("Bob")
+    alices = store.record_judgment("Alice", "like", images[0])
+    store.record_judgment("Bob", "like", images[0])
+    bobs_replacement = store.record_judgment("Bob", "dislike", images[0])  # newest of all
+    assert store.undo_last("Alice") == alices
+    with pytest.raises(NotFound, match="no judgments to undo"):
+        store.undo_last("Alice")
+    assert [j.kind for j in store.judgments("Bob")] == ["dislike"]
+    with pytest.raises(NotFound, match=f"profile 'Alice' has no judgment {bobs_replacement.id}"):
+        store.remove_judgment("Alice", bobs_replacement.id)
+    assert store.judgments("Bob") == [bobs_replacement]
+
+
+def test_the_store_connection_syncs_every_commit(store):
+    assert store._query("PRAGMA synchronous") == [(2,)]  # FULL
+    assert store._query("PRAGMA journal_mode") == [("wal",)]
+    assert store._query("PRAGMA foreign_keys") == [(1,)]
+
+
+# --- renaming and deleting profiles -------------------------------------------------
+
+
+def test_rename_keeps_the_history_and_models(store, images):
+    store.create_profile("Alice")
+    store.create_profile("Bob")
+    liked = store.record_judgment("Alice", "like", images[0])
+    store.save_model("Alice", "user_embedding", {"w": torch.ones(2)}, {})
+    renamed = store.rename_profile("alice", "  Alicia ")
+    assert renamed.name == "Alicia"
+    assert [p.name for p in store.list_profiles()] == ["Alicia", "Bob"]
+    assert store.judgments("Alicia") == [Judgment(liked.id, "Alicia", "like", images[0], None, liked.created)]
+    assert store.model_names("Alicia") == ["user_embedding"]
+    with pytest.raises(NotFound, match="no profile named 'Alice'"):
+        store.get_profile("Alice")
+    assert store.rename_profile("Alicia", "ALICIA").name == "ALICIA"  # its own case may change
+
+
+@pytest.mark.parametrize("new, message", [
+    ("x" * 65, "65 characters; the limit is 64"), ("", "empty"), ("a/b", "contains '/'"),
+    ("bob", "'Bob' already exists"), ("Ｂｏｂ", "too like the existing 'Bob'"), ("ＢＯＢ", "too like the existing 'Bob'"),
+])
+def test_rename_refuses_bad_or_look_alike_names_and_changes_nothing(store, new, message):
+    store.create_profile("Alice")
+    store.create_profile("Bob")
+    with pytest.raises(InvalidInput, match=message):
+        store.rename_profile("Alice", new)
+    assert [p.name for p in store.list_profiles()] == ["Alice", "Bob"]
+
+
+def test_rename_of_an_unknown_profile_is_not_found(store):
+    with pytest.raises(NotFound, match="no profile named 'Carol'"):
+        store.rename_profile("Carol", "Dora")
+
+
+@pytest.mark.parametrize("existing, new", [
+    ("Bob", "ＢＯＢ"), ("file", "ﬁle"), ("Strasse", "STRAßE"), ("Ärger", "äRGER"), ("ann1", "ann¹"),
+])
+def test_create_refuses_look_alikes_of_existing_names(store, existing, new):
+    store.create_profile(existing)
+    with pytest.raises(InvalidInput, match=f"too like the existing {existing!r}|{existing!r} already exists"):
+        store.create_profile(new)
+    assert [p.name for p in store.list_profiles()] == [existing]
+
+
+def test_names_are_refused_when_too_long_never_cut(store):
+    with pytest.raises(InvalidInput, match="65 characters; the limit is 64"):
+        store.create_profile("y" * 65)
+    assert store.list_profiles() == []
+
+
+def test_delete_removes_judgments_and_models_but_keeps_shared_images(store, images):
+    store.create_profile("Alice")
+    store.create_profile("Bob")
+    store.record_judgment("Alice", "like", images[0])
+    store.record_judgment("Alice", "dislike", images[0])  # a replaced row goes too
+    store.record_judgment("Alice", "pair", images[1], images[2])
+    bobs = store.record_judgment("Bob", "like", images[0])
+    store.save_model("Alice", "user_embedding", {"w": torch.ones(2)}, {})
+    store.delete_profile("ALICE")
+    assert [p.name for p in store.list_profiles()] == ["Bob"]
+    assert store.judgments("Bob") == [bobs]
+    assert store._query("SELECT COUNT(*) FROM judgments") == [(1,)]
+    assert store._query("SELECT COUNT(*) FROM models") == [(0,)]
+    assert image_rows(store) == 4 and all(store.image_path(s).exists() for s in images)
+    store.create_profile("Alice")  # the name is free again, with an empty history
+    assert store.judgments("Alice") == [] and sum(store.counts("Alice").values()) == 0
+
+
+def test_delete_of_an_unknown_profile_is_not_found(store):
+    store.create_profile("Alice")
+    with pytest.raises(NotFound, match="no profile named 'Alicia'"):
+        store.delete_profile("Alicia")
+    assert len(store.list_profiles()) == 1
+
+
+def test_a_judgment_and_the_reads_of_a_click_never_scan_the_history(store, images):
+    """Each statement a 👍 click runs (record, the verdicts and counts of the candidates on
+    screen, undo) finds its rows through an index: its cost does not grow with the history."""
+    store.create_profile("Alice")
+    for sha in images[1:]:
+        store.record_judgment("Alice", "like", sha)
+    store.record_judgment("Alice", "pair", images[1], images[2])
+    statements = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        store.record_judgment("Alice", "dislike", images[1])
+        store.record_judgment("Alice", "like", images[0])
+        store.verdicts("Alice", images)
+        store.pair_verdicts("Alice", images)
+        store.counts("Alice")
+        store.undo_last("Alice")
+        store.undo_last("Alice")
+    finally:
+        store._db.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE"))]
+    assert len(reads) > 10
+    for statement in reads:
+        plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement)]
+        assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)

@@ -262,3 +262,9 @@ def test_exported_file_holds_the_pngs_and_no_foreign_data(store, exported):
             assert file.get_tensor(f"image.{image['sha256']}").numpy().tobytes() == png
     with Image.open(store.image_record(next(iter(shas))).path) as first:
         assert np.asarray(first).shape == (32, 32, 3)
+
+
+def test_import_under_a_look_alike_name_is_refused(store, exported):
+    with pytest.raises(InvalidInput, match="'Ａｌｉｃｅ' is too like the existing 'Alice'.*import it under"):
+        import_profile(store, exported, new_name="Ａｌｉｃｅ")
+    assert [p.name for p in store.list_profiles()] == ["Alice", "Bob"]

@@ -44,4 +44,4 @@ def test_personalize_side_by_side_shares_the_seed(studio):
     assert result.personalized.record.params["personalized_for"] == "ann"
     # Both images are in the history, so they can be judged right away.
     studio.judge("ann", "pair", result.personalized.record.sha256, result.baseline.record.sha256)
-    assert studio.store.counts("ann")
+    assert studio.store.counts("ann") == {"like": 2, "dislike": 2, "pair": 1, "tie": 0, "skip": 0}

@@ -95,7 +95,7 @@ class PlainDataUnpickler(pickle.Unpickler):
 
 def _echo(name: str) -> str:
     """A global's name as is when it looks like one, else shortened and quoted."""
-    return name if len(name) <= 80 and name.isprintable() else echo(name)
+    return name if len(name) <= 80 and name.isprintable() else echo(name, 60)
 
 
 # Tuples and frozensets nested deeper than this are refused before unpickling: hashing one

@@ -9,6 +9,7 @@ is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
 from __future__ import annotations  # annotations name torch types without importing torch
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -29,20 +30,32 @@ from prefstudio.store.image_files import (
     store_png_bytes,
     write_png,
 )
-from prefstudio.validation import validate_profile_name, validate_prompt, validate_seed
+from prefstudio.validation import (
+    profile_name_key,
+    validate_profile_name,
+    validate_prompt,
+    validate_seed,
+)
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled: store-only commands start fast
     import torch
 
     from prefstudio.generators.base import GeneratedImage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one current verdict per image and per unordered pair
 KINDS = ("like", "dislike", "pair", "tie", "skip")
 # like/dislike judge one image, pair (a ≻ b) and tie compare two, skip passes on either.
 _IMAGES_PER_KIND = {"like": (1,), "dislike": (1,), "pair": (2,), "tie": (2,), "skip": (1, 2)}
 IMPORTED = "import"  # the generator name of images a person uploaded
+_MAX_SUBJECTS = 500  # images per verdict lookup: far more than a screen shows, under SQLite's bound
+log = logging.getLogger(__name__)
 
-_SCHEMA = """
+# A verdict's subject: one image (subject_hi = ''), or an unordered pair as (smaller id, larger id).
+_SUBJECT_LO = "min(image_a, coalesce(image_b, image_a))"
+_SUBJECT_HI = "CASE WHEN image_b IS NULL THEN '' ELSE max(image_a, image_b) END"
+
+# Version 1's tables; a new store is an empty version-1 store upgraded like any other.
+_TABLES = """
 CREATE TABLE profiles (
     id      INTEGER PRIMARY KEY,
     name    TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -69,7 +82,6 @@ CREATE TABLE judgments (
     image_b    TEXT REFERENCES images(sha256),
     created    TEXT NOT NULL
 );
-CREATE INDEX judgments_by_profile ON judgments(profile_id, id);
 CREATE TABLE features (
     image_sha TEXT NOT NULL REFERENCES images(sha256) ON DELETE CASCADE,
     encoder   TEXT NOT NULL,
@@ -84,8 +96,44 @@ CREATE TABLE models (
     config     TEXT NOT NULL,         -- JSON
     created    TEXT NOT NULL,
     PRIMARY KEY (profile_id, name)
-);
+)
 """
+# Version 2's judgment columns, added to version 1's table.
+_V2_COLUMNS = (
+    # The verdict this one replaced (kept, inactive): undoing this one makes it current again.
+    "replaces INTEGER REFERENCES judgments(id)",
+    # 0 once a later verdict on the same subject replaced it.
+    "active INTEGER NOT NULL DEFAULT 1",
+    f"subject_lo TEXT AS ({_SUBJECT_LO}) VIRTUAL",
+    f"subject_hi TEXT AS ({_SUBJECT_HI}) VIRTUAL",
+)
+# Version 2's indexes, counts and the triggers that keep the counts: every read a click
+# needs is an index lookup, whatever the size of the history.
+_V2_STATEMENTS = (
+    "CREATE UNIQUE INDEX one_verdict ON judgments(profile_id, subject_lo, subject_hi) WHERE active = 1",
+    "CREATE INDEX current_judgments ON judgments(profile_id, active, id)",
+    # Deleting a judgment checks that no other one `replaces` it: without this, a scan.
+    "CREATE INDEX replaced_judgments ON judgments(replaces)",
+    """CREATE TABLE verdict_counts (
+        profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+        kind       TEXT NOT NULL,
+        n          INTEGER NOT NULL,
+        PRIMARY KEY (profile_id, kind)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER count_added AFTER INSERT ON judgments WHEN NEW.active = 1 BEGIN
+        INSERT OR IGNORE INTO verdict_counts VALUES (NEW.profile_id, NEW.kind, 0);
+        UPDATE verdict_counts SET n = n + 1 WHERE profile_id = NEW.profile_id AND kind = NEW.kind;
+    END""",
+    """CREATE TRIGGER count_removed AFTER DELETE ON judgments WHEN OLD.active = 1 BEGIN
+        UPDATE verdict_counts SET n = n - 1 WHERE profile_id = OLD.profile_id AND kind = OLD.kind;
+    END""",
+    """CREATE TRIGGER count_switched AFTER UPDATE OF active ON judgments
+        WHEN OLD.active != NEW.active BEGIN
+        INSERT OR IGNORE INTO verdict_counts VALUES (NEW.profile_id, NEW.kind, 0);
+        UPDATE verdict_counts SET n = n + (CASE WHEN NEW.active = 1 THEN 1 ELSE -1 END)
+            WHERE profile_id = NEW.profile_id AND kind = NEW.kind;
+    END""",
+)
 
 
 @dataclass(frozen=True)
@@ -181,19 +229,44 @@ class HistoryStore:
             raise InvalidInput(f"{self.db_path}: SQLite refused WAL mode on this file system")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        self.folded_on_open = 0  # judgments an upgrade folded into a later verdict on the same subject
         with self._transaction():
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # One statement at a time: executescript would commit the open transaction.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise InvalidInput(
                     f"{self.db_path} was written by a newer PrefStudio (history schema "
                     f"version {version}; this one understands {SCHEMA_VERSION}): upgrade PrefStudio"
                 )
+            if version == 0:
+                # One statement at a time: executescript would commit the open transaction.
+                for statement in _TABLES.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if version < 2:
+                self.folded_on_open = self._upgrade_to_one_verdict_each(db)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if self.folded_on_open:
+            log.warning("%s: upgraded the history to one verdict per image and pair; %d earlier "
+                        "judgments were replaced by a later verdict on the same image or pair",
+                        self.db_path, self.folded_on_open)
+
+    @staticmethod
+    def _upgrade_to_one_verdict_each(db) -> int:
+        """Version 1 -> 2: keep each profile's latest verdict per image and unordered pair
+        (what the person said last; training already read only the latest 👍/👎 of an
+        image); returns how many earlier ones were removed."""
+        for column in _V2_COLUMNS:
+            db.execute(f"ALTER TABLE judgments ADD COLUMN {column}")
+        folded = db.execute(
+            "DELETE FROM judgments WHERE id NOT IN (SELECT max(id) FROM judgments "
+            "GROUP BY profile_id, subject_lo, subject_hi)"
+        ).rowcount
+        db.execute("DROP INDEX IF EXISTS judgments_by_profile")
+        for statement in _V2_STATEMENTS:
+            db.execute(statement)
+        db.execute("INSERT INTO verdict_counts SELECT profile_id, kind, COUNT(*) FROM judgments "
+                   "GROUP BY profile_id, kind")
+        return folded
 
     def close(self) -> None:
         with self._lock:
@@ -231,15 +304,39 @@ class HistoryStore:
         name = validate_profile_name(name)
         created = _now()
         with self._transaction() as db:
-            try:
-                cursor = db.execute(
-                    "INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created)
-                )
-            except sqlite3.IntegrityError:
-                existing = db.execute("SELECT name FROM profiles WHERE name = ?", (name,)).fetchone()[0]
-                same = "" if existing == name else " (names ignore upper/lower case)"
-                raise InvalidInput(f"a profile named {existing!r} already exists{same}") from None
+            self.check_name_free(name)
+            cursor = db.execute("INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created))
         return Profile(cursor.lastrowid, name, created)
+
+    def check_name_free(self, name: str, keep: Profile | None = None, hint: str = "") -> None:
+        """Refuse a name that an existing profile (other than `keep`) has, or one that looks
+        like it: the same after case folding and Unicode compatibility folding (fullwidth
+        letters, ligatures, superscripts), which a menu shows alike."""
+        key = profile_name_key(name)
+        for other in self.list_profiles():
+            if other.id != getattr(keep, "id", None) and profile_name_key(other.name) == key:
+                if other.name.casefold() == name.casefold():
+                    same = "" if other.name == name else " (names ignore upper/lower case)"
+                    raise InvalidInput(f"a profile named {other.name!r} already exists{same}{hint}")
+                raise InvalidInput(f"profile name {name!r} is too like the existing {other.name!r} "
+                                   f"(they differ only in letter case or character forms){hint}")
+
+    def rename_profile(self, old: str, new: str) -> Profile:
+        """Give a profile a new name; its judgments and models stay with it."""
+        new = validate_profile_name(new)
+        with self._transaction() as db:
+            stored = self.get_profile(old)
+            self.check_name_free(new, keep=stored)
+            db.execute("UPDATE profiles SET name = ? WHERE id = ?", (new, stored.id))
+        return Profile(stored.id, new, stored.created)
+
+    def delete_profile(self, name: str) -> Profile:
+        """Remove a profile with its judgments and models. Images stay: another profile
+        may have judged them, and their files are shared by content."""
+        with self._transaction() as db:
+            stored = self.get_profile(name)
+            db.execute("DELETE FROM profiles WHERE id = ?", (stored.id,))
+        return stored
 
     def list_profiles(self) -> list[Profile]:
         rows = self._query("SELECT id, name, created FROM profiles ORDER BY name COLLATE NOCASE")
@@ -333,18 +430,42 @@ class HistoryStore:
 
     def record_judgment(self, profile: str, kind: str, image_a: str,
                         image_b: str | None = None) -> Judgment:
-        """Record and commit; once this returns the judgment survives a killed process."""
+        """Record and commit; once this returns the judgment survives a killed process.
+
+        A profile holds one verdict per image and per unordered pair: a different verdict
+        replaces the current one (undoing it brings that back), the same verdict again
+        changes nothing and returns the existing judgment.
+        """
         check_judgment(kind, image_a, image_b)
         created = _now()
         with self._transaction() as db:
             stored = self.get_profile(profile)
             self._require_images(db, (image_a, image_b))
-            cursor = db.execute(
-                "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (stored.id, kind, image_a, image_b, created),
-            )
-        return Judgment(cursor.lastrowid, stored.name, kind, image_a, image_b, created)
+            return self._record(db, stored, kind, image_a, image_b, created)
+
+    def _record(self, db, profile: Profile, kind: str, image_a: str, image_b: str | None,
+                created: str) -> Judgment:
+        current = self._current_verdict(db, profile, image_a, image_b)
+        if current is not None:
+            if current.kind == kind and (kind != "pair" or current.image_a == image_a):
+                return current
+            db.execute("UPDATE judgments SET active = 0 WHERE id = ?", (current.id,))
+        cursor = db.execute(
+            "INSERT INTO judgments (profile_id, kind, image_a, image_b, created, replaces) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (profile.id, kind, image_a, image_b, created, current and current.id),
+        )
+        return Judgment(cursor.lastrowid, profile.name, kind, image_a, image_b, created)
+
+    @staticmethod
+    def _current_verdict(db, profile: Profile, image_a: str, image_b: str | None) -> Judgment | None:
+        lo, hi = (image_a, "") if image_b is None else sorted((image_a, image_b))
+        row = db.execute(
+            "SELECT id, kind, image_a, image_b, created FROM judgments INDEXED BY one_verdict "
+            "WHERE profile_id = ? AND subject_lo = ? AND subject_hi = ? AND active = 1",
+            (profile.id, lo, hi),
+        ).fetchone()
+        return None if row is None else Judgment(row[0], profile.name, *row[1:])
 
     def record_judgments(self, profile: str, kind: str,
                          images: list[tuple[str, str | None]]) -> list[Judgment]:
@@ -355,55 +476,94 @@ class HistoryStore:
             return [self.record_judgment(profile, kind, a, b) for a, b in images]
 
     def judgments(self, profile: str, kinds: Iterable[str] | None = None) -> list[Judgment]:
-        """Oldest first."""
+        """The profile's current verdicts, oldest first."""
         kinds = KINDS if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise InvalidInput(
                 f"unknown judgment kind {unknown[0]!r}; use one of {', '.join(KINDS)}"
             )
-        name = self.get_profile(profile).name
+        stored = self.get_profile(profile)
         marks = ", ".join("?" * len(kinds))
         rows = self._query(
-            "SELECT j.id, j.kind, j.image_a, j.image_b, j.created FROM judgments j "
-            f"JOIN profiles p ON p.id = j.profile_id WHERE p.name = ? AND j.kind IN ({marks}) "
-            "ORDER BY j.id",
-            (name, *kinds),
+            "SELECT id, kind, image_a, image_b, created FROM judgments "
+            f"WHERE profile_id = ? AND active = 1 AND kind IN ({marks}) ORDER BY id",
+            (stored.id, *kinds),
         )
-        return [Judgment(id, name, kind, a, b, created) for id, kind, a, b, created in rows]
+        return [Judgment(id, stored.name, kind, a, b, created) for id, kind, a, b, created in rows]
+
+    def verdicts(self, profile: str, shas: Iterable[str]) -> dict[str, str]:
+        """The current like/dislike/skip of each of these images that has one."""
+        shas = list(dict.fromkeys(shas))[:_MAX_SUBJECTS]
+        if not shas:
+            return {}
+        rows = self._query(
+            # INDEXED BY: without statistics SQLite would scan the profile's whole history.
+            "SELECT subject_lo, kind FROM judgments INDEXED BY one_verdict WHERE profile_id = ? "
+            f"AND active = 1 AND subject_hi = '' AND subject_lo IN ({', '.join('?' * len(shas))})",
+            (self.get_profile(profile).id, *shas),
+        )
+        return dict(rows)
+
+    def pair_verdicts(self, profile: str, shas: Iterable[str]) -> dict[frozenset, Judgment]:
+        """The current pair/tie/skip judgment of each pair among these images that has one."""
+        shas = list(dict.fromkeys(shas))[:_MAX_SUBJECTS]
+        if len(shas) < 2:
+            return {}
+        stored = self.get_profile(profile)
+        marks = ", ".join("?" * len(shas))
+        rows = self._query(
+            # INDEXED BY: without statistics SQLite would scan the profile's whole history.
+            "SELECT id, kind, image_a, image_b, created FROM judgments INDEXED BY one_verdict "
+            f"WHERE profile_id = ? AND active = 1 AND subject_lo IN ({marks}) "
+            f"AND subject_hi IN ({marks})",
+            (stored.id, *shas, *shas),
+        )
+        return {frozenset((a, b)): Judgment(id, stored.name, kind, a, b, created)
+                for id, kind, a, b, created in rows}
 
     def counts(self, profile: str) -> dict[str, int]:
+        """Current verdicts per kind (kept by triggers: no scan of the history)."""
         counts = dict.fromkeys(KINDS, 0)
-        rows = self._query(
-            "SELECT kind, COUNT(*) FROM judgments WHERE profile_id = ? GROUP BY kind",
-            (self.get_profile(profile).id,),
-        )
-        counts.update(rows)
+        counts.update(self._query("SELECT kind, n FROM verdict_counts WHERE profile_id = ?",
+                                  (self.get_profile(profile).id,)))
         return counts
 
     def _remove(self, profile: str, judgment_id: int | None) -> Judgment:
         with self._transaction() as db:
-            name = self.get_profile(profile).name
-            where = "p.name = ?" + ("" if judgment_id is None else " AND j.id = ?")
-            args = (name,) if judgment_id is None else (name, judgment_id)
-            row = db.execute(
-                "SELECT j.id, j.kind, j.image_a, j.image_b, j.created FROM judgments j "
-                f"JOIN profiles p ON p.id = j.profile_id WHERE {where} ORDER BY j.id DESC LIMIT 1",
-                args,
-            ).fetchone()
-            if row is None:
-                if judgment_id is None:
+            stored = self.get_profile(profile)
+            name = stored.name
+            columns = "id, kind, image_a, image_b, created, replaces, active"
+            if judgment_id is None:
+                row = db.execute(
+                    f"SELECT {columns} FROM judgments WHERE profile_id = ? AND active = 1 "
+                    "ORDER BY id DESC LIMIT 1", (stored.id,),
+                ).fetchone()
+                if row is None:
                     raise NotFound(f"profile {name!r} has no judgments to undo")
-                raise NotFound(f"profile {name!r} has no judgment {judgment_id}")
-            db.execute("DELETE FROM judgments WHERE id = ?", (row[0],))
-        return Judgment(row[0], name, *row[1:])
+            else:
+                row = db.execute(f"SELECT {columns} FROM judgments WHERE profile_id = ? AND id = ?",
+                                 (stored.id, judgment_id)).fetchone()
+                if row is None:
+                    raise NotFound(f"profile {name!r} has no judgment {judgment_id}")
+            judgment = Judgment(row[0], name, *row[1:5])
+            replaces, active = row[5:]
+            if not active:
+                newer = self._current_verdict(db, stored, judgment.image_a, judgment.image_b)
+                raise NotFound(f"judgment {judgment.id} was replaced by judgment {newer.id}: "
+                               "undo that one to bring it back")
+            db.execute("DELETE FROM judgments WHERE id = ?", (judgment.id,))
+            if replaces is not None:  # the verdict it replaced is current again
+                db.execute("UPDATE judgments SET active = 1 WHERE id = ?", (replaces,))
+        return judgment
 
     def undo_last(self, profile: str) -> Judgment:
-        """Remove and return the profile's most recent judgment."""
+        """Remove and return the profile's most recent judgment (bringing back the
+        verdict it replaced, if any)."""
         return self._remove(profile, None)
 
     def remove_judgment(self, profile: str, judgment_id: int) -> Judgment:
-        """Remove one judgment of this profile; another profile's id is NotFound."""
+        """Undo one current judgment of this profile; another profile's id is NotFound."""
         return self._remove(profile, int(judgment_id))
 
     # --- feature cache -------------------------------------------------------------
@@ -508,14 +668,10 @@ class HistoryStore:
             profile = self.create_profile(name)
             for record, _ in images:
                 self._insert_image(db, record)
-            for kind, image_a, image_b, created in judgments:
+            for kind, image_a, image_b, created in judgments:  # a later verdict replaces an earlier
                 check_judgment(kind, image_a, image_b)
                 self._require_images(db, (image_a, image_b))
-                db.execute(
-                    "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (profile.id, kind, image_a, image_b, created),
-                )
+                self._record(db, profile, kind, image_a, image_b, created)
             for model_name, weights, config in models:
                 self.save_model_weights(profile.name, model_name, weights, config)
         return profile

@@ -518,9 +518,7 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     for sha in shas:
         if image_hashes[sha] != sha:
             raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
-    if any(p.name.casefold() == name.casefold() for p in store.list_profiles()):
-        raise InvalidInput(f"a profile named {name!r} already exists; import it under "
-                           "another name")
+    store.check_name_free(name, hint="; import it under another name")
 
     stored_models = []
     for model_name, config in models:

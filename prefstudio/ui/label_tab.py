@@ -3,6 +3,8 @@
 Every click is one judgment in the history store, on disk when the click returns; the
 session only remembers which candidates are on screen and which judgments it made (for
 undo). What each candidate was judged is read back from the store, so it is never stale.
+An image (and a pair) has one verdict: judging it again replaces it, the same verdict again
+is a no-op. Each click reads only the candidates on screen, never the whole history.
 """
 import random
 import secrets
@@ -174,6 +176,7 @@ class LabelTab:
         seeds = parse_seeds(seeds_text) or [random_seed() for _ in range(int(n))]
         records = self.ctx.run(self.ctx.studio.generate_candidates, prompt, int(n), seeds)
         session.show([r.sha256 for r in records])
+        self._first_unjudged(session, profile)  # seeds given again bring back images judged before
         return self.render(session, profile, f"{len(records)} candidates for “{prompt}”.")
 
     def add_uploads(self, session: LabelSession, profile, files, prompt):
@@ -190,19 +193,27 @@ class LabelTab:
                 raise InvalidInput(f"{_file_name(path)}: {error}; no image was added") from None
         records = [self.ctx.store.import_image(path, prompt) for path in paths]
         session.show([r.sha256 for r in records])
+        self._first_unjudged(session, profile)
         return self.render(session, profile, f"Added {len(records)} of your images as candidates.")
 
     def _judge(self, session, profile, kind, a, b=None):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         judgment = self.ctx.studio.judge(profile, kind, a, b)
-        session.made.append((judgment.profile, judgment.id, a))
+        made = (judgment.profile, judgment.id, a)
+        if made not in session.made:  # the same verdict again is the existing judgment: nothing to undo
+            session.made.append(made)
         return judgment
 
     def _judge_current(self, session, profile, kind):
         if not session.candidates:
             raise InvalidInput("nothing to judge yet: generate candidates first")
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
         sha = session.candidates[session.current]
+        before = self.ctx.store.verdicts(profile, [sha]).get(sha)
+        if before == kind:  # a repeated key press or click: one verdict per image, already given
+            return self.render(session, profile, f"Already {KIND_MARKS[kind]} for {short(sha)}: nothing changed.")
         self._judge(session, profile, kind, sha)
         verdicts = self._verdicts(session, profile)
         n = len(session.candidates)
@@ -210,7 +221,8 @@ class LabelTab:
         pending = [i for i in after if session.candidates[i] not in verdicts]
         session.current = pending[0] if pending else session.current
         done = "" if pending else " All candidates judged: generate more, or compare them in “Better of two”."
-        return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}.{done}")
+        replaced = f" (replaces {KIND_MARKS[before]})" if before else ""
+        return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}{replaced}.{done}")
 
     def like(self, session, profile):
         return self._judge_current(session, profile, "like")
@@ -286,11 +298,21 @@ class LabelTab:
                                "removed in the Profile tab's history")
         owner, judgment_id, image = session.made.pop()
         removed = self.ctx.store.remove_judgment(owner, judgment_id)
-        if removed.kind in ("pair", "tie") or (removed.kind == "skip" and removed.image_b):
-            session.pair_index = max(0, session.pair_index - 1)
-        elif image in session.candidates:
-            session.current = session.candidates.index(image)
-        return self.render(session, profile, f"Undone: {KIND_MARKS[removed.kind]} on {short(image)}.")
+        if removed.image_b is not None:  # back to that pair, wherever it is in the schedule
+            undone = {removed.image_a, removed.image_b}
+            session.pair_index = next(
+                (k for k, (a, b) in enumerate(session.pairs)
+                 if {session.candidates[a], session.candidates[b]} == undone),
+                max(0, session.pair_index - 1))
+            back = self.ctx.store.pair_verdicts(owner, [removed.image_a, removed.image_b])
+            back = next(iter(back.values()), None)
+            back = back and back.kind
+        else:
+            back = self.ctx.store.verdicts(owner, [image]).get(image)
+            if image in session.candidates:
+                session.current = session.candidates.index(image)
+        again = f" ({KIND_MARKS[back]} again, as before)" if back else ""
+        return self.render(session, profile, f"Undone: {KIND_MARKS[removed.kind]} on {short(image)}{again}.")
 
     def restore(self, session: LabelSession, profile, saved):
         """After a page refresh: the batch that was on screen (ids kept in the browser)."""
@@ -298,7 +320,20 @@ class LabelTab:
             known = [s for s in saved if isinstance(s, str) and self._exists(s)]
             if known:
                 session.show(known[:MAX_CANDIDATES])
+                self._first_unjudged(session, profile)
         return self.render(session, profile)
+
+    def _first_unjudged(self, session: LabelSession, profile) -> None:
+        """Land on the first candidate, and the first pair, this profile has not judged yet."""
+        if not profile:
+            return
+        verdicts = self._verdicts(session, profile)
+        session.current = next((i for i, sha in enumerate(session.candidates) if sha not in verdicts), 0)
+        compared = self.ctx.store.pair_verdicts(profile, session.candidates)
+        session.pair_index = next(
+            (k for k, (a, b) in enumerate(session.pairs)
+             if frozenset((session.candidates[a], session.candidates[b])) not in compared),
+            len(session.pairs))
 
     def _exists(self, sha: str) -> bool:
         try:
@@ -309,15 +344,10 @@ class LabelTab:
 
     # -- view -----------------------------------------------------------------------------
     def _verdicts(self, session, profile) -> dict[str, str]:
-        """The latest single-image judgment of each candidate in this profile."""
+        """The current single-image verdict of each candidate on screen, in this profile."""
         if not profile or not session.candidates:
             return {}
-        shown = set(session.candidates)
-        verdicts = {}
-        for j in self.ctx.store.judgments(profile, ("like", "dislike", "skip")):
-            if j.image_b is None and j.image_a in shown:
-                verdicts[j.image_a] = j.kind
-        return verdicts
+        return self.ctx.store.verdicts(profile, session.candidates)
 
     def render(self, session: LabelSession, profile, message: str = ""):
         store = self.ctx.store

@@ -1,0 +1,101 @@
+"""One verdict per candidate, in a real browser (Debian's Chromium driven by Playwright).
+
+Pressing L on a candidate already liked changes nothing; liking then disliking keeps one
+dislike, and undo brings the like back; after a reload the view lands on the first
+candidate not judged yet. Needs Debian's `chromium`, as tests/test_browser.py does.
+"""
+import shutil
+import socket
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from prefstudio.studio import Studio
+from prefstudio.ui.app import build_app, launch
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run"]
+SLOW = 90_000  # ms: model work on a shared 2-core machine
+
+
+@pytest.fixture
+def app(tmp_path):
+    demo = build_app(Studio(tmp_path / "data"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    yield demo, f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture
+def page():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium "
+                    "fonts-noto-color-emoji` (.ci/run does); never `playwright install`")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+        browser.close()
+
+
+def open_batch(page, url):
+    """The page with four fresh candidates on screen, keys going to the page."""
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.fill("#ps-label-prompt textarea", "a bouquet of pink flowers")
+    page.fill("#ps-label-seeds textarea", "21, 22, 23, 24")
+    page.click("#ps-generate")
+    expect(page.locator("#ps-candidates button.thumbnail-item")).to_have_count(4, timeout=SLOW)
+    page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not a text box
+    return page.locator("#ps-label-status"), page.locator("#ps-view-info")
+
+
+def test_pressing_like_again_on_a_liked_candidate_adds_nothing(app, page):
+    demo, url = app
+    status, info = open_batch(page, url)
+    page.keyboard.press("l")
+    expect(status).to_contain_text("1 judgment: 1 👍")
+    expect(info).to_contain_text("Candidate 2 of 4")
+    page.keyboard.press("ArrowLeft")
+    expect(info).to_contain_text("Candidate 1 of 4")
+    expect(info).to_contain_text("Judged: 👍")
+    page.keyboard.press("l")  # the same verdict again
+    expect(status).to_contain_text("nothing changed")
+    expect(status).to_contain_text("1 judgment: 1 👍")
+    assert [j.kind for j in demo.prefstudio.store.judgments("me")] == ["like"]
+
+
+def test_liking_then_disliking_keeps_one_dislike_and_undo_brings_the_like_back(app, page):
+    demo, url = app
+    store = demo.prefstudio.store
+    status, info = open_batch(page, url)
+    page.keyboard.press("l")
+    expect(status).to_contain_text("1 judgment: 1 👍")
+    liked = store.judgments("me")
+    page.keyboard.press("ArrowLeft")
+    expect(info).to_contain_text("Candidate 1 of 4")
+    page.keyboard.press("d")  # a change of mind replaces the like
+    expect(status).to_contain_text("1 judgment: 0 👍 · 1 👎")
+    assert [(j.kind, j.image_a) for j in store.judgments("me")] == [("dislike", liked[0].image_a)]
+    page.keyboard.press("u")
+    expect(status).to_contain_text("1 judgment: 1 👍 · 0 👎")
+    assert store.judgments("me") == liked
+
+
+def test_a_reload_lands_on_the_first_candidate_not_judged_yet(app, page):
+    demo, url = app
+    status, info = open_batch(page, url)
+    page.keyboard.press("l")
+    expect(status).to_contain_text("1 judgment: 1 👍")
+    page.keyboard.press("d")
+    expect(status).to_contain_text("2 judgments: 1 👍 · 1 👎")
+    page.reload(wait_until="load")
+    expect(page.locator("#ps-candidates button.thumbnail-item")).to_have_count(4, timeout=SLOW)
+    expect(status).to_contain_text("2 judgments: 1 👍 · 1 👎")
+    expect(info).to_contain_text("Candidate 3 of 4", timeout=SLOW)
+    expect(info).to_contain_text("Not judged yet.")

@@ -1,0 +1,46 @@
+"""`python -m prefstudio profile rename|delete`: the store's rules, said in one line."""
+import json
+
+import numpy as np
+from PIL import Image
+
+from prefstudio.cli import main
+from prefstudio.generators.base import GeneratedImage
+from prefstudio.store.history import HistoryStore
+
+
+def cli(capsys, data, *args):
+    code = main(["--data", str(data), "--model", "embedded", *args])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_rename_and_delete_from_the_command_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    with HistoryStore(data) as store:
+        for name in ("Ann", "Bob"):
+            store.create_profile(name)
+        pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        sha = store.add_image(GeneratedImage(Image.fromarray(pixels, "RGB"), "a kite", 1, "embedded", {})).sha256
+        store.record_judgment("Ann", "like", sha)
+        store.record_judgment("Bob", "dislike", sha)
+
+    assert cli(capsys, data, "profile", "rename", "ann", "Anna")[:2] == (0, {"renamed": "Ann", "to": "Anna"})
+    code, _, err = cli(capsys, data, "profile", "rename", "Anna", "ＢＯＢ")
+    assert code == 2 and err == "error: profile name 'ＢＯＢ' is too like the existing 'Bob' " \
+                                "(they differ only in letter case or character forms)\n"
+    code, _, err = cli(capsys, data, "profile", "rename", "Anna", "n" * 65)
+    assert code == 2 and "65 characters; the limit is 64" in err
+    code, _, err = cli(capsys, data, "profile", "rename", "Anna")
+    assert code == 2 and "needs the current name and the new one" in err
+
+    code, _, err = cli(capsys, data, "profile", "delete", "Anna")  # no --yes: refused, nothing removed
+    assert code == 2 and "add --yes to confirm" in err
+    assert cli(capsys, data, "profile", "list")[1] == {"profiles": ["Anna", "Bob"]}
+    assert cli(capsys, data, "profile", "delete", "Anna", "--yes")[:2] == (0, {"deleted": "Anna"})
+    code, _, err = cli(capsys, data, "profile", "delete", "Anna", "--yes")
+    assert code == 2 and "no profile named 'Anna'; existing profiles: Bob" in err
+    with HistoryStore(data) as store:
+        assert [p.name for p in store.list_profiles()] == ["Bob"]
+        assert [(j.kind, j.image_a) for j in store.judgments("Bob")] == [("dislike", sha)]
+        assert store.image_path(sha).exists()

@@ -1,0 +1,82 @@
+"""The Label tab's judging logic, called as gradio calls it (no browser, no model needed:
+the candidates are uploaded images)."""
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from prefstudio.studio import Studio
+from prefstudio.ui.common import AppContext
+from prefstudio.ui.label_tab import LabelSession, LabelTab
+
+
+@pytest.fixture
+def tab(tmp_path):
+    studio = Studio(tmp_path / "data")
+    studio.store.create_profile("me")
+    with gr.Blocks():
+        tab = LabelTab(AppContext(studio), gr.Dropdown(["me"], value="me"))
+    return tab
+
+
+@pytest.fixture
+def shown(tab, tmp_path):
+    """A session with four uploaded candidates on screen."""
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"upload-{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    session = LabelSession()
+    tab.add_uploads(session, "me", paths, "a test picture")
+    return session
+
+
+def status(views) -> str:
+    return views[6]
+
+
+def test_same_verdict_twice_is_a_no_op_and_a_new_one_replaces(tab, shown):
+    store = tab.ctx.store
+    first = shown.candidates[0]
+    tab.like(shown, "me")
+    assert shown.current == 1
+    tab.previous(shown, "me")
+    assert "nothing changed" in status(tab.like(shown, "me"))
+    assert [(j.kind, j.image_a) for j in store.judgments("me")] == [("like", first)]
+    assert len(shown.made) == 1
+    assert "replaces 👍" in status(tab.dislike(shown, "me"))
+    assert [(j.kind, j.image_a) for j in store.judgments("me")] == [("dislike", first)]
+    assert "👍 again" in status(tab.undo(shown, "me"))
+    assert [(j.kind, j.image_a) for j in store.judgments("me")] == [("like", first)]
+    assert shown.current == 0
+    tab.undo(shown, "me")
+    assert store.judgments("me") == []
+
+
+def test_undo_of_a_pair_goes_back_to_that_pair(tab, shown):
+    store = tab.ctx.store
+    tab.pick_left(shown, "me")
+    tab.pick_right(shown, "me")
+    assert shown.pair_index == 2 and store.counts("me")["pair"] == 2
+    shown.pair_index = 0  # back to the first pair, already judged left ≻ right
+    tab.pick_left(shown, "me")  # the same verdict: no second judgment, nothing new to undo
+    assert store.counts("me")["pair"] == 2 and len(shown.made) == 2 and shown.pair_index == 1
+    tab.undo(shown, "me")  # undoes the second pair's judgment, and shows that pair
+    left, right = (shown.candidates[i] for i in shown.pairs[shown.pair_index])
+    assert store.pair_verdicts("me", [left, right]) == {}
+    assert shown.pair_index == 1 and store.counts("me")["pair"] == 1
+    tab.undo(shown, "me")
+    assert shown.pair_index == 0 and store.judgments("me") == []
+
+
+def test_restore_lands_on_the_first_unjudged_candidate_and_pair(tab, shown):
+    tab.like(shown, "me")
+    tab.dislike(shown, "me")
+    tab.pick_left(shown, "me")
+    fresh = LabelSession()  # the page reloaded: a new session, the batch from localStorage
+    tab.restore(fresh, "me", list(shown.candidates))
+    assert fresh.candidates == shown.candidates
+    assert fresh.current == 2 and fresh.pair_index == 1
+    tab.restore(other := LabelSession(), "", list(shown.candidates))  # no profile: the first
+    assert other.current == 0
