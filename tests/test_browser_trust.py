@@ -32,6 +32,8 @@ def server(tmp_path_factory):
     studio.store.create_profile("empty")
     studio.store.create_profile("single")
     studio.judge("single", "like", images[0].sha256)
+    studio.store.create_profile("temp")
+    studio.judge("temp", "dislike", images[1].sha256)
     demo = build_app(studio)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +72,7 @@ def test_every_panel_shows_the_chosen_profile(server, page):
     open_studio(page, url)
     choose(page, "empty")
     page.get_by_role("tab", name="Profile").click()
+    expect(page.locator("#ps-fit-status")).to_contain_text("Not fitted yet", timeout=SLOW)  # the tab has rendered
     page.click("#ps-fit")  # a cold start: its own summary
     expect(page.locator("#ps-fit-status")).to_contain_text("on 0 pairs", timeout=SLOW)
     empty_text = taste_summary(studio, "empty").text()
@@ -147,8 +150,9 @@ def test_one_judgment_long_names_dice_and_export(server, page):
     open_studio(page, url)
     choose(page, "single")
     page.get_by_role("tab", name="Profile").click()
-    page.click("#ps-fit")
     status = page.locator("#ps-fit-status")
+    expect(status).to_contain_text("Not fitted yet", timeout=SLOW)  # the tab has rendered
+    page.click("#ps-fit")
     expect(status).to_contain_text("1 judgment but no pair yet", timeout=SLOW)
     thumbnail = page.locator("#ps-history button.thumbnail-item").first
     expect(thumbnail).to_be_visible(timeout=SLOW)
@@ -164,3 +168,30 @@ def test_one_judgment_long_names_dice_and_export(server, page):
     page.get_by_role("tab", name="Label").click()
     page.get_by_role("button", name="🎲 Surprise me").first.click()
     expect(page.locator("#ps-candidates button.thumbnail-item").first).to_be_visible(timeout=SLOW)
+
+
+def test_rename_and_delete_ask_first_and_offer_an_export(server, page):
+    """Deliverable 5: profiles can be renamed and deleted; delete confirms and offers an export."""
+    studio, url = server
+    open_studio(page, url)
+    choose(page, "temp")
+    page.get_by_role("tab", name="Profile").click()
+    page.click("#ps-delete")
+    box = page.locator("#ps-delete-confirm-box").first
+    expect(box).to_contain_text("Delete temp?", timeout=SLOW)
+    page.click("#ps-delete-cancel")
+    expect(page.locator("#ps-manage-status")).to_contain_text("Nothing was deleted", timeout=SLOW)
+    assert "temp" in [p.name for p in studio.store.list_profiles()]
+    page.click("#ps-delete")
+    page.click("#ps-delete-export")
+    expect(page.locator("#ps-export-file")).to_contain_text(re.compile(r"temp\s*\.prefstudio"), timeout=SLOW)
+    page.click("#ps-delete-confirm")
+    expect(page.locator("#ps-manage-status")).to_contain_text("Deleted temp", timeout=SLOW)
+    assert "temp" not in [p.name for p in studio.store.list_profiles()]
+
+    choose(page, "single")
+    page.fill("#ps-rename-to textarea", "solo")
+    page.click("#ps-rename")
+    expect(page.locator("#ps-manage-status")).to_contain_text("Renamed single to solo", timeout=SLOW)
+    expect(page.locator("#ps-profile input")).to_have_value("solo")
+    assert sum(studio.store.counts("solo").values()) == 1  # its judgment went with it

@@ -328,6 +328,9 @@ class HistoryStore:
             stored = self.get_profile(old)
             self.check_name_free(new, keep=stored)
             db.execute("UPDATE profiles SET name = ? WHERE id = ?", (new, stored.id))
+            # Personalized images name the profile they were made for (its past side by sides).
+            db.execute("UPDATE images SET params = json_set(params, '$.personalized_for', ?) "
+                       "WHERE json_extract(params, '$.personalized_for') = ?", (new, stored.name))
         return Profile(stored.id, new, stored.created)
 
     def delete_profile(self, name: str) -> Profile:

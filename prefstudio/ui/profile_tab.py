@@ -104,6 +104,19 @@ class ProfileTab:
                                               placeholder="the name stored in the file")
                 do_import = gr.Button("Import profile")
                 self.import_status = gr.Markdown()
+        gr.Markdown("### Rename or delete this profile")
+        with gr.Row(equal_height=True):
+            self.rename_to = gr.Textbox(label="New name", placeholder="the profile's new name", scale=3,
+                                        elem_id="ps-rename-to")
+            rename = gr.Button("Rename", scale=1, elem_id="ps-rename")
+            delete = gr.Button("🗑 Delete this profile…", variant="stop", scale=1, elem_id="ps-delete")
+        with gr.Group(visible=False, elem_id="ps-delete-confirm-box") as self.confirm_box:
+            self.confirm_text = gr.Markdown()
+            with gr.Row():
+                export_first = gr.Button("Export it first", elem_id="ps-delete-export")
+                confirm = gr.Button("Yes, delete it for good", variant="stop", elem_id="ps-delete-confirm")
+                cancel = gr.Button("Cancel", elem_id="ps-delete-cancel")
+        self.manage_status = gr.Markdown(elem_id="ps-manage-status")
 
         self.profile = profile
         self.history_views = [self.history, self.history_info, self.selected]
@@ -122,6 +135,16 @@ class ProfileTab:
         export.click(user_errors(self.export), profile, self.export_file, api_name="export_profile")
         do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
                         [self.import_status, profile], api_name="import_profile")
+        rename.click(user_errors(self.rename), [profile, self.rename_to], [self.manage_status, profile, self.rename_to],
+                     api_name="rename_profile")
+        # Deleting asks first, and offers an export before anything is lost.
+        delete.click(user_errors(self.ask_delete), profile, [self.confirm_box, self.confirm_text],
+                     api_visibility="private")
+        export_first.click(user_errors(self.export), profile, self.export_file, api_visibility="private")
+        cancel.click(lambda: (gr.Group(visible=False), "Nothing was deleted."), None,
+                     [self.confirm_box, self.manage_status], api_visibility="private")
+        confirm.click(user_errors(self.delete), profile, [self.confirm_box, self.manage_status, profile],
+                      api_name="delete_profile")
 
     # -- fit and summary ----------------------------------------------------------------
     def fit(self, profile, progress=gr.Progress()):
@@ -197,6 +220,33 @@ class ProfileTab:
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stored.name).strip("-") or "profile"
         path = self.ctx.export_path(stored.id, f"{stem}.prefstudio")
         return str(self.ctx.run(self.ctx.studio.export_profile, stored.name, path))
+
+    # -- rename and delete ----------------------------------------------------------------
+    def rename(self, profile, new_name, request: gr.Request):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        old = self.ctx.store.get_profile(profile).name
+        renamed = self.ctx.store.rename_profile(old, (new_name or "").strip())
+        choices = self.ctx.access.profiles.visible(login(request))
+        return f"Renamed **{old}** to **{renamed.name}**.", gr.Dropdown(choices=choices, value=renamed.name), ""
+
+    def ask_delete(self, profile):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        name = self.ctx.store.get_profile(profile).name
+        judged = sum(self.ctx.store.counts(name).values())
+        fitted = " and its fitted taste" if self.ctx.studio.fit_status(name) else ""
+        return gr.Group(visible=True), (
+            f"**Delete {name}?** Its {judged} judgment{'s' if judged != 1 else ''}{fitted} go for good (the images "
+            "stay: other profiles may have judged them). **Export it first** to keep a copy you can import later.")
+
+    def delete(self, profile, request: gr.Request):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        deleted = self.ctx.store.delete_profile(profile)
+        choices = self.ctx.access.profiles.visible(login(request))
+        return (gr.Group(visible=False), f"Deleted **{deleted.name}**.",
+                gr.Dropdown(choices=choices, value=choices[0] if choices else None))
 
     def import_profile(self, file, new_name, request: gr.Request):
         if file is None:
