@@ -252,7 +252,7 @@ class BlindEvaluation:
                 if blind.stop.is_set():
                     index = None  # ended: a pair made but not yet shown is not judged
                 blind.on_screen = index
-                making, error, finished = blind.making, blind.error, blind.finished()
+                making, error, finished = blind.making, blind.error, blind.stop.is_set() or blind.finished()
             if index is not None:
                 pair = blind.pairs[index]
                 judged = len(blind.judged())
