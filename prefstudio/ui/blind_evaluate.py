@@ -145,8 +145,10 @@ class BlindEvaluation:
             self.k = gr.Slider(1, MAX_PROMPTS, value=4, step=1, label="K prompts", elem_id="ps-blind-k")
             self.per_prompt = gr.Slider(1, MAX_SEEDS_PER_PROMPT, value=2, step=1, label="Seeds per prompt",
                                         elem_id="ps-blind-per-prompt")
-            self.iterations = gr.Slider(0, 100, value=DEFAULT_ITERATIONS, step=1, label="Iterations per pair")
-            self.seed = gr.Number(value=None, precision=0, minimum=0, label="First seed (blank: random)")
+            self.iterations = gr.Slider(0, 100, value=DEFAULT_ITERATIONS, step=1, label="Iterations per pair",
+                                        elem_id="ps-blind-iterations")
+            self.seed = gr.Number(value=None, precision=0, minimum=0, label="First seed (blank: random)",
+                                  elem_id="ps-blind-seed")
         self.prompts = gr.Textbox(label="Prompts (optional, one per line)", lines=2, elem_id="ps-blind-prompts",
                                   placeholder="blank: K prompts drawn from the built-in list")
         with gr.Row():
