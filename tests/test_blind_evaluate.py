@@ -19,7 +19,7 @@ PROMPTS = "a dense green forest\nportrait of a cat"
 PICKS = ["/blind_pick_1", "/blind_pick_2", "/blind_tie", "/blind_pick_2"]
 
 
-def start(c, profile, per_prompt=2, seed=11, prompts=PROMPTS):
+def start(c, profile, per_prompt=2, seed="11", prompts=PROMPTS):
     return c.predict(profile, prompts, 2, per_prompt, ITERATIONS, seed, api_name="/blind_start")
 
 
@@ -112,11 +112,15 @@ def test_blind_choices_refused_without_a_pair_or_for_another_profile(app, fitted
     store = demo.prefstudio.store
     c = client(url)
     c.predict(fitted, api_name="/open_profile")
-    with pytest.raises(AppError, match="no blind test is running"):
+    images = len(list(store.images_dir.rglob("*.png")))
+    with pytest.raises(AppError, match="seed must be a whole number, got 'abc'"):
+        start(c, fitted, seed="abc")
+    assert len(list(store.images_dir.rglob("*.png"))) == images  # refused before any work
+    with pytest.raises(AppError, match="no blind test is running"):  # nor was a round started
         c.predict(fitted, api_name="/blind_pick_1")
     c.predict("other blind", api_name="/create_profile")
     before = {p: len(store.judgments(p)) for p in (fitted, "other blind")}
-    outputs = start(c, fitted, per_prompt=1, seed=40, prompts="a red bicycle")
+    outputs = start(c, fitted, per_prompt=1, seed="40", prompts="a red bicycle")
     assert outputs[0] is not None
     with pytest.raises(AppError, match="this blind round is for profile 'fitted'"):
         c.predict("other blind", api_name="/blind_pick_1")

@@ -59,7 +59,7 @@ def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
     page.keyboard.press("Enter")
     page.fill("#ps-blind-iterations input[type=number]", "4")
     page.keyboard.press("Enter")
-    page.fill("#ps-blind-seed input", "21")
+    page.fill("#ps-blind-seed textarea", "21")
     page.click("#ps-blind-start")
 
     status = page.locator("#ps-blind-status")

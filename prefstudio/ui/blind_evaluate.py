@@ -147,8 +147,8 @@ class BlindEvaluation:
                                         elem_id="ps-blind-per-prompt")
             self.iterations = gr.Slider(0, 100, value=DEFAULT_ITERATIONS, step=1, label="Iterations per pair",
                                         elem_id="ps-blind-iterations")
-            self.seed = gr.Number(value=None, precision=0, minimum=0, label="First seed (blank: random)",
-                                  elem_id="ps-blind-seed")
+            # Text, not a number box: a blank number box would send 0, the same images every round.
+            self.seed = gr.Textbox(label="First seed", placeholder="blank: random", elem_id="ps-blind-seed")
         self.prompts = gr.Textbox(label="Prompts (optional, one per line)", lines=2, elem_id="ps-blind-prompts",
                                   placeholder="blank: K prompts drawn from the built-in list")
         with gr.Row():
@@ -183,7 +183,8 @@ class BlindEvaluation:
     def start(self, session: BlindSession, profile, prompts_text, k, per_prompt, iterations, seed):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
-        first_seed = random_seed() if seed is None or seed == "" else validate_seed(seed)
+        seed = str(seed or "").strip()
+        first_seed = validate_seed(seed) if seed else random_seed()
         prompts = choose_prompts(self.all_prompts, prompts_text, k, first_seed)
         plan = plan_round(prompts, per_prompt, first_seed)
         if not 0 <= int(iterations) <= 100:
