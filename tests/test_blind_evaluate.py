@@ -37,7 +37,7 @@ def is_personalized(store, sha: str, profile: str) -> bool:
 
 def assert_reveals_nothing(store, outputs) -> None:
     """Nothing the page got (paths, URLs, names, text, image bytes) tells the sides apart."""
-    left, right, status, result, table = outputs
+    left, right, status, result, table, shown = outputs
     assert status.startswith("Pair ") and "which do you prefer?" in status
     # Everything but the table's fixed column names (its rows are empty until the round ends).
     text = str([left, right, status, result, value(table) and value(table)["data"]]).lower()
@@ -62,13 +62,19 @@ def test_blind_round_stores_each_choice_as_a_pair_and_rates_from_the_choices(app
     outputs = start(c, fitted)
     sides_seen = []
     for turn in range(8):
-        left, right, status, result, table = outputs
+        left, right, status, result, table, number = outputs
         if left is None:
             break
         assert_reveals_nothing(store, outputs)
+        assert number == turn + 1
         shown = (shown_bytes(left), shown_bytes(right))
         api = PICKS[turn % len(PICKS)]
-        outputs = c.predict(fitted, api_name=api)
+        outputs = c.predict(fitted, number, api_name=api)
+        if turn == 0:  # a second press sent before pair 2 arrived is not taken for pair 2
+            judged = len(store.judgments(fitted))
+            with pytest.raises(AppError, match="that choice was made on pair 1, not on the pair now on screen"):
+                c.predict(fitted, number, api_name="/blind_pick_2")
+            assert len(store.judgments(fitted)) == judged
         last = store.judgments(fitted)[-1]
         a, b = last.image_a, last.image_b
         # The same seed: the personalized image names its baseline.
@@ -86,8 +92,8 @@ def test_blind_round_stores_each_choice_as_a_pair_and_rates_from_the_choices(app
     else:
         pytest.fail("the round did not end after its 4 pairs")
 
-    left, right, status, result, table = outputs
-    assert left is None and right is None and status.startswith("Round over")
+    left, right, status, result, table, number = outputs
+    assert left is None and right is None and number == 0 and status.startswith("Round over")
     judged = store.judgments(fitted)[before:]
     assert 1 <= len(judged) == len(sides_seen) <= 4
     outcomes = {}
@@ -117,20 +123,20 @@ def test_blind_choices_refused_without_a_pair_or_for_another_profile(app, fitted
         start(c, fitted, seed="abc")
     assert len(list(store.images_dir.rglob("*.png"))) == images  # refused before any work
     with pytest.raises(AppError, match="no blind test is running"):  # nor was a round started
-        c.predict(fitted, api_name="/blind_pick_1")
+        c.predict(fitted, 1, api_name="/blind_pick_1")
     c.predict("other blind", api_name="/create_profile")
     before = {p: len(store.judgments(p)) for p in (fitted, "other blind")}
     outputs = start(c, fitted, per_prompt=1, seed="40", prompts="a red bicycle")
     assert outputs[0] is not None
     with pytest.raises(AppError, match="this blind round is for profile 'fitted'"):
-        c.predict("other blind", api_name="/blind_pick_1")
+        c.predict("other blind", 1, api_name="/blind_pick_1")
     assert {p: len(store.judgments(p)) for p in before} == before
-    left, right, status, result, table = c.predict(api_name="/blind_stop")  # ended before any choice
+    left, right, status, result, table, number = c.predict(api_name="/blind_stop")  # ended before any choice
     assert left is None and "Round ended early (1 pair not judged)" in status
     assert result == "No choices were made in this round."
     assert {p: len(store.judgments(p)) for p in before} == before
     with pytest.raises(AppError, match="no pair is waiting for your choice"):
-        c.predict(fitted, api_name="/blind_tie")
+        c.predict(fitted, 1, api_name="/blind_tie")
 
 
 def test_blind_round_needs_a_fitted_profile(app):

@@ -168,14 +168,17 @@ class BlindEvaluation:
         self.result = gr.Markdown(elem_id="ps-blind-result")
         self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt, from your choices",
                                   elem_id="ps-blind-table")
-        views = [self.left, self.right, self.status, self.result, self.table]
+        # Which pair is on screen (its number only): a choice names the pair it was made on, so
+        # a second key press that left before the next pair arrived is not taken for that pair.
+        self.shown = gr.Number(value=0, precision=0, visible=False, elem_id="ps-blind-shown")
+        views = [self.left, self.right, self.status, self.result, self.table, self.shown]
         start.click(user_errors(self.start), [self.session, profile, self.prompts, self.k, self.per_prompt,
                                               self.iterations, self.seed], views,
                     api_name="blind_start", concurrency_limit=None)
         for button, side, name in ((pick_left, "left", "blind_pick_1"), (pick_right, "right", "blind_pick_2"),
                                    (tie, "tie", "blind_tie")):
             # The person's click waits (for the next pair) without holding any model work up.
-            button.click(user_errors(self.chooser(side)), [self.session, profile], views,
+            button.click(user_errors(self.chooser(side)), [self.session, profile, self.shown], views,
                          api_name=name, concurrency_limit=None)
         stop.click(self.end, self.session, views, api_name="blind_stop", concurrency_limit=None)
 
@@ -262,12 +265,12 @@ class BlindEvaluation:
                 yield (str(pair.left_file), str(pair.right_file),
                        f"Pair {judged + 1} of {len(blind.plan) - len(blind.unchanged)}: which do you prefer?",
                        "Results appear when the round ends (a running tally would tell you which side "
-                       "you had picked).", None)
+                       "you had picked).", None, index + 1)
                 return
             if finished or error:
                 yield self._final(blind, error)
                 return
-            yield None, None, f"Preparing the next pair: {making}…", gr.skip(), gr.skip()
+            yield None, None, f"Preparing the next pair: {making}…", gr.skip(), gr.skip(), 0
 
     def _final(self, blind: BlindRound, error: str | None = None):
         overall, table = results(blind.pairs)
@@ -286,15 +289,15 @@ class BlindEvaluation:
         left_unjudged = len(blind.plan) - len(judged) - len(blind.unchanged)
         if left_unjudged > 0 and error is None:
             ended = f"Round ended early ({left_unjudged} pair{'s' if left_unjudged != 1 else ''} not judged)."
-        return None, None, ended, summary + unchanged, table
+        return None, None, ended, summary + unchanged, table, 0
 
     def chooser(self, side: str):
-        def choose(session: BlindSession, profile):
-            yield from self.choose(session, profile, side)
+        def choose(session: BlindSession, profile, shown):
+            yield from self.choose(session, profile, shown, side)
         choose.__name__ = f"blind_{side}"
         return choose
 
-    def choose(self, session: BlindSession, profile, side: str):
+    def choose(self, session: BlindSession, profile, shown, side: str):
         blind = session.round
         if blind is None:
             raise InvalidInput("no blind test is running: press Start blind test")
@@ -305,6 +308,9 @@ class BlindEvaluation:
             index = blind.on_screen
             if index is None or blind.pairs[index].choice is not None:
                 raise InvalidInput("no pair is waiting for your choice yet")
+            if shown != index + 1:
+                raise InvalidInput(f"that choice was made on pair {shown}, not on the pair now on screen: "
+                                   "choose again")
             pair = blind.pairs[index]
             if side == "tie":
                 self.ctx.studio.judge(blind.profile, "tie", pair.personalized, pair.baseline)
@@ -323,7 +329,7 @@ class BlindEvaluation:
     def end(self, session: BlindSession):
         blind = session.round
         if blind is None:
-            return None, None, "No blind test is running.", gr.skip(), gr.skip()
+            return None, None, "No blind test is running.", gr.skip(), gr.skip(), 0
         blind.update(blind.stop.set)
         with blind.changed:
             blind.on_screen = None
