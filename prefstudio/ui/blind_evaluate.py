@@ -27,8 +27,8 @@ from prefstudio.errors import InvalidInput, PrefStudioError
 from prefstudio.guidance.noise_optimization import GuidanceProgress
 from prefstudio.store.image_files import thumbnail
 from prefstudio.studio import SideBySide
-from prefstudio.ui.common import VIEW_SIZE, AppContext, random_seed, user_errors
 from prefstudio.taste_summary import read_prompts
+from prefstudio.ui.common import VIEW_SIZE, AppContext, random_seed, user_errors
 from prefstudio.ui.evaluate_tab import MAX_PROMPTS, choose_prompts, rate_interval
 from prefstudio.validation import validate_seed
 
