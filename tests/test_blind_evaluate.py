@@ -139,6 +139,30 @@ def test_blind_choices_refused_without_a_pair_or_for_another_profile(app, fitted
         c.predict(fitted, 1, api_name="/blind_tie")
 
 
+def test_ending_a_round_early_rates_the_choices_made(app, fitted):
+    demo, url = app
+    store = demo.prefstudio.store
+    c = client(url)
+    c.predict(fitted, api_name="/open_profile")
+    before = len(store.judgments(fitted))
+    *_, number = start(c, fitted, per_prompt=3, seed="70", prompts="a red bicycle")
+    assert number == 1
+    *_, number = c.predict(fitted, number, api_name="/blind_pick_2")
+    left, right, status, result, table, number = c.predict(api_name="/blind_stop")
+    assert left is None and right is None and number == 0
+    assert status == "Round ended early (2 pairs not judged)."
+    (only,) = store.judgments(fitted)[before:]
+    win = 1.0 if is_personalized(store, only.image_a, fitted) else 0.0
+    rate, low, high = rate_interval([win])
+    assert f"{rate:.0%} of the time** (95% interval {low:.0%}–{high:.0%}, ties count half) over 1 blind pair:" \
+        in result
+    assert value(table)["data"] == [["a red bicycle", 1, int(win), 0, 1 - int(win), rate,
+                                     pytest.approx(round(low, 3)), pytest.approx(round(high, 3))]]
+    with pytest.raises(AppError, match="no pair is waiting for your choice"):
+        c.predict(fitted, 2, api_name="/blind_pick_1")
+    assert len(store.judgments(fitted)) == before + 1
+
+
 def test_blind_round_needs_a_fitted_profile(app):
     c = client(app[1])
     c.predict("unfitted blind", api_name="/create_profile")

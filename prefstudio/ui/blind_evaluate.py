@@ -64,7 +64,6 @@ class BlindRound:
     iterations: int
     pairs: list[BlindPair] = field(default_factory=list)
     unchanged: list[tuple[str, int]] = field(default_factory=list)  # personalization returned the baseline
-    made: int = 0  # plan entries finished (shown or unchanged)
     on_screen: int | None = None  # index in pairs awaiting the person's choice
     making: str = ""  # what the worker is doing, for the status line
     error: str | None = None
@@ -190,8 +189,8 @@ class BlindEvaluation:
         first_seed = validate_seed(seed) if seed else random_seed()
         prompts = choose_prompts(self.all_prompts, prompts_text, k, first_seed)
         plan = plan_round(prompts, per_prompt, first_seed)
-        if not 0 <= int(iterations) <= 100:
-            raise InvalidInput(f"iterations must lie in [0, 100], got {iterations}")
+        if not isinstance(iterations, (int, float)) or not 0 <= iterations <= 100:
+            raise InvalidInput(f"iterations must be a number in [0, 100], got {iterations!r}")
         self.ctx.run(self.ctx.studio.user_reward, profile)  # says "fit first" before any work is done
         if session.round is not None:
             session.round.stop.set()
@@ -237,18 +236,18 @@ class BlindEvaluation:
         personalized, baseline = side.personalized.record, side.baseline.record
         if personalized.sha256 == baseline.sha256:
             # Nothing to compare: the same picture twice tells the person nothing either way.
-            blind.update(lambda: (blind.unchanged.append((side.prompt, side.seed)),
-                                  setattr(blind, "made", blind.made + 1)))
+            blind.update(lambda: blind.unchanged.append((side.prompt, side.seed)))
             return
         personalized_left = draw_sides()
         first, second = (personalized, baseline) if personalized_left else (baseline, personalized)
         pair = BlindPair(side.prompt, side.seed, personalized.sha256, baseline.sha256, personalized_left,
                          neutral_copy(first.path), neutral_copy(second.path))
-        blind.update(lambda: (blind.pairs.append(pair), setattr(blind, "made", blind.made + 1)))
+        blind.update(lambda: blind.pairs.append(pair))
 
     # -- what the person sees and does ---------------------------------------------------
     def _show_next(self, blind: BlindRound):
         """Yields the page's views until the next pair is on screen, or the round's results."""
+        told = None
         while True:
             with blind.changed:
                 index = blind.next_unjudged()
@@ -270,7 +269,9 @@ class BlindEvaluation:
             if finished or error:
                 yield self._final(blind, error)
                 return
-            yield None, None, f"Preparing the next pair: {making}…", gr.skip(), gr.skip(), 0
+            if making != told:  # each change once, not a message every half second
+                told = making
+                yield None, None, f"Preparing the next pair: {making}…", gr.skip(), gr.skip(), 0
 
     def _final(self, blind: BlindRound, error: str | None = None):
         overall, table = results(blind.pairs)
@@ -283,7 +284,7 @@ class BlindEvaluation:
             rate, low, high = overall
             count = {c: sum(p.choice == c for p in judged) for c in OUTCOME}
             summary = (f"**You preferred the personalized image {rate:.0%} of the time** (95% interval "
-                       f"{low:.0%}–{high:.0%}, ties count half) over {len(judged)} blind pairs: "
+                       f"{low:.0%}–{high:.0%}, ties count half) over {len(judged)} blind pair{'s' if len(judged) != 1 else ''}: "
                        f"personalized {count['personalized']}, tie {count['tie']}, baseline {count['baseline']}.")
         ended = "Round over." if error is None else f"Round ended: {error}."
         left_unjudged = len(blind.plan) - len(judged) - len(blind.unchanged)
