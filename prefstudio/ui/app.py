@@ -20,6 +20,7 @@ import gradio as gr
 from prefstudio.store.profile_access import valid_token
 from prefstudio.studio import Studio
 from prefstudio.ui.access import guard_listeners, login
+from prefstudio.ui.blind_evaluate import BlindEvaluation
 from prefstudio.ui.common import AppContext, user_errors
 from prefstudio.ui.evaluate_tab import EvaluateTab
 from prefstudio.ui.generate_tab import GenerateTab
@@ -39,8 +40,8 @@ SHORTCUTS_JS = """
 () => {
   const keys = {
     "l": ["ps-like"], "d": ["ps-dislike"], "s": ["ps-skip", "ps-pair-skip"],
-    "u": ["ps-undo", "ps-pair-undo"], "t": ["ps-tie"],
-    "1": ["ps-pick-left"], "2": ["ps-pick-right"],
+    "u": ["ps-undo", "ps-pair-undo"], "t": ["ps-tie", "ps-blind-tie"],
+    "1": ["ps-pick-left", "ps-blind-pick-left"], "2": ["ps-pick-right", "ps-blind-pick-right"],
     "arrowleft": ["ps-pick-left", "ps-prev"], "arrowright": ["ps-pick-right", "ps-next"],
   };
   const typing = (el) => el && (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT"
@@ -144,6 +145,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 generate = GenerateTab(ctx, profile)
             with gr.Tab("Evaluate", id="evaluate"):
+                gr.Markdown("### Blind test: you judge")
+                BlindEvaluation(ctx, profile)
+                gr.Markdown("### Optimiser check: your taste model judges")
                 EvaluateTab(ctx, profile)
 
         def create_profile(name, request: gr.Request):

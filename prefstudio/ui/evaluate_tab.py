@@ -1,9 +1,9 @@
-"""Evaluate: over K prompts, how often the personalized image beats the baseline from the
-same seed under the person's own model, and the two score distributions.
+"""Evaluate, the optimiser check: over K prompts, how often the personalized image beats the
+baseline from the same seed under the person's own model, and the two score distributions.
 
 This measures the optimisation against the model it optimises (a sanity check that the
-sliders do what they say), not the person's real satisfaction: that is what judging the
-side by sides in the Generate tab is for.
+sliders do what they say), not the person's real satisfaction: that is what the blind test
+(prefstudio.ui.blind_evaluate), above it in the tab, is for.
 """
 import math
 import random
@@ -29,13 +29,31 @@ class EvaluateSession:
 
 def win_rate(rows: list[tuple]) -> tuple[float, float, float]:
     """Share of prompts where personalized scores higher (a tie counts half), with its 95%
-    Wilson interval (unlike rate ± standard error it stays honest at 0 or K wins of K)."""
-    n = len(rows)
-    rate = sum(1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows) / n
+    Wilson interval."""
+    return rate_interval([1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows])
+
+
+def rate_interval(outcomes: list[float]) -> tuple[float, float, float]:
+    """The mean of win (1), tie (0.5) and loss (0) outcomes with its 95% Wilson interval
+    (unlike rate ± standard error it stays honest at 0 or K wins of K)."""
+    n = len(outcomes)
+    if n == 0:
+        raise InvalidInput("no outcomes to compute a win rate from")
+    rate = sum(outcomes) / n
     z = 1.96
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return rate, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def choose_prompts(pool: list[str], text: str, k: int, seed: int) -> list[str]:
+    """The prompts typed (one per line), or K drawn from `pool` by the seed."""
+    typed = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if typed:
+        if len(typed) > MAX_PROMPTS:
+            raise InvalidInput(f"{len(typed)} prompts given; the limit is {MAX_PROMPTS}")
+        return [validate_prompt(p) for p in typed]
+    return random.Random(seed).sample(pool, min(int(k), len(pool)))
 
 
 def distribution_plot(rows: list[tuple]):
@@ -63,9 +81,10 @@ class EvaluateTab:
         self.ctx = ctx
         self.all_prompts = read_prompts()
         self.session = gr.State(EvaluateSession())
-        gr.Markdown("For K prompts: the baseline and the personalized image from the same seed, both scored "
-                    "by **your** taste model (at the weights of the Generate tab's defaults). The win rate is "
-                    "how often personalization raised that score.")
+        gr.Markdown("A check of the optimiser against **your taste model**, not of your taste: for K prompts, "
+                    "the baseline and the personalized image from the same seed, both scored by your model (at "
+                    "the weights of the Generate tab's defaults). The win rate is how often personalization "
+                    "raised that score. The blind test above is the one you judge.")
         with gr.Row():
             self.k = gr.Slider(1, MAX_PROMPTS, value=4, step=1, label="K prompts")
             self.iterations = gr.Slider(0, 100, value=15, step=1, label="Iterations per prompt")
@@ -83,12 +102,7 @@ class EvaluateTab:
         stop.click(self.stop, self.session, self.result, api_name="stop_evaluation", concurrency_limit=None)
 
     def choose_prompts(self, text: str, k: int, seed: int) -> list[str]:
-        typed = [line.strip() for line in (text or "").splitlines() if line.strip()]
-        if typed:
-            if len(typed) > MAX_PROMPTS:
-                raise InvalidInput(f"{len(typed)} prompts given; the limit is {MAX_PROMPTS}")
-            return [validate_prompt(p) for p in typed]
-        return random.Random(seed).sample(self.all_prompts, min(int(k), len(self.all_prompts)))
+        return choose_prompts(self.all_prompts, text, k, seed)
 
     def evaluate(self, session: EvaluateSession, profile, prompts_text, k, iterations, seed):
         if not profile:

@@ -1,0 +1,91 @@
+"""A person runs a blind round in Chromium: two prompts, picks with the keys 1 and 2, and sees
+the win rate that their own choices make. The page never shows which side is personalized."""
+import re
+import shutil
+import socket
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from prefstudio.studio import Studio
+from prefstudio.ui.app import build_app, launch
+from tests.test_browser import CHROMIUM_FLAGS, SLOW
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    studio = Studio(tmp_path_factory.mktemp("blind-data"))
+    studio.store.create_profile("ann")
+    images = studio.generate_candidates("a quiet landscape", seeds=list(range(8)))
+    for i, image in enumerate(images):
+        studio.judge("ann", "like" if i % 2 else "dislike", image.sha256)
+    studio.fit("ann")
+    demo = build_app(studio)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    yield studio, f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium fonts-noto-color-emoji")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        browser.close()
+
+
+def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
+    studio, url = server
+    store = studio.store
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name="ann", exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
+    before = len(store.judgments("ann"))
+
+    page.get_by_role("tab", name="Evaluate").click()
+    page.fill("#ps-blind-prompts textarea", "a red bicycle\na mountain lake at dawn")
+    page.fill("#ps-blind-per-prompt input[type=number]", "1")
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-iterations input[type=number]", "4")
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-seed textarea", "21")
+    page.click("#ps-blind-start")
+
+    status = page.locator("#ps-blind-status")
+    shas = {png.stem for png in store.images_dir.rglob("*.png")}
+    for turn, key in enumerate(("1", "2")):
+        expect(status).to_contain_text(f"Pair {turn + 1} of 2: which do you prefer?", timeout=SLOW)
+        expect(page.locator("#ps-blind-left img")).to_be_visible()
+        expect(page.locator("#ps-blind-right img")).to_be_visible()
+        # Nothing on the page tells the sides apart: no words, no image ids in the served URLs.
+        shown = page.locator("#ps-blind-left, #ps-blind-right").all_inner_texts()
+        assert not any(re.search("personali[sz]ed|baseline", t, re.I) for t in shown)
+        sources = [page.locator(f"#ps-blind-{side} img").get_attribute("src") for side in ("left", "right")]
+        shas |= {png.stem for png in store.images_dir.rglob("*.png")}
+        assert all(sha[:12] not in src for src in sources for sha in shas)
+        assert "personaliz" not in " ".join(sources) and "baseline" not in " ".join(sources)
+        page.locator("#ps-blind-status").click()  # keys go to the page, not a text box
+        page.keyboard.press(key)
+
+    result = page.locator("#ps-blind-result")
+    expect(result).to_contain_text("You preferred the personalized image", timeout=SLOW)
+    judged = store.judgments("ann")[before:]
+    assert [j.kind for j in judged] == ["pair", "pair"]
+    wins = sum(store.image_record(j.image_a).params.get("personalized_for") == "ann" for j in judged)
+    expect(result).to_contain_text(f"{wins / 2:.0%} of the time")
+    expect(result).to_contain_text("over 2 blind pairs")
+    table = page.locator("#ps-blind-table")
+    expect(table).to_contain_text("a red bicycle")
+    expect(table).to_contain_text("a mountain lake at dawn")
+    expect(status).to_contain_text("Round over")
