@@ -298,11 +298,13 @@ class Studio:
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
                     weights: dict[str, float] | None = None, iterations: int = 30,
                     method: str = "guidance", candidates: int = 8, strength: float = DEFAULT_STRENGTH,
-                    stop: threading.Event | None = None) -> Iterator[GuidanceProgress | SideBySide]:
+                    stop: threading.Event | None = None, blind: bool = False
+                    ) -> Iterator[GuidanceProgress | SideBySide]:
         """Baseline (same seed, no personalization) and personalized, side by side.
 
         `strength` in [0, 1] bounds how far guidance may move the seed's noise (0: the
-        baseline itself). Yields GuidanceProgress per iteration (method "guidance"), then
+        baseline itself). `blind` marks a blind test's images, which the lists of past side by
+        sides leave out (they would tell which side was which). Yields GuidanceProgress per iteration (method "guidance"), then
         one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
@@ -351,6 +353,7 @@ class Studio:
         params = self.generator.params() | {
             "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
+            "blind": blind,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
             "trace": [[p.iteration, round(p.total, 4), _rounded(p.normalised)] for p in result.trace],

@@ -188,3 +188,19 @@ def test_sides_are_drawn_at_random_and_the_plan_cycles_the_prompts():
     draws = [draw_sides() for _ in range(200)]
     assert 40 < sum(draws) < 160
     assert plan_round(["a", "b"], 2, 2**32 - 1) == [("a", 2**32 - 1), ("b", 0), ("a", 1), ("b", 2)]
+
+
+def test_blind_images_are_not_listed_as_past_side_by_sides(tmp_path):
+    """The Generate tab's past side by sides label each side: a blind round's must not be there."""
+    from prefstudio.studio import Studio
+
+    studio = Studio(tmp_path, preference_model="user-embedding")
+    studio.store.create_profile("bo")
+    images = studio.generate_candidates("a fox", seeds=[1, 2, 3, 4])
+    for i, image in enumerate(images):
+        studio.judge("bo", "like" if i % 2 else "dislike", image.sha256)
+    studio.fit("bo")
+    studio.personalize_once("bo", "a fox in the snow", seed=5, iterations=2, blind=True)
+    assert studio.store.personalized_images("bo") == []
+    shown = studio.personalize_once("bo", "a fox in the snow", seed=6, iterations=2)
+    assert [r.sha256 for r in studio.store.personalized_images("bo")] == [shown.personalized.record.sha256]

@@ -392,10 +392,12 @@ class HistoryStore:
         return self._add(load_untrusted_image(source), prompt, None, IMPORTED, {})
 
     def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
-        """The profile's personalized images, newest first (each names its baseline in params)."""
+        """The profile's personalized images, newest first (each names its baseline in params);
+        a blind test's are left out."""
         name = self.get_profile(profile).name
         rows = self._query("SELECT sha256 FROM images WHERE json_extract(params, '$.personalized_for') = ? "
-                           "ORDER BY created DESC LIMIT ?", (name, int(limit)))
+                           "AND NOT coalesce(json_extract(params, '$.blind'), 0) ORDER BY created DESC LIMIT ?",
+                           (name, int(limit)))
         return [self.image_record(sha) for (sha,) in rows]
 
     def image_record(self, sha256: str) -> ImageRecord:

@@ -212,7 +212,7 @@ class BlindEvaluation:
                 blind.update(lambda: setattr(blind, "making", f"making pair {i + 1} of {len(blind.plan)}"))
                 side = None
                 for item in self.ctx.steps(studio.personalize(blind.profile, prompt, seed, None,
-                                                              blind.iterations, stop=blind.stop)):
+                                                              blind.iterations, stop=blind.stop, blind=True)):
                     if isinstance(item, GuidanceProgress):
                         blind.update(lambda: setattr(
                             blind, "making", f"making pair {i + 1} of {len(blind.plan)} "
