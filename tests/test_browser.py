@@ -115,6 +115,7 @@ def test_label_fit_generate_in_the_browser(server, page):
     page.fill("#ps-gen-prompt textarea", "a bouquet of pink flowers")
     page.get_by_label("Fixed seed").check()
     page.fill("#ps-seed input", "12")
+    page.click("#ps-advanced")  # iterations and weights sit under Advanced
     page.fill("#ps-iterations input[type=number]", "4")
     page.keyboard.press("Enter")
     page.click("#ps-personalize")
@@ -123,7 +124,7 @@ def test_label_fit_generate_in_the_browser(server, page):
         image = page.locator(f"{side} img")
         expect(image).to_be_visible()
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
-    expect(page.locator("body")).to_contain_text("weighted total")
+    expect(page.locator("body")).to_contain_text("Your taste (user model)")
     page.get_by_role("button", name="Personalized is better ▶").click()
     expect(page.get_by_text("Recorded personalized ≻ the other")).to_be_visible()
     assert store.counts("me")["pair"] == 3

@@ -5,6 +5,7 @@ does, a result that did not improve is not called personalized, and the small th
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -17,6 +18,7 @@ from prefstudio.ui.app import build_app, launch
 from tests.test_browser import CHROMIUM_FLAGS, SLOW
 
 pytestmark = pytest.mark.browser
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,8 @@ def test_every_panel_shows_the_chosen_profile(server, page):
     expect(page.locator("#ps-taste-text")).to_have_text(taste_summary(studio, "alice").text(), timeout=SLOW)
     expect(page.locator("#ps-fit-status")).to_contain_text("on 36 pairs")
     expect(page.locator("#ps-export-file")).not_to_contain_text("prefstudio")  # not the other's file
+    expect(page.locator("#ps-most button.thumbnail-item")).to_have_count(4, timeout=SLOW)
+    page.screenshot(path=DOCS_IMAGES / "profile_tab.png", full_page=True)  # the one in docs/studio.md
     choose(page, "single")
     expect(page.locator("#ps-taste-text")).to_have_text("No fitted taste to summarise yet.", timeout=SLOW)
     expect(page.locator("#ps-fit-status")).to_contain_text("Not fitted yet")
@@ -123,6 +127,8 @@ def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, 
     expect(progress).to_contain_text(re.compile("Done: 24 iterations|“a lighthouse at dusk”.* 24 iterations"),
                                      timeout=SLOW)
     assert len(studio.store.personalized_images("alice")) == before + 1
+    expect(page.locator("#ps-personalized img")).to_be_visible(timeout=SLOW)
+    page.screenshot(path=DOCS_IMAGES / "generate_tab.png", full_page=True)  # the one in docs/studio.md
     axis = page.locator("#ps-trace [aria-roledescription=axis]").first
     expect(axis).to_have_attribute("aria-label", re.compile(r"iteration.*\b24\b"), timeout=SLOW)
     assert not re.search(r"\d\.\d", axis.get_attribute("aria-label"))  # whole iterations only

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from prefstudio import validation
+from prefstudio.provenance import PARAMETERS_KEY, a1111_parameters
 from prefstudio.errors import InvalidInput, echo
 
 READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -208,7 +209,9 @@ def store_png_bytes(png: bytes, images_dir: Path) -> tuple[str, Path]:
 
 def encode_png(image: Image.Image, metadata: dict) -> bytes:
     """PNG bytes with `metadata` as one JSON iTXt chunk, plus plain `prompt`/`seed` chunks
-    that other tools (image viewers, exiftool) show."""
+    and an AUTOMATIC1111-style `parameters` chunk that other tools (image viewers, exiftool,
+    Stable Diffusion UIs) show: every stored image, and so every exported one, says how it
+    was made."""
     try:
         text = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -218,6 +221,14 @@ def encode_png(image: Image.Image, metadata: dict) -> bytes:
     for key in ("prompt", "seed", "generator"):
         if metadata.get(key) is not None:
             info.add_text(key, str(metadata[key]))  # falls back to iTXt for non-Latin-1
+    if metadata.get("prompt") is not None:
+        params = metadata.get("params") or {}
+        fit = params.get("fit") if isinstance(params.get("fit"), dict) else {}
+        described = {"prompt": metadata["prompt"], "seed": metadata.get("seed"),
+                      "generator": metadata.get("generator", ""), "params": params,
+                      "weights": params.get("weights"),
+                      "fit": {"profile": params.get("personalized_for"), **fit} if params.get("personalized_for") else None}
+        info.add_text(PARAMETERS_KEY, a1111_parameters(described, image.size))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

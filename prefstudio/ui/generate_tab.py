@@ -35,6 +35,7 @@ TOTAL = "objective"
 PAST = 12  # past side by sides listed
 PAST_COLUMNS = 6
 PERSONALIZED = "Personalized (live preview while optimising)"
+DONE = "Personalized (same seed, optimised for your taste)"
 
 
 class GenerateSession:
@@ -117,12 +118,12 @@ class GenerateTab:
                                  y_title="normalised score", height=260, elem_id="ps-trace")
         gr.Markdown("### Your past side by sides\nSelect one to show it again, judge it, or reuse its prompt, "
                     "seed and weights.")
-        self.past = gr.Gallery(columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
+        self.past = gr.Gallery(label="Past side by sides (baseline | personalized), newest first", columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
                                object_fit="contain", elem_id="ps-past")
         with gr.Row(equal_height=True):
             reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
-                              height=90, elem_id="ps-reuse-png")
+                              height=130, elem_id="ps-reuse-png")
 
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
                       self.personalized_scores, self.trace, self.past]
@@ -260,7 +261,7 @@ class GenerateTab:
                 self._trace(trace, params.get("iterations", 1), ran), self._past_gallery(session, profile))
 
     def _result_image(self, record: ImageRecord, improved: bool):
-        label = PERSONALIZED if improved else "Not personalized: no improvement on the baseline (best iterate shown)"
+        label = DONE if improved else "Not personalized: no improvement on the baseline (best iterate shown)"
         return gr.Image(self._provenance_png(record, "personalized"), label=label)
 
     def _provenance_png(self, record: ImageRecord, role: str) -> str:
