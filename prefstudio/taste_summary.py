@@ -34,6 +34,15 @@ _LEANINGS = {
     "density": ("busy, detailed images", "calm, simple images"),
     "saturation": ("saturated colours", "desaturated colours"),
     "colour": ("colour over black-and-white", "black-and-white over colour"),
+    "green": ("greens", "reds and purples"),
+    "tone": ("pale, light drawings", "dark, heavy drawings"),
+    "ink_contrast": ("strong contrast within the drawing", "even tones within the drawing"),
+    "fine_detail": ("fine texture", "smooth surfaces"),
+    "fill": ("a full frame", "empty space around the subject"),
+    "spread": ("spread-out compositions", "compact compositions"),
+    "offcentre": ("off-centre compositions", "centred compositions"),
+    "symmetry": ("symmetric compositions", "asymmetric compositions"),
+    "top_heavy": ("weight at the top", "weight at the bottom"),
 }
 
 _pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -73,11 +73,17 @@ def cache_text_features(cache: Path, drawings: list[Drawing], encoder: TextEncod
     return path
 
 
+def _same_attributes(path: Path) -> bool:
+    """The cached attributes are today's list (widening the simulated tastes adds some)."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("attributes", "[]")) == list(ATTRIBUTES)
+
+
 def cache_attributes(cache: Path, drawings: list[Drawing]) -> dict[str, torch.Tensor]:
     """`image_attributes` of every image, for the labeller (derived from pixels alone)."""
     path = Path(cache) / "labeller" / "attributes.safetensors"
     digest = pool_digest(cache)
-    if not _fresh(path, digest):
+    if not _fresh(path, digest) or not _same_attributes(path):
         chunks = {name: [] for name in ATTRIBUTES}
         with torch.no_grad():
             for images in _batches(cache, drawings):
@@ -85,6 +91,6 @@ def cache_attributes(cache: Path, drawings: list[Drawing]) -> dict[str, torch.Te
                     chunks[name].append(values)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: torch.cat(v).contiguous() for k, v in chunks.items()}, str(path),
-                  metadata={"images_sha256": digest})
+                  metadata={"images_sha256": digest, "attributes": json.dumps(ATTRIBUTES)})
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}

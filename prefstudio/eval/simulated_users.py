@@ -1,8 +1,13 @@
 """Simulated people with a hidden taste, for tests and the benchmark (002 §5.1 style).
 
-A simulated user's utility is a weighted sum of interpretable image attributes
-(warmth, brightness, colourfulness, contrast, line density, saturation, colour vs
-black-and-white) plus affinities for content categories. They label pairs by a
+A simulated user's utility is a weighted sum of interpretable image attributes plus
+affinities for content categories. The attributes cover the taste families people have
+(`FAMILIES`): colour (warmth, colourfulness, saturation, colour vs black-and-white, green
+vs magenta), light (overall brightness, the drawing's own tone), contrast (global and
+within the drawing), detail (edge density, fine texture), composition (how much of the
+canvas is filled, mass spread out or compact, off-centre mass, left-right symmetry,
+top-heavy vs bottom-heavy) and subject (the category affinities). Every attribute is
+computed from pixels and differentiable. They label pairs by a
 Bradley–Terry draw: P(a ≻ b) = σ((u(a) − u(b)) / temperature), and pick one image
 out of several by the Plackett–Luce first choice, softmax(u / temperature), which is
 the same model for two images. Only the labeller and the judge may call `utility`
@@ -11,24 +16,45 @@ nothing else.
 
 Populations (`sample_population`) share tastes the way people do: every user's taste
 is a common taste + the taste of one of a few archetypes + a personal deviation, with
-fixed shares of variance. That shared part is what knowledge across users (a bank of
-known users, preference tokens) can exploit; the personal part only the user's own
-history reveals.
+fixed shares of variance. Each of the three parts puts its weight on the families by a
+Dirichlet draw (`TasteMix.family_concentration`; every family has the same expected
+share), so some people care mostly about one family and others about a mixture. That
+shared part is what knowledge across users (a bank of known users, preference tokens)
+can exploit; the personal part only the user's own history reveals.
 """
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+# Taste families and the pixel attributes each one is about; "subject" is the category affinities.
+FAMILIES = {
+    "colour": ("warmth", "colourfulness", "saturation", "colour", "green"),
+    "light": ("brightness", "tone"),
+    "contrast": ("contrast", "ink_contrast"),
+    "detail": ("density", "fine_detail"),
+    "composition": ("fill", "spread", "offcentre", "symmetry", "top_heavy"),
+    "subject": (),
+}
 ATTRIBUTES = ("warmth", "brightness", "colourfulness", "contrast", "density", "saturation",
-              "colour")
+              "colour", "green", "tone", "ink_contrast", "fine_detail", "fill", "spread", "offcentre",
+              "symmetry", "top_heavy")
 
-# Rough spread of each attribute over natural and generated images, so that a
-# weight of 1 means "one typical spread" for every attribute.
+# Rough centre and spread of each attribute over clip art and generated images, so that a
+# weight of 1 means "one typical spread" for every attribute (the benchmark rescales by
+# the spread of its own pool).
 _CENTER = {"warmth": 0.0, "brightness": 0.5, "colourfulness": 0.25, "contrast": 0.2,
-           "density": 0.08, "saturation": 0.35, "colour": 0.5}
+           "density": 0.08, "saturation": 0.35, "colour": 0.5, "green": 0.0, "tone": 0.45,
+           "ink_contrast": 0.2, "fine_detail": 0.03, "fill": 0.4, "spread": 0.3, "offcentre": 0.05,
+           "symmetry": 0.75, "top_heavy": 0.0}
 _SPREAD = {"warmth": 0.15, "brightness": 0.15, "colourfulness": 0.15, "contrast": 0.08,
-           "density": 0.05, "saturation": 0.2, "colour": 0.35}
+           "density": 0.05, "saturation": 0.2, "colour": 0.35, "green": 0.1, "tone": 0.15,
+           "ink_contrast": 0.08, "fine_detail": 0.02, "fill": 0.2, "spread": 0.05, "offcentre": 0.04,
+           "symmetry": 0.12, "top_heavy": 0.04}
+
+
+def _ink_weighted(values: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
+    return (values * ink).sum(1) / (ink.sum(1) + 1e-3)
 
 
 def image_attributes(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,11 +70,26 @@ def image_attributes(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     saturation = ((maxc - minc) / (maxc + 1e-3)).flatten(1).mean(1)
     dx = (luminance[:, :, 1:] - luminance[:, :, :-1]).abs().flatten(1).mean(1)
     dy = (luminance[:, 1:, :] - luminance[:, :-1, :]).abs().flatten(1).mean(1)
-    # Colour vs black-and-white: the share of the drawn (non-white) area that has a
-    # visible hue. Weighting by "ink" keeps a white background from counting as grey.
-    ink = (1.0 - minc).flatten(1)
+    # "Ink": how far a pixel is from blank white. Weighting by it keeps a white background
+    # from counting as grey, as dark, or as mass.
+    ink_map = 1.0 - minc
+    ink = ink_map.flatten(1)
     chromatic = torch.sigmoid(((maxc - minc) - 0.12) / 0.03).flatten(1)
     colour = (ink * chromatic).sum(1) / (ink.sum(1) + 1e-3)
+    # Fine texture: what a 3×3 box blur removes (edges at the finest scale only).
+    blurred = torch.nn.functional.avg_pool2d(luminance[:, None], 3, stride=1, padding=1,
+                                             count_include_pad=False)[:, 0]
+    fine = (luminance - blurred).abs().flatten(1).mean(1)
+    # Composition: the ink's centre of mass and its spread, in units of the image side.
+    h, w = luminance.shape[-2:]
+    ys = (torch.arange(h, dtype=pixels.dtype) + 0.5) / h - 0.5
+    xs = (torch.arange(w, dtype=pixels.dtype) + 0.5) / w - 0.5
+    mass = ink_map / (ink_map.sum((1, 2), keepdim=True) + 1e-3)
+    cy, cx = (mass.sum(2) * ys).sum(1), (mass.sum(1) * xs).sum(1)
+    spread = ((mass * ((ys[:, None] - cy[:, None, None]) ** 2 + (xs[None, :] - cx[:, None, None]) ** 2))
+              .sum((1, 2)) + 1e-6).sqrt()
+    mirrored = ink_map.flip(-1)
+    symmetry = 1.0 - (ink_map - mirrored).abs().sum((1, 2)) / ((ink_map + mirrored).sum((1, 2)) + 1e-3)
     raw = {
         "warmth": (r - b).flatten(1).mean(1),
         "brightness": luminance.flatten(1).mean(1),
@@ -57,6 +98,16 @@ def image_attributes(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         "density": dx + dy,
         "saturation": saturation,
         "colour": colour,
+        "green": _ink_weighted((g - 0.5 * (r + b)).flatten(1), ink),
+        "tone": _ink_weighted(luminance.flatten(1), ink),
+        "ink_contrast": (_ink_weighted(luminance.flatten(1) ** 2, ink)
+                         - _ink_weighted(luminance.flatten(1), ink) ** 2).clamp_min(0.0).add(1e-6).sqrt(),
+        "fine_detail": fine,
+        "fill": ink.mean(1),
+        "spread": spread,
+        "offcentre": (cy**2 + cx**2 + 1e-6).sqrt(),
+        "symmetry": symmetry,
+        "top_heavy": -cy,
     }
     return {k: (v - _CENTER[k]) / _SPREAD[k] for k, v in raw.items()}
 
@@ -139,6 +190,9 @@ class TasteMix:
     archetype_share: float = 0.55  # taste shared within a cluster of users
     # the personal deviation takes the rest (0.30 by default)
     category_scale: float = 1.0  # spread of category affinities relative to one attribute's
+    # Dirichlet concentration of a taste's weight over FAMILIES: below 1, most tastes lean on
+    # one or two families; every family has the same expected share.
+    family_concentration: float = 0.5
 
     @property
     def personal_share(self) -> float:
@@ -151,17 +205,50 @@ class Population:
     archetype: dict[str, int]  # user id -> archetype index (hidden, for analysis only)
 
 
+def _family_emphasis(rng: torch.Generator, concentration: float, lead: str | None = None) -> dict[str, float]:
+    """Shares of a taste's variance per family: a symmetric Dirichlet draw (normalised
+    Gamma(α) draws; Gamma(α) by Marsaglia–Tsang with the boost for α < 1), times the number
+    of families so that an even mix gives every family a share of 1. With `lead`, the largest
+    share goes to that family (the draw's shares are only permuted)."""
+    d = concentration + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    draws = []
+    for _ in FAMILIES:
+        while True:
+            x = float(torch.randn((), generator=rng, dtype=torch.float64))
+            v = (1.0 + c * x) ** 3
+            u = float(torch.rand((), generator=rng, dtype=torch.float64))
+            if v > 0 and math.log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * math.log(v):
+                break
+        boost = float(torch.rand((), generator=rng, dtype=torch.float64)) ** (1.0 / concentration)
+        draws.append(d * v * max(boost, 1e-12))
+    if lead is not None:
+        top, at = max(draws), list(FAMILIES).index(lead)
+        i = draws.index(top)
+        draws[i], draws[at] = draws[at], top
+    total = sum(draws)
+    return {family: len(FAMILIES) * g / total for family, g in zip(FAMILIES, draws)}
+
+
 def _random_taste(rng: torch.Generator, categories: list[str], groups: dict[str, str],
-                  mix: TasteMix) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense attribute weights ~ N(0, 1) and category affinities: a group-level effect
-    plus a smaller per-category one, so related categories (same top-level folder) are liked alike."""
-    weights = torch.randn(len(ATTRIBUTES), generator=rng, dtype=torch.float64)
+                  mix: TasteMix, lead: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attribute weights and category affinities of one taste. Each family gets a share of
+    the variance (`_family_emphasis`), split evenly over its attributes; within it, weights
+    are N(0, share). Category affinities: a group-level effect plus a smaller per-category
+    one, so related categories (same top-level folder) are liked alike."""
+    emphasis = _family_emphasis(rng, mix.family_concentration, lead)
+    scale = torch.ones(len(ATTRIBUTES), dtype=torch.float64)
+    for family, members in FAMILIES.items():
+        for name in members:
+            scale[ATTRIBUTES.index(name)] = math.sqrt(emphasis[family] / len(members))
+    weights = torch.randn(len(ATTRIBUTES), generator=rng, dtype=torch.float64) * scale
     group_names = sorted(set(groups.values()))
     group_effect = dict(zip(group_names, torch.randn(len(group_names), generator=rng,
                                                      dtype=torch.float64).tolist()))
     own = torch.randn(len(categories), generator=rng, dtype=torch.float64)
     affinity = torch.tensor([group_effect[groups[c]] for c in categories], dtype=torch.float64)
-    affinity = mix.category_scale * (affinity + 0.7 * own) / math.sqrt(1 + 0.7**2)
+    affinity = (mix.category_scale * math.sqrt(emphasis["subject"])
+                * (affinity + 0.7 * own) / math.sqrt(1 + 0.7**2))
     return weights, affinity
 
 
@@ -182,7 +269,11 @@ def sample_population(user_ids: list[str], seed: int, categories: list[str],
     spread = attribute_spread or {}
     rng = torch.Generator().manual_seed(seed)
     common = _random_taste(rng, categories, groups, mix)
-    archetypes = [_random_taste(rng, categories, groups, mix) for _ in range(mix.n_archetypes)]
+    # The first archetypes are led by one family each, in an order drawn from the seed, so
+    # every family has people who care mostly about it; the rest lean wherever they fall.
+    order = [list(FAMILIES)[i] for i in torch.randperm(len(FAMILIES), generator=rng).tolist()]
+    archetypes = [_random_taste(rng, categories, groups, mix, order[k] if k < len(order) else None)
+                  for k in range(mix.n_archetypes)]
     a, c, p = math.sqrt(mix.archetype_share), math.sqrt(mix.common_share), math.sqrt(mix.personal_share)
     users, membership = [], {}
     for user_id in user_ids:
