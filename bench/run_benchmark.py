@@ -52,13 +52,14 @@ class RunConfig:
     speed_repeats: int
     speed_guidance_iterations: int
     token_steps: tuple[int, int]  # preference-token model: stage-1 and stage-2 steps
+    token_n_ref: int  # ... and the history length it trains on
 
 
 FULL = RunConfig(
-    name="full", per_subject=60, categories=None, pairs=PairConfig(), n_refs=(1, 2, 4, 8),
+    name="full", per_subject=60, categories=None, pairs=PairConfig(), n_refs=(1, 2, 4, 8, 16, 32),
     generation_users=8, generation_prompts=3, guidance_iterations=30,
     speed_histories=(8, 32, 128, 512, 1000), speed_pools=(100, 1000, 10000), speed_repeats=5,
-    speed_guidance_iterations=10, token_steps=(3000, 1500),
+    speed_guidance_iterations=10, token_steps=(3000, 1500), token_n_ref=8,
 )
 TINY = RunConfig(
     name="tiny", per_subject=10, categories=("animals", "food"),
@@ -66,7 +67,7 @@ TINY = RunConfig(
                      n_ref=2, n_1v1=2, n_1v3=1, mix=TasteMix(n_archetypes=2)),
     n_refs=(1, 2), generation_users=1, generation_prompts=1, guidance_iterations=3,
     speed_histories=(8, 32), speed_pools=(100, 1000), speed_repeats=2, speed_guidance_iterations=2,
-    token_steps=(20, 10),
+    token_steps=(20, 10), token_n_ref=2,
 )
 
 
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
             text_features, text_rows = load_text_features(cache, text_encoder.name)
             prompts = evaluate.PromptFeatures(text_features, text_rows)
             methods = all_methods(image_encoder.name, text_encoder.name, args.seed, config.token_steps,
-                                  config.pairs.n_ref)
+                                  config.token_n_ref)
             runs = evaluate.run_methods(methods, train_users, val, test, list(config.n_refs), prompts, log)
 
         # Judged against the labels and the oracle; no method involved.

@@ -303,4 +303,80 @@ def all_methods(encoder_name: str, text_encoder_name: str, seed: int,
         UserEmbedding(encoder_name, contrastive=True, with_bank=True, seed=seed),
         PreferenceTokens(tokens, with_tokens=False),
         PreferenceTokens(tokens, with_tokens=True),
+        *studio_methods(encoder_name, text_encoder_name),
     ]
+
+
+class _CachedPrompts:
+    """A text encoder that returns features the benchmark cached with the same encoder: the
+    harness hands methods prompt features, the studio's models take prompt strings, so each
+    feature row is registered under a key string and looked up again. Carries the encoder's
+    name so the models' checks see the encoder that made the features."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rows: list[torch.Tensor] = []
+
+    def register(self, features: torch.Tensor | None, n: int) -> list[str]:
+        if features is None:
+            return [""] * n
+        start = len(self.rows)
+        self.rows += list(features.float())
+        return [str(i) for i in range(start, start + n)]
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return torch.stack([self.rows[int(p)] for p in prompts])
+
+    def clear(self) -> None:
+        self.rows = []
+
+
+class StudioModel(Method):
+    """One of the preference models the studio serves (`prefstudio.preference.models`), run
+    through the interface exactly as the studio runs it: `PreferenceModel.fit(JudgedPairs)`
+    on the person's history, then `Taste.log_odds(features, taste.prompt_context(prompts))`.
+    Nothing is trained here: the shipped checkpoints serve (the user bank
+    `checkpoints/user_bank_embedded.safetensors`, the lite token checkpoint
+    `checkpoints/preference_tokens_lite`, and auto's combination of the two)."""
+
+    def __init__(self, model_name: str, encoder_name: str, text_encoder_name: str, bank_path=None):
+        from pathlib import Path
+
+        from prefstudio.preference.models import build_preference_model
+        from prefstudio.preference.user_embedding import UserBank
+
+        repo = Path(__file__).resolve().parents[2]
+        bank_path = bank_path or repo / "checkpoints" / "user_bank_embedded.safetensors"
+        self.prompts = _CachedPrompts(text_encoder_name)
+        self.model = build_preference_model(model_name, encoder_name, self.prompts, UserBank.load(bank_path))
+        self.name = f"studio: {model_name}"
+        self.description = f"the studio's '{model_name}' model through PreferenceModel.fit / Taste.log_odds"
+
+    def fit_user(self, history: History) -> Scorer:
+        from prefstudio.preference.model import JudgedPairs
+
+        self.prompts.clear()
+        n = history.liked.shape[0]
+        ids = [(f"liked{i}", f"disliked{i}") for i in range(n)]
+        rows = {image: history.liked[i] if image.startswith("liked") else history.disliked[i]
+                for i, pair in enumerate(ids) for image in pair}
+        keys = self.prompts.register(history.prompts, n)
+        prompt_of = {image: keys[i] for i, pair in enumerate(ids) for image in pair}
+        judged = JudgedPairs(ids, lambda images: torch.stack([rows[s] for s in images]).float(),
+                             lambda images: [prompt_of[s] for s in images])
+        taste, self.last_outcome = self.model.fit(judged)
+        self.last_taste = taste
+
+        def score(features, prompts=None):
+            context = taste.prompt_context(self.prompts.register(prompts, features.shape[0]))
+            with torch.no_grad():
+                return taste.log_odds(features.float(), context).double()
+
+        return score
+
+
+STUDIO_MODELS = ("user-embedding", "preference-tokens", "auto")
+
+
+def studio_methods(encoder_name: str, text_encoder_name: str) -> list[Method]:
+    return [StudioModel(name, encoder_name, text_encoder_name) for name in STUDIO_MODELS]

@@ -39,7 +39,7 @@ class PairConfig:
     # tenths of a point stand out of the test users' sampling noise (40/80 gave ~1.9 points).
     n_seen: int = 200
     n_unseen: int = 400
-    n_ref: int = 8
+    n_ref: int = 32  # reference lines per evaluated user: N_ref up to 32
     n_1v1: int = 24
     n_1v3: int = 12
     ceiling: float = 0.85

@@ -2,11 +2,12 @@
 
     python -m prefstudio.train.user_bank --out checkpoints/user_bank_embedded.safetensors
 
-The bank's users are simulated people (prefstudio.eval.simulated_users) with tastes over
-image attributes a person can have a taste about — warmth, brightness, colourfulness,
-contrast, density, saturation, colour vs black-and-white — each caring about one to three
-of them with either sign. They judge same-prompt pairs of embedded-generator images (the
-images the studio shows) by Bradley–Terry draws; the bank learns the shared taste space and
+The bank's users are a simulated population (prefstudio.eval.simulated_users.sample_population):
+common + archetype + personal tastes over the taste families people have — colour, light,
+contrast, detail, composition (subject affinities play no part: every pair shows one
+prompt) — some leaning on one family, others on a mixture. They judge same-prompt pairs of
+embedded-generator images (the images the studio shows) by Bradley–Terry draws at one
+temperature for everybody, set so that an oracle would agree with 85 % of the labels; the bank learns the shared taste space and
 every user's vectors (prefstudio.preference.user_embedding.train_user_bank). A real person's
 short history is then a mix of these users, each weighted by how well it explains the
 person's judgments.
@@ -18,10 +19,13 @@ from pathlib import Path
 
 import torch
 
-from prefstudio.eval.simulated_users import ATTRIBUTES, random_user
+from prefstudio.eval.simulated_users import (
+    ATTRIBUTES, FAMILIES, bayes_accuracy, calibrate_temperature, image_attributes, sample_population,
+)
 from prefstudio.preference.user_embedding import train_user_bank
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CEILING = 0.85  # an oracle's agreement with the bank users' labels, as in PrefBench
 
 
 def build_bank(n_users: int, n_prompts: int, seeds_per_prompt: int, pairs_per_user: int, seed: int,
@@ -49,23 +53,32 @@ def build_bank(n_users: int, n_prompts: int, seeds_per_prompt: int, pairs_per_us
     same_prompt = [(a, b) for i in range(len(prompts))
                    for a, b in itertools.combinations((prompt_of == i).nonzero().flatten().tolist(), 2)]
 
+    attributes = image_attributes(pixels)
+    spread = {name: float(values.std()) for name, values in attributes.items()}
+    population = sample_population([f"bank-{u}" for u in range(n_users)], seed, categories=[],
+                                   attribute_spread=spread)
     rng = torch.Generator().manual_seed(seed)
+    chosen = [torch.randperm(len(same_prompt), generator=rng)[:pairs_per_user].tolist() for _ in range(n_users)]
+    utilities = [person.utility_from_attributes(attributes).double() for person in population.users]
+    gaps = torch.cat([u[[same_prompt[i][0] for i in c]] - u[[same_prompt[i][1] for i in c]]
+                      for u, c in zip(utilities, chosen)])
+    temperature = calibrate_temperature(gaps, CEILING)
     users = []
-    for u in range(n_users):
-        person = random_user(f"bank-{u}", seed * 100_003 + u, n_attributes=1 + u % 3, temperature=0.3)
-        utility = person.utility(pixels)
-        chosen = torch.randperm(len(same_prompt), generator=rng)[:pairs_per_user].tolist()
+    for person, utility, pairs in zip(population.users, utilities, chosen):
+        person.temperature = temperature
         liked, disliked = [], []
-        for index in chosen:
+        for index in pairs:
             a, b = same_prompt[index]
             if not person.prefers_first(float(utility[a]), float(utility[b]), rng):
                 a, b = b, a
             liked.append(a)
             disliked.append(b)
         users.append((features[liked], features[disliked]))
-    source = (f"{command}: {n_users} simulated users (tastes over {', '.join(ATTRIBUTES)}), "
+    source = (f"{command}: {n_users} simulated users (sample_population: tastes over the families "
+              f"{', '.join(f for f in FAMILIES if FAMILIES[f])}; attributes {', '.join(ATTRIBUTES)}), "
               f"{pairs_per_user} same-prompt pairs each over {len(pixels)} embedded-generator images "
-              f"of {len(prompts)} prompts, seed {seed}")
+              f"of {len(prompts)} prompts, seed {seed}, labeller ceiling "
+              f"{float(bayes_accuracy(gaps, temperature)):.2f}")
     return train_user_bank(users, encoder.name, source)
 
 
