@@ -38,34 +38,37 @@ ENCODER, TEXT_ENCODER = "embedded-effnetlite0-stats-v1", "minilm-l6-v2-mean"
 USER_EMBEDDING, TOKENS, AUTO = STUDIO_MODELS
 
 
-def score_split(split, n_refs, prompts, log) -> dict[str, torch.Tensor]:
-    """Per 1v1 target of every user (file order) and N_ref: [T, 2] scores (liked, disliked) of
-    each model."""
+def score_split(split, n_ref, prompts, log) -> dict[str, torch.Tensor]:
+    """Per 1v1 target of every user (file order): [T, 2] scores (liked, disliked) of each model
+    at this N_ref, and auto's per-person member scales [U, 2]."""
     auto = StudioModel(AUTO, ENCODER, TEXT_ENCODER)
     out = {}
-    for n_ref in n_refs:
-        rows = {name: [] for name in STUDIO_MODELS}
-        scales = []  # auto's per-person spread of each member's log-odds (what it standardises by)
-        start = time.perf_counter()
-        for user in split.users:
-            history = evaluate.history(split, user, n_ref, prompts)
-            combined = auto.fit_user(history)
-            taste = auto.last_taste
-            scales.append([taste.scales[name] for name in (USER_EMBEDDING, TOKENS)])
-            targets = split.targets_1v1[user]
-            features = split.features[targets.reshape(-1)]
-            target_prompts = prompts([p for p in split.prompts[user]["1v1"] for _ in range(2)])
-            rows[AUTO].append(combined(features, target_prompts).reshape(-1, 2))
-            for name in (USER_EMBEDDING, TOKENS):
-                member = taste.members[name]
-                context = member.prompt_context(auto.prompts.register(target_prompts, features.shape[0]))
-                with torch.no_grad():
-                    rows[name].append(member.log_odds(features.float(), context).double().reshape(-1, 2))
-        for name in STUDIO_MODELS:
-            out[f"{split.name}.{n_ref}.{name}"] = torch.cat(rows[name]).contiguous()
-        out[f"{split.name}.{n_ref}.scales"] = torch.tensor(scales, dtype=torch.float64)
-        log(f"  {split.name} N_ref={n_ref}: {len(split.users)} users in {time.perf_counter() - start:.0f} s")
+    rows = {name: [] for name in STUDIO_MODELS}
+    scales = []  # auto's per-person spread of each member's log-odds (what it standardises by)
+    start = time.perf_counter()
+    for user in split.users:
+        history = evaluate.history(split, user, n_ref, prompts)
+        combined = auto.fit_user(history)
+        taste = auto.last_taste
+        scales.append([taste.scales[name] for name in (USER_EMBEDDING, TOKENS)])
+        targets = split.targets_1v1[user]
+        features = split.features[targets.reshape(-1)]
+        target_prompts = prompts([p for p in split.prompts[user]["1v1"] for _ in range(2)])
+        rows[AUTO].append(combined(features, target_prompts).reshape(-1, 2))
+        for name in (USER_EMBEDDING, TOKENS):
+            member = taste.members[name]
+            context = member.prompt_context(auto.prompts.register(target_prompts, features.shape[0]))
+            with torch.no_grad():
+                rows[name].append(member.log_odds(features.float(), context).double().reshape(-1, 2))
+    for name in STUDIO_MODELS:
+        out[f"{split.name}.{n_ref}.{name}"] = torch.cat(rows[name]).contiguous()
+    out[f"{split.name}.{n_ref}.scales"] = torch.tensor(scales, dtype=torch.float64)
+    log(f"  {split.name} N_ref={n_ref}: {len(split.users)} users in {time.perf_counter() - start:.0f} s")
     return out
+
+
+def present(scores: dict, split: str) -> list[int]:
+    return sorted({int(key.split(".")[1]) for key in scores if key.startswith(f"{split}.") and key.endswith(AUTO)})
 
 
 def top1(scores: torch.Tensor) -> torch.Tensor:
@@ -141,10 +144,13 @@ def main(argv=None) -> int:
     if path.exists() and not args.rescore:
         scores = load_file(str(path))
     for name, split in splits.items():
-        if any(f"{name}.{n}.{AUTO}" not in scores for n in args.n_refs):
-            scores |= score_split(split, args.n_refs, prompts, print)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(scores, str(path))
+        for n_ref in args.n_refs:  # saved after each N_ref: a long run can be resumed
+            if f"{name}.{n_ref}.{AUTO}" not in scores:
+                scores |= score_split(split, n_ref, prompts, print)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file(scores, str(path))
+    if "test" not in splits:
+        return 0
     from bench.report import machine
     from datetime import datetime, timezone
 
@@ -155,10 +161,10 @@ def main(argv=None) -> int:
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "seconds": time.perf_counter() - start,
         "n_users": {"seen": len(test.seen), "unseen": len(test.users) - len(test.seen)},
-        "table": table(scores, test, args.n_refs),
+        "table": table(scores, test, present(scores, "test")),
     }
     if "val" in splits:
-        results["validation"] = table(scores, splits["val"], args.n_refs)
+        results["validation"] = table(scores, splits["val"], present(scores, "val"))
     out = REPO / "bench" / "results" / "studio_models.json"
     out.write_text(json.dumps(results, indent=1))
     print(markdown(results))

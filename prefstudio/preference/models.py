@@ -208,16 +208,64 @@ class CombinedTaste(Taste):
         return tensors, config
 
 
+AUTO_WEIGHTS_FILE = "auto_weights.json"
+MAX_WEIGHT_ROWS = 64
+
+
+def read_auto_weights(path: str | Path, members: list[str]) -> list[tuple[int, dict[str, float]]]:
+    """Stacking weights learned on validation users (bench/auto_weights.py): rows of
+    (fewest pairs the row applies to, weight per member), by history length. Validated."""
+    path = Path(path)
+    if path.stat().st_size > 1_000_000:
+        raise InvalidInput(f"{path} is too large to be a weights file")
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"{path} is not JSON: {error}") from None
+    rows = data.get("by_history") if isinstance(data, dict) else None
+    if data.get("format") != "prefstudio-auto-weights" or not isinstance(rows, list) or not rows \
+            or len(rows) > MAX_WEIGHT_ROWS:
+        raise InvalidInput(f"{path} is not a prefstudio-auto-weights file")
+    out = []
+    for row in rows:
+        weights = row.get("weights") if isinstance(row, dict) else None
+        min_pairs = row.get("min_pairs") if isinstance(row, dict) else None
+        if not isinstance(min_pairs, int) or isinstance(min_pairs, bool) or min_pairs < 0 \
+                or not isinstance(weights, dict) or set(weights) != set(members) \
+                or not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights.values()) \
+                or sum(weights.values()) <= 0:
+            raise InvalidInput(f"{path}: each row needs min_pairs (an integer ≥ 0) and a weight ≥ 0 for each of "
+                               f"{', '.join(members)}")
+        out.append((min_pairs, {name: float(w) for name, w in weights.items()}))
+    return sorted(out, key=lambda row: row[0])
+
+
 class AutoPreference(PreferenceModel):
     """The user embedding and the token model, combined per person: each member's log-odds are
-    standardised over the images the person judged and averaged with equal weights. On a
-    history of 0–1 pairs there is no spread to standardise by: the user embedding serves."""
+    standardised over the images the person judged, then summed with stacking weights that
+    depend on the history's length (learned on validation users, read as data from the token
+    checkpoint's `auto_weights.json`; equal weights without one). On a history of 0–1 pairs
+    there is no spread to standardise by: the user embedding serves."""
 
     name = AUTO
     description = "the user embedding and the preference-token model, combined for you"
 
-    def __init__(self, members: list[PreferenceModel]):
+    def __init__(self, members: list[PreferenceModel],
+                 weights_by_history: list[tuple[int, dict[str, float]]] | None = None):
         self.members = {m.name: m for m in members}
+        self.weights_by_history = weights_by_history
+
+    def _weights(self, n_pairs: int) -> tuple[dict[str, float], str]:
+        if not self.weights_by_history:
+            return {name: 1.0 / len(self.members) for name in self.members}, "combined with equal weights"
+        rows = [w for min_pairs, w in self.weights_by_history if min_pairs <= n_pairs] or [self.weights_by_history[0][1]]
+        weights = rows[-1]
+        total = sum(weights.values())
+        shown = ", ".join(f"{name} {w / total:.2f}" for name, w in weights.items())
+        return ({name: w / total for name, w in weights.items()},
+                f"combined with weights learned on validation users for histories of this length ({shown})")
 
     def fit(self, judged: JudgedPairs) -> tuple[Taste, FitOutcome]:
         fitted = {name: model.fit(judged) for name, model in self.members.items()}
@@ -237,12 +285,13 @@ class AutoPreference(PreferenceModel):
                 for name, taste in members.items():
                     spread = float(taste.log_odds(features, taste.prompt_context(prompts)).std())
                     scales[name] = spread if math.isfinite(spread) and spread > 1e-6 else 1.0
-            weights = {name: 1.0 / len(members) for name in members}
+            weights, how = self._weights(len(judged.pairs))
             reason = "; ".join(f"{name}: {outcome.reason}" + (f", leave-one-out {outcome.loo_accuracy:.0%}"
                                                                if outcome.loo_accuracy is not None else "")
                                for name, (_, outcome) in fitted.items())
-            reason = ("combined with equal weights — " if len(members) > 1
-                      else "the only model that reads this image encoder's features — ") + reason
+            if len(members) == 1:
+                how = "the only model that reads this image encoder's features"
+            reason = f"{how} — " + reason
         held_out = {}
         for index in set.intersection(*(set(fitted[name][1].held_out) for name in members)):
             held_out[index] = sum(weights[name] / scales[name] * fitted[name][1].held_out[index] for name in members)
@@ -274,8 +323,11 @@ def build_preference_model(name_or_folder: str, image_encoder: str, text_encoder
         members: list[PreferenceModel] = [UserEmbeddingPreference(image_encoder, bank)]
         # The shipped token checkpoint reads the embedded encoder's features; with another
         # encoder auto serves the user embedding alone rather than refusing to start.
-        if read_checkpoint_config(DEFAULT_TOKEN_CHECKPOINT)["model"].get("image_encoder") == image_encoder:
-            members.append(PreferenceTokens(DEFAULT_TOKEN_CHECKPOINT, image_encoder, text_encoder))
-        return AutoPreference(members)
+        if read_checkpoint_config(DEFAULT_TOKEN_CHECKPOINT)["model"].get("image_encoder") != image_encoder:
+            return AutoPreference(members)
+        members.append(PreferenceTokens(DEFAULT_TOKEN_CHECKPOINT, image_encoder, text_encoder))
+        weights_file = DEFAULT_TOKEN_CHECKPOINT / AUTO_WEIGHTS_FILE
+        weights = read_auto_weights(weights_file, [m.name for m in members]) if weights_file.exists() else None
+        return AutoPreference(members, weights)
     folder = DEFAULT_TOKEN_CHECKPOINT if name_or_folder == PREFERENCE_TOKENS else name_or_folder
     return PreferenceTokens(folder, image_encoder, text_encoder)
