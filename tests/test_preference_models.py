@@ -64,7 +64,7 @@ def test_taste_summary_works_under_every_model(fitted):
     studio, *_ = fitted
     summary = taste_summary(studio, "pat")
     assert len(summary.ranked) == 24 and "Leans towards" in summary.text()
-    # The person likes bright, warm images: the strongest leaning is a light or colour attribute.
+    # The person likes bright, warm images: a light or colour attribute is among the strongest leanings.
     assert {a for a, _ in summary.leanings[:3]} & {"brightness", "warmth", "tone", "colourfulness", "saturation"}
 
 
