@@ -4,47 +4,31 @@ Needs Debian's `chromium` (apt-get install -y chromium fonts-noto-color-emoji; .
 installs it). Without it this test fails, saying so: it is part of the acceptance.
 The screenshot it takes is the one in the README (docs/images/studio.png).
 """
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from prefstudio.studio import Studio
-from prefstudio.ui.app import build_app, launch
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, VIEWPORT, chromium, served
 
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "studio.png"
-# STACK.md: headless without a sandbox or GPU, and no background traffic of its own.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run"]
-SLOW = 90_000  # ms: model work on a shared 2-core machine
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     demo = build_app(Studio(tmp_path_factory.mktemp("browser-data")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
-    yield demo, f"http://127.0.0.1:{port}"
-    demo.close()
+    with served(demo) as url:
+        yield demo, url
 
 
 @pytest.fixture(scope="module")
 def page():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium "
-                    "fonts-noto-color-emoji` (.ci/run does); never `playwright install`")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
 
 
 def test_label_fit_generate_in_the_browser(server, page):

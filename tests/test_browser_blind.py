@@ -1,15 +1,13 @@
 """A person runs a blind round in Chromium: two prompts, picks with the keys 1 and 2, and sees
 the win rate that their own choices make. The page never shows which side is personalized."""
 import re
-import shutil
-import socket
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from prefstudio.studio import Studio
-from prefstudio.ui.app import build_app, launch
-from tests.test_browser import CHROMIUM_FLAGS, SLOW
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, VIEWPORT, chromium, served
 
 pytestmark = pytest.mark.browser
 
@@ -22,25 +20,14 @@ def server(tmp_path_factory):
     for i, image in enumerate(images):
         studio.judge("ann", "like" if i % 2 else "dislike", image.sha256)
     studio.fit("ann")
-    demo = build_app(studio)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
-    yield studio, f"http://127.0.0.1:{port}"
-    demo.close()
+    with served(build_app(studio)) as url:
+        yield studio, url
 
 
 @pytest.fixture(scope="module")
 def page():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium fonts-noto-color-emoji")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
 
 
 def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):

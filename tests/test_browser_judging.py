@@ -4,43 +4,29 @@ Pressing L on a candidate already liked changes nothing; liking then disliking k
 dislike, and undo brings the like back; after a reload the view lands on the first
 candidate not judged yet. Needs Debian's `chromium`, as tests/test_browser.py does.
 """
-import shutil
-import socket
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from prefstudio.studio import Studio
-from prefstudio.ui.app import build_app, launch
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, VIEWPORT, chromium, served
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run"]
-SLOW = 90_000  # ms: model work on a shared 2-core machine
 
 
 @pytest.fixture
 def app(tmp_path):
     demo = build_app(Studio(tmp_path / "data"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
-    yield demo, f"http://127.0.0.1:{port}"
-    demo.close()
+    with served(demo) as url:
+        yield demo, url
 
 
 @pytest.fixture
 def page():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium "
-                    "fonts-noto-color-emoji` (.ci/run does); never `playwright install`")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        yield browser.new_page(viewport={"width": 1280, "height": 900})
-        browser.close()
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
 
 
 def open_batch(page, url):

@@ -3,19 +3,17 @@ on screen follows the chosen profile, a reload loses no run, the chart ends wher
 does, a result that did not improve is not called personalized, and the small things
 (one judgment, long names, 🎲, the export box)."""
 import re
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.eval.simulated_users import SimulatedUser
 from prefstudio.studio import Studio
 from prefstudio.taste_summary import taste_summary
-from prefstudio.ui.app import build_app, launch
-from tests.test_browser import CHROMIUM_FLAGS, SLOW
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, VIEWPORT, chromium, served
 
 pytestmark = pytest.mark.browser
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -36,25 +34,14 @@ def server(tmp_path_factory):
     studio.judge("single", "like", images[0].sha256)
     studio.store.create_profile("temp")
     studio.judge("temp", "dislike", images[1].sha256)
-    demo = build_app(studio)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
-    yield studio, f"http://127.0.0.1:{port}"
-    demo.close()
+    with served(build_app(studio)) as url:
+        yield studio, url
 
 
 @pytest.fixture(scope="module")
 def page():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium fonts-noto-color-emoji")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
 
 
 def open_studio(page, url):

@@ -2,21 +2,17 @@
 menu, keeps their choice across a refresh, and cannot open another person's profile by
 typing its name. Needs Debian's chromium, as tests/test_browser.py does; serves 127.0.0.1 only.
 """
-import shutil
-import socket
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from prefstudio.store.history import HistoryStore
 from prefstudio.studio import Studio
-from prefstudio.ui.app import build_app, launch
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, chromium, served
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--no-first-run"]
-SLOW = 90_000  # ms
 ANN, BEN = ("ann", "ann-password-1"), ("ben", "ben-password-2")
 
 
@@ -26,24 +22,14 @@ def server(tmp_path_factory):
     with HistoryStore(data) as store:
         store.create_profile("made at this computer")  # no login owns it
     demo = build_app(Studio(data))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True, auth=[ANN, BEN])
-    yield demo, f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served(demo, auth=[ANN, BEN]) as url:
+        yield demo, url + "/"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: run `apt-get install -y chromium`; "
-                    "never `playwright install`")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def logged_in(browser, url, user):
