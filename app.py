@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from prefstudio.cli import add_model_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,18 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "variable, same format); each login sees only the profiles it creates or imports")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--data", default="data", help="history folder: profiles, judgments, images (default ./data)")
-    parser.add_argument("--model", default="auto",
-                        help="generator: 'embedded', a known name (sd-turbo, sdxl-turbo, flux-schnell), a Hugging "
-                             "Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA if its weights are "
-                             "here, else the embedded offline generator (default auto)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--preference-model", default="auto",
-                        help="preference model: 'auto' (the default: the user embedding and the preference-token "
-                             "model combined for each person), 'user-embedding' (a fitted user embedding, cold-started "
-                             "from the shipped user bank), 'preference-tokens' (the shipped lite preference-token model, "
-                             "which reads your judged pairs) or a folder holding a lite preference-token checkpoint")
-    parser.add_argument("--allow-downloads", action="store_true",
-                        help="let Hugging Face models download (off by default: nothing leaves this machine)")
+    add_model_arguments(parser)
     return parser
 
 

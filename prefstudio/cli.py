@@ -44,14 +44,12 @@ def _weights(items: list[str]) -> dict[str, float] | None:
     return weights
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m prefstudio", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data", help="history folder (default: ./data)")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the models, shared by the CLI and app.py."""
     parser.add_argument("--model", default="auto",
-                        help="generator: 'embedded', a known name (sd-turbo, sdxl-turbo, flux-schnell), "
-                             "a Hugging Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA, "
-                             "else embedded")
+                        help="generator: 'embedded', a known name (sd-turbo, sdxl-turbo, flux-schnell), a Hugging "
+                             "Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA if its weights are "
+                             "here, else the embedded offline generator (default auto)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
     parser.add_argument("--preference-model", default="auto",
                         help="preference model: 'auto' (the default: the user embedding and the preference-token "
@@ -60,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "which reads your judged pairs) or a folder holding a lite preference-token checkpoint")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m prefstudio", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data", help="history folder (default: ./data)")
+    add_model_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="create, list, rename or delete profiles")
