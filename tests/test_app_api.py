@@ -117,6 +117,7 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     fitted = c.predict("alice", api_name="/fit")
     assert "Fitted" in fitted and "Leave-one-out accuracy" in fitted
 
+    pairs_before = len(store.judgments("alice", ("pair",)))
     progress, seed, baseline, personalized, base_scores, pers_scores, _, past = c.predict(
         "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, api_name="/personalize")
     assert seed == 7 and progress.startswith(f"Done: {ITERATIONS} iterations")
@@ -133,6 +134,8 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
         "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, [0.75, 0.5])
     assert note.startswith("Settings of “a dense green forest” loaded, seed 7")
     c.predict("alice", api_name="/prefer_personalized")  # the loop closes: the result joins the history
+    again = c.predict("alice", api_name="/prefer_personalized")  # a second click is not a second verdict
+    assert again.startswith("Already recorded") and len(store.judgments("alice", ("pair",))) == pairs_before + 1
     last = store.judgments("alice")[-1]
     assert last.kind == "pair"
     assert store.image_record(last.image_a).params["personalized_for"] == "alice"

@@ -362,6 +362,14 @@ class GenerateTab:
                 raise InvalidInput("choose or create a profile first (top of the page)")
             chosen = session.baseline if which == "baseline" else session.personalized
             other = session.personalized if which == "baseline" else session.baseline
+            store = self.ctx.store
+            if kind == "pair":
+                before = store.pair_verdicts(profile, [chosen, other]).get(frozenset((chosen, other)))
+                if before is not None and (before.kind, before.image_a) == ("pair", chosen):
+                    return f"Already recorded: {which} ≻ the other; nothing changed. " + counts_line(self.ctx, profile)
+            elif store.verdicts(profile, [chosen]).get(chosen) == kind:
+                return (f"Already {KIND_MARKS[kind]} for the {which} image; nothing changed. "
+                        + counts_line(self.ctx, profile))
             if kind == "pair":
                 self.ctx.studio.judge(profile, "pair", chosen, other)
                 said = f"{which} ≻ the other ({short(chosen)} ≻ {short(other)})"
