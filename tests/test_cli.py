@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from prefstudio import cli
-from prefstudio.errors import DiskFull, InvalidInput, NotFound, disk_full, echo
+from prefstudio.errors import DiskFull, InvalidInput, disk_full, echo
 from prefstudio.store.history import HistoryStore
 from prefstudio.validation import validate_device_name, validate_prompt
 

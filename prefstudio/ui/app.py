@@ -25,7 +25,7 @@ from prefstudio.ui.common import AppContext, user_errors
 from prefstudio.ui.evaluate_tab import EvaluateTab
 from prefstudio.ui.generate_tab import GenerateTab
 from prefstudio.ui.label_tab import LabelTab
-from prefstudio.ui.profile_tab import ProfileTab, describe_fit
+from prefstudio.ui.profile_tab import ProfileTab
 from prefstudio.validation import MAX_IMAGE_BYTES, MAX_PROFILE_FILE_BYTES
 
 FIRST_PROFILE = "me"

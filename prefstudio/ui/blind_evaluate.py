@@ -223,7 +223,8 @@ class BlindEvaluation:
                     return  # cut short: not what the person asked to judge
                 self._add(blind, side)
         except PrefStudioError as error:
-            blind.update(lambda: setattr(blind, "error", str(error)))
+            message = str(error)  # `error` is unbound once the except block ends
+            blind.update(lambda: setattr(blind, "error", message))
         except Exception:  # a bug: logged whole, told to the page in one line
             log.exception("blind pair generation failed")
             blind.update(lambda: setattr(blind, "error", "making a pair failed with an internal error "

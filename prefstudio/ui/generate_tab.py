@@ -23,7 +23,7 @@ from prefstudio.store.history import ImageRecord
 from prefstudio.studio import DEFAULT_STRENGTH
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
-    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, gallery_height, pair_thumb, random_seed, short, thumb,
+    KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, random_seed, short,
     user_errors,
 )
 from prefstudio.ui.jobs import GenerationJob, GenerationJobs
@@ -316,8 +316,8 @@ class GenerateTab:
     def reuse(self, session: GenerateSession):
         if session.personalized is None:
             raise InvalidInput("nothing to reuse yet: generate or select a side by side first")
-        params = self.ctx.store.image_record(session.personalized).params
         record = self.ctx.store.image_record(session.personalized)
+        params = record.params
         weights = params.get("weights", {})
         return (record.prompt, FIXED, record.seed, params.get("strength", DEFAULT_STRENGTH),
                 params.get("iterations", DEFAULT_ITERATIONS),

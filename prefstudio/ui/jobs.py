@@ -72,7 +72,8 @@ class GenerationJobs:
                 elif isinstance(item, SideBySide):
                     job._update(lambda: setattr(job, "result", item))
         except PrefStudioError as error:
-            job._update(lambda: setattr(job, "error", str(error)))
+            message = str(error)  # `error` is unbound once the except block ends
+            job._update(lambda: setattr(job, "error", message))
         except Exception:  # a bug: logged whole, told to the page in one line
             log.exception("generation run failed")
             job._update(lambda: setattr(job, "error", "the run failed with an internal error (see the server log)"))
