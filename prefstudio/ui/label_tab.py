@@ -357,8 +357,10 @@ class LabelTab:
         for r in records:
             mark = f"{KIND_MARKS[verdicts[r.sha256]]} " if r.sha256 in verdicts else ""
             items.append((thumb(r.path), mark + _seed(r)))
-        gallery = gr.Gallery(value=items or None, selected_index=session.current if items else None,
-                             height=gallery_height(len(items), GALLERY_COLUMNS))
+        # An update, not a new Gallery: constructing one would copy-check every thumbnail into
+        # gradio's cache a second time on each click (see bench/judgment_latency.py).
+        gallery = gr.update(value=items or None, selected_index=session.current if items else None,
+                            height=gallery_height(len(items), GALLERY_COLUMNS))
         if records:
             r = records[session.current]
             verdict = verdicts.get(r.sha256)
