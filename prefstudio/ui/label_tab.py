@@ -222,7 +222,8 @@ class LabelTab:
         session.current = pending[0] if pending else session.current
         done = "" if pending else " All candidates judged: generate more, or compare them in “Better of two”."
         replaced = f" (replaces {KIND_MARKS[before]})" if before else ""
-        return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}{replaced}.{done}")
+        return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}{replaced}.{done}",
+                           pair_view=False)
 
     def like(self, session, profile):
         return self._judge_current(session, profile, "like")
@@ -349,7 +350,9 @@ class LabelTab:
             return {}
         return self.ctx.store.verdicts(profile, session.candidates)
 
-    def render(self, session: LabelSession, profile, message: str = ""):
+    def render(self, session: LabelSession, profile, message: str = "", pair_view: bool = True):
+        """Every view of the tab; `pair_view=False` when a single verdict leaves the pair
+        view as it is (its images are then not re-sent)."""
         store = self.ctx.store
         records = [store.image_record(s) for s in session.candidates]
         verdicts = self._verdicts(session, profile)
@@ -370,7 +373,9 @@ class LabelTab:
                     + (f"Judged: {KIND_MARKS[verdict]}" if verdict else "Not judged yet."))
         else:
             view, info = None, "Type a prompt and press **Generate candidates** (or 🎲 Surprise me)."
-        if session.pair_index < len(session.pairs):
+        if not pair_view:
+            left = right = pair_info = gr.skip()
+        elif session.pair_index < len(session.pairs):
             a, b = session.pairs[session.pair_index]
             left, right = thumb(records[a].path, VIEW_SIZE), thumb(records[b].path, VIEW_SIZE)
             pair_info = (f"**Pair {session.pair_index + 1} of {len(session.pairs)}** · which one do you "
