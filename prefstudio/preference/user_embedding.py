@@ -90,7 +90,7 @@ class UserBank:
             meta = f.metadata() or {}
         if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != BANK_VERSION:
             raise InvalidInput(f"{path} is not a PrefStudio user bank (version {BANK_VERSION}); "
-                               "rebuild it with python -m prefstudio.train.user_bank")
+                               "rebuild it with python -m prefstudio_research.train.user_bank")
         t = load_file(str(path))
         return cls(meta["encoder"], t["mean"], t["std"], t["projection"], t["like_vectors"],
                    t["dislike_vectors"], float(meta["likelihood_power"]), meta.get("source", ""))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.prefbench.clipart import Drawing, category_prompt, subject_prompt
+from prefstudio_research.prefbench.clipart import Drawing, category_prompt, subject_prompt
 from prefstudio.eval.simulated_users import (
     ATTRIBUTES, SimulatedUser, TasteMix, calibrate_temperature, sample_population,
 )
@@ -237,7 +237,7 @@ def build_pairs(cache: Path, drawings: list[Drawing], attributes: dict[str, torc
 
 def build_key(cache: Path, config: PairConfig) -> dict:
     """What a pair build depends on: its settings and the exact image list."""
-    from bench.prefbench.features import pool_digest
+    from prefstudio_research.prefbench.features import pool_digest
 
     return json.loads(json.dumps({"config": asdict(config), "images_sha256": pool_digest(cache)}))
 

@@ -19,22 +19,21 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from bench.prefbench import evaluate, generation, report, speed  # noqa: E402
-from bench.prefbench.clipart import build_image_pool, read_image_pool  # noqa: E402
-from bench.prefbench.data import load_split, load_text_features, load_training  # noqa: E402
-from bench.prefbench.features import cache_attributes, cache_image_features, cache_text_features  # noqa: E402
-from bench.prefbench.methods import PreferenceTokens, UserEmbedding, all_methods  # noqa: E402
-from bench.prefbench.pairs import (  # noqa: E402
+from prefstudio_research.prefbench import evaluate, generation, report, speed  # noqa: E402
+from prefstudio_research.prefbench.clipart import build_image_pool, read_image_pool  # noqa: E402
+from prefstudio_research.prefbench.data import load_split, load_text_features, load_training  # noqa: E402
+from prefstudio_research.prefbench.features import cache_attributes, cache_image_features, cache_text_features  # noqa: E402
+from prefstudio_research.prefbench.methods import PreferenceTokens, UserEmbedding, all_methods  # noqa: E402
+from prefstudio_research.prefbench.pairs import (  # noqa: E402
     PairConfig, build_pairs, is_built, read_archetypes, read_hidden_users, read_oracle,
 )
-from bench.prefbench.reference_points import reference_points  # noqa: E402
+from prefstudio_research.prefbench.reference_points import reference_points  # noqa: E402
 from prefstudio.eval.simulated_users import TasteMix  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,7 @@ def main(argv=None) -> int:
     (cache / f"results{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     out.write_text(report.render_markdown(results))
     if not args.tiny:  # the headline numbers go to docs/benchmarks.md next to the other benchmarks
-        from bench.report import write_section
+        from prefstudio_research.report import write_section
 
         write_section("prefbench", report.summary_markdown(results, out.name))
     log(f"wrote {out} in {clock.phases['total']['wall']:.0f} s")
