@@ -18,8 +18,8 @@ images. The bank, user vectors included, is saved with the checkpoint.
 [P_v; history] is a prefix with full attention among its tokens: each preference token
 reads the whole history, so it can summarise the person along one shared interest for the
 target to read. (Under the VLM's causal attention P_v come first and their keys and values
-are the same constants for everyone.) On PrefBench neither form gives P_v a measurable gain
-on unseen users (docs/preference_tokens.md). The prefix's keys and values are
+are the same constants for everyone.) What P_v gives in either form is measured in
+docs/preference_tokens.md. The prefix's keys and values are
 computed once per person and every target is scored against them in one batch; a target
 attends to the prefix and to itself, never to other targets, so scores do not depend on
 what else is in the batch. There are no positions: the history is a set, and its order

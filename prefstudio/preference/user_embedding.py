@@ -342,7 +342,7 @@ def train_user_bank(
 
     users: one (liked [N_u, D], disliked [N_u, D]) per training user. The weight decay is
     strong on purpose: each user's vector comes from a few dozen pairs, and a shrunk one
-    predicts their new pairs better (PrefBench: 72.8 % vs 65.8 % at 1e-2), which is what
+    predicts their new pairs better (docs/design_figures.md), which is what
     the posterior over users needs.
     """
     if len(users) < 2:

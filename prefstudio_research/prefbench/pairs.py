@@ -36,7 +36,8 @@ class PairConfig:
     n_val_users: int = 60
     # Test users: drawn from the training users and judged again on test images (seen), or new.
     # Several hundred, so that the seen/unseen gap and differences between models of a few
-    # tenths of a point stand out of the test users' sampling noise (40/80 gave ~1.9 points).
+    # tenths of a point stand out of the test users' sampling noise (what 40/80 gave:
+    # docs/design_figures.md).
     n_seen: int = 200
     n_unseen: int = 400
     n_ref: int = 32  # reference lines per evaluated user: N_ref up to 32
