@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
@@ -218,7 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="population seed (the bank's users are other people)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from report import machine, write_section
+    from prefstudio_research.report import machine, write_section
 
     from prefstudio.preference.models import build_preference_model
     from prefstudio.preference.user_embedding import UserBank

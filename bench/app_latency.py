@@ -115,7 +115,6 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="fresh starts of app.py to time (default 5)")
     parser.add_argument("--clicks", type=int, default=40, help="judgment clicks to time (default 40)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from prefstudio import privacy
 
     privacy.apply_defaults()

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -49,7 +48,7 @@ def fit_weights(gaps: torch.Tensor, l2: float = 1e-3) -> list[float]:
 
 
 def main(argv=None) -> int:
-    from bench.prefbench.data import load_split
+    from prefstudio_research.prefbench.data import load_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from bench.report import machine, write_section  # noqa: E402
+from prefstudio_research.report import machine, write_section  # noqa: E402
 from prefstudio.store.history import HistoryStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,17 +9,13 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from report import machine, write_section  # noqa: E402
+from prefstudio_research.report import machine, write_section  # noqa: E402
 
 
 def median_time(fn, runs: int) -> tuple[float, float]:

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from prefstudio.encoders.clip import CLIPEncoder  # noqa: E402
 from prefstudio.generators.diffusers_onestep import DiffusersOneStepGenerator  # noqa: E402

@@ -3,7 +3,8 @@
     python bench/import_refusal_cost.py --base-src /tmp/base-src [--runs 3]
 
 `--base-src` is a folder holding the base's `prefstudio` package (e.g. from
-`git archive <commit> prefstudio | tar -x -C /tmp/base-src`). Every case runs in a fresh
+`git archive <commit> prefstudio prefstudio_research | tar -x -C /tmp/base-src`; trees from before
+the research split have no prefstudio_research). Every case runs in a fresh
 process per run (peak memory is per process), on files built once here:
 - a 1 GB profile file (just under the limit) whose 16 images of 63-64 MB do not match their
   hashes (its digest is valid);
@@ -26,15 +27,15 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import machine, write_section  # noqa: E402
+from prefstudio_research.report import machine, write_section  # noqa: E402
 
 WORKER = """
 import json, resource, sys, time
-case, path, scratch = sys.argv[1:4]
+import importlib
+case, path, scratch, converter = sys.argv[1:5]
 from prefstudio.errors import PrefStudioError
-from prefstudio.preference.pickapic_convert import convert
+convert = importlib.import_module(converter).convert
 from prefstudio.store.history import HistoryStore
 from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.store.profile_file import import_profile
@@ -117,12 +118,21 @@ def build(folder: Path) -> dict[str, tuple[str, Path]]:
             "Pick-a-Pic pickles referencing one 40 MP PNG 54 times": ("pickle", pickled)}
 
 
+def converter(src: Path) -> str:
+    """The Pick-a-Pic converter's module in that tree: trees from before the research split
+    keep it inside prefstudio."""
+    if (src / "prefstudio_research").is_dir():
+        return "prefstudio_research.preference.pickapic_convert"
+    return "prefstudio.preference.pickapic_convert"
+
+
 def measure(src: Path, case: str, path: Path, runs: int) -> dict:
     results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as scratch:
             # cwd: `python -c` puts it first on sys.path, ahead of PYTHONPATH.
-            done = subprocess.run([sys.executable, "-c", WORKER, case, str(path), scratch], capture_output=True,
+            done = subprocess.run([sys.executable, "-c", WORKER, case, str(path), scratch, converter(src)],
+                                  capture_output=True,
                                   text=True, env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
                                   cwd=scratch, timeout=1200)
         if done.returncode:

@@ -151,8 +151,7 @@ def main() -> None:
         command += f" --base {args.base} --base-clicks {args.base_clicks}"
         if args.base_name:
             command += f" --base-name '{args.base_name}'"
-    sys.path.insert(0, str(REPO))
-    from bench.report import machine, write_section
+    from prefstudio_research.report import machine, write_section
 
     lines = [
         "## One judgment as the history grows (issue 19, defect 5)",

@@ -38,7 +38,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 from prefstudio.errors import PrefStudioError  # noqa: E402
 from prefstudio.generators.base import GeneratedImage  # noqa: E402
 from prefstudio.store.history import HistoryStore  # noqa: E402
@@ -225,7 +224,7 @@ def main() -> None:
                   f"integrity {check}", flush=True)
     load_after = os.getloadavg()[0]
 
-    from bench.report import machine, write_section
+    from prefstudio_research.report import machine, write_section
 
     lines = [
         "## kill -9 during judge / fit / import / export (issue 19)",

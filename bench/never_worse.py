@@ -16,18 +16,15 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.report import machine, write_section  # noqa: E402
+from prefstudio_research.report import machine, write_section  # noqa: E402
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
 from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes, sample_population  # noqa: E402
 from prefstudio.studio import Studio  # noqa: E402

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SHARED = ("features", "images", "images.jsonl", "labeller", "pool.json", "render_report.json")
 BUILT_UNSEEN, FRESH_FROM = 800, 400
@@ -31,8 +30,8 @@ def build_fresh(source: Path, cache: Path) -> None:
     """data/bench's images and features (linked) with only the fresh unseen users as test users."""
     import torch
 
-    from bench.prefbench.pairs import PairConfig
-    from bench.run_benchmark import FULL, Stopwatch, build_data
+    from prefstudio_research.prefbench.pairs import PairConfig
+    from prefstudio_research.prefbench.run import FULL, Stopwatch, build_data
     from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
 
     torch.set_num_threads(1)
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
     differences: dict[int, list[float]] = {}
     for seed in args.seeds:
         run, out = Path(args.runs) / f"seed{seed}", cache / f"results_seed{seed}.json"
-        subprocess.run([sys.executable, "-m", "prefstudio.eval.protocol", "--data", str(cache), "--out", str(out),
+        subprocess.run([sys.executable, "-m", "prefstudio_research.eval.protocol", "--data", str(cache), "--out", str(out),
                         "--protocols", "fig6", "--model", f"without={run / 'nopv_s1'}",
                         "--model", f"full={run / 'full_s2'}"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         rows = json.loads(out.read_text())["results"]

@@ -19,15 +19,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.prefbench import evaluate  # noqa: E402
-from bench.prefbench.data import load_split, load_text_features, load_training_with_prompts  # noqa: E402
-from bench.prefbench.methods import TOKEN_CONFIG, PreferenceTokens, TokenTraining  # noqa: E402
+from prefstudio_research.prefbench import evaluate  # noqa: E402
+from prefstudio_research.prefbench.data import load_split, load_text_features, load_training_with_prompts  # noqa: E402
+from prefstudio_research.prefbench.methods import TOKEN_CONFIG, PreferenceTokens, TokenTraining  # noqa: E402
 from prefstudio.preference.tokens import PairFeatures  # noqa: E402
-from prefstudio.train.preference_tokens import read_run_config, train_lite_on_features  # noqa: E402
+from prefstudio_research.train.preference_tokens import read_run_config, train_lite_on_features  # noqa: E402
 
 
 def main(argv=None) -> int:

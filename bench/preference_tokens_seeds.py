@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 CONFIG = "assets/preference_tokens/lite.json"
 # name in the tables -> its training runs, in order: (stage, extra flags, folder); a stage 2
@@ -43,7 +42,7 @@ def train_and_evaluate(data: str, run: Path, seed: int, log) -> list[dict]:
             if (out / "model.safetensors").is_file():
                 log(f"seed {seed}: {name}: reusing {out}")
                 continue
-            command = [python, "-m", "prefstudio.train.preference_tokens", "--config", CONFIG, "--data", data,
+            command = [python, "-m", "prefstudio_research.train.preference_tokens", "--config", CONFIG, "--data", data,
                        "--stage", str(stage), "--seed", str(seed), "--out", str(out), *flags]
             if stage == 2:
                 command += ["--resume", str(run / runs[i - 1][2])]
@@ -52,7 +51,7 @@ def train_and_evaluate(data: str, run: Path, seed: int, log) -> list[dict]:
                 subprocess.run(command, cwd=ROOT, check=True, stdout=output, stderr=subprocess.STDOUT)
             log(f"seed {seed}: {name}: stage {stage} trained in {time.perf_counter() - start:.0f} s")
     results = run / "results.json"
-    command = [python, "-m", "prefstudio.eval.protocol", "--data", data, "--out", str(results)]
+    command = [python, "-m", "prefstudio_research.eval.protocol", "--data", data, "--out", str(results)]
     for name, runs in MODELS.items():
         command += ["--model", f"{name}={run / runs[-1][2]}"]
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -161,7 +160,7 @@ def main(argv=None) -> int:
     command = "python bench/preference_tokens_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(rows, args.seeds, command.strip(), time.perf_counter() - start, Path(args.data))
     print(text)
-    from bench.report import write_section
+    from prefstudio_research.report import write_section
 
     write_section("preference_tokens_seeds", text)
     print(f"wrote {out.relative_to(ROOT)} and the preference_tokens_seeds section of docs/benchmarks.md")

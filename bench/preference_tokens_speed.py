@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder  # noqa: E402
 from prefstudio.preference.losses import preference_loss  # noqa: E402
@@ -91,7 +90,7 @@ def main() -> int:
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    from report import machine, write_section
+    from prefstudio_research.report import machine, write_section
 
     command = "python bench/preference_tokens_speed.py " + " ".join(sys.argv[1:])
     write_section("preference_tokens_speed", "\n".join([

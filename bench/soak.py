@@ -107,7 +107,6 @@ class Session(threading.Thread):
 
 def verify(data: Path, sessions: list[Session]) -> dict:
     """Acknowledged judgments vs the store, profile by profile."""
-    sys.path.insert(0, str(REPO))
     from prefstudio.store.history import HistoryStore
 
     lost = extra = 0
@@ -155,8 +154,7 @@ def main() -> None:
     p50 = statistics.median(latencies) * 1000
     p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1000
 
-    sys.path.insert(0, str(REPO))
-    from bench.report import machine, write_section
+    from prefstudio_research.report import machine, write_section
 
     markdown = "\n".join([
         "## Soak: 8 sessions judging at once (issue 19)",

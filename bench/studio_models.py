@@ -3,7 +3,7 @@
     python bench/studio_models.py --data data/bench
 
 Each model runs through `PreferenceModel.fit(JudgedPairs)` and `Taste.log_odds` exactly as
-the studio runs it, with the shipped checkpoints (`bench/prefbench/methods.StudioModel`).
+the studio runs it, with the shipped checkpoints (`prefstudio_research/prefbench/methods.StudioModel`).
 Auto fits both members with those same calls, so one auto fit per person and N_ref gives all
 three models' scores: the members' tastes inside auto's combination are the tastes the
 single-model studio would serve. Validation users are scored too (auto's stacking weights
@@ -24,14 +24,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from bench.prefbench import evaluate  # noqa: E402
-from bench.prefbench.data import load_split, load_text_features  # noqa: E402
-from bench.prefbench.methods import STUDIO_MODELS, StudioModel  # noqa: E402
+from prefstudio_research.prefbench import evaluate  # noqa: E402
+from prefstudio_research.prefbench.data import load_split, load_text_features  # noqa: E402
+from prefstudio_research.prefbench.methods import STUDIO_MODELS, StudioModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODER, TEXT_ENCODER = "embedded-effnetlite0-stats-v1", "minilm-l6-v2-mean"
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
                 save_file(scores, str(path))
     if "test" not in splits:
         return 0
-    from bench.report import machine
+    from prefstudio_research.report import machine
     from datetime import datetime, timezone
 
     test = splits["test"]
@@ -169,7 +168,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(results, indent=1))
     print(markdown(results))
     if not args.no_docs:
-        from bench.report import write_section
+        from prefstudio_research.report import write_section
 
         write_section("studio-models", markdown(results))
     return 0

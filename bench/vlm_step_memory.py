@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefstudio.preference.losses import preference_loss  # noqa: E402
-from prefstudio.preference.offline_vlm import idefics2_from_config  # noqa: E402
+from prefstudio_research.preference.offline_vlm import idefics2_from_config  # noqa: E402
 from prefstudio.preference.vlm import ImagePair, VLMConfig, VLMPreferenceModel  # noqa: E402
 
 GIB = 2**30
@@ -152,7 +151,7 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    from report import write_section
+    from prefstudio_research.report import write_section
 
     write_section("vlm_step_memory", section(result, "python bench/vlm_step_memory.py " + " ".join(sys.argv[1:])))
     return 0

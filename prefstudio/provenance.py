@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from prefstudio.atomic_write import write_atomically
 from prefstudio.errors import InvalidInput
 from prefstudio.validation import MAX_IMAGE_BYTES, validate_prompt, validate_seed
 
@@ -91,8 +92,6 @@ def write_png_with_provenance(image: Image.Image, path: str | os.PathLike, info:
     """Write `image` as a PNG at `path` with its provenance (see the module docstring).
 
     `info`: prompt and generator (required); seed, params, weights, fit, role, scores."""
-    from prefstudio.store.image_files import write_atomically
-
     path = Path(path)
     write_atomically(path, encode_png_with_provenance(image, info))
     return path

@@ -33,11 +33,11 @@ from prefstudio.preference.user_embedding import UserBank
 from prefstudio.rewards.base import Reward, score_all
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
+from prefstudio.shipped import CHECKPOINTS
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
 from prefstudio.validation import validate_prompt, validate_seed
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BANK = REPO_ROOT / "checkpoints" / "user_bank_embedded.safetensors"
+DEFAULT_BANK = CHECKPOINTS / "user_bank_embedded.safetensors"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 GUARD_WEIGHT = 0.5  # what a drop of one spread in a guard (prompt consistency) costs
 OTHER_WEIGHT = 0.25

@@ -17,9 +17,10 @@ import torch
 
 from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.eval.simulated_users import image_attributes
+from prefstudio.shipped import ASSETS
 from prefstudio.store.history import ImageRecord
 
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
+PROMPTS_FILE = ASSETS / "prompts.txt"
 POOL_PROMPTS = 12
 POOL_SEEDS = (101, 202)
 # |correlation| below this over a pool of 24 is too weak to put into words.

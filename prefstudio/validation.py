@@ -11,10 +11,11 @@ MAX_PROMPT_CHARS = 1000
 # Larger than any screen (8K UHD is 33 MP) yet far below clip-art "bombs" of 100+ MP.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 64 * 2**20
-# Each side too: a 1×40,000,000 PNG is within the pixel bound yet takes PIL 13 s and 1 GB.
+# Each side too: a 1×40,000,000 PNG is within the pixel bound yet takes PIL seconds and a
+# gigabyte to decode (docs/design_figures.md).
 MAX_IMAGE_SIDE = 16_384
 MAX_PROFILE_FILE_BYTES = 1 * 2**30
-# All images of one profile file together (decoding costs ~8 ms per MP): 1,000 SDXL images.
+# All images of one profile file together (decoding time grows with the pixels): 1,000 SDXL images.
 MAX_PROFILE_PIXELS = 1_000_000_000
 # The safetensors header of a profile file: tensor index plus the profile JSON (a profile
 # of 10,000 judgments and 5,000 images needs about 5 MB).

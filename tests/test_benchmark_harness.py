@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.prefbench import evaluate, generation
-from bench.prefbench.clipart import read_image_pool
-from bench.prefbench.data import Split
-from bench.prefbench.features import cache_attributes
-from bench.prefbench.methods import History, Method
-from bench.prefbench.pairs import build_pairs, ceilings_1v1, ceilings_1v3
-from bench.run_benchmark import TINY, main
+from prefstudio_research.prefbench import evaluate, generation
+from prefstudio_research.prefbench.clipart import read_image_pool
+from prefstudio_research.prefbench.data import Split
+from prefstudio_research.prefbench.features import cache_attributes
+from prefstudio_research.prefbench.methods import History, Method
+from prefstudio_research.prefbench.pairs import build_pairs, ceilings_1v1, ceilings_1v3
+from prefstudio_research.prefbench.run import TINY, main
 from prefstudio.eval.simulated_users import SimulatedUser
 
 PAIR_FIELDS = {"user_id", "prompt", "liked", "disliked"}

@@ -470,7 +470,7 @@ def test_store_only_commands_import_no_torch(tmp_path):
 
 
 def test_converted_third_party_prompts_are_cleaned_not_refused():
-    from prefstudio.preference.pickapic_convert import _prompt
+    from prefstudio_research.preference.pickapic_convert import _prompt
 
     cleaned = _prompt("a fox\x07 in\u202e snow\ud800", "row 1")
     assert cleaned == "a fox  in snow" and validate_prompt(cleaned) == cleaned

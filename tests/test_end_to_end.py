@@ -18,7 +18,7 @@ PEOPLE = [SimulatedUser("warm-dense", {"warmth": 1.0, "density": 1.0}),
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    assert DEFAULT_BANK.is_file(), "the shipped user bank is missing: python -m prefstudio.train.user_bank"
+    assert DEFAULT_BANK.is_file(), "the shipped user bank is missing: python -m prefstudio_research.train.user_bank"
     studio = Studio(tmp_path_factory.mktemp("data"))
     candidates = (studio.generate_candidates("a quiet landscape", seeds=list(range(8)))
                   + studio.generate_candidates("a city street at dusk", seeds=list(range(8, 16))))

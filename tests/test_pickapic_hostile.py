@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from prefstudio.errors import InvalidInput
-from prefstudio.preference import pickapic_convert
-from prefstudio.preference.pickapic_convert import UnsafePickle, convert, load_plain_pickle
+from prefstudio_research.preference import pickapic_convert
+from prefstudio_research.preference.pickapic_convert import UnsafePickle, convert, load_plain_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_tuples_nested_a_million_deep_do_not_crash_python(tmp_path):
     """Hashing such a tuple (as a dict key) recursed in C without a guard: a segfault."""
     path = tmp_path / "tuples.pkl"
     path.write_bytes(b"\x80\x02}N" + b"\x85" * 10**6 + b"Ns.")
-    script = ("import sys\nfrom prefstudio.preference.pickapic_convert import load_plain_pickle\n"
+    script = ("import sys\nfrom prefstudio_research.preference.pickapic_convert import load_plain_pickle\n"
               "from prefstudio.errors import InvalidInput\n"
               "try:\n    load_plain_pickle(sys.argv[1])\nexcept InvalidInput as error:\n    print(error)\n")
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,

@@ -12,14 +12,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from prefstudio.errors import InvalidInput
-from prefstudio.eval import attention as attention_cli
-from prefstudio.eval.protocol import evaluate_model
+from prefstudio_research.eval import attention as attention_cli
+from prefstudio_research.eval.protocol import evaluate_model
 from prefstudio.preference.losses import preference_loss
 from prefstudio.preference.pair_data import PairDataSet
-from prefstudio.preference.scorers import LiteScorer
+from prefstudio_research.preference.scorers import LiteScorer
 from prefstudio.preference.tokens import (LiteConfig, LiteTokenModel, PairFeatures, TargetFeatures,
                                           load_checkpoint_bank, load_token_model, save_token_model)
-from prefstudio.train.preference_tokens import StageConfig, train
+from prefstudio_research.train.preference_tokens import StageConfig, train
 
 
 def _lite(preference_tokens=0, seed=0, **kw):
@@ -195,7 +195,7 @@ def test_two_stage_training_validation_protocol_and_attention(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
     pytest.importorskip("bitsandbytes")
-    from prefstudio.preference.offline_vlm import tiny_idefics3
+    from prefstudio_research.preference.offline_vlm import tiny_idefics3
     from prefstudio.preference.vlm import VLMConfig, load_vlm
 
     folder = tiny_idefics3(tmp_path_factory.mktemp("idefics3"))
@@ -273,7 +273,7 @@ def _record(user, colours, target, label0):
 
 
 def test_pickapic_converter_reads_plain_pickles_and_writes_the_pair_layout(tmp_path):
-    from prefstudio.preference.pickapic_convert import convert
+    from prefstudio_research.preference.pickapic_convert import convert
 
     refs = [((200, 0, 0), (0, 0, 200)), ((180, 20, 0), (0, 20, 180))]
     train_records = [_record(7, refs, ((250, 0, 0), (0, 0, 250)), 1.0),
@@ -300,7 +300,7 @@ def test_pickapic_converter_reads_plain_pickles_and_writes_the_pair_layout(tmp_p
 
 
 def test_pickapic_converter_refuses_a_pickle_that_would_run_code(tmp_path):
-    from prefstudio.preference.pickapic_convert import UnsafePickle, convert, load_plain_pickle
+    from prefstudio_research.preference.pickapic_convert import UnsafePickle, convert, load_plain_pickle
 
     marker = tmp_path / "pwned"
 
@@ -324,7 +324,7 @@ def test_pickapic_converter_refuses_a_pickle_that_would_run_code(tmp_path):
 
 
 def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_it():
-    from prefstudio.train.preference_tokens import train_lite_on_features
+    from prefstudio_research.train.preference_tokens import train_lite_on_features
 
     generator = torch.Generator().manual_seed(0)
     pool = torch.randn(60, 6, generator=generator)  # images recur across users, as in a real pool
@@ -356,7 +356,7 @@ def test_shipped_training_configs_parse():
     from pathlib import Path
 
     from prefstudio.preference.vlm import VLMConfig
-    from prefstudio.train.preference_tokens import read_run_config
+    from prefstudio_research.train.preference_tokens import read_run_config
 
     configs = sorted((Path(__file__).parents[1] / "assets" / "preference_tokens").glob("*.json"))
     assert {c.stem for c in configs} >= {"lite", "idefics2-8b"}
@@ -370,7 +370,7 @@ def test_shipped_training_configs_parse():
 
 
 def test_training_from_features_with_prompts_needs_the_validation_targets_prompts():
-    from prefstudio.train.preference_tokens import LiteTask
+    from prefstudio_research.train.preference_tokens import LiteTask
 
     def h(n):
         return PairFeatures(torch.randn(n, 6), torch.randn(n, 6), torch.randn(n, 4))

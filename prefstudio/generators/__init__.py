@@ -50,9 +50,9 @@ def load_generator(
 
     device/dtype: None picks them (CUDA bf16/fp16, MPS fp16, CPU fp32). cpu_offload keeps the
     text encoders in CPU memory except while a prompt is encoded, for GPUs too small to hold
-    everything. gradient_checkpointing trades speed for memory during guidance: SD-Turbo at
-    512² on an H100 ran 30 iterations in 8.5 s at 5.4 GB peak with it, 4.7 s at 11.4 GB
-    without (docs/benchmarks_gpu.md); turn it off when the GPU has the room.
+    everything. gradient_checkpointing trades speed for memory during guidance (time and
+    peak memory with and without it: docs/benchmarks_gpu.md); turn it off when the GPU has
+    the room.
     Missing weights raise ModelUnavailable saying how to get them.
     """
     spec = AUTO if spec is None else spec.strip()

@@ -305,7 +305,7 @@ class EmbeddedGenerator(Generator):
         """Composites the shape slots back to front; returns the image, the shapes' coverage
         and where towers (which get windows) are visible, each [B,(3,)H,W].
 
-        Two economies keep a forward+backward at 256² well under 100 ms:
+        Two economies keep a forward+backward at 256² fast (bench/generator_speed.py times it):
         - each shape is drawn only inside its bounding box (union over the batch), widened
           until its edge sigmoid is below 1e-4: outside it the shape changes nothing;
         - an optional part (wave, taper, petals, lobes, ring, windows) whose weight is below

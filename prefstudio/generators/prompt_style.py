@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from prefstudio.encoders.base import TextEncoder
+from prefstudio.shipped import ASSETS
 
-LEXICON_PATH = Path(__file__).resolve().parents[2] / "assets" / "prompt_lexicon.json"
+LEXICON_PATH = ASSETS / "prompt_lexicon.json"
 
 # Lexicon scalars, all in [0, 1] in the file.
 SCALARS = ("sat", "val", "contrast", "density", "size", "softness", "grain", "stripes", "dots",

@@ -20,9 +20,9 @@ from prefstudio.preference.tokens import (
     LiteTokenModel, PairFeatures, TargetFeatures, load_token_model, read_checkpoint_config,
 )
 from prefstudio.preference.user_embedding import UserBank, UserEmbeddingModel, fit_user_embedding
+from prefstudio.shipped import CHECKPOINTS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_TOKEN_CHECKPOINT = REPO_ROOT / "checkpoints" / "preference_tokens_lite"
+DEFAULT_TOKEN_CHECKPOINT = CHECKPOINTS / "preference_tokens_lite"
 USER_EMBEDDING = "user-embedding"
 PREFERENCE_TOKENS = "preference-tokens"
 AUTO = "auto"

@@ -18,8 +18,8 @@ images. The bank, user vectors included, is saved with the checkpoint.
 [P_v; history] is a prefix with full attention among its tokens: each preference token
 reads the whole history, so it can summarise the person along one shared interest for the
 target to read. (Under the VLM's causal attention P_v come first and their keys and values
-are the same constants for everyone.) On PrefBench neither form gives P_v a measurable gain
-on unseen users (docs/preference_tokens.md). The prefix's keys and values are
+are the same constants for everyone.) What P_v gives in either form is measured in
+docs/preference_tokens.md. The prefix's keys and values are
 computed once per person and every target is scored against them in one batch; a target
 attends to the prefix and to itself, never to other targets, so scores do not depend on
 what else is in the batch. There are no positions: the history is a set, and its order
@@ -38,32 +38,9 @@ from torch import nn
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.preference.losses import like_probability
-
-CHECKPOINT_WEIGHTS = "model.safetensors"
-CHECKPOINT_CONFIG = "config.json"
-CHECKPOINT_BANK = "user_bank.safetensors"
-FORMAT = "prefstudio-preference-tokens"
-
-
-def train_only_stage(module: nn.Module, stage: int, stage1_parameters: list[nn.Parameter],
-                     preference_tokens: nn.Parameter | None) -> list[nn.Parameter]:
-    """The two-stage schedule of 000 §4.1, shared by both backbones: stage 1 trains
-    `stage1_parameters` and P_v if the model has them yet, stage 2 only P_v; every other
-    parameter of `module` is frozen."""
-    if stage == 1:
-        params = list(stage1_parameters)
-        if preference_tokens is not None and all(p is not preference_tokens for p in params):
-            params.append(preference_tokens)
-    elif stage == 2:
-        if preference_tokens is None:
-            raise InvalidInput("stage 2 needs preference tokens: call add_preference_tokens first")
-        params = [preference_tokens]
-    else:
-        raise InvalidInput(f"stage must be 1 or 2, got {stage}")
-    trainable = {id(p) for p in params}
-    for p in module.parameters():
-        p.requires_grad_(id(p) in trainable)
-    return params
+from prefstudio.preference.token_checkpoint import (CHECKPOINT_BANK, CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, FORMAT,
+                                                    read_checkpoint_config)
+from prefstudio.preference.token_stages import train_only_stage
 
 
 @dataclass
@@ -341,20 +318,6 @@ def load_checkpoint_bank(directory: str | Path):
     if not path.is_file():
         raise NotFound(f"{directory} holds no user bank ({CHECKPOINT_BANK})")
     return UserBank.load(path)
-
-
-def read_checkpoint_config(directory: str | Path) -> dict:
-    directory = Path(directory)
-    config_file = directory / CHECKPOINT_CONFIG
-    if not config_file.is_file():
-        raise NotFound(f"no preference-token checkpoint at {directory} (missing {CHECKPOINT_CONFIG})")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise InvalidInput(f"{config_file} is not valid JSON: {err}") from None
-    if config.get("format") != FORMAT or config.get("version") != 1:
-        raise InvalidInput(f"{config_file} is not a PrefStudio preference-token checkpoint (version 1)")
-    return config
 
 
 def load_token_model(directory: str | Path, device: torch.device | str = "cpu"):

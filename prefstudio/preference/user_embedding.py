@@ -90,7 +90,7 @@ class UserBank:
             meta = f.metadata() or {}
         if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != BANK_VERSION:
             raise InvalidInput(f"{path} is not a PrefStudio user bank (version {BANK_VERSION}); "
-                               "rebuild it with python -m prefstudio.train.user_bank")
+                               "rebuild it with python -m prefstudio_research.train.user_bank")
         t = load_file(str(path))
         return cls(meta["encoder"], t["mean"], t["std"], t["projection"], t["like_vectors"],
                    t["dislike_vectors"], float(meta["likelihood_power"]), meta.get("source", ""))
@@ -342,7 +342,7 @@ def train_user_bank(
 
     users: one (liked [N_u, D], disliked [N_u, D]) per training user. The weight decay is
     strong on purpose: each user's vector comes from a few dozen pairs, and a shrunk one
-    predicts their new pairs better (PrefBench: 72.8 % vs 65.8 % at 1e-2), which is what
+    predicts their new pairs better (docs/design_figures.md), which is what
     the posterior over users needs.
     """
     if len(users) < 2:

@@ -20,6 +20,9 @@ from torch import nn
 
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound
 from prefstudio.preference.losses import like_probability
+from prefstudio.preference.token_checkpoint import (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, FORMAT,
+                                                    read_checkpoint_config)
+from prefstudio.preference.token_stages import train_only_stage
 
 TEMPLATE = "<image>The prompt is {prompt}. Score for this image?"
 LABEL_WORDS = ("like", "dislike")
@@ -127,8 +130,6 @@ class VLMPreferenceModel(nn.Module):
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Stage 1: the LoRA weights (and P_v, if any); stage 2: P_v alone. Everything else is frozen."""
-        from prefstudio.preference.tokens import train_only_stage  # tokens imports this module
-
         lora = [p for n, p in self.model.named_parameters() if "lora_" in n]
         return train_only_stage(self, stage, lora, self.preference_tokens)
 
@@ -260,8 +261,6 @@ class VLMPreferenceModel(nn.Module):
         return state
 
     def save(self, directory: str | Path, provenance: dict | None = None) -> Path:
-        from prefstudio.preference.tokens import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, FORMAT
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.trained_state(), str(directory / CHECKPOINT_WEIGHTS), metadata={"format": FORMAT})
@@ -313,8 +312,6 @@ def load_vlm(config: VLMConfig, device: torch.device | str) -> VLMPreferenceMode
 
 
 def load_vlm_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> VLMPreferenceModel:
-    from prefstudio.preference.tokens import CHECKPOINT_WEIGHTS, read_checkpoint_config
-
     config = read_checkpoint_config(directory)
     fields = {k: v for k, v in config["model"].items() if k != "backbone"}
     model = load_vlm(VLMConfig(**fields), device)

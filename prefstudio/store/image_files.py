@@ -11,13 +11,13 @@ import io
 import json
 import os
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from prefstudio import validation
+from prefstudio.atomic_write import write_atomically
 from prefstudio.provenance import PARAMETERS_KEY, a1111_parameters
 from prefstudio.errors import InvalidInput, echo
 
@@ -150,47 +150,12 @@ def load_untrusted_image(
 # --- content-addressed PNG files -------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def make_private(path: Path, mode: int) -> None:
     """Take group and other access away from a file or folder of ours (one made by an older
     version, or under a loose umask); one owned by someone else is left as it is."""
     status = os.stat(path)
     if status.st_mode & 0o077 and status.st_uid == os.getuid():
         os.chmod(path, mode)
-
-
-def _make_dirs(directory: Path) -> None:
-    """mkdir -p that also makes each new directory entry durable; new folders are owner-only
-    (files are too: mkstemp makes them 0600)."""
-    if directory.is_dir():
-        return
-    _make_dirs(directory.parent)
-    directory.mkdir(mode=0o700, exist_ok=True)
-    _fsync_dir(directory.parent)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part, even after a crash."""
-    path = Path(path)
-    _make_dirs(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def png_path(sha256: str, images_dir: Path) -> Path:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from prefstudio.shipped import ASSETS
+
 CLIP_TOKENIZER_DIR = ASSETS / "clip_tokenizer"
 FAMILIES = ("sd", "sdxl", "flux", "clip")
 VOCAB = 49408  # CLIP's vocabulary, shared by every tiny text encoder here

@@ -2,14 +2,14 @@
 
     # stage 1: the backbone (lite: all weights; vlm: LoRA) with L_all, and P_v with it
     # when the config's stage 1 has preference_tokens (L_p) > 0
-    python -m prefstudio.train.preference_tokens --config assets/preference_tokens/lite.json \
+    python -m prefstudio_research.train.preference_tokens --config assets/preference_tokens/lite.json \
         --data data/bench --stage 1 --out runs/lite/stage1
     # stage 2: from the stage-1 checkpoint, everything frozen but P_v (added here, with the
     # stage-2 L_p, if the stage-1 model has none)
-    python -m prefstudio.train.preference_tokens --config assets/preference_tokens/lite.json \
+    python -m prefstudio_research.train.preference_tokens --config assets/preference_tokens/lite.json \
         --data data/bench --stage 2 --resume runs/lite/stage1 --out runs/lite/stage2
     # several GPUs (the paper's 8-GPU run):
-    accelerate launch --num_processes 8 -m prefstudio.train.preference_tokens --config \
+    accelerate launch --num_processes 8 -m prefstudio_research.train.preference_tokens --config \
         assets/preference_tokens/idefics2-8b.json --data DATA --stage 1 --out runs/idefics2/stage1
 
 Where P_v starts is read two ways. 000 §4.1: the model is trained with the loss, "after
@@ -244,7 +244,7 @@ class VLMTask:
         return m_like[0::2], m_dislike[0::2], m_like[1::2], m_dislike[1::2]
 
     def validation_accuracy(self, model) -> tuple[float, int]:
-        from prefstudio.eval.protocol import group_scores
+        from prefstudio_research.eval.protocol import group_scores
 
         scores = group_scores(self.scorer, self.data, "val", self.n_ref, "1v1")
         hits = torch.cat([top_k_hits(s, 1) for s in scores.values() if len(s)])
@@ -328,7 +328,7 @@ def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_fil
 
 # ---- from files (the CLI) ---------------------------------------------------------------------------
 def _encoders(model_config: dict):
-    from prefstudio.preference.scorers import encoder_named
+    from prefstudio_research.preference.scorers import encoder_named
 
     return encoder_named(model_config["image_encoder"]), encoder_named(model_config["text_encoder"])
 
@@ -338,7 +338,7 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     """Run one stage on a data root and save the kept weights to `out`; returns the kept step's
     record. `encoders` (image, text) replaces the lookup of the config's encoder names (lite)."""
     from accelerate import PartialState
-    from prefstudio.preference.scorers import LiteScorer, VLMScorer
+    from prefstudio_research.preference.scorers import LiteScorer, VLMScorer
     from prefstudio.preference.tokens import load_checkpoint_bank, load_token_model
 
     settings: StageConfig = config[f"stage{stage}"]
@@ -437,7 +437,7 @@ def train_lite_on_features(train_users: list[PairFeatures], validation: list[tup
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefstudio.train.preference_tokens", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m prefstudio_research.train.preference_tokens", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="JSON with backbone, model, stage1, stage2")
     parser.add_argument("--data", required=True, help="data root (images.jsonl, pairs/)")

@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bench.prefbench.clipart import Drawing, category_prompt, subject_prompt
-from bench.prefbench.data import feature_file
+from prefstudio_research.prefbench.clipart import Drawing, category_prompt, subject_prompt
+from prefstudio_research.prefbench.data import feature_file
 from prefstudio.encoders.base import ImageEncoder, TextEncoder, pil_to_tensor
 from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes
 

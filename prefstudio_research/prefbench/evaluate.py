@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.prefbench.data import Split
-from bench.prefbench.methods import History, Method, ValidationUser
-from bench.prefbench.pairs import ceilings_1v1, ceilings_1v3
+from prefstudio_research.prefbench.data import Split
+from prefstudio_research.prefbench.methods import History, Method, ValidationUser
+from prefstudio_research.prefbench.pairs import ceilings_1v1, ceilings_1v3
 from prefstudio.eval.metrics import standard_error, top_k_hits
 
 SUBSETS = ("all", "seen", "unseen")

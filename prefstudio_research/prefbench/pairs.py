@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.prefbench.clipart import Drawing, category_prompt, subject_prompt
+from prefstudio_research.prefbench.clipart import Drawing, category_prompt, subject_prompt
 from prefstudio.eval.simulated_users import (
     ATTRIBUTES, SimulatedUser, TasteMix, calibrate_temperature, sample_population,
 )
@@ -36,7 +36,8 @@ class PairConfig:
     n_val_users: int = 60
     # Test users: drawn from the training users and judged again on test images (seen), or new.
     # Several hundred, so that the seen/unseen gap and differences between models of a few
-    # tenths of a point stand out of the test users' sampling noise (40/80 gave ~1.9 points).
+    # tenths of a point stand out of the test users' sampling noise (what 40/80 gave:
+    # docs/design_figures.md).
     n_seen: int = 200
     n_unseen: int = 400
     n_ref: int = 32  # reference lines per evaluated user: N_ref up to 32
@@ -237,7 +238,7 @@ def build_pairs(cache: Path, drawings: list[Drawing], attributes: dict[str, torc
 
 def build_key(cache: Path, config: PairConfig) -> dict:
     """What a pair build depends on: its settings and the exact image list."""
-    from bench.prefbench.features import pool_digest
+    from prefstudio_research.prefbench.features import pool_digest
 
     return json.loads(json.dumps({"config": asdict(config), "images_sha256": pool_digest(cache)}))
 

@@ -1,6 +1,6 @@
 """Convert the released Pick-a-Pic-derived data of 000/001 into the pair data set layout.
 
-    python -m prefstudio.preference.pickapic_convert --train train.pkl --val val.pkl \
+    python -m prefstudio_research.preference.pickapic_convert --train train.pkl --val val.pkl \
         --test test.pkl --out data/pickapic
 
 The release ships pickles, and loading a pickle can run any code its author chose. They are
@@ -245,7 +245,7 @@ class ImageWriter:
         if not isinstance(value, (bytes, bytearray)):
             raise InvalidInput(f"{where}: expected encoded image bytes, got {type(value).__name__}")
         # Each distinct encoded image is decoded once: records repeat their reference images,
-        # and a 40 MP image takes 0.3 s.
+        # and decoding a 40 MP image takes a noticeable part of a second.
         key = hashlib.sha256(value).digest()
         if key not in self.written:
             self.written[key] = self._write(bytes(value), where)
@@ -385,7 +385,7 @@ def _convert(train: Path, val: Path, test: Path, out: Path, max_side: int) -> Co
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefstudio.preference.pickapic_convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m prefstudio_research.preference.pickapic_convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", required=True, type=Path, help=f"the {split} pickle of the release")

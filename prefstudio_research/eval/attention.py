@@ -1,6 +1,6 @@
 """Which preference tokens a person's history makes the target attend to (000 §3.3, Fig. 3).
 
-    python -m prefstudio.eval.attention --checkpoint runs/lite/stage2 --data data/bench \
+    python -m prefstudio_research.eval.attention --checkpoint runs/lite/stage2 --data data/bench \
         --users 8 --shuffles 5 --out docs/figures/attention.png
 
 One target image (the first test target's liked image, or --target) is appended to the
@@ -90,9 +90,9 @@ def plot(maps: dict[str, torch.Tensor], seen: set[str], shuffles: int, title: st
 
 
 def main(argv=None) -> int:
-    from prefstudio.eval.protocol import scorer_for_checkpoint
+    from prefstudio_research.eval.protocol import scorer_for_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m prefstudio.eval.attention", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m prefstudio_research.eval.attention", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a stage-2 checkpoint (with preference tokens)")
     parser.add_argument("--data", required=True)

@@ -203,7 +203,7 @@ class TokenTraining:
             from pathlib import Path
 
             from prefstudio.preference.tokens import PairFeatures
-            from prefstudio.train.preference_tokens import read_run_config, train_lite_on_features
+            from prefstudio_research.train.preference_tokens import read_run_config, train_lite_on_features
 
             start = time.perf_counter()
             config = read_run_config(Path(__file__).resolve().parents[2] / TOKEN_CONFIG)
@@ -267,7 +267,7 @@ class PreferenceTokens(Method):
     def speed(self, features: torch.Tensor, train_rows: torch.Tensor, prompt: torch.Tensor | None,
               histories: list[int], pools: list[int], repeats: int) -> list[dict]:
         """Encoding a history (once per person) and scoring a pool against it, as each grows."""
-        from bench.prefbench.speed import median_wall_and_cpu
+        from prefstudio_research.prefbench.speed import median_wall_and_cpu
 
         def prompts(n):
             return None if prompt is None else prompt.expand(n, -1)

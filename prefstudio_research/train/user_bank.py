@@ -1,6 +1,6 @@
 """Builds the cold-start user bank the studio ships (checkpoints/user_bank_embedded.safetensors).
 
-    python -m prefstudio.train.user_bank --out checkpoints/user_bank_embedded.safetensors
+    python -m prefstudio_research.train.user_bank --out checkpoints/user_bank_embedded.safetensors
 
 The bank's users are a simulated population (prefstudio.eval.simulated_users.sample_population):
 common + archetype + personal tastes over the taste families people have — colour, light,
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    command = ("python -m prefstudio.train.user_bank " + f"--users {args.users} --prompts {args.prompts} "
+    command = ("python -m prefstudio_research.train.user_bank " + f"--users {args.users} --prompts {args.prompts} "
                f"--seeds-per-prompt {args.seeds_per_prompt} --pairs-per-user {args.pairs_per_user} --seed {args.seed}")
     bank = build_bank(args.users, args.prompts, args.seeds_per_prompt, args.pairs_per_user, args.seed, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ between them says whether the encoder, the history length or the model limits it
 """
 import torch
 
-from bench.prefbench.data import Split
+from prefstudio_research.prefbench.data import Split
 from prefstudio.eval.metrics import top_k_hits
 from prefstudio.eval.simulated_users import SimulatedUser
 

@@ -1,6 +1,6 @@
 """The evaluation protocol of 000 §4.1 / §4.3, computed from the models' scores.
 
-    python -m prefstudio.eval.protocol --data data/bench \
+    python -m prefstudio_research.eval.protocol --data data/bench \
         --model "+tokens=checkpoints/x/stage2" --model "w/o P_v=checkpoints/x/stage1" --out results.json
 
 Every number comes with its protocol (what was compared, on whom, with how long a
@@ -119,7 +119,7 @@ def describe(row: dict) -> str:
 
 def scorer_for_checkpoint(path: str | Path, data: PairDataSet, device: str = "cpu"):
     """Lite checkpoints score from cached features; VLM checkpoints read the images."""
-    from prefstudio.preference.scorers import LiteScorer, VLMScorer, encoder_named
+    from prefstudio_research.preference.scorers import LiteScorer, VLMScorer, encoder_named
     from prefstudio.preference.tokens import load_token_model
 
     model = load_token_model(path, device=device)
@@ -130,7 +130,7 @@ def scorer_for_checkpoint(path: str | Path, data: PairDataSet, device: str = "cp
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefstudio.eval.protocol", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m prefstudio_research.eval.protocol", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="data root (images.jsonl, pairs/, features/)")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         print(f"  ({name}: evaluated in {time.perf_counter() - start:.1f} s)")
         results += rows
     if args.out:
-        report = {"command": "python -m prefstudio.eval.protocol " + " ".join(sys.argv[1:] if argv is None else argv),
+        report = {"command": "python -m prefstudio_research.eval.protocol " + " ".join(sys.argv[1:] if argv is None else argv),
                   "data": str(args.data), "split": args.split,
                   "protocols": {p: PROTOCOL_TEXT[p] for p in protocols}, "results": results}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
