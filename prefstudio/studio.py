@@ -423,6 +423,9 @@ def build_studio(data_dir: str | Path, model: str = "auto", device: str | None =
     from prefstudio.generators import EMBEDDED, default_generator_spec, load_generator
     from prefstudio.rewards import catalog
 
+    reward_folders = catalog.check_folders(dict(reward_folders or {}))  # before minutes of loading
+    if image_encoder not in catalog.IMAGE_ENCODERS:
+        catalog.image_encoder(image_encoder)  # says which there are
     spec = default_generator_spec() if model == "auto" else model
     if spec == EMBEDDED:  # the embedded generator, steered by the MiniLM prompt encoder
         if set(reward_folders or {}) - ({"clip"} if image_encoder == "clip" else set()):
@@ -432,8 +435,6 @@ def build_studio(data_dir: str | Path, model: str = "auto", device: str | None =
         if image_encoder != "embedded":
             encoder = catalog.image_encoder(image_encoder, reward_folders, device or "cpu")
         return Studio(data_dir, image_encoder=encoder, preference_model=preference_model)
-    if image_encoder not in catalog.IMAGE_ENCODERS:  # before minutes of loading
-        catalog.image_encoder(image_encoder)
     generator = load_generator(spec, device=device)
     found = catalog.discover_rewards(data_dir, reward_folders, generator.device)
     from prefstudio.rewards.calibration import CALIBRATION_FILE, apply_calibrations, read_calibrations

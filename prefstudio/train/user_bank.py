@@ -129,7 +129,10 @@ def build_bank_from_images(folder: str | Path, encoder, n_users: int = 96, pairs
         raise InvalidInput("a bank takes 2–1000 users and 1–1000 pairs per user")
     images = []
     for path in files:
-        image = load_untrusted_image(path)
+        try:
+            image = load_untrusted_image(path)
+        except InvalidInput as error:
+            raise InvalidInput(f"{path}: {error}") from None
         image.thumbnail((2 * ATTRIBUTE_SIDE, 2 * ATTRIBUTE_SIDE))  # encoders read 224-512 px; keeps memory bounded
         images.append(image)
     with torch.no_grad():
