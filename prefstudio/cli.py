@@ -68,7 +68,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "are in the local Hugging Face cache")
     parser.add_argument("--image-encoder", choices=["embedded", "clip"], default="embedded",
                         help="the image features your taste model reads: 'embedded' (built in, the default) or 'clip' "
-                             "(CLIP ViT-L/14, when its weights are here; a taste fitted on one is refitted on the other)")
+                             "(CLIP ViT-L/14, when its weights are here; fit again after switching)")
 
 
 def _reward_folders(items: list[str]) -> dict[str, str]:
@@ -293,7 +293,9 @@ def cmd_calibrate(args, studio) -> dict:
         raise InvalidInput("--seeds must lie in [1, 64]")
     rewards = {n: r for n, r in studio.base_rewards.items() if n in studio.reward_states}
     sources = {n: state.source for n, state in studio.reward_states.items()}
-    command = f"python -m prefstudio --model {args.model} calibrate --prompts {args.prompts} --seeds {args.seeds}"
+    named = "".join(f" --reward {name}={folder}" for name, folder in studio_options(args)["reward_folders"].items())
+    command = (f"python -m prefstudio --model {args.model}{named} calibrate --prompts {args.prompts} "
+               f"--seeds {args.seeds}")
     measured = measure(studio.generator, rewards, sources, prompts[:args.prompts], seeds, command)
     path = studio.store.data_dir / CALIBRATION_FILE
     write_calibrations(path, measured)
