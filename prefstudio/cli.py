@@ -76,7 +76,8 @@ def _reward_folders(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name.strip() or not folder.strip():
-            raise InvalidInput(f"--reward takes NAME=FOLDER (e.g. clip=/models/clip-vit-large-patch14), got {echo(item)}")
+            raise InvalidInput(f"--reward takes NAME=FOLDER (e.g. clip=/models/clip-vit-large-patch14), "
+                               f"got {echo(item)}")
         if name.strip() in folders:
             raise InvalidInput(f"--reward {echo(name.strip())} is given twice")
         folders[name.strip()] = folder.strip()
@@ -282,15 +283,18 @@ def cmd_suggest(args, studio) -> dict:
 
 
 def cmd_calibrate(args, studio) -> dict:
-    from prefstudio.rewards.calibration import CALIBRATION_FILE, measure, write_calibrations
+    from prefstudio.rewards.calibration import CALIBRATION_FILE, MAX_SEEDS, measure, write_calibrations
     from prefstudio.taste_summary import read_prompts
 
+    if not studio.reward_states:
+        raise InvalidInput("calibrate measures the rewards a real generator offers (CLIP, aesthetic, PickScore): "
+                           "run it with --model sd-turbo, a hub id or a diffusers folder")
     prompts = read_prompts()
     if not 1 <= args.prompts <= len(prompts):
         raise InvalidInput(f"--prompts must lie in [1, {len(prompts)}] (the prompts in assets/prompts.txt)")
-    seeds = list(range(20_000, 20_000 + args.seeds)) if 1 <= args.seeds <= 64 else None
-    if seeds is None:
-        raise InvalidInput("--seeds must lie in [1, 64]")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise InvalidInput(f"--seeds must lie in [1, {MAX_SEEDS}]")
+    seeds = list(range(20_000, 20_000 + args.seeds))
     rewards = {n: r for n, r in studio.base_rewards.items() if n in studio.reward_states}
     sources = {n: state.source for n, state in studio.reward_states.items()}
     named = "".join(f" --reward {name}={folder}" for name, folder in studio_options(args)["reward_folders"].items())

@@ -261,8 +261,9 @@ def test_calibration_files_are_checked(content, message, tmp_path):
 def test_a_broken_calibration_file_stops_the_studio_with_its_reason(models, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    (data / CALIBRATION_FILE).write_text(json.dumps({"format": "prefstudio-reward-calibration", "version": 1,
-                                                     "entries": [good_entry(spread=math.inf)]}).replace("Infinity", "1e999"))
+    text = json.dumps({"format": "prefstudio-reward-calibration", "version": 1,
+                       "entries": [good_entry(spread=math.inf)]})
+    (data / CALIBRATION_FILE).write_text(text.replace("Infinity", "1e999"))  # what JSON can say of infinity
     with pytest.raises(InvalidInput, match="spread must be a finite number"):
         build_studio(data, models["sd"], "cpu", reward_folders=folders(models))
 

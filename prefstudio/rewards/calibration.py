@@ -86,7 +86,8 @@ def _entry(row, path: Path, index: int) -> Calibration:
     if values["spread"] <= 0:
         raise InvalidInput(f"{where}: spread must be positive")
     if values["images"] < MIN_IMAGES:
-        raise InvalidInput(f"{where}: a spread from {values['images']} images is no measurement (at least {MIN_IMAGES})")
+        raise InvalidInput(f"{where}: a spread from {values['images']} images is no measurement "
+                           f"(at least {MIN_IMAGES})")
     return Calibration(**values)
 
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefstudio import hub
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
 from prefstudio.rewards.base import Reward
 

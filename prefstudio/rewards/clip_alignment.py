@@ -16,8 +16,8 @@ class CLIPAlignmentReward(Reward):
     description = "How well the image matches the prompt (CLIP ViT-L/14 text–image similarity)"
     offset = 0.30
     scale = 0.03
-    normalisation_source = ("estimate: offset from published CLIP ViT-L/14 scores (Premier, seeds/003), spread guessed; "
-                            "not measured here")
+    normalisation_source = ("estimate: offset from published CLIP ViT-L/14 scores (Premier, seeds/003), "
+                            "spread guessed; not measured here")
 
     def __init__(self, clip: CLIPEncoder | None = None):
         self.clip = clip if clip is not None else CLIPEncoder()
@@ -37,7 +37,8 @@ class CLIPPromptConsistencyReward(Reward):
     calibration of "clip" holds for both."""
 
     name = "prompt_consistency"
-    description = "Keeps personalization on topic: never matches the prompt (CLIP) less than the baseline, beyond its weight"
+    description = ("Keeps personalization on topic: never matches the prompt (CLIP) less than the baseline, "
+                   "beyond its weight")
     guard = True
 
     def __init__(self, alignment: CLIPAlignmentReward):

@@ -141,7 +141,8 @@ def build_bank_from_images(folder: str | Path, encoder, n_users: int = 96, pairs
                                           antialias=True, align_corners=False) for image in images])
     pairs = list(itertools.combinations(range(len(images)), 2))
     users, labelling = simulated_judgments(pixels, features, pairs, n_users, pairs_per_user, seed)
-    source = f"{command or 'build_bank_from_images'}: {labelling}, random pairs of {len(images)} images from {folder.name}"
+    source = (f"{command or 'build_bank_from_images'}: {labelling}, random pairs of {len(images)} images "
+              f"from {folder.name}")
     return train_user_bank(users, encoder.name, source)
 
 

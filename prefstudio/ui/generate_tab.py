@@ -65,7 +65,8 @@ def reward_states_text(studio) -> str:
     lines = ["**Rewards on this machine**"]
     for name, state in studio.reward_states.items():
         if state.ready:
-            lines.append(f"- ✅ **{reward_label(name)}**: ready ({state.detail}); normalisation: {state.normalisation}.")
+            lines.append(f"- ✅ **{reward_label(name)}**: ready ({state.detail}); "
+                         f"normalisation: {state.normalisation}.")
         else:
             lines.append(f"- ⛔ **{reward_label(name)}**: missing. {state.detail}")
     return "\n".join(lines)
