@@ -98,6 +98,10 @@ def test_the_app_offers_and_uses_the_clip_and_aesthetic_sliders(models, tmp_path
     made = studio.store.personalized_images("alice", 1)[0].params
     assert made["weights"] == {"user": 0.0, "prompt_consistency": 0.5, "clip": 1.0, "aesthetic": 0.0}
     assert set(made["scores"]["personalized"]) == {"user", "prompt_consistency", "clip", "aesthetic"}
+    # The clip slider steered the run: its weighted score is the objective, and guidance raised it.
+    trace = made["trace"]
+    assert trace[0][1] == pytest.approx(trace[0][2]["clip"], abs=1e-3)
+    assert max(total for _, total, _ in trace[1:]) > trace[0][1]
     assert "CLIP text alignment" in pers_scores and "LAION aesthetic" in base_scores
 
 
@@ -130,6 +134,21 @@ def test_clip_weights_in_the_local_cache_are_found_without_a_folder(models, tmp_
         load_clip.cache_clear()
     assert studio.reward_states["clip"].ready and studio.reward_states["clip"].source == "openai/clip-vit-large-patch14"
     assert "clip" in studio.default_weights() and not studio.reward_states["aesthetic"].ready
+
+
+def test_each_reward_is_found_on_its_own(models, tmp_path):
+    """PickScore from a folder, without CLIP: each catalogued reward stands alone."""
+    from prefstudio.rewards.catalog import discover_rewards
+
+    found = discover_rewards(tmp_path, {"pickscore": models["clip"]}, "cpu")
+    assert list(found.rewards) == ["pickscore"] and found.clip is None
+    assert found.states["pickscore"].source == models["clip"] and not found.states["clip"].ready
+    # Without CLIP the aesthetic head is named first (it is the part not on the Hub), and CLIP with it.
+    assert "convert_aesthetic_head" in found.states["aesthetic"].detail
+    assert "CLIP must be here too" in found.states["aesthetic"].detail
+    reward = found.rewards["pickscore"]
+    score = reward.score(torch.rand(1, 3, 64, 64), reward.prepare(PROMPT))
+    assert score.shape == (1,) and torch.isfinite(score).all()
 
 
 def test_prompt_consistency_on_a_real_generator_is_clip_text_alignment_as_a_guard(models, tmp_path):
@@ -226,6 +245,12 @@ def test_calibrate_measures_and_the_studio_uses_the_constants(models, tmp_path, 
     assert studio.base_rewards["prompt_consistency"].normalise(torch.tensor([clip.offset])).item() == pytest.approx(0)
     other = build_studio(tmp_path / "other", models["sd"], "cpu", reward_folders=folders(models))
     assert other.base_rewards["clip"].offset == 0.30 and "estimate" in other.reward_states["clip"].normalisation
+
+
+def test_calibrate_needs_a_real_generator(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--data", str(tmp_path / "d"), "--model", "embedded", "calibrate")
+    assert code == 2 and "calibrate measures the rewards a real generator offers" in err
+    assert not (tmp_path / "d" / CALIBRATION_FILE).exists()
 
 
 def good_entry(**change):
