@@ -316,7 +316,7 @@ def cmd_bank(args, options: dict, data: str) -> dict:
     from prefstudio.studio import user_bank_path
     from prefstudio.train.user_bank import build_bank_from_images
 
-    encoder = image_encoder(options["image_encoder"], options["reward_folders"], args.device or "cpu")
+    encoder = image_encoder(options["image_encoder"], options["reward_folders"], args.device)
     named = "".join(f" --reward {name}={folder}" for name, folder in options["reward_folders"].items())
     command = (f"python -m prefstudio{named} --image-encoder {options['image_encoder']} bank --images {args.images} "
                f"--users {args.users} --pairs-per-user {args.pairs_per_user} --seed {args.seed}")

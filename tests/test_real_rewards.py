@@ -81,6 +81,8 @@ def test_the_app_offers_and_uses_the_clip_and_aesthetic_sliders(models, tmp_path
     assert component(demo, "ps-weight-pickscore") is None
     states = component(demo, "ps-reward-states")["props"]["value"]
     assert f"reads {models['clip']}" in states and "estimate" in states
+    assert ("Rewards: CLIP text alignment, LAION aesthetic on the sliders; missing: PickScore"
+            in component(demo, "ps-models")["props"]["value"])
     # PickScore is not here: the page says what is missing, its size and the command that gets it.
     assert "PickScore**: missing" in states and "about 3.9 GB" in states
     assert "`hf download yuvalkirstain/PickScore_v1`" in states and "--reward pickscore=PATH" in states
@@ -321,6 +323,16 @@ def test_clip_features_for_the_taste_model_cold_start_from_a_bank_built_from_a_f
     (pictures / "broken.png").write_bytes(b"not an image at all")
     code, _, err = run_cli(capsys, *flags, "bank", "--images", str(pictures))
     assert code == 2 and "broken.png" in err
+
+
+def test_clip_features_with_the_embedded_generator(models, tmp_path):
+    studio = build_studio(tmp_path / "data", "embedded", image_encoder="clip", reward_folders={"clip": models["clip"]})
+    assert studio.encoder.name == f"clip:{models['clip']}" and studio.encoder.dim == 768
+    assert list(studio.base_rewards) == ["prompt_consistency"] and studio.bank is None
+    # The shipped token checkpoint reads embedded features: auto serves the user embedding alone.
+    assert list(studio.preference.members) == ["user-embedding"]
+    with pytest.raises(ModelUnavailable, match="openai/clip-vit-large-patch14"):
+        build_studio(tmp_path / "data", "embedded", image_encoder="clip")
 
 
 def test_a_bank_needs_enough_images(models, tmp_path, capsys):
