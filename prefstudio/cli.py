@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
-                   help="reward weight, repeatable (default user=0.75, 0.5 on prompt consistency, which is a "
-                        "guard: it only keeps the image from becoming less typical of the prompt than the baseline)")
+                   help="reward weight, repeatable; rewards not named keep their defaults (user=0.75, 0.5 on prompt "
+                        "consistency, which is a guard: it only keeps the image from becoming less typical of the "
+                        "prompt than the baseline; 0.25 on others such as clip, aesthetic, pickscore; 0 turns one off)")
     p.add_argument("--strength", type=float, default=0.5,
                    help="how far personalization may move away from the baseline, 0-1 (default 0.5)")
     p.add_argument("--iterations", type=int, default=30)
