@@ -12,6 +12,7 @@
     python -m prefstudio export alice alice.prefstudio
     python -m prefstudio import alice.prefstudio --name alice-laptop
     python -m prefstudio evaluate pairs.jsonl --n-ref 8
+    python -m prefstudio --model sd-turbo rewards                     # which rewards --weight can name here
     python -m prefstudio --model sd-turbo calibrate --prompts 24 --seeds 4   # measure the rewards' scales
     python -m prefstudio --model sd-turbo personalize alice "a fox" --weight clip=0.5 --weight aesthetic=0.5
     python -m prefstudio --model sd-turbo --reward clip=/models/clip-l14 --image-encoder clip bank --images ~/Pictures
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--method", choices=["guidance", "best_of_n"], default="guidance")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
+
+    sub.add_parser("rewards", help="the rewards --weight can name here, and how to get the missing ones")
 
     p = sub.add_parser("calibrate", help="measure each reward's offset and spread on this generator's images")
     p.add_argument("--prompts", type=int, default=24, help="prompts from assets/prompts.txt (default 24)")
@@ -283,6 +286,21 @@ def cmd_suggest(args, studio) -> dict:
                              "why": s.reason} for s in studio.suggest(args.profile, shas, args.top)]}
 
 
+def cmd_rewards(args, studio) -> dict:
+    """Every reward on offer with its default weight, then the catalogued ones that are missing."""
+    from prefstudio.rewards.user_preference import TasteReward
+
+    offered = {"user": {"default_weight": studio.default_weights()["user"], "description": TasteReward.description,
+                        "needs": "a fitted profile"}}
+    for name, reward in studio.base_rewards.items():
+        offered[name] = {"default_weight": studio.default_weights()[name], "description": reward.description,
+                         "guard": reward.guard, "normalisation": reward.normalisation_source}
+        if name in studio.reward_states:
+            offered[name]["reads"] = studio.reward_states[name].source
+    missing = {n: s.detail for n, s in studio.reward_states.items() if not s.ready}
+    return {"rewards": offered, "missing": missing}
+
+
 def cmd_calibrate(args, studio) -> dict:
     from prefstudio.rewards.calibration import CALIBRATION_FILE, MAX_SEEDS, measure, write_calibrations
     from prefstudio.taste_summary import read_prompts
@@ -331,7 +349,8 @@ def cmd_bank(args, options: dict, data: str) -> dict:
 
 
 STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "fit": cmd_fit,
-                   "suggest": cmd_suggest, "personalize": cmd_personalize, "calibrate": cmd_calibrate}
+                   "suggest": cmd_suggest, "personalize": cmd_personalize, "calibrate": cmd_calibrate,
+                   "rewards": cmd_rewards}
 
 
 def run(args: argparse.Namespace) -> dict:

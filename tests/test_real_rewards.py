@@ -179,6 +179,11 @@ def test_the_cli_uses_the_clip_and_aesthetic_weights(models, tmp_path, capsys):
     fitted_studio(data, models, reward_folders=folders(models))[0].store.close()
     flags = ["--data", str(data), "--model", models["sd"], "--device", "cpu",
              "--reward", f"clip={models['clip']}", "--reward", f"aesthetic={models['head']}"]
+    code, result, err = run_cli(capsys, *flags, "rewards")
+    assert code == 0, err
+    assert list(result["rewards"]) == ["user", "prompt_consistency", "clip", "aesthetic"]
+    assert result["rewards"]["clip"]["reads"] == models["clip"] and result["rewards"]["prompt_consistency"]["guard"]
+    assert "hf download yuvalkirstain/PickScore_v1" in result["missing"]["pickscore"]
     code, result, err = run_cli(capsys, *flags, "personalize", "alice", PROMPT, "--seed", "4", "--iterations", "2",
                                 "--weight", "clip=0.5", "--weight", "aesthetic=0.75", "--out", str(tmp_path / "out"))
     assert code == 0, err
