@@ -124,7 +124,7 @@ class Studio:
         """`extra_rewards` join prompt consistency (one named "prompt_consistency" replaces it);
         `reward_states` (`prefstudio.rewards.catalog.RewardState` by name) say which catalogued
         rewards are ready and how to get the missing ones. The user bank is `bank_path` when it
-        reads this encoder's features, else the one `bank` built in the data folder for it."""
+        reads this encoder's features, unless `python -m prefstudio bank` built one for it in the data folder."""
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -136,7 +136,8 @@ class Studio:
         self.encoder = image_encoder
         self.bank = None
         if bank_path is not None:
-            for path in (Path(bank_path), user_bank_path(data_dir, self.encoder.name)):
+            # A bank the person built for this encoder (`bank`) comes before the shipped one.
+            for path in (user_bank_path(data_dir, self.encoder.name), Path(bank_path)):
                 bank = UserBank.load(path) if path.is_file() else None
                 if bank is not None and bank.encoder == self.encoder.name:
                     self.bank = bank

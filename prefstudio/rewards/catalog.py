@@ -34,7 +34,7 @@ IMAGE_ENCODERS = ("embedded", "clip")
 class RewardState:
     name: str
     ready: bool
-    source: str  # the folder, cache snapshot or file it reads ("" when missing)
+    source: str  # the folder or file named with --reward, or the hub id found in the cache ("" when missing)
     detail: str  # ready: what it reads; missing: what is missing, its size and how to get it
     normalisation: str = ""  # where its offset and spread come from (ready rewards)
 
