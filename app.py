@@ -4,6 +4,7 @@
     python app.py --port 7861 --data ~/prefstudio-data
     python app.py --model sd-turbo         # a GPU generator (weights must be on this machine,
                                            # or add --allow-downloads to fetch them once)
+    python app.py --model sd-turbo --reward clip=/models/clip-vit-large-patch14   # CLIP rewards from a folder
     python app.py --preference-model preference-tokens   # one model instead of auto's combination
     python app.py --host 0.0.0.0 --auth-file logins.txt  # other computers, with logins (user:password lines)
 """
@@ -12,7 +13,7 @@ import os
 import sys
 import time
 
-from prefstudio.cli import add_model_arguments
+from prefstudio.cli import add_model_arguments, studio_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(min(4, torch.get_num_threads()))
     try:
-        studio = build_studio(args.data, args.model, args.device, args.preference_model)
+        studio = build_studio(args.data, **studio_options(args))
         demo = build_app(studio)
         launch(demo, args.host, args.port, prevent_thread_lock=True, auth=credentials)
     except PrefStudioError as error:

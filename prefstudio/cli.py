@@ -12,6 +12,10 @@
     python -m prefstudio export alice alice.prefstudio
     python -m prefstudio import alice.prefstudio --name alice-laptop
     python -m prefstudio evaluate pairs.jsonl --n-ref 8
+    python -m prefstudio --model sd-turbo rewards                     # which rewards --weight can name here
+    python -m prefstudio --model sd-turbo calibrate --prompts 24 --seeds 4   # measure the rewards' scales
+    python -m prefstudio --model sd-turbo personalize alice "a fox" --weight clip=0.5 --weight aesthetic=0.5
+    python -m prefstudio --model sd-turbo --reward clip=/models/clip-l14 --image-encoder clip bank --images ~/Pictures
 """
 import argparse
 import json
@@ -58,6 +62,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "which reads your judged pairs) or a folder holding a lite preference-token checkpoint")
     parser.add_argument("--allow-downloads", action="store_true",
                         help="let Hugging Face models download (off by default: nothing leaves this machine)")
+    parser.add_argument("--reward", action="append", default=[], metavar="NAME=FOLDER",
+                        help="where a reward's weights are, repeatable: clip=FOLDER (a CLIP ViT-L/14 folder; also the "
+                             "aesthetic head's features and --image-encoder clip), aesthetic=FILE (the converted LAION "
+                             "head), pickscore=FOLDER. Without it, a real generator offers every reward whose weights "
+                             "are in the local Hugging Face cache")
+    parser.add_argument("--image-encoder", choices=["embedded", "clip"], default="embedded",
+                        help="the image features your taste model reads: 'embedded' (built in, the default) or 'clip' "
+                             "(CLIP ViT-L/14, when its weights are here; fit again after switching)")
+
+
+def _reward_folders(items: list[str]) -> dict[str, str]:
+    folders = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise InvalidInput(f"--reward takes NAME=FOLDER (e.g. clip=/models/clip-vit-large-patch14), "
+                               f"got {echo(item)}")
+        if name.strip() in folders:
+            raise InvalidInput(f"--reward {echo(name.strip())} is given twice")
+        folders[name.strip()] = folder.strip()
+    return folders
+
+
+def studio_options(args: argparse.Namespace) -> dict:
+    """build_studio's keyword arguments from the flags of `add_model_arguments` (CLI and app.py)."""
+    return {"model": args.model, "device": args.device, "preference_model": args.preference_model,
+            "reward_folders": _reward_folders(args.reward), "image_encoder": args.image_encoder}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,13 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
-                   help="reward weight, repeatable (default user=0.75, 0.5 on prompt consistency, which is a "
-                        "guard: it only keeps the image from becoming less typical of the prompt than the baseline)")
+                   help="reward weight, repeatable; rewards not named keep their defaults (user=0.75, 0.5 on prompt "
+                        "consistency, which is a guard: it only keeps the image from becoming less typical of the "
+                        "prompt than the baseline; 0.25 on others such as clip, aesthetic, pickscore; 0 turns one off)")
     p.add_argument("--strength", type=float, default=0.5,
                    help="how far personalization may move away from the baseline, 0-1 (default 0.5)")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--method", choices=["guidance", "best_of_n"], default="guidance")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
+
+    sub.add_parser("rewards", help="the rewards --weight can name here, and how to get the missing ones")
+
+    p = sub.add_parser("calibrate", help="measure each reward's offset and spread on this generator's images")
+    p.add_argument("--prompts", type=int, default=24, help="prompts from assets/prompts.txt (default 24)")
+    p.add_argument("--seeds", type=int, default=4, help="unguided images per prompt (default 4)")
+
+    p = sub.add_parser("bank", help="build a cold-start user bank for --image-encoder from a folder of images")
+    p.add_argument("--images", type=Path, required=True, help="a folder of images (8 to 1000; any pictures)")
+    p.add_argument("--users", type=int, default=96, help="simulated users (default 96)")
+    p.add_argument("--pairs-per-user", type=int, default=48, help="pairs each one judges (default 48)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("export", help="export a profile to one file")
     p.add_argument("profile")
@@ -212,8 +256,11 @@ def cmd_fit(args, studio) -> dict:
 
 
 def cmd_personalize(args, studio) -> dict:
+    given = _weights(args.weight)
+    # Named weights change those rewards; the others keep their defaults (0 turns one off).
+    weights = None if given is None else studio.default_weights() | given
     result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
-                                     weights=_weights(args.weight), iterations=args.iterations,
+                                     weights=weights, iterations=args.iterations,
                                      method=args.method, strength=args.strength)
     paths = save_side_by_side(result, args.out, fit=studio.fit_status(args.profile),
                               model=studio.preference.name)
@@ -239,8 +286,71 @@ def cmd_suggest(args, studio) -> dict:
                              "why": s.reason} for s in studio.suggest(args.profile, shas, args.top)]}
 
 
+def cmd_rewards(args, studio) -> dict:
+    """Every reward on offer with its default weight, then the catalogued ones that are missing."""
+    from prefstudio.rewards.user_preference import TasteReward
+
+    offered = {"user": {"default_weight": studio.default_weights()["user"], "description": TasteReward.description,
+                        "needs": "a fitted profile"}}
+    for name, reward in studio.base_rewards.items():
+        offered[name] = {"default_weight": studio.default_weights()[name], "description": reward.description,
+                         "guard": reward.guard, "normalisation": reward.normalisation_source}
+        if name in studio.reward_states:
+            offered[name]["reads"] = studio.reward_states[name].source
+    missing = {n: s.detail for n, s in studio.reward_states.items() if not s.ready}
+    return {"rewards": offered, "missing": missing}
+
+
+def cmd_calibrate(args, studio) -> dict:
+    from prefstudio.rewards.calibration import CALIBRATION_FILE, MAX_SEEDS, measure, write_calibrations
+    from prefstudio.taste_summary import read_prompts
+
+    if not studio.reward_states:
+        raise InvalidInput("calibrate measures the rewards a real generator offers (CLIP, aesthetic, PickScore): "
+                           "run it with --model sd-turbo, a hub id or a diffusers folder")
+    prompts = read_prompts()
+    if not 1 <= args.prompts <= len(prompts):
+        raise InvalidInput(f"--prompts must lie in [1, {len(prompts)}] (the prompts in assets/prompts.txt)")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise InvalidInput(f"--seeds must lie in [1, {MAX_SEEDS}]")
+    seeds = list(range(20_000, 20_000 + args.seeds))
+    rewards = {n: r for n, r in studio.base_rewards.items() if n in studio.reward_states}
+    sources = {n: state.source for n, state in studio.reward_states.items()}
+    named = "".join(f" --reward {name}={folder}" for name, folder in studio_options(args)["reward_folders"].items())
+    command = (f"python -m prefstudio --model {args.model}{named} calibrate --prompts {args.prompts} "
+               f"--seeds {args.seeds}")
+    measured = measure(studio.generator, rewards, sources, prompts[:args.prompts], seeds, command)
+    path = studio.store.data_dir / CALIBRATION_FILE
+    write_calibrations(path, measured)
+    missing = {n: s.detail for n, s in studio.reward_states.items() if not s.ready}
+    return {"wrote": str(path), "generator": studio.generator.name, "resolution": studio.generator.resolution,
+            "calibrated": {c.reward: {"offset": round(c.offset, 6), "spread": round(c.spread, 6), "images": c.images,
+                                      "weights": c.weights} for c in measured},
+            "not_calibrated": missing}
+
+
+def cmd_bank(args, options: dict, data: str) -> dict:
+    """Needs the image encoder only: no generator is loaded."""
+    from prefstudio.rewards.catalog import image_encoder
+    from prefstudio.studio import user_bank_path
+    from prefstudio.train.user_bank import build_bank_from_images
+
+    encoder = image_encoder(options["image_encoder"], options["reward_folders"], args.device)
+    named = "".join(f" --reward {name}={folder}" for name, folder in options["reward_folders"].items())
+    command = (f"python -m prefstudio{named} --image-encoder {options['image_encoder']} bank --images {args.images} "
+               f"--users {args.users} --pairs-per-user {args.pairs_per_user} --seed {args.seed}")
+    bank = build_bank_from_images(args.images, encoder, args.users, args.pairs_per_user, args.seed, command)
+    path = user_bank_path(data, encoder.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    bank.save(partial)
+    partial.replace(path)  # a studio starting meanwhile reads the old bank or the whole new one
+    return {"wrote": str(path), "encoder": encoder.name, "users": bank.n_users, "source": bank.source}
+
+
 STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "fit": cmd_fit,
-                   "suggest": cmd_suggest, "personalize": cmd_personalize}
+                   "suggest": cmd_suggest, "personalize": cmd_personalize, "calibrate": cmd_calibrate,
+                   "rewards": cmd_rewards}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -264,11 +374,14 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(min(4, torch.get_num_threads()))
     if args.device is not None:
         pick_device(args.device)  # refuses a device this machine does not have
+    options = studio_options(args)
     if args.command == "evaluate":
         from prefstudio.eval.pair_file import evaluate_pair_file
         studio = build_studio(args.data, "embedded", None, args.preference_model)
         return evaluate_pair_file(args.file, args.n_ref, studio.encoder, studio.preference)
-    studio = build_studio(args.data, args.model, args.device, args.preference_model)
+    if args.command == "bank":
+        return cmd_bank(args, options, args.data)
+    studio = build_studio(args.data, **options)
     try:
         return STUDIO_HANDLERS[args.command](args, studio)
     finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
-from prefstudio.errors import InvalidInput, NotFound, echo
+from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
@@ -119,7 +119,12 @@ def training_pairs(judgments: list[Judgment]) -> list[tuple[str, str]]:
 class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
-                 extra_rewards: dict[str, Reward] | None = None, preference_model: str = AUTO):
+                 extra_rewards: dict[str, Reward] | None = None, preference_model: str = AUTO,
+                 reward_states: dict | None = None):
+        """`extra_rewards` join prompt consistency (one named "prompt_consistency" replaces it);
+        `reward_states` (`prefstudio.rewards.catalog.RewardState` by name) say which catalogued
+        rewards are ready and how to get the missing ones. The user bank is `bank_path` when it
+        reads this encoder's features, unless `python -m prefstudio bank` built one for it in the data folder."""
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -130,10 +135,14 @@ class Studio:
         self.generator = generator
         self.encoder = image_encoder
         self.bank = None
-        if bank_path is not None and Path(bank_path).is_file():
-            bank = UserBank.load(bank_path)
-            if bank.encoder == self.encoder.name:
-                self.bank = bank
+        if bank_path is not None:
+            # A bank the person built for this encoder (`bank`) comes before the shipped one.
+            for path in (user_bank_path(data_dir, self.encoder.name), Path(bank_path)):
+                bank = UserBank.load(path) if path.is_file() else None
+                if bank is not None and bank.encoder == self.encoder.name:
+                    self.bank = bank
+                    break
+        self.reward_states = dict(reward_states or {})
         self.base_rewards: dict[str, Reward] = {
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
             **(extra_rewards or {}),
@@ -245,6 +254,14 @@ class Studio:
                 pass
         return rewards | self.base_rewards
 
+    def _check_available(self, weights: dict[str, float], rewards: dict[str, Reward]) -> None:
+        """A weight on a catalogued reward whose weights are missing says what is missing and
+        how to get it (other unknown names are refused by the guidance's own check)."""
+        for name in weights:
+            state = self.reward_states.get(name)
+            if name not in rewards and state is not None and not state.ready:
+                raise ModelUnavailable(f"the {name} reward is not available here: {state.detail}")
+
     def default_weights(self) -> dict[str, float]:
         return {"user": USER_WEIGHT} | {name: GUARD_WEIGHT if reward.guard else OTHER_WEIGHT
                                         for name, reward in self.base_rewards.items()}
@@ -313,6 +330,7 @@ class Studio:
         if "user" not in rewards:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
         weights = dict(self.default_weights() if weights is None else weights)
+        self._check_available(weights, rewards)
         if method not in ("guidance", "best_of_n"):
             raise InvalidInput(f"method must be 'guidance' or 'best_of_n', got {method!r}")
         try:
@@ -385,13 +403,56 @@ class Studio:
         return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim})
 
 
-def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,
-                 preference_model: str = AUTO) -> Studio:
-    """The studio for a generator spec ('embedded', 'auto', a known name, a hub id or a folder)
-    and a preference model ('auto', 'user-embedding', 'preference-tokens' or a token checkpoint folder)."""
-    from prefstudio.generators import EMBEDDED, default_generator_spec, load_generator
+def user_bank_path(data_dir: str | Path, encoder_name: str) -> Path:
+    """Where `python -m prefstudio bank` puts a user bank for an encoder, and where the studio looks."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_name)[:120]
+    return Path(data_dir) / "user_banks" / f"{slug}.safetensors"
 
+
+def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,
+                 preference_model: str = AUTO, reward_folders: dict[str, str] | None = None,
+                 image_encoder: str = "embedded") -> Studio:
+    """The studio for a generator spec ('embedded', 'auto', a known name, a hub id or a folder),
+    a preference model ('auto', 'user-embedding', 'preference-tokens' or a token checkpoint folder)
+    and an image encoder for it ('embedded' or 'clip').
+
+    With a real generator, every catalogued reward whose weights are here (`reward_folders`:
+    NAME → folder, else the local Hugging Face cache) joins the sliders, with its calibration
+    from the data folder if one was measured; with CLIP, prompt consistency is CLIP's text–image
+    cosine. The embedded generator keeps its own rewards (its procedural images are not what
+    CLIP, the aesthetic head or PickScore were trained on)."""
+    from prefstudio.generators import EMBEDDED, default_generator_spec, load_generator
+    from prefstudio.rewards import catalog
+
+    reward_folders = catalog.check_folders(dict(reward_folders or {}))  # before minutes of loading
+    if image_encoder not in catalog.IMAGE_ENCODERS:
+        catalog.image_encoder(image_encoder)  # says which there are
     spec = default_generator_spec() if model == "auto" else model
     if spec == EMBEDDED:  # the embedded generator, steered by the MiniLM prompt encoder
-        return Studio(data_dir, preference_model=preference_model)
-    return Studio(data_dir, generator=load_generator(spec, device=device), preference_model=preference_model)
+        if set(reward_folders or {}) - ({"clip"} if image_encoder == "clip" else set()):
+            raise InvalidInput("--reward folders serve a real generator (--model sd-turbo, a hub id or a diffusers "
+                               "folder); the embedded generator offers its own rewards only")
+        encoder = None
+        if image_encoder != "embedded":
+            encoder = catalog.image_encoder(image_encoder, reward_folders, device or "cpu")
+        return Studio(data_dir, image_encoder=encoder, preference_model=preference_model)
+    generator = load_generator(spec, device=device)
+    found = catalog.discover_rewards(data_dir, reward_folders, generator.device)
+    from prefstudio.rewards.calibration import CALIBRATION_FILE, apply_calibrations, read_calibrations
+
+    sources = {name: state.source for name, state in found.states.items()}
+    apply_calibrations(found.rewards, sources, generator, read_calibrations(Path(data_dir) / CALIBRATION_FILE))
+    for name, reward in found.rewards.items():
+        found.states[name].normalisation = reward.normalisation_source
+    extra = dict(found.rewards)
+    if found.clip is not None:
+        from prefstudio.rewards.clip_alignment import CLIPPromptConsistencyReward
+
+        extra = {"prompt_consistency": CLIPPromptConsistencyReward(found.rewards["clip"])} | extra
+    encoder = None
+    if image_encoder == "clip":
+        if found.clip is None:
+            raise ModelUnavailable(f"--image-encoder clip needs CLIP: {found.states['clip'].detail}")
+        encoder = found.clip
+    return Studio(data_dir, generator=generator, image_encoder=encoder, extra_rewards=extra,
+                  preference_model=preference_model, reward_states=found.states)

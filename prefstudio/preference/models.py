@@ -49,6 +49,9 @@ class UserEmbeddingPreference(PreferenceModel):
                   "bank posterior": "a short history: a mix of the bank's users who explain your judgments",
                   "bank posterior + personal": "the bank's users who explain you plus a personal offset",
                   "free": "fitted from your judgments alone"}[result.mode]
+        if self.bank is None:  # no cold start in this feature space: say so, and how to get one
+            reason = (f"no user bank reads {self.encoder} features, so there is no cold start: fitted from your "
+                      "judgments alone (`python -m prefstudio bank --images FOLDER` builds one for this encoder)")
         return result.model, FitOutcome(result.mode, result.n_pairs, reason, result.held_out)
 
     def load(self, tensors: dict[str, torch.Tensor], config: dict) -> UserEmbeddingModel:

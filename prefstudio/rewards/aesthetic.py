@@ -76,6 +76,8 @@ class AestheticReward(Reward):
     description = "Visual appeal (LAION aesthetic predictor, 1–10 scale)"
     offset = 5.5
     scale = 0.5
+    normalisation_source = ("estimate: offset from published aesthetic scores (PPD, seeds/002 Table 1), "
+                            "spread guessed; not measured here")
 
     def __init__(self, weights: str | Path, clip: CLIPEncoder | None = None):
         self.clip = clip if clip is not None else CLIPEncoder()

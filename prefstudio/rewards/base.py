@@ -21,6 +21,8 @@ class Reward(ABC):
     #: raw = offset + scale * normalised
     offset: float = 0.0
     scale: float = 1.0
+    #: where offset and scale come from, shown beside the slider (a calibration replaces it)
+    normalisation_source: str = "fixed"
 
     def prepare(self, prompt: str) -> Any:
         """Per-prompt context (text features...), computed once per run, not per iteration."""

@@ -16,6 +16,8 @@ class CLIPAlignmentReward(Reward):
     description = "How well the image matches the prompt (CLIP ViT-L/14 text–image similarity)"
     offset = 0.30
     scale = 0.03
+    normalisation_source = ("estimate: offset from published CLIP ViT-L/14 scores (Premier, seeds/003), "
+                            "spread guessed; not measured here")
 
     def __init__(self, clip: CLIPEncoder | None = None):
         self.clip = clip if clip is not None else CLIPEncoder()
@@ -25,3 +27,32 @@ class CLIPAlignmentReward(Reward):
 
     def score(self, pixels: torch.Tensor, context: PromptFeatures) -> torch.Tensor:
         return (self.clip.encode_shared(pixels) * context.features).sum(-1)
+
+
+class CLIPPromptConsistencyReward(Reward):
+    """Prompt consistency for a real generator: the same CLIP text–image cosine, as a guard.
+
+    Guidance does not raise it; it only costs its weight per spread the image falls below the
+    same-seed baseline. It shares the alignment reward's encoder and normalisation, so a
+    calibration of "clip" holds for both."""
+
+    name = "prompt_consistency"
+    description = ("Keeps personalization on topic: never matches the prompt (CLIP) less than the baseline, "
+                   "beyond its weight")
+    guard = True
+
+    def __init__(self, alignment: CLIPAlignmentReward):
+        self.alignment = alignment
+
+    @property
+    def normalisation_source(self) -> str:
+        return self.alignment.normalisation_source
+
+    def prepare(self, prompt: str) -> PromptFeatures:
+        return self.alignment.prepare(prompt)
+
+    def score(self, pixels: torch.Tensor, context: PromptFeatures) -> torch.Tensor:
+        return self.alignment.score(pixels, context)
+
+    def normalise(self, raw: torch.Tensor, context=None) -> torch.Tensor:
+        return self.alignment.normalise(raw, context)

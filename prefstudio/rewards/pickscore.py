@@ -23,6 +23,8 @@ class PickScoreReward(Reward):
     description = "General human preference (PickScore, trained on Pick-a-Pic choices)"
     offset = 21.5
     scale = 1.0
+    normalisation_source = ("estimate: recalled from published PickScore figures; "
+                            "not measured here")
 
     def __init__(self, clip: CLIPEncoder | None = None, device=None, dtype=None):
         self.clip = clip if clip is not None else CLIPEncoder(

@@ -29,6 +29,7 @@ class PromptConsistencyReward(Reward):
     name = "prompt_consistency"
     description = "Keeps personalization on topic: never less typical of the prompt than the baseline, beyond its weight"
     guard = True
+    normalisation_source = "per prompt, from unguided reference images of that prompt"
 
     def __init__(self, generator: Generator, encoder: ImageEncoder):
         self.generator = generator

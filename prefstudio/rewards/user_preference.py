@@ -15,6 +15,7 @@ from prefstudio.rewards.base import Reward
 class TasteReward(Reward):
     name = "user"
     description = "Your taste, as learned from your judgments"
+    normalisation_source = "unit scale: too few judged images for a spread"
 
     def __init__(self, taste: Taste, encoder: ImageEncoder, reference_features: torch.Tensor | None = None,
                  reference_prompts: list[str] | None = None):
@@ -24,6 +25,7 @@ class TasteReward(Reward):
                 odds = self.score_features(reference_features, taste.prompt_context(reference_prompts or [""]))
             self.offset = float(odds.mean())
             self.scale = max(float(odds.std()), 1e-3)
+            self.normalisation_source = "the spread of your taste's scores over the images you judged"
 
     def prepare(self, prompt: str):
         return self.taste.prompt_context([prompt])

@@ -104,7 +104,15 @@ def describe_models(studio: Studio) -> str:
     offline = ("Offline: nothing is downloaded and nothing leaves this machine."
                if os.environ.get("HF_HUB_OFFLINE") == "1" else "Model downloads are allowed (--allow-downloads).")
     taste = f"**{studio.preference.name}**, {studio.preference.description} (`--preference-model` chooses)"
-    return f"Generator: {gen}. Image encoder: {enc}. Preference model: {taste}. {offline}"
+    rewards = ""
+    if studio.reward_states:
+        from prefstudio.ui.generate_tab import reward_label
+
+        ready = [reward_label(n) for n, s in studio.reward_states.items() if s.ready]
+        missing = [reward_label(n) for n, s in studio.reward_states.items() if not s.ready]
+        rewards = (f" Rewards: {', '.join(ready) or 'none'} on the sliders"
+                   + (f"; missing: {', '.join(missing)} (Generate › Advanced says how to get them)." if missing else "."))
+    return f"Generator: {gen}. Image encoder: {enc}. Preference model: {taste}.{rewards} {offline}"
 
 
 def build_app(studio: Studio) -> gr.Blocks:

@@ -47,8 +47,29 @@ class GenerateSession:
         self.past: list[str] = []  # personalized image ids in gallery order
 
 
+REWARD_LABELS = {"user": "Your taste (user model)", "clip": "CLIP text alignment", "aesthetic": "LAION aesthetic",
+                 "pickscore": "PickScore"}
+
+
 def reward_label(name: str) -> str:
-    return "Your taste (user model)" if name == "user" else name.replace("_", " ").capitalize()
+    return REWARD_LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def reward_states_text(studio) -> str:
+    """Which catalogued rewards are on the sliders, and for the missing ones what is missing,
+    its size and the command that gets it."""
+    if not studio.reward_states:
+        return ("**More rewards:** CLIP text alignment, LAION aesthetic and PickScore join the sliders with a real "
+                "generator (`--model sd-turbo`, a hub id or a diffusers folder) when their weights are on this "
+                "machine.")
+    lines = ["**Rewards on this machine**"]
+    for name, state in studio.reward_states.items():
+        if state.ready:
+            lines.append(f"- ✅ **{reward_label(name)}**: ready ({state.detail}); "
+                         f"normalisation: {state.normalisation}.")
+        else:
+            lines.append(f"- ⛔ **{reward_label(name)}**: missing. {state.detail}")
+    return "\n".join(lines)
 
 
 def scores_table(normalised: dict[str, float], weights: dict[str, float]) -> str:
@@ -89,6 +110,7 @@ class GenerateTab:
                 self.sliders = [gr.Slider(0, 2, value=w, step=0.05, label=reward_label(n), info=descriptions[n],
                                           elem_id=f"ps-weight-{n}")
                                 for n, w in studio.default_weights().items()]
+            self.reward_states = gr.Markdown(reward_states_text(studio), elem_id="ps-reward-states")
         with gr.Row():
             run = gr.Button("Generate baseline and personalized", variant="primary", elem_id="ps-personalize")
             stop = gr.Button("■ Stop (keeps the best so far)", variant="stop", elem_id="ps-stop")
