@@ -333,7 +333,7 @@ def cmd_bank(args, options: dict, data: str) -> dict:
     """Needs the image encoder only: no generator is loaded."""
     from prefstudio.rewards.catalog import image_encoder
     from prefstudio.studio import user_bank_path
-    from prefstudio.train.user_bank import build_bank_from_images
+    from prefstudio.preference.bank_from_images import build_bank_from_images
 
     encoder = image_encoder(options["image_encoder"], options["reward_folders"], args.device)
     named = "".join(f" --reward {name}={folder}" for name, folder in options["reward_folders"].items())
