@@ -12,6 +12,7 @@
     python -m prefstudio export alice alice.prefstudio
     python -m prefstudio import alice.prefstudio --name alice-laptop
     python -m prefstudio evaluate pairs.jsonl --n-ref 8
+    python -m prefstudio ppd profile alice                # PPD: VLM profile, adapter, win rates (docs/ppd.md)
 """
 import argparse
 import json
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pairwise accuracy of the studio's preference model on a pair data set")
     p.add_argument("file", type=Path)
     p.add_argument("--n-ref", type=int, default=8, help="history pairs per user (default 8, as in 000)")
+
+    from prefstudio.ppd.cli import add_ppd_parser
+    add_ppd_parser(sub)
     return parser
 
 
@@ -251,6 +255,9 @@ def run(args: argparse.Namespace) -> dict:
 
         with HistoryStore(args.data) as store:
             return STORE_HANDLERS[args.command](args, store)
+    if args.command == "ppd":
+        from prefstudio.ppd.cli import run_ppd
+        return run_ppd(args)
     if args.command in ("generate", "personalize"):
         validate_prompt(args.prompt)  # before minutes of model loading
     if getattr(args, "out", None) is not None:
