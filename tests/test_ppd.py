@@ -387,6 +387,14 @@ def test_vlm_profile_is_stored_with_the_profile_shown_and_checked_on_import(tmp_
     assert stored.text and stored.embedding.shape == (64,) and len(stored.pairs) == 4
     assert stored.pairs[0] == [shas[8], shas[9]]  # the most recent pair first
     assert read_vlm_profile(store, "alice").text == stored.text
+    from types import SimpleNamespace
+
+    from prefstudio.ui.profile_tab import describe_vlm_profile
+
+    shown = describe_vlm_profile(SimpleNamespace(store=store), "alice")
+    assert shown.startswith("#### What the studio thinks you like") and "4 most recent pairs" in shown
+    store.create_profile("bob")
+    assert describe_vlm_profile(SimpleNamespace(store=store), "bob") == ""
     export_profile(store, "alice", tmp_path / "alice.prefstudio")
     imported = import_profile(store, tmp_path / "alice.prefstudio", "alice-2")
     again = read_vlm_profile(store, imported.name)
@@ -425,3 +433,54 @@ def test_judge_counts_only_verdicts_that_agree_in_both_orders(tiny_vlm):
     assert judge_pair(tiny_vlm, history, "a square", history[0].liked, history[0].disliked) is None
     messages, images = tiny_vlm.messages(history, ("a square", history[0].liked, history[0].disliked))
     assert len(images) == 10 and "Prediction of user preference: [1 or 2]" in messages[1]["content"][-4]["text"]
+
+
+def test_embed_users_from_the_user_bank_posterior_and_fitted_taste(tmp_path, capsys):
+    from prefstudio.preference.user_embedding import UserBank
+    from prefstudio.studio import DEFAULT_BANK
+    from prefstudio.train.ppd import main
+
+    data = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=6)
+    bank = UserBank.load(DEFAULT_BANK)
+    assert main(["embed-users", "--data", str(data), "--out", str(tmp_path / "post.safetensors"),
+                 "--source", "bank-posterior"]) == 0
+    posterior, source = read_user_embeddings(tmp_path / "post.safetensors")
+    assert source.startswith("bank-posterior") and set(posterior) == {"u0", "u1"}
+    for weights in posterior.values():
+        assert weights.shape == (bank.n_users,) and weights.min() >= 0 and weights.sum().item() == pytest.approx(1, abs=1e-5)
+    assert main(["embed-users", "--data", str(data), "--out", str(tmp_path / "fit.safetensors"),
+                 "--source", "fitted"]) == 0
+    fitted, _ = read_user_embeddings(tmp_path / "fit.safetensors")
+    assert fitted["u0"].shape == (bank.mean.shape[0],) and not torch.equal(fitted["u0"], fitted["u1"])
+    assert main(["embed-users", "--data", str(data), "--out", str(tmp_path / "x.safetensors"),
+                 "--source", "fitted", "--history", "9"]) == 2
+    assert "more than 9 judgments" in capsys.readouterr().err
+
+
+def test_cli_ppd_generate_writes_baseline_and_adapter_images_from_one_seed(tmp_path, capsys):
+    from prefstudio.cli import main
+
+    model = write_tiny_pipeline(tmp_path / "tiny-sd", "sd")
+    generator = load_diffusers_generator(str(model), device="cpu", dtype="float32")
+    adapter = UserAdapter(generator.denoiser, AdapterConfig(user_dim=2, base_model=str(model),
+                                                            user_embedding="synthetic one-hot: r0, r1"))
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_()
+    adapter.save(tmp_path / "adapter")
+    base = ["--data", str(tmp_path / "store"), "--model", str(model), "--device", "cpu", "ppd", "generate", "-",
+            "a fox in the snow", "--adapter", str(tmp_path / "adapter"), "--mix", "r0=0.3,r1=0.7", "--seed", "5"]
+    files = {}
+    for scale in ("0", "1"):
+        assert main(base + ["--scale", scale, "--out", str(tmp_path / f"out{scale}")]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["user"] == "mix r0=0.3,r1=0.7"
+        files[scale] = {side: Image.open(path) for side, path in result["files"].items()}
+    same = [torch.equal(torch.tensor(list(files["0"]["baseline"].getdata())),
+                        torch.tensor(list(files[s]["personalized"].getdata()))) for s in ("0", "1")]
+    assert same == [True, False]  # scale 0 is the baseline; scale 1 is not
+    assert main(base[:-4] + ["--mix", "green=1", "--out", str(tmp_path / "o")]) == 2
+    assert "no synthetic user green" in capsys.readouterr().err
+    assert main(base[:6] + ["ppd", "generate", "nobody", "a fox", "--adapter", str(tmp_path / "adapter"),
+                            "--out", str(tmp_path / "o")]) == 2
+    assert "nobody" in capsys.readouterr().err

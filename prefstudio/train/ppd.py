@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 
-from prefstudio.errors import PrefStudioError
+from prefstudio.errors import InvalidInput, PrefStudioError
 
 
 def _train_parser(sub):
@@ -40,6 +40,10 @@ def _embed_parser(sub):
     p = sub.add_parser("embed-users", help="VLM profile and embedding of every training user (first N pairs)")
     p.add_argument("--data", required=True, help="pair data set root")
     p.add_argument("--out", required=True, help="user-embedding file to write (.safetensors)")
+    p.add_argument("--source", default="vlm", choices=["vlm", "bank-posterior", "fitted"],
+                   help="vlm: the VLM's last hidden state (002 §4.2); bank-posterior: weights over the user "
+                        "bank's people; fitted: the user's fitted linear taste over image features (default vlm)")
+    p.add_argument("--bank", default=None, help="user bank for bank-posterior/fitted (default: the shipped one)")
     p.add_argument("--vlm", default=None, help="VLM hub id or folder (default LLaVA-OneVision 7B)")
     p.add_argument("--history", type=int, default=4)
     p.add_argument("--image-size", type=int, default=384)
@@ -59,10 +63,12 @@ def embed_users(args) -> dict:
 
     data = PairDataSet.read(args.data, splits=())
     histories, _, report = histories_and_pairs(data.train, args.history)
+    users = list(histories)[: args.max_users or None]
+    if args.source != "vlm":
+        return _embed_from_bank(args, histories, users, report)
     settings = VLMSettings(model=args.vlm or DEFAULT_VLM, image_size=args.image_size,
                            max_new_tokens=args.max_new_tokens, dtype=args.dtype)
     encoder = load_vlm_user_encoder(settings, pick_device(args.device))
-    users = list(histories)[: args.max_users or None]
     embeddings, profiles = {}, {}
     for user in users:
         history = [JudgedPair(j.prompt, load_untrusted_image(j.liked), load_untrusted_image(j.disliked))
@@ -71,6 +77,31 @@ def embed_users(args) -> dict:
         embeddings[user], profiles[user] = written.embedding, written.text
     path = write_user_embeddings(args.out, embeddings, f"vlm:{settings.model}", profiles)
     return {"users": len(embeddings), "dim": encoder.hidden_size, "out": str(path), "data": report.as_dict()}
+
+
+def _embed_from_bank(args, histories, users, report) -> dict:
+    from prefstudio.encoders.embedded import EmbeddedImageEncoder
+    from prefstudio.ppd.data import write_user_embeddings
+    from prefstudio.ppd.user_vectors import bank_posterior, fitted_vector
+    from prefstudio.preference.user_embedding import UserBank
+    from prefstudio.store.image_files import load_untrusted_image
+    from prefstudio.studio import DEFAULT_BANK
+
+    if not users:
+        raise InvalidInput(f"no user of {args.data} has more than {args.history} judgments")
+    bank = UserBank.load(args.bank or DEFAULT_BANK)
+    encoder = EmbeddedImageEncoder()
+    if encoder.name != bank.encoder:
+        raise InvalidInput(f"the bank reads {bank.encoder} features; this command encodes with {encoder.name}")
+    embeddings = {}
+    for user in users:
+        liked = encoder.encode_images([load_untrusted_image(j.liked) for j in histories[user]]).float()
+        disliked = encoder.encode_images([load_untrusted_image(j.disliked) for j in histories[user]]).float()
+        embeddings[user] = (bank_posterior(bank, liked, disliked) if args.source == "bank-posterior"
+                            else fitted_vector(bank, encoder.name, liked, disliked))
+    path = write_user_embeddings(args.out, embeddings, f"{args.source}:{bank.source or bank.encoder}")
+    return {"users": len(embeddings), "dim": int(next(iter(embeddings.values())).shape[0]), "out": str(path),
+            "data": report.as_dict()}
 
 
 def main(argv=None) -> int:
