@@ -484,3 +484,18 @@ def test_cli_ppd_generate_writes_baseline_and_adapter_images_from_one_seed(tmp_p
     assert main(base[:6] + ["ppd", "generate", "nobody", "a fox", "--adapter", str(tmp_path / "adapter"),
                             "--out", str(tmp_path / "o")]) == 2
     assert "nobody" in capsys.readouterr().err
+
+
+def test_gpu_ppd_bench_smoke_runs_the_dpo_step_and_the_vlm_embedding_on_cpu(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_ppd", REPO / "bench" / "gpu_ppd.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "benchmarks_gpu.md"
+    out.write_text("## Another section\n\nkept\n")
+    result = bench.main(["--smoke", "--out", str(out)])
+    assert result["dpo"][0]["step_s"] > 0 and result["dpo"][0]["loss"] == pytest.approx(LOG2, abs=1e-5)
+    assert result["vlm"][0]["dim"] == 64 and result["vlm"][0]["embed_s"] > 0
+    text = out.read_text()
+    assert "kept" in text and "## PPD on a GPU (bench/gpu_ppd.py)" in text and "--smoke" in text
