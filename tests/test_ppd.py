@@ -287,7 +287,7 @@ def test_user_embedding_file_round_trip_and_refusals(tmp_path):
         read_user_embeddings(tmp_path / "dup.safetensors")
 
 
-def test_a_training_step_runs_through_accelerate_launch_on_cpu(tmp_path):
+def test_training_steps_run_through_accelerate_launch_on_two_cpu_processes(tmp_path):
     model = write_tiny_pipeline(tmp_path / "tiny-sd", "sd")
     data = write_pair_data(tmp_path / "data", n_train_users=4, judgments_per_user=8)
     users = sorted(PairDataSet.read(data, splits=()).users["train"])
@@ -295,8 +295,10 @@ def test_a_training_step_runs_through_accelerate_launch_on_cpu(tmp_path):
                                        {u: torch.randn(6, generator=torch.Generator().manual_seed(i))
                                         for i, u in enumerate(users)}, "test")
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+    # Two processes on the CPU (gloo): what `accelerate launch --multi_gpu` does on GPUs.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "ACCELERATE_USE_CPU": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "prefstudio.train.ppd", "train", "--model", str(model), "--data", str(data),
                "--users", f"embeddings:{embeddings}", "--out", str(out), "--resolution", "32",
@@ -306,6 +308,7 @@ def test_a_training_step_runs_through_accelerate_launch_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in log] == [1, 2]
+    assert all(line["pairs"] == 2 * 2 for line in log)  # both processes' batches are counted
     # the first step's policy is the reference (W'_v starts at zero): loss log 2, accuracy ½
     assert log[0]["loss"] == pytest.approx(LOG2, abs=1e-5) and log[0]["implicit_accuracy"] == 0.5
     assert log[1]["loss"] != pytest.approx(LOG2, abs=1e-9)  # the step changed the adapter
@@ -316,6 +319,28 @@ def test_a_training_step_runs_through_accelerate_launch_on_cpu(tmp_path):
     assert adapter.config.user_dim == 6 and adapter.config.provenance["train"]["beta"] == 1.0
     assert (out / "checkpoint-1" / "adapter.safetensors").is_file()
     assert adapter.layers[next(iter(adapter.layers))].to_v_ip[0].weight.abs().sum() > 0
+
+
+def test_training_with_synthetic_one_hot_users_from_a_clip_reward(tmp_path):
+    model = write_tiny_pipeline(tmp_path / "tiny-sd", "sd")
+    clip = write_tiny_pipeline(tmp_path / "tiny-clip", "clip")
+    data = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=4)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "prefstudio.train.ppd", "train", "--model", str(model),
+                           "--data", str(data), "--users", "synthetic:clip", "--clip", str(clip), "--out", str(out),
+                           "--resolution", "32", "--batch-size", "4", "--max-steps", "1", "--beta", "0.5"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "data.json").read_text())
+    assert report["user_embedding"] == "synthetic one-hot: clip" and report["pairs"] == 8
+    config = json.loads((out / "final" / "adapter.json").read_text())
+    assert config["user_dim"] == 1 and config["user_embedding"] == "synthetic one-hot: clip"
+    assert config["provenance"]["train"]["beta"] == 0.5
+    bad = subprocess.run([sys.executable, "-m", "prefstudio.train.ppd", "train", "--model", str(model),
+                          "--data", str(data), "--users", "synthetic:hps", "--out", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "synthetic users are some of clip, aesthetic, pickscore" in bad.stderr
 
 
 def test_training_refuses_bad_settings_with_one_line(tmp_path):

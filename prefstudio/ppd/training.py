@@ -186,23 +186,23 @@ def train(config: TrainConfig) -> dict:
                 accelerator.backward(result.loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            stats = accelerator.gather_for_metrics(torch.stack([
-                result.loss.detach(), result.margin.gt(0).float()[~tie].sum() + 0.5 * result.margin.eq(0).float()[~tie].sum(),
-                torch.tensor(float(result.decided), device=accelerator.device),
-                torch.tensor(float(tie.sum()), device=accelerator.device)]).reshape(1, 4)).sum(0)
-            window.append((stats / torch.tensor([accelerator.num_processes, 1, 1, 1], device=stats.device)).cpu())
+            # loss, implicit-accuracy hits, decided pairs, ties of this batch, summed over processes
+            hits = result.margin.gt(0).float()[~tie].sum() + 0.5 * result.margin.eq(0).float()[~tie].sum()
+            stats = torch.stack([result.loss.detach() * len(batch), hits, torch.tensor(float(result.decided)).to(hits),
+                                 tie.sum().to(hits)])
+            window.append(accelerator.reduce(stats, reduction="sum").cpu())
             if accelerator.sync_gradients:
                 step += 1
                 if step % config.log_every == 0 or step == total:
-                    w, window = torch.stack(window), []
-                    if not accelerator.is_main_process:
-                        continue
-                    line = {"step": step, "loss": round(float(w[:, 0].mean()), 6),
-                            "implicit_accuracy": round(float(w[:, 1].sum() / w[:, 2].sum()), 4) if w[:, 2].sum() else None,
-                            "pairs": int(w[:, 2].sum() + w[:, 3].sum()), "ties": int(w[:, 3].sum()),
-                            "seconds": round(time.perf_counter() - started, 2)}
-                    log_file.write(json.dumps(line) + "\n")
-                    log_file.flush()
+                    w, window = torch.stack(window).sum(0), []
+                    if accelerator.is_main_process:
+                        pairs_seen = float(w[2] + w[3])
+                        line = {"step": step, "loss": round(float(w[0]) / pairs_seen, 6),
+                                "implicit_accuracy": round(float(w[1] / w[2]), 4) if w[2] else None,
+                                "pairs": int(pairs_seen), "ties": int(w[3]),
+                                "seconds": round(time.perf_counter() - started, 2)}
+                        log_file.write(json.dumps(line) + "\n")
+                        log_file.flush()
                 if config.save_every and step % config.save_every == 0 and step < total:
                     accelerator.wait_for_everyone()
                     if accelerator.is_main_process:
