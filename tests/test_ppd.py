@@ -524,3 +524,46 @@ def test_gpu_ppd_bench_smoke_runs_the_dpo_step_and_the_vlm_embedding_on_cpu(tmp_
     assert result["vlm"][0]["dim"] == 64 and result["vlm"][0]["embed_s"] > 0
     text = out.read_text()
     assert "kept" in text and "## PPD on a GPU (bench/gpu_ppd.py)" in text and "--smoke" in text
+
+
+def test_cli_ppd_profile_then_generate_with_it_then_winrate(tmp_path, capsys):
+    """The person's path end to end with tiny models: the VLM reads 4 pairs of the profile, the
+    adapter is conditioned on the stored embedding, and the judge's verdicts are tallied."""
+    from prefstudio.cli import main
+    from prefstudio.preference.offline_vlm import tiny_idefics3
+    from prefstudio.store.history import HistoryStore
+
+    vlm = tiny_idefics3(tmp_path / "tiny-vlm")
+    model = write_tiny_pipeline(tmp_path / "tiny-sd", "sd")
+    with HistoryStore(tmp_path / "store") as store:
+        store.create_profile("alice")
+        shas = []
+        for i, pair in enumerate(_colour_pairs(4)):
+            for image in (pair.liked, pair.disliked):
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                shas.append(store.import_image(buffer.getvalue(), f"prompt {i}").sha256)
+        store.record_judgments("alice", "pair", [(shas[2 * i], shas[2 * i + 1]) for i in range(4)])
+    flags = ["--vlm-image-size", "32", "--vlm-max-new-tokens", "6", "--vlm-dtype", "float32"]
+    common = ["--data", str(tmp_path / "store"), "--device", "cpu", "--model", str(model), "ppd"]
+    assert main(common + ["profile", "alice", "--vlm", str(vlm)] + flags) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["embedding_size"] == 64 and made["text"] and len(made["pairs"]) == 4
+
+    generator = load_diffusers_generator(str(model), device="cpu", dtype="float32")
+    adapter = UserAdapter(generator.denoiser, AdapterConfig(user_dim=64, base_model=str(model)))
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_()
+    adapter.save(tmp_path / "adapter")
+    assert main(common + ["generate", "alice", "a fox", "--adapter", str(tmp_path / "adapter"),
+                          "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["user"] == "VLM profile of alice" and Path(result["files"]["personalized"]).is_file()
+
+    (tmp_path / "prompts.txt").write_text("a fox\na lighthouse\n")
+    assert main(common + ["winrate", "alice", "--adapter", str(tmp_path / "adapter"), "--prompts",
+                          str(tmp_path / "prompts.txt"), "--judge", str(vlm)] + flags) == 0
+    tally = json.loads(capsys.readouterr().out)
+    # the tiny random judge never writes a readable verdict: every comparison is dropped, none guessed
+    assert tally["judged"] == 2 and tally["dropped"] == 2 and tally["win_rate"] is None
