@@ -168,7 +168,7 @@ def vlm_embedding_timing(name, new_tokens, repeats, device, dtype, smoke_folder=
 # -- report --------------------------------------------------------------------------------
 
 def markdown(device_line, command, dpo_rows, vlm_rows, args) -> str:
-    lines = [f"## PPD on a GPU (bench/gpu_ppd.py)", "", f"Device: {device_line}  ", f"Command: `{command}`  ",
+    lines = ["## PPD on a GPU (bench/gpu_ppd.py)", "", f"Device: {device_line}  ", f"Command: `{command}`  ",
              ("Smoke test: tiny random models of the same classes on the CPU. " if args.smoke else
               "Random weights in the real architectures (assets/model_configs). ")
              + f"Median of {args.repeats} run(s) after one warm-up; peak memory is "
