@@ -561,6 +561,19 @@ def test_cli_ppd_profile_then_generate_with_it_then_winrate(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["user"] == "VLM profile of alice" and Path(result["files"]["personalized"]).is_file()
 
+    # an adapter trained on bank posteriors reads the same vector made from the profile's pairs
+    from prefstudio.preference.user_embedding import UserBank
+    from prefstudio.studio import DEFAULT_BANK
+
+    bank_adapter = UserAdapter(generator.denoiser, AdapterConfig(user_dim=UserBank.load(DEFAULT_BANK).n_users))
+    bank_adapter.save(tmp_path / "bank-adapter")
+    assert main(common + ["generate", "alice", "a fox", "--adapter", str(tmp_path / "bank-adapter"),
+                          "--user-source", "bank-posterior", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["user"] == "bank-posterior of alice"
+    assert main(common + ["generate", "alice", "a fox", "--adapter", str(tmp_path / "bank-adapter"),
+                          "--out", str(tmp_path / "out")]) == 2  # the VLM embedding has 64 values, not K
+    assert "the adapter reads" in capsys.readouterr().err
+
     (tmp_path / "prompts.txt").write_text("a fox\na lighthouse\n")
     assert main(common + ["winrate", "alice", "--adapter", str(tmp_path / "adapter"), "--prompts",
                           str(tmp_path / "prompts.txt"), "--judge", str(vlm)] + flags) == 0

@@ -33,6 +33,9 @@ def add_ppd_parser(sub) -> None:
         p.add_argument("--adapter", type=Path, required=True, help="a trained adapter folder (adapter.json + adapter.safetensors)")
         p.add_argument("--scale", type=float, default=1.0, help="adapter scale (0 = the baseline exactly; default 1)")
         p.add_argument("--mix", help="for an adapter trained on synthetic users: weights like clip=0.5,aesthetic=0.5")
+        p.add_argument("--user-source", default="vlm", choices=["vlm", "bank-posterior", "fitted"],
+                       help="the profile's embedding: its stored VLM profile (default), or, for an adapter trained "
+                            "on `embed-users --source bank-posterior|fitted`, the same vector from its judged pairs")
         p.add_argument("--user-embedding", type=Path, help="a user-embedding file (ppd embed-users) and --user ID")
         p.add_argument("--user", help="the user id in --user-embedding")
 
@@ -87,10 +90,32 @@ def _user_embedding(args, store, adapter_config):
         return embeddings[args.user], f"user {args.user}"
     if args.profile == "-":
         raise InvalidInput("give a profile with a VLM profile, or --mix, or --user-embedding")
+    if args.user_source != "vlm":
+        return _taste_vector(args.user_source, store, store.get_profile(args.profile).name), \
+            f"{args.user_source} of {args.profile}"
     stored = read_vlm_profile(store, store.get_profile(args.profile).name)
     if stored is None:
         raise NotFound(f"{args.profile} has no VLM profile yet: run `python -m prefstudio ppd profile {args.profile}`")
     return stored.embedding, f"VLM profile of {args.profile}"
+
+
+def _taste_vector(source: str, store, profile: str):
+    """The bank posterior or fitted taste of the profile's judged pairs, as `embed-users` makes
+    them for training users (same encoder, same bank)."""
+    from prefstudio.encoders.embedded import EmbeddedImageEncoder
+    from prefstudio.ppd.user_vectors import bank_posterior, fitted_vector
+    from prefstudio.preference.user_embedding import UserBank
+    from prefstudio.studio import DEFAULT_BANK, training_pairs
+
+    pairs = training_pairs(store.judgments(profile))
+    if not pairs:
+        raise InvalidInput(f"{profile} has no judged pair yet: pick the better of two, or 👍 one image and 👎 another")
+    bank, encoder = UserBank.load(DEFAULT_BANK), EmbeddedImageEncoder()
+    liked = encoder.encode_images([store.load_image(a) for a, _ in pairs]).float()
+    disliked = encoder.encode_images([store.load_image(b) for _, b in pairs]).float()
+    if source == "bank-posterior":
+        return bank_posterior(bank, liked, disliked)
+    return fitted_vector(bank, encoder.name, liked, disliked)
 
 
 def _adapted_generator(args):
