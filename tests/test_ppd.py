@@ -43,13 +43,17 @@ def _denoiser(generator, user_dim=3, tokens=2):
 
 # -- the DPO loss -------------------------------------------------------------------------
 
-def test_dpo_loss_is_log2_with_accuracy_one_half_when_the_model_is_the_reference():
-    generator = _generator()
+@pytest.mark.parametrize("build", [tiny_sd_pipeline, tiny_sdxl_pipeline], ids=["sd-turbo", "sdxl-turbo"])
+def test_dpo_loss_is_log2_with_accuracy_one_half_when_the_model_is_the_reference(build):
+    from prefstudio.ppd.training import PromptCache
+
+    generator = _generator(build, resolution=64)
     model, adapter = _denoiser(generator)
     torch.manual_seed(0)
     liked, disliked = torch.randn(4, *generator.noise_shape), torch.randn(4, *generator.noise_shape)
-    text = generator.encode_prompt("a red square").embeds.expand(4, -1, -1)
-    errors = model(liked, disliked, text, torch.randn(4, 3))
+    text, added = PromptCache(generator).batch(["a red square", "a blue circle", "a red square", "a cat"])
+    assert (added is None) == (build is tiny_sd_pipeline)  # SDXL's pooled text and size ids go along
+    errors = model(liked, disliked, text, torch.randn(4, 3), added)
     assert torch.equal(errors[0], errors[2]) and torch.equal(errors[1], errors[3])  # untrained: policy == reference
     result = dpo_loss(*errors, beta_t=1000.0)
     assert result.loss.item() == pytest.approx(LOG2, abs=1e-7)
