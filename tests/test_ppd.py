@@ -354,6 +354,10 @@ def test_training_refuses_bad_settings_with_one_line(tmp_path):
         TrainConfig(model="m", data="d", out="o", users="everyone")
     with pytest.raises(InvalidInput, match="user dropout"):
         TrainConfig(model="m", data="d", out="o", users="synthetic:clip", user_dropout=1.0)
+    with pytest.raises(InvalidInput, match="learning rate"):
+        TrainConfig(model="m", data="d", out="o", users="synthetic:clip", learning_rate=0.0)
+    with pytest.raises(InvalidInput, match="max steps"):
+        TrainConfig(model="m", data="d", out="o", users="synthetic:clip", max_steps=-1)
     with pytest.raises(InvalidInput, match="β"):
         TrainConfig(model="m", data="d", out="o", users="synthetic:clip", beta=float("nan"))
 

@@ -63,6 +63,11 @@ class TrainConfig:
             raise InvalidInput(f"user dropout must lie in [0, 1), got {self.user_dropout}")
         if not (self.beta > 0 and math.isfinite(self.beta)):
             raise InvalidInput(f"β must be a positive number, got {self.beta}")
+        if not (0 < self.learning_rate < 1 and math.isfinite(self.learning_rate)):
+            raise InvalidInput(f"learning rate must lie in (0, 1), got {self.learning_rate}")
+        for name in ("max_steps", "save_every", "resolution"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         for name in ("batch_size", "gradient_accumulation", "epochs", "history", "tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
