@@ -36,6 +36,7 @@ from prefstudio.guidance.noise_optimization import GuidanceSettings, optimise_no
 from prefstudio.rewards.clip_alignment import CLIPAlignmentReward  # noqa: E402
 from prefstudio.rewards.user_preference import TasteReward  # noqa: E402
 from prefstudio.tools.make_tiny_pipeline import BUILDERS, clip_tokenizer, tiny_clip_model  # noqa: E402
+from prefstudio_research.random_models import build_random_pipeline  # noqa: E402
 
 CONFIGS = ROOT / "assets" / "model_configs"
 PROMPT = "a watercolour painting of a lighthouse on a cliff at sunset"
@@ -63,40 +64,6 @@ class LinearTaste:
 
     def log_odds(self, features: torch.Tensor, context=None) -> torch.Tensor:
         return features @ self.w
-
-
-def build_random_pipeline(name: str, device: torch.device, dtype: torch.dtype):
-    """The pipeline class and components named by assets/model_configs/<name>, random weights."""
-    import diffusers
-    import transformers
-
-    folder = CONFIGS / name
-    index = json.loads((folder / "model_index.json").read_text())
-    torch.manual_seed(0)
-    components, flags = {}, {}
-    for key, value in index.items():
-        if key.startswith("_"):
-            continue
-        if not isinstance(value, list):
-            flags[key] = value
-            continue
-        library, class_name = value
-        if class_name is None:
-            components[key] = None
-        elif class_name == "CLIPTokenizer":
-            components[key] = clip_tokenizer()
-        elif key == "scheduler":
-            config = json.loads((folder / key / "scheduler_config.json").read_text())
-            components[key] = getattr(diffusers, class_name).from_config(config)
-        elif library == "diffusers":
-            config = json.loads((folder / key / "config.json").read_text())
-            with torch.device(device):
-                components[key] = getattr(diffusers, class_name).from_config(config).to(dtype)
-        else:
-            cls = getattr(transformers, class_name)
-            with torch.device(device):
-                components[key] = cls(cls.config_class.from_json_file(folder / key / "config.json")).to(dtype)
-    return getattr(diffusers, index["_class_name"])(**components, **flags)
 
 
 def random_clip(device: torch.device, dtype: torch.dtype) -> CLIPEncoder:

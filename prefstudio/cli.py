@@ -16,6 +16,7 @@
     python -m prefstudio --model sd-turbo calibrate --prompts 24 --seeds 4   # measure the rewards' scales
     python -m prefstudio --model sd-turbo personalize alice "a fox" --weight clip=0.5 --weight aesthetic=0.5
     python -m prefstudio --model sd-turbo --reward clip=/models/clip-l14 --image-encoder clip bank --images ~/Pictures
+    python -m prefstudio ppd profile alice                # PPD: VLM profile, adapter, win rates (docs/ppd.md)
 """
 import argparse
 import json
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pairwise accuracy of the studio's preference model on a pair data set")
     p.add_argument("file", type=Path)
     p.add_argument("--n-ref", type=int, default=8, help="history pairs per user (default 8, as in 000)")
+
+    from prefstudio.ppd.cli import add_ppd_parser
+    add_ppd_parser(sub)
     return parser
 
 
@@ -361,6 +365,9 @@ def run(args: argparse.Namespace) -> dict:
 
         with HistoryStore(args.data) as store:
             return STORE_HANDLERS[args.command](args, store)
+    if args.command == "ppd":
+        from prefstudio.ppd.cli import run_ppd
+        return run_ppd(args)
     if args.command in ("generate", "personalize"):
         validate_prompt(args.prompt)  # before minutes of model loading
     if getattr(args, "out", None) is not None:

@@ -347,7 +347,7 @@ def test_refusing_a_big_profile_file_needs_little_memory(tmp_path):
 
 
 def test_state_schema_names_every_stored_model_type():
-    assert set(state_schema.CHECKERS) == {"user-embedding", "preference-tokens", "auto"}
+    assert set(state_schema.CHECKERS) == {"user-embedding", "preference-tokens", "auto", "vlm-profile"}
     tensors, config = user_embedding_state()
     state_schema.check_state("user-embedding", tensors, config, {ENCODER: DIM})
     with pytest.raises(InvalidInput, match="unknown preference model 'x'; this PrefStudio stores"):

@@ -44,6 +44,8 @@ class PromptConditioning:
     ids: torch.Tensor | None = None  # SDXL size/crop ids [1, 6]; FLUX text position ids [T, 3]
     #: one line per text encoder that cut the prompt; shown to the person
     truncation: list[str] = field(default_factory=list)
+    #: [D_u] user embedding for a UNet with a PPD user adapter installed (prefstudio.ppd.adapter)
+    user_embedding: torch.Tensor | None = None
 
 
 class DiffusersOneStepGenerator(Generator):
@@ -198,6 +200,9 @@ class DiffusersOneStepGenerator(Generator):
         added = None
         if self.family == "sdxl":
             added = {"text_embeds": cond.pooled.expand(batch, -1), "time_ids": cond.ids.expand(batch, -1)}
+        if cond.user_embedding is not None:
+            user = cond.user_embedding.to(self.device).reshape(1, 1, -1).expand(batch, -1, -1)
+            added = (added or {}) | {"image_embeds": [user]}
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(latents, t)
             prediction = self.denoiser(

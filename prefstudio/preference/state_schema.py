@@ -22,6 +22,7 @@ from prefstudio.errors import InvalidInput, echo
 USER_EMBEDDING = "user-embedding"
 PREFERENCE_TOKENS = "preference-tokens"
 AUTO = "auto"
+VLM_PROFILE = "vlm-profile"
 
 # Generous bounds, far above what a fit writes (feature widths are 6 to 1,300 today, the
 # taste space 32, a token history 8 pairs), that still keep a hostile file's cost small.
@@ -227,8 +228,41 @@ def check_auto(tensors: Mapping[str, np.ndarray], config: Mapping,
     _check_fit_fields(model, config, MAX_PAIRS)
 
 
+MAX_PROFILE_TEXT_CHARS = 4_000
+MAX_EMBEDDING_DIM = 16_384
+
+
+def check_vlm_profile(tensors: Mapping[str, np.ndarray], config: Mapping,
+                      encoder_dims: Mapping[str, int] | None = None) -> None:
+    """What a VLM wrote about a person (prefstudio.ppd.vlm_profile, 002 §4.2): "embedding" [D]
+    (the last hidden state of its final token) and, in the config, the VLM, the profile
+    text, the judged pairs (liked, disliked image ids) it read and when."""
+    model = VLM_PROFILE
+    _exact_keys(model, "tensor", tensors, ("embedding",))
+    _exact_keys(model, "config field", config, ("type", "version", "vlm", "text", "pairs", "made_at"))
+    embedding = _tensor(model, tensors, "embedding", (None,))
+    if not 1 <= embedding.shape[0] <= MAX_EMBEDDING_DIM:
+        raise _refuse(model, f"embedding has {embedding.shape[0]} values, outside [1, {MAX_EMBEDDING_DIM}]")
+    if config["type"] != model or config["version"] != 1 or isinstance(config["version"], bool):
+        raise _refuse(model, "config 'type' / 'version' are not vlm-profile / 1")
+    _text(model, config, "vlm")
+    text = config["text"]
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROFILE_TEXT_CHARS \
+            or not all(c.isprintable() or c == "\n" for c in text):
+        raise _refuse(model, f"config 'text' must be 1-{MAX_PROFILE_TEXT_CHARS} printable characters "
+                             "(newlines allowed)")
+    pairs = config["pairs"]
+    if not isinstance(pairs, list) or not 1 <= len(pairs) <= MAX_HISTORY_PAIRS or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and _SHA256.fullmatch(s) for s in p)
+            for p in pairs):
+        raise _refuse(model, f"config 'pairs' must be 1-{MAX_HISTORY_PAIRS} [liked, disliked] image ids")
+    made_at = config["made_at"]
+    if not isinstance(made_at, (int, float)) or isinstance(made_at, bool) or not 0 <= made_at < LATEST_FIT_TIME:
+        raise _refuse(model, f"config 'made_at' must be a time in seconds between 1970 and 2100, got {echo(made_at)}")
+
+
 Checker = Callable[..., None]
-CHECKERS: dict[str, Checker] = MEMBERS | {AUTO: check_auto}
+CHECKERS: dict[str, Checker] = MEMBERS | {AUTO: check_auto, VLM_PROFILE: check_vlm_profile}
 
 
 def check_state(name: str, tensors: Mapping[str, np.ndarray], config: Mapping,

@@ -1,5 +1,6 @@
 """Profile: fit the taste model, see what it likes, browse and prune the history,
 export the profile as one file and import one."""
+import html
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +60,20 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     return "\n\n".join(lines)
 
 
+def describe_vlm_profile(ctx: AppContext, profile: str | None) -> str:
+    """What a VLM wrote about the person (`python -m prefstudio ppd profile`), if it has;
+    escaped: the text comes from a model or an imported file."""
+    from prefstudio.ppd.profile_store import read_vlm_profile
+
+    stored = read_vlm_profile(ctx.store, profile) if profile else None
+    if stored is None:
+        return ""
+    when = datetime.fromtimestamp(stored.made_at).strftime("%Y-%m-%d %H:%M")
+    quoted = "\n".join(f"> {html.escape(line)}" if line.strip() else ">" for line in stored.text.splitlines())
+    return (f"#### What the studio thinks you like\n{quoted}\n\n"
+            f"Written {when} by {html.escape(stored.vlm)} from your {len(stored.pairs)} most recent pairs.")
+
+
 class ProfileTab:
     def __init__(self, ctx: AppContext, profile: gr.Dropdown):
         self.ctx = ctx
@@ -74,6 +89,7 @@ class ProfileTab:
                 self.taste_text = gr.Markdown(
                     "The model scores a fixed reference pool of images; the summary shows the ones it "
                     "likes most and least.", elem_id="ps-taste-text")
+                self.vlm_profile = gr.Markdown(elem_id="ps-vlm-profile")
         with gr.Row():
             self.most = gr.Gallery(label="Likes most", columns=SUMMARY_IMAGES, height=SUMMARY_HEIGHT,
                                    allow_preview=False, buttons=[], elem_id="ps-most")
@@ -122,7 +138,7 @@ class ProfileTab:
         self.history_views = [self.history, self.history_info, self.selected]
         summary = [self.taste_text, self.most, self.least]
         # Everything this tab shows of a profile, rendered from the store on switch and load.
-        self.profile_views = [self.fit_status, *summary, self.export_file]
+        self.profile_views = [self.fit_status, *summary, self.export_file, self.vlm_profile]
         summarise.click(user_errors(self.summarise), profile, summary, api_name="taste_summary")
         # A new fit changes what the model likes: show it straight away.
         fit.click(user_errors(self.fit), profile, self.fit_status, api_name="fit").success(
@@ -176,7 +192,7 @@ class ProfileTab:
             text, most, least = self.summarise(profile)
         else:
             text, most, least = "No fitted taste to summarise yet.", None, None
-        return describe_fit(self.ctx, profile), text, most, least, None
+        return describe_fit(self.ctx, profile), text, most, least, None, describe_vlm_profile(self.ctx, profile)
 
     # -- history --------------------------------------------------------------------------
     def render_history(self, session: HistorySession, profile, kinds, message: str = ""):

@@ -17,6 +17,15 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<fake_token_around_image>", 
                   "<end_of_utterance>", "<global-img>"] + [
     f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]  # Idefics3's crop tags
 
+# SmolVLM-Instruct's chat template (Idefics3 class): what `apply_chat_template` formats with.
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
 _CORPUS = [TEMPLATE.replace("<image>", "").format(prompt=p) + f" {label}"
            for p in ("a cat on a mat", "a red car at night", "a watercolor landscape with mountains",
                      "portrait of an astronaut", "a bowl of fruit, still life", "a photo")
@@ -57,7 +66,8 @@ def tiny_idefics3(directory: str | Path, image_size: int = 32, patch_size: int =
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size}, do_image_splitting=False)
     image_seq_len = (image_size // patch_size) ** 2 // config.scale_factor**2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
     directory = Path(directory)
     Idefics3ForConditionalGeneration(config).save_pretrained(directory)
     processor.save_pretrained(directory)
