@@ -223,7 +223,7 @@ def test_a_refused_import_leaves_no_image_files_behind(exported, target, tmp_pat
 def test_a_failed_restore_removes_the_files_it_wrote(exported, target, monkeypatch):
     before = snapshot(target)
 
-    def fail_after_the_files(name, images, judgments, models):
+    def fail_after_the_files(name, images, judgments, models, presets=()):
         for _, png in images:
             store_png_bytes(png, target.images_dir)
         raise InvalidInput(f"a profile named {name!r} already exists")  # e.g. created meanwhile

@@ -386,13 +386,14 @@ def _shape_coverage(v: dict, i: int, used: dict, x: torch.Tensor, y: torch.Tenso
         w = w - v["wave"] * torch.sin(2 * math.pi * 2.5 * dx + 1.7 * i)
     if used["taper"]:   # narrows the top towards an apex: triangles, mountains, conifers
         u = u / (1 - v["taper"] * (0.5 - w * v["top_scale"]).clamp(0, 1))
-    # Rounded box, exact signed distance (negative inside). hypot(0, 0) and atan2(0, 0) have
-    # NaN gradients, and guidance does reach pixels exactly on a box edge or a shape's centre:
-    # a floor of 1e-12 (far below a pixel) keeps both finite without changing the image.
+    # Rounded box, exact signed distance (negative inside). hypot(0, 0) has a NaN gradient, which
+    # passes clamp(min=0) at exactly 0: guidance does reach a pixel centre exactly on a box's
+    # edge, and one NaN spoils the noise for good. A floor of 1e-12 (far below a pixel) keeps
+    # the gradient finite without changing the image.
     qu, qw = u.abs() - v["inner_w"], w.abs() - v["inner_h"]
     dist = torch.hypot(qu.clamp(min=0), qw.clamp(min=1e-12)) + torch.maximum(qu, qw).clamp(max=0) - v["radius"]
     if used["petal"] or used["lobes"]:   # 5-7 petals, or a blob's 3 soft lobes
-        angle = torch.atan2(w, torch.where((u == 0) & (w == 0), torch.full_like(u, 1e-12), u))
+        angle = torch.atan2(w, u)
         bumps = v["petal"] * torch.cos((5 + i % 3) * angle) if used["petal"] else 0.0
         if used["lobes"]:
             bumps = bumps + v["lobes"] * torch.cos(3 * angle + 2.1 * i)
