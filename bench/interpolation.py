@@ -4,10 +4,12 @@ the reward gaining weight should score higher at each step and the one losing we
 
     python bench/interpolation.py --prompts 20 --steps 5
 
-Two simulated people are drawn as PrefBench draws its unseen users (`sample_population`,
-ids new0000, new0001…, population seed 0); each judges 16 of the studio's own candidates
+Six simulated people are drawn as PrefBench draws its unseen users (`sample_population`,
+ids new0000…new0005, population seed 0); each judges 16 of the studio's own candidates
 (8 seeds × 2 prompts, liking their better half) and is fitted as a profile by the studio's
-default preference model. Then, on unseen prompts, each at its own seed:
+default preference model. A and B are the two whose fitted tastes disagree most over those
+candidates (lowest correlation): between two people who like the same images there is no
+trade-off to see. Then, on unseen prompts, each at its own seed:
   - A → B: profile A personalized with weights user = 1 − t, profile:B = t (A's own taste
     against B's, blended as a person does in the Generate tab), prompt consistency at its
     default guard weight;
@@ -43,7 +45,21 @@ JUDGED_PROMPTS = ["a quiet landscape", "a city street at dusk"]
 TARGET = 0.90
 
 
-def fitted_people(studio: Studio, count: int, seed: int) -> list[str]:
+def most_different(studio: Studio, names: list[str], shas: list[str]) -> tuple[str, str, float]:
+    """The two profiles whose fitted tastes correlate least over the judged candidates."""
+    features = studio.features(shas)
+    scores = {}
+    with torch.no_grad():
+        for name in names:
+            reward = studio.user_reward(name)
+            scores[name] = reward.score_features(features, reward.taste.prompt_context([""]))
+    pairs = [(a, b, float(torch.corrcoef(torch.stack([scores[a], scores[b]]))[0, 1]))
+             for i, a in enumerate(names) for b in names[i + 1:]]
+    return min(pairs, key=lambda pair: pair[2])
+
+
+def fitted_people(studio: Studio, count: int, seed: int) -> tuple[list[str], list[str]]:
+    """Profiles of `count` simulated people fitted on the same candidates, and those candidates."""
     candidates = [c for i, p in enumerate(JUDGED_PROMPTS)
                   for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
     pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
@@ -56,7 +72,7 @@ def fitted_people(studio: Studio, count: int, seed: int) -> list[str]:
         for candidate, value in zip(candidates, utility):
             studio.judge(person.user_id, "like" if value > utility.median() else "dislike", candidate.sha256)
         studio.fit(person.user_id)
-    return [p.user_id for p in people]
+    return [p.user_id for p in people], [c.sha256 for c in candidates]
 
 
 def sweep(studio: Studio, profile: str, prompt: str, seed: int, losing: str, gaining: str, fixed: dict,
@@ -82,11 +98,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=30, help="guidance iterations (the studio's default)")
     parser.add_argument("--seed", type=int, default=0, help="PrefBench's population seed")
+    parser.add_argument("--people", type=int, default=6, help="people drawn; the two most different are used")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     studio = Studio(tempfile.mkdtemp(prefix="interpolation-"))
-    a, b = fitted_people(studio, 2, args.seed)
+    a, b, correlation = most_different(studio, *fitted_people(studio, args.people, args.seed))
     unseen = [p for p in read_prompts() if p not in JUDGED_PROMPTS]
     prompts = [unseen[(i * max(1, len(unseen) // args.prompts)) % len(unseen)] for i in range(args.prompts)]
     experiments = {
@@ -119,8 +136,9 @@ def main() -> None:
     write_section("interpolation", f"""## Blending is monotone: moving weight from one reward to another
 
 `python bench/interpolation.py --prompts {args.prompts} --steps {args.steps}` — {machine()}; load: `{load}`.
-Two simulated people drawn as PrefBench's unseen users (population seed {args.seed}), each fitted by the studio's
-default preference model ({studio.preference.name}) on 16 judged candidates; the embedded generator, offline.
+{args.people} simulated people drawn as PrefBench's unseen users (population seed {args.seed}), each fitted by the
+studio's default preference model ({studio.preference.name}) on 16 judged candidates; A = {a} and B = {b} are the two
+whose fitted tastes disagree most (correlation {correlation:+.2f} over the candidates). The embedded generator, offline.
 On {args.prompts} unseen prompts (one seed each) profile {a} is personalized {args.steps + 1} times while the weight
 moves in {args.steps} equal steps from its own taste to {b}'s taste (`profile:{b}`; prompt consistency guarding at
 {GUARD_WEIGHT}), and from its taste to prompt consistency; default strength {DEFAULT_STRENGTH} and

@@ -353,3 +353,29 @@ def test_guidance_through_a_box_interior_has_finite_gradients():
     assert leaves["inner_w"].grad is not None and leaves["petal"].grad is not None
     for key, value in leaves.items():
         assert value.grad is None or torch.isfinite(value.grad).all(), key
+
+
+def test_a_version_1_file_without_presets_still_imports(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with HistoryStore(tmp_path / "home") as store:
+        store.create_profile("alice")
+        store.save_preset("alice", "solo", {"user": 1.0})
+        path = export_profile(store, "alice", tmp_path / "alice.prefstudio")
+    with safe_open(path, framework="pt") as file:
+        metadata = dict(file.metadata())
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    content = json.loads(metadata["profile"])
+    for version, drop, fine in (("1", True, True), ("1", False, False)):
+        old = {k: v for k, v in content.items() if not (drop and k == "presets")}
+        forged = {**metadata, "version": version, "profile": json.dumps(old)}
+        forged["digest"] = content_digest(forged["profile"], tensors)
+        save_file(tensors, tmp_path / "old.prefstudio", metadata=forged)
+        with HistoryStore(tmp_path / f"friend-{drop}") as friend:
+            if fine:
+                assert import_profile(friend, tmp_path / "old.prefstudio").name == "alice"
+                assert friend.presets("alice") == []
+            else:  # version 1 had no presets: a file that says 1 and holds them is not one
+                with pytest.raises(InvalidInput, match="must have exactly the keys images, judgments, models, name"):
+                    import_profile(friend, tmp_path / "old.prefstudio")

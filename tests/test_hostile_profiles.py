@@ -239,7 +239,8 @@ def test_a_failed_restore_removes_the_files_it_wrote(exported, target, monkeypat
     (lambda m: {**m, "version": "9" * 5000}, "profile file has an unreadable version '9999"),
     (lambda m: {**m, "format": "x" * 2**20}, "not a PrefStudio profile file"),
     (lambda m: {**m, "profile": json.dumps({"name": "y" * 2**20, "images": [], "judgments": [],
-                                            "models": []})}, "profile name is 1048576 characters; the limit is 64"),
+                                            "models": [], "presets": []})},
+     "profile name is 1048576 characters; the limit is 64"),
     (lambda m: {**m, "profile": '{"name": "Z", "images": [], "judgments": [], "models": [], "n": '
                 + "1" * 5000 + "}"}, "the profile is not valid JSON"),
 ], ids=["json-100000-deep", "version-5000-digits", "format-1MB", "name-1MB", "number-5000-digits"])

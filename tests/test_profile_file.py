@@ -87,7 +87,7 @@ def assert_same_models(left, right):
 def snapshot(store):
     """Everything an import could change: rows and files."""
     rows = {table: store._query(f"SELECT * FROM {table}")
-            for table in ("profiles", "images", "judgments", "features", "models")}
+            for table in ("profiles", "images", "judgments", "features", "models", "presets")}
     files = sorted(p.relative_to(store.data_dir).as_posix()
                    for p in store.images_dir.rglob("*") if p.is_file())
     return rows, files
