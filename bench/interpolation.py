@@ -2,7 +2,8 @@
 the reward gaining weight should score higher at each step and the one losing weight lower
 (PPD 002 §5.1, Fig. 4: each reward's score rises with its weight).
 
-    python bench/interpolation.py --prompts 20 --steps 5
+    python bench/interpolation.py --between profiles --prompts 20 --steps 5
+    python bench/interpolation.py --between prompt --prompts 20 --steps 5
 
 Six simulated people are drawn as PrefBench draws its unseen users (`sample_population`,
 ids new0000…new0005, population seed 0); each judges 16 of the studio's own candidates
@@ -18,7 +19,8 @@ for t = 0, 1/steps, …, 1, at the studio's default strength and iterations. Eac
 scored from its PNG (normalised scores, as the page shows them). A prompt counts as
 monotone when, at every step, the reward gaining weight scores strictly higher and the
 one losing weight strictly lower than at the step before. Also reported: the share of
-single steps that move both ways. Writes the `interpolation` section of docs/benchmarks.md.
+single steps that move both ways. Each `--between` writes its own section of docs/benchmarks.md
+(`interpolation_profiles`, `interpolation_prompt`), so the two can run side by side.
 """
 import argparse
 import os
@@ -99,6 +101,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30, help="guidance iterations (the studio's default)")
     parser.add_argument("--seed", type=int, default=0, help="PrefBench's population seed")
     parser.add_argument("--people", type=int, default=6, help="people drawn; the two most different are used")
+    parser.add_argument("--between", choices=["profiles", "prompt"], required=True,
+                        help="profiles: A's taste → B's; prompt: A's taste → prompt consistency")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -107,9 +111,9 @@ def main() -> None:
     unseen = [p for p in read_prompts() if p not in JUDGED_PROMPTS]
     prompts = [unseen[(i * max(1, len(unseen) // args.prompts)) % len(unseen)] for i in range(args.prompts)]
     experiments = {
-        f"{a}'s taste → {b}'s taste": ("user", profile_reward(b), {"prompt_consistency": GUARD_WEIGHT}),
-        "taste → prompt consistency": ("user", "prompt_consistency", {}),
-    }
+        "profiles": {f"{a}'s taste → {b}'s taste": ("user", profile_reward(b), {"prompt_consistency": GUARD_WEIGHT})},
+        "prompt": {f"{a}'s taste → prompt consistency": ("user", "prompt_consistency", {})},
+    }[args.between]
     results, start = {}, time.perf_counter()
     for label, (losing, gaining, fixed) in experiments.items():
         rows = []
@@ -133,16 +137,17 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     print(f"{runs} guided runs in {seconds:.0f} s; load: {load}")
-    write_section("interpolation", f"""## Blending is monotone: moving weight from one reward to another
+    moved = (f"from its own taste to {b}'s taste (`profile:{b}`; prompt consistency guarding at {GUARD_WEIGHT})"
+             if args.between == "profiles" else
+             "from its own taste to prompt consistency (a guard: its weight prices any drop below the baseline)")
+    write_section(f"interpolation_{args.between}", f"""## Interpolation: moving weight {"between two people's tastes" if args.between == "profiles" else "from taste to prompt consistency"}
 
-`python bench/interpolation.py --prompts {args.prompts} --steps {args.steps}` — {machine()}; load: `{load}`.
+`python bench/interpolation.py --between {args.between} --prompts {args.prompts} --steps {args.steps}` — {machine()}; load: `{load}`.
 {args.people} simulated people drawn as PrefBench's unseen users (population seed {args.seed}), each fitted by the
 studio's default preference model ({studio.preference.name}) on 16 judged candidates; A = {a} and B = {b} are the two
 whose fitted tastes disagree most (correlation {correlation:+.2f} over the candidates). The embedded generator, offline.
 On {args.prompts} unseen prompts (one seed each) profile {a} is personalized {args.steps + 1} times while the weight
-moves in {args.steps} equal steps from its own taste to {b}'s taste (`profile:{b}`; prompt consistency guarding at
-{GUARD_WEIGHT}), and from its taste to prompt consistency; default strength {DEFAULT_STRENGTH} and
-{args.iterations} iterations. Scores are the normalised scores of the PNGs. A prompt is monotone when at every
+moves in {args.steps} equal steps {moved}; default strength {DEFAULT_STRENGTH} and {args.iterations} iterations. Scores are the normalised scores of the PNGs. A prompt is monotone when at every
 step the reward gaining weight scores strictly higher and the one losing weight strictly lower.
 {runs} guided runs took {seconds:.0f} s.
 
