@@ -290,10 +290,8 @@ class Studio:
                 try:
                     self.store.get_profile(other)
                 except NotFound:
-                    existing = ", ".join(p.name for p in self.store.list_profiles())
-                    raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which no longer exists here "
-                                   f"(profiles: {existing}); import that profile again, or save the preset "
-                                   "without it") from None
+                    raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which no longer exists here: "
+                                   "import that profile again, or save the preset without it") from None
         return stored.weights | dict(weights or {})
 
     def save_preset(self, profile: str, name: str, weights: dict[str, float]):
