@@ -128,12 +128,14 @@ def main() -> None:
     runs = len(experiments) * args.prompts * (args.steps + 1)
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    lines = ["| moving weight | prompts monotone at every step | single steps monotone |",
-             "|---|---:|---:|"]
+    lines = ["| moving weight | prompts monotone at every step | single steps monotone | each step (t → t + 1/steps) |",
+             "|---|---:|---:|---|"]
     for label, rows in results.items():
         whole = sum(all(r) for r in rows) / len(rows)
         single = sum(sum(r) for r in rows) / sum(len(r) for r in rows)
-        lines.append(f"| {label} | **{whole:.0%}** (target ≥ {TARGET:.0%}) | {single:.0%} |")
+        # Where it fails: near either end the true change is small, and the optimiser's noise shows.
+        each = " · ".join(f"{sum(r[k] for r in rows) / len(rows):.0%}" for k in range(args.steps))
+        lines.append(f"| {label} | **{whole:.0%}** (target ≥ {TARGET:.0%}) | {single:.0%} | {each} |")
     table = "\n".join(lines)
     print(table)
     print(f"{runs} guided runs in {seconds:.0f} s; load: {load}")

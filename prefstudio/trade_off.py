@@ -69,7 +69,7 @@ def simplex_rows(n_axes: int, steps: int, total: float = 1.0) -> list[list[list[
 
 def reward_label(name: str) -> str:
     other = blended_profile(name)
-    return f"{other}'s taste" if other is not None else ("your taste" if name == "user" else name.replace("_", " "))
+    return f"taste of {other}" if other is not None else ("your taste" if name == "user" else name.replace("_", " "))
 
 
 def _font(size: int):

@@ -59,7 +59,7 @@ class GenerateSession:
 def reward_label(name: str) -> str:
     other = blended_profile(name)
     if other is not None:
-        return f"{other}'s taste"
+        return f"Taste of {other}"  # no apostrophe: the score chart's series names go into Vega expressions
     return "Your taste (user model)" if name == "user" else name.replace("_", " ").capitalize()
 
 
@@ -135,7 +135,7 @@ class GenerateTab:
                 self.personalized = gr.Image(label=PERSONALIZED, type="filepath",
                                              interactive=False, height=360, buttons=["download", "fullscreen"],
                                              elem_id="ps-personalized")
-                self.personalized_scores = gr.Markdown()
+                self.personalized_scores = gr.Markdown(elem_id="ps-personalized-scores")
                 with gr.Row():
                     like_pers = gr.Button("👍 Personalized", size="sm")
                     dislike_pers = gr.Button("👎 Personalized", size="sm")
@@ -442,7 +442,7 @@ class GenerateTab:
                 name = session.blended[i]
                 value = weights.get(profile_reward(name), gr.skip()) if weights else gr.skip()
                 views.append(gr.Slider(label=reward_label(profile_reward(name)), value=value, visible=True,
-                                       info=f"{name}'s fitted taste, blended in"))
+                                       info=f"The fitted taste of {name}, blended in"))
             else:
                 views.append(gr.Slider(visible=False, value=BLEND_WEIGHT))
         return [*views, gr.CheckboxGroup(choices=self._axis_choices(session.blended))]
@@ -462,12 +462,12 @@ class GenerateTab:
         current = self.ctx.store.get_profile(profile).name
         self.ctx.studio.blended_reward(current, other)  # fitted, and not the profile itself
         if other in session.blended:
-            raise InvalidInput(f"{other}'s taste is already in the blend")
+            raise InvalidInput(f"the taste of {other} is already in the blend")
         if len(session.blended) >= MAX_BLENDED:
             raise InvalidInput(f"the blend holds at most {MAX_BLENDED} other profiles: clear it first")
         session.blended.append(other)
         return (*self._blend_views(session), gr.Dropdown(value=None),
-                f"Added **{other}**'s taste to the blend at weight {BLEND_WEIGHT:g}: move its slider, then Generate.")
+                f"Added the taste of **{other}** to the blend at weight {BLEND_WEIGHT:g}: move its slider, then Generate.")
 
     def clear_blend(self, session: GenerateSession):
         session.blended = []
