@@ -45,6 +45,12 @@ from prefstudio.taste_summary import read_prompts  # noqa: E402
 
 JUDGED_PROMPTS = ["a quiet landscape", "a city street at dusk"]
 TARGET = 0.90
+GUARD_NOTE = """
+Prompt consistency is a guard (`Reward.guard`): its weight prices a drop below the same-seed baseline and never
+rewards a rise, and with no weight left on the taste the result is the baseline itself. So its score climbs back
+towards the baseline's as weight moves to it, rather than rising with its weight as a raised reward's does; a step
+that ends above the baseline can fall at the next one.
+"""
 
 
 def most_different(studio: Studio, names: list[str], shas: list[str]) -> tuple[str, str, float]:
@@ -154,7 +160,7 @@ step the reward gaining weight scores strictly higher and the one losing weight 
 {runs} guided runs took {seconds:.0f} s.
 
 {table}
-""")
+{GUARD_NOTE if args.between == "prompt" else ""}""")
 
 
 if __name__ == "__main__":
