@@ -9,6 +9,10 @@
     python -m prefstudio fit alice
     python -m prefstudio suggest alice --prompt "a fox in the snow"   # which pair to judge next
     python -m prefstudio personalize alice "a fox in the snow" --seed 7 --out out/
+    python -m prefstudio personalize alice "a fox" --weight user=0.5 --weight profile:bob=0.5   # blend bob's taste
+    python -m prefstudio preset save alice mix --weight user=0.5 --weight profile:bob=0.5 --weight prompt_consistency=0.5
+    python -m prefstudio personalize alice "a fox" --preset mix --weight profile:bob=0.8   # a preset, one weight changed
+    python -m prefstudio grid alice "a fox" --axis user --axis profile:bob --seed 7 --out fox-grid.png
     python -m prefstudio export alice alice.prefstudio
     python -m prefstudio import alice.prefstudio --name alice-laptop
     python -m prefstudio evaluate pairs.jsonl --n-ref 8
@@ -31,7 +35,7 @@ from prefstudio.validation import (
 
 # Commands that read or write only the history store: they never import torch or the models,
 # so they start in well under a second.
-STORE_COMMANDS = ("profile", "judge", "export", "import")
+STORE_COMMANDS = ("profile", "judge", "export", "import", "preset")  # preset save checks with the studio
 
 
 def _weights(items: list[str]) -> dict[str, float] | None:
@@ -39,14 +43,22 @@ def _weights(items: list[str]) -> dict[str, float] | None:
         return None
     weights = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, sep, value = item.rpartition("=")
         if not sep:
-            raise InvalidInput(f"--weight takes NAME=VALUE (e.g. user=0.75), got {echo(item)}")
+            raise InvalidInput(f"--weight takes NAME=VALUE (e.g. user=0.75 or profile:bob=0.5), got {echo(item)}")
+        name = name.strip()
+        if name in weights:
+            raise InvalidInput(f"--weight {echo(name)} is given twice")
         try:
-            weights[name.strip()] = float(value)
+            weights[name] = float(value)
         except ValueError:
             raise InvalidInput(f"--weight {echo(name)}: {echo(value)} is not a number") from None
     return weights
+
+
+WEIGHT_HELP = ("reward weight, repeatable: user (this profile's taste), prompt_consistency (a guard: it only keeps "
+               "the image from becoming less typical of the prompt than the baseline), profile:NAME (another fitted "
+               "profile's taste, blended in), each in [0, 10]")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
-                   help="reward weight, repeatable; rewards not named keep their defaults (user=0.75, 0.5 on prompt "
-                        "consistency, which is a guard: it only keeps the image from becoming less typical of the "
-                        "prompt than the baseline; 0.25 on others such as clip, aesthetic, pickscore; 0 turns one off)")
+                   help=WEIGHT_HELP + "; rewards not named keep their defaults (user=0.75, prompt_consistency=0.5, "
+                                      "0.25 on others such as clip, aesthetic, pickscore; 0 turns one off), or with "
+                                      "--preset the preset's")
+    p.add_argument("--preset", help="use this saved blend of the profile (see `preset`)")
     p.add_argument("--strength", type=float, default=0.5,
                    help="how far personalization may move away from the baseline, 0-1 (default 0.5)")
     p.add_argument("--iterations", type=int, default=30)
@@ -156,6 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=96, help="simulated users (default 96)")
     p.add_argument("--pairs-per-user", type=int, default=48, help="pairs each one judges (default 48)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("preset", help="save, list or delete a profile's named blends of reward weights")
+    p.add_argument("action", choices=["save", "list", "delete"])
+    p.add_argument("profile")
+    p.add_argument("name", nargs="?", help="save, delete: the preset's name")
+    p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                   help=WEIGHT_HELP + " (save: the whole blend)")
+
+    p = sub.add_parser("grid", help="one labelled PNG: one seed across weight combinations of two or three rewards")
+    p.add_argument("profile")
+    p.add_argument("prompt")
+    p.add_argument("--axis", action="append", default=[], metavar="NAME", required=True,
+                   help="a reward to weigh against the others: user, prompt_consistency, profile:NAME or another "
+                        "reward on offer; give two or three")
+    p.add_argument("--steps", type=int, help="equal shares of the weight (default 4 for two rewards: 5 images; "
+                                             "2 for three: 6 images)")
+    p.add_argument("--total", type=float, default=1.0, help="the weight the rewards share (default 1)")
+    p.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                   help="weights of the other rewards (default: prompt_consistency=0.5, guarding)")
+    p.add_argument("--preset", help="take the other rewards' weights from this preset")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--strength", type=float, default=0.5)
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--out", type=Path, default=Path("trade-off.png"), help="the PNG to write (default trade-off.png)")
 
     p = sub.add_parser("export", help="export a profile to one file")
     p.add_argument("profile")
@@ -217,6 +253,19 @@ def cmd_judge(args, store) -> dict:
                           for j in recorded]}
 
 
+def cmd_preset(args, store) -> dict:
+    """list and delete read the store only; save runs in the studio (cmd_preset_save)."""
+    if args.action != "list" and not args.name:
+        raise InvalidInput(f"preset {args.action} needs the preset's name")
+    if args.weight and args.action != "save":
+        raise InvalidInput(f"preset {args.action} takes no --weight")
+    if args.action == "delete":
+        return {"deleted": store.delete_preset(args.profile, args.name).name}
+    if args.name:
+        raise InvalidInput(f"preset list takes a profile only; got {echo(args.name)} as well")
+    return {"presets": [{"name": p.name, "weights": p.weights} for p in store.presets(args.profile)]}
+
+
 def cmd_export(args, store) -> dict:
     from prefstudio.store.profile_file import export_profile
 
@@ -259,10 +308,44 @@ def cmd_fit(args, studio) -> dict:
             "pairs": report.n_pairs, "loo_accuracy": report.loo_accuracy, "seconds": round(report.seconds, 3)}
 
 
+def cmd_preset_save(args, studio) -> dict:
+    if not args.name:
+        raise InvalidInput("preset save needs the preset's name")
+    if not args.weight:
+        raise InvalidInput("preset save needs the blend: --weight NAME=VALUE, repeated")
+    preset = studio.save_preset(args.profile, args.name, _weights(args.weight))
+    return {"saved": preset.name, "profile": studio.store.get_profile(args.profile).name, "weights": preset.weights}
+
+
+def cmd_grid(args, studio) -> dict:
+    from prefstudio.provenance import write_png_with_provenance
+    from prefstudio.trade_off import draw_grid
+
+    validate_output_file(args.out)
+    grid = None
+    for item in studio.trade_off(args.profile, args.prompt, args.axis, seed=args.seed, steps=args.steps,
+                                 weights=studio.blend_weights(args.profile, _weights(args.weight), args.preset),
+                                 total=args.total, strength=args.strength, iterations=args.iterations):
+        if isinstance(item, str):
+            print(item, file=sys.stderr, flush=True)
+        else:
+            grid = item
+    cells = grid.cells()
+    path = write_png_with_provenance(
+        draw_grid(grid, studio.store.load_image), args.out,
+        {"prompt": grid.prompt, "seed": grid.seed, "generator": studio.generator.name, "role": "trade-off-grid",
+         "params": {"personalized_for": grid.profile, "axes": grid.axes, "steps": grid.steps,
+                    "strength": grid.strength, "iterations": args.iterations,
+                    "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
+                               "scores": c.side.personalized.normalised} for c in cells]}})
+    return {"grid": str(path), "seed": grid.seed, "axes": grid.axes,
+            "cells": [{"weights": c.weights, "id": c.side.personalized.record.sha256, "improved": c.side.improved,
+                       "scores": {n: round(v, 4) for n, v in c.side.personalized.normalised.items()}}
+                      for c in cells]}
+
+
 def cmd_personalize(args, studio) -> dict:
-    given = _weights(args.weight)
-    # Named weights change those rewards; the others keep their defaults (0 turns one off).
-    weights = None if given is None else studio.default_weights() | given
+    weights = studio.blend_weights(args.profile, _weights(args.weight), args.preset)
     result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
                                      weights=weights, iterations=args.iterations,
                                      method=args.method, strength=args.strength)
@@ -276,7 +359,8 @@ def cmd_personalize(args, studio) -> dict:
             "files": {k: str(v) for k, v in paths.items()}}
 
 
-STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import}
+STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import,
+                  "preset": cmd_preset}
 def cmd_suggest(args, studio) -> dict:
     if bool(args.prompt) == bool(args.ids):
         raise InvalidInput("suggest takes either --prompt P or candidate image ids, not both and not neither")
@@ -354,13 +438,13 @@ def cmd_bank(args, options: dict, data: str) -> dict:
 
 STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "fit": cmd_fit,
                    "suggest": cmd_suggest, "personalize": cmd_personalize, "calibrate": cmd_calibrate,
-                   "rewards": cmd_rewards}
+                   "rewards": cmd_rewards, "preset": cmd_preset_save, "grid": cmd_grid}
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.device is not None:
         validate_device_name(args.device)
-    if args.command in STORE_HANDLERS:
+    if args.command in STORE_HANDLERS and not (args.command == "preset" and args.action == "save"):
         from prefstudio.store.history import HistoryStore
 
         with HistoryStore(args.data) as store:
@@ -368,9 +452,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "ppd":
         from prefstudio.ppd.cli import run_ppd
         return run_ppd(args)
-    if args.command in ("generate", "personalize"):
+    if args.command in ("generate", "personalize", "grid"):
         validate_prompt(args.prompt)  # before minutes of model loading
-    if getattr(args, "out", None) is not None:
+    if args.command == "grid":
+        from prefstudio.trade_off import check_axes
+
+        check_axes(args.axis, args.steps)
+        validate_output_file(args.out)  # a file, where the other commands write into a folder
+    elif getattr(args, "out", None) is not None:
         validate_output_folder(args.out)
 
     import torch

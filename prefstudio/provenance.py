@@ -5,7 +5,7 @@ A PNG written here carries two text chunks, before the pixel data:
     parameters   A1111-style text (prompt, then "Seed: …, Size: …, Model: …" on the last line),
                  which image viewers and other Stable Diffusion tools read and show
     prefstudio   JSON: prompt, seed, generator, params, reward weights, the fit it was made
-                 with, its role (baseline / personalized / side by side / candidate) and scores
+                 with, its role (baseline / personalized / side by side / candidate / trade-off grid) and scores
 
 `read_provenance` accepts a PNG from anywhere (a dropped file is data, never code): the file
 and each chunk are bounded, only the PNG header and text chunks are parsed (no pixels
@@ -28,7 +28,7 @@ from prefstudio.validation import MAX_IMAGE_BYTES, validate_prompt, validate_see
 KEY = "prefstudio"
 PARAMETERS_KEY = "parameters"
 VERSION = 1
-ROLES = ("candidate", "baseline", "personalized", "side-by-side")
+ROLES = ("candidate", "baseline", "personalized", "side-by-side", "trade-off-grid")
 MAX_CHUNK_CHARS = 64 * 1024  # far above any real record; a bigger chunk is refused, not parsed
 MAX_NAME_CHARS = 200
 MAX_ENTRIES = 64  # weights, scores and fit keys

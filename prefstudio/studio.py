@@ -14,12 +14,13 @@ asks the kind of.
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from prefstudio.blend import PROFILE_PREFIX, blended_profile, validate_reward_name
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator
@@ -35,7 +36,7 @@ from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.shipped import CHECKPOINTS
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
-from prefstudio.validation import validate_prompt, validate_seed
+from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed
 
 DEFAULT_BANK = CHECKPOINTS / "user_bank_embedded.safetensors"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
@@ -244,14 +245,19 @@ class Studio:
         except NotFound:
             return False
 
-    def rewards(self, profile: str | None) -> dict[str, Reward]:
-        """Every reward on offer, the user's model first (if fitted)."""
+    def rewards(self, profile: str | None, blend: Iterable[str] = ()) -> dict[str, Reward]:
+        """Every reward on offer, the user's model first (if fitted), then the tastes of the
+        other profiles `blend` names as `profile:NAME` (each must exist and be fitted)."""
         rewards = {}
         if profile is not None:
             try:
                 rewards["user"] = self.user_reward(profile)
             except NotFound:
                 pass
+        for name in blend:
+            other = blended_profile(validate_reward_name(name))
+            if other is not None:
+                rewards[name] = self.blended_reward(profile, other)
         return rewards | self.base_rewards
 
     def _check_available(self, weights: dict[str, float], rewards: dict[str, Reward]) -> None:
@@ -261,6 +267,58 @@ class Studio:
             state = self.reward_states.get(name)
             if name not in rewards and state is not None and not state.ready:
                 raise ModelUnavailable(f"the {name} reward is not available here: {state.detail}")
+    def blended_reward(self, profile: str | None, other: str) -> TasteReward:
+        """Another profile's fitted taste, to blend into `profile`'s generation."""
+        try:
+            found = self.store.get_profile(other)
+        except NotFound as error:
+            raise NotFound(f"cannot blend {PROFILE_PREFIX}{other}: {error}") from None
+        if profile is not None and found.id == self.store.get_profile(profile).id:
+            raise InvalidInput(f"{PROFILE_PREFIX}{other} is the profile being personalized: its own taste is "
+                               "the 'user' weight")
+        try:
+            return self.user_reward(found.name)
+        except NotFound:
+            raise NotFound(f"cannot blend {PROFILE_PREFIX}{other}: {found.name} has no fitted taste yet "
+                           "(fit it in its Profile tab or with `fit`)") from None
+
+    def blendable_profiles(self, exclude: str | None = None) -> list[str]:
+        """Profiles whose taste can join a blend: those with a fit of this studio's model."""
+        skip = None if exclude is None else self.store.get_profile(exclude).id
+        return [p.name for p in self.store.list_profiles()
+                if p.id != skip and self.preference.name in self.store.model_names(p.name)]
+
+    def blend_weights(self, profile: str, weights: dict[str, float] | None = None,
+                      preset: str | None = None) -> dict[str, float]:
+        """The weights a run uses: the named preset's, each overridden by `weights`; without a
+        preset, the defaults, each overridden by `weights`. A preset whose rewards or blended profiles are not
+        here is refused, saying which."""
+        if preset is None:  # named weights change those rewards; the others keep their defaults
+            return self.default_weights() | dict(weights or {})
+        stored = self.store.get_preset(profile, preset)
+        offered = {"user", *self.base_rewards}
+        for name in stored.weights:
+            other = blended_profile(name)
+            if other is None and name not in offered:
+                raise NotFound(f"preset {stored.name!r} weighs reward {name!r}, which this studio does not offer "
+                               f"(it offers {', '.join(sorted(offered))} and profile:NAME)")
+            if other is not None:
+                try:
+                    self.store.get_profile(other)
+                except NotFound:
+                    raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which no longer exists here: "
+                                   "import that profile again, or save the preset without it") from None
+        return stored.weights | dict(weights or {})
+
+    def save_preset(self, profile: str, name: str, weights: dict[str, float]):
+        """Store a blend as a named preset of `profile`, once every reward it names is here."""
+        self.rewards(profile, weights)  # an unknown or unfitted blended profile is refused now
+        offered = {"user", *self.base_rewards}
+        unknown = [n for n in weights if blended_profile(n) is None and n not in offered]
+        if unknown:
+            raise InvalidInput(f"unknown reward {unknown[0]!r}; available: {', '.join(sorted(offered))} "
+                               "and profile:NAME")
+        return self.store.save_preset(profile, name, weights)
 
     def default_weights(self) -> dict[str, float]:
         return {"user": USER_WEIGHT} | {name: GUARD_WEIGHT if reward.guard else OTHER_WEIGHT
@@ -315,21 +373,23 @@ class Studio:
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
                     weights: dict[str, float] | None = None, iterations: int = 30,
                     method: str = "guidance", candidates: int = 8, strength: float = DEFAULT_STRENGTH,
-                    stop: threading.Event | None = None, blind: bool = False
+                    stop: threading.Event | None = None, blind: bool = False, listed: bool = True
                     ) -> Iterator[GuidanceProgress | SideBySide]:
         """Baseline (same seed, no personalization) and personalized, side by side.
 
         `strength` in [0, 1] bounds how far guidance may move the seed's noise (0: the
         baseline itself). `blind` marks a blind test's images, which the lists of past side by
-        sides leave out (they would tell which side was which). Yields GuidanceProgress per iteration (method "guidance"), then
-        one SideBySide."""
+        sides leave out (they would tell which side was which); `listed` False leaves a run out
+        of them too (a trade-off grid's cells). `weights` may blend other profiles' tastes as
+        `profile:NAME`. Yields GuidanceProgress per iteration (method "guidance"), then one
+        SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         self.store.get_profile(profile)  # a missing profile is not one without a fit
-        rewards = self.rewards(profile)
+        weights = dict(self.default_weights() if weights is None else weights)
+        rewards = self.rewards(profile, weights)
         if "user" not in rewards:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
-        weights = dict(self.default_weights() if weights is None else weights)
         self._check_available(weights, rewards)
         if method not in ("guidance", "best_of_n"):
             raise InvalidInput(f"method must be 'guidance' or 'best_of_n', got {method!r}")
@@ -371,7 +431,7 @@ class Studio:
         params = self.generator.params() | {
             "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
-            "blind": blind,
+            "blind": blind, "listed": listed,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
             "trace": [[p.iteration, round(p.total, 4), _rounded(p.normalised)] for p in result.trace],
@@ -380,6 +440,40 @@ class Studio:
         personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)
         yield SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
                          result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain)
+
+    def trade_off(self, profile: str, prompt: str, axes: list[str], seed: int | None = None,
+                  steps: int | None = None, weights: dict[str, float] | None = None, total: float = 1.0,
+                  strength: float = DEFAULT_STRENGTH, iterations: int = 30,
+                  stop: threading.Event | None = None) -> Iterator[str | object]:
+        """A `TradeOffGrid` (prefstudio.trade_off) of one seed across weight combinations of two
+        or three rewards (`axes`, which may be profile:NAME): yields a line of progress before
+        each cell, then the grid. The other rewards keep their weight in `weights` (default:
+        the studio's), so a guard keeps guarding."""
+        from prefstudio.trade_off import TradeOffCell, TradeOffGrid, check_axes, simplex_rows
+
+        axes, steps = check_axes(axes, steps)
+        prompt = validate_prompt(prompt)
+        seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
+        if isinstance(total, bool) or not isinstance(total, (int, float)) or not 0 < total <= MAX_WEIGHT:
+            raise InvalidInput(f"the weight shared among the rewards must lie in (0, {MAX_WEIGHT:g}], got {total!r}")
+        base = {n: w for n, w in self.blend_weights(profile, weights).items() if n not in axes}
+        self.rewards(profile, [*axes, *base])  # every reward named is here, before the first run
+        rows = simplex_rows(len(axes), steps, total)
+        count, done = sum(len(row) for row in rows), 0
+        grid_rows = []
+        for row in rows:
+            cells = []
+            for shares in row:
+                cell_weights = dict(zip(axes, shares)) | base
+                done += 1
+                yield (f"Image {done} of {count}: "
+                       + ", ".join(f"{n} {w:g}" for n, w in zip(axes, shares)))
+                side = self.personalize_once(profile, prompt, seed, cell_weights, iterations, strength=strength,
+                                             stop=stop, listed=False)
+                cells.append(TradeOffCell(cell_weights, side))
+            grid_rows.append(cells)
+        yield TradeOffGrid(self.store.get_profile(profile).name, prompt, seed, axes, steps, float(strength),
+                           grid_rows)
 
     def _fit_stamp(self, profile: str) -> dict:
         """Which fit made an image: the model, when, on how many pairs."""

@@ -297,8 +297,8 @@ def test_bad_inputs_get_specific_messages_and_change_nothing(app, tmp_path):
 
     newer = tmp_path / "newer.prefstudio"
     safetensors.torch.save_file({"x": torch.zeros(1)}, newer,
-                                metadata={"format": "prefstudio-profile", "version": "2"})
-    refused("profile file version 2 is newer than this PrefStudio understands", handle_file(newer), "",
+                                metadata={"format": "prefstudio-profile", "version": "3"})
+    refused("profile file version 3 is newer than this PrefStudio understands", handle_file(newer), "",
             api_name="/import_profile")
     garbage = tmp_path / "garbage.prefstudio"
     garbage.write_bytes(b"PK\x03\x04 not what it says it is")

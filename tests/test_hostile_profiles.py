@@ -223,7 +223,7 @@ def test_a_refused_import_leaves_no_image_files_behind(exported, target, tmp_pat
 def test_a_failed_restore_removes_the_files_it_wrote(exported, target, monkeypatch):
     before = snapshot(target)
 
-    def fail_after_the_files(name, images, judgments, models):
+    def fail_after_the_files(name, images, judgments, models, presets=()):
         for _, png in images:
             store_png_bytes(png, target.images_dir)
         raise InvalidInput(f"a profile named {name!r} already exists")  # e.g. created meanwhile
@@ -239,7 +239,8 @@ def test_a_failed_restore_removes_the_files_it_wrote(exported, target, monkeypat
     (lambda m: {**m, "version": "9" * 5000}, "profile file has an unreadable version '9999"),
     (lambda m: {**m, "format": "x" * 2**20}, "not a PrefStudio profile file"),
     (lambda m: {**m, "profile": json.dumps({"name": "y" * 2**20, "images": [], "judgments": [],
-                                            "models": []})}, "profile name is 1048576 characters; the limit is 64"),
+                                            "models": [], "presets": []})},
+     "profile name is 1048576 characters; the limit is 64"),
     (lambda m: {**m, "profile": '{"name": "Z", "images": [], "judgments": [], "models": [], "n": '
                 + "1" * 5000 + "}"}, "the profile is not valid JSON"),
 ], ids=["json-100000-deep", "version-5000-digits", "format-1MB", "name-1MB", "number-5000-digits"])

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pair_data_fixture import MeanColourEncoder
+from prefstudio.blend import validate_blend
 from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.errors import PrefStudioError, echo
 from prefstudio.generators.embedded import EmbeddedGenerator
@@ -109,7 +110,7 @@ def mutate_json(content, rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def profile_source(tmp_path_factory):
-    """An exported profile with images, every judgment kind and both model types."""
+    """An exported profile with images, every judgment kind, both model types and presets."""
     folder = tmp_path_factory.mktemp("source")
     studio = Studio(folder / "home", generator=EmbeddedGenerator(64), image_encoder=MeanColourEncoder(),
                     bank_path=None)
@@ -125,6 +126,8 @@ def profile_source(tmp_path_factory):
         "type": "preference-tokens", "version": 1, "checkpoint": "lite:0123456789abcdef", "encoder": ENCODER,
         "fitted_at": 1_790_000_000.0, "mode": "preference tokens", "n_pairs": 2, "loo_accuracy": 0.5,
         "loo_pairs": 2, "reference_images": shas[:4]})
+    store.save_preset("Alice", "mix", {"user": 0.5, "profile:Bob": 0.5, "prompt_consistency": 0.5})
+    store.save_preset("Alice", "solo", {"user": 1.0})
     path = export_profile(store, "Alice", folder / "alice.prefstudio")
     store.close()
     with safe_open(path, framework="pt") as file:
@@ -240,6 +243,12 @@ def check_usable(studio: Studio, name: str, what: str, fitted: set) -> None:
             score(studio, name, judgments, what)
         except PrefStudioError as error:  # a fit made with another encoder: the app says so
             assert "fit again here" in one_line(error, what), what
+    for preset in store.presets(name):  # each one a blend the studio can read, or refuses in one line
+        validate_blend(preset.weights)
+        try:
+            studio.blend_weights(name, None, preset.name)
+        except PrefStudioError as error:
+            assert "no longer exists" in one_line(error, what) or "does not offer" in str(error), what
     history = tuple((j.kind, j.image_a, j.image_b) for j in judgments)
     if history in fitted:
         return

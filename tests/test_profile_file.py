@@ -87,7 +87,7 @@ def assert_same_models(left, right):
 def snapshot(store):
     """Everything an import could change: rows and files."""
     rows = {table: store._query(f"SELECT * FROM {table}")
-            for table in ("profiles", "images", "judgments", "features", "models")}
+            for table in ("profiles", "images", "judgments", "features", "models", "presets")}
     files = sorted(p.relative_to(store.data_dir).as_posix()
                    for p in store.images_dir.rglob("*") if p.is_file())
     return rows, files
@@ -171,7 +171,7 @@ def edit_content(change):
 
 @pytest.mark.parametrize("edit, redigest, message", [
     (dict(edit_metadata=set_key("version", "7")), True,
-     r"profile file version 7 is newer than this PrefStudio understands \(1\)"),
+     r"profile file version 7 is newer than this PrefStudio understands \(2\)"),
     (dict(edit_metadata=set_key("format", "comfyui-workflow")), True,
      "not a PrefStudio profile file"),
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="dislike"))), False,
@@ -250,7 +250,7 @@ def test_exported_file_holds_the_pngs_and_no_foreign_data(store, exported):
     with safe_open(exported, framework="pt") as file:
         metadata = file.metadata()
         keys = set(file.keys())
-    assert metadata["format"] == "prefstudio-profile" and metadata["version"] == "1"
+    assert metadata["format"] == "prefstudio-profile" and metadata["version"] == "2"
     content = json.loads(metadata["profile"])
     shas = {image["sha256"] for image in content["images"]}
     assert keys == {f"image.{sha}" for sha in shas} | {

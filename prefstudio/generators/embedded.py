@@ -386,9 +386,12 @@ def _shape_coverage(v: dict, i: int, used: dict, x: torch.Tensor, y: torch.Tenso
         w = w - v["wave"] * torch.sin(2 * math.pi * 2.5 * dx + 1.7 * i)
     if used["taper"]:   # narrows the top towards an apex: triangles, mountains, conifers
         u = u / (1 - v["taper"] * (0.5 - w * v["top_scale"]).clamp(0, 1))
-    # Rounded box, exact signed distance (negative inside).
+    # Rounded box, exact signed distance (negative inside). hypot(0, 0) has a NaN gradient, which
+    # passes clamp(min=0) at exactly 0: guidance does reach a pixel centre exactly on a box's
+    # edge, and one NaN spoils the noise for good. A floor of 1e-12 (far below a pixel) keeps
+    # the gradient finite without changing the image.
     qu, qw = u.abs() - v["inner_w"], w.abs() - v["inner_h"]
-    dist = torch.hypot(qu.clamp(min=0), qw.clamp(min=0)) + torch.maximum(qu, qw).clamp(max=0) - v["radius"]
+    dist = torch.hypot(qu.clamp(min=0), qw.clamp(min=1e-12)) + torch.maximum(qu, qw).clamp(max=0) - v["radius"]
     if used["petal"] or used["lobes"]:   # 5-7 petals, or a blob's 3 soft lobes
         angle = torch.atan2(w, u)
         bumps = v["petal"] * torch.cos((5 + i % 3) * angle) if used["petal"] else 0.0

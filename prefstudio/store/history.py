@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, validate_blend, validate_preset_name
 from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: store-only com
 
     from prefstudio.generators.base import GeneratedImage
 
-SCHEMA_VERSION = 2  # 2: one current verdict per image and per unordered pair
+SCHEMA_VERSION = 3  # 2: one current verdict per image and per unordered pair; 3: presets
 KINDS = ("like", "dislike", "pair", "tie", "skip")
 # like/dislike judge one image, pair (a ≻ b) and tie compare two, skip passes on either.
 _IMAGES_PER_KIND = {"like": (1,), "dislike": (1,), "pair": (2,), "tie": (2,), "skip": (1, 2)}
@@ -134,6 +135,16 @@ _V2_STATEMENTS = (
             WHERE profile_id = NEW.profile_id AND kind = NEW.kind;
     END""",
 )
+# Version 3: named blends of reward weights (prefstudio.blend), owned by a profile.
+_V3_STATEMENTS = (
+    """CREATE TABLE presets (
+        profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL COLLATE NOCASE,
+        weights    TEXT NOT NULL,     -- JSON: reward name -> weight
+        created    TEXT NOT NULL,
+        PRIMARY KEY (profile_id, name)
+    )""",
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,13 @@ class ImageRecord:
     params: dict
     width: int
     height: int
+    created: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    weights: dict[str, float]  # reward name (or profile:NAME) -> weight
     created: str
 
 
@@ -244,6 +262,9 @@ class HistoryStore:
                         db.execute(statement)
             if version < 2:
                 self.folded_on_open = self._upgrade_to_one_verdict_each(db)
+            if version < 3:
+                for statement in _V3_STATEMENTS:
+                    db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         if self.folded_on_open:
             log.warning("%s: upgraded the history to one verdict per image and pair; %d earlier "
@@ -331,6 +352,15 @@ class HistoryStore:
             # Personalized images name the profile they were made for (its past side by sides).
             db.execute("UPDATE images SET params = json_set(params, '$.personalized_for', ?) "
                        "WHERE json_extract(params, '$.personalized_for') = ?", (new, stored.name))
+            # Presets that blend this profile's taste follow it to its new name.
+            old_key, new_key = PROFILE_PREFIX + stored.name, PROFILE_PREFIX + new
+            for profile_id, name, weights in db.execute(
+                    "SELECT profile_id, name, weights FROM presets").fetchall():
+                if not any(k.casefold() == old_key.casefold() for k in json.loads(weights)):
+                    continue
+                renamed = {new_key if k.casefold() == old_key.casefold() else k: v for k, v in json.loads(weights).items()}
+                db.execute("UPDATE presets SET weights = ? WHERE profile_id = ? AND name = ?",
+                           (json.dumps(renamed), profile_id, name))
         return Profile(stored.id, new, stored.created)
 
     def delete_profile(self, name: str) -> Profile:
@@ -393,10 +423,11 @@ class HistoryStore:
 
     def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
         """The profile's personalized images, newest first (each names its baseline in params);
-        a blind test's are left out."""
+        a blind test's and those made for a trade-off grid (params listed false) are left out."""
         name = self.get_profile(profile).name
         rows = self._query("SELECT sha256 FROM images WHERE json_extract(params, '$.personalized_for') = ? "
-                           "AND NOT coalesce(json_extract(params, '$.blind'), 0) ORDER BY created DESC LIMIT ?",
+                           "AND NOT coalesce(json_extract(params, '$.blind'), 0) AND coalesce(json_extract(params, '$.listed'), 1) "
+                           "ORDER BY created DESC LIMIT ?",
                            (name, int(limit)))
         return [self.image_record(sha) for (sha,) in rows]
 
@@ -650,6 +681,46 @@ class HistoryStore:
                            (self.get_profile(profile).id,))
         return [name for (name,) in rows]
 
+    # --- presets (named blends) ----------------------------------------------------
+
+    def save_preset(self, profile: str, name: str, weights: Mapping[str, float]) -> Preset:
+        """Store (or replace) a named blend of `profile`; checked as an imported one is."""
+        name = validate_preset_name(name)
+        weights = validate_blend(weights)
+        created = _now()
+        with self._transaction() as db:
+            stored = self.get_profile(profile)
+            (count,) = db.execute("SELECT COUNT(*) FROM presets WHERE profile_id = ? AND name != ?",
+                                  (stored.id, name)).fetchone()
+            if count >= MAX_PRESETS:
+                raise InvalidInput(f"{stored.name} already has {MAX_PRESETS} presets: delete one first")
+            db.execute("INSERT OR REPLACE INTO presets VALUES (?, ?, ?, ?)",
+                       (stored.id, name, json.dumps(weights), created))
+        return Preset(name, weights, created)
+
+    def presets(self, profile: str) -> list[Preset]:
+        rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ? "
+                           "ORDER BY name COLLATE NOCASE", (self.get_profile(profile).id,))
+        return [Preset(name, json.loads(weights), created) for name, weights, created in rows]
+
+    def get_preset(self, profile: str, name: str) -> Preset:
+        stored = self.get_profile(profile)
+        rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ? AND name = ?",
+                           (stored.id, name if isinstance(name, str) else ""))
+        if rows:
+            found, weights, created = rows[0]
+            return Preset(found, json.loads(weights), created)
+        existing = [p.name for p in self.presets(stored.name)]
+        raise NotFound(f"{stored.name} has no preset named {echo(name)}; "
+                       + (f"its presets: {', '.join(existing)}" if existing else "it has no presets yet"))
+
+    def delete_preset(self, profile: str, name: str) -> Preset:
+        with self._transaction() as db:
+            preset = self.get_preset(profile, name)
+            db.execute("DELETE FROM presets WHERE profile_id = ? AND name = ?",
+                       (self.get_profile(profile).id, preset.name))
+        return preset
+
     # --- whole profiles (import) ---------------------------------------------------
 
     def restore_profile(
@@ -658,6 +729,7 @@ class HistoryStore:
         images: list[tuple[ImageRecord, bytes]],
         judgments: list[tuple[str, str, str | None, str]],
         models: list[tuple[str, bytes, dict]],
+        presets: list[tuple[str, dict[str, float], str]] = (),
     ) -> Profile:
         """Add a profile with its history in one transaction: all of it or nothing.
 
@@ -665,7 +737,7 @@ class HistoryStore:
         file at `image_path(sha256)`) with their PNG bytes; the files are written
         first and the rows after, so a crash between the two leaves only unreferenced
         files. `judgments` are (kind, image_a, image_b, created), oldest first;
-        `models` are (name, safetensors bytes, config).
+        `models` are (name, safetensors bytes, config); `presets` (name, weights, created).
         """
         for record, png in images:
             store_png_bytes(png, self.images_dir)
@@ -679,4 +751,7 @@ class HistoryStore:
                 self._record(db, profile, kind, image_a, image_b, created)
             for model_name, weights, config in models:
                 self.save_model_weights(profile.name, model_name, weights, config)
+            for preset_name, weights, created in presets:
+                db.execute("INSERT INTO presets VALUES (?, ?, ?, ?)", (
+                    profile.id, validate_preset_name(preset_name), json.dumps(validate_blend(weights)), created))
         return profile

@@ -2,8 +2,9 @@
 
 The file is safetensors (no pickle): its `__metadata__` holds
     format  "prefstudio-profile"
-    version "1"
-    profile JSON: name, judgments (by image sha), image records, model configs
+    version "2" (version 1, without presets, is still read)
+    profile JSON: name, judgments (by image sha), image records, model configs, presets
+                  (named blends of reward weights, prefstudio.blend)
     digest  SHA-256 over the profile JSON and every tensor (name, dtype, shape, bytes)
 and its tensors are each image's PNG bytes (`image.<sha>`, uint8) and the fitted
 models' tensors (`model.<name>.<tensor>`). The digest catches damaged or hand-edited
@@ -32,6 +33,7 @@ import safetensors.numpy
 from safetensors import deserialize
 
 from prefstudio import validation
+from prefstudio.blend import MAX_PRESETS, validate_blend, validate_preset_name
 from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.preference.state_schema import check_state
 from prefstudio.store.history import (
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "prefstudio-profile"
-VERSION = 1
+VERSION = 2  # 2 added presets
+READABLE_VERSIONS = (1, 2)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # safetensors dtype codes -> torch's names, which the digest has always hashed.
@@ -150,6 +153,8 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
         "judgments": [{"kind": j.kind, "image_a": j.image_a, "image_b": j.image_b,
                        "created": j.created} for j in judgments],
         "models": models,
+        "presets": [{"name": p.name, "weights": p.weights, "created": p.created}
+                    for p in store.presets(profile.name)],
     }
     profile_json = _canonical_json(content)
     metadata = {"format": FORMAT, "version": str(VERSION), "profile": profile_json,
@@ -275,9 +280,9 @@ def _check_format(metadata: dict) -> None:
     if int(version) > VERSION:
         raise InvalidInput(f"profile file version {int(version)} is newer than this "
                            f"PrefStudio understands ({VERSION}); upgrade PrefStudio")
-    if int(version) != VERSION:
+    if int(version) not in READABLE_VERSIONS:
         raise InvalidInput(f"profile file version {int(version)} is not one this "
-                           f"PrefStudio reads ({VERSION})")
+                           f"PrefStudio reads ({', '.join(map(str, READABLE_VERSIONS))})")
     if set(metadata) != _METADATA_KEYS:
         raise _malformed(f"its metadata must hold exactly {', '.join(sorted(_METADATA_KEYS))}")
 
@@ -431,6 +436,29 @@ def _parse_models(content: dict) -> list[tuple[str, dict]]:
     return models
 
 
+def _parse_presets(content: dict) -> list[tuple[str, dict[str, float], str]]:
+    """Each preset checked as the store checks one a person saves; a bad one refuses the file."""
+    presets, seen = [], set()
+    items = _expect(content.get("presets"), list, "presets")
+    if len(items) > MAX_PRESETS:
+        raise _malformed(f"it holds {len(items):,} presets; the limit is {MAX_PRESETS}")
+    for item in items:
+        _expect(item, dict, "each preset")
+        _keys(item, {"name", "weights", "created"}, "a preset")
+        try:
+            name = validate_preset_name(_expect(item["name"], str, "a preset's name"))
+            if name != item["name"]:
+                raise InvalidInput(f"preset name {echo(item['name'])} has spaces around it")
+            weights = validate_blend(_expect(item["weights"], dict, f"preset {name!r}'s weights"))
+        except InvalidInput as error:
+            raise InvalidInput(f"profile file has a bad preset: {error}") from None
+        if name.casefold() in seen:
+            raise _malformed(f"preset {name!r} is listed twice")
+        seen.add(name.casefold())
+        presets.append((name, weights, _timestamp(item["created"], "a preset's created")))
+    return presets
+
+
 def _image_size(file, sha: str, entry: _Entry) -> tuple[int, int]:
     """Width and height from the PNG's IHDR chunk, which PNG puts first."""
     file.seek(entry.start)
@@ -485,10 +513,10 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
     file, size = _open_profile_file(Path(path))
     try:
         with file:
-            name, records, judgments, models = _check_file(store, file, size, new_name, encoder_dims)
+            name, records, judgments, models, presets = _check_file(store, file, size, new_name, encoder_dims)
     except OSError as error:  # the disk or the file failing while it is read
         raise InvalidInput(f"cannot read profile file {echo(str(path))}: {error.strerror or error}") from None
-    return _restore(store, name, records, judgments, models)
+    return _restore(store, name, records, judgments, models, presets)
 
 
 def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
@@ -503,13 +531,15 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
         raise InvalidInput("profile file is damaged or was edited: its content does not "
                            "match its digest")
     content = _expect(_load_json(profile_json, "the profile"), dict, "the profile")
-    _keys(content, {"name", "images", "judgments", "models"}, "the profile")
+    keys = {"name", "images", "judgments", "models"}
+    _keys(content, keys | {"presets"} if int(metadata["version"]) >= 2 else keys, "the profile")
     name = validation.validate_profile_name(
         new_name if new_name is not None else _expect(content["name"], str, "the name"))
     images = _parse_images(content)
     shas = [item["sha256"] for item in images]
     judgments = _parse_judgments(content, set(shas))
     models = _parse_models(content)
+    presets = _parse_presets(content) if "presets" in content else []
     expected = {f"image.{sha}" for sha in shas}
     for model_name, _ in models:
         expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
@@ -541,14 +571,14 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
                              item["generator"], item["params"], image.width, image.height,
                              item["created"])
         records.append((record, png))
-    return name, records, judgments, stored_models
+    return name, records, judgments, stored_models, presets
 
 
-def _restore(store: HistoryStore, name: str, records, judgments, models) -> Profile:
+def _restore(store: HistoryStore, name: str, records, judgments, models, presets) -> Profile:
     """store.restore_profile, removing the image files it wrote if its transaction fails."""
     new_files = [record.path for record, _ in records if not record.path.exists()]
     try:
-        return store.restore_profile(name, records, judgments, models)
+        return store.restore_profile(name, records, judgments, models, presets)
     except BaseException:
         for path in new_files:
             try:

@@ -6,7 +6,10 @@ optimisation checks it before every iteration and finishes with the best iterate
 One "strength" control bounds how far personalization moves from the baseline; the
 per-reward weights sit under "Advanced". A result whose rewards did not rise is shown
 as such, never called personalized. Both images can be judged here, and past side by
-sides can be reused (prompt, seed, weights → the controls) or judged again.
+sides can be reused (prompt, seed, weights → the controls) or judged again. Other fitted
+profiles (a friend's imported one too) join the blend with a slider each, a blend is saved
+as a named preset of the profile, and a trade-off grid shows one seed across weight
+combinations of two or three rewards, each image captioned with its scores.
 """
 import inspect
 import secrets
@@ -15,6 +18,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from prefstudio.blend import blended_profile, profile_reward
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
 from prefstudio.provenance import read_provenance, write_png_with_provenance
@@ -22,6 +26,8 @@ from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.studio import DEFAULT_STRENGTH
 from prefstudio.taste_summary import read_prompts
+from prefstudio.trade_off import MAX_STEPS, draw_grid
+from prefstudio.ui.access import login
 from prefstudio.ui.common import (
     KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, random_seed, short,
     user_errors,
@@ -34,6 +40,8 @@ MAX_UI_ITERATIONS = 100
 TOTAL = "objective"
 PAST = 12  # past side by sides listed
 PAST_COLUMNS = 6
+MAX_BLENDED = 4  # other profiles' tastes on the sliders at once
+BLEND_WEIGHT = 0.5  # a profile's weight when it joins the blend
 PERSONALIZED = "Personalized (live preview while optimising)"
 DONE = "Personalized (same seed, optimised for your taste)"
 
@@ -45,6 +53,7 @@ class GenerateSession:
         self.baseline: str | None = None
         self.personalized: str | None = None
         self.past: list[str] = []  # personalized image ids in gallery order
+        self.blended: list[str] = []  # profiles whose tastes are on the blend sliders, in slot order
 
 
 REWARD_LABELS = {"user": "Your taste (user model)", "clip": "CLIP text alignment", "aesthetic": "LAION aesthetic",
@@ -52,6 +61,9 @@ REWARD_LABELS = {"user": "Your taste (user model)", "clip": "CLIP text alignment
 
 
 def reward_label(name: str) -> str:
+    other = blended_profile(name)
+    if other is not None:
+        return f"Taste of {other}"  # no apostrophe: the score chart's series names go into Vega expressions
     return REWARD_LABELS.get(name) or name.replace("_", " ").capitalize()
 
 
@@ -111,6 +123,23 @@ class GenerateTab:
                                           elem_id=f"ps-weight-{n}")
                                 for n, w in studio.default_weights().items()]
             self.reward_states = gr.Markdown(reward_states_text(studio), elem_id="ps-reward-states")
+            gr.Markdown("**Blend in other tastes.** Any fitted profile — another of yours, or a friend's you "
+                        "imported — joins with its own weight.")
+            with gr.Row(equal_height=True):
+                self.blend_choice = gr.Dropdown([], value=None, label="Fitted profile", scale=3,
+                                                elem_id="ps-blend-choice")
+                add_blend = gr.Button("+ Add to the blend", scale=1, elem_id="ps-blend-add")
+                clear_blend = gr.Button("Clear the blend", scale=1, elem_id="ps-blend-clear")
+            with gr.Row():
+                self.blend_sliders = [gr.Slider(0, 2, value=BLEND_WEIGHT, step=0.05, label=f"Blend slot {i + 1}",
+                                                visible=False, elem_id=f"ps-blend-{i}") for i in range(MAX_BLENDED)]
+            with gr.Row(equal_height=True):
+                self.preset_name = gr.Textbox(label="Save these weights as a preset", placeholder="preset name",
+                                              submit_btn="Save", max_length=64, scale=2, elem_id="ps-preset-name")
+                self.preset_choice = gr.Dropdown([], value=None, label="Presets of this profile", scale=2,
+                                                 elem_id="ps-preset-choice")
+                load_preset = gr.Button("Load preset", scale=1, elem_id="ps-preset-load")
+            self.blend_status = gr.Markdown(elem_id="ps-blend-status")
         with gr.Row():
             run = gr.Button("Generate baseline and personalized", variant="primary", elem_id="ps-personalize")
             stop = gr.Button("■ Stop (keeps the best so far)", variant="stop", elem_id="ps-stop")
@@ -128,7 +157,7 @@ class GenerateTab:
                 self.personalized = gr.Image(label=PERSONALIZED, type="filepath",
                                              interactive=False, height=360, buttons=["download", "fullscreen"],
                                              elem_id="ps-personalized")
-                self.personalized_scores = gr.Markdown()
+                self.personalized_scores = gr.Markdown(elem_id="ps-personalized-scores")
                 with gr.Row():
                     like_pers = gr.Button("👍 Personalized", size="sm")
                     dislike_pers = gr.Button("👎 Personalized", size="sm")
@@ -142,6 +171,20 @@ class GenerateTab:
                     "seed and weights.")
         self.past = gr.Gallery(label="Past side by sides (baseline | personalized), newest first", columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
                                object_fit="contain", elem_id="ps-past")
+        with gr.Accordion("See the trade-off: one seed across weight combinations of two or three rewards",
+                          open=False, elem_id="ps-tradeoff"):
+            with gr.Row():
+                self.grid_axes = gr.CheckboxGroup(self._axis_choices([]), label="Rewards to weigh against each other "
+                                                  "(two or three; the others keep their weights above)",
+                                                  scale=3, elem_id="ps-grid-axes")
+                self.grid_steps = gr.Slider(1, MAX_STEPS[2], value=4, step=1, label="Steps",
+                                            info="Equal shares of one unit of weight (at most 4 for three rewards).",
+                                            scale=1, elem_id="ps-grid-steps")
+            grid_run = gr.Button("Show the trade-off grid", elem_id="ps-grid-run")
+            self.grid_status = gr.Markdown(elem_id="ps-grid-status")
+            self.grid_image = gr.Image(label="Trade-off grid (same prompt and seed; scores under each image)",
+                                       type="filepath", interactive=False, buttons=["download", "fullscreen"],
+                                       elem_id="ps-grid")
         with gr.Row(equal_height=True):
             reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
@@ -158,8 +201,25 @@ class GenerateTab:
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
-        reuse.click(user_errors(self.reuse), self.session, settings, api_name="reuse_settings")
+        blend_views = [*self.blend_sliders, self.grid_axes]
+        reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
         dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status], api_name="reuse_png")
+        self.blend_choice.focus(user_errors(self.blend_choices), profile, self.blend_choice, api_visibility="private")
+        add_blend.click(user_errors(self.add_to_blend), [self.session, profile, self.blend_choice],
+                        [*blend_views, self.blend_choice, self.blend_status], api_name="add_to_blend")
+        clear_blend.click(user_errors(self.clear_blend), self.session, [*blend_views, self.blend_status],
+                          api_name="clear_blend")
+        self.preset_choice.focus(user_errors(self.preset_choices), profile, self.preset_choice,
+                                 api_visibility="private")
+        self.preset_name.submit(user_errors(self.save_preset),
+                                [self.session, profile, self.preset_name, *self.sliders, *self.blend_sliders],
+                                [self.preset_choice, self.blend_status], api_name="save_preset")
+        load_preset.click(user_errors(self.load_preset), [self.session, profile, self.preset_choice],
+                          [*self.sliders, *blend_views, self.blend_status], api_name="load_preset")
+        grid_run.click(user_errors(self.trade_off),
+                       [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
+                        self.grid_axes, self.grid_steps, *self.sliders, *self.blend_sliders],
+                       [self.grid_status, self.seed, self.grid_image], api_name="trade_off_grid")
         judged = [self.status]
         for button, kind, which, api in ((like_base, "like", "baseline", "like_baseline"),
                                          (dislike_base, "dislike", "baseline", "dislike_baseline"),
@@ -171,7 +231,7 @@ class GenerateTab:
 
     def generate_inputs(self, profile):
         return [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
-                *self.sliders]
+                *self.sliders, *self.blend_sliders]
 
     # -- runs ------------------------------------------------------------------------------
     def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, *weights):
@@ -184,9 +244,10 @@ class GenerateTab:
             seed = validate_seed(seed)
         else:
             seed = random_seed()
-        weights = dict(zip(self.reward_names, (float(w) for w in weights)))
         name = self.ctx.store.get_profile(profile).name
+        weights = self._weights(session, weights)
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
+        self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
         job = GenerationJob(name, prompt, seed, int(iterations))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop)
@@ -335,15 +396,16 @@ class GenerateTab:
         record = self.ctx.store.image_record(session.past[event.index])
         return self._show_record(session, profile, record, "Past side by side")
 
-    def reuse(self, session: GenerateSession):
+    def reuse(self, session: GenerateSession, request: gr.Request = None):
         if session.personalized is None:
             raise InvalidInput("nothing to reuse yet: generate or select a side by side first")
         record = self.ctx.store.image_record(session.personalized)
         params = record.params
         weights = params.get("weights", {})
+        self._set_blend(session, weights, request)
         return (record.prompt, FIXED, record.seed, params.get("strength", DEFAULT_STRENGTH),
                 params.get("iterations", DEFAULT_ITERATIONS),
-                *[weights.get(n, 0.0) for n in self.reward_names])
+                *[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights))
 
     def reuse_png(self, file):
         """Prompt, seed, strength, iterations and weights from a PNG's provenance (a dropped
@@ -356,8 +418,10 @@ class GenerateTab:
         known = {n: float(w) for n, w in weights.items() if n in self.reward_names}
         values = [known.get(n, 0.0) for n in self.reward_names] if known else [gr.skip()] * len(self.reward_names)
         seed = info.get("seed")
+        blended = sorted(n for n in weights if blended_profile(n) is not None)
         note = (f"Settings of “{info['prompt'][:80]}” loaded" + (f", seed {seed}" if seed is not None else "")
-                + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept"))
+                + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept")
+                + (f"; it blended {', '.join(blended)}: add them to the blend to use them again" if blended else ""))
         return (info["prompt"], FIXED if seed is not None else RANDOM, seed,
                 params.get("strength", gr.skip()), params.get("iterations", gr.skip()), *values, note + ".")
 
@@ -365,9 +429,135 @@ class GenerateTab:
         """One named API parameter per slider (weight_user, weight_prompt_consistency, ...)."""
         fixed = ["session", "profile", "prompt", "seed_mode", "seed", "strength", "iterations"]
         names = fixed + [f"weight_{n}" for n in self.reward_names]
+        blend = [inspect.Parameter(f"blend_{i + 1}", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=BLEND_WEIGHT)
+                 for i in range(MAX_BLENDED)]  # the weights of the profiles added to the blend, in order
         fn.__signature__ = inspect.Signature(
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + blend)
         return fn
+
+    # -- the blend -------------------------------------------------------------------------
+    def _weights(self, session: GenerateSession, values) -> dict[str, float]:
+        """The reward sliders' weights, then each blended profile's (empty blend slots are not used)."""
+        values = [float(v) for v in values]
+        weights = dict(zip(self.reward_names, values[:len(self.reward_names)]))
+        slots = values[len(self.reward_names):]
+        weights.update((profile_reward(name), value) for name, value in zip(session.blended, slots))
+        return weights
+
+    def _axis_choices(self, blended: list[str]) -> list[tuple[str, str]]:
+        return [(reward_label(n), n) for n in self.reward_names] + [
+            (reward_label(profile_reward(name)), profile_reward(name)) for name in blended]
+
+    def _set_blend(self, session: GenerateSession, weights: dict, request) -> None:
+        """The blend of `weights` (a preset's, a past run's) on the slots: the profiles it names
+        that this login may use."""
+        named = [blended_profile(n) for n in weights if blended_profile(n) is not None]
+        session.blended = [n for n in named if self.ctx.access.profiles.may_use(n, login(request))][:MAX_BLENDED]
+
+    def _blend_views(self, session: GenerateSession, weights: dict[str, float] | None = None) -> list:
+        """The blend slots (label and weight of each blended profile; empty ones hidden) and the grid's
+        choice of rewards, after `session.blended` changed. `weights` sets the slots' weights."""
+        weights = weights or {}
+        views = []
+        for i in range(MAX_BLENDED):
+            if i < len(session.blended):
+                name = session.blended[i]
+                value = weights.get(profile_reward(name), gr.skip()) if weights else gr.skip()
+                views.append(gr.Slider(label=reward_label(profile_reward(name)), value=value, visible=True,
+                                       info=f"The fitted taste of {name}, blended in"))
+            else:
+                views.append(gr.Slider(visible=False, value=BLEND_WEIGHT))
+        return [*views, gr.CheckboxGroup(choices=self._axis_choices(session.blended))]
+
+    def blend_choices(self, profile, request: gr.Request = None):
+        """Fitted profiles this login may use, other than the one being personalized."""
+        visible = set(self.ctx.access.profiles.visible(login(request)))
+        current = self.ctx.store.get_profile(profile).name if profile else None
+        return gr.Dropdown(choices=[n for n in self.ctx.studio.blendable_profiles(current) if n in visible])
+
+    def add_to_blend(self, session: GenerateSession, profile, other, request: gr.Request = None):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        if not other:
+            raise InvalidInput("choose a fitted profile to add to the blend")
+        other = self.ctx.access.profiles.lookup(other, login(request)).name  # one this login may see
+        current = self.ctx.store.get_profile(profile).name
+        self.ctx.studio.blended_reward(current, other)  # fitted, and not the profile itself
+        if other in session.blended:
+            raise InvalidInput(f"the taste of {other} is already in the blend")
+        if len(session.blended) >= MAX_BLENDED:
+            raise InvalidInput(f"the blend holds at most {MAX_BLENDED} other profiles: clear it first")
+        session.blended.append(other)
+        return (*self._blend_views(session), gr.Dropdown(value=None),
+                f"Added the taste of **{other}** to the blend at weight {BLEND_WEIGHT:g}: move its slider, then Generate.")
+
+    def clear_blend(self, session: GenerateSession):
+        session.blended = []
+        return (*self._blend_views(session), "The blend holds your own rewards only.")
+
+    def preset_choices(self, profile):
+        return gr.Dropdown(choices=[p.name for p in self.ctx.store.presets(profile)] if profile else [])
+
+    def save_preset(self, session: GenerateSession, profile, name, *values):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        current = self.ctx.store.get_profile(profile).name
+        preset = self.ctx.studio.save_preset(current, name, self._weights(session, values))
+        shown = ", ".join(f"{reward_label(n)} {w:g}" for n, w in preset.weights.items())
+        return (gr.Dropdown(choices=[p.name for p in self.ctx.store.presets(current)], value=preset.name),
+                f"Saved preset **{preset.name}** of {current}: {shown}. It is exported with the profile.")
+
+    def load_preset(self, session: GenerateSession, profile, name, request: gr.Request = None):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        if not name:
+            raise InvalidInput("choose a preset to load")
+        current = self.ctx.store.get_profile(profile).name
+        preset = self.ctx.store.get_preset(current, name)
+        others = [blended_profile(n) for n in preset.weights if blended_profile(n) is not None]
+        if len(others) > MAX_BLENDED:
+            raise InvalidInput(f"preset {preset.name!r} blends {len(others)} profiles; the page holds {MAX_BLENDED}")
+        for other in others:  # another login's profile reads as missing, and no other names are listed
+            if not self.ctx.access.profiles.may_use(other, login(request)):
+                raise NotFound(f"preset {preset.name!r} blends profile {other!r}, which no longer exists here: "
+                               "import that profile again, or save the preset without it")
+        weights = self.ctx.studio.blend_weights(current, None, preset.name)
+        self._set_blend(session, weights, request)
+        return (*[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights),
+                f"Loaded preset **{name}**.")
+
+    # -- the trade-off grid ------------------------------------------------------------------
+    def trade_off(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, axes,
+                  steps, *values):
+        if not profile:
+            raise InvalidInput("choose or create a profile first (top of the page)")
+        prompt = validate_prompt(prompt)
+        if seed_mode == FIXED:
+            if seed is None:
+                raise InvalidInput("type a seed, or choose “Random seed”")
+            seed = validate_seed(seed)
+        else:
+            seed = random_seed()
+        name = self.ctx.store.get_profile(profile).name
+        weights = self._weights(session, values)
+        run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=int(steps), weights=weights,
+                                        strength=float(strength), iterations=int(iterations))
+        for item in self.ctx.steps(run):
+            if isinstance(item, str):
+                yield f"{item} · seed **{seed}** …", seed, gr.skip()
+                continue
+            path = self.ctx.ui_cache / "grids" / f"{name.casefold()}-{seed}-{secrets.token_hex(4)}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cells = item.cells()
+            write_png_with_provenance(draw_grid(item, self.ctx.store.load_image), path, {
+                "prompt": item.prompt, "seed": item.seed, "generator": self.ctx.studio.generator.name,
+                "role": "trade-off-grid",
+                "params": {"personalized_for": name, "axes": item.axes, "steps": item.steps,
+                           "strength": item.strength, "iterations": int(iterations),
+                           "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
+                                      "scores": c.side.personalized.normalised} for c in cells]}})
+            yield (f"Trade-off grid of {len(cells)} images, seed **{seed}**: "
+                   + " · ".join(reward_label(a) for a in item.axes) + ".", seed, str(path))
 
     def stop(self, profile):
         job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None

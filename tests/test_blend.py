@@ -1,0 +1,383 @@
+"""Blending tastes: other profiles as `profile:NAME` rewards, named presets (stored, exported
+with the profile, checked on import) and the trade-off grid, from the library and the CLI."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from prefstudio import cli
+from prefstudio.blend import MAX_BLEND_TERMS, MAX_PRESETS, validate_blend
+from prefstudio.encoders.base import pil_to_tensor
+from prefstudio.errors import InvalidInput, NotFound, PrefStudioError
+from prefstudio.eval.simulated_users import SimulatedUser
+from prefstudio.provenance import read_provenance
+from prefstudio.store.history import HistoryStore
+from prefstudio.store.profile_file import content_digest, export_profile, import_profile
+from prefstudio.studio import Studio
+from prefstudio.trade_off import check_axes, draw_grid, simplex_rows
+from test_profile_file import snapshot
+
+PROMPT = "a lighthouse at dusk"
+TASTES = {"alice": {"brightness": 1.0, "warmth": 1.0}, "bob": {"brightness": -1.0, "warmth": -1.0}}
+
+
+def fitted_studio(folder) -> Studio:
+    """alice likes bright warm images, bob dark cool ones; both fitted; carol is not."""
+    studio = Studio(folder)
+    images = studio.generate_candidates("a quiet landscape", seeds=list(range(12)))
+    pixels = pil_to_tensor([studio.store.load_image(i.sha256) for i in images])
+    for name, attributes in TASTES.items():
+        utility = SimulatedUser(name, attributes).utility(pixels)
+        studio.store.create_profile(name)
+        for image, value in zip(images, utility):
+            studio.judge(name, "like" if value > utility.median() else "dislike", image.sha256)
+        studio.fit(name)
+    studio.store.create_profile("carol")
+    return studio
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    studio = fitted_studio(tmp_path_factory.mktemp("blend"))
+    yield studio
+    studio.store.close()
+
+
+# --- blends and their bounds ----------------------------------------------------------------
+
+@pytest.mark.parametrize("weights, message", [
+    ({}, "at least one reward"),
+    ({"user": 0.0, "profile:bob": 0.0}, "all weights of the blend are zero"),
+    ({"user": float("nan")}, "must lie in"),
+    ({"user": 10.5}, r"must lie in \[0, 10\]"),
+    ({"user": -0.1}, "must lie in"),
+    ({"user": True}, "must be a number"),
+    ({"user": "1"}, "must be a number"),
+    ({"../etc/passwd": 1.0}, "unknown reward"),
+    ({"Profile:bob": 1.0}, "unknown reward"),
+    ({"profile:": 1.0}, "profile name is empty"),
+    ({"profile:bob\n": 1.0}, "spaces around it"),
+    ({"profile:b/ob": 1.0}, "contains '/'"),
+    ({f"r{i}": 1.0 for i in range(MAX_BLEND_TERMS + 1)}, "the limit is 32"),
+    ([("user", 1.0)], "must be a mapping"),
+])
+def test_a_blend_is_bounded_and_well_formed(weights, message):
+    with pytest.raises(InvalidInput, match=message):
+        validate_blend(weights)
+
+
+def test_another_profiles_taste_joins_the_blend_and_is_raised(studio):
+    weights = {"user": 0.25, "profile:bob": 1.0, "prompt_consistency": 0.5}
+    side = studio.personalize_once("alice", PROMPT, 3, weights, iterations=12)
+    assert set(side.personalized.normalised) == {"user", "profile:bob", "prompt_consistency"}
+    assert side.improved
+    assert side.personalized.normalised["profile:bob"] > side.baseline.normalised["profile:bob"]
+    assert side.personalized.record.params["weights"] == weights  # what the PNG says it was made with
+
+
+def test_a_blend_must_name_fitted_profiles_other_than_the_one_personalized(studio):
+    with pytest.raises(NotFound, match=r"cannot blend profile:dave: no profile named 'dave'; existing profiles: "
+                                       "alice, bob, carol"):
+        studio.personalize_once("alice", PROMPT, 1, {"user": 1.0, "profile:dave": 0.5}, iterations=1)
+    with pytest.raises(NotFound, match="cannot blend profile:carol: carol has no fitted taste yet"):
+        studio.personalize_once("alice", PROMPT, 1, {"user": 1.0, "profile:carol": 0.5}, iterations=1)
+    with pytest.raises(InvalidInput, match="profile:alice is the profile being personalized"):
+        studio.personalize_once("alice", PROMPT, 1, {"user": 1.0, "profile:alice": 0.5}, iterations=1)
+    with pytest.raises(InvalidInput, match=r"weight of 'profile:bob' is 11.0; it must lie in \[0, 10\]"):
+        studio.personalize_once("alice", PROMPT, 1, {"user": 1.0, "profile:bob": 11.0}, iterations=1)
+    assert studio.blendable_profiles(exclude="alice") == ["bob"]
+
+
+# --- presets ------------------------------------------------------------------------------
+
+def test_presets_are_saved_listed_replaced_and_deleted(tmp_path):
+    with HistoryStore(tmp_path) as store:
+        store.create_profile("alice")
+        store.create_profile("bob")
+        store.save_preset("alice", " warm mix ", {"user": 0.5, "profile:bob": 0.5})
+        store.save_preset("alice", "WARM MIX", {"user": 1.0})  # names ignore case: replaced
+        assert [(p.name, p.weights) for p in store.presets("alice")] == [("WARM MIX", {"user": 1.0})]
+        assert store.presets("bob") == []
+        assert store.get_preset("alice", "warm mix").weights == {"user": 1.0}
+        with pytest.raises(NotFound, match="alice has no preset named 'nope'; its presets: WARM MIX"):
+            store.get_preset("alice", "nope")
+        with pytest.raises(InvalidInput, match="preset name is empty"):
+            store.save_preset("alice", "  ", {"user": 1.0})
+        with pytest.raises(InvalidInput, match="all weights of the blend are zero"):
+            store.save_preset("alice", "zero", {"user": 0.0})
+        for i in range(MAX_PRESETS - 1):
+            store.save_preset("alice", f"p{i}", {"user": 1.0})
+        with pytest.raises(InvalidInput, match="already has 100 presets"):
+            store.save_preset("alice", "one too many", {"user": 1.0})
+        store.save_preset("alice", "p0", {"user": 2.0})  # replacing one is fine at the limit
+        assert store.delete_preset("alice", "warm mix").name == "WARM MIX"
+        assert len(store.presets("alice")) == MAX_PRESETS - 1
+
+
+def test_a_renamed_profile_stays_in_the_presets_that_blend_it(tmp_path):
+    with HistoryStore(tmp_path) as store:
+        store.create_profile("alice")
+        store.create_profile("bob")
+        store.save_preset("alice", "mix", {"user": 0.5, "profile:Bob": 0.5})
+        store.rename_profile("bob", "robert")
+        assert store.get_preset("alice", "mix").weights == {"user": 0.5, "profile:robert": 0.5}
+
+
+def test_a_preset_is_used_with_overrides_and_says_when_a_profile_is_gone(studio):
+    studio.save_preset("alice", "mix", {"user": 0.5, "profile:bob": 0.5, "prompt_consistency": 0.5})
+    assert studio.blend_weights("alice", {"profile:bob": 0.8}, "mix") == {
+        "user": 0.5, "profile:bob": 0.8, "prompt_consistency": 0.5}
+    with pytest.raises(NotFound, match="cannot blend profile:carol: carol has no fitted taste yet"):
+        studio.save_preset("alice", "with carol", {"user": 1.0, "profile:carol": 0.5})
+    with pytest.raises(InvalidInput, match="unknown reward 'clpi'"):
+        studio.save_preset("alice", "typo", {"user": 1.0, "clpi": 0.5})
+    studio.store.save_preset("alice", "with dave", {"user": 1.0, "profile:dave": 0.5})  # e.g. imported
+    with pytest.raises(NotFound, match="preset 'with dave' blends profile 'dave', which no longer exists here"):
+        studio.blend_weights("alice", None, "with dave")
+    studio.store.save_preset("alice", "elsewhere", {"user": 1.0, "clip": 0.5})  # made where CLIP runs
+    with pytest.raises(NotFound, match="preset 'elsewhere' weighs reward 'clip', which this studio does not offer"):
+        studio.blend_weights("alice", None, "elsewhere")
+
+
+def test_presets_travel_with_the_profile_file(tmp_path):
+    with HistoryStore(tmp_path / "home") as store:
+        store.create_profile("alice")
+        store.create_profile("bob")
+        store.save_preset("alice", "mix", {"user": 0.5, "profile:bob": 0.5, "prompt_consistency": 0.5})
+        store.save_preset("alice", "solo", {"user": 1.0})
+        path = export_profile(store, "alice", tmp_path / "alice.prefstudio")
+        expected = [(p.name, p.weights, p.created) for p in store.presets("alice")]
+    with HistoryStore(tmp_path / "friend") as friend:
+        import_profile(friend, path, "alice-shared")
+        assert [(p.name, p.weights, p.created) for p in friend.presets("alice-shared")] == expected
+
+
+def _forged(path, target, edit) -> None:
+    """A copy of the profile file at `path` whose presets `edit` changed, re-digested (a
+    hand-made file, not a damaged one: only the checks of the presets stand in its way)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(path, framework="pt") as file:
+        metadata = dict(file.metadata())
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    content = json.loads(metadata["profile"])
+    edit(content["presets"])
+    metadata["profile"] = json.dumps(content)
+    metadata["digest"] = content_digest(metadata["profile"], tensors)
+    save_file(tensors, target, metadata=metadata)
+
+
+POISONED = {
+    "weight-huge": (lambda p: p[0]["weights"].update(user=1e9), "weight of 'user' is 1000000000.0"),
+    "weight-negative": (lambda p: p[0]["weights"].update(user=-1), "weight of 'user' is -1"),
+    "weight-text": (lambda p: p[0]["weights"].update(user="1"), "weight of 'user' must be a number"),
+    "all-zero": (lambda p: p[0].update(weights={"user": 0}), "all weights of the blend are zero"),
+    "reward-path": (lambda p: p[0]["weights"].update({"../../x": 1}), "unknown reward '../../x'"),
+    "profile-bad-name": (lambda p: p[0]["weights"].update({"profile:<script>": 1}), "contains '<>'"),
+    "name-newline": (lambda p: p[0].update(name="a\nb"), "must be one line"),
+    "name-long": (lambda p: p[0].update(name="x" * 65), "must be one line of 1-64"),
+    "twice": (lambda p: p.append(dict(p[0], name=p[0]["name"].upper())), "preset 'MIX' is listed twice"),
+    "too-many": (lambda p: p.extend(dict(p[0], name=f"n{i}") for i in range(MAX_PRESETS)), "the limit is 100"),
+    "extra-key": (lambda p: p[0].update(run="rm -rf /"), "a preset must have exactly the keys"),
+    "weights-list": (lambda p: p[0].update(weights=[["user", 1]]), "weights must be dict"),
+    "bad-date": (lambda p: p[0].update(created="yesterday"), "is not an ISO 8601 time"),
+    "terms": (lambda p: p[0].update(weights={f"r{i}": 1 for i in range(40)}), "the limit is 32"),
+}
+
+
+@pytest.mark.parametrize("edit, message", POISONED.values(), ids=POISONED.keys())
+def test_a_poisoned_preset_refuses_the_file_and_nothing_changes(tmp_path, edit, message):
+    with HistoryStore(tmp_path / "home") as store:
+        store.create_profile("alice")
+        store.save_preset("alice", "mix", {"user": 0.5, "profile:bob": 0.5})
+        path = export_profile(store, "alice", tmp_path / "alice.prefstudio")
+    _forged(path, tmp_path / "poisoned.prefstudio", edit)
+    with HistoryStore(tmp_path / "friend") as friend:
+        friend.create_profile("someone")
+        before = snapshot(friend)
+        with pytest.raises(InvalidInput) as refused:
+            import_profile(friend, tmp_path / "poisoned.prefstudio")
+        text = str(refused.value)
+        assert "\n" not in text and len(text) < 300, text
+        assert message in text, text
+        assert snapshot(friend) == before
+        assert [p.name for p in friend.list_profiles()] == ["someone"]
+
+
+# --- the trade-off grid -------------------------------------------------------------------
+
+def test_the_grid_shares_the_weight_over_every_combination():
+    assert simplex_rows(2, 4) == [[[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]]
+    triangle = simplex_rows(3, 2)
+    assert [len(row) for row in triangle] == [1, 2, 3]
+    assert all(abs(sum(w) - 1.0) < 1e-9 for row in triangle for w in row)
+    assert triangle[2] == [[0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]
+    with pytest.raises(InvalidInput, match="two or three rewards"):
+        check_axes(["user"], None)
+    with pytest.raises(InvalidInput, match="needs different rewards"):
+        check_axes(["user", "user"], None)
+    with pytest.raises(InvalidInput, match=r"steps for 3 rewards must be a whole number in \[1, 4\]"):
+        check_axes(["user", "profile:bob", "prompt_consistency"], 9)
+
+
+def test_a_grid_is_one_seed_across_the_blend_with_scores_under_each_image(studio):
+    items = list(studio.trade_off("alice", PROMPT, ["user", "profile:bob"], seed=5, steps=2, iterations=10))
+    assert items[:3] == ["Image 1 of 3: user 1, profile:bob 0", "Image 2 of 3: user 0.5, profile:bob 0.5",
+                         "Image 3 of 3: user 0, profile:bob 1"]
+    grid = items[-1]
+    cells = grid.cells()
+    assert [c.weights for c in cells] == [{"user": w, "profile:bob": 1 - w, "prompt_consistency": 0.5}
+                                          for w in (1.0, 0.5, 0.0)]
+    assert {c.side.seed for c in cells} == {5}
+    # All weight on bob's taste scores higher under it than all weight on alice's.
+    assert cells[2].side.personalized.normalised["profile:bob"] > cells[0].side.personalized.normalised["profile:bob"]
+    assert cells[0].side.personalized.normalised["user"] > cells[2].side.personalized.normalised["user"]
+    # The grid's runs do not crowd the list of past side by sides.
+    listed = {r.sha256 for r in studio.store.personalized_images("alice", 100)}
+    assert not listed & {c.side.personalized.record.sha256 for c in cells}
+    sheet = draw_grid(grid, studio.store.load_image)
+    image = cells[0].side.personalized.record
+    assert sheet.width >= 3 * image.width and sheet.height > image.height + 60
+    # The caption band under each image is drawn (dark text on white).
+    band = sheet.crop((0, sheet.height - 50, image.width, sheet.height)).convert("L")
+    assert band.getextrema()[0] < 100
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blend-cli")
+    fitted_studio(folder).store.close()
+    return folder
+
+
+def run_cli(capsys, data, *argv):
+    code = cli.main(["--data", str(data), "--model", "embedded", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, data, *argv) -> str:
+    code, out, err = run_cli(capsys, data, *argv)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_cli_blends_a_profile_with_weight_and_with_a_preset(capsys, cli_data, tmp_path):
+    code, out, err = run_cli(capsys, cli_data, "personalize", "alice", PROMPT, "--seed", "4", "--iterations", "8",
+                             "--weight", "user=0.25", "--weight", "profile:bob=1", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    result = json.loads(out)
+    # Rewards not named keep their defaults: the prompt-consistency guard stays on.
+    blend = {"user": 0.25, "profile:bob": 1.0, "prompt_consistency": 0.5}
+    assert result["weights"] == blend
+    assert set(result["personalized"]["scores"]) == {"user", "profile:bob", "prompt_consistency"}
+    assert read_provenance(result["files"]["personalized"])["weights"] == blend
+
+    code, out, err = run_cli(capsys, cli_data, "preset", "save", "alice", "mix", "--weight", "user=0.5",
+                             "--weight", "profile:bob=0.5", "--weight", "prompt_consistency=0.5")
+    assert code == 0, err
+    assert json.loads(out) == {"saved": "mix", "profile": "alice",
+                               "weights": {"user": 0.5, "profile:bob": 0.5, "prompt_consistency": 0.5}}
+    code, out, _ = run_cli(capsys, cli_data, "preset", "list", "alice")
+    assert json.loads(out)["presets"] == [{"name": "mix", "weights": {"user": 0.5, "profile:bob": 0.5,
+                                                                     "prompt_consistency": 0.5}}]
+    code, out, err = run_cli(capsys, cli_data, "personalize", "alice", PROMPT, "--seed", "4", "--iterations", "2",
+                             "--preset", "mix", "--weight", "profile:bob=0.8", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert json.loads(out)["weights"] == {"user": 0.5, "profile:bob": 0.8, "prompt_consistency": 0.5}
+    code, out, _ = run_cli(capsys, cli_data, "preset", "delete", "alice", "mix")
+    assert json.loads(out) == {"deleted": "mix"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["personalize", "alice", PROMPT, "--weight", "profile:nobody=0.5"],
+     "cannot blend profile:nobody: no profile named 'nobody'; existing profiles: alice, bob, carol"),
+    (["personalize", "alice", PROMPT, "--weight", "profile:carol=0.5"], "carol has no fitted taste yet"),
+    (["personalize", "alice", PROMPT, "--weight", "profile:bob=12"], "it must lie in [0, 10]"),
+    (["personalize", "alice", PROMPT, "--weight", "profile:bob=0.5", "--weight", "profile:bob=1"],
+     "--weight 'profile:bob' is given twice"),
+    (["personalize", "alice", PROMPT, "--preset", "nope"], "alice has no preset named 'nope'"),
+    (["preset", "save", "alice", "x", "--weight", "profile:nobody=1"], "no profile named 'nobody'"),
+    (["preset", "save", "alice", "x"], "preset save needs the blend"),
+    (["grid", "alice", PROMPT, "--axis", "user"], "weighs two or three rewards against each other; got 1"),
+    (["grid", "alice", PROMPT, "--axis", "user", "--axis", "profile:nobody"], "no profile named 'nobody'"),
+])
+def test_cli_refuses_a_bad_blend_in_one_line(capsys, cli_data, argv, message):
+    with HistoryStore(cli_data) as store:
+        before = snapshot(store)
+    assert message in refused(capsys, cli_data, *argv)
+    with HistoryStore(cli_data) as store:
+        assert snapshot(store) == before
+
+
+def test_cli_grid_writes_one_labelled_png(capsys, cli_data, tmp_path):
+    out = tmp_path / "grid.png"
+    code, stdout, err = run_cli(capsys, cli_data, "grid", "alice", PROMPT, "--axis", "user", "--axis",
+                                "profile:bob", "--axis", "prompt_consistency", "--steps", "1", "--seed", "9",
+                                "--iterations", "4", "--out", str(out))
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["grid"] == str(out) and result["seed"] == 9
+    assert [c["weights"] for c in result["cells"]] == [
+        {"user": 1.0, "profile:bob": 0.0, "prompt_consistency": 0.0},
+        {"user": 0.0, "profile:bob": 1.0, "prompt_consistency": 0.0},
+        {"user": 0.0, "profile:bob": 0.0, "prompt_consistency": 1.0}]
+    assert "Image 3 of 3" in err  # progress on stderr, the result on stdout
+    with Image.open(out) as sheet:
+        assert sheet.format == "PNG" and sheet.width > 2 * 256 and sheet.height > 2 * 256
+    info = read_provenance(out)
+    assert info["role"] == "trade-off-grid" and info["params"]["axes"] == ["user", "profile:bob",
+                                                                           "prompt_consistency"]
+
+
+# --- guidance stays finite ----------------------------------------------------------------
+
+def test_guidance_through_a_box_interior_has_finite_gradients():
+    """hypot(0, 0) has a NaN gradient, which clamp(min=0) passes at exactly 0: a pixel centre
+    exactly on a box's edge. A blended run once reached such a noise and its trace went NaN."""
+    from prefstudio.generators.embedded import _shape_coverage
+
+    x = torch.linspace(0, 1, 17).view(1, 1, -1)  # pixel centres at 0.5 ± 0.25: exactly on the box's edge
+    y = torch.linspace(0, 1, 17).view(1, -1, 1)
+    leaves = {key: torch.tensor([value], requires_grad=True) for key, value in (
+        ("x", 0.5), ("y", 0.5), ("cos", 1.0), ("sin", 0.0), ("inner_w", 0.25), ("inner_h", 0.125), ("radius", 0.05),
+        ("sharpness", 40.0), ("opacity", 1.0), ("shade", 0.1), ("petal", 0.1), ("lobes", 0.1))}
+    v = {key: value.view(-1, 1, 1) for key, value in leaves.items()}
+    used = {"wave": False, "taper": False, "petal": True, "lobes": True, "ring": False}
+    alpha, _ = _shape_coverage(v, 0, used, x, y)
+    alpha.sum().backward()
+    assert leaves["inner_w"].grad is not None and leaves["petal"].grad is not None
+    for key, value in leaves.items():
+        assert value.grad is None or torch.isfinite(value.grad).all(), key
+
+
+def test_a_version_1_file_without_presets_still_imports(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with HistoryStore(tmp_path / "home") as store:
+        store.create_profile("alice")
+        store.save_preset("alice", "solo", {"user": 1.0})
+        path = export_profile(store, "alice", tmp_path / "alice.prefstudio")
+    with safe_open(path, framework="pt") as file:
+        metadata = dict(file.metadata())
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    content = json.loads(metadata["profile"])
+    for version, drop, fine in (("1", True, True), ("1", False, False)):
+        old = {k: v for k, v in content.items() if not (drop and k == "presets")}
+        forged = {**metadata, "version": version, "profile": json.dumps(old)}
+        forged["digest"] = content_digest(forged["profile"], tensors)
+        save_file(tensors, tmp_path / "old.prefstudio", metadata=forged)
+        with HistoryStore(tmp_path / f"friend-{drop}") as friend:
+            if fine:
+                assert import_profile(friend, tmp_path / "old.prefstudio").name == "alice"
+                assert friend.presets("alice") == []
+            else:  # version 1 had no presets: a file that says 1 and holds them is not one
+                with pytest.raises(InvalidInput, match="must have exactly the keys images, judgments, models, name"):
+                    import_profile(friend, tmp_path / "old.prefstudio")

@@ -1,0 +1,111 @@
+"""Blending a friend's taste, driven in Chromium as a person would: import their profile file,
+add it to the blend, move its slider, generate, save the blend as a preset and see the
+trade-off grid."""
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from playwright.sync_api import expect
+
+from prefstudio.encoders.base import pil_to_tensor
+from prefstudio.eval.simulated_users import SimulatedUser
+from prefstudio.provenance import read_provenance
+from prefstudio.studio import Studio
+from prefstudio.ui.app import build_app
+from tests.browser import SLOW, VIEWPORT, chromium, served
+
+pytestmark = pytest.mark.browser
+ITERATIONS = 6
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """alice (bright, warm) is fitted here; bob (dark, cool) is a friend's exported profile file."""
+    studio = Studio(tmp_path_factory.mktemp("blend-data"))
+    images = studio.generate_candidates("a quiet landscape", seeds=list(range(12)))
+    pixels = pil_to_tensor([studio.store.load_image(i.sha256) for i in images])
+    for name, taste in (("alice", {"brightness": 1.0, "warmth": 1.0}), ("bob", {"brightness": -1.0, "warmth": -1.0})):
+        utility = SimulatedUser(name, taste).utility(pixels)
+        studio.store.create_profile(name)
+        for image, value in zip(images, utility):
+            studio.judge(name, "like" if value > utility.median() else "dislike", image.sha256)
+        studio.fit(name)
+    friend_file = studio.export_profile("bob", tmp_path_factory.mktemp("friend") / "bob.prefstudio")
+    studio.store.delete_profile("bob")  # bob lives elsewhere: his file is all this studio gets
+    with served(build_app(studio)) as url:
+        yield studio, url, friend_file
+
+
+@pytest.fixture(scope="module")
+def page():
+    with chromium() as browser:
+        yield browser.new_page(viewport=VIEWPORT)
+
+
+def choose(page, name):
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text(f"{name} ·", timeout=SLOW)
+
+
+def set_number(page, selector, value):
+    field = page.locator(f"{selector} input[type=number]")
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
+    studio, url, friend_file = server
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+
+    # Import the friend's profile file.
+    page.get_by_role("tab", name="Profile").click()
+    page.locator("#ps-import-file input[type=file]").set_input_files(str(friend_file))
+    page.get_by_role("button", name="Import profile").click()
+    expect(page.get_by_text(re.compile(r"Imported profile \*?\*?bob"))).to_be_visible(timeout=SLOW)
+
+    # Back to alice; add bob's taste to her blend and move its slider.
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#ps-advanced")
+    set_number(page, "#ps-iterations", ITERATIONS)
+    page.locator("#ps-blend-choice input").click()
+    page.get_by_role("option", name="bob", exact=True).click()
+    page.click("#ps-blend-add")
+    slot = page.locator("#ps-blend-0")
+    expect(slot).to_be_visible(timeout=SLOW)
+    expect(slot).to_contain_text("Taste of bob")
+    expect(page.locator("#ps-blend-status")).to_contain_text("Added the taste of bob", timeout=SLOW)
+    set_number(page, "#ps-blend-0", 1.2)
+
+    # Generate: bob's taste is one of the weighted rewards of the result.
+    page.fill("#ps-gen-prompt textarea", "a lighthouse at dusk")
+    page.click("#ps-personalize")
+    expect(page.locator("#ps-gen-progress")).to_contain_text(f"Done: {ITERATIONS} iterations", timeout=SLOW)
+    made = studio.store.personalized_images("alice", 1)[0]
+    assert made.params["weights"]["profile:bob"] == 1.2
+    expect(page.locator("#ps-personalized-scores")).to_contain_text("Taste of bob")
+
+    # Save the blend as a preset of alice.
+    page.fill("#ps-preset-name textarea", "with bob")
+    page.locator("#ps-preset-name textarea").press("Enter")
+    expect(page.locator("#ps-blend-status")).to_contain_text("Saved preset with bob", timeout=SLOW)
+    assert studio.store.get_preset("alice", "with bob").weights["profile:bob"] == 1.2
+
+    # The trade-off grid between alice's own taste and bob's, from one seed.
+    page.click("#ps-tradeoff")
+    page.locator("#ps-grid-axes").get_by_label("Your taste (user model)").check()
+    page.locator("#ps-grid-axes").get_by_label("Taste of bob").check()
+    set_number(page, "#ps-grid-steps", 2)
+    page.click("#ps-grid-run")
+    expect(page.locator("#ps-grid-status")).to_contain_text("Trade-off grid of 3 images", timeout=SLOW)
+    grid = page.locator("#ps-grid img")
+    expect(grid).to_be_visible(timeout=SLOW)
+    source = unquote(grid.get_attribute("src"))
+    path = Path(re.search(r"file=(.+\.png)", source).group(1))
+    info = read_provenance(path)
+    assert info["role"] == "trade-off-grid" and info["params"]["axes"] == ["user", "profile:bob"]
+    assert [c["weights"]["profile:bob"] for c in info["params"]["cells"]] == [0.0, 0.5, 1.0]
+    page.screenshot(path=Path(__file__).resolve().parents[1] / "docs" / "images" / "blend_grid.png", full_page=True)
