@@ -128,6 +128,11 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     made = read_provenance(local(personalized))
     assert made["prompt"] == "a dense green forest" and made["seed"] == 7 and made["role"] == "personalized"
     assert made["weights"] == {"user": 0.75, "prompt_consistency": 0.5} and made["fit"]["model"] == "auto"
+    # The method choice comes last: Instant is one pass of the preference adapter.
+    progress, seed, _, personalized, *_ = c.predict(
+        "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, "Instant", api_name="/personalize")
+    assert seed == 7 and progress.startswith("Done in one pass of the preference adapter")
+    assert read_provenance(local(personalized))["params"]["method"] == "instant"
     prompt, mode, seed, strength, iterations, *weights, note = c.predict(
         handle_file(local(personalized)), api_name="/reuse_png")
     assert (prompt, mode, seed, strength, iterations, weights) == (

@@ -63,6 +63,7 @@ class TrainSettings:
     hidden: int = 64
     user_tokens: int = 4
     mix_users: int = 4  # a mixed person combines this many training users
+    grad_clip: float = 1.0
     seed: int = 0
 
 
@@ -225,10 +226,16 @@ def train(objective: AdapterObjective, settings: TrainSettings, adapter: Prefere
         optimiser.zero_grad(set_to_none=True)
         if accelerator is not None:
             accelerator.backward(-value)
+            norm = accelerator.clip_grad_norm_(adapter.parameters(), settings.grad_clip)
         else:
             (-value).backward()
-        optimiser.step()
-        row = {"step": step + 1, "objective": round(float(value.detach()), 4),
+            norm = torch.nn.utils.clip_grad_norm_(adapter.parameters(), settings.grad_clip)
+        # A render's gradient can overflow where a shape's edge is nearly sharp: such a step is
+        # skipped (as mixed-precision training skips steps whose gradients overflow).
+        skipped = not torch.isfinite(norm)
+        if not skipped:
+            optimiser.step()
+        row = {"step": step + 1, "objective": round(float(value.detach()), 4), "skipped": skipped,
                **{k: round(float(v.detach().mean()), 4) for k, v in terms.items()},
                "seconds": round(time.perf_counter() - start, 1)}
         history.append(row)

@@ -20,6 +20,7 @@ from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceP
 from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
+from prefstudio.guidance.methods import CHAIN_ITERATIONS
 from prefstudio.studio import DEFAULT_STRENGTH
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
@@ -36,6 +37,10 @@ PAST = 12  # past side by sides listed
 PAST_COLUMNS = 6
 PERSONALIZED = "Personalized (live preview while optimising)"
 DONE = "Personalized (same seed, optimised for your taste)"
+# The method choice: label -> (Studio.personalize method, the iterations it starts with).
+METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n", DEFAULT_ITERATIONS),
+           "Instant": ("instant", 0), "Instant → short guidance": ("instant+guidance", CHAIN_ITERATIONS)}
+GUIDED = "Guided"
 
 
 class GenerateSession:
@@ -80,6 +85,10 @@ class GenerateTab:
             self.strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                       info="How far personalization may move away from the baseline (0: not at all).",
                                       elem_id="ps-strength")
+        self.method = gr.Radio(list(METHODS), value=GUIDED, label="Method", elem_id="ps-method",
+                               info="Guided: optimises the seed's noise for your taste (30 steps). Best of N: the "
+                                    "best of 8 seeds. Instant: one pass of the preference adapter, about one image's "
+                                    f"time. Instant → short guidance: Instant's image, then {CHAIN_ITERATIONS} steps.")
         with gr.Accordion("Advanced: iterations and reward weights (one normalised scale: a weight of 1 is one "
                           "typical spread of that reward)", open=False, elem_id="ps-advanced"):
             self.iterations = gr.Slider(0, MAX_UI_ITERATIONS, value=DEFAULT_ITERATIONS, step=1,
@@ -135,6 +144,7 @@ class GenerateTab:
         stop.click(user_errors(self.stop), profile, self.status, api_name="stop", concurrency_limit=None)
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
+        self.method.change(lambda label: METHODS[label][1], self.method, self.iterations, api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         reuse.click(user_errors(self.reuse), self.session, settings, api_name="reuse_settings")
         dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status], api_name="reuse_png")
@@ -149,10 +159,15 @@ class GenerateTab:
 
     def generate_inputs(self, profile):
         return [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
-                *self.sliders]
+                *self.sliders, self.method]
 
     # -- runs ------------------------------------------------------------------------------
-    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, *weights):
+    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations,
+                 *weights_and_method):
+        # The method comes last, so that calls naming the weights by position keep working.
+        *weights, method = weights_and_method
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         prompt = validate_prompt(prompt)
@@ -167,7 +182,7 @@ class GenerateTab:
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         job = GenerationJob(name, prompt, seed, int(iterations))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
-                                          stop=job.stop)
+                                          stop=job.stop, method=METHODS[method][0])
         self.jobs.start(name.casefold(), job, run)
         yield from self._follow(session, job)
 
@@ -224,10 +239,13 @@ class GenerateTab:
         side = job.result
         session.baseline = side.baseline.record.sha256
         session.personalized = side.personalized.record.sha256
+        one_pass = side.personalized.record.params.get("method") == "instant"
         how = (f"Stopped after {side.iterations_run} of {job.iterations} iterations" if side.stopped
+               else f"Done in one pass of the preference adapter ({side.seconds:.2f} s)" if one_pass
                else f"Done: {side.iterations_run} iterations")
         if side.improved:
-            verdict = (f"{how}; the best was iteration {side.best_iteration}, which raised your weighted rewards "
+            best = "" if one_pass else f"; the best was iteration {side.best_iteration}"
+            verdict = (f"{how}{best}, which raised your weighted rewards "
                        f"by **{side.gain:+.2f}** over the baseline.")
         else:
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
@@ -344,7 +362,8 @@ class GenerateTab:
         fixed = ["session", "profile", "prompt", "seed_mode", "seed", "strength", "iterations"]
         names = fixed + [f"weight_{n}" for n in self.reward_names]
         fn.__signature__ = inspect.Signature(
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+            + [inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=GUIDED)])
         return fn
 
     def stop(self, profile):
