@@ -39,10 +39,12 @@ from bench.never_worse import JUDGED_PROMPTS, judged_people  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
 from prefstudio.guidance.methods import CHAIN_ITERATIONS, DEFAULT_ITERATIONS  # noqa: E402
-from prefstudio.studio import DEFAULT_ADAPTER, Studio  # noqa: E402
+from prefstudio.studio import DEFAULT_ADAPTER, DEFAULT_STRENGTH, Studio  # noqa: E402
 from prefstudio.train.preference_adapter import evaluation_prompts  # noqa: E402
 
-METHODS = {"guided": "guidance", "instant": "instant", "chain": "instant+guidance"}
+# name -> (Studio.personalize method, strength); None: the studio's default strength.
+METHODS = {"guided": ("guidance", None), "instant": ("instant", None), "instant_full": ("instant", 1.0),
+           "chain": ("instant+guidance", None)}
 TARGET_MARGIN_SHARE, TARGET_SPEEDUP = 0.8, 20.0
 
 
@@ -65,15 +67,19 @@ def main(argv=None) -> None:
     step = max(1, len(pool) // args.prompts)
     cases = [(pool[(k * step) % len(pool)], 1000 + k) for k in range(args.prompts)]
 
-    images, utilities, seconds = {}, {}, {name: [] for name in METHODS}
+    images, utilities = {}, {}
+    seconds, consistency = {name: [] for name in METHODS}, {name: [] for name in METHODS}
     for person in people:
         for prompt, seed in cases:
             sides = {}
-            for name, method in METHODS.items():
+            for name, (method, strength) in METHODS.items():
                 iterations = args.chain_iterations if name == "chain" else None
-                sides[name] = studio.personalize_once(person.user_id, prompt, seed=seed, method=method,
-                                                      iterations=iterations)
-                seconds[name].append(sides[name].seconds)
+                sides[name] = side = studio.personalize_once(
+                    person.user_id, prompt, seed=seed, method=method, iterations=iterations,
+                    strength=DEFAULT_STRENGTH if strength is None else strength)
+                seconds[name].append(side.seconds)
+                consistency[name].append(side.personalized.normalised["prompt_consistency"]
+                                         - side.baseline.normalised["prompt_consistency"])
             shas = {"baseline": sides["guided"].baseline.record.sha256,
                     **{name: side.personalized.record.sha256 for name, side in sides.items()}}
             pixels = pil_to_tensor([studio.store.load_image(sha) for sha in shas.values()])
@@ -112,24 +118,33 @@ def main(argv=None) -> None:
         for person in members:
             key = (person.user_id, prompt, seed)
             moved.append(1 - float(features[key]["instant"] @ features[key]["baseline"]))
+    # The natural variation: the baseline of each case against the same prompt at another seed.
     seeds_apart = []
-    for (pa, sa), (pb, sb) in itertools.combinations(cases, 2):
-        if pa == pb:
-            seeds_apart.append(1 - float(features[(people[0].user_id, pa, sa)]["baseline"]
-                                         @ features[(people[0].user_id, pb, sb)]["baseline"]))
+    with torch.no_grad():
+        for prompt, seed in cases:
+            other = pil_to_tensor([studio.generator.generate(prompt, [seed + 500])[0].image])
+            other = F.normalize(studio.encoder.encode(other), dim=-1)[0]
+            seeds_apart.append(1 - float(features[(people[0].user_id, prompt, seed)]["baseline"] @ other))
 
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     chain_faster = median_seconds["chain"] <= median_seconds["guided"]
     chain_beats = rate("chain", "guided") > 0.5
+    drop = {name: statistics.mean(values) for name, values in consistency.items()}
     table = (
-        "| method | win rate vs same-seed baseline | median s / personalized image |\n|---|---:|---:|\n"
-        f"| Guided ({DEFAULT_ITERATIONS} iterations) | {win['guided']:.1%} | {median_seconds['guided']:.2f} |\n"
-        f"| Instant (one adapter pass) | {win['instant']:.1%} | {median_seconds['instant']:.3f} |\n"
-        f"| Instant → guidance ({args.chain_iterations} iterations) | {win['chain']:.1%} | "
-        f"{median_seconds['chain']:.2f} |\n\n"
+        "| method (strength) | win rate vs same-seed baseline | median s / personalized image | "
+        "prompt consistency vs baseline (spreads, mean) |\n|---|---:|---:|---:|\n"
+        f"| Guided ({DEFAULT_ITERATIONS} iterations, {DEFAULT_STRENGTH}) | {win['guided']:.1%} | "
+        f"{median_seconds['guided']:.2f} | {drop['guided']:+.2f} |\n"
+        f"| Instant (one adapter pass, {DEFAULT_STRENGTH}) | {win['instant']:.1%} | "
+        f"{median_seconds['instant']:.3f} | {drop['instant']:+.2f} |\n"
+        f"| Instant at strength 1 (the modulation as trained) | {win['instant_full']:.1%} | "
+        f"{median_seconds['instant_full']:.3f} | {drop['instant_full']:+.2f} |\n"
+        f"| Instant → guidance ({args.chain_iterations} iterations, {DEFAULT_STRENGTH}) | {win['chain']:.1%} | "
+        f"{median_seconds['chain']:.2f} | {drop['chain']:+.2f} |\n\n"
         "| head to head (hidden utility) | win rate |\n|---|---:|\n"
         f"| Instant vs Guided | {rate('instant', 'guided'):.1%} |\n"
+        f"| Instant at strength 1 vs Guided | {rate('instant_full', 'guided'):.1%} |\n"
         f"| Instant → guidance vs Guided | {rate('chain', 'guided'):.1%} |\n"
         f"| Instant → guidance vs Instant | {rate('chain', 'instant'):.1%} |\n\n"
         "| target | value | |\n|---|---:|---|\n"
@@ -142,8 +157,7 @@ def main(argv=None) -> None:
         f"| two different people, same prompt and seed: Instant images apart (mean over {len(between)} pairs) | "
         f"{statistics.mean(between):.4f} |\n"
         f"| a person's Instant image from its baseline (mean) | {statistics.mean(moved):.4f} |\n"
-        f"| two seeds of one prompt, baselines (mean; the natural variation) | "
-        f"{statistics.mean(seeds_apart) if seeds_apart else float('nan'):.4f} |\n"
+        f"| two seeds of one prompt, baselines (mean; the natural variation) | {statistics.mean(seeds_apart):.4f} |\n"
         f"| own Instant image beats the other person's, under one's own hidden utility | "
         f"{sum(own_wins) / len(own_wins):.1%} |\n"
         f"| one person across prompts and seeds: share of their Instant images that beat the baseline "

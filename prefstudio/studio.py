@@ -342,8 +342,8 @@ class Studio:
         `strength` in [0, 1] bounds how far guidance may move the seed's noise (0: the
         baseline itself). `blind` marks a blind test's images, which the lists of past side by
         sides leave out (they would tell which side was which). `method` is one of METHODS:
-        "instant" is one pass of the preference adapter, its modulation scaled by strength / the
-        default strength (so strength 0 is the baseline, bit for bit); "instant+guidance" starts
+        "instant" is one pass of the preference adapter, its modulation scaled by strength (1: the
+        modulation it was trained to make; 0: the baseline, bit for bit); "instant+guidance" starts
         `iterations` of guidance (CHAIN_ITERATIONS by default) from Instant's image. Yields
         GuidanceProgress per iteration (the guidance methods), then one SideBySide."""
         prompt = validate_prompt(prompt)
@@ -370,7 +370,7 @@ class Studio:
         instant = None
         if method.startswith("instant"):
             instant = instant_image(self.generator, self.adapter, prompt, seed, self.instant_embedding(profile),
-                                    scale=strength / DEFAULT_STRENGTH)
+                                    scale=strength)
         if method in ("guidance", "instant+guidance"):
             result = None
             for item in optimise_noise(self.generator, prompt, seed, rewards, weights,

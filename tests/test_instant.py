@@ -2,6 +2,7 @@
 training, Premier's cold start, and the studio's "instant" methods."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,7 +75,8 @@ def test_a_few_training_steps_on_cpu_raise_the_objective(bank):
     # Three training users and one prompt: few enough for six steps of two images to cover them.
     small = dataclasses.replace(bank, like_vectors=bank.like_vectors[:3], dislike_vectors=bank.dislike_vectors[:3])
     generator = EmbeddedGenerator(resolution=64)
-    settings = TrainSettings(steps=6, people=2, lr=0.01, dispersion_people=4, hidden=16, user_tokens=2, mix_users=2)
+    settings = TrainSettings(steps=6, people=2, lr=0.01, consistency=0.5, dispersion_people=4, hidden=16,
+                             user_tokens=2, mix_users=2)
     objective = AdapterObjective(generator, EmbeddedImageEncoder(), small, training_prompts()[:1], settings)
     adapter = new_adapter(objective, settings)
     batch = fixed_batch(objective, 4, seed=5)  # other seeds than training draws
@@ -198,3 +200,22 @@ def test_instant_without_an_adapter_says_how_to_get_one(tmp_path, fitted_studio)
     studio.store.create_profile("bob")
     with pytest.raises(ModelUnavailable, match="python -m prefstudio.train.preference_adapter"):
         studio.instant_embedding("bob")
+
+
+def test_cli_personalizes_with_method_instant(tmp_path, capsys):
+    from prefstudio import cli
+
+    base = ["--data", str(tmp_path / "data"), "--model", "embedded", "--preference-model", "user-embedding"]
+    pairs = DEFAULT_ADAPTER.parent.parent / "assets" / "sample_pairs" / "pairs.jsonl"
+    for command in (["profile", "create", "alice"], ["import-pairs", "alice", str(pairs), "--user", "ana"],
+                    ["fit", "alice"]):
+        assert cli.main(base + command) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["personalize", "alice", "a lighthouse at dusk", "--seed", "7", "--method", "instant",
+                            "--out", str(tmp_path / "out")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seed"] == 7 and out["personalized"]["id"] != out["baseline"]["id"]
+    assert all(Path(path).is_file() for path in out["files"].values())
+    with pytest.raises(SystemExit):  # argparse names the methods on offer
+        cli.main(base + ["personalize", "alice", "a fox", "--method", "instantly"])
+    assert "invalid choice: 'instantly'" in capsys.readouterr().err

@@ -51,10 +51,10 @@ EMPTY_PROMPT = ""  # Premier computes the dispersion loss on an empty prompt
 
 @dataclass
 class TrainSettings:
-    steps: int = 120
+    steps: int = 200
     people: int = 4  # persons (images) per step
     lr: float = 3e-3
-    consistency: float = 0.5
+    consistency: float = 2.0
     margin: float = -1.0
     size: float = 0.02
     dispersion: float = 0.1  # Premier's λ
