@@ -156,9 +156,12 @@ class Studio:
                  f"{self.generator.name} --out <folder> (checkpoints/README.md)")
         if folder is None or not Path(folder).is_dir():
             return None, None, f"no preference adapter is installed for {self.generator.name}; {train}"
-        adapter, config = load_adapter(folder)
-        tokens = self.generator.conditioning_tokens(self.generator.encode_prompt("a picture"))
-        if config["generator"] != self.generator.name or config["shape"]["token_dim"] != tokens.shape[1]:
+        try:
+            adapter, config = load_adapter(folder)
+        except InvalidInput as error:  # the studio still starts; Instant says why it cannot run
+            return None, None, f"{error}; {train}"
+        if config["generator"] != self.generator.name or config["shape"]["token_dim"] != \
+                self.generator.conditioning_tokens(self.generator.encode_prompt("a picture")).shape[1]:
             return None, None, (f"the preference adapter in {folder} was trained for {config['generator']}, "
                                 f"this studio runs {self.generator.name}; {train}")
         if self.bank is None or bank_digest(bank_path) != config["bank"]:

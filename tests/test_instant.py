@@ -219,3 +219,15 @@ def test_cli_personalizes_with_method_instant(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse names the methods on offer
         cli.main(base + ["personalize", "alice", "a fox", "--method", "instantly"])
     assert "invalid choice: 'instantly'" in capsys.readouterr().err
+
+
+def test_a_corrupt_adapter_leaves_the_studio_running_and_instant_says_why(tmp_path, fitted_studio):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / CONFIG_FILE).write_text(json.dumps({"format": "prefstudio-preference-adapter", "version": 99}))
+    studio = Studio(tmp_path / "d", generator=fitted_studio.generator, image_encoder=fitted_studio.encoder,
+                    preference_model="user-embedding", adapter_path=folder)
+    assert studio.adapter is None
+    studio.store.create_profile("bob")
+    with pytest.raises(ModelUnavailable, match="not a PrefStudio preference adapter"):
+        studio.instant_embedding("bob")
