@@ -155,6 +155,9 @@ def optimise_noise(
             break  # the last iterate is scored, not stepped from
         loss = -total.sum() + reg_scale * chi_negative_log_likelihood(noise).sum()
         loss.backward()
+        # A render's gradient can be non-finite at a few entries (the embedded generator's shape
+        # edges, reached by Instant's modulated styles): those entries are dropped, not the step.
+        noise.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
         optimiser.step()
         if reach is not None:

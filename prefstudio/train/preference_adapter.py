@@ -2,6 +2,7 @@
 
     python -m prefstudio.train.preference_adapter --out checkpoints/preference_adapter_embedded
     accelerate launch -m prefstudio.train.preference_adapter --generator sd-turbo --out adapters/sd-turbo
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m prefstudio.train.preference_adapter --out ...
 
 The people it learns from are the training users of a user bank (checkpoints/
 user_bank_embedded.safetensors: simulated people of PrefBench's population model who judged
