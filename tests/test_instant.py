@@ -2,6 +2,7 @@
 training, Premier's cold start, and the studio's "instant" methods."""
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from prefstudio.guidance.adapter import (
 )
 from prefstudio.guidance.instant import instant_image
 from prefstudio.preference.user_embedding import UserBank, bank_combination, fit_user_embedding
+from prefstudio.rewards.base import Reward
 from prefstudio.studio import DEFAULT_ADAPTER, DEFAULT_BANK, Studio
 from prefstudio.tools.make_tiny_pipeline import tiny_sd_pipeline
 from prefstudio.train.preference_adapter import (
@@ -231,3 +233,30 @@ def test_a_corrupt_adapter_leaves_the_studio_running_and_instant_says_why(tmp_pa
     studio.store.create_profile("bob")
     with pytest.raises(ModelUnavailable, match="not a PrefStudio preference adapter"):
         studio.instant_embedding("bob")
+
+
+class _Brightness(Reward):
+    name = "brightness"
+    description = "mean pixel value"
+
+    def score(self, pixels, context):
+        return pixels.mean((1, 2, 3))
+
+
+class _OneBadGradient(EmbeddedGenerator):
+    """Renders like the embedded generator, but the gradient of its first noise entry is NaN
+    (0 · ∞, as a distance field's 0/0 gives at a sharp edge)."""
+
+    def render(self, noise, conditioning):
+        kink = torch.sqrt(noise[:, :1] - noise[:, :1].detach())[:, :, None, None]
+        return super().render(noise, conditioning) + 0.0 * kink
+
+
+def test_guidance_drops_non_finite_gradient_entries_instead_of_spreading_nan():
+    from prefstudio.guidance.noise_optimization import GuidanceSettings, run_guidance
+
+    generator = _OneBadGradient(resolution=64)
+    result = run_guidance(generator, PROMPT, 3, {"brightness": _Brightness()}, {"brightness": 1.0},
+                          GuidanceSettings(iterations=4, preview_every=0))
+    assert torch.isfinite(result.noise).all() and all(math.isfinite(p.total) for p in result.trace)
+    assert result.best_iteration > 0 and result.total > result.trace[0].total  # it still climbs
