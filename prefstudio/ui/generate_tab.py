@@ -180,6 +180,8 @@ class GenerateTab:
         weights = dict(zip(self.reward_names, (float(w) for w in weights)))
         name = self.ctx.store.get_profile(profile).name
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
+        if METHODS[method][0].startswith("instant"):
+            self.ctx.studio.instant_embedding(name)  # "no adapter for this generator" before a job starts
         job = GenerationJob(name, prompt, seed, int(iterations))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop, method=METHODS[method][0])
