@@ -90,6 +90,10 @@ def main(argv=None) -> None:
             print(f"{person.user_id} {prompt[:32]:32s} seed {seed}: " + " ".join(
                 f"{n} {u[n] - u['baseline']:+.2f} ({seconds[n][-1]:.2f}s)" for n in METHODS), flush=True)
 
+    def interval(p: float, count: int) -> str:
+        """± half-width of a normal-approximation 95 % interval on a rate over `count` cases."""
+        return f"± {196 * (p * (1 - p) / count) ** 0.5:.1f} pts"
+
     def rate(first: str, second: str, keys=None) -> float:
         keys = list(utilities) if keys is None else keys
         return sum(utilities[k][first] > utilities[k][second] for k in keys) / len(keys)
@@ -132,26 +136,28 @@ def main(argv=None) -> None:
     chain_beats = rate("chain", "guided") > 0.5
     drop = {name: statistics.mean(values) for name, values in consistency.items()}
     table = (
-        "| method (strength) | win rate vs same-seed baseline | median s / personalized image | "
+        "| method (strength) | win rate vs same-seed baseline (95 % interval) | median s / personalized image | "
         "prompt consistency vs baseline (spreads, mean) |\n|---|---:|---:|---:|\n"
-        f"| Guided ({DEFAULT_ITERATIONS} iterations, {DEFAULT_STRENGTH}) | {win['guided']:.1%} | "
+        f"| Guided ({DEFAULT_ITERATIONS} iterations, {DEFAULT_STRENGTH}) | {win['guided']:.1%} {interval(win['guided'], n)} | "
         f"{median_seconds['guided']:.2f} | {drop['guided']:+.2f} |\n"
-        f"| Instant (one adapter pass, {DEFAULT_STRENGTH}) | {win['instant']:.1%} | "
+        f"| Instant (one adapter pass, {DEFAULT_STRENGTH}) | {win['instant']:.1%} {interval(win['instant'], n)} | "
         f"{median_seconds['instant']:.3f} | {drop['instant']:+.2f} |\n"
-        f"| Instant at strength 1 (the modulation as trained) | {win['instant_full']:.1%} | "
+        f"| Instant at strength 1 (the modulation as trained) | {win['instant_full']:.1%} {interval(win['instant_full'], n)} | "
         f"{median_seconds['instant_full']:.3f} | {drop['instant_full']:+.2f} |\n"
-        f"| Instant → guidance ({args.chain_iterations} iterations, {DEFAULT_STRENGTH}) | {win['chain']:.1%} | "
+        f"| Instant → guidance ({args.chain_iterations} iterations, {DEFAULT_STRENGTH}) | {win['chain']:.1%} {interval(win['chain'], n)} | "
         f"{median_seconds['chain']:.2f} | {drop['chain']:+.2f} |\n\n"
-        "| head to head (hidden utility) | win rate |\n|---|---:|\n"
-        f"| Instant vs Guided | {rate('instant', 'guided'):.1%} |\n"
-        f"| Instant at strength 1 vs Guided | {rate('instant_full', 'guided'):.1%} |\n"
-        f"| Instant → guidance vs Guided | {rate('chain', 'guided'):.1%} |\n"
-        f"| Instant → guidance vs Instant | {rate('chain', 'instant'):.1%} |\n\n"
+        "| head to head (hidden utility) | win rate (95 % interval, sampling only) |\n|---|---:|\n"
+        f"| Instant vs Guided | {rate('instant', 'guided'):.1%} {interval(rate('instant', 'guided'), n)} |\n"
+        f"| Instant at strength 1 vs Guided | {rate('instant_full', 'guided'):.1%} {interval(rate('instant_full', 'guided'), n)} |\n"
+        f"| Instant → guidance vs Guided | {rate('chain', 'guided'):.1%} {interval(rate('chain', 'guided'), n)} |\n"
+        f"| Instant → guidance vs Instant | {rate('chain', 'instant'):.1%} {interval(rate('chain', 'instant'), n)} |\n\n"
         "| target | value | |\n|---|---:|---|\n"
         f"| Instant keeps ≥ {TARGET_MARGIN_SHARE:.0%} of Guided's margin over the baseline (win rate − 50 %) | "
-        f"{margin_share:.0%} | {met(margin_share >= TARGET_MARGIN_SHARE)} |\n"
+        f"{margin_share:.0%} (Guided's margin {100 * (win['guided'] - 0.5):.1f} pts "
+        f"{interval(win['guided'], n)}) | {met(margin_share >= TARGET_MARGIN_SHARE)} |\n"
         f"| … at ≥ {TARGET_SPEEDUP:.0f}× less time | {speedup:.0f}× | {met(speedup >= TARGET_SPEEDUP)} |\n"
-        f"| Instant → guidance beats Guided at equal or lower time | {rate('chain', 'guided'):.1%} at "
+        f"| Instant → guidance beats Guided at equal or lower time | {rate('chain', 'guided'):.1%} "
+        f"{interval(rate('chain', 'guided'), n)} at "
         f"{median_seconds['chain'] / median_seconds['guided']:.0%} of the time | {met(chain_faster and chain_beats)} |\n\n"
         "| dispersion (image encoder features, 1 − cosine) | value |\n|---|---:|\n"
         f"| two different people, same prompt and seed: Instant images apart (mean over {len(between)} pairs) | "
