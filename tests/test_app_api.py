@@ -128,11 +128,6 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     made = read_provenance(local(personalized))
     assert made["prompt"] == "a dense green forest" and made["seed"] == 7 and made["role"] == "personalized"
     assert made["weights"] == {"user": 0.75, "prompt_consistency": 0.5} and made["fit"]["model"] == "auto"
-    # The method choice comes last: Instant is one pass of the preference adapter.
-    progress, seed, _, personalized, *_ = c.predict(
-        "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, "Instant", api_name="/personalize")
-    assert seed == 7 and progress.startswith("Done in one pass of the preference adapter")
-    assert read_provenance(local(personalized))["params"]["method"] == "instant"
     prompt, mode, seed, strength, iterations, *weights, note = c.predict(
         handle_file(local(personalized)), api_name="/reuse_png")
     assert (prompt, mode, seed, strength, iterations, weights) == (
@@ -161,6 +156,12 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
     for ours, theirs in zip(original[1:], copied[1:]):
         assert len(ours) == 4 and [i["caption"] for i in ours] == [i["caption"] for i in theirs]
     assert studio.score_images("alice", shown) == studio.score_images("alice copy", shown)
+
+    # The method choice comes last: Instant is one pass of the preference adapter.
+    progress, seed, _, instant, *_ = c.predict(
+        "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, "Instant", api_name="/personalize")
+    assert seed == 7 and progress.startswith("Done in one pass of the preference adapter")
+    assert read_provenance(local(instant))["params"]["method"] == "instant"
 
 
 @pytest.fixture(scope="module")
