@@ -20,7 +20,6 @@ renders, final image), and peak GPU memory during the run (weights included).
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -36,10 +35,9 @@ from prefstudio.guidance.noise_optimization import GuidanceSettings, optimise_no
 from prefstudio.rewards.clip_alignment import CLIPAlignmentReward  # noqa: E402
 from prefstudio.rewards.user_preference import TasteReward  # noqa: E402
 from prefstudio.tools.make_tiny_pipeline import BUILDERS, clip_tokenizer, tiny_clip_model  # noqa: E402
-from prefstudio_research.random_models import build_random_pipeline  # noqa: E402
+from prefstudio_research.random_models import PROMPT, build_random_pipeline, describe_device, sync  # noqa: E402
 
 CONFIGS = ROOT / "assets" / "model_configs"
-PROMPT = "a watercolour painting of a lighthouse on a cliff at sunset"
 WEIGHTS = {"user": 0.75, "clip": 0.25}
 # name -> (gradient checkpointing, channels_last, torch.compile of the denoiser, cpu offload)
 VARIANTS = {
@@ -73,11 +71,6 @@ def random_clip(device: torch.device, dtype: torch.dtype) -> CLIPEncoder:
     with torch.device(device):
         model = CLIPModel(CLIPConfig.from_json_file(CONFIGS / "clip-vit-large-patch14" / "config.json"))
     return CLIPEncoder.from_model(model.to(dtype), clip_tokenizer(), "clip-vit-large-patch14 (random weights)")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_guidance(generator, rewards, iterations: int, repeats: int, device: torch.device) -> dict:
@@ -123,15 +116,6 @@ def make_generator(pipeline, name, variant, resolution, device, dtype):
     if compiled:
         generator.denoiser = torch.compile(generator.denoiser)
     return generator
-
-
-def describe_device(device: torch.device, dtype: torch.dtype) -> str:
-    import diffusers
-    import transformers
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    return (f"{name} ({device.type}), {str(dtype).removeprefix('torch.')}; torch {torch.__version__}, "
-            f"diffusers {diffusers.__version__}, transformers {transformers.__version__}")
 
 
 def markdown(rows: list[dict], device_line: str, command: str, args) -> str:

@@ -26,11 +26,10 @@ import torch  # noqa: E402
 
 from prefstudio_research.report import machine, write_section  # noqa: E402
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
-from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes, sample_population  # noqa: E402
 from prefstudio.studio import Studio  # noqa: E402
 from prefstudio.taste_summary import read_prompts  # noqa: E402
+from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_people  # noqa: E402
 
-JUDGED_PROMPTS = ["a quiet landscape", "a city street at dusk"]
 TARGET = 0.95
 
 
@@ -43,23 +42,12 @@ def main() -> None:
     torch.set_num_threads(1)
 
     studio = Studio(tempfile.mkdtemp(prefix="never-worse-"))
-    candidates = [c for i, p in enumerate(JUDGED_PROMPTS)
-                  for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
-    pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
-    attributes = image_attributes(pixels)
-    spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
-    ids = [f"new{i:04d}" for i in range(args.users)]
-    people = sample_population(ids, args.seed, ["generated"], None, spread).users
+    people = judged_people(studio, args.users, args.seed)
     unseen = [p for p in read_prompts() if p not in JUDGED_PROMPTS]
     step = max(1, len(unseen) // (args.users * args.prompts))
 
     rows = []
     for u, person in enumerate(people):
-        studio.store.create_profile(person.user_id)
-        utility = person.utility(pixels)
-        for candidate, value in zip(candidates, utility):
-            studio.judge(person.user_id, "like" if value > utility.median() else "dislike", candidate.sha256)
-        studio.fit(person.user_id)
         for k in range(args.prompts):
             prompt = unseen[((u * args.prompts + k) * step) % len(unseen)]
             start = time.perf_counter()

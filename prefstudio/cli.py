@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, echo
+from prefstudio.guidance.methods import CHAIN_ITERATIONS, DEFAULT_ITERATIONS, METHODS
 from prefstudio.validation import (
     validate_device_name, validate_output_file, validate_output_folder, validate_prompt,
 )
@@ -154,8 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="use this saved blend of the profile (see `preset`)")
     p.add_argument("--strength", type=float, default=0.5,
                    help="how far personalization may move away from the baseline, 0-1 (default 0.5)")
-    p.add_argument("--iterations", type=int, default=30)
-    p.add_argument("--method", choices=["guidance", "best_of_n"], default="guidance")
+    p.add_argument("--iterations", type=int,
+                   help=f"guidance iterations (default {DEFAULT_ITERATIONS}; {CHAIN_ITERATIONS} after instant; "
+                        "instant itself runs none)")
+    p.add_argument("--method", choices=METHODS, default="guidance",
+                   help="guidance: optimise the seed's noise; best_of_n: the best of 8 seeds; instant: one pass of "
+                        "the preference adapter; instant+guidance: instant, then a short guidance from its image")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
 
     sub.add_parser("rewards", help="the rewards --weight can name here, and how to get the missing ones")

@@ -11,6 +11,7 @@ rewards, cached per image in the history store), the history store, and one pref
 model (`prefstudio.preference.model.PreferenceModel`; "auto" by default), which it never
 asks the kind of.
 """
+import hashlib
 import secrets
 import threading
 import time
@@ -24,13 +25,16 @@ from prefstudio.blend import PROFILE_PREFIX, blended_profile, validate_reward_na
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator
+from prefstudio.guidance.adapter import WEIGHTS_FILE, PreferenceAdapter, bank_digest, load_adapter
 from prefstudio.guidance.best_of_n import best_of_n
+from prefstudio.guidance.instant import instant_image
+from prefstudio.guidance.methods import CHAIN_ITERATIONS, METHODS
 from prefstudio.guidance.noise_optimization import (
-    GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
+    DEFAULT_ITERATIONS, GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
 )
 from prefstudio.preference.model import JudgedPairs, PreferenceModel, Taste
 from prefstudio.preference.models import AUTO, build_preference_model
-from prefstudio.preference.user_embedding import UserBank
+from prefstudio.preference.user_embedding import UserBank, bank_combination
 from prefstudio.rewards.base import Reward, score_all
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
@@ -39,6 +43,7 @@ from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
 from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed
 
 DEFAULT_BANK = CHECKPOINTS / "user_bank_embedded.safetensors"
+DEFAULT_ADAPTER = CHECKPOINTS / "preference_adapter_embedded"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 GUARD_WEIGHT = 0.5  # what a drop of one spread in a guard (prompt consistency) costs
 OTHER_WEIGHT = 0.25
@@ -89,6 +94,7 @@ class SideBySide:
     # baseline, from the PNGs: otherwise it is not called personalized.
     improved: bool
     gain: float
+    seconds: float = 0.0  # the personalization itself (not the baseline, scoring or storing)
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:
@@ -121,11 +127,12 @@ class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
                  extra_rewards: dict[str, Reward] | None = None, preference_model: str = AUTO,
-                 reward_states: dict | None = None):
+                 reward_states: dict | None = None, adapter_path: str | Path | None = DEFAULT_ADAPTER):
         """`extra_rewards` join prompt consistency (one named "prompt_consistency" replaces it);
         `reward_states` (`prefstudio.rewards.catalog.RewardState` by name) say which catalogued
         rewards are ready and how to get the missing ones. The user bank is `bank_path` when it
-        reads this encoder's features, unless `python -m prefstudio bank` built one for it in the data folder."""
+        reads this encoder's features, unless `python -m prefstudio bank` built one for it in the data folder.
+        `adapter_path` holds the preference adapter Instant runs."""
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -141,9 +148,10 @@ class Studio:
             for path in (user_bank_path(data_dir, self.encoder.name), Path(bank_path)):
                 bank = UserBank.load(path) if path.is_file() else None
                 if bank is not None and bank.encoder == self.encoder.name:
-                    self.bank = bank
+                    self.bank, bank_path = bank, path
                     break
         self.reward_states = dict(reward_states or {})
+        self.adapter, self.adapter_config, self.adapter_problem = self._load_adapter(adapter_path, bank_path)
         self.base_rewards: dict[str, Reward] = {
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
             **(extra_rewards or {}),
@@ -151,6 +159,26 @@ class Studio:
         self.preference: PreferenceModel = build_preference_model(
             preference_model, self.encoder.name, getattr(generator, "text_encoder", None), self.bank)
         self._rewards: dict[str, tuple[object, Reward]] = {}
+
+    def _load_adapter(self, folder, bank_path) -> tuple[PreferenceAdapter | None, dict | None, str]:
+        """The preference adapter for Instant, when one matches this generator and bank; else why not."""
+        train = ("train one: python -m prefstudio_research.train.preference_adapter --generator "
+                 f"{self.generator.name} --out <folder> (checkpoints/README.md)")
+        if folder is None or not Path(folder).is_dir():
+            return None, None, f"no preference adapter is installed for {self.generator.name}; {train}"
+        try:
+            adapter, config = load_adapter(folder)
+        except InvalidInput as error:  # the studio still starts; Instant says why it cannot run
+            return None, None, f"{error}; {train}"
+        if config["generator"] != self.generator.name or config["shape"]["token_dim"] != \
+                self.generator.conditioning_tokens(self.generator.encode_prompt("a picture")).shape[1]:
+            return None, None, (f"the preference adapter in {folder} was trained for {config['generator']}, "
+                                f"this studio runs {self.generator.name}; {train}")
+        if self.bank is None or bank_digest(bank_path) != config["bank"]:
+            return None, None, (f"the preference adapter in {folder} reads user embeddings of another user bank "
+                                f"than this studio's; {train}")
+        weights = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+        return adapter.to(self.generator.device), config | {"id": f"{Path(folder).name}:{weights}"}, ""
 
     # -- candidates and judgments ----------------------------------------------------
     def generate_candidates(self, prompt: str, n: int = 8, seeds: list[int] | None = None
@@ -369,9 +397,21 @@ class Studio:
                              pair_images=pairs or None, exclude=judged)
         return [SuggestedPair(shas[q.first], shas[q.second], q.score, q.reason) for q in queries[:max(1, int(top))]]
 
+    def instant_embedding(self, profile: str) -> torch.Tensor:
+        """[k] the profile's user embedding for Instant: Premier's cold start, a linear combination
+        of the adapter's training users (the bank's) with coefficients from the person's pairs
+        (`bank_combination`, the bank posterior)."""
+        if self.adapter is None:
+            raise ModelUnavailable(f"Instant is unavailable: {self.adapter_problem}")
+        pairs = self.judged_pairs(profile).pairs
+        shas = [s for pair in pairs for s in pair]
+        features = self.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, self.encoder.dim)
+        coefficients = bank_combination(self.bank, features[:, 0], features[:, 1], pair_images=pairs or None)
+        return coefficients @ self.bank.user_embeddings
+
     # -- personalized generation ------------------------------------------------------
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
-                    weights: dict[str, float] | None = None, iterations: int = 30,
+                    weights: dict[str, float] | None = None, iterations: int | None = None,
                     method: str = "guidance", candidates: int = 8, strength: float = DEFAULT_STRENGTH,
                     stop: threading.Event | None = None, blind: bool = False, listed: bool = True
                     ) -> Iterator[GuidanceProgress | SideBySide]:
@@ -381,8 +421,11 @@ class Studio:
         baseline itself). `blind` marks a blind test's images, which the lists of past side by
         sides leave out (they would tell which side was which); `listed` False leaves a run out
         of them too (a trade-off grid's cells). `weights` may blend other profiles' tastes as
-        `profile:NAME`. Yields GuidanceProgress per iteration (method "guidance"), then one
-        SideBySide."""
+        `profile:NAME`. `method` is one of METHODS: "instant" is one pass of the preference
+        adapter, its modulation scaled by strength (1: the modulation it was trained to make; 0:
+        the baseline, bit for bit); "instant+guidance" starts `iterations` of guidance
+        (CHAIN_ITERATIONS by default) from Instant's image. Yields GuidanceProgress per iteration
+        (the guidance methods), then one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         self.store.get_profile(profile)  # a missing profile is not one without a fit
@@ -391,8 +434,12 @@ class Studio:
         if "user" not in rewards:
             raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
         self._check_available(weights, rewards)
-        if method not in ("guidance", "best_of_n"):
-            raise InvalidInput(f"method must be 'guidance' or 'best_of_n', got {method!r}")
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "instant":
+            iterations = 0  # one pass, no iterations
+        elif iterations is None:
+            iterations = CHAIN_ITERATIONS if method == "instant+guidance" else DEFAULT_ITERATIONS
         try:
             strength = float(strength)
         except (TypeError, ValueError):
@@ -400,18 +447,27 @@ class Studio:
         if not 0.0 <= strength <= 1.0:
             raise InvalidInput(f"strength must lie in [0, 1], got {strength}")
 
-        if method == "guidance":
+        start = time.perf_counter()
+        instant = None
+        if method.startswith("instant"):
+            instant = instant_image(self.generator, self.adapter, prompt, seed, self.instant_embedding(profile),
+                                    scale=strength)
+        if method in ("guidance", "instant+guidance"):
             result = None
             for item in optimise_noise(self.generator, prompt, seed, rewards, weights,
                                        GuidanceSettings(iterations=int(iterations),
-                                                        radius=strength * MAX_RADIUS), stop):
+                                                        radius=strength * MAX_RADIUS), stop,
+                                       conditioning=None if instant is None else instant.conditioning):
                 if isinstance(item, GuidanceResult):
                     result = item
                 else:
                     yield item
+        elif method == "instant":
+            result = instant
         else:
             seeds = [seed] + [validate_seed((seed + 7919 * i) % 2**32) for i in range(1, int(candidates))]
             result = best_of_n(self.generator, prompt, seeds, rewards, weights)
+        seconds = time.perf_counter() - start
         baseline = self.generator.generate(prompt, [seed])[0]
         contexts = {n: r.prepare(prompt) for n, r in rewards.items()}
         with torch.no_grad():
@@ -426,11 +482,14 @@ class Studio:
 
         raised = [n for n, w in weights.items() if w > 0 and not rewards[n].guard]
         gain = float(sum(weights[n] * (normalised[n][1] - normalised[n][0]) for n in raised))
-        improved = result.best_iteration > 0 and gain > MIN_GAIN
+        # Iteration 0 of a chain is Instant's image, which already differs from the baseline.
+        departs = result.best_iteration > 0 or (instant is not None and instant.scale > 0)
+        improved = departs and gain > MIN_GAIN
         baseline_scored = scored(0, baseline)
         params = self.generator.params() | {
             "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
+            **({} if instant is None else {"adapter": self.adapter_config["id"], "adapter_scale": instant.scale}),
             "blind": blind, "listed": listed,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
@@ -439,7 +498,8 @@ class Studio:
                        "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}}
         personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)
         yield SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
-                         result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain)
+                         result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain,
+                         seconds)
 
     def trade_off(self, profile: str, prompt: str, axes: list[str], seed: int | None = None,
                   steps: int | None = None, weights: dict[str, float] | None = None, total: float = 1.0,

@@ -4,6 +4,7 @@ Timing and memory need the architecture, not trained weights: the GPU benches bu
 pipelines here, so nothing downloads.
 """
 import json
+import platform
 
 import torch
 
@@ -11,6 +12,7 @@ from prefstudio.shipped import ASSETS
 from prefstudio.tools.make_tiny_pipeline import clip_tokenizer
 
 CONFIGS = ASSETS / "model_configs"
+PROMPT = "a watercolour painting of a lighthouse on a cliff at sunset"
 
 
 def build_random_pipeline(name: str, device: torch.device, dtype: torch.dtype):
@@ -45,3 +47,17 @@ def build_random_pipeline(name: str, device: torch.device, dtype: torch.dtype):
             with torch.device(device):
                 components[key] = cls(cls.config_class.from_json_file(folder / key / "config.json")).to(dtype)
     return getattr(diffusers, index["_class_name"])(**components, **flags)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_device(device: torch.device, dtype: torch.dtype) -> str:
+    import diffusers
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    return (f"{name} ({device.type}), {str(dtype).removeprefix('torch.')}; torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}, transformers {transformers.__version__}")

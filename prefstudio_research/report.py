@@ -25,10 +25,11 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, {platform.system()} — {date.today().isoformat()}"
 
 
-def write_section(name: str, markdown: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+def write_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
+    """Replaces (or appends) the section `name` of `path` (docs/benchmarks.md by default)."""
+    text = path.read_text() if path.exists() else HEADER
     block = f"<!-- {name} -->\n{markdown.strip()}\n<!-- /{name} -->"
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
-    BENCHMARKS.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -157,6 +157,14 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
         assert len(ours) == 4 and [i["caption"] for i in ours] == [i["caption"] for i in theirs]
     assert studio.score_images("alice", shown) == studio.score_images("alice copy", shown)
 
+    # The method is a named parameter (after the weights and the blend's): Instant is one pass
+    # of the preference adapter.
+    progress, seed, _, instant, *_ = c.predict(
+        "alice", "a dense green forest", "Fixed seed", 7, 0.5, ITERATIONS, 0.75, 0.5, method="Instant",
+        api_name="/personalize")
+    assert seed == 7 and progress.startswith("Done in one pass of the preference adapter")
+    assert read_provenance(local(instant))["params"]["method"] == "instant"
+
 
 @pytest.fixture(scope="module")
 def fitted(app):

@@ -11,7 +11,7 @@ from prefstudio import shipped
 from prefstudio.generators.prompt_style import LEXICON_PATH
 from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT
 from prefstudio.preference.token_checkpoint import CHECKPOINT_BANK, CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS
-from prefstudio.studio import DEFAULT_BANK
+from prefstudio.studio import DEFAULT_ADAPTER, DEFAULT_BANK
 from prefstudio.taste_summary import PROMPTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,8 @@ def test_the_wheel_carries_every_file_the_app_reads_at_run_time():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapped = {REPO / folder: package for package, folder in config["package-dir"].items()}
     needed = [PROMPTS_FILE, LEXICON_PATH, DEFAULT_BANK] + [
-        DEFAULT_TOKEN_CHECKPOINT / name for name in (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, CHECKPOINT_BANK)]
+        DEFAULT_TOKEN_CHECKPOINT / name for name in (CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, CHECKPOINT_BANK)] + [
+        path for path in DEFAULT_ADAPTER.iterdir() if path.suffix in (".json", ".safetensors")]
     for path in needed:
         assert path.is_file(), path
         assert path.is_relative_to(shipped.ASSETS) or path.is_relative_to(shipped.CHECKPOINTS), path

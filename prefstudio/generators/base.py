@@ -4,6 +4,10 @@ A generator maps (prompt conditioning, initial noise) to pixels. `render` is
 differentiable with respect to the noise: that is the path guidance optimises.
 The embedded generator and the diffusers one-step models both implement it, so
 guidance, the side-by-side and the benchmarks never ask which one runs.
+
+A preference adapter (prefstudio/guidance/adapter.py) personalizes through the
+conditioning instead: it reads `conditioning_tokens` and adds per-image offsets with
+`modulate`; `render` is differentiable with respect to those offsets too.
 """
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -49,6 +53,16 @@ class Generator(ABC):
     @abstractmethod
     def render(self, noise: torch.Tensor, conditioning: Any) -> torch.Tensor:
         """Noise [B, ...] -> pixels [B,3,H,W] in [0,1], differentiable w.r.t. `noise`."""
+
+    @abstractmethod
+    def conditioning_tokens(self, conditioning: Any) -> torch.Tensor:
+        """[T, D]: the part of the conditioning a preference adapter reads and modulates
+        (text token features; the embedded generator's prompt-derived style vector, T = 1)."""
+
+    @abstractmethod
+    def modulate(self, conditioning: Any, offsets: torch.Tensor) -> Any:
+        """The conditioning with `offsets` [B, T, D] added to its tokens, one row per image of
+        the batch `render` is then given; differentiable with respect to the offsets."""
 
     def params(self) -> dict:
         """Everything besides prompt and seed that determines the image (stored in the PNG)."""

@@ -14,7 +14,7 @@ StableDiffusionXLPipeline or FluxPipeline loads too; the scheduler is the folder
 """
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +179,22 @@ class DiffusersOneStepGenerator(Generator):
         if self.family == "flux":
             windows.append((pipe.tokenizer_2, FLUX_T5_TOKENS, f"{self.name}'s T5 text encoder"))
         return windows
+
+    # -- preference adapter ---------------------------------------------------------------
+
+    def conditioning_tokens(self, conditioning: PromptConditioning) -> torch.Tensor:
+        return conditioning.embeds[0]   # [T, D] the text token features the denoiser attends to
+
+    def modulate(self, conditioning: PromptConditioning, offsets: torch.Tensor) -> PromptConditioning:
+        """Adds the offsets to the text token features (Premier, 003 §4.1, modulates the text
+        tokens' conditioning; a UNet has no per-block modulation vector, so the tokens it
+        cross-attends to are modulated). Pooled features and ids stay the prompt's."""
+        tokens = conditioning.embeds
+        if offsets.dim() != 3 or offsets.shape[1:] != tokens.shape[1:]:
+            raise InvalidInput(f"{self.name} offsets must be [batch, {tokens.shape[1]}, {tokens.shape[2]}], "
+                               f"got {list(offsets.shape)}")
+        embeds = tokens + offsets.to(tokens.device, tokens.dtype)
+        return replace(conditioning, embeds=embeds)
 
     # -- noise → pixels ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ choice (which kind of shape, which palette colour, which layout, how many shapes
 softmax or sigmoid blend, never an argmax: small noise changes make small image changes.
 """
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,18 @@ class EmbeddedGenerator(Generator):
     def encode_prompt(self, prompt: str) -> PromptStyle:
         return self.styler(prompt)
 
+    def conditioning_tokens(self, conditioning: PromptStyle) -> torch.Tensor:
+        return conditioning.mean.reshape(-1, len(STYLE_NAMES))[:1]   # [1, S]: the prompt's own style
+
+    def modulate(self, conditioning: PromptStyle, offsets: torch.Tensor) -> PromptStyle:
+        """Shifts the style the seeds vary around, per image (`mean` becomes [B, S]); the
+        palette anchors stay the prompt's, and hue_shift, one style entry, rotates them."""
+        if offsets.dim() != 3 or offsets.shape[1:] != (1, len(STYLE_NAMES)):
+            raise InvalidInput(f"embedded generator offsets must be [batch, 1, {len(STYLE_NAMES)}], "
+                               f"got {list(offsets.shape)}")
+        base = self.conditioning_tokens(conditioning).to(offsets.device)
+        return replace(conditioning, mean=base + offsets[:, 0])
+
     @torch.no_grad()
     def generate(self, prompt: str, seeds: list[int]) -> list[GeneratedImage]:
         """One render per seed: which shapes are drawn where is decided per batch (see
@@ -144,6 +157,7 @@ class EmbeddedGenerator(Generator):
 
     def _scene(self, z: torch.Tensor, style: PromptStyle) -> dict:
         n_style, n_extra = len(STYLE_NAMES), len(_EXTRAS)
+        # mean is [S], or [B, S] when a preference adapter modulated it per image.
         s = style.mean.to(self.device) + self._style_noise * z[:, :n_style]
         g = dict(zip(STYLE_NAMES, s.unbind(1)))                      # style entries, each [B]
         extra = dict(zip(_EXTRAS, z[:, n_style:n_style + n_extra].unbind(1)))

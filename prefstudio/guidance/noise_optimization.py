@@ -19,16 +19,17 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
 
 from prefstudio.errors import InvalidInput
 from prefstudio.generators.base import Generator, to_pil
+from prefstudio.guidance.methods import DEFAULT_ITERATIONS  # noqa: F401  (imported from here too)
 from prefstudio.rewards.base import Reward, score_all
 from prefstudio.validation import validate_prompt, validate_seed, validate_weights
 
-DEFAULT_ITERATIONS = 30
 MAX_ITERATIONS = 500
 
 
@@ -99,8 +100,13 @@ def optimise_noise(
     weights: dict[str, float],
     settings: GuidanceSettings = GuidanceSettings(),
     stop: threading.Event | None = None,
+    conditioning: Any = None,
 ) -> Iterator[GuidanceProgress | GuidanceResult]:
-    """Yields GuidanceProgress per iteration, then one GuidanceResult (the last item)."""
+    """Yields GuidanceProgress per iteration, then one GuidanceResult (the last item).
+
+    `conditioning`: render with this instead of the prompt's own (Instant's modulated one,
+    prefstudio/guidance/instant.py, when Instant is the starting point of a short guidance);
+    iteration 0 is then that image, and the guards hold at its values."""
     prompt = validate_prompt(prompt)
     seed = validate_seed(seed)
     weights = validate_weights(weights, set(rewards))
@@ -110,7 +116,8 @@ def optimise_noise(
         raise InvalidInput(f"the trust region's radius must be a number ≥ 0, got {settings.radius}")
     active = {name: rewards[name] for name, w in weights.items() if w > 0}
 
-    conditioning = generator.encode_prompt(prompt)
+    if conditioning is None:
+        conditioning = generator.encode_prompt(prompt)
     contexts = {name: reward.prepare(prompt) for name, reward in active.items()}
     start = generator.initial_noise(seed).detach().clone()
     noise = start.clone().requires_grad_(True)
@@ -148,6 +155,9 @@ def optimise_noise(
             break  # the last iterate is scored, not stepped from
         loss = -total.sum() + reg_scale * chi_negative_log_likelihood(noise).sum()
         loss.backward()
+        # A render's gradient can be non-finite at a few entries (the embedded generator's shape
+        # edges, reached by Instant's modulated styles): those entries are dropped, not the step.
+        noise.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
         optimiser.step()
         if reach is not None:

@@ -69,7 +69,13 @@ class UserBank:
 
     def projected_pair_log_likelihoods(self, gaps: torch.Tensor) -> torch.Tensor:
         """The same from projected liked − disliked features [N, k]."""
-        return F.logsigmoid(gaps @ (self.like_vectors - self.dislike_vectors).T)
+        return F.logsigmoid(gaps @ self.user_embeddings.T)
+
+    @property
+    def user_embeddings(self) -> torch.Tensor:
+        """[K, k] each bank user's taste direction (like − dislike): their log-odds of liking
+        an image are its projected features times this, up to a constant."""
+        return self.like_vectors - self.dislike_vectors
 
     def posterior(self, log_likelihood: torch.Tensor) -> torch.Tensor:
         """Weights over the bank's users from summed pair log-likelihoods [..., K]."""
@@ -207,6 +213,35 @@ def _evidence(n_pairs: int, pair_images: list[tuple[str, str]] | None) -> float:
     return min(n_pairs, distinct / 2)
 
 
+def _evidence_scaled(bank: UserBank, gaps: torch.Tensor, evidence: float) -> torch.Tensor:
+    """[N, K] pair log-likelihoods under each bank user, scaled to the history's independent
+    evidence: 8 likes x 8 dislikes are 64 pairs but say no more than 8 would."""
+    return bank.projected_pair_log_likelihoods(gaps) * (evidence / max(1, gaps.shape[0]))
+
+
+def bank_combination(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor,
+                     pair_images: list[tuple[str, str]] | None = None) -> torch.Tensor:
+    """[K] coefficients over the bank's users for a person's pairs (liked[i] ≻ disliked[i]).
+
+    This is Premier's cold start (003 §4.3): a new user is a linear combination of the
+    trained users' embeddings, and only the coefficients are fitted on the new user's
+    pairs. Here they are the bank posterior `_fit` starts every person from (a tempered
+    likelihood of the pairs under each bank user) rather than fitted by gradient descent,
+    so the person's embedding is `coefficients @ bank.user_embeddings`. No pairs: the
+    average bank user."""
+    if liked.ndim != 2 or liked.shape != disliked.shape or liked.shape[1] != bank.mean.shape[0]:
+        raise InvalidInput(f"liked and disliked features must both be [N, {bank.mean.shape[0]}]; got "
+                           f"{tuple(liked.shape)} and {tuple(disliked.shape)}")
+    if liked.shape[0] == 0:
+        return torch.full((bank.n_users,), 1.0 / bank.n_users)
+    liked, disliked = liked.float(), disliked.float()
+    if not (torch.isfinite(liked).all() and torch.isfinite(disliked).all()):
+        raise InvalidInput("image features contain NaN or infinite values")
+    gaps = bank.project(liked) - bank.project(disliked)
+    evidence = _evidence(liked.shape[0], pair_images)
+    return bank.posterior(_evidence_scaled(bank, gaps, evidence).sum(0))
+
+
 def _loo_masks(pair_images: list[tuple[str, str]], generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """For each evaluated pair, a mask of the pairs its held-out model may train on:
     none that shares an image with it (else a liked image seen in another pair leaks)."""
@@ -304,11 +339,8 @@ def _fit(
     weights = torch.cat([torch.ones(1, n_pairs), loo_masks])  # row 0: the model on every pair
 
     if bank is not None:
-        # Each model's prior is the posterior mix of the bank users given its pairs. Pair
-        # log-likelihoods are scaled to the history's independent evidence: 8 likes x 8
-        # dislikes are 64 pairs but say no more than 8 would.
-        per_pair = bank.projected_pair_log_likelihoods(phi_pos - phi_neg) * (evidence / n_pairs)
-        posterior = bank.posterior(weights @ per_pair)  # [M, K]
+        # Each model's prior is the posterior mix of the bank users given its pairs.
+        posterior = bank.posterior(weights @ _evidence_scaled(bank, phi_pos - phi_neg, evidence))  # [M, K]
         prior_like, prior_dislike = posterior @ bank.like_vectors, posterior @ bank.dislike_vectors
     else:
         prior_like = prior_dislike = torch.zeros(weights.shape[0], projection.shape[1])

@@ -24,6 +24,7 @@ from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceP
 from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
+from prefstudio.guidance.methods import CHAIN_ITERATIONS
 from prefstudio.studio import DEFAULT_STRENGTH
 from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
@@ -44,6 +45,10 @@ MAX_BLENDED = 4  # other profiles' tastes on the sliders at once
 BLEND_WEIGHT = 0.5  # a profile's weight when it joins the blend
 PERSONALIZED = "Personalized (live preview while optimising)"
 DONE = "Personalized (same seed, optimised for your taste)"
+# The method choice: label -> (Studio.personalize method, the iterations it starts with).
+METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n", DEFAULT_ITERATIONS),
+           "Instant": ("instant", 0), "Instant → short guidance": ("instant+guidance", CHAIN_ITERATIONS)}
+GUIDED = "Guided"
 
 
 class GenerateSession:
@@ -113,6 +118,10 @@ class GenerateTab:
             self.strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                       info="How far personalization may move away from the baseline (0: not at all).",
                                       elem_id="ps-strength")
+        self.method = gr.Radio(list(METHODS), value=GUIDED, label="Method", elem_id="ps-method",
+                               info="Guided: optimises the seed's noise for your taste (30 steps). Best of N: the "
+                                    "best of 8 seeds. Instant: one pass of the preference adapter, about one image's "
+                                    f"time. Instant → short guidance: Instant's image, then {CHAIN_ITERATIONS} steps.")
         with gr.Accordion("Advanced: iterations and reward weights (one normalised scale: a weight of 1 is one "
                           "typical spread of that reward)", open=False, elem_id="ps-advanced"):
             self.iterations = gr.Slider(0, MAX_UI_ITERATIONS, value=DEFAULT_ITERATIONS, step=1,
@@ -200,6 +209,7 @@ class GenerateTab:
         stop.click(user_errors(self.stop), profile, self.status, api_name="stop", concurrency_limit=None)
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
+        self.method.change(lambda label: METHODS[label][1], self.method, self.iterations, api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         blend_views = [*self.blend_sliders, self.grid_axes]
         reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
@@ -231,10 +241,15 @@ class GenerateTab:
 
     def generate_inputs(self, profile):
         return [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
-                *self.sliders, *self.blend_sliders]
+                *self.sliders, *self.blend_sliders, self.method]
 
     # -- runs ------------------------------------------------------------------------------
-    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, *weights):
+    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations,
+                 *weights_and_method):
+        # The method comes last, so that calls naming the weights by position keep working.
+        *weights, method = weights_and_method
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         prompt = validate_prompt(prompt)
@@ -248,9 +263,11 @@ class GenerateTab:
         weights = self._weights(session, weights)
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
+        if METHODS[method][0].startswith("instant"):
+            self.ctx.studio.instant_embedding(name)  # "no adapter for this generator" before a job starts
         job = GenerationJob(name, prompt, seed, int(iterations))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
-                                          stop=job.stop)
+                                          stop=job.stop, method=METHODS[method][0])
         self.jobs.start(name.casefold(), job, run)
         yield from self._follow(session, job)
 
@@ -307,10 +324,13 @@ class GenerateTab:
         side = job.result
         session.baseline = side.baseline.record.sha256
         session.personalized = side.personalized.record.sha256
+        one_pass = side.personalized.record.params.get("method") == "instant"
         how = (f"Stopped after {side.iterations_run} of {job.iterations} iterations" if side.stopped
+               else f"Done in one pass of the preference adapter ({side.seconds:.2f} s)" if one_pass
                else f"Done: {side.iterations_run} iterations")
         if side.improved:
-            verdict = (f"{how}; the best was iteration {side.best_iteration}, which raised your weighted rewards "
+            best = "" if one_pass else f"; the best was iteration {side.best_iteration}"
+            verdict = (f"{how}{best}, which raised your weighted rewards "
                        f"by **{side.gain:+.2f}** over the baseline.")
         else:
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
@@ -432,7 +452,8 @@ class GenerateTab:
         blend = [inspect.Parameter(f"blend_{i + 1}", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=BLEND_WEIGHT)
                  for i in range(MAX_BLENDED)]  # the weights of the profiles added to the blend, in order
         fn.__signature__ = inspect.Signature(
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + blend)
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + blend
+            + [inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=GUIDED)])
         return fn
 
     # -- the blend -------------------------------------------------------------------------
