@@ -96,6 +96,7 @@ class LiteConfig:
     heads: int = 4
     preference_tokens: int = 0  # L_p of this model; 0 = "w/o P_v"
     taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
+    max_history: int = 8  # the most pairs it was trained to read as one history (longer ones are split)
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
