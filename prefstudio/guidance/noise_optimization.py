@@ -135,6 +135,8 @@ def optimise_noise(
             baseline = _scalars(normalised)
         total = objective(normalised, weights, active, baseline)
         value = float(total.detach()[0])
+        if best is not None and not math.isfinite(value):
+            break  # a degenerate iterate (NaN/inf scores): the best one so far stands, and no NaN is recorded
         if best is None or value > best[0]:
             best = (value, iteration, noise.detach().clone(), _scalars(normalised), _scalars(raw))
         preview = None
@@ -148,6 +150,8 @@ def optimise_noise(
             break  # the last iterate is scored, not stepped from
         loss = -total.sum() + reg_scale * chi_negative_log_likelihood(noise).sum()
         loss.backward()
+        if not bool(torch.isfinite(noise.grad).all()):
+            break  # a step along a non-finite gradient would make every later iterate NaN
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
         optimiser.step()
         if reach is not None:

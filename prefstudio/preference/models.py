@@ -62,6 +62,13 @@ class UserEmbeddingPreference(PreferenceModel):
 
 
 # ---- preference tokens ---------------------------------------------------------------------
+def select(history: PairFeatures, rows: list[int]) -> PairFeatures:
+    """The pairs `rows` of a history."""
+    return PairFeatures(history.liked[rows], history.disliked[rows],
+                        None if history.prompts is None else history.prompts[rows],
+                        None if history.disliked_prompts is None else history.disliked_prompts[rows])
+
+
 class TokenTaste(Taste):
     """A person's history read by the token model. A history longer than the checkpoint was
     trained to read at once (`window`, its `max_history`) is split into interleaved chunks of at
@@ -77,9 +84,7 @@ class TokenTaste(Taste):
         with torch.no_grad():
             for c in range(chunks):
                 rows = list(range(c, n, chunks))
-                prompts = None if history.prompts is None else history.prompts[rows]
-                self.prefixes.append(model.encode_history(
-                    PairFeatures(history.liked[rows], history.disliked[rows], prompts)))
+                self.prefixes.append(model.encode_history(select(history, rows)))
 
     def prompt_context(self, prompts: list[str]) -> torch.Tensor | None:
         return self.text_encoder.encode(prompts).float() if self.model.config.text_dim else None
@@ -96,6 +101,8 @@ class TokenTaste(Taste):
         tensors = {"liked": self.history.liked.contiguous(), "disliked": self.history.disliked.contiguous()}
         if self.history.prompts is not None:
             tensors["prompts"] = self.history.prompts.contiguous()
+        if self.history.disliked_prompts is not None:
+            tensors["disliked_prompts"] = self.history.disliked_prompts.contiguous()
         return tensors, dict(self.config)
 
 
@@ -154,17 +161,18 @@ class PreferenceTokens(PreferenceModel):
         pairs = [judged.pairs[i] for i in chosen]
         shas = [s for pair in pairs for s in pair]
         feats = judged.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, 1)
+        # Each image with its own prompt: a 👍 and a 👎 of different prompts are paired too.
         prompts = self._prompt_features(judged.prompts([liked for liked, _ in pairs]))
-        history = PairFeatures(feats[:, 0].contiguous(), feats[:, 1].contiguous(), prompts)
+        disliked_prompts = self._prompt_features(judged.prompts([disliked for _, disliked in pairs]))
+        history = PairFeatures(feats[:, 0].contiguous(), feats[:, 1].contiguous(), prompts, disliked_prompts)
         held_out = {}
         with torch.no_grad():
             for row, index in enumerate(chosen):
                 rest = [r for r in range(len(chosen)) if r != row]
                 if not rest:
                     break
-                taste = self._taste(PairFeatures(history.liked[rest], history.disliked[rest],
-                                                 None if prompts is None else prompts[rest]))
-                context = None if prompts is None else prompts[[row]]
+                taste = self._taste(select(history, rest))
+                context = None if prompts is None else torch.cat([prompts[[row]], disliked_prompts[[row]]])
                 odds = taste.log_odds(feats[row], context)
                 held_out[index] = float(odds[0] - odds[1])
         mode = "preference tokens" if pairs else "preference tokens, no history"
@@ -179,8 +187,9 @@ class PreferenceTokens(PreferenceModel):
         if config.get("encoder") != self.image_encoder:
             raise InvalidInput(f"this taste was read from {config.get('encoder')!r} features; this studio runs "
                                f"{self.image_encoder!r}: fit again here")
+        optional = {name: tensors[name].float() if name in tensors else None for name in ("prompts", "disliked_prompts")}
         return self._taste(PairFeatures(tensors["liked"].float(), tensors["disliked"].float(),
-                                        None if "prompts" not in tensors else tensors["prompts"].float()))
+                                        optional["prompts"], optional["disliked_prompts"]))
 
 
 # ---- auto ----------------------------------------------------------------------------------
