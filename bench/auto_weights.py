@@ -17,7 +17,6 @@ variant is then refitted on all validation users. Negative weights are set to 0.
 import argparse
 import hashlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -126,7 +125,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
-    parser.add_argument("--out", type=Path, default=REPO / "checkpoints" / "preference_tokens_lite" / "auto_weights.json")
+    parser.add_argument("--out", type=Path, default=REPO / "checkpoints" / "preference_tokens_lite" / "auto_weights.json",
+                        help="auto_weights.json in the folder of the token checkpoint that was scored")
     args = parser.parse_args(argv)
     scores = load_file(str(args.data / "studio_models" / "scores.safetensors"))
     val = load_split(args.data, "val", "embedded-effnetlite0-stats-v1")

@@ -52,12 +52,13 @@ ENCODER, TEXT_ENCODER = "embedded-effnetlite0-stats-v1", "minilm-l6-v2-mean"
 USER_EMBEDDING, TOKENS, AUTO = STUDIO_MODELS
 
 
-def score_split(split, n_ref, prompts, log, users: list[str] | None = None) -> dict[str, torch.Tensor]:
+def score_split(split, n_ref, prompts, log, users: list[str] | None = None,
+                token_checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
     """Per 1v1 target of every user (file order; or of `users`, a block of them): [T, 2] scores
     (liked, disliked) of each model at this N_ref, auto's per-person member scales [U, 2] and
     each member's held-out margins on the history [U, N_ref] (NaN: not held out)."""
     users = split.users if users is None else users
-    auto = StudioModel(AUTO, ENCODER, TEXT_ENCODER)
+    auto = StudioModel(AUTO, ENCODER, TEXT_ENCODER, token_checkpoint=token_checkpoint)
     out = {}
     rows = {name: [] for name in STUDIO_MODELS}
     held_out = {name: torch.full((len(users), n_ref), float("nan"), dtype=torch.float64)
@@ -190,13 +191,17 @@ def markdown(results: dict) -> str:
              "Protocol (fixed before the results, in `bench/studio_models.py`): PrefBench test users (data/bench, "
              f"seed 0: the widened simulated population, {results['n_users']['unseen']} unseen and "
              f"{results['n_users']['seen']} seen), 1v1 top-1 over 24 targets a user; N_ref = the user's first N_ref "
-             "reference pairs. Every model runs through `PreferenceModel.fit` / `Taste.log_odds` with the shipped "
-             "checkpoints (the user bank, the token checkpoint and auto's `auto_weights.json`, learned on the 60 "
-             "validation users only), as the studio serves it. ± is the standard error over users. auto − best is "
+             "reference pairs. Every model runs through `PreferenceModel.fit` / `Taste.log_odds` as the studio runs "
+             f"it, with the user bank `checkpoints/user_bank_embedded.safetensors` and the token checkpoint "
+             f"`{results['token_checkpoint']}` (auto's stacking rows: its `auto_weights.json`, learned on the 60 "
+             "validation users only). ± is the standard error over users. auto − best is "
              "the mean over users of the paired per-target difference between auto and the better single model of "
              "that row (chosen on these same users, which favours the single model); the bar is ≥ 2 standard errors "
              "over users at N_ref 8 and 32 on unseen users. The standard error over targets is shown in brackets "
              "for comparison.", ""]
+    if results["token_checkpoint"] != "checkpoints/preference_tokens_lite":
+        lines += [f"`{results['token_checkpoint']}` is not the token checkpoint the studio serves by default "
+                  "(`checkpoints/preference_tokens_lite`); its README says why.", ""]
     for subset in ("unseen", "seen"):
         if subset not in results["table"]:
             continue
@@ -241,6 +246,8 @@ def main(argv=None) -> int:
     parser.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"])
     parser.add_argument("--rescore", action="store_true", help="fit again even when the scores file exists")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--token-checkpoint", type=Path, default=REPO / "checkpoints" / "preference_tokens_lite",
+                        help="the token checkpoint auto and preference-tokens serve (with its auto_weights.json)")
     parser.add_argument("--shard", help="I/K: score only the I-th of K blocks of users (0-based) into a file of "
                                         "its own and report nothing; a later run without --shard joins the K files")
     args = parser.parse_args(argv)
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
             block = split.users[index * len(split.users) // count:(index + 1) * len(split.users) // count]
             for n_ref in args.n_refs:
                 if f"{name}.{n_ref}.{AUTO}" not in scores:
-                    scores |= score_split(split, n_ref, prompts, print, block)
+                    scores |= score_split(split, n_ref, prompts, print, block, args.token_checkpoint)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     save_file(scores, str(path))
         return 0
@@ -269,7 +276,7 @@ def main(argv=None) -> int:
     for name, split in splits.items():
         for n_ref in args.n_refs:  # saved after each N_ref: a long run can be resumed
             if f"{name}.{n_ref}.{AUTO}" not in scores:
-                scores |= score_split(split, n_ref, prompts, print)
+                scores |= score_split(split, n_ref, prompts, print, token_checkpoint=args.token_checkpoint)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file(scores, str(path))
     if "test" not in splits:
@@ -284,6 +291,7 @@ def main(argv=None) -> int:
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "seconds": time.perf_counter() - start,
         "n_users": {"seen": len(test.seen), "unseen": len(test.users) - len(test.seen)},
+        "token_checkpoint": str(args.token_checkpoint.resolve().relative_to(REPO)),
         "table": table(scores, test, present(scores, "test"), leading_families(args.data, test.users)),
     }
     if {"8", "32"} <= set(results["table"].get("unseen", {})):

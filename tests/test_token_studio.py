@@ -161,20 +161,22 @@ def test_the_shipped_token_model_reads_a_studio_history(tmp_path):
     assert sum(accuracies) / len(accuracies) >= 0.75, accuracies
 
 
-def test_the_shipped_token_model_reads_up_to_32_pairs_as_one_history():
-    """Trained on histories of 1 to 32 pairs, it reads the studio's latest 32 pairs at once, each
-    image with its own prompt (a 👍 of one prompt is paired with a 👎 of another): the taste is
-    the model's score given all of them, and the oldest of 20 pairs still counts."""
+def test_a_token_model_trained_on_long_histories_reads_up_to_32_pairs_as_one_history():
+    """The checkpoint retrained with histories of 1 to 32 pairs (`preference_tokens_lite_widened`)
+    reads the studio's latest 32 pairs at once, each image with its own prompt (a 👍 of one prompt
+    is paired with a 👎 of another): the taste is the model's score given all of them, and the
+    oldest of 20 pairs still counts."""
     from prefstudio.encoders.embedded import MiniLMTextEncoder
     from prefstudio.preference.model import JudgedPairs
     from prefstudio.preference.models import PreferenceTokens
     from prefstudio.preference.tokens import PairFeatures, TargetFeatures
 
-    model = load_token_model(CHECKPOINT)
+    widened = CHECKPOINT.parent / "preference_tokens_lite_widened"
+    model = load_token_model(widened)
     assert model.config.max_history >= 32
     text = MiniLMTextEncoder()
-    tokens = PreferenceTokens(CHECKPOINT, EmbeddedImageEncoder.name, text)
-    bank = load_checkpoint_bank(CHECKPOINT)
+    tokens = PreferenceTokens(widened, EmbeddedImageEncoder.name, text)
+    bank = load_checkpoint_bank(widened)
     generator = torch.Generator().manual_seed(0)
     features = bank.mean + bank.std * torch.randn(41, bank.mean.shape[0], generator=generator)
     row = {f"i{k}": features[k] for k in range(41)}

@@ -339,16 +339,18 @@ class StudioModel(Method):
     `checkpoints/user_bank_embedded.safetensors`, the lite token checkpoint
     `checkpoints/preference_tokens_lite`, and auto's combination of the two)."""
 
-    def __init__(self, model_name: str, encoder_name: str, text_encoder_name: str, bank_path=None):
+    def __init__(self, model_name: str, encoder_name: str, text_encoder_name: str, bank_path=None,
+                 token_checkpoint=None):
         from pathlib import Path
 
-        from prefstudio.preference.models import build_preference_model
+        from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT, build_preference_model
         from prefstudio.preference.user_embedding import UserBank
 
         repo = Path(__file__).resolve().parents[2]
         bank_path = bank_path or repo / "checkpoints" / "user_bank_embedded.safetensors"
         self.prompts = _CachedPrompts(text_encoder_name)
-        self.model = build_preference_model(model_name, encoder_name, self.prompts, UserBank.load(bank_path))
+        self.model = build_preference_model(model_name, encoder_name, self.prompts, UserBank.load(bank_path),
+                                            token_checkpoint or DEFAULT_TOKEN_CHECKPOINT)
         self.name = f"studio: {model_name}"
         self.description = f"the studio's '{model_name}' model through PreferenceModel.fit / Taste.log_odds"
 

@@ -372,19 +372,23 @@ class AutoPreference(PreferenceModel):
 
 
 def build_preference_model(name_or_folder: str, image_encoder: str, text_encoder,
-                           bank: UserBank | None) -> PreferenceModel:
-    """'auto' (default), 'user-embedding', 'preference-tokens', or a lite token checkpoint folder."""
+                           bank: UserBank | None, token_checkpoint: str | Path = DEFAULT_TOKEN_CHECKPOINT
+                           ) -> PreferenceModel:
+    """'auto' (default), 'user-embedding', 'preference-tokens', or a lite token checkpoint folder.
+    `token_checkpoint` is the token model that 'auto' and 'preference-tokens' serve (the
+    benchmark measures other checkpoints through it); auto's stacking rows come with it."""
+    token_checkpoint = Path(token_checkpoint)
     if name_or_folder == USER_EMBEDDING:
         return UserEmbeddingPreference(image_encoder, bank)
     if name_or_folder == AUTO:
         members: list[PreferenceModel] = [UserEmbeddingPreference(image_encoder, bank)]
         # The shipped token checkpoint reads the embedded encoder's features; with another
         # encoder auto serves the user embedding alone rather than refusing to start.
-        if read_checkpoint_config(DEFAULT_TOKEN_CHECKPOINT)["model"].get("image_encoder") != image_encoder:
+        if read_checkpoint_config(token_checkpoint)["model"].get("image_encoder") != image_encoder:
             return AutoPreference(members)
-        members.append(PreferenceTokens(DEFAULT_TOKEN_CHECKPOINT, image_encoder, text_encoder))
-        weights_file = DEFAULT_TOKEN_CHECKPOINT / AUTO_WEIGHTS_FILE
+        members.append(PreferenceTokens(token_checkpoint, image_encoder, text_encoder))
+        weights_file = token_checkpoint / AUTO_WEIGHTS_FILE
         rows = read_auto_weights(weights_file, [m.name for m in members]) if weights_file.exists() else None
         return AutoPreference(members, rows)
-    folder = DEFAULT_TOKEN_CHECKPOINT if name_or_folder == PREFERENCE_TOKENS else name_or_folder
+    folder = token_checkpoint if name_or_folder == PREFERENCE_TOKENS else name_or_folder
     return PreferenceTokens(folder, image_encoder, text_encoder)
