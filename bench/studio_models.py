@@ -187,7 +187,9 @@ def markdown(results: dict) -> str:
     lines = ["## The studio's preference models on PrefBench (user embedding, preference tokens, auto)", "",
              f"`{results['command']}` — {results['date']}, {results['machine']}; load average "
              f"{results['load_average']['start'][0]:.1f} at the start, {results['load_average']['end'][0]:.1f} at the "
-             f"end; {results['seconds']:.0f} s.", "",
+             f"end; {results['seconds']:.0f} s" + (" (joining scores that runs with `--shard I/K` and the same "
+                                                   "arguments had written, one block of users each)"
+                                                   if results.get("joined_shards") else "") + ".", "",
              "Protocol (fixed before the results, in `bench/studio_models.py`): PrefBench test users (data/bench, "
              f"seed 0: the widened simulated population, {results['n_users']['unseen']} unseen and "
              f"{results['n_users']['seen']} seen), 1v1 top-1 over 24 targets a user; N_ref = the user's first N_ref "
@@ -272,7 +274,8 @@ def main(argv=None) -> int:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     save_file(scores, str(path))
         return 0
-    scores |= {k: v for k, v in join_shards(path.parent).items() if k not in scores}
+    joined = {k: v for k, v in join_shards(path.parent).items() if k not in scores}
+    scores |= joined
     for name, split in splits.items():
         for n_ref in args.n_refs:  # saved after each N_ref: a long run can be resumed
             if f"{name}.{n_ref}.{AUTO}" not in scores:
@@ -292,6 +295,7 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - start,
         "n_users": {"seen": len(test.seen), "unseen": len(test.users) - len(test.seen)},
         "token_checkpoint": str(args.token_checkpoint.resolve().relative_to(REPO)),
+        "joined_shards": sorted(joined) != [],
         "table": table(scores, test, present(scores, "test"), leading_families(args.data, test.users)),
     }
     if {"8", "32"} <= set(results["table"].get("unseen", {})):
