@@ -1,7 +1,7 @@
 """Learns auto's stacking rows on PrefBench's validation users, never on test users.
 
-    python bench/studio_models.py --data data/bench --splits val --no-docs   # member scores of val users
-    python bench/auto_weights.py --data data/bench                           # -> checkpoints/.../auto_weights.json
+    python bench/studio_models.py --data data/bench --splits val --no-docs --token-checkpoint CKPT  # val scores
+    python bench/auto_weights.py --data data/bench --out CKPT/auto_weights.json
 
 For each history length N_ref, from the two members' log-odds gaps (liked − disliked) on every
 validation target, each divided by the member's spread over the person's judged images
