@@ -213,9 +213,11 @@ def markdown(results: dict) -> str:
         for n_ref, row in results["table"][subset].items():
             d = row["auto_minus_best"]
             cells = [f"{100 * row[m]['top1']:.1f} ± {100 * row[m]['se']:.1f}" for m in STUDIO_MODELS]
-            ratio = d["diff"] / d["se"] if d["se"] else float("nan")
+            if d["se"] == 0 and d["diff"] == 0:  # auto's row gives one member all the weight
+                lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | identical to {short[d['best']]} |")
+                continue
             lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | {100 * d['diff']:+.2f} ± {100 * d['se']:.2f} "
-                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {ratio:+.1f} SE) |")
+                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {d['diff'] / d['se']:+.1f} SE) |")
         lines.append("")
     unseen = results["table"].get("unseen", {})
     if any("by_family" in row for row in unseen.values()):
