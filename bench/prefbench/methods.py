@@ -208,10 +208,12 @@ class TokenTraining:
             start = time.perf_counter()
             config = read_run_config(Path(__file__).resolve().parents[2] / TOKEN_CONFIG)
             model = {k: v for k, v in config["model"].items() if k not in ("image_encoder", "text_encoder")}
+            # The paper's protocol: histories of exactly N_ref pairs (the shipped config's
+            # history_lengths train the studio's model for histories of any length).
             stage1 = replace(config["stage1"], steps=self.steps[0], seed=self.seed, n_ref=self.n_ref,
-                             eval_every=max(1, self.steps[0] // 6))
+                             history_lengths=[], eval_every=max(1, self.steps[0] // 6))
             stage2 = replace(config["stage2"], steps=self.steps[1], seed=self.seed, n_ref=self.n_ref,
-                             eval_every=max(1, self.steps[1] // 4))
+                             history_lengths=[], eval_every=max(1, self.steps[1] // 4))
             train_users = [PairFeatures(u.liked, u.disliked, u.prompts) for u in users]
             validation_users = [(PairFeatures(v.history.liked, v.history.disliked, v.history.prompts),
                                  v.target_liked, v.target_disliked) for v in validation]
