@@ -56,6 +56,29 @@ def test_stop_flag_ends_the_loop_with_the_best_so_far(generator):
     assert result.total == max(s.total for s in seen[:-1])
 
 
+class WarmthUntilNaN(Warmth):
+    """Warmth whose gradient turns NaN after a few evaluations (sqrt at 0 in a degenerate image)."""
+
+    def __init__(self, good_calls: int):
+        self.calls, self.good_calls = 0, good_calls
+
+    def score(self, pixels, context=None):
+        self.calls += 1
+        value = super().score(pixels, context)
+        if self.calls > self.good_calls:
+            value = value + torch.sqrt(pixels.flatten(1)[:, :1] * 0.0).sum(1)  # value unchanged, gradient NaN
+        return value
+
+
+def test_a_non_finite_gradient_ends_guidance_with_the_best_finite_iterate(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": WarmthUntilNaN(3)}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=12))
+    assert 0 < result.iterations_run < 12  # it stopped at the NaN gradient instead of stepping along it
+    assert all(math.isfinite(step.total) for step in result.trace)
+    assert math.isfinite(result.total) and torch.isfinite(result.noise).all()
+    assert result.total == max(step.total for step in result.trace)
+
+
 @pytest.mark.parametrize("weights, message", [
     ({"warmth": float("nan")}, "finite"),
     ({"warmth": -1.0}, "must lie in"),

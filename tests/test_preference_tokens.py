@@ -384,3 +384,32 @@ def test_training_from_features_with_prompts_needs_the_validation_targets_prompt
     assert torch.equal(task.images[history[:, 0]], val_history.liked)
     assert torch.equal(task.prompts[history[:, 2]], val_history.prompts)
     assert torch.equal(task.images[targets[:, 1]], disliked) and torch.equal(task.prompts[targets[:, 2]], prompts)
+
+
+def test_training_on_several_history_lengths_reads_them_all():
+    """history_lengths: each step draws one of them, validation averages over them, and the model
+    records the longest as the history it reads at once."""
+    from prefstudio_research.train.preference_tokens import train_lite_on_features
+
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(60, 6, generator=generator)
+    w = torch.tensor([1.0, -1, 0, 0, 0, 0])
+
+    def history(n):
+        pick = torch.stack([torch.randperm(60, generator=generator)[:2] for _ in range(n)])
+        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
+        a_wins = ((a - b) @ w > 0).unsqueeze(1)
+        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+
+    train_users = [history(12) for _ in range(10)]
+    validation = [(history(6), *(lambda h: (h.liked, h.disliked))(history(5))) for _ in range(3)]
+    result = train_lite_on_features(
+        train_users, validation, {"width": 16, "layers": 1, "heads": 2},
+        StageConfig(steps=6, batch_size=8, lr=3e-3, n_ref=2, history_lengths=[2, 6], eval_every=3),
+        None, image_encoder="test-features", log=lambda message: None)
+    assert result["stage1"].config.max_history == 6
+    assert result["log"][0]["val_n"] == 2 * 15  # 3 users x 5 targets, read with 2 and with 6 pairs
+    with pytest.raises(InvalidInput, match="N_ref = 12"):  # 12 judgments each: none can serve 12 + a target
+        train_lite_on_features(train_users, validation, {"width": 16, "layers": 1, "heads": 2},
+                               StageConfig(steps=2, batch_size=8, lr=3e-3, n_ref=2, history_lengths=[2, 12]),
+                               None, image_encoder="test-features", log=lambda message: None)

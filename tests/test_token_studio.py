@@ -159,3 +159,42 @@ def test_the_shipped_token_model_reads_a_studio_history(tmp_path):
         assert report.n_pairs == 8 and report.loo_pairs == 8
         accuracies.append(report.loo_accuracy)
     assert sum(accuracies) / len(accuracies) >= 0.75, accuracies
+
+
+def test_a_token_model_trained_on_long_histories_reads_up_to_32_pairs_as_one_history():
+    """The checkpoint retrained with histories of 1 to 32 pairs (`preference_tokens_lite_widened`)
+    reads the studio's latest 32 pairs at once, each image with its own prompt (a 👍 of one prompt
+    is paired with a 👎 of another): the taste is the model's score given all of them, and the
+    oldest of 20 pairs still counts."""
+    from prefstudio.encoders.embedded import MiniLMTextEncoder
+    from prefstudio.preference.model import JudgedPairs
+    from prefstudio.preference.models import PreferenceTokens
+    from prefstudio.preference.tokens import PairFeatures, TargetFeatures
+
+    widened = CHECKPOINT.parent / "preference_tokens_lite_widened"
+    model = load_token_model(widened)
+    assert model.config.max_history >= 32
+    text = MiniLMTextEncoder()
+    tokens = PreferenceTokens(widened, EmbeddedImageEncoder.name, text)
+    bank = load_checkpoint_bank(widened)
+    generator = torch.Generator().manual_seed(0)
+    features = bank.mean + bank.std * torch.randn(41, bank.mean.shape[0], generator=generator)
+    row = {f"i{k}": features[k] for k in range(41)}
+    prompt_of = {f"i{k}": "a fox" if k % 2 == 0 else "a city at night" for k in range(41)}
+
+    def fit(pairs):
+        judged = JudgedPairs(pairs, lambda ids: torch.stack([row[i] for i in ids]),
+                             lambda ids: [prompt_of[i] for i in ids])
+        return tokens.fit(judged)
+
+    pairs = [(f"i{2 * k}", f"i{2 * k + 1}") for k in range(20)]
+    taste, outcome = fit(pairs)
+    assert outcome.n_pairs == 20 and len(taste.prefixes) == 1
+    fox, city = text.encode(["a fox"]).float(), text.encode(["a city at night"]).float()
+    target = features[40:41]
+    with torch.no_grad():
+        m_like, m_dislike = model.score(PairFeatures(features[0:40:2], features[1:40:2], fox.expand(20, -1),
+                                                     city.expand(20, -1)), TargetFeatures(target, fox))
+        assert torch.allclose(taste.log_odds(target, taste.prompt_context(["a fox"])), m_like - m_dislike, atol=1e-5)
+        flipped, _ = fit([(pairs[0][1], pairs[0][0])] + pairs[1:])  # only the oldest pair differs
+        assert not torch.allclose(flipped.log_odds(target, flipped.prompt_context(["a fox"])), m_like - m_dislike)

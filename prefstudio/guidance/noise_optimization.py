@@ -142,6 +142,8 @@ def optimise_noise(
             baseline = _scalars(normalised)
         total = objective(normalised, weights, active, baseline)
         value = float(total.detach()[0])
+        if best is not None and not math.isfinite(value):
+            break  # a degenerate iterate (NaN/inf scores): the best one so far stands, and no NaN is recorded
         if best is None or value > best[0]:
             best = (value, iteration, noise.detach().clone(), _scalars(normalised), _scalars(raw))
         preview = None

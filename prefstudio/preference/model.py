@@ -42,6 +42,7 @@ class FitOutcome:
     n_pairs: int
     reason: str  # which model served and why, in words
     held_out: dict[int, float] = field(default_factory=dict)
+    parts: dict[str, "FitOutcome"] = field(default_factory=dict)  # a combined model's member fits, by name
 
     @property
     def loo_pairs(self) -> int:

@@ -168,9 +168,10 @@ def check_user_embedding(tensors: Mapping[str, np.ndarray], config: Mapping,
 def check_preference_tokens(tensors: Mapping[str, np.ndarray], config: Mapping,
                             encoder_dims: Mapping[str, int] | None = None, fitted: bool = True) -> None:
     """The history a preference-token model reads: liked, disliked [N, D] image features
-    and optionally prompts [N, T] text features; n_pairs is N."""
+    and optionally prompts [N, T] text features (the liked images'), with disliked_prompts
+    [N, T] (the disliked images' own); n_pairs is N."""
     model = PREFERENCE_TOKENS
-    _exact_keys(model, "tensor", tensors, ("liked", "disliked"), ("prompts",))
+    _exact_keys(model, "tensor", tensors, ("liked", "disliked"), ("prompts", "disliked_prompts"))
     _config_keys(model, config, ("type", "version", "checkpoint", "encoder"), fitted)
     liked = _tensor(model, tensors, "liked", (None, None))
     pairs, dim = liked.shape
@@ -182,6 +183,10 @@ def check_preference_tokens(tensors: Mapping[str, np.ndarray], config: Mapping,
         prompts = _tensor(model, tensors, "prompts", (pairs, None))
         if not 1 <= prompts.shape[1] <= MAX_FEATURE_DIM:
             raise _refuse(model, f"prompts {list(prompts.shape)} has no valid feature width")
+        if "disliked_prompts" in tensors:
+            _tensor(model, tensors, "disliked_prompts", tuple(prompts.shape))
+    elif "disliked_prompts" in tensors:
+        raise _refuse(model, "disliked_prompts without prompts")
     _check_header(model, config, encoder_dims, dim)
     _text(model, config, "checkpoint")
     if fitted:

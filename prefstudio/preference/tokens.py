@@ -46,11 +46,15 @@ from prefstudio.preference.token_stages import train_only_stage
 @dataclass
 class PairFeatures:
     """A history of N judged pairs as frozen features: liked [N,Di], disliked [N,Di], prompts [N,Dt]
-    (None for a model that reads no prompts). Leading batch dimensions are allowed ([B,N,Di] …)."""
+    (None for a model that reads no prompts); `disliked_prompts` [N,Dt] when a pair's disliked
+    image was made for another prompt than its liked one (the studio pairs every 👍 with every
+    👎), None when both share `prompts` (PrefBench's pairs). Leading batch dimensions are
+    allowed ([B,N,Di] …)."""
 
     liked: torch.Tensor
     disliked: torch.Tensor
     prompts: torch.Tensor | None = None
+    disliked_prompts: torch.Tensor | None = None
 
 
 @dataclass
@@ -73,6 +77,7 @@ class LiteConfig:
     heads: int = 4
     preference_tokens: int = 0  # L_p of this model; 0 = "w/o P_v"
     taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
+    max_history: int = 8  # the most pairs it was trained to read as one history (longer ones are split)
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
@@ -223,8 +228,9 @@ class LiteTokenModel(nn.Module):
     def history_tokens(self, history: PairFeatures) -> torch.Tensor:
         """[..., N, ·] -> [..., 2N, W]: liked and disliked image of each pair, interleaved."""
         prompt = self._text(history.prompts)
+        disliked_prompt = prompt if history.disliked_prompts is None else self._text(history.disliked_prompts)
         liked = self._image(history.liked) + prompt + self.label_embedding[0]
-        disliked = self._image(history.disliked) + prompt + self.label_embedding[1]
+        disliked = self._image(history.disliked) + disliked_prompt + self.label_embedding[1]
         return torch.stack([liked, disliked], dim=-2).flatten(-3, -2)
 
     def target_tokens(self, targets: TargetFeatures) -> torch.Tensor:

@@ -208,10 +208,12 @@ class TokenTraining:
             start = time.perf_counter()
             config = read_run_config(Path(__file__).resolve().parents[2] / TOKEN_CONFIG)
             model = {k: v for k, v in config["model"].items() if k not in ("image_encoder", "text_encoder")}
+            # The paper's protocol: histories of exactly N_ref pairs (the shipped config's
+            # history_lengths train the studio's model for histories of any length).
             stage1 = replace(config["stage1"], steps=self.steps[0], seed=self.seed, n_ref=self.n_ref,
-                             eval_every=max(1, self.steps[0] // 6))
+                             history_lengths=[], eval_every=max(1, self.steps[0] // 6))
             stage2 = replace(config["stage2"], steps=self.steps[1], seed=self.seed, n_ref=self.n_ref,
-                             eval_every=max(1, self.steps[1] // 4))
+                             history_lengths=[], eval_every=max(1, self.steps[1] // 4))
             train_users = [PairFeatures(u.liked, u.disliked, u.prompts) for u in users]
             validation_users = [(PairFeatures(v.history.liked, v.history.disliked, v.history.prompts),
                                  v.target_liked, v.target_disliked) for v in validation]
@@ -339,16 +341,18 @@ class StudioModel(Method):
     `checkpoints/user_bank_embedded.safetensors`, the lite token checkpoint
     `checkpoints/preference_tokens_lite`, and auto's combination of the two)."""
 
-    def __init__(self, model_name: str, encoder_name: str, text_encoder_name: str, bank_path=None):
+    def __init__(self, model_name: str, encoder_name: str, text_encoder_name: str, bank_path=None,
+                 token_checkpoint=None):
         from pathlib import Path
 
-        from prefstudio.preference.models import build_preference_model
+        from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT, build_preference_model
         from prefstudio.preference.user_embedding import UserBank
 
         repo = Path(__file__).resolve().parents[2]
         bank_path = bank_path or repo / "checkpoints" / "user_bank_embedded.safetensors"
         self.prompts = _CachedPrompts(text_encoder_name)
-        self.model = build_preference_model(model_name, encoder_name, self.prompts, UserBank.load(bank_path))
+        self.model = build_preference_model(model_name, encoder_name, self.prompts, UserBank.load(bank_path),
+                                            token_checkpoint or DEFAULT_TOKEN_CHECKPOINT)
         self.name = f"studio: {model_name}"
         self.description = f"the studio's '{model_name}' model through PreferenceModel.fit / Taste.log_odds"
 

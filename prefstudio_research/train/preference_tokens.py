@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -54,6 +54,9 @@ class StageConfig:
     lr: float
     weight_decay: float = 0.0
     n_ref: int = 8
+    # Each step's history length is drawn from these (empty: always n_ref), so one model reads
+    # short and long histories; validation then averages over the same lengths.
+    history_lengths: list[int] = field(default_factory=list)
     targets_per_history: int = 1  # lite: several target pairs share one encoded history (cheaper signal)
     contrastive: bool = True  # L_all; False = L_base alone (Table 5's baseline)
     grad_accum: int = 1
@@ -129,7 +132,8 @@ class HistorySampler:
 # ---- what a stage trains on -------------------------------------------------------------------
 class LiteTask:
     """Feature tables, the training judgments as rows (liked, disliked, prompt; prompt -1 when
-    the model reads none) and the validation users as (history rows, target rows)."""
+    the model reads none) and the validation users as (history rows, target rows); a
+    validation history is read at each of the task's history lengths (its first n pairs)."""
 
     def __init__(self, images, prompts, users, rows, validation, n_ref):
         self.images, self.prompts = images, prompts
@@ -137,14 +141,27 @@ class LiteTask:
         self.validation = validation
         self.set_n_ref(n_ref)
 
-    def set_n_ref(self, n_ref: int) -> None:
-        self.sampler = HistorySampler(self.users, self.rows[:, 0].tolist(), self.rows[:, 1].tolist(), n_ref)
+    def set_n_ref(self, n_ref: int, lengths: list[int] | None = None) -> None:
+        """Histories of `n_ref` pairs, or of one of `lengths` drawn per batch."""
+        self.lengths = sorted(set(lengths or [n_ref]))
+        self.samplers = {n: HistorySampler(self.users, self.rows[:, 0].tolist(), self.rows[:, 1].tolist(), n)
+                         for n in self.lengths}
+        self.sampler = self.samplers[self.lengths[-1]]  # the longest: the fewest users can serve it
+
+    def batch(self, size: int, generator: torch.Generator, targets: int = 1):
+        n = self.lengths[int(torch.randint(len(self.lengths), (), generator=generator))]
+        return self.samplers[n].batch(size, generator, targets)
 
     @classmethod
     def from_data(cls, data: PairDataSet, scorer, n_ref: int) -> "LiteTask":
-        validation = [(scorer.rows(data.references["val"][u][:n_ref]),
+        """Validation histories hold every reference pair of a validation user (`n_ref` or more)."""
+        validation = [(scorer.rows(data.references["val"][u]),
                        scorer.rows([j for j in data.targets_1v1["val"] if j.user_id == u]))
                       for u in data.users["val"] if u in data.references["val"]]
+        short = [len(data.references["val"][u]) for u in data.users["val"]
+                 if len(data.references["val"].get(u, [])) < n_ref]
+        if short:
+            raise InvalidInput(f"{len(short)} validation users have fewer than N_ref = {n_ref} reference pairs")
         return cls(scorer.image_features, scorer.prompt_features, [j.user_id for j in data.train],
                    scorer.rows(data.train), validation, n_ref)
 
@@ -209,14 +226,16 @@ class LiteTask:
 
     @torch.no_grad()
     def validation_accuracy(self, model) -> tuple[float, int]:
-        """Top-1, 1 liked vs 1 disliked, over the validation users' targets."""
+        """Top-1, 1 liked vs 1 disliked, over the validation users' targets, averaged over the
+        history lengths (each validation history cut to its first n pairs)."""
         hits = []
-        for history, targets in self.validation:
-            prompts = self._prompts(targets[:, 2])
-            both = TargetFeatures(self.images[targets[:, :2]].flatten(0, 1),
-                                  None if prompts is None else prompts.repeat_interleave(2, 0))
-            m_like, m_dislike = model(self.history(history), both)
-            hits.append(top_k_hits((m_like - m_dislike).reshape(-1, 2), 1))
+        for n in self.lengths:
+            for history, targets in self.validation:
+                prompts = self._prompts(targets[:, 2])
+                both = TargetFeatures(self.images[targets[:, :2]].flatten(0, 1),
+                                      None if prompts is None else prompts.repeat_interleave(2, 0))
+                m_like, m_dislike = model(self.history(history[:n]), both)
+                hits.append(top_k_hits((m_like - m_dislike).reshape(-1, 2), 1))
         hits = torch.cat(hits)
         return float(hits.mean()), hits.numel()
 
@@ -230,6 +249,9 @@ class VLMTask:
         self.sampler = HistorySampler([j.user_id for j in judgments], [j.liked for j in judgments],
                                       [j.disliked for j in judgments], n_ref)
         self.n_ref = n_ref
+
+    def batch(self, size: int, generator: torch.Generator, targets: int = 1):
+        return self.sampler.batch(size, generator, targets)
 
     def logits(self, model, examples):
         unwrapped = self.scorer.model
@@ -310,7 +332,7 @@ def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_fil
     for step in range(1, settings.steps + 1):
         for _ in range(settings.grad_accum):
             with accelerator.accumulate(wrapped):
-                logits = task.logits(wrapped, task.sampler.batch(micro, generator, settings.targets_per_history))
+                logits = task.logits(wrapped, task.batch(micro, generator, settings.targets_per_history))
                 loss = preference_loss(*logits, contrastive=settings.contrastive).total
                 running.append(float(loss.detach()))
                 accelerator.backward(loss)
@@ -355,7 +377,8 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
             model_config = {"image_encoder": model.config.image_encoder, "text_encoder": model.config.text_encoder}
         image_encoder, text_encoder = encoders or _encoders(model_config)
         scorer = LiteScorer.for_encoders(data, image_encoder, text_encoder)
-        task = LiteTask.from_data(data, scorer, settings.n_ref)
+        task = LiteTask.from_data(data, scorer, max([settings.n_ref, *settings.history_lengths]))
+        task.set_n_ref(settings.n_ref, settings.history_lengths)
         if resume is None:
             model, bank = new_lite_model(task, model_config, f"training users of {data_root}", settings.seed)
         elif model.config.taste_dim:
@@ -368,10 +391,13 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
         device = PartialState().device
         model = (load_vlm_checkpoint(resume, device) if resume is not None
                  else load_vlm(VLMConfig(**config["model"]), device))
-        if settings.targets_per_history != 1:
-            raise InvalidInput("the VLM backbone trains on one target pair per history (targets_per_history = 1)")
+        if settings.targets_per_history != 1 or settings.history_lengths:
+            raise InvalidInput("the VLM backbone trains on one target pair per history of N_ref pairs "
+                               "(targets_per_history = 1, no history_lengths)")
         task = VLMTask(data, VLMScorer(model), settings.n_ref)
     add_stage_tokens(model, settings, stage, log)
+    if config["backbone"] == "lite":  # the longest history it has been trained to read at once
+        model.config.max_history = max(model.config.max_history if resume is not None else 0, *task.lengths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").write_text("")
@@ -421,16 +447,19 @@ def train_lite_on_features(train_users: list[PairFeatures], validation: list[tup
 
     torch.manual_seed(stage1.seed)
     task = LiteTask.from_features(train_users, validation, stage1.n_ref)
+    task.set_n_ref(stage1.n_ref, stage1.history_lengths)
     architecture = dict(model, image_encoder=image_encoder,
                         text_encoder=text_encoder if task.prompts is not None else None)
     first, bank = new_lite_model(task, architecture, "training users (features)", stage1.seed)
+    first.config.max_history = max(task.lengths)
     add_stage_tokens(first, stage1, 1, log)
     kept = [run_stage(first.train(), task, stage1, 1, log)]
     second = None
     if stage2 is not None:
         second = copy.deepcopy(first)
         add_stage_tokens(second, stage2, 2, log)
-        task.set_n_ref(stage2.n_ref)
+        task.set_n_ref(stage2.n_ref, stage2.history_lengths)
+        second.config.max_history = max(first.config.max_history, *task.lengths)
         kept.append(run_stage(second.train(), task, stage2, 2, log))
         second.eval()
     return {"stage1": first.eval(), "stage2": second, "bank": bank, "log": kept}
