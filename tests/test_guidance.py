@@ -59,14 +59,14 @@ def test_stop_flag_ends_the_loop_with_the_best_so_far(generator):
 class WarmthUntilNaN(Warmth):
     """Warmth whose gradient turns NaN after a few evaluations (sqrt at 0 in a degenerate image)."""
 
-    def __init__(self, good_calls: int):
-        self.calls, self.good_calls = 0, good_calls
+    def __init__(self, good_calls: int, pixels: int | None = None):
+        self.calls, self.good_calls, self.pixels = 0, good_calls, pixels  # None: every pixel
 
     def score(self, pixels, context=None):
         self.calls += 1
         value = super().score(pixels, context)
-        if self.calls > self.good_calls:
-            value = value + torch.sqrt(pixels.flatten(1)[:, :1] * 0.0).sum(1)  # value unchanged, gradient NaN
+        if self.calls > self.good_calls:  # value unchanged, gradient NaN
+            value = value + torch.sqrt(pixels.flatten(1)[:, :self.pixels] * 0.0).sum(1)
         return value
 
 
@@ -74,6 +74,15 @@ def test_a_non_finite_gradient_ends_guidance_with_the_best_finite_iterate(genera
     result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": WarmthUntilNaN(3)}, {"warmth": 1.0},
                           GuidanceSettings(iterations=12))
     assert 0 < result.iterations_run < 12  # it stopped at the NaN gradient instead of stepping along it
+    assert all(math.isfinite(step.total) for step in result.trace)
+    assert math.isfinite(result.total) and torch.isfinite(result.noise).all()
+    assert result.total == max(step.total for step in result.trace)
+
+
+def test_guidance_steps_past_a_few_non_finite_gradient_entries(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": WarmthUntilNaN(3, pixels=1)},
+                          {"warmth": 1.0}, GuidanceSettings(iterations=12))
+    assert result.iterations_run == 12  # the finite entries still give a direction
     assert all(math.isfinite(step.total) for step in result.trace)
     assert math.isfinite(result.total) and torch.isfinite(result.noise).all()
     assert result.total == max(step.total for step in result.trace)

@@ -157,9 +157,13 @@ def optimise_noise(
             break  # the last iterate is scored, not stepped from
         loss = -total.sum() + reg_scale * chi_negative_log_likelihood(noise).sum()
         loss.backward()
-        # A render's gradient can be non-finite at a few entries (the embedded generator's shape
-        # edges, reached by Instant's modulated styles): those entries are dropped, not the step.
-        noise.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        # A render's gradient can be non-finite at a few entries (a distance field's 0/0 at a
+        # sharp edge): those entries are dropped, not the step. With no finite entry left there is
+        # nothing to step along, and a step would make every later iterate NaN: stop.
+        finite = torch.isfinite(noise.grad)
+        if not bool(finite.any()):
+            break
+        noise.grad.masked_fill_(~finite, 0.0)
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
         optimiser.step()
         if reach is not None:
