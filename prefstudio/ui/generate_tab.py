@@ -408,7 +408,9 @@ class GenerateTab:
             rows += [(item.iteration, item.total, TOTAL)] + [
                 (item.iteration, v, reward_label(n)) for n, v in item.normalised.items()]
         frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
-        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)])
+        # Hidden until there is a line to draw: Instant runs no iterations, and an empty chart
+        # reads as a failed one.
+        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)], visible=len(progress) > 1)
 
     def show_past(self, session: GenerateSession, profile, event: gr.SelectData):
         if not profile or event.index is None or event.index >= len(session.past):
