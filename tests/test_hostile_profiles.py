@@ -354,3 +354,217 @@ def test_state_schema_names_every_stored_model_type():
         state_schema.check_state("x", tensors, config)
     with pytest.raises(InvalidInput, match="its config must be a JSON object"):
         state_schema.check_state("user-embedding", tensors, ["not", "a", "dict"])
+
+
+# The schema itself, called as an import calls it: what each stored model type may hold.
+
+SHA = "ab" * 32
+
+
+def _token_state(pairs=3, dim=DIM, text_dim=16, **changes):
+    config = {"type": "preference-tokens", "version": 1, "checkpoint": "lite:0123456789abcdef",
+              "encoder": ENCODER, "fitted_at": 1_790_000_000.0, "mode": "preference tokens",
+              "n_pairs": pairs, "loo_accuracy": None, "loo_pairs": 0, "reference_images": []}
+    config.update(changes)
+    tensors = {"liked": torch.randn(pairs, dim), "disliked": torch.randn(pairs, dim)}
+    if text_dim is not None:
+        tensors["prompts"] = torch.randn(pairs, text_dim)
+    return tensors, config
+
+
+def _auto_state(**member_changes):
+    """An auto taste as Studio.fit stores it: each member's state under "<member>." and its
+    config (without fit fields), weight and scale in "members"."""
+    tensors, config = {}, {"type": "auto", "version": 1, "fitted_at": 1_790_000_000.0, "mode": "auto",
+                           "n_pairs": 3, "loo_accuracy": 1.0, "loo_pairs": 3, "reference_images": [SHA]}
+    embedding_tensors, embedding_config = user_embedding_state()
+    token_tensors, token_config = _token_state(text_dim=None)
+    config["members"] = {}
+    for name, member_tensors, member_config in [
+            ("user-embedding", embedding_tensors, embedding_config),
+            ("preference-tokens", token_tensors, token_config)]:
+        own = {k: v for k, v in member_config.items() if k not in state_schema.FIT_FIELDS}
+        tensors |= {f"{name}.{key}": value for key, value in member_tensors.items()}
+        config["members"][name] = {"config": own, "weight": 0.5, "scale": 2.0, **member_changes.get(name, {})}
+    return tensors, config
+
+
+def schema_refusal(name, tensors, config, encoder_dims=None) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        state_schema.check_state(name, tensors, config, encoder_dims)
+    return str(caught.value)
+
+
+def test_every_stored_model_type_accepts_what_a_fit_stores():
+    state_schema.check_state("user-embedding", *user_embedding_state([SHA]), {ENCODER: DIM})
+    state_schema.check_state("preference-tokens", *_token_state(), {ENCODER: DIM})
+    state_schema.check_state("preference-tokens", *_token_state(text_dim=None))
+    state_schema.check_state("preference-tokens", *_token_state(pairs=state_schema.MAX_HISTORY_PAIRS))
+    state_schema.check_state("auto", *_auto_state(), {ENCODER: DIM})
+
+
+@pytest.mark.parametrize("changes, accepted", [
+    ({"fitted_at": 0}, True),
+    ({"fitted_at": state_schema.LATEST_FIT_TIME - 1}, True),
+    ({"fitted_at": state_schema.LATEST_FIT_TIME}, False),
+    ({"fitted_at": -1.0}, False),
+    ({"fitted_at": math.nan}, False),
+    ({"fitted_at": True}, False),
+    ({"fitted_at": "2026-01-01"}, False),
+    ({"loo_accuracy": None}, True),
+    ({"loo_accuracy": 0}, True),
+    ({"loo_accuracy": 1}, True),
+    ({"loo_accuracy": -0.01}, False),
+    ({"loo_accuracy": True}, False),
+    ({"n_pairs": 0, "loo_pairs": 0}, True),
+    ({"n_pairs": True}, False),
+    ({"n_pairs": 2.0}, False),
+    ({"n_pairs": state_schema.MAX_PAIRS + 1}, False),
+    ({"loo_pairs": -1}, False),
+    ({"reason": "fewer than 8 pairs: user embedding alone"}, True),
+    ({"reason": None}, True),
+    ({"reason": "r" * state_schema.MAX_REASON_CHARS}, True),
+    ({"reason": "r" * (state_schema.MAX_REASON_CHARS + 1)}, False),
+    ({"reason": "two\nlines"}, False),
+    ({"reason": 3}, False),
+    ({"reference_images": []}, True),
+    ({"reference_images": SHA}, False),
+    ({"reference_images": [SHA.upper()]}, False),
+    ({"reference_images": [SHA + "0"]}, False),
+    ({"reference_images": [7]}, False),
+    ({"mode": "m" * state_schema.MAX_TEXT_CHARS}, True),
+    ({"mode": "m" * (state_schema.MAX_TEXT_CHARS + 1)}, False),
+    ({"mode": "   "}, False),
+    ({"mode": 5}, False),
+    ({"version": True}, False),
+])
+def test_the_fit_fields_are_bounded_at_their_edges(changes, accepted):
+    tensors, config = user_embedding_state()
+    config.update(changes)
+    if accepted:
+        state_schema.check_state("user-embedding", tensors, config)
+    else:
+        field = next(iter(changes))
+        assert f"config '{field}'" in schema_refusal("user-embedding", tensors, config)
+
+
+def test_fit_field_refusals_say_what_is_allowed():
+    tensors, config = user_embedding_state()
+    assert schema_refusal("user-embedding", tensors, {**config, "fitted_at": -1.0}) == (
+        "user-embedding model: config 'fitted_at' must be a time in seconds between 1970 and 2100, got -1.0")
+    assert schema_refusal("user-embedding", tensors, {**config, "n_pairs": 2.5}) == (
+        "user-embedding model: config 'n_pairs' must be a whole number in [0, 10000000], got 2.5")
+    assert schema_refusal("user-embedding", tensors, {**config, "loo_accuracy": 2}) == (
+        "user-embedding model: config 'loo_accuracy' must be null or a number in [0, 1], got 2")
+    assert schema_refusal("user-embedding", tensors, {**config, "reason": "a\tb"}) == (
+        "user-embedding model: config 'reason' must be one line of at most 1000 printable characters")
+    assert schema_refusal("user-embedding", tensors, {**config, "mode": ""}) == (
+        "user-embedding model: config 'mode' must be one line of 1-200 printable characters, got ''")
+    assert schema_refusal("user-embedding", tensors, {**config, "reference_images": ["x"]}) == (
+        "user-embedding model: config 'reference_images' must be a list of image ids (SHA-256)")
+    assert schema_refusal("user-embedding", tensors, {**config, "version": "1"}) == (
+        "user-embedding model: config 'version' '1' is not one this PrefStudio reads (1)")
+    del config["mode"], config["n_pairs"]
+    assert schema_refusal("user-embedding", tensors, {**config, "a": 1, "b": 2}) == (
+        "user-embedding model: missing config field 'mode', 'n_pairs'")
+    assert schema_refusal("user-embedding", tensors, {**user_embedding_state()[1], "b": 1, "a": 2}) == (
+        "user-embedding model: unexpected config field 'a', 'b'")
+
+
+def test_tensor_values_are_bounded_at_their_edges():
+    tensors, config = user_embedding_state()
+    edge = tensors["mean"].clone()
+    edge[0] = -state_schema.MAX_ABS_VALUE
+    state_schema.check_state("user-embedding", {**tensors, "mean": edge}, config)
+    edge[0] = -state_schema.MAX_ABS_VALUE * 1.01
+    assert schema_refusal("user-embedding", {**tensors, "mean": edge}, config) == (
+        "user-embedding model: tensor 'mean' holds values beyond ±1e+06")
+    std = tensors["std"].clone()
+    std[-1] = state_schema.MIN_STD
+    state_schema.check_state("user-embedding", {**tensors, "std": std}, config)
+    std[-1] = state_schema.MIN_STD / 2
+    assert schema_refusal("user-embedding", {**tensors, "std": std}, config) == (
+        "user-embedding model: tensor 'std' holds values below 1e-07")
+    assert schema_refusal("user-embedding", {**tensors, "like_bias": torch.tensor(math.inf)}, config) == (
+        "user-embedding model: tensor 'like_bias' holds NaN or infinite values")
+    assert schema_refusal("user-embedding", {**tensors, "mean": tensors["mean"].half()}, config) == (
+        "user-embedding model: tensor 'mean' must be float32, got float16")
+    assert schema_refusal("user-embedding", {**tensors, "mean": tensors["mean"][None]}, config) == (
+        f"user-embedding model: tensor 'mean' has shape [1, {DIM}], expected [{DIM}]")
+
+
+def test_tensor_widths_are_bounded():
+    tensors, config = user_embedding_state()
+    taste = tensors["projection"].shape[1]
+    wide = state_schema.MAX_FEATURE_DIM + 1
+    too_wide = {**tensors, "projection": torch.zeros(wide, taste), "mean": torch.zeros(wide), "std": torch.ones(wide)}
+    assert schema_refusal("user-embedding", too_wide, config) == (
+        f"user-embedding model: projection [{wide}, {taste}] is outside [1..16384, 1..1024]")
+    empty = {**tensors, "projection": torch.zeros(0, taste), "mean": torch.zeros(0), "std": torch.ones(0)}
+    assert "projection [0, 4] is outside" in schema_refusal("user-embedding", empty, config)
+    big_taste = state_schema.MAX_TASTE_DIM + 1
+    tasteful = {**tensors, "projection": torch.zeros(DIM, big_taste), "like_vector": torch.zeros(big_taste),
+                "dislike_vector": torch.zeros(big_taste)}
+    assert f"projection [{DIM}, {big_taste}] is outside" in schema_refusal("user-embedding", tasteful, config)
+    largest = state_schema.MAX_FEATURE_DIM
+    at_edge = {**tensors, "projection": torch.zeros(largest, 1), "mean": torch.zeros(largest),
+               "std": torch.ones(largest), "like_vector": torch.zeros(1), "dislike_vector": torch.zeros(1)}
+    state_schema.check_state("user-embedding", at_edge, config)
+
+
+def test_preference_token_histories_are_bounded():
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=0)) == (
+        "preference-tokens model: prompts [3, 0] has no valid feature width")
+    tensors, config = _token_state(dim=DIM)
+    wide = state_schema.MAX_FEATURE_DIM + 1
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=wide)) == (
+        f"preference-tokens model: prompts [3, {wide}] has no valid feature width")
+    assert schema_refusal("preference-tokens", *_token_state(dim=0, text_dim=None)) == (
+        "preference-tokens model: liked [3, 0] is outside [0..64, 1..16384]")
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=None, extra=1)) == (
+        "preference-tokens model: unexpected config field 'extra'")
+    assert schema_refusal("preference-tokens", *_token_state(), {ENCODER: DIM + 1}) == (
+        f"preference-tokens model: its tensors are {DIM}-dimensional but encoder '{ENCODER}' gives "
+        f"{DIM + 1}-dimensional features")
+    assert schema_refusal("preference-tokens", {**tensors, "scores": torch.zeros(3)}, config) == (
+        "preference-tokens model: unexpected tensor 'scores'")
+    state_schema.check_state("preference-tokens", *_token_state(pairs=0, loo_pairs=0))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, c: c["members"].clear(), "config 'members' must name some of user-embedding, preference-tokens"),
+    (lambda t, c: c.update(members=["user-embedding"]), "config 'members' must name some of"),
+    (lambda t, c: c["members"].update(colour={"config": {}, "weight": 1, "scale": 1}),
+     "config 'members' must name some of"),
+    (lambda t, c: c["members"].update({"user-embedding": 1}), "member 'user-embedding' must be an object"),
+    (lambda t, c: c["members"]["user-embedding"].pop("scale"), "missing field of member 'user-embedding' 'scale'"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=0), r"member 'user-embedding': weight must be a number "
+                                                                    r"in \(0, 1e\+06\], got 0"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=True), "member 'user-embedding': weight must be"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=-1.0), "member 'preference-tokens': scale must be"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=2e6), "member 'preference-tokens': scale must be"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale="1"), "member 'preference-tokens': scale must be"),
+    (lambda t, c: c["members"]["user-embedding"].update(config=[]), "member 'user-embedding': its config must be an object"),
+    (lambda t, c: c["members"]["user-embedding"]["config"].update(fitted_at=1.0),
+     "user-embedding model: unexpected config field 'fitted_at'"),
+    (lambda t, c: t.update({"user-embedding.mean": torch.zeros(DIM + 1)}), r"tensor 'mean' has shape \[7\]"),
+    (lambda t, c: t.pop("preference-tokens.liked"), "preference-tokens model: missing tensor 'liked'"),
+    (lambda t, c: t.update({"stray": torch.zeros(1)}), "auto model: tensors of no member: 'stray'"),
+    (lambda t, c: c.update(type="user-embedding"), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(version=True), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(version=2), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(loo_pairs=4), r"auto model: config 'loo_pairs' must be a whole number in \[0, 3\]"),
+    (lambda t, c: c.pop("members"), "auto model: missing config field 'members'"),
+])
+def test_a_combined_taste_is_checked_member_by_member(edit, message):
+    tensors, config = _auto_state()
+    edit(tensors, config)
+    with pytest.raises(InvalidInput, match=message):
+        state_schema.check_state("auto", tensors, config, {ENCODER: DIM})
+
+
+def test_a_combined_taste_with_one_member_and_largest_weights_is_accepted():
+    tensors, config = _auto_state(**{"user-embedding": {"weight": state_schema.MAX_ABS_VALUE, "scale": 1}})
+    state_schema.check_state("auto", tensors, config)
+    del config["members"]["preference-tokens"]
+    state_schema.check_state("auto", {k: v for k, v in tensors.items() if k.startswith("user-embedding.")}, config)
