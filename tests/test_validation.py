@@ -1,6 +1,9 @@
 """The bounds on what a person types or uploads (prefstudio/validation.py): what passes, what is
 refused, and the one line that says why — these messages are what the CLI and the UI show."""
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +152,55 @@ def test_an_output_folder_may_be_new_but_its_parent_must_exist(tmp_path):
     assert refusal(validate_output_folder, deep) == \
         f"cannot create {echo(str(deep))}: the folder {echo(str(deep.parent))} does not exist"
     assert not (tmp_path / "new").exists() and not (tmp_path / "a").exists()
+
+
+def test_a_size_just_over_a_limit_of_a_fraction_of_a_megabyte_reads_in_bytes():
+    limit = int(10.36 * 2**20)  # 10.4 MB at one decimal, like a size of 10.38 MB
+    size = int(10.38 * 2**20)
+    assert size_over_limit(size, limit) == "10,884,218 bytes; the limit is 10,863,247 bytes (10 MB)"
+
+
+def _in_unprivileged_child(function, *args) -> str:
+    """`function(*args)` in a forked child without root's right to write anywhere (root
+    drops to 'nobody'); returns the InvalidInput message, or '' if it passed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        os.close(read_end)
+        message = b"?"
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            function(*args)
+            message = b""
+        except InvalidInput as error:
+            message = str(error).encode()
+        finally:
+            os.write(write_end, message)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+def test_an_output_file_in_a_folder_that_cannot_be_written_is_refused():
+    # Under /tmp (not pytest's root-only tmp_path) so that 'nobody' can reach the folder.
+    base = Path(tempfile.mkdtemp(prefix="prefstudio-test-"))
+    try:
+        base.chmod(0o755)
+        locked = base / "locked"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+        target = locked / "me.prefstudio"
+        assert _in_unprivileged_child(validate_output_file, target) == \
+            f"cannot write {echo(str(target))}: the folder {echo(str(locked))} is not writable"
+        writable = base / "open"
+        writable.mkdir()
+        writable.chmod(0o777)
+        assert _in_unprivileged_child(validate_output_file, writable / "me.prefstudio") == ""
+    finally:
+        (base / "locked").chmod(0o755)
+        shutil.rmtree(base)
