@@ -68,7 +68,7 @@ def test_profile_names_are_bounded_and_plain():
     assert validate_profile_name(longest) == longest
     assert refusal(validate_profile_name, longest + "n") == "profile name is 65 characters; the limit is 64"
     assert refusal(validate_profile_name, "   ") == "profile name is empty"
-    assert refusal(validate_profile_name, None) == "profile name must be text, got NoneType"
+    assert refusal(validate_profile_name, 5) == "profile name must be text, got int"
     assert refusal(validate_profile_name, "a/b.c!") == \
         "profile name 'a/b.c!' contains '!./'; use letters, digits, spaces, '-' or '_'"
 
