@@ -1,6 +1,6 @@
 """Mutation testing of the core (issue 19): how many planted bugs the fast unit tests catch.
 
-    python bench/mutation.py [--modules validation preference/losses ...] [--report-only]
+    python bench/mutation.py [--modules validation preference/losses ...] [--recheck] [--report-only]
 
 mutmut (configuration: [tool.mutmut] in pyproject.toml) copies prefstudio/ into mutants/,
 plants one small change per mutant in the modules of SCOPE (a flipped comparison, a changed
@@ -10,7 +10,8 @@ first failure. One worker (`--max-children 1`): this machine's two cores are sha
 
 Each module given (default: all of SCOPE, in that order) is run anew; modules not given keep
 the results mutants/ holds from earlier runs, so a long scope can be measured a few modules
-at a time. Then this prints, per module, mutants killed / survived / reached by no fast test,
+at a time. `--recheck` reruns only the mutants of those modules that were not killed (after
+tests were added). Then this prints, per module, mutants killed / survived / reached by no fast test,
 and rewrites the mutation section of docs/benchmarks.md from every result in mutants/.
 
 A survivor is either killed by a new test or listed in docs/mutation.md as equivalent (no
@@ -52,6 +53,7 @@ SCOPE = [
     "preference/models",
 ]
 EQUIVALENTS = REPO / "docs" / "mutation.md"
+RECORD = REPO / "bench" / "results" / "mutation.json"
 KILLED = {"killed", "timeout"}  # a mutant that makes the tests hang is caught by the time limit
 
 
@@ -59,8 +61,8 @@ def mutant_prefix(module: str) -> str:
     return "prefstudio." + module.replace("/", ".") + "."
 
 
-def run_module(module: str) -> float:
-    """One mutmut run over every mutant of `module`; returns its CPU seconds (all processes)."""
+def run_mutmut(module: str, names: list[str]) -> float:
+    """One mutmut run over the mutants `names` of `module`; returns its CPU seconds (all processes)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -68,7 +70,7 @@ def run_module(module: str) -> float:
     log = REPO / "mutants" / f"run-{module.replace('/', '.')}.log"
     log.parent.mkdir(exist_ok=True)
     with open(log, "w") as out:
-        code = subprocess.call([str(mutmut), "run", "--max-children", "1", mutant_prefix(module) + "*"],
+        code = subprocess.call([str(mutmut), "run", "--max-children", "1", *names],
                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code != 0:
@@ -132,30 +134,58 @@ def main() -> None:
                         help="modules to (re)run; default: all of SCOPE")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report what mutants/ holds")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun only the mutants of these modules that were not killed (after new tests)")
     args = parser.parse_args()
 
     modules = [] if args.report_only else (args.modules or SCOPE)
-    cpu_by_module, wall_by_module, loads = {}, {}, []
+    if args.recheck:
+        earlier = results()
+        not_killed = {module: sorted(name for name, status in earlier.get(module, {}).items()
+                                     if status not in KILLED) for module in modules}
+        modules = [module for module in modules if not_killed[module]]
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     for module in modules:
         start = time.time()
-        cpu_by_module[module] = run_module(module)
-        wall_by_module[module] = time.time() - start
-        loads.append(os.getloadavg()[0])
-        print(f"{module}: {cpu_by_module[module]:.0f} s CPU, {wall_by_module[module]:.0f} s wall, "
-              f"load {loads[-1]:.1f}", flush=True)
+        names = not_killed[module] if args.recheck else [mutant_prefix(module) + "*"]
+        cpu = run_mutmut(module, names)
+        run = {"cpu_s": round(cpu, 1), "wall_s": round(time.time() - start, 1),
+               "load": round(os.getloadavg()[0], 1), "commit": commit, "mutants_run": len(names)
+               if args.recheck else None}
+        print(f"{module}: {run['cpu_s']:.0f} s CPU, {run['wall_s']:.0f} s wall, load {run['load']}", flush=True)
+        _, count = summarise({module: results().get(module, {})}, {})
+        run |= {key: count[key] for key in ("mutants", "killed", "survived", "no tests")}
+        entry = record.setdefault(module, {})
+        if args.recheck:
+            entry.setdefault("rechecks", []).append(run)
+        else:
+            entry["full_run"], entry["rechecks"] = run, []
+        RECORD.write_text(json.dumps(record, indent=1) + "\n")
 
     by_module = results()
     explained = equivalents()
     unknown = sorted(set(explained) - {name for statuses in by_module.values() for name in statuses})
     rows, total = summarise(by_module, explained)
-    table = ["| module | mutants | killed | equivalent (docs/mutation.md) | survived | no fast test reaches it "
-             "| not killed | not run yet |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = [(module, count) for module, count in rows if count["mutants"]]
+    table = ["| module | mutants | not killed, first full run | killed now | equivalent | survived "
+             "| no fast test reaches it | **not killed now** | CPU-min, full run (load) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    first = Counter()
+    cpu_minutes = 0.0
     for module, count in rows:
-        table.append(f"| {module}.py | {count['mutants']} | {count['killed']} | {count['equivalent']} | "
-                     f"{count['survived']} | {count['no tests']} | {rate(count)} | {count['not checked']} |")
-    table.append(f"| **all measured** | {total['mutants']} | {total['killed']} | {total['equivalent']} | "
-                 f"{total['survived']} | {total['no tests']} | **{rate(total)}** | {total['not checked']} |")
+        full = record.get(module, {}).get("full_run")
+        before = f"{100 * (full['survived'] + full['no tests']) / full['mutants']:.1f} %" if full else "–"
+        if full:
+            first += Counter({k: full[k] for k in ("mutants", "survived", "no tests")})
+            cpu_minutes += full["cpu_s"] / 60
+        cost = f"{full['cpu_s'] / 60:.1f} ({full['load']})" if full else "–"
+        table.append(f"| {module}.py | {count['mutants']} | {before} | {count['killed']} | {count['equivalent']} | "
+                     f"{count['survived']} | {count['no tests']} | **{rate(count)}** | {cost} |")
+    table.append(f"| **all measured** | {total['mutants']} | {rate(first)} | {total['killed']} | "
+                 f"{total['equivalent']} | {total['survived']} | {total['no tests']} | **{rate(total)}** | "
+                 f"{cpu_minutes:.1f} |")
     print("\n".join(table))
     survivors = sorted(name for statuses in by_module.values() for name, status in statuses.items()
                        if status not in KILLED | {"not checked"} and name not in explained)
@@ -165,32 +195,35 @@ def main() -> None:
     if unknown:
         print(f"\ndocs/mutation.md lists {len(unknown)} mutants mutants/ does not hold: {', '.join(unknown[:5])}")
 
-    measured = [module for module in SCOPE if module in by_module]
-    missing = [module for module in SCOPE if module not in by_module]
-    this_run = ""
-    if modules:
-        this_run = (f"This run: {', '.join(modules)} — {sum(cpu_by_module.values()) / 60:.1f} CPU-minutes, "
-                    f"{sum(wall_by_module.values()) / 60:.1f} min wall, load average "
-                    f"{min(loads):.1f}–{max(loads):.1f} (other jobs shared the 2 cores).\n")
-    config = REPO / "pyproject.toml"
+    measured = [module for module, _ in rows]
+    missing = [f"{module}.py ({sum(1 for _ in by_module.get(module, {}))} mutants)"
+               for module in SCOPE if module not in measured]
     write_section("mutation", f"""
 ## Mutation testing of the core (issue 19)
 
 Machine: {machine()}.
-Command: `python bench/mutation.py --modules {' '.join(measured)}` (mutmut, configuration in
-`pyproject.toml` [tool.mutmut]; `python bench/mutation.py --report-only` re-reads the results).
-{this_run}
+Command: `python bench/mutation.py --modules {' '.join(measured)}`, then, after new tests,
+`python bench/mutation.py --modules … --recheck` (mutmut {mutmut_version()}, configuration in
+`pyproject.toml` [tool.mutmut]; `--report-only` re-reads the results). Per-run CPU, wall time
+and load: `bench/results/mutation.json`.
+
 Each mutant is one planted change (comparison, constant, operator, argument, string...) in one
-function; it runs only the fast tests that reach that function (traced), fastest first, up to the
-first failure. "Not killed" = (survived + reached by no fast test) / mutants; mutants that no test
-can tell from the original are listed with their reasons in [mutation.md](mutation.md) and count
-as equivalent, not as survivors.
+function; it runs only the fast tests that reach that function (traced once), fastest first, up
+to the first failure, one mutant at a time. "Not killed" = (survived + reached by no fast test)
+/ mutants. "Not killed, first full run" is before the tests written for the survivors; mutants no
+test can tell from the original are listed with their reasons in [mutation.md](mutation.md) and
+count as equivalent, not as survivors.
 
 {chr(10).join(table)}
 
 Not measured yet: {', '.join(missing) or 'none'}. Fast tests used: those listed in
-`pytest_add_cli_args_test_selection` of {config.name}.
+`pytest_add_cli_args_test_selection` of pyproject.toml.
 """)
+
+
+def mutmut_version() -> str:
+    from importlib.metadata import version
+    return version("mutmut")
 
 
 if __name__ == "__main__":
