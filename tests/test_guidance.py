@@ -159,3 +159,14 @@ def test_every_step_respects_the_gradient_clip(generator, monkeypatch):
     run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
                  GuidanceSettings(iterations=6, grad_clip=0.1))
     assert len(clipped) == 6 and max(clipped) <= 0.1 + 1e-6
+
+
+def test_settings_and_stop_given_by_name_are_used(generator):
+    result = run_guidance(generator, "a fox", 1, rewards={"warmth": Warmth()}, weights={"warmth": 1.0},
+                          settings=GuidanceSettings(iterations=2, preview_every=0))
+    assert result.iterations_run == 2 and [s.iteration for s in result.trace] == [0, 1, 2]
+    assert all(s.preview is None for s in result.trace)
+    stop = threading.Event()
+    stop.set()
+    stopped = run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0}, stop=stop)
+    assert stopped.stopped and stopped.trace == [] and stopped.iterations_run == 0
