@@ -170,8 +170,8 @@ def main() -> None:
     rows, total = summarise(by_module, explained)
     rows = [(module, count) for module, count in rows if count["mutants"]]
     table = ["| module | mutants | not killed, first full run | killed now | equivalent | survived "
-             "| no fast test reaches it | **not killed now** | CPU-min, full run (load) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| no fast test reaches it | **not killed now** | not run yet | CPU-min, full run (load) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     first = Counter()
     cpu_minutes = 0.0
     for module, count in rows:
@@ -182,10 +182,10 @@ def main() -> None:
             cpu_minutes += full["cpu_s"] / 60
         cost = f"{full['cpu_s'] / 60:.1f} ({full['load']})" if full else "–"
         table.append(f"| {module}.py | {count['mutants']} | {before} | {count['killed']} | {count['equivalent']} | "
-                     f"{count['survived']} | {count['no tests']} | **{rate(count)}** | {cost} |")
+                     f"{count['survived']} | {count['no tests']} | **{rate(count)}** | {count['not checked']} | {cost} |")
     table.append(f"| **all measured** | {total['mutants']} | {rate(first)} | {total['killed']} | "
                  f"{total['equivalent']} | {total['survived']} | {total['no tests']} | **{rate(total)}** | "
-                 f"{cpu_minutes:.1f} |")
+                 f"{total['not checked']} | {cpu_minutes:.1f} |")
     print("\n".join(table))
     survivors = sorted(name for statuses in by_module.values() for name, status in statuses.items()
                        if status not in KILLED | {"not checked"} and name not in explained)
