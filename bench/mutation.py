@@ -167,8 +167,9 @@ def main() -> None:
     by_module = results()
     explained = equivalents()
     unknown = sorted(set(explained) - {name for statuses in by_module.values() for name in statuses})
-    rows, total = summarise(by_module, explained)
-    rows = [(module, count) for module, count in rows if count["mutants"]]
+    rows, _ = summarise(by_module, explained)
+    rows = [(module, count) for module, count in rows if count["mutants"]]  # measured, if in part
+    total = sum((count for _, count in rows), Counter())
     table = ["| module | mutants | not killed, first full run | killed now | equivalent | survived "
              "| no fast test reaches it | **not killed now** | not run yet | CPU-min, full run (load) |",
              "|---|---|---|---|---|---|---|---|---|---|"]

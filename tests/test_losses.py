@@ -88,6 +88,9 @@ def test_every_model_of_a_batch_is_reduced_over_its_own_pairs_only():
     expected = (per_pair * weights).sum(-1) / weights.sum(-1)
     got = preference_loss(*logits, weights=weights).total
     assert got.shape == (2, 3) and torch.allclose(got, expected, rtol=1e-12, atol=0)
-    # Equal weights are the plain mean.
-    equal = torch.full((2, 3, 5), 2.0, dtype=torch.float64)
+    # Equal weights are the plain mean, however small.
+    equal = torch.full((2, 3, 5), 0.1, dtype=torch.float64)
     assert torch.allclose(preference_loss(*logits, weights=equal).total, per_pair.mean(-1), rtol=1e-12, atol=0)
+    # A model with no pair (all weights zero) gets a loss of 0, not NaN.
+    weights[1, 2] = 0.0
+    assert preference_loss(*logits, weights=weights).total[1, 2].item() == 0.0
