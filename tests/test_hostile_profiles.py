@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, echo
 from prefstudio.preference import state_schema
 from prefstudio.store import profile_file
 from prefstudio.store.history import HistoryStore
@@ -531,36 +531,75 @@ def test_preference_token_histories_are_bounded():
     state_schema.check_state("preference-tokens", *_token_state(pairs=0, loo_pairs=0))
 
 
+MEMBERS_NAMED = "auto model: config 'members' must name some of user-embedding, preference-tokens"
+WEIGHT_RANGE = "must be a number in (0, 1e+06], got"
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda t, c: c["members"].clear(), "config 'members' must name some of user-embedding, preference-tokens"),
-    (lambda t, c: c.update(members=["user-embedding"]), "config 'members' must name some of"),
-    (lambda t, c: c["members"].update(colour={"config": {}, "weight": 1, "scale": 1}),
-     "config 'members' must name some of"),
-    (lambda t, c: c["members"].update({"user-embedding": 1}), "member 'user-embedding' must be an object"),
-    (lambda t, c: c["members"]["user-embedding"].pop("scale"), "missing field of member 'user-embedding' 'scale'"),
-    (lambda t, c: c["members"]["user-embedding"].update(weight=0), r"member 'user-embedding': weight must be a number "
-                                                                    r"in \(0, 1e\+06\], got 0"),
-    (lambda t, c: c["members"]["user-embedding"].update(weight=True), "member 'user-embedding': weight must be"),
-    (lambda t, c: c["members"]["preference-tokens"].update(scale=-1.0), "member 'preference-tokens': scale must be"),
-    (lambda t, c: c["members"]["preference-tokens"].update(scale=2e6), "member 'preference-tokens': scale must be"),
-    (lambda t, c: c["members"]["preference-tokens"].update(scale="1"), "member 'preference-tokens': scale must be"),
-    (lambda t, c: c["members"]["user-embedding"].update(config=[]), "member 'user-embedding': its config must be an object"),
+    (lambda t, c: c["members"].clear(), MEMBERS_NAMED),
+    (lambda t, c: c.update(members=["user-embedding"]), MEMBERS_NAMED),
+    (lambda t, c: c["members"].update(colour={"config": {}, "weight": 1, "scale": 1}), MEMBERS_NAMED),
+    (lambda t, c: c["members"].update({"user-embedding": 1}), "auto model: member 'user-embedding' must be an object"),
+    (lambda t, c: c["members"]["user-embedding"].pop("scale"),
+     "auto model: missing field of member 'user-embedding' 'scale'"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=0),
+     f"auto model: member 'user-embedding': weight {WEIGHT_RANGE} 0"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=True),
+     f"auto model: member 'user-embedding': weight {WEIGHT_RANGE} True"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=-1.0),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} -1.0"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=2e6),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} 2000000.0"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale="1"),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} '1'"),
+    (lambda t, c: c["members"]["user-embedding"].update(config=[]),
+     "auto model: member 'user-embedding': its config must be an object"),
     (lambda t, c: c["members"]["user-embedding"]["config"].update(fitted_at=1.0),
      "user-embedding model: unexpected config field 'fitted_at'"),
-    (lambda t, c: t.update({"user-embedding.mean": torch.zeros(DIM + 1)}), r"tensor 'mean' has shape \[7\]"),
+    (lambda t, c: t.update({"user-embedding.mean": torch.zeros(DIM + 1)}),
+     f"user-embedding model: tensor 'mean' has shape [{DIM + 1}], expected [{DIM}]"),
     (lambda t, c: t.pop("preference-tokens.liked"), "preference-tokens model: missing tensor 'liked'"),
     (lambda t, c: t.update({"stray": torch.zeros(1)}), "auto model: tensors of no member: 'stray'"),
+    # At most three names, each cut to 40 characters.
+    (lambda t, c: t.update({name: torch.zeros(1) for name in ("d", "c", "b", "a" * 60)}),
+     f"auto model: tensors of no member: {echo('a' * 60, 40)}, 'b', 'c'"),
     (lambda t, c: c.update(type="user-embedding"), "auto model: config 'type' / 'version' are not auto / 1"),
     (lambda t, c: c.update(version=True), "auto model: config 'type' / 'version' are not auto / 1"),
     (lambda t, c: c.update(version=2), "auto model: config 'type' / 'version' are not auto / 1"),
-    (lambda t, c: c.update(loo_pairs=4), r"auto model: config 'loo_pairs' must be a whole number in \[0, 3\]"),
+    (lambda t, c: c.update(loo_pairs=4), "auto model: config 'loo_pairs' must be a whole number in [0, 3], got 4"),
     (lambda t, c: c.pop("members"), "auto model: missing config field 'members'"),
 ])
 def test_a_combined_taste_is_checked_member_by_member(edit, message):
     tensors, config = _auto_state()
     edit(tensors, config)
-    with pytest.raises(InvalidInput, match=message):
-        state_schema.check_state("auto", tensors, config, {ENCODER: DIM})
+    assert schema_refusal("auto", tensors, config, {ENCODER: DIM}) == message
+
+
+def test_the_members_of_a_combined_taste_must_match_the_encoder_too():
+    assert schema_refusal("auto", *_auto_state(), {ENCODER: DIM + 1}) == (
+        f"user-embedding model: its tensors are {DIM}-dimensional but encoder '{ENCODER}' gives "
+        f"{DIM + 1}-dimensional features")
+
+
+def test_preference_token_refusals_name_the_model():
+    tensors, config = _token_state()
+    prefix = "preference-tokens model: "
+    for key in ("liked", "disliked", "prompts"):
+        nan = tensors[key].clone()
+        nan[0, 0] = math.nan
+        assert schema_refusal("preference-tokens", {**tensors, key: nan}, config) == \
+            f"{prefix}tensor '{key}' holds NaN or infinite values"
+    assert schema_refusal("preference-tokens", tensors, {**config, "checkpoint": ""}) == \
+        f"{prefix}config 'checkpoint' must be one line of 1-200 printable characters, got ''"
+    assert schema_refusal("preference-tokens", tensors, {**config, "fitted_at": -5}) == \
+        f"{prefix}config 'fitted_at' must be a time in seconds between 1970 and 2100, got -5"
+    assert schema_refusal("preference-tokens", tensors, {**config, "n_pairs": 2}) == \
+        f"{prefix}config 'n_pairs' is 2 but the history holds 3 pairs"
+
+
+def test_preference_token_feature_widths_from_one_to_the_maximum_are_accepted():
+    for dim, text_dim in [(1, 1), (state_schema.MAX_FEATURE_DIM, state_schema.MAX_FEATURE_DIM)]:
+        state_schema.check_state("preference-tokens", *_token_state(pairs=2, dim=dim, text_dim=text_dim))
 
 
 def test_a_combined_taste_with_one_member_and_largest_weights_is_accepted():
