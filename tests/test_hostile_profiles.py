@@ -462,6 +462,10 @@ def test_fit_field_refusals_say_what_is_allowed():
         "user-embedding model: config 'mode' must be one line of 1-200 printable characters, got ''")
     assert schema_refusal("user-embedding", tensors, {**config, "reference_images": ["x"]}) == (
         "user-embedding model: config 'reference_images' must be a list of image ids (SHA-256)")
+    assert schema_refusal("user-embedding", tensors, {**config, "type": "auto"}) == (
+        "user-embedding model: config 'type' is 'auto', expected 'user-embedding'")
+    assert schema_refusal("user-embedding", tensors, {**config, "encoder": ""}) == (
+        "user-embedding model: config 'encoder' must be one line of 1-200 printable characters, got ''")
     assert schema_refusal("user-embedding", tensors, {**config, "version": "1"}) == (
         "user-embedding model: config 'version' '1' is not one this PrefStudio reads (1)")
     del config["mode"], config["n_pairs"]
