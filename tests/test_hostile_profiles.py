@@ -611,3 +611,39 @@ def test_a_combined_taste_with_one_member_and_largest_weights_is_accepted():
     state_schema.check_state("auto", tensors, config)
     del config["members"]["preference-tokens"]
     state_schema.check_state("auto", {k: v for k, v in tensors.items() if k.startswith("user-embedding.")}, config)
+
+
+def test_user_embedding_refusals_name_the_model_and_cut_long_names():
+    tensors, config = user_embedding_state()
+    prefix = "user-embedding model: "
+    for key in ("projection", "std", "like_vector", "dislike_vector"):
+        bad = tensors[key].clone()
+        bad.view(-1)[0] = math.inf
+        assert schema_refusal("user-embedding", {**tensors, key: bad}, config) == \
+            f"{prefix}tensor '{key}' holds NaN or infinite values"
+    assert schema_refusal("user-embedding", {k: v for k, v in tensors.items() if k != "mean"}, config) == \
+        f"{prefix}missing tensor 'mean'"
+    long_names = {"z" * 60: 1, "b": 2, "c": 3, "a": 4}
+    assert schema_refusal("user-embedding", tensors, {**config, **long_names}) == \
+        f"{prefix}unexpected config field 'a', 'b', 'c'"
+    assert schema_refusal("user-embedding", tensors, {**config, "z" * 60: 1}) == \
+        f"{prefix}unexpected config field {echo('z' * 60, 40)}"
+    assert schema_refusal("x", tensors, config) == \
+        "unknown preference model 'x'; this PrefStudio stores user-embedding, preference-tokens, auto"
+
+
+def test_user_embedding_widths_from_one_to_the_maximum_are_accepted():
+    tensors, config = user_embedding_state()
+    narrow = {**tensors, "projection": torch.zeros(1, 1), "mean": torch.zeros(1), "std": torch.ones(1),
+              "like_vector": torch.zeros(1), "dislike_vector": torch.zeros(1)}
+    state_schema.check_state("user-embedding", narrow, config)
+    taste = state_schema.MAX_TASTE_DIM
+    wide = {**tensors, "projection": torch.zeros(DIM, taste), "like_vector": torch.zeros(taste),
+            "dislike_vector": torch.zeros(taste)}
+    state_schema.check_state("user-embedding", wide, config)
+
+
+def test_a_member_of_a_combined_taste_carries_no_fit_fields_not_even_a_reason():
+    tensors, config = _auto_state()
+    config["members"]["user-embedding"]["config"]["reason"] = "members have none"
+    assert schema_refusal("auto", tensors, config) == "user-embedding model: unexpected config field 'reason'"
