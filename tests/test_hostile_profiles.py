@@ -647,3 +647,77 @@ def test_a_member_of_a_combined_taste_carries_no_fit_fields_not_even_a_reason():
     tensors, config = _auto_state()
     config["members"]["user-embedding"]["config"]["reason"] = "members have none"
     assert schema_refusal("auto", tensors, config) == "user-embedding model: unexpected config field 'reason'"
+
+
+# The profile file's image and model checks, exactly as a person reads them.
+
+def _one_image(tmp_path, png, name="one.prefstudio"):
+    sha = hashlib.sha256(png).hexdigest()
+    return _forge_images(tmp_path / name, {sha: png}), sha
+
+
+def test_image_sizes_are_read_from_the_png_header_and_named_in_the_refusal(target, tmp_path):
+    path, sha = _one_image(tmp_path, bomb_png(3, 20_000))
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 3×20000; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(20_000, 3), "wide.prefstudio")
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 20000×3; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(10_000, 5_000), "big.prefstudio")
+    assert refused(target, path, "the limit is") == \
+        f"image {sha[:12]}… in the profile file is 10000×5000 = 50 MP; the limit is 40 MP"
+
+
+def test_an_image_that_is_not_a_png_is_refused_before_decoding(target, tmp_path, monkeypatch):
+    png = bomb_png(4, 4)
+    no_header = png[:12] + b"IDAT" + png[16:]  # the signature, then no IHDR chunk first
+    path, sha = _one_image(tmp_path, no_header)
+    monkeypatch.setattr(profile_file, "load_untrusted_image", lambda data: pytest.fail("decoded an image"))
+    assert refused(target, path, "is not a PNG") == f"image {sha[:12]}… in the profile file is not a PNG"
+
+
+def test_the_pixel_budget_of_a_file_counts_every_pixel_once(target, tmp_path, monkeypatch):
+    pngs = [bomb_png(100 + i, 100) for i in range(3)]  # 30,300 pixels together
+    path = _forge_images(tmp_path / "many.prefstudio", {hashlib.sha256(png).hexdigest(): png for png in pngs})
+    monkeypatch.setattr(validation, "MAX_PROFILE_PIXELS", 30_300)
+    assert import_profile(target, path).name == "Bomb"
+    assert [target.image_record(hashlib.sha256(png).hexdigest()).width for png in pngs] == [100, 101, 102]
+
+
+def test_a_model_tensor_of_a_type_prefstudio_does_not_store_is_refused(exported, target, tmp_path):
+    path = edited(exported, tmp_path, _set_tensor("like_vector", torch.randn(4).to(torch.bfloat16)))
+    assert refused(target, path, "BF16", new_name="Carol") == \
+        "profile file is malformed: a model tensor is BF16, which PrefStudio does not store"
+
+
+def test_a_profile_file_that_shrinks_while_it_is_read_is_refused(exported, target, tmp_path, monkeypatch):
+    """Checked, then cut short by another program before its images were read."""
+    copy = tmp_path / "shrinking.prefstudio"
+    copy.write_bytes(exported.read_bytes())
+    check_pixels = profile_file._check_pixel_budget
+
+    def truncate_then_check(file, entries, shas):
+        check_pixels(file, entries, shas)
+        os.truncate(copy, min(entry.start for entry in entries.values()) + 1)
+    monkeypatch.setattr(profile_file, "_check_pixel_budget", truncate_then_check)
+    assert refused(target, copy, "changed", new_name="Carol") == "profile file changed while it was read"
+
+
+def test_a_failed_restore_keeps_files_another_writer_uses_and_keeps_its_own_error(exported, target, monkeypatch):
+    used = {}
+
+    def fail_after_another_writer(name, images, judgments, models):
+        new = [record for record, _ in images if not record.path.exists()]
+        for _, png in images:
+            store_png_bytes(png, target.images_dir)
+        # Meanwhile, another writer stores one of the new images for itself...
+        with HistoryStore(target.data_dir) as other, other._transaction() as db:
+            other._insert_image(db, new[0])
+        used["path"] = new[0].path
+        new[1].path.unlink()  # ...and another new file is gone already
+        raise InvalidInput(f"a profile named {name!r} already exists")
+
+    monkeypatch.setattr(target, "restore_profile", fail_after_another_writer)
+    with pytest.raises(InvalidInput, match="already exists"):  # its own error, not the cleanup's
+        import_profile(target, exported, new_name="Carol")
+    assert used["path"].exists() and target.image_record(used["path"].stem).path == used["path"]
