@@ -663,6 +663,9 @@ def test_image_sizes_are_read_from_the_png_header_and_named_in_the_refusal(targe
     path, sha = _one_image(tmp_path, bomb_png(20_000, 3), "wide.prefstudio")
     assert refused(target, path, "no side may exceed") == \
         f"image {sha[:12]}… in the profile file is 20000×3; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(2**24 + 3, 1), "widest.prefstudio")  # all four bytes count
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 16777219×1; no side may exceed 16,384 pixels"
     path, sha = _one_image(tmp_path, bomb_png(10_000, 5_000), "big.prefstudio")
     assert refused(target, path, "the limit is") == \
         f"image {sha[:12]}… in the profile file is 10000×5000 = 50 MP; the limit is 40 MP"
