@@ -268,3 +268,17 @@ def test_import_under_a_look_alike_name_is_refused(store, exported):
     with pytest.raises(InvalidInput, match="'Ａｌｉｃｅ' is too like the existing 'Alice'.*import it under"):
         import_profile(store, exported, new_name="Ａｌｉｃｅ")
     assert [p.name for p in store.list_profiles()] == ["Alice", "Bob"]
+
+
+def test_serialized_tensors_read_back_whole_with_or_without_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from prefstudio.store.profile_file import RawTensor, raw_tensors, serialize
+
+    tensors = {"b": RawTensor("U8", (3,), b"abc"), "a": RawTensor("F32", (2, 1), bytes(8))}
+    for metadata in (None, {"format": "x"}):
+        data = serialize(tensors, metadata)
+        assert raw_tensors(data) == tensors
+        (tmp_path / "t.safetensors").write_bytes(data)
+        with safe_open(tmp_path / "t.safetensors", framework="numpy") as file:
+            assert file.metadata() == metadata and sorted(file.keys()) == ["a", "b"]
