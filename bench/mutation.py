@@ -1,6 +1,7 @@
 """Mutation testing of the core (issue 19): how many planted bugs the fast unit tests catch.
 
-    python bench/mutation.py [--modules validation preference/losses ...] [--recheck] [--report-only]
+    python bench/mutation.py [--modules validation preference/losses ...] [--budget-minutes M]
+                             [--recheck] [--report-only]
 
 mutmut (configuration: [tool.mutmut] in pyproject.toml) copies prefstudio/ into mutants/,
 plants one small change per mutant in the modules of SCOPE (a flipped comparison, a changed
@@ -10,9 +11,12 @@ first failure. One worker (`--max-children 1`): this machine's two cores are sha
 
 Each module given (default: all of SCOPE, in that order) is run anew; modules not given keep
 the results mutants/ holds from earlier runs, so a long scope can be measured a few modules
-at a time. `--recheck` reruns only the mutants of those modules that were not killed (after
-tests were added). Then this prints, per module, mutants killed / survived / reached by no fast test,
-and rewrites the mutation section of docs/benchmarks.md from every result in mutants/.
+at a time. `--budget-minutes` stops a module's run after that long (mutmut runs the mutants
+with the fastest tests first; the rest stay "not run yet"). `--recheck` reruns only the
+mutants of those modules that were not killed (after tests were added). Then this prints,
+per module, mutants killed / survived / reached by no fast test, and rewrites the mutation
+section of docs/benchmarks.md from every result in mutants/ (each run's CPU time, wall time
+and load go to bench/results/mutation.json).
 
 A survivor is either killed by a new test or listed in docs/mutation.md as equivalent (no
 test can tell it from the original), with its reason; the report counts both.
@@ -22,6 +26,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -61,21 +66,29 @@ def mutant_prefix(module: str) -> str:
     return "prefstudio." + module.replace("/", ".") + "."
 
 
-def run_mutmut(module: str, names: list[str]) -> float:
-    """One mutmut run over the mutants `names` of `module`; returns its CPU seconds (all processes)."""
+def run_mutmut(module: str, names: list[str], budget_s: float | None) -> tuple[float, bool]:
+    """One mutmut run over the mutants `names` of `module`, stopped (as by Ctrl-C, which keeps
+    the results so far) after `budget_s` seconds; returns its CPU seconds and whether it ended."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
     mutmut = Path(sys.executable).with_name("mutmut")
     log = REPO / "mutants" / f"run-{module.replace('/', '.')}.log"
     log.parent.mkdir(exist_ok=True)
+    finished = True
     with open(log, "w") as out:
-        code = subprocess.call([str(mutmut), "run", "--max-children", "1", *names],
-                               cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names],
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            finished = False
+            process.send_signal(signal.SIGINT)
+            code = process.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0:
+    if finished and code != 0:
         sys.exit(f"mutmut failed on {module} (exit {code}); its output is in {log}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), finished
 
 
 def results() -> dict[str, dict[str, str]]:
@@ -134,6 +147,8 @@ def main() -> None:
                         help="modules to (re)run; default: all of SCOPE")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report what mutants/ holds")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="stop each module's run after this long, keeping its results so far")
     parser.add_argument("--recheck", action="store_true",
                         help="rerun only the mutants of these modules that were not killed (after new tests)")
     args = parser.parse_args()
@@ -142,7 +157,7 @@ def main() -> None:
     if args.recheck:
         earlier = results()
         not_killed = {module: sorted(name for name, status in earlier.get(module, {}).items()
-                                     if status not in KILLED) for module in modules}
+                                     if status not in KILLED | {"not checked"}) for module in modules}
         modules = [module for module in modules if not_killed[module]]
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -150,10 +165,10 @@ def main() -> None:
     for module in modules:
         start = time.time()
         names = not_killed[module] if args.recheck else [mutant_prefix(module) + "*"]
-        cpu = run_mutmut(module, names)
+        cpu, finished = run_mutmut(module, names, args.budget_minutes * 60 if args.budget_minutes else None)
         run = {"cpu_s": round(cpu, 1), "wall_s": round(time.time() - start, 1),
                "load": round(os.getloadavg()[0], 1), "commit": commit, "mutants_run": len(names)
-               if args.recheck else None}
+               if args.recheck else None, "stopped_at_budget": not finished}
         print(f"{module}: {run['cpu_s']:.0f} s CPU, {run['wall_s']:.0f} s wall, load {run['load']}", flush=True)
         _, count = summarise({module: results().get(module, {})}, {})
         run |= {key: count[key] for key in ("mutants", "killed", "survived", "no tests")}
@@ -178,6 +193,8 @@ def main() -> None:
     for module, count in rows:
         full = record.get(module, {}).get("full_run")
         before = f"{100 * (full['survived'] + full['no tests']) / full['mutants']:.1f} %" if full else "–"
+        if full and full.get("stopped_at_budget"):
+            before += f" (of the first {full['mutants']})"
         if full:
             first += Counter({k: full[k] for k in ("mutants", "survived", "no tests")})
             cpu_minutes += full["cpu_s"] / 60
