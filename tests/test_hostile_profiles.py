@@ -724,3 +724,16 @@ def test_a_failed_restore_keeps_files_another_writer_uses_and_keeps_its_own_erro
     with pytest.raises(InvalidInput, match="already exists"):  # its own error, not the cleanup's
         import_profile(target, exported, new_name="Carol")
     assert used["path"].exists() and target.image_record(used["path"].stem).path == used["path"]
+
+
+def test_the_largest_side_is_accepted_and_megapixels_are_rounded_as_read(target, tmp_path, monkeypatch):
+    path, sha = _one_image(tmp_path, bomb_png(validation.MAX_IMAGE_SIDE, 1))
+    assert import_profile(target, path).name == "Bomb" and target.image_record(sha).width == 16_384
+    path, sha = _one_image(tmp_path, bomb_png(10_300, 5_000), "big.prefstudio")  # 51.5 MP
+    assert refused(target, path, "the limit is", new_name="Big") == \
+        f"image {sha[:12]}… in the profile file is 10300×5000 = 52 MP; the limit is 40 MP"
+    pngs = [bomb_png(1_000, 500), bomb_png(500, 1_000), bomb_png(2_000, 250)]  # 1.5 MP together
+    path = _forge_images(tmp_path / "many.prefstudio", {hashlib.sha256(png).hexdigest(): png for png in pngs})
+    monkeypatch.setattr(validation, "MAX_PROFILE_PIXELS", 1_000_000)
+    assert refused(target, path, "together", new_name="Many") == \
+        "the profile file's images hold 2 MP together; the limit is 1 MP"

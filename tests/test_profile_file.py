@@ -270,14 +270,19 @@ def test_import_under_a_look_alike_name_is_refused(store, exported):
     assert [p.name for p in store.list_profiles()] == ["Alice", "Bob"]
 
 
-def test_serialized_tensors_read_back_whole_with_or_without_metadata(tmp_path):
+def test_serialized_tensors_are_what_safetensors_writes_with_or_without_metadata(tmp_path):
+    import numpy as np
+    import safetensors.numpy
     from safetensors import safe_open
 
     from prefstudio.store.profile_file import RawTensor, raw_tensors, serialize
 
     tensors = {"b": RawTensor("U8", (3,), b"abc"), "a": RawTensor("F32", (2, 1), bytes(8))}
+    arrays = {"b": np.frombuffer(b"abc", dtype=np.uint8), "a": np.zeros((2, 1), dtype=np.float32)}
     for metadata in (None, {"format": "x"}):
         data = serialize(tensors, metadata)
+        # Byte for byte what the safetensors library writes (the same header, padded to 8 bytes).
+        assert data == safetensors.numpy.save(arrays, metadata=metadata)
         assert raw_tensors(data) == tensors
         (tmp_path / "t.safetensors").write_bytes(data)
         with safe_open(tmp_path / "t.safetensors", framework="numpy") as file:
