@@ -287,3 +287,18 @@ def test_serialized_tensors_are_what_safetensors_writes_with_or_without_metadata
         (tmp_path / "t.safetensors").write_bytes(data)
         with safe_open(tmp_path / "t.safetensors", framework="numpy") as file:
             assert file.metadata() == metadata and sorted(file.keys()) == ["a", "b"]
+
+
+def test_export_refuses_a_profile_whose_image_file_is_missing_or_changed(store, tmp_path):
+    record = store.image_record(store.judgments("Alice")[0].image_a)
+    target = tmp_path / "alice.prefstudio"
+    original = record.path.read_bytes()
+    record.path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(InvalidInput) as caught:
+        export_profile(store, "Alice", target)
+    assert str(caught.value) == f"image file {record.path} is damaged: its bytes changed on disk"
+    record.path.unlink()
+    with pytest.raises(NotFound) as caught:
+        export_profile(store, "Alice", target)
+    assert str(caught.value) == f"image file {record.path} is missing: No such file or directory"
+    assert not target.exists()
