@@ -737,3 +737,31 @@ def test_the_largest_side_is_accepted_and_megapixels_are_rounded_as_read(target,
     monkeypatch.setattr(validation, "MAX_PROFILE_PIXELS", 1_000_000)
     assert refused(target, path, "together", new_name="Many") == \
         "the profile file's images hold 2 MP together; the limit is 1 MP"
+
+
+def _models(value):
+    def edit(content, tensors):
+        content["models"] = value
+        for key in [k for k in tensors if k.startswith("model.")]:
+            del tensors[key]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_models({}), "profile file is malformed: models must be list"),
+    (_models([1]), "profile file is malformed: each model must be dict"),
+    (_models([{"name": "user-embedding"}]),
+     "profile file is malformed: a model must have exactly the keys config, name (not 'config')"),
+    (_models([{"name": 5, "config": {}}]), "profile file is malformed: a model's name must be str"),
+], ids=["not-a-list", "not-an-object", "no-config", "name-not-text"])
+def test_the_models_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
+
+
+def test_model_names_of_64_characters_reach_the_schema_and_longer_ones_do_not(exported, target, tmp_path):
+    name = "m" * 64
+    assert refused(target, edited(exported, tmp_path, _rename_model(name)), "unknown", new_name="Carol") == \
+        f"unknown preference model '{name}'; this PrefStudio stores user-embedding, preference-tokens, auto"
+    too_long = _models([{"name": name + "m", "config": {}}])  # its tensors would be refused first
+    assert refused(target, edited(exported, tmp_path, too_long), "over", new_name="Carol") == \
+        f"profile file is malformed: model name {echo(name + 'm')} is over 64 characters"
