@@ -753,7 +753,10 @@ def _models(value):
     (_models([{"name": "user-embedding"}]),
      "profile file is malformed: a model must have exactly the keys config, name (not 'config')"),
     (_models([{"name": 5, "config": {}}]), "profile file is malformed: a model's name must be str"),
-], ids=["not-a-list", "not-an-object", "no-config", "name-not-text"])
+    (_models([{"name": "user-embedding", "config": []}]), "profile file is malformed: a model's config must be dict"),
+    (_models([{"name": "user-embedding", "config": {}}, {"name": "user-embedding", "config": {}}]),
+     "profile file is malformed: model 'user-embedding' is listed twice"),
+], ids=["not-a-list", "not-an-object", "no-config", "name-not-text", "config-not-an-object", "listed-twice"])
 def test_the_models_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
     assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
 
