@@ -768,3 +768,25 @@ def test_model_names_of_64_characters_reach_the_schema_and_longer_ones_do_not(ex
     too_long = _models([{"name": name + "m", "config": {}}])  # its tensors would be refused first
     assert refused(target, edited(exported, tmp_path, too_long), "over", new_name="Carol") == \
         f"profile file is malformed: model name {echo(name + 'm')} is over 64 characters"
+
+
+def _nested(levels, wrap):
+    value = 1
+    for _ in range(levels):
+        value = wrap(value)
+    return value
+
+
+def _params(params):
+    def edit(content, tensors):
+        content["images"][0]["params"] = params
+    return edit
+
+
+@pytest.mark.parametrize("wrap", [lambda v: {"k": v}, lambda v: [v]], ids=["objects", "lists"])
+def test_image_params_nested_eight_deep_are_accepted_and_nine_are_refused(exported, target, tmp_path, wrap):
+    deepest = {"k": _nested(7, wrap)}  # the params object and 7 more levels
+    import_profile(target, edited(exported, tmp_path, _params(deepest)), new_name="Deep")
+    too_deep = {"k": _nested(8, wrap)}
+    assert refused(target, edited(exported, tmp_path, _params(too_deep)), "nested", new_name="Carol") == \
+        "profile file is malformed: an image's params is nested more than 8 deep"
