@@ -107,8 +107,9 @@ def results() -> dict[str, dict[str, str]]:
 
 def equivalents() -> dict[str, str]:
     """Mutant name → why it is equivalent, from the table rows of docs/mutation.md."""
-    rows = re.findall(r"^\| `(prefstudio\.[^`]+)` \| (.+?) \|$", EQUIVALENTS.read_text(), re.M) \
-        if EQUIVALENTS.exists() else []
+    text = EQUIVALENTS.read_text() if EQUIVALENTS.exists() else ""
+    section = text.split("## Equivalent mutants", 1)[-1].split("\n## ", 1)[0] if text else ""
+    rows = re.findall(r"^\| `(prefstudio\.[^`]+)` \| (.+?) \|$", section, re.M)
     return dict(rows)
 
 
