@@ -790,3 +790,8 @@ def test_image_params_nested_eight_deep_are_accepted_and_nine_are_refused(export
     too_deep = {"k": _nested(8, wrap)}
     assert refused(target, edited(exported, tmp_path, _params(too_deep)), "nested", new_name="Carol") == \
         "profile file is malformed: an image's params is nested more than 8 deep"
+
+
+def test_a_judgment_time_that_is_not_text_is_refused_naming_the_field(exported, target, tmp_path):
+    assert refused(target, edited(exported, tmp_path, _judgment_created(1_790_000_000)), "created",
+                   new_name="Carol") == "profile file is malformed: a judgment's created must be str"
