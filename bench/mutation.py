@@ -186,8 +186,8 @@ def main() -> None:
     rows, _ = summarise(by_module, explained)
     rows = [(module, count) for module, count in rows if count["mutants"]]  # measured, if in part
     total = sum((count for _, count in rows), Counter())
-    table = ["| module | mutants | not killed, first full run | killed now | equivalent | survived "
-             "| no fast test reaches it | **not killed now** | not run yet | CPU-min, full run (load) |",
+    table = ["| module | mutants | not killed, first run | killed now | equivalent | survived "
+             "| no fast test reaches it | **not killed now** | not run yet | CPU-min of the first run (load) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     first = Counter()
     cpu_minutes = 0.0
@@ -198,8 +198,11 @@ def main() -> None:
             before += f" (of the first {full['mutants']})"
         if full:
             first += Counter({k: full[k] for k in ("mutants", "survived", "no tests")})
-            cpu_minutes += full["cpu_s"] / 60
-        cost = f"{full['cpu_s'] / 60:.1f} ({full['load']})" if full else "–"
+            cpu_minutes += (full["cpu_s"] or 0) / 60
+        cost = "–"
+        if full:
+            cost = f"{full['cpu_s'] / 60:.1f}" if full["cpu_s"] is not None else f"? ({full['wall_s'] / 60:.0f} min wall)"
+            cost += f" ({full['load']})"
         table.append(f"| {module}.py | {count['mutants']} | {before} | {count['killed']} | {count['equivalent']} | "
                      f"{count['survived']} | {count['no tests']} | **{rate(count)}** | {count['not checked']} | {cost} |")
     table.append(f"| **all measured** | {total['mutants']} | {rate(first)} | {total['killed']} | "
