@@ -795,3 +795,43 @@ def test_image_params_nested_eight_deep_are_accepted_and_nine_are_refused(export
 def test_a_judgment_time_that_is_not_text_is_refused_naming_the_field(exported, target, tmp_path):
     assert refused(target, edited(exported, tmp_path, _judgment_created(1_790_000_000)), "created",
                    new_name="Carol") == "profile file is malformed: a judgment's created must be str"
+
+
+def _image_field(key, value):
+    def edit(content, tensors):
+        content["images"][0][key] = value
+    return edit
+
+
+def test_judgment_times_are_read_up_to_64_characters(exported, target, tmp_path):
+    longest = "2026-01-01T00:00:00." + "1" * 38 + "+00:00"  # Python reads any number of digits
+    assert len(longest) == 64
+    import_profile(target, edited(exported, tmp_path, _judgment_created(longest)), new_name="Long")
+    too_long = longest.replace("+", "1+")
+    assert refused(target, edited(exported, tmp_path, _judgment_created(too_long)), "ISO", new_name="Carol") == \
+        f"profile file is malformed: a judgment's created {echo(too_long)} is not an ISO 8601 time with a zone"
+
+
+@pytest.mark.parametrize("value, message", [
+    (7, "profile file is malformed: an image's generator must be str"),
+    ("   ", "profile file is malformed: an image's generator must be one line of 1-200 printable characters, "
+           "got '   '"),
+    ("g" * 201, "profile file is malformed: an image's generator must be one line of 1-200 printable characters, "
+                f"got {echo('g' * 201)}"),
+    ("two\nlines", "profile file is malformed: an image's generator must be one line of 1-200 printable "
+                   "characters, got 'two\\nlines'"),
+])
+def test_an_image_generator_must_be_one_short_line(exported, target, tmp_path, value, message):
+    assert refused(target, edited(exported, tmp_path, _image_field("generator", value)), "generator",
+                   new_name="Carol") == message
+
+
+def test_an_image_generator_of_200_characters_is_accepted(exported, target, tmp_path):
+    import_profile(target, edited(exported, tmp_path, _image_field("generator", "g" * 200)), new_name="Long")
+
+
+def test_the_images_list_must_be_a_list(exported, target, tmp_path):
+    def edit(content, tensors):
+        content["images"] = {}
+    assert refused(target, edited(exported, tmp_path, edit), "images", new_name="Carol") == \
+        "profile file is malformed: images must be list"
