@@ -830,8 +830,18 @@ def test_an_image_generator_of_200_characters_is_accepted(exported, target, tmp_
     import_profile(target, edited(exported, tmp_path, _image_field("generator", "g" * 200)), new_name="Long")
 
 
-def test_the_images_list_must_be_a_list(exported, target, tmp_path):
+def _images(edit_list):
     def edit(content, tensors):
-        content["images"] = {}
-    assert refused(target, edited(exported, tmp_path, edit), "images", new_name="Carol") == \
-        "profile file is malformed: images must be list"
+        content["images"] = edit_list(content["images"])
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_images(lambda images: {}), "profile file is malformed: images must be list"),
+    (_images(lambda images: [1] + images), "profile file is malformed: each image must be dict"),
+    (_images(lambda images: [{k: v for k, v in images[0].items() if k != "seed"}] + images[1:]),
+     "profile file is malformed: an image must have exactly the keys created, generator, params, prompt, "
+     "seed, sha256 (not 'seed')"),
+], ids=["not-a-list", "not-an-object", "missing-key"])
+def test_the_images_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
