@@ -77,8 +77,10 @@ def run_mutmut(module: str, names: list[str], budget_s: float | None) -> tuple[f
     log.parent.mkdir(exist_ok=True)
     finished = True
     with open(log, "w") as out:
+        # SIGINT back to its default in mutmut: a shell starts background jobs with it ignored.
         process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names],
-                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             code = process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
