@@ -842,6 +842,17 @@ def _images(edit_list):
     (_images(lambda images: [{k: v for k, v in images[0].items() if k != "seed"}] + images[1:]),
      "profile file is malformed: an image must have exactly the keys created, generator, params, prompt, "
      "seed, sha256 (not 'seed')"),
-], ids=["not-a-list", "not-an-object", "missing-key"])
+    (_images(lambda images: [{**images[0], "sha256": 5}] + images[1:]),
+     "profile file is malformed: an image's sha256 must be str"),
+    (_images(lambda images: [{**images[0], "sha256": "xyz"}] + images[1:]),
+     "profile file is malformed: 'xyz' is not a SHA-256"),
+], ids=["not-a-list", "not-an-object", "missing-key", "sha-not-text", "not-a-sha"])
 def test_the_images_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
     assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
+
+
+def test_an_image_listed_twice_is_refused_naming_it(exported, target, tmp_path):
+    metadata, _ = read(exported)
+    sha = json.loads(metadata["profile"])["images"][0]["sha256"]
+    assert refused(target, edited(exported, tmp_path, _images(lambda images: images + images[:1])), "twice",
+                   new_name="Carol") == f"profile file is malformed: image {sha[:12]}… is listed twice"
