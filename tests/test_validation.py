@@ -191,6 +191,7 @@ def test_an_output_file_in_a_folder_that_cannot_be_written_is_refused():
     base = Path(tempfile.mkdtemp(prefix="prefstudio-test-"))
     try:
         base.chmod(0o755)
+        assert validate_output_file(base / "me.prefstudio") == base / "me.prefstudio"  # its owner may write
         locked = base / "locked"
         locked.mkdir(mode=0o555)
         locked.chmod(0o555)
