@@ -186,7 +186,7 @@ def _in_unprivileged_child(function, *args) -> str:
     return message
 
 
-def test_an_output_file_in_a_folder_that_cannot_be_written_is_refused():
+def test_an_output_file_in_an_unwritable_folder_is_refused():
     # Under /tmp (not pytest's root-only tmp_path) so that 'nobody' can reach the folder.
     base = Path(tempfile.mkdtemp(prefix="prefstudio-test-"))
     try:
