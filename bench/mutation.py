@@ -1,7 +1,7 @@
 """Mutation testing of the core (issue 19): how many planted bugs the fast unit tests catch.
 
     python bench/mutation.py [--modules validation preference/losses ...] [--budget-minutes M]
-                             [--recheck] [--report-only]
+                             [--resume | --recheck | --report-only]
 
 mutmut (configuration: [tool.mutmut] in pyproject.toml) copies prefstudio/ into mutants/,
 plants one small change per mutant in the modules of SCOPE (a flipped comparison, a changed
@@ -12,10 +12,10 @@ first failure. One worker (`--max-children 1`): this machine's two cores are sha
 Each module given (default: all of SCOPE, in that order) is run anew; modules not given keep
 the results mutants/ holds from earlier runs, so a long scope can be measured a few modules
 at a time. `--budget-minutes` stops a module's run after that long (mutmut runs the mutants
-with the fastest tests first; the rest stay "not run yet"). `--recheck` reruns only the
-mutants of those modules that were not killed (after tests were added). Then this prints,
-per module, mutants killed / survived / reached by no fast test, and rewrites the mutation
-section of docs/benchmarks.md from every result in mutants/ (each run's CPU time, wall time
+with the fastest tests first; the rest stay "not run yet"). `--resume` runs only the
+mutants not run yet; `--recheck` reruns only those not killed (after tests were added).
+Then this prints, per module, mutants killed / survived / reached by no fast test, and
+rewrites the mutation section of docs/benchmarks.md from every result in mutants/ (each run's CPU time, wall time
 and load go to bench/results/mutation.json).
 
 A survivor is either killed by a new test or listed in docs/mutation.md as equivalent (no
@@ -154,30 +154,43 @@ def main() -> None:
                         help="stop each module's run after this long, keeping its results so far")
     parser.add_argument("--recheck", action="store_true",
                         help="rerun only the mutants of these modules that were not killed (after new tests)")
+    parser.add_argument("--resume", action="store_true",
+                        help="run only the mutants of these modules not run yet (after a budget stop)")
     args = parser.parse_args()
 
     modules = [] if args.report_only else (args.modules or SCOPE)
-    if args.recheck:
-        earlier = results()
-        not_killed = {module: sorted(name for name, status in earlier.get(module, {}).items()
-                                     if status not in KILLED | {"not checked"}) for module in modules}
-        modules = [module for module in modules if not_killed[module]]
+    earlier = results()
+    chosen = {}
+    if args.recheck or args.resume:
+        def wanted(status):
+            return status == "not checked" if args.resume else status not in KILLED | {"not checked"}
+        chosen = {module: sorted(name for name, status in earlier.get(module, {}).items() if wanted(status))
+                  for module in modules}
+        modules = [module for module in modules if chosen[module]]
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     for module in modules:
         start = time.time()
-        names = not_killed[module] if args.recheck else [mutant_prefix(module) + "*"]
+        names = chosen[module] if module in chosen else [mutant_prefix(module) + "*"]
         cpu, finished = run_mutmut(module, names, args.budget_minutes * 60 if args.budget_minutes else None)
         run = {"cpu_s": round(cpu, 1), "wall_s": round(time.time() - start, 1),
                "load": round(os.getloadavg()[0], 1), "commit": commit, "mutants_run": len(names)
-               if args.recheck else None, "stopped_at_budget": not finished}
+               if module in chosen else None, "stopped_at_budget": not finished}
         print(f"{module}: {run['cpu_s']:.0f} s CPU, {run['wall_s']:.0f} s wall, load {run['load']}", flush=True)
-        _, count = summarise({module: results().get(module, {})}, {})
+        now = results().get(module, {})
+        _, count = summarise({module: now if module not in chosen else {n: now[n] for n in names}}, {})
         run |= {key: count[key] for key in ("mutants", "killed", "survived", "no tests")}
         entry = record.setdefault(module, {})
         if args.recheck:
             entry.setdefault("rechecks", []).append(run)
+        elif args.resume and "full_run" in entry:  # the first run goes on: add this part to it
+            first = entry["full_run"]
+            for key in ("cpu_s", "wall_s", "mutants", "killed", "survived", "no tests"):
+                first[key] = round(first[key] + run[key], 1) if first[key] is not None else None
+            first["stopped_at_budget"] = run["stopped_at_budget"] or any(
+                status == "not checked" for status in now.values())
+            first.setdefault("parts", []).append(run)
         else:
             entry["full_run"], entry["rechecks"] = run, []
         RECORD.write_text(json.dumps(record, indent=1) + "\n")
@@ -226,10 +239,10 @@ def main() -> None:
 ## Mutation testing of the core (issue 19)
 
 Machine: {machine()}.
-Command: `python bench/mutation.py --modules {' '.join(measured)}`, then, after new tests,
-`python bench/mutation.py --modules … --recheck` (mutmut {mutmut_version()}, configuration in
-`pyproject.toml` [tool.mutmut]; `--report-only` re-reads the results). Per-run CPU, wall time
-and load: `bench/results/mutation.json`.
+Command: `python bench/mutation.py --modules {' '.join(measured)}` (modules stopped part-way:
+`--budget-minutes`, continued with `--resume`), then, after new tests, `--recheck` (mutmut
+{mutmut_version()}, configuration in `pyproject.toml` [tool.mutmut]; `--report-only` re-reads
+the results). Every run's CPU time, wall time and load: `bench/results/mutation.json`.
 
 Each mutant is one planted change (comparison, constant, operator, argument, string...) in one
 function; it runs only the fast tests that reach that function (traced once), fastest first, up
