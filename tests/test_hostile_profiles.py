@@ -856,3 +856,27 @@ def test_an_image_listed_twice_is_refused_naming_it(exported, target, tmp_path):
     sha = json.loads(metadata["profile"])["images"][0]["sha256"]
     assert refused(target, edited(exported, tmp_path, _images(lambda images: images + images[:1])), "twice",
                    new_name="Carol") == f"profile file is malformed: image {sha[:12]}… is listed twice"
+
+
+def _judgment(**changes):
+    def edit(content, tensors):
+        content["judgments"][0].update(changes)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda content, tensors: content.update(judgments={}), "profile file is malformed: judgments must be list"),
+    (lambda content, tensors: content["judgments"].append(1), "profile file is malformed: each judgment must be dict"),
+    (lambda content, tensors: content["judgments"][0].pop("image_b"),
+     "profile file is malformed: a judgment must have exactly the keys created, image_a, image_b, kind (not 'image_b')"),
+    (_judgment(kind=1), "profile file is malformed: a judgment's kind must be str"),
+    (_judgment(kind="love"), "unknown judgment kind 'love'; use one of like, dislike, pair, tie, skip"),
+    (_judgment(image_a=None), "profile file is malformed: a judgment's image_a must be str"),
+    (_judgment(kind="pair", image_b=3), "profile file is malformed: a judgment's image_b must be str"),
+    (_judgment(image_a="ab" * 32), "profile file is malformed: a judgment refers to image 'abababababab'…, "
+                                   "which is not in it"),
+    (_image_field("prompt", 3), "profile file is malformed: an image's prompt must be str"),
+], ids=["not-a-list", "not-an-object", "missing-key", "kind-not-text", "unknown-kind", "image-a-not-text",
+        "image-b-not-text", "unknown-image", "prompt-not-text"])
+def test_the_judgments_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "judgment|image", new_name="Carol") == message
