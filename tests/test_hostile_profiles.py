@@ -880,3 +880,27 @@ def _judgment(**changes):
         "image-b-not-text", "unknown-image", "prompt-not-text"])
 def test_the_judgments_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
     assert refused(target, edited(exported, tmp_path, edit), "judgment|image", new_name="Carol") == message
+
+
+SEED_RANGE = "profile file is malformed: an image's seed must be null or a whole number in [0, 2^32), got"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("params", [], "profile file is malformed: an image's params must be dict"),
+    ("params", {"k": "x" * 65_529}, "profile file is malformed: an image's params are over 65,536 characters"),
+    ("created", 5, "profile file is malformed: an image's created must be str"),
+    ("seed", 2**32, f"{SEED_RANGE} 4294967296"),
+    ("seed", -1, f"{SEED_RANGE} -1"),
+    ("seed", 1.5, f"{SEED_RANGE} 1.5"),
+    ("seed", True, f"{SEED_RANGE} True"),
+], ids=["params-not-an-object", "params-too-long", "created-not-text", "seed-2^32", "seed-negative",
+        "seed-fraction", "seed-bool"])
+def test_image_fields_are_bounded(exported, target, tmp_path, key, value, message):
+    assert refused(target, edited(exported, tmp_path, _image_field(key, value)), "image", new_name="Carol") == message
+
+
+def test_image_fields_at_their_bounds_are_accepted(exported, target, tmp_path):
+    def edit(content, tensors):
+        content["images"][0].update(seed=2**32 - 1, params={"k": "x" * 65_528})  # 65,536 characters
+    profile = import_profile(target, edited(exported, tmp_path, edit), new_name="Edge")
+    assert profile.name == "Edge"
