@@ -904,3 +904,29 @@ def test_image_fields_at_their_bounds_are_accepted(exported, target, tmp_path):
         content["images"][0].update(seed=2**32 - 1, params={"k": "x" * 65_528})  # 65,536 characters
     profile = import_profile(target, edited(exported, tmp_path, edit), new_name="Edge")
     assert profile.name == "Edge"
+
+
+def test_image_tensors_must_be_named_by_their_sha_and_hold_uint8_bytes(exported, target, tmp_path):
+    metadata, tensors = read(exported)
+    name = next(key for key in tensors if key.startswith("image."))
+    as_int8 = {**tensors, name: tensors[name].view(torch.int8)}
+    assert refused(target, forge(tmp_path / "int8.prefstudio", metadata, as_int8), "uint8", new_name="Carol") == \
+        f"profile file is malformed: tensor {echo(name, 40)} is not an image's uint8 bytes"
+    renamed = {**{k: v for k, v in tensors.items() if k != name}, "image.xyz": tensors[name]}
+    assert refused(target, forge(tmp_path / "name.prefstudio", metadata, renamed), "uint8", new_name="Carol") == \
+        "profile file is malformed: tensor 'image.xyz' is not an image's uint8 bytes"
+
+
+def test_long_keys_and_parser_errors_are_cut_in_the_message(exported, target, tmp_path):
+    key = "k" * 60
+    assert refused(target, edited(exported, tmp_path, _judgment(**{key: 1})), "exactly", new_name="Carol") == \
+        ("profile file is malformed: a judgment must have exactly the keys created, image_a, image_b, kind "
+         f"(not {echo(key, 40)})")
+    try:
+        int("1" * 5000)
+    except ValueError as error:
+        parser_error = str(error)
+    metadata, tensors = read(exported)
+    metadata["profile"] = metadata["profile"][:-1] + ', "n": ' + "1" * 5000 + "}"
+    assert refused(target, forge(tmp_path / "digits.prefstudio", metadata, tensors), "JSON") == \
+        f"profile file is malformed: the profile is not valid JSON ({echo(parser_error, 80)})"
