@@ -247,7 +247,7 @@ the results). Every run's CPU time, wall time and load: `bench/results/mutation.
 Each mutant is one planted change (comparison, constant, operator, argument, string...) in one
 function; it runs only the fast tests that reach that function (traced once), fastest first, up
 to the first failure, one mutant at a time. "Not killed" = (survived + reached by no fast test)
-/ mutants. "Not killed, first full run" is before the tests written for the survivors; mutants no
+/ mutants. "Not killed, first run" is before the tests written for the survivors; mutants no
 test can tell from the original are listed with their reasons in [mutation.md](mutation.md) and
 count as equivalent, not as survivors.
 
