@@ -10,7 +10,8 @@ from prefstudio.errors import InvalidInput
 from prefstudio.generators.embedded import EmbeddedGenerator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
-    GuidanceProgress, GuidanceResult, GuidanceSettings, chi_negative_log_likelihood, optimise_noise,
+    MAX_ITERATIONS, GuidanceProgress, GuidanceResult, GuidanceSettings, chi_negative_log_likelihood,
+    optimise_noise,
     run_guidance,
 )
 from prefstudio.rewards.base import Reward
@@ -191,3 +192,69 @@ def test_every_step_respects_the_gradient_clip(generator, monkeypatch):
     run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
                  GuidanceSettings(iterations=6, grad_clip=0.1))
     assert len(clipped) == 6 and max(clipped) <= 0.1 + 1e-6
+
+
+def test_settings_and_stop_given_by_name_are_used(generator):
+    result = run_guidance(generator, "a fox", 1, rewards={"warmth": Warmth()}, weights={"warmth": 1.0},
+                          settings=GuidanceSettings(iterations=2, preview_every=0))
+    assert result.iterations_run == 2 and [s.iteration for s in result.trace] == [0, 1, 2]
+    assert all(s.preview is None for s in result.trace)
+    stop = threading.Event()
+    stop.set()
+    stopped = run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0}, stop=stop)
+    assert stopped.stopped and stopped.trace == [] and stopped.iterations_run == 0
+
+
+def test_zero_iterations_return_the_baseline_and_the_maximum_is_accepted(generator):
+    baseline = run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0},
+                            GuidanceSettings(iterations=0))
+    assert baseline.iterations_run == 0 and baseline.best_iteration == 0 and len(baseline.trace) == 1
+    assert torch.equal(baseline.noise, generator.initial_noise(1))
+    stop = threading.Event()
+    for item in optimise_noise(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0},
+                               GuidanceSettings(iterations=MAX_ITERATIONS, preview_every=0), stop):
+        stop.set()  # accepted: stop after the baseline rather than run them all
+    assert item.stopped and item.iterations_run == 0
+    with pytest.raises(InvalidInput, match=f"iterations must lie in \\[0, {MAX_ITERATIONS}\\], got {MAX_ITERATIONS + 1}"):
+        run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0},
+                     GuidanceSettings(iterations=MAX_ITERATIONS + 1))
+
+
+@pytest.mark.parametrize("radius", [-0.1, math.inf, math.nan])
+def test_a_trust_region_radius_that_is_not_a_finite_number_at_least_zero_is_refused(generator, radius):
+    with pytest.raises(InvalidInput) as caught:
+        run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0},
+                     GuidanceSettings(iterations=1, radius=radius))
+    assert str(caught.value) == f"the trust region's radius must be a number ≥ 0, got {radius}"
+
+
+def test_the_noise_goes_to_the_edge_of_a_small_trust_region(generator):
+    """Warmth keeps rising, so the best iterate lies on the region's boundary, not inside it."""
+    start = generator.initial_noise(3)
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=10, radius=0.02, preview_every=0))
+    assert float((result.noise - start).norm()) == pytest.approx(0.02 * float(start.norm()), rel=1e-3)
+
+
+class Recording(Warmth):
+    """Warmth that records the prompt it was prepared with and how often it scored."""
+    def __init__(self):
+        self.prompts, self.scored = [], 0
+
+    def prepare(self, prompt):
+        self.prompts.append(prompt)
+        return prompt
+
+    def score(self, pixels, context=None):
+        assert context == self.prompts[-1]
+        self.scored += 1
+        return super().score(pixels, context)
+
+
+def test_rewards_are_prepared_once_with_the_prompt_and_a_zero_weight_costs_nothing(generator):
+    used, unused = Recording(), Recording()
+    unused.name = "off"
+    result = run_guidance(generator, "  a fox  ", 1, {"warmth": used, "off": unused}, {"warmth": 1.0, "off": 0.0},
+                          GuidanceSettings(iterations=3, preview_every=0))
+    assert used.prompts == ["a fox"] and used.scored == 4  # the baseline and three iterates
+    assert unused.prompts == [] and unused.scored == 0 and "off" not in result.normalised

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput
+from prefstudio.errors import InvalidInput, echo
 from prefstudio.preference import state_schema
 from prefstudio.store import profile_file
 from prefstudio.store.history import HistoryStore
@@ -355,3 +355,579 @@ def test_state_schema_names_every_stored_model_type():
         state_schema.check_state("x", tensors, config)
     with pytest.raises(InvalidInput, match="its config must be a JSON object"):
         state_schema.check_state("user-embedding", tensors, ["not", "a", "dict"])
+
+
+# The schema itself, called as an import calls it: what each stored model type may hold.
+
+SHA = "ab" * 32
+
+
+def _token_state(pairs=3, dim=DIM, text_dim=16, **changes):
+    config = {"type": "preference-tokens", "version": 1, "checkpoint": "lite:0123456789abcdef",
+              "encoder": ENCODER, "fitted_at": 1_790_000_000.0, "mode": "preference tokens",
+              "n_pairs": pairs, "loo_accuracy": None, "loo_pairs": 0, "reference_images": []}
+    config.update(changes)
+    tensors = {"liked": torch.randn(pairs, dim), "disliked": torch.randn(pairs, dim)}
+    if text_dim is not None:
+        tensors["prompts"] = torch.randn(pairs, text_dim)
+    return tensors, config
+
+
+def _auto_state(**member_changes):
+    """An auto taste as Studio.fit stores it: each member's state under "<member>." and its
+    config (without fit fields), weight and scale in "members"."""
+    tensors, config = {}, {"type": "auto", "version": 1, "fitted_at": 1_790_000_000.0, "mode": "auto",
+                           "n_pairs": 3, "loo_accuracy": 1.0, "loo_pairs": 3, "reference_images": [SHA]}
+    embedding_tensors, embedding_config = user_embedding_state()
+    token_tensors, token_config = _token_state(text_dim=None)
+    config["members"] = {}
+    for name, member_tensors, member_config in [
+            ("user-embedding", embedding_tensors, embedding_config),
+            ("preference-tokens", token_tensors, token_config)]:
+        own = {k: v for k, v in member_config.items() if k not in state_schema.FIT_FIELDS}
+        tensors |= {f"{name}.{key}": value for key, value in member_tensors.items()}
+        config["members"][name] = {"config": own, "weight": 0.5, "scale": 2.0, **member_changes.get(name, {})}
+    return tensors, config
+
+
+def schema_refusal(name, tensors, config, encoder_dims=None) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        state_schema.check_state(name, tensors, config, encoder_dims)
+    return str(caught.value)
+
+
+def test_every_stored_model_type_accepts_what_a_fit_stores():
+    state_schema.check_state("user-embedding", *user_embedding_state([SHA]), {ENCODER: DIM})
+    state_schema.check_state("preference-tokens", *_token_state(), {ENCODER: DIM})
+    state_schema.check_state("preference-tokens", *_token_state(text_dim=None))
+    state_schema.check_state("preference-tokens", *_token_state(pairs=state_schema.MAX_HISTORY_PAIRS))
+    state_schema.check_state("auto", *_auto_state(), {ENCODER: DIM})
+
+
+@pytest.mark.parametrize("changes, accepted", [
+    ({"fitted_at": 0}, True),
+    ({"fitted_at": state_schema.LATEST_FIT_TIME - 1}, True),
+    ({"fitted_at": state_schema.LATEST_FIT_TIME}, False),
+    ({"fitted_at": -1.0}, False),
+    ({"fitted_at": math.nan}, False),
+    ({"fitted_at": True}, False),
+    ({"fitted_at": "2026-01-01"}, False),
+    ({"loo_accuracy": None}, True),
+    ({"loo_accuracy": 0}, True),
+    ({"loo_accuracy": 1}, True),
+    ({"loo_accuracy": -0.01}, False),
+    ({"loo_accuracy": True}, False),
+    ({"n_pairs": 0, "loo_pairs": 0}, True),
+    ({"n_pairs": True}, False),
+    ({"n_pairs": 2.0}, False),
+    ({"n_pairs": state_schema.MAX_PAIRS + 1}, False),
+    ({"loo_pairs": -1}, False),
+    ({"reason": "fewer than 8 pairs: user embedding alone"}, True),
+    ({"reason": None}, True),
+    ({"reason": "r" * state_schema.MAX_REASON_CHARS}, True),
+    ({"reason": "r" * (state_schema.MAX_REASON_CHARS + 1)}, False),
+    ({"reason": "two\nlines"}, False),
+    ({"reason": 3}, False),
+    ({"reference_images": []}, True),
+    ({"reference_images": SHA}, False),
+    ({"reference_images": [SHA.upper()]}, False),
+    ({"reference_images": [SHA + "0"]}, False),
+    ({"reference_images": [7]}, False),
+    ({"mode": "m" * state_schema.MAX_TEXT_CHARS}, True),
+    ({"mode": "m" * (state_schema.MAX_TEXT_CHARS + 1)}, False),
+    ({"mode": "   "}, False),
+    ({"mode": 5}, False),
+    ({"version": True}, False),
+])
+def test_the_fit_fields_are_bounded_at_their_edges(changes, accepted):
+    tensors, config = user_embedding_state()
+    config.update(changes)
+    if accepted:
+        state_schema.check_state("user-embedding", tensors, config)
+    else:
+        field = next(iter(changes))
+        assert f"config '{field}'" in schema_refusal("user-embedding", tensors, config)
+
+
+def test_fit_field_refusals_say_what_is_allowed():
+    tensors, config = user_embedding_state()
+    assert schema_refusal("user-embedding", tensors, {**config, "fitted_at": -1.0}) == (
+        "user-embedding model: config 'fitted_at' must be a time in seconds between 1970 and 2100, got -1.0")
+    assert schema_refusal("user-embedding", tensors, {**config, "n_pairs": 2.5}) == (
+        "user-embedding model: config 'n_pairs' must be a whole number in [0, 10000000], got 2.5")
+    assert schema_refusal("user-embedding", tensors, {**config, "loo_accuracy": 2}) == (
+        "user-embedding model: config 'loo_accuracy' must be null or a number in [0, 1], got 2")
+    assert schema_refusal("user-embedding", tensors, {**config, "reason": "a\tb"}) == (
+        "user-embedding model: config 'reason' must be one line of at most 1000 printable characters")
+    assert schema_refusal("user-embedding", tensors, {**config, "mode": ""}) == (
+        "user-embedding model: config 'mode' must be one line of 1-200 printable characters, got ''")
+    assert schema_refusal("user-embedding", tensors, {**config, "reference_images": ["x"]}) == (
+        "user-embedding model: config 'reference_images' must be a list of image ids (SHA-256)")
+    assert schema_refusal("user-embedding", tensors, {**config, "type": "auto"}) == (
+        "user-embedding model: config 'type' is 'auto', expected 'user-embedding'")
+    assert schema_refusal("user-embedding", tensors, {**config, "encoder": ""}) == (
+        "user-embedding model: config 'encoder' must be one line of 1-200 printable characters, got ''")
+    assert schema_refusal("user-embedding", tensors, {**config, "version": "1"}) == (
+        "user-embedding model: config 'version' '1' is not one this PrefStudio reads (1)")
+    del config["mode"], config["n_pairs"]
+    assert schema_refusal("user-embedding", tensors, {**config, "a": 1, "b": 2}) == (
+        "user-embedding model: missing config field 'mode', 'n_pairs'")
+    assert schema_refusal("user-embedding", tensors, {**user_embedding_state()[1], "b": 1, "a": 2}) == (
+        "user-embedding model: unexpected config field 'a', 'b'")
+
+
+def test_tensor_values_are_bounded_at_their_edges():
+    tensors, config = user_embedding_state()
+    edge = tensors["mean"].clone()
+    edge[0] = -state_schema.MAX_ABS_VALUE
+    state_schema.check_state("user-embedding", {**tensors, "mean": edge}, config)
+    edge[0] = -state_schema.MAX_ABS_VALUE * 1.01
+    assert schema_refusal("user-embedding", {**tensors, "mean": edge}, config) == (
+        "user-embedding model: tensor 'mean' holds values beyond ±1e+06")
+    std = tensors["std"].clone()
+    std[-1] = state_schema.MIN_STD
+    state_schema.check_state("user-embedding", {**tensors, "std": std}, config)
+    std[-1] = state_schema.MIN_STD / 2
+    assert schema_refusal("user-embedding", {**tensors, "std": std}, config) == (
+        "user-embedding model: tensor 'std' holds values below 1e-07")
+    assert schema_refusal("user-embedding", {**tensors, "like_bias": torch.tensor(math.inf)}, config) == (
+        "user-embedding model: tensor 'like_bias' holds NaN or infinite values")
+    assert schema_refusal("user-embedding", {**tensors, "mean": tensors["mean"].half()}, config) == (
+        "user-embedding model: tensor 'mean' must be float32, got float16")
+    assert schema_refusal("user-embedding", {**tensors, "mean": tensors["mean"][None]}, config) == (
+        f"user-embedding model: tensor 'mean' has shape [1, {DIM}], expected [{DIM}]")
+
+
+def test_tensor_widths_are_bounded():
+    tensors, config = user_embedding_state()
+    taste = tensors["projection"].shape[1]
+    wide = state_schema.MAX_FEATURE_DIM + 1
+    too_wide = {**tensors, "projection": torch.zeros(wide, taste), "mean": torch.zeros(wide), "std": torch.ones(wide)}
+    assert schema_refusal("user-embedding", too_wide, config) == (
+        f"user-embedding model: projection [{wide}, {taste}] is outside [1..16384, 1..1024]")
+    empty = {**tensors, "projection": torch.zeros(0, taste), "mean": torch.zeros(0), "std": torch.ones(0)}
+    assert "projection [0, 4] is outside" in schema_refusal("user-embedding", empty, config)
+    big_taste = state_schema.MAX_TASTE_DIM + 1
+    tasteful = {**tensors, "projection": torch.zeros(DIM, big_taste), "like_vector": torch.zeros(big_taste),
+                "dislike_vector": torch.zeros(big_taste)}
+    assert f"projection [{DIM}, {big_taste}] is outside" in schema_refusal("user-embedding", tasteful, config)
+    largest = state_schema.MAX_FEATURE_DIM
+    at_edge = {**tensors, "projection": torch.zeros(largest, 1), "mean": torch.zeros(largest),
+               "std": torch.ones(largest), "like_vector": torch.zeros(1), "dislike_vector": torch.zeros(1)}
+    state_schema.check_state("user-embedding", at_edge, config)
+
+
+def test_preference_token_histories_are_bounded():
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=0)) == (
+        "preference-tokens model: prompts [3, 0] has no valid feature width")
+    tensors, config = _token_state(dim=DIM)
+    wide = state_schema.MAX_FEATURE_DIM + 1
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=wide)) == (
+        f"preference-tokens model: prompts [3, {wide}] has no valid feature width")
+    assert schema_refusal("preference-tokens", *_token_state(dim=0, text_dim=None)) == (
+        "preference-tokens model: liked [3, 0] is outside [0..64, 1..16384]")
+    assert schema_refusal("preference-tokens", *_token_state(text_dim=None, extra=1)) == (
+        "preference-tokens model: unexpected config field 'extra'")
+    assert schema_refusal("preference-tokens", *_token_state(), {ENCODER: DIM + 1}) == (
+        f"preference-tokens model: its tensors are {DIM}-dimensional but encoder '{ENCODER}' gives "
+        f"{DIM + 1}-dimensional features")
+    assert schema_refusal("preference-tokens", {**tensors, "scores": torch.zeros(3)}, config) == (
+        "preference-tokens model: unexpected tensor 'scores'")
+    state_schema.check_state("preference-tokens", *_token_state(pairs=0, loo_pairs=0))
+
+
+MEMBERS_NAMED = "auto model: config 'members' must name some of user-embedding, preference-tokens"
+WEIGHT_RANGE = "must be a number in (0, 1e+06], got"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, c: c["members"].clear(), MEMBERS_NAMED),
+    (lambda t, c: c.update(members=["user-embedding"]), MEMBERS_NAMED),
+    (lambda t, c: c["members"].update(colour={"config": {}, "weight": 1, "scale": 1}), MEMBERS_NAMED),
+    (lambda t, c: c["members"].update({"user-embedding": 1}), "auto model: member 'user-embedding' must be an object"),
+    (lambda t, c: c["members"]["user-embedding"].pop("scale"),
+     "auto model: missing field of member 'user-embedding' 'scale'"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=0),
+     f"auto model: member 'user-embedding': weight {WEIGHT_RANGE} 0"),
+    (lambda t, c: c["members"]["user-embedding"].update(weight=True),
+     f"auto model: member 'user-embedding': weight {WEIGHT_RANGE} True"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=-1.0),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} -1.0"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale=2e6),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} 2000000.0"),
+    (lambda t, c: c["members"]["preference-tokens"].update(scale="1"),
+     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} '1'"),
+    (lambda t, c: c["members"]["user-embedding"].update(config=[]),
+     "auto model: member 'user-embedding': its config must be an object"),
+    (lambda t, c: c["members"]["user-embedding"]["config"].update(fitted_at=1.0),
+     "user-embedding model: unexpected config field 'fitted_at'"),
+    (lambda t, c: t.update({"user-embedding.mean": torch.zeros(DIM + 1)}),
+     f"user-embedding model: tensor 'mean' has shape [{DIM + 1}], expected [{DIM}]"),
+    (lambda t, c: t.pop("preference-tokens.liked"), "preference-tokens model: missing tensor 'liked'"),
+    (lambda t, c: t.update({"stray": torch.zeros(1)}), "auto model: tensors of no member: 'stray'"),
+    # At most three names, each cut to 40 characters.
+    (lambda t, c: t.update({name: torch.zeros(1) for name in ("d", "c", "b", "a" * 60)}),
+     f"auto model: tensors of no member: {echo('a' * 60, 40)}, 'b', 'c'"),
+    (lambda t, c: c.update(type="user-embedding"), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(version=True), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(version=2), "auto model: config 'type' / 'version' are not auto / 1"),
+    (lambda t, c: c.update(loo_pairs=4), "auto model: config 'loo_pairs' must be a whole number in [0, 3], got 4"),
+    (lambda t, c: c.pop("members"), "auto model: missing config field 'members'"),
+])
+def test_a_combined_taste_is_checked_member_by_member(edit, message):
+    tensors, config = _auto_state()
+    edit(tensors, config)
+    assert schema_refusal("auto", tensors, config, {ENCODER: DIM}) == message
+
+
+def test_the_members_of_a_combined_taste_must_match_the_encoder_too():
+    assert schema_refusal("auto", *_auto_state(), {ENCODER: DIM + 1}) == (
+        f"user-embedding model: its tensors are {DIM}-dimensional but encoder '{ENCODER}' gives "
+        f"{DIM + 1}-dimensional features")
+
+
+def test_preference_token_refusals_name_the_model():
+    tensors, config = _token_state()
+    prefix = "preference-tokens model: "
+    for key in ("liked", "disliked", "prompts"):
+        nan = tensors[key].clone()
+        nan[0, 0] = math.nan
+        assert schema_refusal("preference-tokens", {**tensors, key: nan}, config) == \
+            f"{prefix}tensor '{key}' holds NaN or infinite values"
+    assert schema_refusal("preference-tokens", tensors, {**config, "checkpoint": ""}) == \
+        f"{prefix}config 'checkpoint' must be one line of 1-200 printable characters, got ''"
+    assert schema_refusal("preference-tokens", tensors, {**config, "fitted_at": -5}) == \
+        f"{prefix}config 'fitted_at' must be a time in seconds between 1970 and 2100, got -5"
+    assert schema_refusal("preference-tokens", tensors, {**config, "n_pairs": 2}) == \
+        f"{prefix}config 'n_pairs' is 2 but the history holds 3 pairs"
+
+
+def test_preference_token_feature_widths_from_one_to_the_maximum_are_accepted():
+    for dim, text_dim in [(1, 1), (state_schema.MAX_FEATURE_DIM, state_schema.MAX_FEATURE_DIM)]:
+        state_schema.check_state("preference-tokens", *_token_state(pairs=2, dim=dim, text_dim=text_dim))
+
+
+def test_a_combined_taste_with_one_member_and_largest_weights_is_accepted():
+    tensors, config = _auto_state(**{"user-embedding": {"weight": state_schema.MAX_ABS_VALUE, "scale": 1}})
+    state_schema.check_state("auto", tensors, config)
+    del config["members"]["preference-tokens"]
+    state_schema.check_state("auto", {k: v for k, v in tensors.items() if k.startswith("user-embedding.")}, config)
+
+
+def test_user_embedding_refusals_name_the_model_and_cut_long_names():
+    tensors, config = user_embedding_state()
+    prefix = "user-embedding model: "
+    for key in ("projection", "std", "like_vector", "dislike_vector"):
+        bad = tensors[key].clone()
+        bad.view(-1)[0] = math.inf
+        assert schema_refusal("user-embedding", {**tensors, key: bad}, config) == \
+            f"{prefix}tensor '{key}' holds NaN or infinite values"
+    assert schema_refusal("user-embedding", {k: v for k, v in tensors.items() if k != "mean"}, config) == \
+        f"{prefix}missing tensor 'mean'"
+    long_names = {"z" * 60: 1, "b": 2, "c": 3, "a": 4}
+    assert schema_refusal("user-embedding", tensors, {**config, **long_names}) == \
+        f"{prefix}unexpected config field 'a', 'b', 'c'"
+    assert schema_refusal("user-embedding", tensors, {**config, "z" * 60: 1}) == \
+        f"{prefix}unexpected config field {echo('z' * 60, 40)}"
+    assert schema_refusal("x", tensors, config) == \
+        "unknown preference model 'x'; this PrefStudio stores user-embedding, preference-tokens, auto, vlm-profile"
+
+
+def test_user_embedding_widths_from_one_to_the_maximum_are_accepted():
+    tensors, config = user_embedding_state()
+    narrow = {**tensors, "projection": torch.zeros(1, 1), "mean": torch.zeros(1), "std": torch.ones(1),
+              "like_vector": torch.zeros(1), "dislike_vector": torch.zeros(1)}
+    state_schema.check_state("user-embedding", narrow, config)
+    taste = state_schema.MAX_TASTE_DIM
+    wide = {**tensors, "projection": torch.zeros(DIM, taste), "like_vector": torch.zeros(taste),
+            "dislike_vector": torch.zeros(taste)}
+    state_schema.check_state("user-embedding", wide, config)
+
+
+def test_a_member_of_a_combined_taste_carries_no_fit_fields_not_even_a_reason():
+    tensors, config = _auto_state()
+    config["members"]["user-embedding"]["config"]["reason"] = "members have none"
+    assert schema_refusal("auto", tensors, config) == "user-embedding model: unexpected config field 'reason'"
+
+
+# The profile file's image and model checks, exactly as a person reads them.
+
+def _one_image(tmp_path, png, name="one.prefstudio"):
+    sha = hashlib.sha256(png).hexdigest()
+    return _forge_images(tmp_path / name, {sha: png}), sha
+
+
+def test_image_sizes_are_read_from_the_png_header_and_named_in_the_refusal(target, tmp_path):
+    path, sha = _one_image(tmp_path, bomb_png(3, 20_000))
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 3×20000; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(20_000, 3), "wide.prefstudio")
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 20000×3; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(2**24 + 3, 1), "widest.prefstudio")  # all four bytes count
+    assert refused(target, path, "no side may exceed") == \
+        f"image {sha[:12]}… in the profile file is 16777219×1; no side may exceed 16,384 pixels"
+    path, sha = _one_image(tmp_path, bomb_png(10_000, 5_000), "big.prefstudio")
+    assert refused(target, path, "the limit is") == \
+        f"image {sha[:12]}… in the profile file is 10000×5000 = 50 MP; the limit is 40 MP"
+
+
+def test_an_image_that_is_not_a_png_is_refused_before_decoding(target, tmp_path, monkeypatch):
+    png = bomb_png(4, 4)
+    no_header = png[:12] + b"IDAT" + png[16:]  # the signature, then no IHDR chunk first
+    path, sha = _one_image(tmp_path, no_header)
+    monkeypatch.setattr(profile_file, "load_untrusted_image", lambda data: pytest.fail("decoded an image"))
+    assert refused(target, path, "is not a PNG") == f"image {sha[:12]}… in the profile file is not a PNG"
+
+
+def test_the_pixel_budget_of_a_file_counts_every_pixel_once(target, tmp_path, monkeypatch):
+    pngs = [bomb_png(100 + i, 100) for i in range(3)]  # 30,300 pixels together
+    path = _forge_images(tmp_path / "many.prefstudio", {hashlib.sha256(png).hexdigest(): png for png in pngs})
+    monkeypatch.setattr(validation, "MAX_PROFILE_PIXELS", 30_300)
+    assert import_profile(target, path).name == "Bomb"
+    assert [target.image_record(hashlib.sha256(png).hexdigest()).width for png in pngs] == [100, 101, 102]
+
+
+def test_a_model_tensor_of_a_type_prefstudio_does_not_store_is_refused(exported, target, tmp_path):
+    path = edited(exported, tmp_path, _set_tensor("like_vector", torch.randn(4).to(torch.bfloat16)))
+    assert refused(target, path, "BF16", new_name="Carol") == \
+        "profile file is malformed: a model tensor is BF16, which PrefStudio does not store"
+
+
+def test_a_profile_file_that_shrinks_while_it_is_read_is_refused(exported, target, tmp_path, monkeypatch):
+    """Checked, then cut short by another program before its images were read."""
+    copy = tmp_path / "shrinking.prefstudio"
+    copy.write_bytes(exported.read_bytes())
+    check_pixels = profile_file._check_pixel_budget
+
+    def truncate_then_check(file, entries, shas):
+        check_pixels(file, entries, shas)
+        os.truncate(copy, min(entry.start for entry in entries.values()) + 1)
+    monkeypatch.setattr(profile_file, "_check_pixel_budget", truncate_then_check)
+    assert refused(target, copy, "changed", new_name="Carol") == "profile file changed while it was read"
+
+
+def test_a_failed_restore_keeps_files_another_writer_uses_and_keeps_its_own_error(exported, target, monkeypatch):
+    used = {}
+
+    def fail_after_another_writer(name, images, judgments, models, presets):
+        new = [record for record, _ in images if not record.path.exists()]
+        for _, png in images:
+            store_png_bytes(png, target.images_dir)
+        # Meanwhile, another writer stores one of the new images for itself...
+        with HistoryStore(target.data_dir) as other, other._transaction() as db:
+            other._insert_image(db, new[0])
+        used["path"] = new[0].path
+        new[1].path.unlink()  # ...and another new file is gone already
+        raise InvalidInput(f"a profile named {name!r} already exists")
+
+    monkeypatch.setattr(target, "restore_profile", fail_after_another_writer)
+    with pytest.raises(InvalidInput, match="already exists"):  # its own error, not the cleanup's
+        import_profile(target, exported, new_name="Carol")
+    assert used["path"].exists() and target.image_record(used["path"].stem).path == used["path"]
+
+
+def test_the_largest_side_is_accepted_and_megapixels_are_rounded_as_read(target, tmp_path, monkeypatch):
+    path, sha = _one_image(tmp_path, bomb_png(validation.MAX_IMAGE_SIDE, 1))
+    assert import_profile(target, path).name == "Bomb" and target.image_record(sha).width == 16_384
+    path, sha = _one_image(tmp_path, bomb_png(10_300, 5_000), "big.prefstudio")  # 51.5 MP
+    assert refused(target, path, "the limit is", new_name="Big") == \
+        f"image {sha[:12]}… in the profile file is 10300×5000 = 52 MP; the limit is 40 MP"
+    pngs = [bomb_png(1_000, 500), bomb_png(500, 1_000), bomb_png(2_000, 250)]  # 1.5 MP together
+    path = _forge_images(tmp_path / "many.prefstudio", {hashlib.sha256(png).hexdigest(): png for png in pngs})
+    monkeypatch.setattr(validation, "MAX_PROFILE_PIXELS", 1_000_000)
+    assert refused(target, path, "together", new_name="Many") == \
+        "the profile file's images hold 2 MP together; the limit is 1 MP"
+
+
+def _models(value):
+    def edit(content, tensors):
+        content["models"] = value
+        for key in [k for k in tensors if k.startswith("model.")]:
+            del tensors[key]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_models({}), "profile file is malformed: models must be list"),
+    (_models([1]), "profile file is malformed: each model must be dict"),
+    (_models([{"name": "user-embedding"}]),
+     "profile file is malformed: a model must have exactly the keys config, name (not 'config')"),
+    (_models([{"name": 5, "config": {}}]), "profile file is malformed: a model's name must be str"),
+    (_models([{"name": "user-embedding", "config": []}]), "profile file is malformed: a model's config must be dict"),
+    (_models([{"name": "user-embedding", "config": {}}, {"name": "user-embedding", "config": {}}]),
+     "profile file is malformed: model 'user-embedding' is listed twice"),
+], ids=["not-a-list", "not-an-object", "no-config", "name-not-text", "config-not-an-object", "listed-twice"])
+def test_the_models_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
+
+
+def test_model_names_of_64_characters_reach_the_schema_and_longer_ones_do_not(exported, target, tmp_path):
+    name = "m" * 64
+    assert refused(target, edited(exported, tmp_path, _rename_model(name)), "unknown", new_name="Carol") == \
+        f"unknown preference model '{name}'; this PrefStudio stores user-embedding, preference-tokens, auto, vlm-profile"
+    too_long = _models([{"name": name + "m", "config": {}}])  # its tensors would be refused first
+    assert refused(target, edited(exported, tmp_path, too_long), "over", new_name="Carol") == \
+        f"profile file is malformed: model name {echo(name + 'm')} is over 64 characters"
+
+
+def _nested(levels, wrap):
+    value = 1
+    for _ in range(levels):
+        value = wrap(value)
+    return value
+
+
+def _params(params):
+    def edit(content, tensors):
+        content["images"][0]["params"] = params
+    return edit
+
+
+@pytest.mark.parametrize("wrap", [lambda v: {"k": v}, lambda v: [v]], ids=["objects", "lists"])
+def test_image_params_nested_eight_deep_are_accepted_and_nine_are_refused(exported, target, tmp_path, wrap):
+    deepest = {"k": _nested(7, wrap)}  # the params object and 7 more levels
+    import_profile(target, edited(exported, tmp_path, _params(deepest)), new_name="Deep")
+    too_deep = {"k": _nested(8, wrap)}
+    assert refused(target, edited(exported, tmp_path, _params(too_deep)), "nested", new_name="Carol") == \
+        "profile file is malformed: an image's params is nested more than 8 deep"
+
+
+def test_a_judgment_time_that_is_not_text_is_refused_naming_the_field(exported, target, tmp_path):
+    assert refused(target, edited(exported, tmp_path, _judgment_created(1_790_000_000)), "created",
+                   new_name="Carol") == "profile file is malformed: a judgment's created must be str"
+
+
+def _image_field(key, value):
+    def edit(content, tensors):
+        content["images"][0][key] = value
+    return edit
+
+
+def test_judgment_times_are_read_up_to_64_characters(exported, target, tmp_path):
+    longest = "2026-01-01T00:00:00." + "1" * 38 + "+00:00"  # Python reads any number of digits
+    assert len(longest) == 64
+    import_profile(target, edited(exported, tmp_path, _judgment_created(longest)), new_name="Long")
+    too_long = longest.replace("+", "1+")
+    assert refused(target, edited(exported, tmp_path, _judgment_created(too_long)), "ISO", new_name="Carol") == \
+        f"profile file is malformed: a judgment's created {echo(too_long)} is not an ISO 8601 time with a zone"
+
+
+@pytest.mark.parametrize("value, message", [
+    (7, "profile file is malformed: an image's generator must be str"),
+    ("   ", "profile file is malformed: an image's generator must be one line of 1-200 printable characters, "
+           "got '   '"),
+    ("g" * 201, "profile file is malformed: an image's generator must be one line of 1-200 printable characters, "
+                f"got {echo('g' * 201)}"),
+    ("two\nlines", "profile file is malformed: an image's generator must be one line of 1-200 printable "
+                   "characters, got 'two\\nlines'"),
+])
+def test_an_image_generator_must_be_one_short_line(exported, target, tmp_path, value, message):
+    assert refused(target, edited(exported, tmp_path, _image_field("generator", value)), "generator",
+                   new_name="Carol") == message
+
+
+def test_an_image_generator_of_200_characters_is_accepted(exported, target, tmp_path):
+    import_profile(target, edited(exported, tmp_path, _image_field("generator", "g" * 200)), new_name="Long")
+
+
+def _images(edit_list):
+    def edit(content, tensors):
+        content["images"] = edit_list(content["images"])
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_images(lambda images: {}), "profile file is malformed: images must be list"),
+    (_images(lambda images: [1] + images), "profile file is malformed: each image must be dict"),
+    (_images(lambda images: [{k: v for k, v in images[0].items() if k != "seed"}] + images[1:]),
+     "profile file is malformed: an image must have exactly the keys created, generator, params, prompt, "
+     "seed, sha256 (not 'seed')"),
+    (_images(lambda images: [{**images[0], "sha256": 5}] + images[1:]),
+     "profile file is malformed: an image's sha256 must be str"),
+    (_images(lambda images: [{**images[0], "sha256": "xyz"}] + images[1:]),
+     "profile file is malformed: 'xyz' is not a SHA-256"),
+], ids=["not-a-list", "not-an-object", "missing-key", "sha-not-text", "not-a-sha"])
+def test_the_images_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "malformed", new_name="Carol") == message
+
+
+def test_an_image_listed_twice_is_refused_naming_it(exported, target, tmp_path):
+    metadata, _ = read(exported)
+    sha = json.loads(metadata["profile"])["images"][0]["sha256"]
+    assert refused(target, edited(exported, tmp_path, _images(lambda images: images + images[:1])), "twice",
+                   new_name="Carol") == f"profile file is malformed: image {sha[:12]}… is listed twice"
+
+
+def _judgment(**changes):
+    def edit(content, tensors):
+        content["judgments"][0].update(changes)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda content, tensors: content.update(judgments={}), "profile file is malformed: judgments must be list"),
+    (lambda content, tensors: content["judgments"].append(1), "profile file is malformed: each judgment must be dict"),
+    (lambda content, tensors: content["judgments"][0].pop("image_b"),
+     "profile file is malformed: a judgment must have exactly the keys created, image_a, image_b, kind (not 'image_b')"),
+    (_judgment(kind=1), "profile file is malformed: a judgment's kind must be str"),
+    (_judgment(kind="love"), "unknown judgment kind 'love'; use one of like, dislike, pair, tie, skip"),
+    (_judgment(image_a=None), "profile file is malformed: a judgment's image_a must be str"),
+    (_judgment(kind="pair", image_b=3), "profile file is malformed: a judgment's image_b must be str"),
+    (_judgment(image_a="ab" * 32), "profile file is malformed: a judgment refers to image 'abababababab'…, "
+                                   "which is not in it"),
+    (_image_field("prompt", 3), "profile file is malformed: an image's prompt must be str"),
+], ids=["not-a-list", "not-an-object", "missing-key", "kind-not-text", "unknown-kind", "image-a-not-text",
+        "image-b-not-text", "unknown-image", "prompt-not-text"])
+def test_the_judgments_list_is_checked_item_by_item(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "judgment|image", new_name="Carol") == message
+
+
+SEED_RANGE = "profile file is malformed: an image's seed must be null or a whole number in [0, 2^32), got"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("params", [], "profile file is malformed: an image's params must be dict"),
+    ("params", {"k": "x" * 65_529}, "profile file is malformed: an image's params are over 65,536 characters"),
+    ("created", 5, "profile file is malformed: an image's created must be str"),
+    ("seed", 2**32, f"{SEED_RANGE} 4294967296"),
+    ("seed", -1, f"{SEED_RANGE} -1"),
+    ("seed", 1.5, f"{SEED_RANGE} 1.5"),
+    ("seed", True, f"{SEED_RANGE} True"),
+], ids=["params-not-an-object", "params-too-long", "created-not-text", "seed-2^32", "seed-negative",
+        "seed-fraction", "seed-bool"])
+def test_image_fields_are_bounded(exported, target, tmp_path, key, value, message):
+    assert refused(target, edited(exported, tmp_path, _image_field(key, value)), "image", new_name="Carol") == message
+
+
+def test_image_fields_at_their_bounds_are_accepted(exported, target, tmp_path):
+    def edit(content, tensors):
+        content["images"][0].update(seed=2**32 - 1, params={"k": "x" * 65_528})  # 65,536 characters
+    profile = import_profile(target, edited(exported, tmp_path, edit), new_name="Edge")
+    assert profile.name == "Edge"
+
+
+def test_image_tensors_must_be_named_by_their_sha_and_hold_uint8_bytes(exported, target, tmp_path):
+    metadata, tensors = read(exported)
+    name = next(key for key in tensors if key.startswith("image."))
+    as_int8 = {**tensors, name: tensors[name].view(torch.int8)}
+    assert refused(target, forge(tmp_path / "int8.prefstudio", metadata, as_int8), "uint8", new_name="Carol") == \
+        f"profile file is malformed: tensor {echo(name, 40)} is not an image's uint8 bytes"
+    renamed = {**{k: v for k, v in tensors.items() if k != name}, "image.xyz": tensors[name]}
+    assert refused(target, forge(tmp_path / "name.prefstudio", metadata, renamed), "uint8", new_name="Carol") == \
+        "profile file is malformed: tensor 'image.xyz' is not an image's uint8 bytes"
+
+
+def test_long_keys_and_parser_errors_are_cut_in_the_message(exported, target, tmp_path):
+    key = "k" * 60
+    assert refused(target, edited(exported, tmp_path, _judgment(**{key: 1})), "exactly", new_name="Carol") == \
+        ("profile file is malformed: a judgment must have exactly the keys created, image_a, image_b, kind "
+         f"(not {echo(key, 40)})")
+    try:
+        int("1" * 5000)
+    except ValueError as error:
+        parser_error = str(error)
+    metadata, tensors = read(exported)
+    metadata["profile"] = metadata["profile"][:-1] + ', "n": ' + "1" * 5000 + "}"
+    assert refused(target, forge(tmp_path / "digits.prefstudio", metadata, tensors), "JSON") == \
+        f"profile file is malformed: the profile is not valid JSON ({echo(parser_error, 80)})"

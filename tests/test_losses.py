@@ -68,3 +68,29 @@ def test_weights_select_pairs_and_batch_models():
     first = preference_loss(*[t([v[0]]) for v in (POS_LIKE, POS_DISLIKE, NEG_LIKE, NEG_DISLIKE)]).total
     second = preference_loss(*[t([v[1]]) for v in (POS_LIKE, POS_DISLIKE, NEG_LIKE, NEG_DISLIKE)]).total
     assert batched.tolist() == pytest.approx([first.item(), second.item()], rel=1e-12)
+
+
+def _per_pair_totals(logits):
+    """The loss of each pair on its own (a mean over one pair is that pair's loss)."""
+    flat = [x.reshape(-1) for x in logits]
+    return torch.stack([preference_loss(*[x[k:k + 1] for x in flat]).total for k in range(flat[0].numel())]
+                       ).reshape(logits[0].shape)
+
+
+def test_every_model_of_a_batch_is_reduced_over_its_own_pairs_only():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(2, 3, 5, generator=g, dtype=torch.float64) for _ in range(4)]  # 2×3 models, 5 pairs
+    per_pair = _per_pair_totals(logits)
+    assert torch.allclose(preference_loss(*logits).total, per_pair.mean(-1), rtol=1e-12, atol=0)
+    # Weights that do not sum to one: a weighted mean, each model with its own weights.
+    weights = torch.rand(2, 3, 5, generator=g, dtype=torch.float64) * 3
+    weights[0, 1, :2] = 0.0
+    expected = (per_pair * weights).sum(-1) / weights.sum(-1)
+    got = preference_loss(*logits, weights=weights).total
+    assert got.shape == (2, 3) and torch.allclose(got, expected, rtol=1e-12, atol=0)
+    # Equal weights are the plain mean, however small.
+    equal = torch.full((2, 3, 5), 0.1, dtype=torch.float64)
+    assert torch.allclose(preference_loss(*logits, weights=equal).total, per_pair.mean(-1), rtol=1e-12, atol=0)
+    # A model with no pair (all weights zero) gets a loss of 0, not NaN.
+    weights[1, 2] = 0.0
+    assert preference_loss(*logits, weights=weights).total[1, 2].item() == 0.0

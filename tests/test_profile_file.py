@@ -268,3 +268,37 @@ def test_import_under_a_look_alike_name_is_refused(store, exported):
     with pytest.raises(InvalidInput, match="'Ａｌｉｃｅ' is too like the existing 'Alice'.*import it under"):
         import_profile(store, exported, new_name="Ａｌｉｃｅ")
     assert [p.name for p in store.list_profiles()] == ["Alice", "Bob"]
+
+
+def test_serialized_tensors_are_what_safetensors_writes_with_or_without_metadata(tmp_path):
+    import numpy as np
+    import safetensors.numpy
+    from safetensors import safe_open
+
+    from prefstudio.store.profile_file import RawTensor, raw_tensors, serialize
+
+    tensors = {"b": RawTensor("U8", (3,), b"abc"), "a": RawTensor("F32", (2, 1), bytes(8))}
+    arrays = {"b": np.frombuffer(b"abc", dtype=np.uint8), "a": np.zeros((2, 1), dtype=np.float32)}
+    for metadata in (None, {"format": "x"}):
+        data = serialize(tensors, metadata)
+        # Byte for byte what the safetensors library writes (the same header, padded to 8 bytes).
+        assert data == safetensors.numpy.save(arrays, metadata=metadata)
+        assert raw_tensors(data) == tensors
+        (tmp_path / "t.safetensors").write_bytes(data)
+        with safe_open(tmp_path / "t.safetensors", framework="numpy") as file:
+            assert file.metadata() == metadata and sorted(file.keys()) == ["a", "b"]
+
+
+def test_export_refuses_a_profile_whose_image_file_is_missing_or_changed(store, tmp_path):
+    record = store.image_record(store.judgments("Alice")[0].image_a)
+    target = tmp_path / "alice.prefstudio"
+    original = record.path.read_bytes()
+    record.path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(InvalidInput) as caught:
+        export_profile(store, "Alice", target)
+    assert str(caught.value) == f"image file {record.path} is damaged: its bytes changed on disk"
+    record.path.unlink()
+    with pytest.raises(NotFound) as caught:
+        export_profile(store, "Alice", target)
+    assert str(caught.value) == f"image file {record.path} is missing: No such file or directory"
+    assert not target.exists()
