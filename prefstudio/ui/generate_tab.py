@@ -244,12 +244,8 @@ class GenerateTab:
                 *self.sliders, *self.blend_sliders, self.method]
 
     # -- runs ------------------------------------------------------------------------------
-    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations,
-                 *weights_and_method):
-        # The method comes last, so that calls naming the weights by position keep working.
-        *weights, method = weights_and_method
-        if method not in METHODS:
-            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    def _run_settings(self, session: GenerateSession, profile, prompt, seed_mode, seed, values):
+        """The profile's name, prompt, seed and weights of a run, each checked, from the controls."""
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         prompt = validate_prompt(prompt)
@@ -259,8 +255,15 @@ class GenerateTab:
             seed = validate_seed(seed)
         else:
             seed = random_seed()
-        name = self.ctx.store.get_profile(profile).name
-        weights = self._weights(session, weights)
+        return self.ctx.store.get_profile(profile).name, prompt, seed, self._weights(session, values)
+
+    def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations,
+                 *weights_and_method):
+        # The method comes last, so that calls naming the weights by position keep working.
+        *weights, method = weights_and_method
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
         if METHODS[method][0].startswith("instant"):
@@ -552,17 +555,7 @@ class GenerateTab:
     # -- the trade-off grid ------------------------------------------------------------------
     def trade_off(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, axes,
                   steps, *values):
-        if not profile:
-            raise InvalidInput("choose or create a profile first (top of the page)")
-        prompt = validate_prompt(prompt)
-        if seed_mode == FIXED:
-            if seed is None:
-                raise InvalidInput("type a seed, or choose “Random seed”")
-            seed = validate_seed(seed)
-        else:
-            seed = random_seed()
-        name = self.ctx.store.get_profile(profile).name
-        weights = self._weights(session, values)
+        name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, values)
         run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=int(steps), weights=weights,
                                         strength=float(strength), iterations=int(iterations))
         for item in self.ctx.steps(run):
