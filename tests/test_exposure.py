@@ -89,7 +89,7 @@ def test_with_logins_a_non_local_host_uses_them_and_warns(monkeypatch, capsys, t
         calls.update(host=host, auth=auth)  # recorded, never bound
 
     monkeypatch.delenv("PREFSTUDIO_AUTH", raising=False)
-    monkeypatch.setattr("prefstudio.studio.build_studio", lambda *args: object())
+    monkeypatch.setattr("prefstudio.studio.build_studio", lambda *args, **kwargs: object())
     monkeypatch.setattr("prefstudio.ui.app.build_app", lambda studio: Demo())
     monkeypatch.setattr("prefstudio.ui.app.launch", fake_launch)
     logins = tmp_path / "logins.txt"
@@ -203,7 +203,7 @@ def test_every_listener_that_reads_the_profile_is_guarded(local_app):
     profile = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "ps-profile")
     readers = [f for f in demo.fns.values() if f.fn is not None and any(c is profile for c in f.inputs)]
     unguarded = sorted({f.name for f in readers if "guard_request" not in inspect.signature(f.fn).parameters})
-    assert len(readers) > 20 and unguarded == ["profile_chosen", "refresh_choices"]  # the openers
+    assert len(readers) > 20 and unguarded == ["profile_chosen"]  # the opener
 
 
 def test_guarded_arguments_skip_what_gradio_injects():

@@ -167,8 +167,10 @@ def build_app(studio: Studio) -> gr.Blocks:
             """Open a profile in this session (the API's profile menu): later calls may then name it."""
             return access.open(request, name)
 
-        def refresh_choices(current, request: gr.Request):
-            return gr.Dropdown(choices=profiles.visible(login(request)), value=current)
+        def refresh_choices(request: gr.Request):
+            # The list only: the value the menu held when it was opened may be stale by the time
+            # this answers (the person picked another), and setting it would switch back.
+            return gr.update(choices=profiles.visible(login(request)))
 
         def restore_profile(token, request: gr.Request):
             user = login(request)
@@ -195,7 +197,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         new_name.submit(user_errors(create_profile), new_name, [profile, new_name], api_name="create_profile")
         gr.api(user_errors(open_profile), api_name="open_profile")
         chooser = user_errors(profile_chosen)
-        profile.focus(refresh_choices, profile, profile, api_visibility="private")
+        profile.focus(refresh_choices, None, profile, api_visibility="private")
         chosen_inputs = [profile, browser, label.session, profile_tab.session, profile_tab.filters]
         # The profile this session last opened (server-side, so the Generate tab below never
         # races a menu change that is still being opened).
@@ -214,7 +216,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         # The batch on screen is kept for this browser, for a refresh.
         for event in (*label.generated, label.uploaded):
             event.success(remember_batch, [label.session, browser], None, api_visibility="private")
-        guard_listeners(demo, profile, access, openers=(chooser, refresh_choices))
+        guard_listeners(demo, profile, access, openers=(chooser,))
     return demo
 
 
