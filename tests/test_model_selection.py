@@ -8,6 +8,7 @@ import torch
 
 from prefstudio import hub
 from prefstudio.devices import pick_device, pick_dtype
+from prefstudio.encoders.clip import load_clip
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound
 from prefstudio.generators import default_generator_spec, load_generator
 from prefstudio.tools.make_tiny_pipeline import write_tiny_clip, write_tiny_pipeline
@@ -20,7 +21,10 @@ def hf_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
+    yield cache
+    # CLIP checkpoints load once per process, keyed by hub id: one found in this test's cache
+    # must not be found by later tests whose caches do not hold it.
+    load_clip.cache_clear()
 
 
 def put_in_cache(cache, repo_id: str, folder) -> None:

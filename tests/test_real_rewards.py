@@ -41,6 +41,7 @@ def empty_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    load_clip.cache_clear()  # a CLIP an earlier test found in its own cache is not in this one
     yield cache
     # A download leaves blobs (and .locks) in the cache; a test's own copies have none.
     assert not any(cache.rglob("blobs")) and not any(cache.rglob(".locks")), "something was downloaded"
