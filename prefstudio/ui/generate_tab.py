@@ -209,7 +209,8 @@ class GenerateTab:
         stop.click(user_errors(self.stop), profile, self.status, api_name="stop", concurrency_limit=None)
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
-        self.method.change(lambda label: METHODS[label][1], self.method, self.iterations, api_visibility="private")
+        # .input, not .change: only a method the person picks sets its iterations, never a re-render.
+        self.method.input(lambda label: METHODS[label][1], self.method, self.iterations, api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         blend_views = [*self.blend_sliders, self.grid_axes]
         reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
