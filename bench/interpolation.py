@@ -34,13 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from prefstudio.blend import profile_reward  # noqa: E402
-from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
-from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes, sample_population  # noqa: E402
 from prefstudio.studio import DEFAULT_STRENGTH, GUARD_WEIGHT, Studio  # noqa: E402
 from prefstudio.taste_summary import read_prompts  # noqa: E402
 from prefstudio_research.report import machine, write_section  # noqa: E402
+from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_candidates, judged_people  # noqa: E402
 
-JUDGED_PROMPTS = ["a quiet landscape", "a city street at dusk"]
 TARGET = 0.90
 GUARD_NOTE = """
 Prompt consistency is a guard (`Reward.guard`): its weight prices a drop below the same-seed baseline and never
@@ -65,18 +63,8 @@ def most_different(studio: Studio, names: list[str], shas: list[str]) -> tuple[s
 
 def fitted_people(studio: Studio, count: int, seed: int) -> tuple[list[str], list[str]]:
     """Profiles of `count` simulated people fitted on the same candidates, and those candidates."""
-    candidates = [c for i, p in enumerate(JUDGED_PROMPTS)
-                  for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
-    pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
-    attributes = image_attributes(pixels)
-    spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
-    people = sample_population([f"new{i:04d}" for i in range(count)], seed, ["generated"], None, spread).users
-    for person in people:
-        studio.store.create_profile(person.user_id)
-        utility = person.utility(pixels)
-        for candidate, value in zip(candidates, utility):
-            studio.judge(person.user_id, "like" if value > utility.median() else "dislike", candidate.sha256)
-        studio.fit(person.user_id)
+    candidates = judged_candidates(studio)
+    people = judged_people(studio, count, seed, candidates)
     return [p.user_id for p in people], [c.sha256 for c in candidates]
 
 

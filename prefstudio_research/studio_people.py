@@ -7,12 +7,17 @@ from prefstudio.studio import Studio
 JUDGED_PROMPTS = ["a quiet landscape", "a city street at dusk"]
 
 
-def judged_people(studio: Studio, n_users: int, seed: int) -> list[SimulatedUser]:
+def judged_candidates(studio: Studio) -> list:
+    """The candidates every simulated person judges: 8 seeds × JUDGED_PROMPTS, stored."""
+    return [c for i, p in enumerate(JUDGED_PROMPTS)
+            for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
+
+
+def judged_people(studio: Studio, n_users: int, seed: int, candidates: list | None = None) -> list[SimulatedUser]:
     """PrefBench's unseen users as the studio meets them: drawn by `sample_population` (its
     population model and seed, ids new0000…), each with a profile in the studio in which they
-    judged 16 of its candidates (8 seeds × JUDGED_PROMPTS, liking their better half), fitted."""
-    candidates = [c for i, p in enumerate(JUDGED_PROMPTS)
-                  for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
+    judged 16 of its candidates (`judged_candidates`, unless given; liking their better half), fitted."""
+    candidates = judged_candidates(studio) if candidates is None else candidates
     pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
     attributes = image_attributes(pixels)
     spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
