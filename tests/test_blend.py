@@ -6,16 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from prefstudio import cli
 from prefstudio.blend import MAX_BLEND_TERMS, MAX_PRESETS, validate_blend
 from prefstudio.encoders.base import pil_to_tensor
-from prefstudio.errors import InvalidInput, NotFound, PrefStudioError
+from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.eval.simulated_users import SimulatedUser
 from prefstudio.provenance import read_provenance
 from prefstudio.store.history import HistoryStore
 from prefstudio.store.profile_file import content_digest, export_profile, import_profile
 from prefstudio.studio import Studio
 from prefstudio.trade_off import check_axes, draw_grid, simplex_rows
+from test_cli import refused, run_cli
 from test_profile_file import snapshot
 
 PROMPT = "a lighthouse at dusk"
@@ -252,20 +252,6 @@ def cli_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blend-cli")
     fitted_studio(folder).store.close()
     return folder
-
-
-def run_cli(capsys, data, *argv):
-    code = cli.main(["--data", str(data), "--model", "embedded", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def refused(capsys, data, *argv) -> str:
-    code, out, err = run_cli(capsys, data, *argv)
-    assert code == 2 and out == "", (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def test_cli_blends_a_profile_with_weight_and_with_a_preset(capsys, cli_data, tmp_path):
