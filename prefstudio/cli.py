@@ -84,6 +84,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", choices=["embedded", "clip"], default="embedded",
                         help="the image features your taste model reads: 'embedded' (built in, the default) or 'clip' "
                              "(CLIP ViT-L/14, when its weights are here; fit again after switching)")
+    parser.add_argument("--ppd-adapter", metavar="FOLDER",
+                        help="a trained PPD adapter (docs/ppd.md) for an SD/SDXL --model: adds the 'ppd' method and "
+                             "its adapter-scale slider")
 
 
 def _reward_folders(items: list[str]) -> dict[str, str]:
@@ -102,7 +105,8 @@ def _reward_folders(items: list[str]) -> dict[str, str]:
 def studio_options(args: argparse.Namespace) -> dict:
     """build_studio's keyword arguments from the flags of `add_model_arguments` (CLI and app.py)."""
     return {"model": args.model, "device": args.device, "preference_model": args.preference_model,
-            "reward_folders": _reward_folders(args.reward), "image_encoder": args.image_encoder}
+            "reward_folders": _reward_folders(args.reward), "image_encoder": args.image_encoder,
+            "ppd_adapter": args.ppd_adapter}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "instant itself runs none)")
     p.add_argument("--method", choices=METHODS, default="guidance",
                    help="guidance: optimise the seed's noise; best_of_n: the best of 8 seeds; instant: one pass of "
-                        "the preference adapter; instant+guidance: instant, then a short guidance from its image")
+                        "the preference adapter; instant+guidance: instant, then a short guidance from its image; "
+                        "ppd: one pass of the PPD adapter (--ppd-adapter)")
+    p.add_argument("--adapter-scale", type=float, default=1.0,
+                   help="ppd: the adapter's scale, 0-2 (0 = the baseline exactly; default 1)")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
 
     sub.add_parser("rewards", help="the rewards --weight can name here, and how to get the missing ones")
@@ -353,7 +360,8 @@ def cmd_personalize(args, studio) -> dict:
     weights = studio.blend_weights(args.profile, _weights(args.weight), args.preset)
     result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
                                      weights=weights, iterations=args.iterations,
-                                     method=args.method, strength=args.strength)
+                                     method=args.method, strength=args.strength,
+                                     adapter_scale=args.adapter_scale)
     paths = save_side_by_side(result, args.out, fit=studio.fit_status(args.profile),
                               model=studio.preference.name)
     return {"seed": result.seed, "weights": result.weights, "strength": result.strength,

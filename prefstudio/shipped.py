@@ -11,3 +11,4 @@ _PACKAGE = Path(__file__).resolve().parent
 _ROOT = _PACKAGE / "_shipped" if (_PACKAGE / "_shipped").is_dir() else _PACKAGE.parent
 ASSETS = _ROOT / "assets"
 CHECKPOINTS = _ROOT / "checkpoints"
+DEFAULT_BANK = CHECKPOINTS / "user_bank_embedded.safetensors"  # the cold-start user bank

@@ -32,17 +32,17 @@ from prefstudio.guidance.methods import CHAIN_ITERATIONS, METHODS
 from prefstudio.guidance.noise_optimization import (
     DEFAULT_ITERATIONS, GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
 )
+from prefstudio.preference.history_pairs import training_pairs
 from prefstudio.preference.model import JudgedPairs, PreferenceModel, Taste
 from prefstudio.preference.models import AUTO, build_preference_model
 from prefstudio.preference.user_embedding import UserBank, bank_combination
 from prefstudio.rewards.base import Reward, score_all
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
-from prefstudio.shipped import CHECKPOINTS
+from prefstudio.shipped import CHECKPOINTS, DEFAULT_BANK
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
 from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed
 
-DEFAULT_BANK = CHECKPOINTS / "user_bank_embedded.safetensors"
 DEFAULT_ADAPTER = CHECKPOINTS / "preference_adapter_embedded"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 GUARD_WEIGHT = 0.5  # what a drop of one spread in a guard (prompt consistency) costs
@@ -51,7 +51,7 @@ DEFAULT_STRENGTH = 0.5
 MAX_RADIUS = 0.5  # strength 1: the noise may move half its norm away from the seed's
 MIN_GAIN = 0.05  # below this the personalized image is not called better (PNG rounding)
 MAX_CANDIDATES = 32
-MAX_TRAINING_PAIRS = 4000  # like x dislike combinations beyond this are sampled
+MAX_ADAPTER_SCALE = 2.0  # the PPD adapter's scale: 1 is what it was trained at, above exaggerates
 
 
 @dataclass
@@ -101,38 +101,18 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
     return {n: round(v, 4) for n, v in scores.items()}
 
 
-def training_pairs(judgments: list[Judgment]) -> list[tuple[str, str]]:
-    """(liked, disliked) image pairs from a history.
-
-    A ≻ B judgments are pairs as they stand. Single 👍/👎 judgments become pairs of
-    every liked with every disliked image, same-prompt pairs first (they differ in
-    style only, as in Pick-a-Pic); ties and skips carry no order. Later judgments of
-    the same image override earlier ones (a person may change their mind)."""
-    pairs = [(j.image_a, j.image_b) for j in judgments if j.kind == "pair"]
-    verdict = {}
-    for j in judgments:
-        if j.kind in ("like", "dislike"):
-            verdict[j.image_a] = j.kind
-    liked = [sha for sha, v in verdict.items() if v == "like"]
-    disliked = [sha for sha, v in verdict.items() if v == "dislike"]
-    singles = [(a, b) for a in liked for b in disliked]
-    if len(singles) > MAX_TRAINING_PAIRS:
-        rng = torch.Generator().manual_seed(len(singles))
-        keep = torch.randperm(len(singles), generator=rng)[:MAX_TRAINING_PAIRS].tolist()
-        singles = [singles[i] for i in sorted(keep)]
-    return pairs + singles
-
-
 class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
                  extra_rewards: dict[str, Reward] | None = None, preference_model: str = AUTO,
-                 reward_states: dict | None = None, adapter_path: str | Path | None = DEFAULT_ADAPTER):
+                 reward_states: dict | None = None, adapter_path: str | Path | None = DEFAULT_ADAPTER,
+                 ppd_adapter_path: str | Path | None = None):
         """`extra_rewards` join prompt consistency (one named "prompt_consistency" replaces it);
         `reward_states` (`prefstudio.rewards.catalog.RewardState` by name) say which catalogued
         rewards are ready and how to get the missing ones. The user bank is `bank_path` when it
         reads this encoder's features, unless `python -m prefstudio bank` built one for it in the data folder.
-        `adapter_path` holds the preference adapter Instant runs."""
+        `adapter_path` holds the preference adapter Instant runs; `ppd_adapter_path` a PPD
+        adapter (docs/ppd.md) for an SD/SDXL generator, which the "ppd" method runs."""
         self.store = HistoryStore(data_dir)
         if generator is None or image_encoder is None:
             from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -152,6 +132,7 @@ class Studio:
                     break
         self.reward_states = dict(reward_states or {})
         self.adapter, self.adapter_config, self.adapter_problem = self._load_adapter(adapter_path, bank_path)
+        self.ppd_adapter, self.ppd_source = self._load_ppd_adapter(ppd_adapter_path)
         self.base_rewards: dict[str, Reward] = {
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
             **(extra_rewards or {}),
@@ -179,6 +160,35 @@ class Studio:
                                 f"than this studio's; {train}")
         weights = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
         return adapter.to(self.generator.device), config | {"id": f"{Path(folder).name}:{weights}"}, ""
+
+    def _load_ppd_adapter(self, folder):
+        """The PPD adapter the person asked for, and which user embedding it reads."""
+        if folder is None:
+            return None, None
+        from prefstudio.ppd.adapter import load_adapter as load_ppd_adapter
+        from prefstudio.ppd.user_vectors import adapter_source
+
+        unet = getattr(self.generator, "denoiser", None)
+        if getattr(self.generator, "family", None) not in ("sd", "sdxl") or unet is None:
+            raise InvalidInput(f"--ppd-adapter goes into an SD or SDXL UNet and {self.generator.name} has none: "
+                               "start with --model sd-turbo (or sdxl-turbo, a hub id or a diffusers folder)")
+        adapter = load_ppd_adapter(folder, unet, install=False)
+        source = adapter_source(adapter.config.user_embedding)
+        if source == "synthetic":
+            raise InvalidInput(f"{folder} was trained on PPD's synthetic reward users, not on people: use it with "
+                               f"`python -m prefstudio ppd generate - PROMPT --adapter {folder} --mix clip=0.5,...`")
+        return adapter, source
+
+    def ppd_embedding(self, profile: str) -> torch.Tensor:
+        """[D_u] the profile's user embedding of the kind the PPD adapter was trained on."""
+        if self.ppd_adapter is None:
+            raise ModelUnavailable("the PPD adapter is not loaded: start the studio with --ppd-adapter FOLDER and an "
+                                   "SD/SDXL generator (docs/ppd.md says how to train one)")
+        from prefstudio.ppd.generate import check_user
+        from prefstudio.ppd.user_vectors import profile_vector
+
+        return check_user(self.ppd_adapter, profile_vector(self.store, self.store.get_profile(profile).name,
+                                                           self.ppd_source))
 
     # -- candidates and judgments ----------------------------------------------------
     def generate_candidates(self, prompt: str, n: int = 8, seeds: list[int] | None = None
@@ -413,8 +423,8 @@ class Studio:
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
                     weights: dict[str, float] | None = None, iterations: int | None = None,
                     method: str = "guidance", candidates: int = 8, strength: float = DEFAULT_STRENGTH,
-                    stop: threading.Event | None = None, blind: bool = False, listed: bool = True
-                    ) -> Iterator[GuidanceProgress | SideBySide]:
+                    stop: threading.Event | None = None, blind: bool = False, listed: bool = True,
+                    adapter_scale: float = 1.0) -> Iterator[GuidanceProgress | SideBySide]:
         """Baseline (same seed, no personalization) and personalized, side by side.
 
         `strength` in [0, 1] bounds how far guidance may move the seed's noise (0: the
@@ -424,8 +434,9 @@ class Studio:
         `profile:NAME`. `method` is one of METHODS: "instant" is one pass of the preference
         adapter, its modulation scaled by strength (1: the modulation it was trained to make; 0:
         the baseline, bit for bit); "instant+guidance" starts `iterations` of guidance
-        (CHAIN_ITERATIONS by default) from Instant's image. Yields GuidanceProgress per iteration
-        (the guidance methods), then one SideBySide."""
+        (CHAIN_ITERATIONS by default) from Instant's image; "ppd" is one render with the PPD
+        adapter at `adapter_scale` (0: the baseline, bit for bit). Yields GuidanceProgress per
+        iteration (the guidance methods), then one SideBySide."""
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         self.store.get_profile(profile)  # a missing profile is not one without a fit
@@ -436,7 +447,7 @@ class Studio:
         self._check_available(weights, rewards)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if method == "instant":
+        if method in ("instant", "ppd"):
             iterations = 0  # one pass, no iterations
         elif iterations is None:
             iterations = CHAIN_ITERATIONS if method == "instant+guidance" else DEFAULT_ITERATIONS
@@ -446,12 +457,24 @@ class Studio:
             raise InvalidInput(f"strength must be a number in [0, 1], got {strength!r}") from None
         if not 0.0 <= strength <= 1.0:
             raise InvalidInput(f"strength must lie in [0, 1], got {strength}")
+        try:
+            adapter_scale = float(adapter_scale)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"adapter scale must be a number in [0, {MAX_ADAPTER_SCALE:g}], "
+                               f"got {echo(adapter_scale)}") from None
+        if not 0.0 <= adapter_scale <= MAX_ADAPTER_SCALE:
+            raise InvalidInput(f"adapter scale must lie in [0, {MAX_ADAPTER_SCALE:g}], got {adapter_scale}")
 
         start = time.perf_counter()
-        instant = None
+        instant = None  # the one-pass image (Instant's or the PPD adapter's), if the method makes one
         if method.startswith("instant"):
             instant = instant_image(self.generator, self.adapter, prompt, seed, self.instant_embedding(profile),
                                     scale=strength)
+        elif method == "ppd":
+            from prefstudio.ppd.generate import ppd_image
+
+            instant = ppd_image(self.generator, self.ppd_adapter, prompt, seed, self.ppd_embedding(profile),
+                                adapter_scale)
         if method in ("guidance", "instant+guidance"):
             result = None
             for item in optimise_noise(self.generator, prompt, seed, rewards, weights,
@@ -462,7 +485,7 @@ class Studio:
                     result = item
                 else:
                     yield item
-        elif method == "instant":
+        elif instant is not None:
             result = instant
         else:
             seeds = [seed] + [validate_seed((seed + 7919 * i) % 2**32) for i in range(1, int(candidates))]
@@ -489,7 +512,7 @@ class Studio:
         params = self.generator.params() | {
             "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
-            **({} if instant is None else {"adapter": self.adapter_config["id"], "adapter_scale": instant.scale}),
+            **({} if instant is None else {"adapter": self._adapter_id(method), "adapter_scale": instant.scale}),
             "blind": blind, "listed": listed,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
@@ -500,6 +523,11 @@ class Studio:
         yield SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
                          result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain,
                          seconds)
+
+    def _adapter_id(self, method: str) -> str:
+        if method == "ppd":
+            return f"ppd:{self.ppd_adapter.config.base_model or 'adapter'} ({self.ppd_source} user embedding)"
+        return self.adapter_config["id"]
 
     def trade_off(self, profile: str, prompt: str, axes: list[str], seed: int | None = None,
                   steps: int | None = None, weights: dict[str, float] | None = None, total: float = 1.0,
@@ -565,10 +593,10 @@ def user_bank_path(data_dir: str | Path, encoder_name: str) -> Path:
 
 def build_studio(data_dir: str | Path, model: str = "auto", device: str | None = None,
                  preference_model: str = AUTO, reward_folders: dict[str, str] | None = None,
-                 image_encoder: str = "embedded") -> Studio:
+                 image_encoder: str = "embedded", ppd_adapter: str | None = None) -> Studio:
     """The studio for a generator spec ('embedded', 'auto', a known name, a hub id or a folder),
-    a preference model ('auto', 'user-embedding', 'preference-tokens' or a token checkpoint folder)
-    and an image encoder for it ('embedded' or 'clip').
+    a preference model ('auto', 'user-embedding', 'preference-tokens' or a token checkpoint folder),
+    an image encoder for it ('embedded' or 'clip') and optionally a PPD adapter folder.
 
     With a real generator, every catalogued reward whose weights are here (`reward_folders`:
     NAME → folder, else the local Hugging Face cache) joins the sliders, with its calibration
@@ -579,6 +607,10 @@ def build_studio(data_dir: str | Path, model: str = "auto", device: str | None =
     from prefstudio.rewards import catalog
 
     reward_folders = catalog.check_folders(dict(reward_folders or {}))  # before minutes of loading
+    if ppd_adapter is not None:
+        from prefstudio.ppd.adapter import read_config
+
+        read_config(ppd_adapter)  # a wrong folder fails before the generator loads
     if image_encoder not in catalog.IMAGE_ENCODERS:
         catalog.image_encoder(image_encoder)  # says which there are
     spec = default_generator_spec() if model == "auto" else model
@@ -589,7 +621,8 @@ def build_studio(data_dir: str | Path, model: str = "auto", device: str | None =
         encoder = None
         if image_encoder != "embedded":
             encoder = catalog.image_encoder(image_encoder, reward_folders, device or "cpu")
-        return Studio(data_dir, image_encoder=encoder, preference_model=preference_model)
+        return Studio(data_dir, image_encoder=encoder, preference_model=preference_model,
+                      ppd_adapter_path=ppd_adapter)
     generator = load_generator(spec, device=device)
     found = catalog.discover_rewards(data_dir, reward_folders, generator.device)
     from prefstudio.rewards.calibration import CALIBRATION_FILE, apply_calibrations, read_calibrations
@@ -609,4 +642,4 @@ def build_studio(data_dir: str | Path, model: str = "auto", device: str | None =
             raise ModelUnavailable(f"--image-encoder clip needs CLIP: {found.states['clip'].detail}")
         encoder = found.clip
     return Studio(data_dir, generator=generator, image_encoder=encoder, extra_rewards=extra,
-                  preference_model=preference_model, reward_states=found.states)
+                  preference_model=preference_model, reward_states=found.states, ppd_adapter_path=ppd_adapter)

@@ -16,6 +16,7 @@ Checkpoint: a folder with `adapter.safetensors` (projection and W'_k, W'_v per l
 `adapter.json` (sizes, the base model it was trained on, training provenance).
 """
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,21 @@ class UserAdapter(nn.Module):
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.projection])
         unet.config.encoder_hid_dim_type = "ip_image_proj"
 
+    @contextmanager
+    def applied(self, unet, scale: float):
+        """The adapter installed at `scale` for the block's length, then the UNet as it was: the
+        studio's other runs (candidates, guidance) call the base UNet, which reads no user."""
+        processors, projection = unet.attn_processors, unet.encoder_hid_proj
+        kind = unet.config.encoder_hid_dim_type
+        self.set_scale(scale)
+        self.install(unet)
+        try:
+            yield
+        finally:
+            unet.set_attn_processor(processors)
+            unet.encoder_hid_proj = projection
+            unet.config.encoder_hid_dim_type = kind
+
     def image_embeds(self, user: torch.Tensor, batch: int | None = None) -> list[torch.Tensor]:
         """`added_cond_kwargs["image_embeds"]` for user embeddings [B, D_u] (or [D_u] for all)."""
         if user.shape[-1] != self.config.user_dim:
@@ -161,9 +177,10 @@ def read_config(directory: str | Path) -> AdapterConfig:
     return AdapterConfig(**fields)
 
 
-def load_adapter(directory: str | Path, unet) -> UserAdapter:
-    """The adapter saved in `directory`, built for `unet` and installed in it; every tensor's
-    name and shape must match (a checkpoint of another base model is refused)."""
+def load_adapter(directory: str | Path, unet, install: bool = True) -> UserAdapter:
+    """The adapter saved in `directory`, built for `unet` and installed in it (or, with
+    `install` False, ready for `applied`); every tensor's name and shape must match (a
+    checkpoint of another base model is refused)."""
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS
     if not weights.is_file():
@@ -182,5 +199,6 @@ def load_adapter(directory: str | Path, unet) -> UserAdapter:
         if not torch.isfinite(tensor).all():
             raise InvalidInput(f"{weights}: {key} holds NaN or infinite values")
     adapter.load_state_dict(state)
-    adapter.install(unet)
+    if install:
+        adapter.install(unet)
     return adapter

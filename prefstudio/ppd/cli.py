@@ -65,12 +65,12 @@ def _user_embedding(args, store, adapter_config):
     """The adapter's input for this command: a mix of synthetic users, a row of an embedding
     file, or the profile's stored VLM embedding."""
     from prefstudio.ppd.data import mix_users, read_user_embeddings
-    from prefstudio.ppd.profile_store import read_vlm_profile
+    from prefstudio.ppd.user_vectors import SYNTHETIC, profile_vector
 
     if args.mix:
-        if not adapter_config.user_embedding.startswith("synthetic one-hot: "):
+        if not adapter_config.user_embedding.startswith(SYNTHETIC):
             raise InvalidInput("--mix needs an adapter trained on synthetic users (ppd train --users synthetic:…)")
-        names = adapter_config.user_embedding.removeprefix("synthetic one-hot: ").split(", ")
+        names = adapter_config.user_embedding.removeprefix(SYNTHETIC).split(", ")
         weights = {}
         for item in args.mix.split(","):
             name, sep, value = item.partition("=")
@@ -90,32 +90,9 @@ def _user_embedding(args, store, adapter_config):
         return embeddings[args.user], f"user {args.user}"
     if args.profile == "-":
         raise InvalidInput("give a profile with a VLM profile, or --mix, or --user-embedding")
-    if args.user_source != "vlm":
-        return _taste_vector(args.user_source, store, store.get_profile(args.profile).name), \
-            f"{args.user_source} of {args.profile}"
-    stored = read_vlm_profile(store, store.get_profile(args.profile).name)
-    if stored is None:
-        raise NotFound(f"{args.profile} has no VLM profile yet: run `python -m prefstudio ppd profile {args.profile}`")
-    return stored.embedding, f"VLM profile of {args.profile}"
-
-
-def _taste_vector(source: str, store, profile: str):
-    """The bank posterior or fitted taste of the profile's judged pairs, as `embed-users` makes
-    them for training users (same encoder, same bank)."""
-    from prefstudio.encoders.embedded import EmbeddedImageEncoder
-    from prefstudio.ppd.user_vectors import bank_posterior, fitted_vector
-    from prefstudio.preference.user_embedding import UserBank
-    from prefstudio.studio import DEFAULT_BANK, training_pairs
-
-    pairs = training_pairs(store.judgments(profile))
-    if not pairs:
-        raise InvalidInput(f"{profile} has no judged pair yet: pick the better of two, or 👍 one image and 👎 another")
-    bank, encoder = UserBank.load(DEFAULT_BANK), EmbeddedImageEncoder()
-    liked = encoder.encode_images([store.load_image(a) for a, _ in pairs]).float()
-    disliked = encoder.encode_images([store.load_image(b) for _, b in pairs]).float()
-    if source == "bank-posterior":
-        return bank_posterior(bank, liked, disliked)
-    return fitted_vector(bank, encoder.name, liked, disliked)
+    name = store.get_profile(args.profile).name
+    label = "VLM profile" if args.user_source == "vlm" else args.user_source
+    return profile_vector(store, name, args.user_source), f"{label} of {args.profile}"
 
 
 def _adapted_generator(args):

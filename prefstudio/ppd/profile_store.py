@@ -26,7 +26,7 @@ class StoredProfile:
 def history_pairs(store, profile: str, count: int = HISTORY_PAIRS) -> list[tuple[str, str]]:
     """The person's `count` most recent (liked, disliked) pairs: their A ≻ B judgments first,
     then 👍/👎 images of the same prompt paired, then any 👍 with any 👎."""
-    from prefstudio.studio import training_pairs
+    from prefstudio.preference.history_pairs import training_pairs
 
     judgments = store.judgments(profile)
     explicit = [(j.image_a, j.image_b) for j in reversed(judgments) if j.kind == "pair"]

@@ -26,6 +26,7 @@ from prefstudio.ppd.data import (
     synthetic_reward_pairs,
 )
 from prefstudio.ppd.dpo import ConditionedDenoiser, dpo_loss, drop_users
+from prefstudio.ppd.user_vectors import FROM_FILE, SYNTHETIC
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -99,14 +100,14 @@ def training_pairs(config: TrainConfig, load_pixels, device) -> tuple[list[Train
         rewards = build_synthetic_rewards(names, config.clip or None, config.aesthetic_head or None,
                                           config.pickscore or None, device=device)
         pairs, report = synthetic_reward_pairs(data.train, rewards, load_pixels, config.seed)
-        return pairs, one_hot_users(names), {"user_embedding": f"synthetic one-hot: {', '.join(names)}", **report.as_dict()}
+        return pairs, one_hot_users(names), {"user_embedding": SYNTHETIC + ", ".join(names), **report.as_dict()}
     embeddings, source = read_user_embeddings(value)
     _, pairs, report = histories_and_pairs(data.train, config.history)
     missing = sorted({p.user for p in pairs} - set(embeddings))
     pairs = [p for p in pairs if p.user in embeddings]
     if not pairs:
         raise InvalidInput(f"no training pair has a user with an embedding in {value}")
-    return pairs, embeddings, {"user_embedding": f"embeddings from {source or value}", **report.as_dict(),
+    return pairs, embeddings, {"user_embedding": FROM_FILE + (source or value), **report.as_dict(),
                                "users_without_embedding": len(missing)}
 
 

@@ -25,7 +25,7 @@ from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.guidance.methods import CHAIN_ITERATIONS
-from prefstudio.studio import DEFAULT_STRENGTH
+from prefstudio.studio import DEFAULT_STRENGTH, MAX_ADAPTER_SCALE
 from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
@@ -49,6 +49,8 @@ DONE = "Personalized (same seed, optimised for your taste)"
 METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n", DEFAULT_ITERATIONS),
            "Instant": ("instant", 0), "Instant → short guidance": ("instant+guidance", CHAIN_ITERATIONS)}
 GUIDED = "Guided"
+PPD = "PPD adapter"  # a method only when the studio runs one (--ppd-adapter)
+ONE_PASS = {"instant": "the preference adapter", "ppd": "the PPD adapter"}
 
 
 class GenerateSession:
@@ -102,6 +104,7 @@ class GenerateTab:
         self.jobs = GenerationJobs(ctx.steps)
         self.prompts = read_prompts()
         self.reward_names = list(studio.default_weights())  # the user model first
+        self.methods = METHODS | ({PPD: ("ppd", 0)} if studio.ppd_adapter is not None else {})
         self.guards = {n for n, r in studio.base_rewards.items() if r.guard}
         descriptions = {"user": TasteReward.description} | {
             n: r.description for n, r in studio.base_rewards.items()}
@@ -118,10 +121,17 @@ class GenerateTab:
             self.strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                       info="How far personalization may move away from the baseline (0: not at all).",
                                       elem_id="ps-strength")
-        self.method = gr.Radio(list(METHODS), value=GUIDED, label="Method", elem_id="ps-method",
+        ppd_info = (f" {PPD}: one pass of the PPD adapter, conditioned on your {studio.ppd_source} user embedding."
+                    if studio.ppd_adapter is not None else "")
+        self.method = gr.Radio(list(self.methods), value=GUIDED, label="Method", elem_id="ps-method",
                                info="Guided: optimises the seed's noise for your taste (30 steps). Best of N: the "
                                     "best of 8 seeds. Instant: one pass of the preference adapter, about one image's "
-                                    f"time. Instant → short guidance: Instant's image, then {CHAIN_ITERATIONS} steps.")
+                                    f"time. Instant → short guidance: Instant's image, then {CHAIN_ITERATIONS} steps."
+                                    + ppd_info)
+        self.adapter_scale = gr.Slider(0, MAX_ADAPTER_SCALE, value=1.0, step=0.05, label="PPD adapter scale",
+                                       info="How strongly the PPD adapter steers (0: the baseline exactly; 1: as "
+                                            "trained; above 1 exaggerates).",
+                                       visible=studio.ppd_adapter is not None, elem_id="ps-adapter-scale")
         with gr.Accordion("Advanced: iterations and reward weights (one normalised scale: a weight of 1 is one "
                           "typical spread of that reward)", open=False, elem_id="ps-advanced"):
             self.iterations = gr.Slider(0, MAX_UI_ITERATIONS, value=DEFAULT_ITERATIONS, step=1,
@@ -210,7 +220,8 @@ class GenerateTab:
         self.past.select(user_errors(self.show_past), [self.session, profile], self.views,
                          api_visibility="private")
         # .input, not .change: only a method the person picks sets its iterations, never a re-render.
-        self.method.input(lambda label: METHODS[label][1], self.method, self.iterations, api_visibility="private")
+        self.method.input(lambda label: self.methods[label][1], self.method, self.iterations,
+                          api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         blend_views = [*self.blend_sliders, self.grid_axes]
         reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
@@ -242,7 +253,7 @@ class GenerateTab:
 
     def generate_inputs(self, profile):
         return [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
-                *self.sliders, *self.blend_sliders, self.method]
+                *self.sliders, *self.blend_sliders, self.method, self.adapter_scale]
 
     # -- runs ------------------------------------------------------------------------------
     def _run_settings(self, session: GenerateSession, profile, prompt, seed_mode, seed, values):
@@ -260,18 +271,23 @@ class GenerateTab:
 
     def generate(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations,
                  *weights_and_method):
-        # The method comes last, so that calls naming the weights by position keep working.
-        *weights, method = weights_and_method
-        if method not in METHODS:
-            raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        # The method and the adapter scale come last, so that calls naming the weights by
+        # position keep working.
+        *weights, method, adapter_scale = weights_and_method
+        if method not in self.methods:
+            raise InvalidInput(f"method must be one of {', '.join(self.methods)}, got {method!r}")
+        method = self.methods[method][0]
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
-        if METHODS[method][0].startswith("instant"):
-            self.ctx.studio.instant_embedding(name)  # "no adapter for this generator" before a job starts
+        # "no adapter" or "no VLM profile yet" before a job starts
+        if method.startswith("instant"):
+            self.ctx.studio.instant_embedding(name)
+        elif method == "ppd":
+            self.ctx.studio.ppd_embedding(name)
         job = GenerationJob(name, prompt, seed, int(iterations))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
-                                          stop=job.stop, method=METHODS[method][0])
+                                          stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
         yield from self._follow(session, job)
 
@@ -328,9 +344,9 @@ class GenerateTab:
         side = job.result
         session.baseline = side.baseline.record.sha256
         session.personalized = side.personalized.record.sha256
-        one_pass = side.personalized.record.params.get("method") == "instant"
+        one_pass = ONE_PASS.get(side.personalized.record.params.get("method"))
         how = (f"Stopped after {side.iterations_run} of {job.iterations} iterations" if side.stopped
-               else f"Done in one pass of the preference adapter ({side.seconds:.2f} s)" if one_pass
+               else f"Done in one pass of {one_pass} ({side.seconds:.2f} s)" if one_pass
                else f"Done: {side.iterations_run} iterations")
         if side.improved:
             best = "" if one_pass else f"; the best was iteration {side.best_iteration}"
@@ -459,7 +475,8 @@ class GenerateTab:
                  for i in range(MAX_BLENDED)]  # the weights of the profiles added to the blend, in order
         fn.__signature__ = inspect.Signature(
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + blend
-            + [inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=GUIDED)])
+            + [inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=GUIDED),
+               inspect.Parameter("adapter_scale", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)])
         return fn
 
     # -- the blend -------------------------------------------------------------------------
