@@ -221,7 +221,7 @@ def load_vlm_user_encoder(settings: VLMSettings, device) -> VLMUserEncoder:
             # transformers 5.23 builds LLaVA-OneVision's video processor with torchvision, even for images.
             raise ModelUnavailable(
                 f"the processor of {settings.model} could not be built ({err.__class__.__name__}: {err}); "
-                "LLaVA-OneVision's needs torchvision: `pip install torchvision` matching your torch") from None
+                "LLaVA-OneVision's needs torchvision: `pip install torchvision==0.28.0` (built for torch 2.13.0)") from None
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=getattr(torch, settings.dtype), device_map={"": torch.device(device)},
             local_files_only=not hub.downloads_allowed())
