@@ -325,3 +325,27 @@ def test_win_rate_interval_stays_honest_at_the_edges():
     assert rate == 1.0 and high == 1.0 and low == pytest.approx(0.510, abs=1e-3)
     rate, low, high = win_rate([("p", 0, 1.0, 0.0), ("p", 1, 0.5, 0.5)])  # a loss and a tie
     assert rate == 0.25 and 0.0 < low < 0.25 < high < 1.0
+
+
+def test_removing_a_judgment_that_replaced_another_says_the_earlier_verdict_is_back(app):
+    """Judging an image again replaces its verdict; removing the new one brings the old one
+    back. The Profile tab must say so, or the person believes the image has no verdict now."""
+    demo, url = app
+    store = store_of(app)
+    c = client(url)
+    c.predict("dora", api_name="/create_profile")
+    generate(c, "dora", "a red kite over a beach", [1, 2])
+    c.predict("dora", api_name="/like")  # candidate 1
+    c.predict("dora", api_name="/previous")
+    c.predict("dora", api_name="/dislike")  # candidate 1 again: 👎 replaces 👍
+    replacing = store.judgments("dora")[-1]
+    assert replacing.kind == "dislike" and len(store.judgments("dora")) == 1
+    everything = ["like", "dislike", "pair", "tie", "skip"]
+    _, info, _ = c.predict("dora", everything, replacing.id, api_name="/remove_judgment")
+    assert [j.kind for j in store.judgments("dora")] == ["like"]
+    assert info.startswith(f"Removed judgment #{replacing.id} (👎 on")
+    assert "The 👍 it had replaced is this image's verdict again." in info
+    # A judgment that replaced nothing leaves the image without a verdict, and says no more.
+    back = store.judgments("dora")[0]
+    _, info, _ = c.predict("dora", everything, back.id, api_name="/remove_judgment")
+    assert store.judgments("dora") == [] and "replaced" not in info

@@ -224,9 +224,17 @@ class ProfileTab:
             raise InvalidInput("choose or create a profile first (top of the page)")
         if judgment_id is None:
             raise InvalidInput("select a judgment in the history (or type its number) to remove it")
-        removed = self.ctx.store.remove_judgment(profile, int(judgment_id))
+        store = self.ctx.store
+        removed = store.remove_judgment(profile, int(judgment_id))
         what = f"{KIND_MARKS[removed.kind]} on {short(removed.image_a)}"
-        return self.render_history(session, profile, kinds, f"Removed judgment #{removed.id} ({what}).")
+        # Removing a verdict that replaced another makes that one current again: say so.
+        if removed.image_b is None:
+            back, subject = store.verdicts(profile, [removed.image_a]).get(removed.image_a), "this image's"
+        else:
+            back = next(iter(store.pair_verdicts(profile, [removed.image_a, removed.image_b]).values()), None)
+            back, subject = back and back.kind, "this pair's"
+        again = f" The {KIND_MARKS[back]} it had replaced is {subject} verdict again." if back else ""
+        return self.render_history(session, profile, kinds, f"Removed judgment #{removed.id} ({what}).{again}")
 
     # -- export and import ------------------------------------------------------------------
     def export(self, profile):
