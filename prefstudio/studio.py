@@ -210,16 +210,14 @@ class Studio:
     def import_pairs(self, profile: str, path: str | Path, user_id: str | None = None) -> int:
         """Record the A ≻ B judgments of a pair data set file (JSON Lines) into a profile.
 
-        Every line and image is checked before anything is recorded."""
+        Every line and image is checked before anything is recorded; a refused file leaves nothing behind."""
         from prefstudio.preference.pair_data import read_judgments
 
         self.store.get_profile(profile)
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
         if not judgments:
             raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
-        imported = [(self.store.import_image(j.liked, j.prompt).sha256,
-                     self.store.import_image(j.disliked, j.prompt).sha256) for j in judgments]
-        return len(self.store.record_judgments(profile, "pair", imported))  # all or none
+        return len(self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments]))
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:

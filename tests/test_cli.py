@@ -1,5 +1,6 @@
 """The CLI on bad input, full disks and odd paths: one line, exit 2, nothing changed."""
 import errno
+import json
 import os
 import sqlite3
 import subprocess
@@ -474,3 +475,26 @@ def test_converted_third_party_prompts_are_cleaned_not_refused():
 
     cleaned = _prompt("a fox\x07 in\u202e snow\ud800", "row 1")
     assert cleaned == "a fox  in snow" and validate_prompt(cleaned) == cleaned
+
+
+def test_a_refused_pair_file_leaves_no_images_behind(tmp_path, capsys):
+    """A damaged image on the last line is found after the earlier lines' images were read:
+    the refusal must leave the store as it was, images included."""
+    import shutil
+
+    folder = tmp_path / "pairs"
+    shutil.copytree(REPO / "assets" / "sample_pairs" / "images", folder / "images")
+    lines = (REPO / "assets" / "sample_pairs" / "pairs.jsonl").read_text().splitlines()[:3]
+    (folder / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
+    broken = json.loads(lines[-1]) | {"disliked": "images/broken.png"}
+    (folder / "pairs.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(broken)]) + "\n")
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    with HistoryStore(data) as store:
+        before = sorted(p.name for p in store.images_dir.rglob("*.png"))
+    line = refused(capsys, data, "import-pairs", "alice", str(folder / "pairs.jsonl"))
+    assert "broken.png: " in line and line.count("\n") == 0
+    with HistoryStore(data) as store:
+        assert sorted(p.name for p in store.images_dir.rglob("*.png")) == before
+        assert store._query("SELECT count(*) FROM images")[0][0] == len(before)
+        assert store.judgments("alice") == []

@@ -27,7 +27,7 @@ from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.errors import PrefStudioError, echo
 from prefstudio.generators.embedded import EmbeddedGenerator
 from prefstudio.preference.pair_data import read_judgments
-from prefstudio.store.image_files import load_untrusted_image
+from prefstudio.store.history import HistoryStore
 from prefstudio.store.profile_file import content_digest, export_profile, import_profile
 from prefstudio.studio import Studio
 from test_image_files import encoded, noise_image
@@ -353,11 +353,15 @@ def mutated_pair_file(rng: random.Random) -> bytes:
     return b"\n".join(lines) + rng.choice([b"\n", b"", b"\n\n"])
 
 
-def test_mutated_pair_files_are_refused_cleanly_or_read_whole(pair_root):
+def test_mutated_pair_files_are_refused_cleanly_or_read_whole(pair_root, tmp_path):
+    """Each file is read, then what was read is imported into a profile (as `import-pairs`
+    does): refused with one line and the store as it was, images included, or imported whole."""
     rng = random.Random(19)
     root = pair_root.resolve()
     path = pair_root / "pairs" / "train.jsonl"
-    outcomes = {"refused": 0, "read": 0}
+    store = HistoryStore(tmp_path / "target")
+    store.create_profile("p")
+    outcomes = {"refused": 0, "read": 0, "import refused": 0, "imported": 0}
     for attempt in range(PAIR_FILES):
         data = mutated_pair_file(rng)
         path.write_bytes(data)
@@ -371,12 +375,24 @@ def test_mutated_pair_files_are_refused_cleanly_or_read_whole(pair_root):
             continue
         except Exception as error:  # noqa: BLE001 - anything else is a bug
             pytest.fail(f"{what}: {type(error).__name__}: {str(error)[:300]}")
-        for j in judgments:  # usable: the images are regular files inside the data set, and decode or refuse
+        for j in judgments:  # the images are regular files inside the data set
             for image in (j.liked, j.disliked):
                 assert image.is_relative_to(root) and image.is_file() and not image.is_symlink(), what
-                try:
-                    load_untrusted_image(image)
-                except PrefStudioError as error:
-                    one_line(error, what)
         outcomes["read"] += 1
+        before = snapshot(store)
+        try:
+            recorded = store.import_pairs("p", [(j.liked, j.disliked, j.prompt) for j in judgments])
+        except PrefStudioError as error:
+            assert one_line(error, what).startswith(str(root)), what  # names the image at fault
+            assert snapshot(store) == before, what
+            assert store._query("PRAGMA integrity_check") == [("ok",)], what
+            outcomes["import refused"] += 1
+            continue
+        except Exception as error:  # noqa: BLE001 - anything else is a bug
+            pytest.fail(f"{what}: {type(error).__name__}: {str(error)[:300]}")
+        current = {frozenset((j.image_a, j.image_b)) for j in store.judgments("p")}
+        assert len(recorded) == len(judgments) and {frozenset((r.image_a, r.image_b)) for r in recorded} <= current
+        outcomes["imported"] += 1
+    store.close()
     assert outcomes["refused"] > PAIR_FILES // 4 and outcomes["read"] > PAIR_FILES // 10, outcomes
+    assert outcomes["import refused"] > 0 and outcomes["imported"] > PAIR_FILES // 20, outcomes

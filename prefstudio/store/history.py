@@ -421,6 +421,38 @@ class HistoryStore:
         prompt = validate_prompt(prompt)
         return self._add(load_untrusted_image(source), prompt, None, IMPORTED, {})
 
+    def import_pairs(self, profile: str, pairs: list[tuple[str | Path, str | Path, str]]) -> list[Judgment]:
+        """A ≻ B judgments between uploaded images ((liked, disliked, prompt) each), all or
+        nothing: each image is checked and its file written first, then one transaction records
+        the images and the judgments; on any failure the files this call wrote are removed."""
+        stored = self.get_profile(profile).name
+        written, records, shas = [], [], []
+        try:
+            for liked, disliked, prompt in pairs:
+                prompt = validate_prompt(prompt)
+                for source in (liked, disliked):
+                    try:
+                        image = load_untrusted_image(source)
+                    except InvalidInput as error:
+                        raise InvalidInput(f"{source}: {error}") from None
+                    metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
+                    sha256, path = write_png(image, metadata, self.images_dir)
+                    written.append(path)
+                    records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
+                                               image.height, _now()))
+                    shas.append(sha256)
+            with self._transaction() as db:
+                for record in records:
+                    self._insert_image(db, record)
+                return [self.record_judgment(stored, "pair", a, b) for a, b in zip(shas[::2], shas[1::2])]
+        except BaseException:
+            for path in written:
+                try:
+                    self.image_record(path.stem)
+                except NotFound:  # no row refers to it: this call's file (an earlier image keeps its row)
+                    path.unlink(missing_ok=True)
+            raise
+
     def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
         """The profile's personalized images, newest first (each names its baseline in params);
         a blind test's and those made for a trade-off grid (params listed false) are left out."""
