@@ -219,7 +219,8 @@ the judge is each person's hidden utility on the stored PNGs. ± after a rate: t
 over cases, then the standard error from {args.bootstrap} resamples of people (a person's cases share one fitted
 taste, so the cases are not independent); the share of Guided's margin gets the same bootstrap. Instant reads a person as the bank
 combination of the adapter's training users (Premier's cold start = the bank posterior). The adapter:
-`{config['id']}`, trained by `{config['command']}` ({config['wall_seconds']} s wall). Seconds are the
+`{config['id']}`, trained by `{config['command']}` ({config['wall_seconds']} s wall; the load it trained at:
+checkpoints/README.md). Seconds are the
 personalization itself, median per image, one thread.
 
 {table}
