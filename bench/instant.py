@@ -1,6 +1,6 @@
 """Instant personalization (the preference adapter) against Guided, under hidden utilities.
 
-    python bench/instant.py --users 12 --prompts 8          # 96 cases
+    python bench/instant.py --users 24 --prompts 8          # 192 cases
 
 People: PrefBench's unseen users as bench/never_worse.py draws them (`judged_people`): each
 judges 16 of the studio's candidates and is fitted by the studio; Instant reads them as the
@@ -21,6 +21,8 @@ person's under their own hidden utility. Writes the `instant` section of docs/be
 """
 import argparse
 import itertools
+import json
+import random
 import os
 import statistics
 import subprocess
@@ -48,12 +50,14 @@ TARGET_MARGIN_SHARE, TARGET_SPEEDUP = 0.8, 20.0
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=12)
+    parser.add_argument("--users", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=8, help="prompts (each with its own seed) per person")
     parser.add_argument("--seed", type=int, default=0, help="PrefBench's population seed")
     parser.add_argument("--chain-iterations", type=int, default=CHAIN_ITERATIONS)
     parser.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/ alone")
+    parser.add_argument("--dump", type=Path, help="also write every case's utilities, seconds and consistency here (JSON)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of people for the standard errors")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -103,6 +107,37 @@ def main(argv=None) -> None:
     speedup = median_seconds["guided"] / median_seconds["instant"]
     per_person = [rate("instant", "baseline", [k for k in utilities if k[0] == p.user_id]) for p in people]
 
+    # Standard errors that respect who the cases belong to: a person's cases are not independent
+    # (one fitted taste serves all of them), so the bootstrap resamples people, not cases.
+    def share_of_margin(keys) -> float:
+        guided = rate("guided", "baseline", keys) - 0.5
+        return (rate("instant", "baseline", keys) - 0.5) / guided if guided > 0 else float("nan")
+
+    by_person = {p.user_id: [k for k in utilities if k[0] == p.user_id] for p in people}
+    draws = random.Random(0)
+    resamples = [[k for _ in people for k in by_person[draws.choice(people).user_id]] for _ in range(args.bootstrap)]
+
+    def spread(statistic) -> tuple[float, float, float]:
+        """(standard error, 2.5 % and 97.5 % quantiles) of a statistic over resampled people."""
+        values = sorted(v for v in (statistic(keys) for keys in resamples) if v == v)
+        if len(values) < 2:
+            return float("nan"), float("nan"), float("nan")
+        return statistics.stdev(values), values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+    margin_se, margin_low, margin_high = spread(share_of_margin)
+    undefined = sum(share_of_margin(keys) != share_of_margin(keys) for keys in resamples)
+    se = {(a, b): spread(lambda keys: rate(a, b, keys))[0] for a, b in (
+        ("guided", "baseline"), ("instant", "baseline"), ("instant_full", "baseline"), ("chain", "baseline"),
+        ("instant", "guided"), ("instant_full", "guided"), ("chain", "guided"), ("chain", "instant"))}
+
+    def shown(a: str, b: str) -> str:
+        value = rate(a, b)
+        return f"{value:.1%} {interval(value, n)}, ± {100 * se[(a, b)]:.1f} SE over people"
+
+    if args.dump:
+        args.dump.write_text(json.dumps({"utilities": [[*k, u] for k, u in utilities.items()],
+                                         "seconds": seconds, "consistency": consistency}, indent=0))
+
     # Dispersion: different people, same prompt and seed.
     with torch.no_grad():
         features = {k: dict(zip(v, F.normalize(studio.encoder.encode(torch.stack(list(v.values()))), dim=-1)))
@@ -134,25 +169,26 @@ def main(argv=None) -> None:
     chain_beats = rate("chain", "guided") > 0.5
     drop = {name: statistics.mean(values) for name, values in consistency.items()}
     table = (
-        "| method (strength) | win rate vs same-seed baseline (95 % interval) | median s / personalized image | "
+        "| method (strength) | win rate vs same-seed baseline (95 % interval over cases; SE over people) | median s / personalized image | "
         "prompt consistency vs baseline (spreads, mean) |\n|---|---:|---:|---:|\n"
-        f"| Guided ({DEFAULT_ITERATIONS} iterations, {DEFAULT_STRENGTH}) | {win['guided']:.1%} {interval(win['guided'], n)} | "
+        f"| Guided ({DEFAULT_ITERATIONS} iterations, {DEFAULT_STRENGTH}) | {shown('guided', 'baseline')} | "
         f"{median_seconds['guided']:.2f} | {drop['guided']:+.2f} |\n"
-        f"| Instant (one adapter pass, {DEFAULT_STRENGTH}) | {win['instant']:.1%} {interval(win['instant'], n)} | "
+        f"| Instant (one adapter pass, {DEFAULT_STRENGTH}) | {shown('instant', 'baseline')} | "
         f"{median_seconds['instant']:.3f} | {drop['instant']:+.2f} |\n"
-        f"| Instant at strength 1 (the modulation as trained) | {win['instant_full']:.1%} {interval(win['instant_full'], n)} | "
+        f"| Instant at strength 1 (the modulation as trained) | {shown('instant_full', 'baseline')} | "
         f"{median_seconds['instant_full']:.3f} | {drop['instant_full']:+.2f} |\n"
-        f"| Instant → guidance ({args.chain_iterations} iterations, {DEFAULT_STRENGTH}) | {win['chain']:.1%} {interval(win['chain'], n)} | "
+        f"| Instant → guidance ({args.chain_iterations} iterations, {DEFAULT_STRENGTH}) | {shown('chain', 'baseline')} | "
         f"{median_seconds['chain']:.2f} | {drop['chain']:+.2f} |\n\n"
-        "| head to head (hidden utility) | win rate (95 % interval, sampling only) |\n|---|---:|\n"
-        f"| Instant vs Guided | {rate('instant', 'guided'):.1%} {interval(rate('instant', 'guided'), n)} |\n"
-        f"| Instant at strength 1 vs Guided | {rate('instant_full', 'guided'):.1%} {interval(rate('instant_full', 'guided'), n)} |\n"
-        f"| Instant → guidance vs Guided | {rate('chain', 'guided'):.1%} {interval(rate('chain', 'guided'), n)} |\n"
-        f"| Instant → guidance vs Instant | {rate('chain', 'instant'):.1%} {interval(rate('chain', 'instant'), n)} |\n\n"
+        "| head to head (hidden utility) | win rate (95 % interval over cases; SE over people) |\n|---|---:|\n"
+        f"| Instant vs Guided | {shown('instant', 'guided')} |\n"
+        f"| Instant at strength 1 vs Guided | {shown('instant_full', 'guided')} |\n"
+        f"| Instant → guidance vs Guided | {shown('chain', 'guided')} |\n"
+        f"| Instant → guidance vs Instant | {shown('chain', 'instant')} |\n\n"
         "| target | value | |\n|---|---:|---|\n"
         f"| Instant keeps ≥ {TARGET_MARGIN_SHARE:.0%} of Guided's margin over the baseline (win rate − 50 %) | "
-        f"{margin_share:.0%} (Guided's margin {100 * (win['guided'] - 0.5):.1f} pts "
-        f"{interval(win['guided'], n)}) | {met(margin_share >= TARGET_MARGIN_SHARE)} |\n"
+        f"{margin_share:.0%} ± {margin_se:.0%} SE over people (bootstrap 95 %: {margin_low:.0%} to {margin_high:.0%}"
+        f"{f'; {undefined} of {args.bootstrap} resamples had no Guided margin' if undefined else ''}; "
+        f"Guided's margin {100 * (win['guided'] - 0.5):.1f} pts) | {met(margin_share >= TARGET_MARGIN_SHARE)} |\n"
         f"| … at ≥ {TARGET_SPEEDUP:.0f}× less time | {speedup:.0f}× | {met(speedup >= TARGET_SPEEDUP)} |\n"
         f"| Instant → guidance beats Guided at equal or lower time | {rate('chain', 'guided'):.1%} "
         f"{interval(rate('chain', 'guided'), n)} at "
@@ -175,13 +211,16 @@ def main(argv=None) -> None:
 
 `python bench/instant.py --users {args.users} --prompts {args.prompts} --chain-iterations {args.chain_iterations}`
 — {machine()}; load: `{load}`.
-{n} cases: {len(people)} simulated people drawn as PrefBench's unseen users (population seed {args.seed};
+{n} cases (the size fixed before the run): {len(people)} simulated people drawn as PrefBench's unseen users (population seed {args.seed};
 `bench/never_worse.py`'s `judged_people`: 16 judged candidates each, fitted by the studio's default
 preference model), × {len(cases)} prompts the adapter never trained on, one seed each, the same for every
 person and every method. Every method runs through `Studio.personalize` at default weights and strength;
-the judge is each person's hidden utility on the stored PNGs. Instant reads a person as the bank
+the judge is each person's hidden utility on the stored PNGs. ± after a rate: the normal 95 % interval
+over cases, then the standard error from {args.bootstrap} resamples of people (a person's cases share one fitted
+taste, so the cases are not independent); the share of Guided's margin gets the same bootstrap. Instant reads a person as the bank
 combination of the adapter's training users (Premier's cold start = the bank posterior). The adapter:
-`{config['id']}`, trained by `{config['command']}` ({config['wall_seconds']} s wall). Seconds are the
+`{config['id']}`, trained by `{config['command']}` ({config['wall_seconds']} s wall; the load it trained at:
+checkpoints/README.md). Seconds are the
 personalization itself, median per image, one thread.
 
 {table}

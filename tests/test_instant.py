@@ -89,6 +89,26 @@ def test_a_few_training_steps_on_cpu_raise_the_objective(bank):
     assert after > before + 0.1, (before, after, history)
 
 
+def test_training_reads_people_as_the_studio_serves_them_without_themselves_in_the_bank(bank):
+    """Training users reach the adapter as Instant's cold start reads a new person: the bank
+    posterior of their judgments over the *other* training users, a blend that still leans to
+    their own taste."""
+    import random
+
+    generator = EmbeddedGenerator(resolution=64)
+    prompts = training_prompts()[:4]  # 16 reference images to judge
+    objective = AdapterObjective(generator, EmbeddedImageEncoder(), bank, prompts, TrainSettings(served=1.0))
+    read, taste = objective.people(40, random.Random(2))
+    assert torch.allclose(read.sum(1), torch.ones(40)) and torch.allclose(taste.sum(1), torch.ones(40))
+    assert float(read[taste > 0].abs().max()) == 0.0  # nobody is read by their own bank entry
+    assert not torch.equal(read, taste)
+    alignment = torch.nn.functional.cosine_similarity(read @ objective.users, taste @ objective.users)
+    assert float(alignment.mean()) > 0.2, alignment
+    own, _ = AdapterObjective(generator, EmbeddedImageEncoder(), bank, prompts[:1],
+                              TrainSettings(served=0.0)).people(6, random.Random(2))
+    assert set(own.count_nonzero(1).tolist()) <= {1, TrainSettings().mix_users}  # read by their own coefficients
+
+
 def test_dispersion_loss_falls_as_people_move_apart():
     from prefstudio_research.train.preference_adapter import dispersion_loss
 

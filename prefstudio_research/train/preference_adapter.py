@@ -8,9 +8,12 @@ The people it learns from are the training users of a user bank (checkpoints/
 user_bank_embedded.safetensors: simulated people of PrefBench's population model who judged
 embedded-generator images), each represented by their fitted user embedding, the like −
 dislike direction of their taste model. Half of each batch is one training user, half a
-random mix of a few of them: new people reach the adapter as such mixes (Premier's cold
-start, `user_embedding.bank_combination`), and a mix's taste model is the same mix of
-directions. Each step draws a training prompt and seeds, renders every person's modulated
+random mix of a few of them (a mix's taste model is the same mix of directions). The adapter
+reads each of them as the studio reads a new person (`served`): Premier's cold start
+(`user_embedding.bank_combination`), the bank posterior of 16 images they judged, with
+themselves left out of the bank since a new person is not in it. So it learns to serve a
+person's own taste from the noisy, blended embedding Instant actually receives, not from an
+embedding it will never see (`--served 0`: from their own embedding). Each step draws a training prompt and seeds, renders every person's modulated
 image through the generator (differentiable), encodes it with the bank's image encoder,
 and maximises
 
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from prefstudio.guidance.adapter import (
     AdapterShape, PreferenceAdapter, bank_digest, generator_signature, save_adapter,
@@ -64,6 +68,10 @@ class TrainSettings:
     hidden: int = 64
     user_tokens: int = 4
     mix_users: int = 4  # a mixed person combines this many training users
+    # Share of people the adapter reads as the studio serves them: the bank posterior of
+    # `judged` images they judged, without themselves in the bank (0: their own embedding).
+    served: float = 1.0
+    judged: int = 16
     grad_clip: float = 1.0
     seed: int = 0
 
@@ -107,14 +115,44 @@ class AdapterObjective:
         features = self.encoder.encode_shared(pixels).to(self.bank_mean.device)
         return ((features - self.bank_mean) / self.bank_std) @ self.bank_projection
 
-    def people(self, n: int, rng: random.Random) -> torch.Tensor:
-        """[n, K] coefficients: even rows one training user, odd rows a Dirichlet mix of a few."""
+    def people(self, n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """([n, K], [n, K]) coefficients over the training users: how the adapter reads each
+        person, and whose taste it serves. Even rows are one training user, odd rows a
+        Dirichlet mix of a few. A share `served` of them is read as the studio reads a new
+        person (`served_coefficients`); the rest by their own coefficients."""
         rows = torch.zeros(n, self.users.shape[0])
         for i in range(n):
             chosen = rng.sample(range(self.users.shape[0]), self.settings.mix_users if i % 2 else 1)
             shares = torch.tensor([rng.gammavariate(1.0, 1.0) for _ in chosen])
             rows[i, chosen] = shares / shares.sum()
-        return rows.to(self.users.device)
+        rows = rows.to(self.users.device)
+        read = rows.clone()
+        for i in range(n):
+            if rng.random() < self.settings.served:
+                read[i] = self.served_coefficients(rows[i], rng)
+        return read, rows
+
+    def served_coefficients(self, taste: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """[K] how the studio reads a person of this taste (coefficients [K]) who is not in the
+        bank: they judge `judged` reference images (liking the better half under their taste
+        plus Gumbel noise, so pairs follow Bradley–Terry), and Instant's cold start
+        (`user_embedding.bank_combination`: the tempered bank posterior of their like × dislike
+        pairs, worth `judged / 2` independent pairs) combines the *other* training users."""
+        count = min(self.settings.judged, self.reference.shape[0]) // 2 * 2
+        if count < 2:
+            return taste
+        pick = torch.tensor(rng.sample(range(self.reference.shape[0]), count), device=self.reference.device)
+        shown = self.reference[pick]
+        gumbel = torch.tensor([-math.log(-math.log(rng.uniform(1e-9, 1 - 1e-9))) for _ in range(count)],
+                              device=shown.device, dtype=shown.dtype)
+        order = torch.argsort(shown @ (taste @ self.users) + gumbel, descending=True)
+        liked, disliked = shown[order[: count // 2]], shown[order[count // 2:]]
+        gaps = (liked[:, None] - disliked[None]).flatten(0, 1)  # every like x dislike pair
+        log_likelihood = F.logsigmoid(gaps @ self.users.T).sum(0) * ((count / 2) / gaps.shape[0])
+        own = taste > 0
+        if bool(own.all()):  # nobody else to read them by
+            return taste
+        return self.bank.posterior(log_likelihood.masked_fill(own, -math.inf))
 
     def distinct_users(self, n: int, rng: random.Random) -> torch.Tensor:
         """[n, K] one-hot rows of n different training users (the dispersion loss's batch)."""
@@ -128,12 +166,14 @@ class AdapterObjective:
         odds = (projected * directions).sum(-1)
         return (odds - reference.mean(0)) / reference.std(0).clamp_min(1e-6)
 
-    def terms(self, adapter, prompt: str, seeds: list[int], coefficients: torch.Tensor,
+    def terms(self, adapter, prompt: str, seeds: list[int], people: tuple[torch.Tensor, torch.Tensor],
               dispersion_coefficients: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The objective's terms for one prompt, one image per (seed, person)."""
+        """The objective's terms for one prompt, one image per (seed, person); `people` as
+        `people()` gives them: how the adapter reads each person, and their taste."""
         generator, s = self.generator, self.settings
         conditioning = self.conditioning[prompt]
-        users = coefficients @ self.users
+        read, coefficients = people
+        users = read @ self.users
         tokens = generator.conditioning_tokens(conditioning)
         n = users.shape[0]
         batch_tokens = tokens.expand(n, -1, -1)
