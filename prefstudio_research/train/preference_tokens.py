@@ -140,14 +140,17 @@ class LiteTask:
         self.images, self.prompts = images, prompts
         self.users, self.rows = users, self._four(rows)
         self.validation = [(self._four(h), self._four(t)) for h, t in validation]
+        self.groups = [("val", len(validation))]  # named blocks of validation users, logged apart
+        self.by_group: dict[str, float] = {}
         self.set_n_ref(n_ref)
 
     @staticmethod
     def _four(rows: torch.Tensor) -> torch.Tensor:
         return rows if rows.shape[-1] == 4 else torch.cat([rows, rows[..., 2:3]], -1)
 
-    def join(self, other: "LiteTask", n_ref: int) -> "LiteTask":
-        """Both tasks' training users and validation users in one task (feature tables joined)."""
+    def join(self, other: "LiteTask", n_ref: int, names: tuple[str, str] = ("val", "other")) -> "LiteTask":
+        """Both tasks' training users and validation users in one task (feature tables joined);
+        `names` name the two blocks of validation users in the log."""
         if (self.prompts is None) != (other.prompts is None):
             raise InvalidInput("both tasks must read prompts, or neither")
         offset = torch.tensor([0, 0, 0, 0])
@@ -158,7 +161,9 @@ class LiteTask:
         prompts = None if self.prompts is None else torch.cat([self.prompts, other.prompts])
         users = [(0, u) for u in self.users] + [(1, u) for u in other.users]
         validation = self.validation + [(h + offset, t + offset) for h, t in other.validation]
-        return LiteTask(images, prompts, users, torch.cat([self.rows, other.rows + offset]), validation, n_ref)
+        joined = LiteTask(images, prompts, users, torch.cat([self.rows, other.rows + offset]), validation, n_ref)
+        joined.groups = [(names[0], len(self.validation)), (names[1], len(other.validation))]
+        return joined
 
     def set_n_ref(self, n_ref: int, lengths: list[int] | None = None) -> None:
         """Histories of `n_ref` pairs, or of one of `lengths` drawn per batch."""
@@ -251,14 +256,20 @@ class LiteTask:
     def validation_accuracy(self, model) -> tuple[float, int]:
         """Top-1, 1 liked vs 1 disliked, over the validation users' targets, averaged over the
         history lengths (each validation history cut to its first n pairs)."""
-        hits = []
+        hits, owner = [], []
         for n in self.lengths:
-            for history, targets in self.validation:
+            for user, (history, targets) in enumerate(self.validation):
                 both = TargetFeatures(self.images[targets[:, :2]].flatten(0, 1),
                                       self._prompts(targets[:, 2:4].flatten(0, 1)))
                 m_like, m_dislike = model(self.history(history[:n]), both)
                 hits.append(top_k_hits((m_like - m_dislike).reshape(-1, 2), 1))
-        hits = torch.cat(hits)
+                owner += [user] * hits[-1].numel()
+        hits, owner = torch.cat(hits), torch.tensor(owner)
+        start = 0
+        for name, count in self.groups:
+            mask = (owner >= start) & (owner < start + count)
+            self.by_group[name] = float(hits[mask].float().mean()) if bool(mask.any()) else float("nan")
+            start += count
         return float(hits.mean()), hits.numel()
 
 
@@ -340,11 +351,14 @@ def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_fil
             loss = sum(running) / len(running) if running else float("nan")
             record = {"stage": stage, "step": step, "loss": loss, "val_top1": accuracy, "val_n": n,
                       "seconds": round(time.perf_counter() - start, 1)}
+            if len(getattr(task, "groups", ())) > 1:
+                record["val_top1_by_group"] = dict(task.by_group)
             if log_file is not None:
                 with open(log_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
             log(f"stage {stage} step {step:5d}  loss {loss:.4f}  val top-1 {100 * accuracy:.2f} % (n={n})  "
-                f"{record['seconds']:.0f} s")
+                + "".join(f"[{name} {100 * a:.2f} %] " for name, a in record.get("val_top1_by_group", {}).items())
+                + f"{record['seconds']:.0f} s")
             running.clear()
             if accuracy > best["val_top1"]:
                 best, best_state = record, unwrapped.trained_state()
@@ -421,7 +435,7 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
             histories, validation, studio_how = studio_task_inputs(
                 studio.train, studio.val, studio.pairs_per_user, longest, studio.targets, studio.seed,
                 None if studio.cache is None else Path(studio.cache), log)
-            task = task.join(LiteTask.from_features(histories, validation, longest), longest)
+            task = task.join(LiteTask.from_features(histories, validation, longest), longest, ("prefbench", "studio"))
             log(f"joined {studio.train} training and {studio.val} validation people on the studio's images")
         task.set_n_ref(settings.n_ref, settings.history_lengths)
         if resume is None:

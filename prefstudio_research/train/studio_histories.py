@@ -24,6 +24,7 @@ from prefstudio.preference.tokens import PairFeatures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_PROMPTS, VAL_PROMPTS = 36, 12
+POPULATIONS = 30  # training people are drawn from this many populations, validation people from a tenth
 SEEDS_PER_PROMPT = 8
 SEED_BASE = 2_000_000
 
@@ -80,39 +81,47 @@ def _history(pool: ImagePool, liked: list[int], disliked: list[int]) -> PairFeat
 
 
 def training_histories(pool: ImagePool, n_users: int, pairs_per_user: int, seed: int) -> tuple[list[PairFeatures], str]:
-    """Each person's judged pairs, half of one prompt and half across two."""
+    """Each person's judged pairs, half of one prompt and half across two. The people come from
+    `POPULATIONS` populations (seeds seed·1000 + k), each with a common taste and archetypes of its
+    own, so that what is learned is how to read a history, not one population's average taste."""
     same, cross = pool.pairs(True), pool.pairs(False)
     rng = torch.Generator().manual_seed(seed)
     cross = [cross[i] for i in torch.randperm(len(cross), generator=rng)[: len(same)].tolist()]
-    users, how = simulated_choices(pool.pixels.float() / 255, same + cross, n_users, pairs_per_user, seed,
-                                   id_prefix="studio-train-")
-    return [_history(pool, liked, disliked) for liked, disliked in users], how
+    histories, hows = [], []
+    for k in range(POPULATIONS):
+        count = n_users // POPULATIONS + (1 if k < n_users % POPULATIONS else 0)
+        users, how = simulated_choices(pool.pixels.float() / 255, same + cross, count, pairs_per_user,
+                                       seed * 1000 + k, id_prefix="studio-train-")
+        histories += [_history(pool, liked, disliked) for liked, disliked in users]
+        hows.append(how)
+    return histories, f"{POPULATIONS} populations of which the first: {hows[0]}"
 
 
 def validation_people(pool: ImagePool, n_users: int, n_ref: int, n_targets: int, seed: int) -> tuple[list[tuple], str]:
     """(history of n_ref pairs, liked targets, disliked targets, target prompts) per person, the
     history on half of the pool's images and the same-prompt target pairs on the other half (per
-    prompt: its first half of seeds for one person, its second for the next)."""
+    prompt: its first half of seeds for one population, its second for the next)."""
     half = pool.prompt_of.shape[0] // len(pool.prompt_of.unique()) // 2
     seed_rank = torch.arange(pool.prompt_of.shape[0]) % (2 * half)
     out, hows = [], []
-    for side in (0, 1):
-        history_images = (seed_rank < half).nonzero().flatten().tolist() if side == 0 else \
+    for side in range(max(2, POPULATIONS // 10)):
+        history_images = (seed_rank < half).nonzero().flatten().tolist() if side % 2 == 0 else \
             (seed_rank >= half).nonzero().flatten().tolist()
         target_images = sorted(set(range(pool.prompt_of.shape[0])) - set(history_images))
         history_pairs = pool.pairs(True, history_images) + pool.pairs(False, history_images)
         target_pairs = pool.pairs(True, target_images)
-        count = n_users // 2 + (n_users % 2 if side == 0 else 0)
+        sides = max(2, POPULATIONS // 10)
+        count = n_users // sides + (1 if side < n_users % sides else 0)
         # One draw of people; their histories and targets come from separate draws of labels.
         histories, how = simulated_choices(pool.pixels.float() / 255, history_pairs, count, n_ref,
-                                           seed + side, id_prefix="studio-val-")
+                                           seed * 1000 + side, id_prefix="studio-val-")
         targets, _ = simulated_choices(pool.pixels.float() / 255, target_pairs, count, n_targets,
-                                       seed + side, id_prefix="studio-val-")
+                                       seed * 1000 + side, id_prefix="studio-val-")
         hows.append(how)
         for (liked, disliked), (t_liked, t_disliked) in zip(histories, targets):
             out.append((_history(pool, liked, disliked), pool.features[t_liked], pool.features[t_disliked],
                         pool.prompt_features[t_liked]))
-    return out, "; ".join(hows)
+    return out, f"{len(hows)} populations of which the first: {hows[0]}"
 
 
 def studio_task_inputs(n_train: int, n_val: int, pairs_per_user: int, n_ref: int, n_targets: int, seed: int,
