@@ -279,6 +279,9 @@ def main(argv=None) -> int:
         return 0
     joined = {k: v for k, v in join_shards(path.parent).items() if k not in scores}
     scores |= joined
+    if joined:  # bench/auto_weights.py reads the joined validation scores from this file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(scores, str(path))
     for name, split in splits.items():
         for n_ref in args.n_refs:  # saved after each N_ref: a long run can be resumed
             if f"{name}.{n_ref}.{AUTO}" not in scores:
