@@ -218,7 +218,7 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | identical to {short[d['best']]} |")
                 continue
             lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | {100 * d['diff']:+.2f} ± {100 * d['se']:.2f} "
-                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {d['diff'] / d['se']:+.1f} SE) |")
+                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {d['diff'] / d['se']:+.2f} SE) |")
         lines.append("")
     unseen = results["table"].get("unseen", {})
     if any("by_family" in row for row in unseen.values()):
