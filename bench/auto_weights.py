@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from prefstudio.preference.models import (  # noqa: E402
-    AUTO_WEIGHTS_FORMAT, StackingRow, member_fit, stacking_weights,
+    AUTO_WEIGHTS_FORMAT, DEFAULT_TOKEN_CHECKPOINT, StackingRow, member_fit, stacking_weights,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
-    parser.add_argument("--out", type=Path, default=REPO / "checkpoints" / "preference_tokens_lite" / "auto_weights.json",
+    parser.add_argument("--out", type=Path, default=DEFAULT_TOKEN_CHECKPOINT / "auto_weights.json",
                         help="auto_weights.json in the folder of the token checkpoint that was scored")
     args = parser.parse_args(argv)
     scores = load_file(str(args.data / "studio_models" / "scores.safetensors"))

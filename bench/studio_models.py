@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from prefstudio_research.prefbench import evaluate  # noqa: E402
 from prefstudio_research.prefbench.data import load_split, load_text_features  # noqa: E402
+from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT  # noqa: E402
 from prefstudio_research.prefbench.methods import STUDIO_MODELS, StudioModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,9 +201,10 @@ def markdown(results: dict) -> str:
              "that row (chosen on these same users, which favours the single model); the bar is ≥ 2 standard errors "
              "over users at N_ref 8 and 32 on unseen users. The standard error over targets is shown in brackets "
              "for comparison.", ""]
-    if results["token_checkpoint"] != "checkpoints/preference_tokens_lite":
+    served = str(DEFAULT_TOKEN_CHECKPOINT.resolve().relative_to(REPO))
+    if results["token_checkpoint"] != served:
         lines += [f"`{results['token_checkpoint']}` is not the token checkpoint the studio serves by default "
-                  "(`checkpoints/preference_tokens_lite`); its README says why.", ""]
+                  f"(`{served}`); its README says why.", ""]
     for subset in ("unseen", "seen"):
         if subset not in results["table"]:
             continue
@@ -216,7 +218,7 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | identical to {short[d['best']]} |")
                 continue
             lines.append(f"| {n_ref} | " + " | ".join(cells) + f" | {100 * d['diff']:+.2f} ± {100 * d['se']:.2f} "
-                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {d['diff'] / d['se']:+.1f} SE) |")
+                         f"[{100 * d['se_targets']:.2f}] (vs {short[d['best']]}, {d['diff'] / d['se']:+.2f} SE) |")
         lines.append("")
     unseen = results["table"].get("unseen", {})
     if any("by_family" in row for row in unseen.values()):
@@ -249,7 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"])
     parser.add_argument("--rescore", action="store_true", help="fit again even when the scores file exists")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    parser.add_argument("--token-checkpoint", type=Path, default=REPO / "checkpoints" / "preference_tokens_lite",
+    parser.add_argument("--token-checkpoint", type=Path, default=DEFAULT_TOKEN_CHECKPOINT,
                         help="the token checkpoint auto and preference-tokens serve (with its auto_weights.json)")
     parser.add_argument("--shard", help="I/K: score only the I-th of K blocks of users (0-based) into a file of "
                                         "its own and report nothing; a later run without --shard joins the K files")
@@ -277,6 +279,9 @@ def main(argv=None) -> int:
         return 0
     joined = {k: v for k, v in join_shards(path.parent).items() if k not in scores}
     scores |= joined
+    if joined:  # bench/auto_weights.py reads the joined validation scores from this file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(scores, str(path))
     for name, split in splits.items():
         for n_ref in args.n_refs:  # saved after each N_ref: a long run can be resumed
             if f"{name}.{n_ref}.{AUTO}" not in scores:

@@ -386,6 +386,37 @@ def test_training_from_features_with_prompts_needs_the_validation_targets_prompt
     assert torch.equal(task.images[targets[:, 1]], disliked) and torch.equal(task.prompts[targets[:, 2]], prompts)
 
 
+def test_a_history_of_pairs_across_prompts_is_read_with_each_images_prompt_and_tasks_join():
+    """The studio pairs a 👍 of one prompt with a 👎 of another: training rows carry both prompts,
+    and a task of such people joins a task of same-prompt pairs (the studio people next to PrefBench)."""
+    from prefstudio_research.train.preference_tokens import LiteTask
+
+    def h(n, across):
+        return PairFeatures(torch.randn(n, 6), torch.randn(n, 6), torch.randn(n, 4),
+                            torch.randn(n, 4) if across else None)
+
+    studio = LiteTask.from_features([h(10, True), h(10, True)], [(h(4, True), torch.randn(3, 6), torch.randn(3, 6),
+                                                                   torch.randn(3, 4))], n_ref=4)
+    first = studio.rows[:10]
+    assert not torch.equal(first[:, 2], first[:, 3])  # each image's own prompt
+    clipart = LiteTask.from_features([h(10, False)], [(h(4, False), torch.randn(3, 6), torch.randn(3, 6),
+                                                        torch.randn(3, 4))], n_ref=4)
+    assert torch.equal(clipart.rows[:, 2], clipart.rows[:, 3])  # a same-prompt pair: one prompt
+    joined = clipart.join(studio, n_ref=4)
+    assert joined.rows.shape == (30, 4) and len(joined.validation) == 2 and len(set(joined.users)) == 3
+    for task, offset in ((clipart, 0), (studio, 10)):  # every row reads the same features as before joining
+        for column, table in ((0, "images"), (1, "images"), (2, "prompts"), (3, "prompts")):
+            assert torch.equal(getattr(joined, table)[joined.rows[offset:offset + task.rows.shape[0], column]],
+                               getattr(task, table)[task.rows[:, column]])
+    history, targets = joined.validation[1]
+    assert torch.equal(joined.images[targets[:, 0]], studio.images[studio.validation[0][1][:, 0]])
+    assert torch.equal(joined.prompts[history[:, 3]], studio.prompts[studio.validation[0][0][:, 3]])
+    examples = joined.batch(2, torch.Generator().manual_seed(0), targets=2)
+    model = LiteTokenModel(LiteConfig(image_dim=6, text_dim=4, image_encoder="x", text_encoder="y", width=16,
+                                      layers=1, heads=2))
+    assert all(t.shape == (4,) for t in joined.logits(model, examples))
+
+
 def test_training_on_several_history_lengths_reads_them_all():
     """history_lengths: each step draws one of them, validation averages over them, and the model
     records the longest as the history it reads at once."""

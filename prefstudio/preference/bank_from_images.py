@@ -20,16 +20,16 @@ from prefstudio.preference.user_embedding import UserBank, train_user_bank
 CEILING = 0.85  # an oracle's agreement with the bank users' labels, as in PrefBench
 
 
-def simulated_judgments(pixels: torch.Tensor, features: torch.Tensor, candidate_pairs: list[tuple[int, int]],
-                        n_users: int, pairs_per_user: int, seed: int
-                        ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+def simulated_choices(pixels: torch.Tensor, candidate_pairs: list[tuple[int, int]], n_users: int,
+                      pairs_per_user: int, seed: int, id_prefix: str = "bank-"
+                      ) -> tuple[list[tuple[list[int], list[int]]], str]:
     """The benchmark's simulated population judges pairs of these images: per user, the
-    (liked, disliked) features of `pairs_per_user` pairs drawn from `candidate_pairs`, labelled
-    by Bradley–Terry draws from the user's hidden utility of the pixels' attributes, at one
-    temperature set so that an oracle agrees with `CEILING` of the labels. Also says how."""
+    (liked, disliked) image indices of `pairs_per_user` pairs drawn from `candidate_pairs`,
+    labelled by Bradley–Terry draws from the user's hidden utility of the pixels' attributes,
+    at one temperature set so that an oracle agrees with `CEILING` of the labels. Also says how."""
     attributes = image_attributes(pixels)
     spread = {name: float(values.std()) for name, values in attributes.items()}
-    population = sample_population([f"bank-{u}" for u in range(n_users)], seed, categories=[],
+    population = sample_population([f"{id_prefix}{u}" for u in range(n_users)], seed, categories=[],
                                    attribute_spread=spread)
     rng = torch.Generator().manual_seed(seed)
     chosen = [torch.randperm(len(candidate_pairs), generator=rng)[:pairs_per_user].tolist() for _ in range(n_users)]
@@ -47,12 +47,20 @@ def simulated_judgments(pixels: torch.Tensor, features: torch.Tensor, candidate_
                 a, b = b, a
             liked.append(a)
             disliked.append(b)
-        users.append((features[liked], features[disliked]))
+        users.append((liked, disliked))
     how = (f"{n_users} simulated users (sample_population: tastes over the families "
            f"{', '.join(f for f in FAMILIES if FAMILIES[f])}; attributes {', '.join(ATTRIBUTES)}), "
            f"{pairs_per_user} pairs each, seed {seed}, labeller ceiling "
            f"{float(bayes_accuracy(gaps, temperature)):.2f}")
     return users, how
+
+
+def simulated_judgments(pixels: torch.Tensor, features: torch.Tensor, candidate_pairs: list[tuple[int, int]],
+                        n_users: int, pairs_per_user: int, seed: int
+                        ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
+    """`simulated_choices` as the (liked, disliked) features of each user's pairs."""
+    users, how = simulated_choices(pixels, candidate_pairs, n_users, pairs_per_user, seed)
+    return [(features[liked], features[disliked]) for liked, disliked in users], how
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")

@@ -131,15 +131,39 @@ class HistorySampler:
 
 # ---- what a stage trains on -------------------------------------------------------------------
 class LiteTask:
-    """Feature tables, the training judgments as rows (liked, disliked, prompt; prompt -1 when
-    the model reads none) and the validation users as (history rows, target rows); a
-    validation history is read at each of the task's history lengths (its first n pairs)."""
+    """Feature tables, the training judgments as rows (liked, disliked, liked's prompt,
+    disliked's prompt; prompts -1 when the model reads none; rows of three columns share one
+    prompt) and the validation users as (history rows, target rows); a validation history is
+    read at each of the task's history lengths (its first n pairs)."""
 
     def __init__(self, images, prompts, users, rows, validation, n_ref):
         self.images, self.prompts = images, prompts
-        self.users, self.rows = users, rows
-        self.validation = validation
+        self.users, self.rows = users, self._four(rows)
+        self.validation = [(self._four(h), self._four(t)) for h, t in validation]
+        self.groups = [("val", len(validation))]  # named blocks of validation users, logged apart
+        self.by_group: dict[str, float] = {}
         self.set_n_ref(n_ref)
+
+    @staticmethod
+    def _four(rows: torch.Tensor) -> torch.Tensor:
+        return rows if rows.shape[-1] == 4 else torch.cat([rows, rows[..., 2:3]], -1)
+
+    def join(self, other: "LiteTask", n_ref: int, names: tuple[str, str] = ("val", "other")) -> "LiteTask":
+        """Both tasks' training users and validation users in one task (feature tables joined);
+        `names` name the two blocks of validation users in the log."""
+        if (self.prompts is None) != (other.prompts is None):
+            raise InvalidInput("both tasks must read prompts, or neither")
+        offset = torch.tensor([0, 0, 0, 0])
+        offset[:2] = self.images.shape[0]
+        if self.prompts is not None:
+            offset[2:] = self.prompts.shape[0]
+        images = torch.cat([self.images, other.images])
+        prompts = None if self.prompts is None else torch.cat([self.prompts, other.prompts])
+        users = [(0, u) for u in self.users] + [(1, u) for u in other.users]
+        validation = self.validation + [(h + offset, t + offset) for h, t in other.validation]
+        joined = LiteTask(images, prompts, users, torch.cat([self.rows, other.rows + offset]), validation, n_ref)
+        joined.groups = [(names[0], len(self.validation)), (names[1], len(other.validation))]
+        return joined
 
     def set_n_ref(self, n_ref: int, lengths: list[int] | None = None) -> None:
         """Histories of `n_ref` pairs, or of one of `lengths` drawn per batch."""
@@ -180,9 +204,10 @@ class LiteTask:
                                + [torch.cat([item[1], item[2]]) for item in validation])
         images, image_rows = torch.unique(all_images, dim=0, return_inverse=True)
         prompts, prompt_rows = None, None
-        if with_prompts:
-            prompts, prompt_rows = torch.unique(torch.cat([h.prompts for h in histories] + [item[3] for item in validation]),
-                                                dim=0, return_inverse=True)
+        if with_prompts:  # a history's disliked images may have prompts of their own
+            prompts, prompt_rows = torch.unique(torch.cat(
+                [torch.cat([h.prompts, h.prompts if h.disliked_prompts is None else h.disliked_prompts])
+                 for h in histories] + [item[3] for item in validation]), dim=0, return_inverse=True)
         image_at, prompt_at = iter(image_rows.tolist()), iter([] if prompt_rows is None else prompt_rows.tolist())
 
         # Rows are read back in the order the features were concatenated above.
@@ -198,12 +223,14 @@ class LiteTask:
         for pair in histories_rows:
             n = len(pair[0])
             pair.append([next(prompt_at) for _ in range(n)] if with_prompts else [-1] * n)
+            pair.append([next(prompt_at) for _ in range(n)] if with_prompts else [-1] * n)
         for pair in target_rows:
             t = len(pair[0])
             pair.append([next(prompt_at) for _ in range(t)] if with_prompts else [-1] * t)
-        as_rows = [torch.tensor(r).T.reshape(-1, 3) for r in histories_rows]
+            pair.append(pair[-1])
+        as_rows = [torch.tensor(r).T.reshape(-1, 4) for r in histories_rows]
         train_rows, val_histories = as_rows[: len(train_users)], as_rows[len(train_users):]
-        val_targets = [torch.tensor(r).T.reshape(-1, 3) for r in target_rows]
+        val_targets = [torch.tensor(r).T.reshape(-1, 4) for r in target_rows]
         users = [u for u, r in enumerate(train_rows) for _ in range(r.shape[0])]
         return cls(images, prompts, users, torch.cat(train_rows), list(zip(val_histories, val_targets)), n_ref)
 
@@ -211,15 +238,16 @@ class LiteTask:
         return None if self.prompts is None else self.prompts[rows]
 
     def history(self, rows) -> PairFeatures:
-        return PairFeatures(self.images[rows[..., 0]], self.images[rows[..., 1]], self._prompts(rows[..., 2]))
+        return PairFeatures(self.images[rows[..., 0]], self.images[rows[..., 1]], self._prompts(rows[..., 2]),
+                            self._prompts(rows[..., 3]))
 
     def logits(self, model, examples):
         """-> pos_like, pos_dislike, neg_like, neg_dislike [B·T] (T target pairs per history)."""
-        history = self.rows[torch.tensor([h for _, h in examples])]  # [B, N, 3]
-        target = self.rows[torch.tensor([t for t, _ in examples])]  # [B, T, 3]
-        prompts = self._prompts(target[..., 2])
+        history = self.rows[torch.tensor([h for _, h in examples])]  # [B, N, 4]
+        target = self.rows[torch.tensor([t for t, _ in examples])]  # [B, T, 4]
+        prompts = self._prompts(target[..., 2:4].flatten(1, 2))  # each image's own prompt
         targets = TargetFeatures(self.images[target[..., :2]].flatten(1, 2),  # [B, 2T, D]: liked, disliked, ...
-                                 None if prompts is None else prompts.repeat_interleave(2, dim=1))
+                                 prompts)
         m_like, m_dislike = model(self.history(history), targets)
         return m_like[:, 0::2].flatten(), m_dislike[:, 0::2].flatten(), m_like[:, 1::2].flatten(), \
             m_dislike[:, 1::2].flatten()
@@ -228,15 +256,20 @@ class LiteTask:
     def validation_accuracy(self, model) -> tuple[float, int]:
         """Top-1, 1 liked vs 1 disliked, over the validation users' targets, averaged over the
         history lengths (each validation history cut to its first n pairs)."""
-        hits = []
+        hits, owner = [], []
         for n in self.lengths:
-            for history, targets in self.validation:
-                prompts = self._prompts(targets[:, 2])
+            for user, (history, targets) in enumerate(self.validation):
                 both = TargetFeatures(self.images[targets[:, :2]].flatten(0, 1),
-                                      None if prompts is None else prompts.repeat_interleave(2, 0))
+                                      self._prompts(targets[:, 2:4].flatten(0, 1)))
                 m_like, m_dislike = model(self.history(history[:n]), both)
                 hits.append(top_k_hits((m_like - m_dislike).reshape(-1, 2), 1))
-        hits = torch.cat(hits)
+                owner += [user] * hits[-1].numel()
+        hits, owner = torch.cat(hits), torch.tensor(owner)
+        start = 0
+        for name, count in self.groups:
+            mask = (owner >= start) & (owner < start + count)
+            self.by_group[name] = float(hits[mask].float().mean()) if bool(mask.any()) else float("nan")
+            start += count
         return float(hits.mean()), hits.numel()
 
 
@@ -318,11 +351,14 @@ def run_stage(model, task, settings: StageConfig, stage: int, log=print, log_fil
             loss = sum(running) / len(running) if running else float("nan")
             record = {"stage": stage, "step": step, "loss": loss, "val_top1": accuracy, "val_n": n,
                       "seconds": round(time.perf_counter() - start, 1)}
+            if len(getattr(task, "groups", ())) > 1:
+                record["val_top1_by_group"] = dict(task.by_group)
             if log_file is not None:
                 with open(log_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
             log(f"stage {stage} step {step:5d}  loss {loss:.4f}  val top-1 {100 * accuracy:.2f} % (n={n})  "
-                f"{record['seconds']:.0f} s")
+                + "".join(f"[{name} {100 * a:.2f} %] " for name, a in record.get("val_top1_by_group", {}).items())
+                + f"{record['seconds']:.0f} s")
             running.clear()
             if accuracy > best["val_top1"]:
                 best, best_state = record, unwrapped.trained_state()
@@ -355,10 +391,24 @@ def _encoders(model_config: dict):
     return encoder_named(model_config["image_encoder"]), encoder_named(model_config["text_encoder"])
 
 
+@dataclass
+class StudioPeople:
+    """Simulated people judging the studio's own images, trained and validated on next to the
+    data root's users (lite only; `prefstudio_research.train.studio_histories`)."""
+
+    train: int
+    val: int
+    pairs_per_user: int = 50
+    targets: int = 24
+    seed: int = 0
+    cache: str | None = None  # folder for the rendered images and their features
+
+
 def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resume: str | Path | None = None,
-          log=print, encoders=None) -> dict:
-    """Run one stage on a data root and save the kept weights to `out`; returns the kept step's
-    record. `encoders` (image, text) replaces the lookup of the config's encoder names (lite)."""
+          log=print, encoders=None, studio: StudioPeople | None = None) -> dict:
+    """Run one stage on a data root (and `studio` people) and save the kept weights to `out`;
+    returns the kept step's record. `encoders` (image, text) replaces the lookup of the config's
+    encoder names (lite)."""
     from accelerate import PartialState
     from prefstudio_research.preference.scorers import LiteScorer, VLMScorer
     from prefstudio.preference.tokens import load_checkpoint_bank, load_token_model
@@ -377,7 +427,16 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
             model_config = {"image_encoder": model.config.image_encoder, "text_encoder": model.config.text_encoder}
         image_encoder, text_encoder = encoders or _encoders(model_config)
         scorer = LiteScorer.for_encoders(data, image_encoder, text_encoder)
-        task = LiteTask.from_data(data, scorer, max([settings.n_ref, *settings.history_lengths]))
+        longest = max([settings.n_ref, *settings.history_lengths])
+        task = LiteTask.from_data(data, scorer, longest)
+        if studio is not None:
+            from prefstudio_research.train.studio_histories import studio_task_inputs
+
+            histories, validation, studio_how = studio_task_inputs(
+                studio.train, studio.val, studio.pairs_per_user, longest, studio.targets, studio.seed,
+                None if studio.cache is None else Path(studio.cache), log)
+            task = task.join(LiteTask.from_features(histories, validation, longest), longest, ("prefbench", "studio"))
+            log(f"joined {studio.train} training and {studio.val} validation people on the studio's images")
         task.set_n_ref(settings.n_ref, settings.history_lengths)
         if resume is None:
             model, bank = new_lite_model(task, model_config, f"training users of {data_root}", settings.seed)
@@ -402,7 +461,10 @@ def train(config: dict, data_root: str | Path, stage: int, out: str | Path, resu
     out.mkdir(parents=True, exist_ok=True)
     (out / "log.jsonl").write_text("")
     best = run_stage(model.train(), task, settings, stage, log, out / "log.jsonl")
+    if studio is not None and config["backbone"] != "lite":
+        raise InvalidInput("studio people train the lite backbone only")
     provenance = {"stage": stage, "data": str(data_root), "resumed_from": str(resume) if resume else None,
+                  "studio_people": None if studio is None else dict(asdict(studio), how=studio_how),
                   "settings": asdict(settings), "kept": best, "command": " ".join(sys.argv)}
     if PartialState().is_main_process:
         if model.config.backbone == "lite":
@@ -478,6 +540,12 @@ def main(argv=None) -> int:
                         help="L_p of this stage (Table 6 ablation; at stage 1, 0 = the w/o P_v ablation)")
     parser.add_argument("--steps", type=int, help="override the config's number of steps")
     parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--studio-people", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                        help="also train on TRAIN and validate on VAL simulated people judging the studio's own "
+                             "generated images (lite; prefstudio_research.train.studio_histories)")
+    parser.add_argument("--studio-seed", type=int, default=0, help="seed of the studio people's tastes and labels")
+    parser.add_argument("--studio-cache", default="data/studio_images",
+                        help="folder for the rendered studio images and their features")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = read_run_config(args.config)
@@ -487,7 +555,10 @@ def main(argv=None) -> int:
     for name in ("preference_tokens", "steps", "seed"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    train(config, args.data, args.stage, args.out, args.resume)
+    studio = None
+    if args.studio_people:
+        studio = StudioPeople(*args.studio_people, seed=args.studio_seed, cache=args.studio_cache)
+    train(config, args.data, args.stage, args.out, args.resume, studio=studio)
     return 0
 
 
