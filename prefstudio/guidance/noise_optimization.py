@@ -2,14 +2,9 @@
 
 Maximise Σ wᵢ·normalised rewardᵢ(render(z)) over the initial noise z of a one-step
 generator, starting from the seed's noise z₀. Guard rewards (prompt consistency) are not
-raised: they only cost wⱼ·drop², the drop being how far they fall below their value at z₀
-(a rise earns nothing), so they keep the image on topic without taking over the objective.
-The cost is smooth: a small drop costs little and a drop of one spread costs wⱼ, so the drop
-shrinks steadily as wⱼ grows (a linear cost instead makes it jump to exactly 0 once wⱼ passes
-a threshold, and a guard's slider then does nothing beyond it). Then:
-  - SGD with Nesterov momentum 0.9, learning rate 5 annealed to 0 over the iterations
-    (cosine), gradient norm clipped to 0.1: the early steps explore, the last ones settle
-    where the objective is high rather than keep bouncing at full length;
+raised: they only cost wⱼ·(drop below their value at z₀), so they keep the image on topic
+without taking over the objective. Then:
+  - SGD with Nesterov momentum 0.9, learning rate 5, gradient norm clipped to 0.1;
   - a regulariser keeping ‖z‖ where a standard normal's norm lives (the negative
     log-likelihood of the χ distribution with d degrees of freedom), so the
     optimised noise stays a plausible sample and the image stays an image;
@@ -82,12 +77,12 @@ def chi_negative_log_likelihood(noise: torch.Tensor) -> torch.Tensor:
 
 def objective(normalised: dict[str, torch.Tensor], weights: dict[str, float], rewards: dict[str, Reward],
               baseline: dict[str, float]) -> torch.Tensor:
-    """[B] Σ wᵢ·rewardᵢ over the rewards to raise, minus wⱼ·dropⱼ² over the guards, where
-    dropⱼ = max(0, guardⱼ's baseline value − guardⱼ)."""
+    """[B] Σ wᵢ·rewardᵢ over the rewards to raise, plus wⱼ·min(0, guardⱼ − its baseline
+    value) over the guards."""
     total = 0.0
     for name, value in normalised.items():
         if rewards[name].guard:
-            total = total - weights[name] * torch.clamp(baseline[name] - value, min=0.0) ** 2
+            total = total + weights[name] * torch.clamp(value - baseline[name], max=0.0)
         else:
             total = total + weights[name] * value
     return total
@@ -170,8 +165,6 @@ def optimise_noise(
             break
         noise.grad.masked_fill_(~finite, 0.0)
         torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
-        for group in optimiser.param_groups:  # cosine annealing: the last steps settle, not bounce
-            group["lr"] = settings.learning_rate * 0.5 * (1 + math.cos(math.pi * iteration / settings.iterations))
         optimiser.step()
         if reach is not None:
             with torch.no_grad():
