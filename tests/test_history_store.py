@@ -637,3 +637,82 @@ def test_a_judgment_and_the_reads_of_a_click_never_scan_the_history(store, image
     for statement in reads:
         plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement)]
         assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)
+
+
+# --- who may use a profile (store/profile_access.py) -----------------------------------
+
+TOKEN = "a" * 43  # secrets.token_urlsafe(32) is 43 URL-safe characters
+OTHER_TOKEN = "B-_" + "b" * 40
+
+
+def test_a_login_uses_only_the_profiles_it_owns_and_is_told_nothing_of_others(store):
+    from prefstudio.store.profile_access import ProfileAccess
+
+    access = ProfileAccess(store)
+    access.create("alice-taste", "alice")
+    access.create("bob-taste", "bob")
+    access.create("Local", None)  # made with no login: the person at this computer's
+    assert access.owner(store.get_profile("alice-taste").id) == "alice"
+    assert access.owner(store.get_profile("Local").id) is None
+    assert access.may_use("alice-taste", "alice") and not access.may_use("alice-taste", "bob")
+    assert not access.may_use("Local", "alice")
+    assert all(access.may_use(name, None) for name in ("alice-taste", "bob-taste", "Local"))
+    assert access.lookup("bob-taste", "bob") == store.get_profile("bob-taste")
+    assert access.visible("alice") == ["alice-taste"]
+    assert access.visible(None) == ["alice-taste", "bob-taste", "Local"]
+    assert access.visible("carol") == []
+    # Another's profile, a missing one and a name that is not a string read alike.
+    with pytest.raises(NotFound) as taken:
+        access.lookup("bob-taste", "alice")
+    with pytest.raises(NotFound) as missing:
+        access.lookup("nobody-taste", "alice")
+    assert str(taken.value) == "no profile named 'bob-taste'"
+    assert str(missing.value) == "no profile named 'nobody-taste'"
+    with pytest.raises(NotFound, match="^no profile named '3'$"):
+        access.lookup(3, None)
+    with pytest.raises(NotFound) as long_name:
+        access.lookup("x" * 100, None)
+    assert str(long_name.value) == f"no profile named {'x' * 64!r}"  # the message stays one short line
+    # Owners outlive a reopening; a profile imported by a login becomes that login's.
+    store.create_profile("imported")
+    access.set_owner("imported", "bob")
+    access.set_owner("imported", None)  # no login records nothing: bob keeps it
+    assert ProfileAccess(store).visible("bob") == ["bob-taste", "imported"]
+
+
+def test_each_browser_gets_back_what_it_chose_and_no_one_else_does(store):
+    from prefstudio.store.profile_access import MAX_BATCH, ProfileAccess, valid_token
+
+    access = ProfileAccess(store)
+    access.create("alice-taste", "alice")
+    access.create("bob-taste", "bob")
+    assert valid_token(TOKEN) and valid_token(OTHER_TOKEN)
+    assert not any(valid_token(t) for t in ("a" * 42, "a" * 44, "a" * 42 + "!", "a" * 42 + "é", None))
+    assert access.chosen_profile(TOKEN, "alice") is None and access.saved_batch(TOKEN, "alice") == []
+    access.remember(TOKEN, "alice", profile="alice-taste")
+    access.remember(TOKEN, "alice", batch=["s1", 7, "s2"])  # the profile stays; non-ids are dropped
+    assert access.chosen_profile(TOKEN, "alice") == "alice-taste"
+    assert access.saved_batch(TOKEN, "alice") == ["s1", "s2"]
+    access.remember(TOKEN, "alice", profile="alice-taste")  # the batch stays
+    assert access.saved_batch(TOKEN, "alice") == ["s1", "s2"]
+    access.remember(TOKEN, "alice", batch=[f"s{i}" for i in range(MAX_BATCH + 5)])
+    assert access.saved_batch(TOKEN, "alice") == [f"s{i}" for i in range(MAX_BATCH)]
+    # Another browser, or another login in this browser, sees nothing of it.
+    assert access.chosen_profile(OTHER_TOKEN, "alice") is None
+    assert access.chosen_profile(TOKEN, "bob") is None and access.saved_batch(TOKEN, "bob") == []
+    assert access.chosen_profile(TOKEN, None) is None
+    assert access.chosen_profile("not a token", "alice") is None and access.saved_batch("x", "alice") == []
+    # A login cannot choose another's profile; a bad token is a one-line error.
+    with pytest.raises(NotFound, match="no profile named 'bob-taste'"):
+        access.remember(OTHER_TOKEN, "alice", profile="bob-taste")
+    with pytest.raises(InvalidInput, match="reload the page"):
+        access.remember("short", "alice", profile="alice-taste")
+    # Without a login the choice is kept too, under no owner.
+    access.remember(OTHER_TOKEN, None, profile="bob-taste", batch=["s9"])
+    assert access.chosen_profile(OTHER_TOKEN, None) == "bob-taste"
+    assert access.saved_batch(OTHER_TOKEN, None) == ["s9"]
+    assert access.chosen_profile(OTHER_TOKEN, "bob") is None
+    # Deleting the profile forgets the choice but keeps the batch.
+    store.delete_profile("alice-taste")
+    assert access.chosen_profile(TOKEN, "alice") is None
+    assert access.saved_batch(TOKEN, "alice") == [f"s{i}" for i in range(MAX_BATCH)]
