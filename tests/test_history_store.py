@@ -716,3 +716,101 @@ def test_each_browser_gets_back_what_it_chose_and_no_one_else_does(store):
     store.delete_profile("alice-taste")
     assert access.chosen_profile(TOKEN, "alice") is None
     assert access.saved_batch(TOKEN, "alice") == [f"s{i}" for i in range(MAX_BATCH)]
+
+
+# --- presets, personalized images, batches of judgments, image ids ---------------------------
+
+
+def test_presets_are_kept_per_profile_replaced_by_name_bounded_and_follow_a_renamed_taste(store):
+    from prefstudio.blend import MAX_PRESETS
+
+    store.create_profile("Ann")
+    store.create_profile("Ben")
+    store.save_preset("Ann", "warm", {"aesthetic": 1.0, "profile:Ben": 0.5})
+    store.save_preset("Ann", "  Bright ", {"aesthetic": 2})
+    assert [p.name for p in store.presets("Ann")] == ["Bright", "warm"]  # trimmed; by name, any case
+    assert store.presets("Ben") == []
+    assert store.get_preset("Ann", "WARM").weights == {"aesthetic": 1.0, "profile:Ben": 0.5}
+    again = store.save_preset("Ann", "Warm", {"aesthetic": 0.25})  # the same name, any case, replaces it
+    assert again.weights == {"aesthetic": 0.25}
+    assert [(p.name, p.weights) for p in store.presets("Ann")] == [("Bright", {"aesthetic": 2.0}),
+                                                                   ("Warm", {"aesthetic": 0.25})]
+    with pytest.raises(NotFound, match="Ben has no preset named 'warm'; it has no presets yet"):
+        store.get_preset("Ben", "warm")
+    with pytest.raises(NotFound, match="Ann has no preset named 'cold'; its presets: Bright, Warm"):
+        store.get_preset("Ann", "cold")
+    with pytest.raises(NotFound, match="no preset named 3"):
+        store.get_preset("Ann", 3)
+    with pytest.raises(InvalidInput):
+        store.save_preset("Ann", "bad", {"aesthetic": -1.0})
+    # Renaming Ben carries Ann's blend of Ben's taste along.
+    store.save_preset("Ann", "warm", {"aesthetic": 1.0, "profile:BEN": 0.5})  # names ignore case
+    store.save_preset("Ben", "own", {"aesthetic": 1.0, "profile:Ann": 1.0})
+    store.rename_profile("Ben", "Benno")
+    assert store.get_preset("Ann", "warm").weights == {"aesthetic": 1.0, "profile:Benno": 0.5}
+    assert store.get_preset("Ann", "bright").weights == {"aesthetic": 2.0}
+    assert store.get_preset("Benno", "own").weights == {"aesthetic": 1.0, "profile:Ann": 1.0}
+    assert store.delete_preset("Ann", "WARM").name == "warm"
+    assert [p.name for p in store.presets("Ann")] == ["Bright"]
+    with pytest.raises(NotFound):
+        store.delete_preset("Ann", "warm")
+    # At most MAX_PRESETS per profile; replacing one at the limit is still allowed.
+    for i in range(MAX_PRESETS - 1):
+        store.save_preset("Ann", f"p{i}", {"aesthetic": 1.0})
+    assert len(store.presets("Ann")) == MAX_PRESETS
+    store.save_preset("Ann", "p0", {"aesthetic": 3.0})
+    with pytest.raises(InvalidInput, match=f"Ann already has {MAX_PRESETS} presets: delete one first"):
+        store.save_preset("Ann", "one more", {"aesthetic": 1.0})
+    assert len(store.presets("Ann")) == MAX_PRESETS
+
+
+def test_personalized_images_are_the_profiles_newest_first_without_blind_or_unlisted_ones(store):
+    store.create_profile("Ann")
+    made = []
+    for seed, extra in enumerate([{}, {}, {"blind": True}, {"listed": False}, {"blind": False, "listed": True}, {}]):
+        image = generated(seed)
+        params = {**image.params, "personalized_for": "Ann" if seed != 5 else "Someone", **extra}
+        made.append(store.add_image(GeneratedImage(image.image, image.prompt, seed, "embedded", params)))
+    listed = [made[4], made[1], made[0]]  # newest first
+    assert [r.sha256 for r in store.personalized_images("Ann")] == [r.sha256 for r in listed]
+    assert [r.sha256 for r in store.personalized_images("Ann", limit=2)] == [r.sha256 for r in listed[:2]]
+    store.rename_profile("Ann", "Anna")  # they follow the profile's new name
+    assert [r.sha256 for r in store.personalized_images("Anna")] == [r.sha256 for r in listed]
+
+
+def test_a_batch_of_judgments_is_recorded_whole_or_not_at_all(store, images):
+    store.create_profile("Ann")
+    recorded = store.record_judgments("Ann", "like", [(images[0], None), (images[1], None)])
+    assert [(j.kind, j.image_a) for j in recorded] == [("like", images[0]), ("like", images[1])]
+    with pytest.raises(NotFound, match="no image 'f+'"):
+        store.record_judgments("Ann", "dislike", [(images[2], None), ("f" * 64, None)])
+    with pytest.raises(InvalidInput, match="compares two images"):
+        store.record_judgments("Ann", "pair", [(images[2], images[3]), (images[3], None)])
+    assert store.counts("Ann") == {"like": 2, "dislike": 0, "pair": 0, "tie": 0, "skip": 0}
+    assert store.verdicts("Ann", images) == {images[0]: "like", images[1]: "like"}
+
+
+def test_an_image_is_found_by_a_unique_prefix_of_its_id(store, images):
+    target = images[0]
+    assert store.resolve_image_id(target) == target
+    assert store.resolve_image_id(f"  {target[:12].upper()} ") == target
+    others = [sha for sha in images if sha != target]
+    shared = max(len(os.path.commonprefix([target, other])) for other in others)
+    assert store.resolve_image_id(target[:max(6, shared + 1)]) == target
+    with pytest.raises(InvalidInput, match="is not an image id"):
+        store.resolve_image_id(target[:5])
+    with pytest.raises(InvalidInput, match="is not an image id"):
+        store.resolve_image_id(target[:10] + "g")
+    missing = next(p for p in ("000000", "ffffff", "123456", "abcdef") if not any(s.startswith(p) for s in images))
+    with pytest.raises(NotFound, match=f"no image '{missing}'"):
+        store.resolve_image_id(missing)
+    # Two ids sharing a prefix: too short a prefix is ambiguous, not a guess.
+    from prefstudio.store.history import ImageRecord
+
+    record = store.image_record(target)
+    with store._transaction() as db:
+        for sha in ("abcdef01" + "0" * 56, "abcdef02" + "0" * 56):
+            store._insert_image(db, ImageRecord(sha, record.path, "p", 1, "embedded", {}, 32, 32, record.created))
+    with pytest.raises(InvalidInput, match="image id prefix 'abcdef0' is ambiguous"):
+        store.resolve_image_id("ABCDEF0")
+    assert store.resolve_image_id("abcdef02") == "abcdef02" + "0" * 56
