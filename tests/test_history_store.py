@@ -814,3 +814,25 @@ def test_an_image_is_found_by_a_unique_prefix_of_its_id(store, images):
     with pytest.raises(InvalidInput, match="image id prefix 'abcdef0' is ambiguous"):
         store.resolve_image_id("ABCDEF0")
     assert store.resolve_image_id("abcdef02") == "abcdef02" + "0" * 56
+
+
+def test_features_of_a_long_list_of_ids_are_all_found_and_damage_is_named(store, images):
+    """A gallery asks for more ids than SQLite takes in one statement: every one is looked up."""
+    a, b, c = images[:3]
+    store.put_features("enc", {sha: torch.full((4,), float(i)) for i, sha in enumerate((a, b, c))})
+    wanted = [f"{i:064x}" for i in range(1200)]
+    wanted[0], wanted[500], wanted[1199] = a, b, c  # the first, one at a chunk's edge, the last
+    found = store.get_features("enc", wanted + [a])
+    assert {sha: float(v[0]) for sha, v in found.items()} == {a: 0.0, b: 1.0, c: 2.0}
+    with store._transaction() as db:
+        db.execute("UPDATE features SET dim = 5 WHERE image_sha = ?", (b,))
+    with pytest.raises(InvalidInput, match=f"^cached enc features of {b} are damaged$"):
+        store.get_features("enc", [b])
+
+
+def test_the_verdict_on_the_only_two_images_shown_is_found(store, images):
+    store.create_profile("Alice")
+    a, b = images[:2]
+    preferred = store.record_judgment("Alice", "pair", b, a)
+    assert store.pair_verdicts("Alice", [a, b]) == {frozenset((a, b)): preferred}
+    assert store.pair_verdicts("Alice", [a, a]) == {}
