@@ -84,8 +84,15 @@ def run_mutmut(module: str, names: list[str], budget_s: float | None) -> tuple[f
             code = process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
             finished = False
-            process.send_signal(signal.SIGINT)
-            code = process.wait()
+            # mutmut forks all the time: a SIGINT that lands in a fork handler is only printed
+            # ("Exception ignored"), and mutmut runs on. Ask again until it stops.
+            while True:
+                process.send_signal(signal.SIGINT)
+                try:
+                    code = process.wait(timeout=15)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if finished and code != 0:
         sys.exit(f"mutmut failed on {module} (exit {code}); its output is in {log}")
@@ -178,6 +185,9 @@ def main() -> None:
                if module in chosen else None, "stopped_at_budget": not finished}
         print(f"{module}: {run['cpu_s']:.0f} s CPU, {run['wall_s']:.0f} s wall, load {run['load']}", flush=True)
         now = results().get(module, {})
+        # Stopped at the budget only if mutants of this run are left not run (it may have ended first).
+        run["stopped_at_budget"] = not finished and any(now.get(n) == "not checked" for n in (
+            names if module in chosen else now))
         _, count = summarise({module: now if module not in chosen else {n: now[n] for n in names}}, {})
         run |= {key: count[key] for key in ("mutants", "killed", "survived", "no tests")}
         entry = record.setdefault(module, {})
