@@ -73,3 +73,147 @@ def test_not_a_weights_file_is_refused(tmp_path):
     path.write_text("{")
     with pytest.raises(InvalidInput, match="not JSON"):
         read_auto_weights(path, MEMBERS)
+
+
+# --- the studio's models behind the PreferenceModel interface, on small features ---------------
+
+import torch  # noqa: E402
+
+from prefstudio.preference.model import JudgedPairs  # noqa: E402
+from prefstudio.preference.user_embedding import UserBank  # noqa: E402
+from prefstudio.preference.models import (  # noqa: E402
+    AUTO, PREFERENCE_TOKENS, USER_EMBEDDING, CombinedTaste, PreferenceTokens, UserEmbeddingPreference,
+    build_preference_model,
+)
+
+DIM = 6
+
+
+def _judged(n_pairs: int, shared_liked: bool = False) -> JudgedPairs:
+    """n pairs of distinct images (or all sharing one liked image) whose features prefer dimension 0."""
+    g = torch.Generator().manual_seed(n_pairs)
+    pairs = [("L0" if shared_liked else f"L{i}", f"D{i}") for i in range(n_pairs)]
+    ids = list(dict.fromkeys(s for pair in pairs for s in pair))
+    table = {sha: torch.randn(DIM, generator=g) + (1.5 if sha.startswith("L") else -1.5) * torch.eye(DIM)[0]
+             for sha in ids}
+    return JudgedPairs(pairs, lambda shas: torch.stack([table[s] for s in shas]),
+                       lambda shas: [f"prompt of {s}" for s in shas])
+
+
+@pytest.fixture(scope="module")
+def token_folder(tmp_path_factory):
+    """A small untrained lite token checkpoint reading DIM-d image features and no prompts."""
+    from prefstudio.preference.tokens import LiteConfig, LiteTokenModel, save_token_model
+
+    torch.manual_seed(0)
+    model = LiteTokenModel(LiteConfig(image_dim=DIM, text_dim=0, image_encoder="enc", text_encoder=None,
+                                      width=8, layers=1, heads=2, preference_tokens=2, max_history=3))
+    return save_token_model(model, tmp_path_factory.mktemp("ckpt") / "tiny_tokens")
+
+
+def test_the_user_embedding_model_fits_says_why_and_loads_only_its_own_features():
+    judged = _judged(5)
+    model = UserEmbeddingPreference("enc", None)
+    taste, outcome = model.fit(judged)
+    assert (outcome.mode, outcome.n_pairs) == ("free", 5)
+    assert outcome.reason.startswith("no user bank reads enc features, so there is no cold start")
+    assert set(outcome.held_out) <= set(range(5)) and len(outcome.held_out) == 5
+    liked, disliked = judged.features(["L0"]), judged.features(["D0"])
+    assert float(taste.log_odds(liked)) > float(taste.log_odds(disliked))
+    again = model.load(*taste.state())
+    assert torch.equal(again.log_odds(liked), taste.log_odds(liked))
+    with pytest.raises(InvalidInput, match="fitted on 'enc' features; this studio runs 'other': fit again here"):
+        UserEmbeddingPreference("other", None).load(*taste.state())
+    with pytest.raises(InvalidInput, match="no like/dislike pair to learn from yet"):
+        model.fit(_judged(0))
+
+
+def test_the_token_model_reads_the_latest_pairs_of_distinct_images_in_windows(token_folder):
+    tokens = PreferenceTokens(token_folder, "enc", None)
+    assert tokens.checkpoint.startswith("tiny_tokens:") and len(tokens.checkpoint) == len("tiny_tokens:") + 16
+    judged = _judged(7)
+    taste, outcome = tokens.fit(judged)
+    assert (outcome.mode, outcome.n_pairs) == ("preference tokens", 7)
+    assert outcome.reason == "reads your latest 7 pairs of distinct images"
+    assert sorted(outcome.held_out) == list(range(7))
+    assert len(taste.prefixes) == 3  # 7 pairs in windows of at most 3: three interleaved chunks
+    tensors, config = taste.state()
+    assert torch.equal(tensors["liked"], judged.features([f"L{i}" for i in range(7)]))
+    assert config == {"type": PREFERENCE_TOKENS, "version": 1, "checkpoint": tokens.checkpoint, "encoder": "enc"}
+    images = judged.features(["L0", "D3", "L6"])
+    assert taste.prompt_context(["a"]) is None
+    assert torch.equal(tokens.load(tensors, config).log_odds(images), taste.log_odds(images))
+    # Each held-out margin is the taste of the other pairs on that pair.
+    rest = tokens._taste(type(taste.history)(tensors["liked"][1:], tensors["disliked"][1:]))
+    odds = rest.log_odds(judged.features(["L0", "D0"]))
+    assert outcome.held_out[0] == pytest.approx(float(odds[0] - odds[1]), abs=1e-6)
+    # Pairs sharing an image: only the latest of them is read.
+    shared_taste, shared = tokens.fit(_judged(4, shared_liked=True))
+    assert shared.n_pairs == 1 and shared_taste.state()[0]["disliked"].shape == (1, DIM)
+    assert shared.held_out == {}
+    empty_taste, empty = tokens.fit(_judged(0))
+    assert (empty.mode, empty.n_pairs) == ("preference tokens, no history", 0)
+    assert empty.reason == "no 👍/👎 pair judged yet: reads an empty history"
+    with pytest.raises(InvalidInput, match="read by preference-token checkpoint 'other:1'"):
+        tokens.load(tensors, {**config, "checkpoint": "other:1"})
+    with pytest.raises(InvalidInput, match="read from 'clip' features; this studio runs 'enc'"):
+        tokens.load(tensors, {**config, "encoder": "clip"})
+    with pytest.raises(InvalidInput, match="reads 'enc' image features; this studio encodes images with 'clip'"):
+        PreferenceTokens(token_folder, "clip", None)
+    with pytest.raises(InvalidInput, match="or a folder holding a preference-token checkpoint"):
+        PreferenceTokens(token_folder / "missing", "enc", None)
+    assert isinstance(build_preference_model(str(token_folder), "enc", None, None), PreferenceTokens)
+    assert build_preference_model(PREFERENCE_TOKENS, "enc", None, None, token_folder).checkpoint == tokens.checkpoint
+    assert isinstance(build_preference_model(USER_EMBEDDING, "enc", None, None, token_folder), UserEmbeddingPreference)
+
+
+def test_auto_combines_standardised_members_and_survives_its_state(token_folder, tmp_path):
+    auto = build_preference_model(AUTO, "enc", None, None, token_folder)
+    assert set(auto.members) == {USER_EMBEDDING, PREFERENCE_TOKENS} and auto.rows is None
+    judged = _judged(6)
+    taste, outcome = auto.fit(judged)
+    assert isinstance(taste, CombinedTaste) and set(outcome.parts) == {USER_EMBEDDING, PREFERENCE_TOKENS}
+    assert outcome.mode == "free + preference tokens" and outcome.n_pairs == 6
+    assert outcome.reason.startswith("combined with equal weights (user-embedding ")
+    images = judged.features(judged.images())
+    # Each member's log-odds divided by their spread over the judged images, weighted.
+    for name, member in taste.members.items():
+        assert taste.scales[name] == pytest.approx(float(member.log_odds(images).std()))
+    assert taste.weights == {USER_EMBEDDING: 0.5, PREFERENCE_TOKENS: 0.5}
+    expected = sum(0.5 / taste.scales[n] * m.log_odds(images) for n, m in taste.members.items())
+    assert torch.allclose(taste.log_odds(images, taste.prompt_context(["p"])), expected)
+    common = sorted(set(outcome.parts[USER_EMBEDDING].held_out) & set(outcome.parts[PREFERENCE_TOKENS].held_out))
+    assert sorted(outcome.held_out) == common and common
+    i = common[0]
+    assert outcome.held_out[i] == pytest.approx(sum(
+        0.5 / taste.scales[n] * outcome.parts[n].held_out[i] for n in taste.members))
+    tensors, config = taste.state()
+    assert config["type"] == AUTO and set(config["members"]) == {USER_EMBEDDING, PREFERENCE_TOKENS}
+    loaded = auto.load(tensors, config)
+    assert torch.allclose(loaded.log_odds(images), taste.log_odds(images))
+    assert "members" not in loaded.config and loaded.config["type"] == AUTO
+    with pytest.raises(InvalidInput, match="not a combined"):
+        auto.load(tensors, {"type": AUTO, "members": {}})
+    alone = build_preference_model(AUTO, "clip", None, None, token_folder)  # the tokens read 'enc' only
+    with pytest.raises(InvalidInput, match="combines 'preference-tokens', which this studio does not run"):
+        alone.load(tensors, {**config, "members": {PREFERENCE_TOKENS: config["members"][PREFERENCE_TOKENS]}})
+    # Nothing judged yet: no spread to standardise by, the user embedding (with a bank) serves alone.
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2],
+                    torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 2), 1.0, "test")
+    with_bank = build_preference_model(AUTO, "enc", None, bank, token_folder)
+    first, none_yet = with_bank.fit(_judged(0))
+    assert list(first.members) == [USER_EMBEDDING] and first.weights == {USER_EMBEDDING: 1.0}
+    assert none_yet.reason == ("user-embedding alone (no 👍/👎 pair judged yet: the average user of the bank): "
+                               "too few judged images to combine models")
+    assert none_yet.mode == "bank average" and set(none_yet.parts) == {USER_EMBEDDING, PREFERENCE_TOKENS}
+    only, why = alone.fit(judged)
+    assert list(only.members) == [USER_EMBEDDING]
+    assert why.reason.endswith("the only model that reads this image encoder's features")
+    # Stacking rows learned elsewhere weigh the members by history length.
+    _write(token_folder, _file([_row(1, 3.0, 1.0)]))
+    try:
+        weighted, said = build_preference_model(AUTO, "enc", None, None, token_folder).fit(judged)
+    finally:
+        (token_folder / "auto_weights.json").unlink()
+    assert weighted.weights[USER_EMBEDDING] > weighted.weights[PREFERENCE_TOKENS] > 0
+    assert said.reason.startswith("combined with weights learned on validation users for histories of 1+ pairs")
