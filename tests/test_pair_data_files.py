@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from prefstudio.errors import InvalidInput, NotFound
-from prefstudio.preference.pair_data import PairDataSet, read_judgments
+from prefstudio.preference.pair_data import Judgment, PairDataSet, read_judgments
 from pair_data_fixture import write_pair_data
 
 
@@ -154,3 +156,46 @@ def test_a_fifo_as_the_feature_cache_is_refused(tmp_path):
     (root / "features").mkdir()
     os.mkfifo(root / "features" / f"{MeanColourEncoder.name}.safetensors")
     refused(lambda: image_features(PairDataSet.read(root), MeanColourEncoder()), "is not a regular file")
+
+
+def test_features_are_encoded_once_cached_beside_the_data_and_checked_when_read(tmp_path):
+    from pair_data_fixture import CharacterCountText, MeanColourEncoder
+    from prefstudio.preference.pair_data import image_features, prompt_features
+
+    class Counted(CharacterCountText):
+        calls: list = []
+
+        def encode(self, prompts):
+            self.calls.append(list(prompts))
+            return super().encode(prompts)
+
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=4)
+    data = PairDataSet.read(root)
+    prompts = data.prompts()
+    assert len(prompts) == len(set(prompts)) and set(prompts) <= {"a flat colour", "a coloured square", "paint swatch"}
+    assert prompts[0] == data.train[0].prompt  # the training prompts first, in file order
+    text = Counted()
+    rows, features = prompt_features(data, text)
+    assert list(rows) == prompts and rows == {p: i for i, p in enumerate(prompts)}
+    assert torch.equal(features, CharacterCountText().encode(prompts))
+    assert text.calls == [prompts]
+    assert prompt_features(data, text)[0] == rows and len(text.calls) == 1  # read back, not encoded again
+    # A prompt new to the data set is encoded and added after the known ones.
+    data.train.append(Judgment("u9", "a new prompt", data.train[0].liked, data.train[0].disliked))
+    rows, features = prompt_features(data, text)
+    assert text.calls[1] == ["a new prompt"] and rows["a new prompt"] == len(prompts)
+    assert torch.equal(features[-1], CharacterCountText().encode(["a new prompt"])[0])
+    # Images: encoded once, one row per line of images.jsonl.
+    image_rows, image_feats = image_features(data, MeanColourEncoder(), batch_size=7)
+    paths = data.image_paths()
+    assert image_rows == {p: i for i, p in enumerate(paths)} and image_feats.shape == (len(paths), 6)
+    assert torch.equal(image_features(data, MeanColourEncoder())[1], image_feats)
+    cache = root / "features" / f"{MeanColourEncoder.name}.safetensors"
+    save_file({"features": image_feats[:-1].contiguous()}, str(cache))
+    refused(lambda: image_features(data, MeanColourEncoder()),
+            f"has {len(paths) - 1} rows but images.jsonl {len(paths)} lines: delete it")
+    text_cache = root / "features" / f"{CharacterCountText.name}.safetensors"
+    save_file({"features": features.contiguous()}, str(text_cache), metadata={"encoder": "x"})
+    refused(lambda: prompt_features(data, text), "has no prompt list: it is not a text-feature file")
+    save_file({"features": features[:-1].contiguous()}, str(text_cache), metadata={"prompts": json.dumps(list(rows))})
+    refused(lambda: prompt_features(data, text), "is inconsistent: delete it")
