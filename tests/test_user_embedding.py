@@ -110,3 +110,38 @@ def test_bank_posterior_follows_the_evidence(bank):
     assert torch.isclose(weights.sum(), torch.tensor(1.0))
     assert weights[same_kind].sum() > 0.8
     assert bank.likelihood_power in LIKELIHOOD_POWERS
+
+
+def test_bank_combination_weighs_the_bank_users_by_the_independent_evidence(bank):
+    from prefstudio.preference.user_embedding import bank_combination
+
+    empty = torch.zeros(0, D)
+    assert torch.equal(bank_combination(bank, empty, empty), torch.full((bank.n_users,), 1 / bank.n_users))
+    liked, disliked = user_pairs(3, 8)
+    coefficients = bank_combination(bank, liked, disliked)
+    assert coefficients.shape == (bank.n_users,) and torch.isclose(coefficients.sum(), torch.tensor(1.0))
+    assert torch.allclose(coefficients, bank.posterior(bank.pair_log_likelihoods(liked, disliked).sum(0)))
+    # Every like paired with every dislike: 4 x 4 = 16 pairs of 8 images say no more than 4 pairs.
+    l4, d4 = user_pairs(3, 4)
+    grid_liked, grid_disliked = l4.repeat_interleave(4, 0), d4.repeat(4, 1)
+    ids = [(f"l{i}", f"d{j}") for i in range(4) for j in range(4)]
+    grid = bank_combination(bank, grid_liked, grid_disliked, pair_images=ids)
+    scaled = bank.pair_log_likelihoods(grid_liked, grid_disliked).sum(0) * 4 / 16
+    assert torch.allclose(grid, bank.posterior(scaled))
+    assert not torch.allclose(grid, bank_combination(bank, grid_liked, grid_disliked))
+    with pytest.raises(InvalidInput, match=rf"must both be \[N, {D}\]; got \(8, {D}\) and \(7, {D}\)"):
+        bank_combination(bank, liked, disliked[:7])
+    with pytest.raises(InvalidInput, match=rf"\[N, {D}\]"):
+        bank_combination(bank, liked[:, :5], disliked[:, :5])
+    bad = liked.clone()
+    bad[2, 1] = float("inf")
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        bank_combination(bank, bad, disliked)
+
+
+def test_like_probability_is_the_sigmoid_of_the_log_odds():
+    model = UserEmbeddingModel("enc", torch.zeros(2), torch.ones(2), torch.eye(2), torch.tensor([2.0, 0.0]),
+                               torch.tensor([0.0, 1.0]), 0.5, -0.5)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert torch.allclose(model.log_odds(features), torch.tensor([3.0, 0.0, 1.0]))
+    assert torch.allclose(model.like_probability(features), torch.sigmoid(torch.tensor([3.0, 0.0, 1.0])))
