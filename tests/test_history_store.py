@@ -14,7 +14,7 @@ from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
-from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment
+from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment, Preset, Profile
 from prefstudio.store.image_files import read_png_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,9 +411,15 @@ def test_a_replaced_judgment_cannot_be_removed_behind_its_replacement(store, ima
     store.create_profile("Alice")
     liked = store.record_judgment("Alice", "like", images[0])
     disliked = store.record_judgment("Alice", "dislike", images[0])
-    with pytest.raises(NotFound, match=f"judgment {liked.id} was replaced by judgment {disliked.id}"):
+    with pytest.raises(NotFound, match=f"^judgment {liked.id} was replaced by judgment {disliked.id}: "
+                                       "undo that one to bring it back$"):
         store.remove_judgment("Alice", liked.id)
     assert store.judgments("Alice") == [disliked]
+    # The same for a pair, whichever way round it was judged again.
+    preferred = store.record_judgment("Alice", "pair", images[1], images[2])
+    tie = store.record_judgment("Alice", "tie", images[2], images[1])
+    with pytest.raises(NotFound, match=f"judgment {preferred.id} was replaced by judgment {tie.id}"):
+        store.remove_judgment("Alice", preferred.id)
 
 
 def test_verdicts_are_kept_per_profile(store, images):
@@ -545,8 +551,9 @@ def test_rename_keeps_the_history_and_models(store, images):
     store.create_profile("Bob")
     liked = store.record_judgment("Alice", "like", images[0])
     store.save_model("Alice", "user_embedding", {"w": torch.ones(2)}, {})
+    original = store.get_profile("Alice")
     renamed = store.rename_profile("alice", "  Alicia ")
-    assert renamed.name == "Alicia"
+    assert renamed == Profile(original.id, "Alicia", original.created)
     assert [p.name for p in store.list_profiles()] == ["Alicia", "Bob"]
     assert store.judgments("Alicia") == [Judgment(liked.id, "Alicia", "like", images[0], None, liked.created)]
     assert store.model_names("Alicia") == ["user_embedding"]
@@ -731,7 +738,9 @@ def test_presets_are_kept_per_profile_replaced_by_name_bounded_and_follow_a_rena
     assert [p.name for p in store.presets("Ann")] == ["Bright", "warm"]  # trimmed; by name, any case
     assert store.presets("Ben") == []
     assert store.get_preset("Ann", "WARM").weights == {"aesthetic": 1.0, "profile:Ben": 0.5}
+    assert [p.created for p in store.presets("Ann")] == [store.get_preset("Ann", n).created for n in ("bright", "warm")]
     again = store.save_preset("Ann", "Warm", {"aesthetic": 0.25})  # the same name, any case, replaces it
+    assert store.get_preset("Ann", "warm") == again
     assert again.weights == {"aesthetic": 0.25}
     assert [(p.name, p.weights) for p in store.presets("Ann")] == [("Bright", {"aesthetic": 2.0}),
                                                                    ("Warm", {"aesthetic": 0.25})]
@@ -836,3 +845,17 @@ def test_the_verdict_on_the_only_two_images_shown_is_found(store, images):
     preferred = store.record_judgment("Alice", "pair", b, a)
     assert store.pair_verdicts("Alice", [a, b]) == {frozenset((a, b)): preferred}
     assert store.pair_verdicts("Alice", [a, a]) == {}
+
+
+def test_a_restored_profile_keeps_its_presets_and_a_bad_one_restores_nothing(store, images):
+    store.create_profile("Ben")
+    records = [(store.image_record(sha), store.image_record(sha).path.read_bytes()) for sha in images[:2]]
+    when = "2026-01-02T03:04:05.000006+00:00"
+    restored = store.restore_profile("Ann", records, [("like", images[0], None, when)], [],
+                                     [(" warm ", {"aesthetic": 1, "profile:Ben": 0.5}, when)])
+    assert store.presets("Ann") == [Preset("warm", {"aesthetic": 1.0, "profile:Ben": 0.5}, when)]
+    assert restored.name == "Ann" and store.judgments("Ann")[0].created == when
+    for bad in ([("", {"aesthetic": 1.0}, when)], [("ok", {"aesthetic": -1.0}, when)]):
+        with pytest.raises(InvalidInput):
+            store.restore_profile("Cleo", records, [], [], bad)
+        assert [p.name for p in store.list_profiles()] == ["Ann", "Ben"]
