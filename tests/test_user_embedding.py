@@ -135,8 +135,18 @@ def test_bank_combination_weighs_the_bank_users_by_the_independent_evidence(bank
         bank_combination(bank, liked[:, :5], disliked[:, :5])
     bad = liked.clone()
     bad[2, 1] = float("inf")
-    with pytest.raises(InvalidInput, match="NaN or infinite"):
+    with pytest.raises(InvalidInput, match="^image features contain NaN or infinite values$"):
         bank_combination(bank, bad, disliked)
+    # A single pair already moves the weights off the average user.
+    one = bank_combination(bank, liked[:1], disliked[:1])
+    assert torch.allclose(one, bank.posterior(bank.pair_log_likelihoods(liked[:1], disliked[:1]).sum(0)))
+    assert not torch.allclose(one, torch.full((bank.n_users,), 1 / bank.n_users))
+
+
+def test_the_bank_projects_standardised_features_into_its_taste_space():
+    bank = UserBank("enc", torch.tensor([1.0, -2.0]), torch.tensor([2.0, 4.0]), torch.tensor([[1.0], [10.0]]),
+                    torch.ones(2, 1), torch.zeros(2, 1), 1.0, "test")
+    assert torch.equal(bank.project(torch.tensor([[3.0, 2.0]])), torch.tensor([[1.0 + 10.0]]))
 
 
 def test_like_probability_is_the_sigmoid_of_the_log_odds():
