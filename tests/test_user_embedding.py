@@ -155,3 +155,32 @@ def test_like_probability_is_the_sigmoid_of_the_log_odds():
     features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     assert torch.allclose(model.log_odds(features), torch.tensor([3.0, 0.0, 1.0]))
     assert torch.allclose(model.like_probability(features), torch.sigmoid(torch.tensor([3.0, 0.0, 1.0])))
+
+
+def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    loaded = UserBank.load(path)
+    for name in ("mean", "std", "projection", "like_vectors", "dislike_vectors"):
+        assert torch.equal(getattr(loaded, name), getattr(bank, name)), name
+    assert (loaded.encoder, loaded.likelihood_power, loaded.source) == ("enc", bank.likelihood_power, "test")
+    tensors = load_file(str(path))
+    for meta in ({"format": "prefstudio-user-bank", "version": "1", "encoder": "enc", "likelihood_power": "1.0"},
+                 {"format": "something-else", "version": "2", "encoder": "enc", "likelihood_power": "1.0"}):
+        save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+        with pytest.raises(InvalidInput, match=r"^\S+old.safetensors is not a PrefStudio user bank \(version 2\); "
+                                               r"rebuild it with python -m prefstudio_research.train.user_bank$"):
+            UserBank.load(tmp_path / "old.safetensors")
+    save_file(tensors, str(tmp_path / "plain.safetensors"), metadata={
+        "format": "prefstudio-user-bank", "version": "2", "encoder": "enc", "likelihood_power": "0.5"})
+    plain = UserBank.load(tmp_path / "plain.safetensors")
+    assert plain.source == "" and plain.likelihood_power == 0.5  # a bank that does not say how it was made
+
+
+def test_a_bank_needs_two_users_and_two_are_enough():
+    with pytest.raises(InvalidInput, match="^a user bank needs at least two users$"):
+        train_user_bank([user_pairs(1, 6)], "enc", "test", dim=4, epochs=5)
+    two = train_user_bank([user_pairs(1, 6), user_pairs(2, 6)], "enc", "test", dim=4, epochs=5)
+    assert two.n_users == 2 and two.projection.shape == (D, 4)
