@@ -13,7 +13,8 @@ Each module given (default: all of SCOPE, in that order) is run anew; modules no
 the results mutants/ holds from earlier runs, so a long scope can be measured a few modules
 at a time. `--budget-minutes` stops a module's run after that long (mutmut runs the mutants
 with the fastest tests first; the rest stay "not run yet"). `--resume` runs only the
-mutants not run yet; `--recheck` reruns only those not killed (after tests were added).
+mutants not run yet; `--recheck` reruns only those not killed (after tests were added) and
+not explained in docs/mutation.md.
 Then this prints, per module, mutants killed / survived / reached by no fast test, and
 rewrites the mutation section of docs/benchmarks.md from every result in mutants/ (each run's CPU time, wall time
 and load go to bench/results/mutation.json).
@@ -115,10 +116,11 @@ def results() -> dict[str, dict[str, str]]:
     return by_module
 
 
-def equivalents() -> dict[str, str]:
-    """Mutant name → why it is equivalent, from the table rows of docs/mutation.md."""
+def equivalents(title: str = "## Equivalent mutants") -> dict[str, str]:
+    """Mutant name → why it is equivalent (or, for the other table, why no test here kills it),
+    from the table rows of that section of docs/mutation.md."""
     text = EQUIVALENTS.read_text() if EQUIVALENTS.exists() else ""
-    section = text.split("## Equivalent mutants", 1)[-1].split("\n## ", 1)[0] if text else ""
+    section = text.split(title, 1)[-1].split("\n## ", 1)[0] if title in text else ""
     rows = re.findall(r"^\| `(prefstudio\.[^`]+)` \| (.+?) \|$", section, re.M)
     return dict(rows)
 
@@ -161,7 +163,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="stop each module's run after this long, keeping its results so far")
     parser.add_argument("--recheck", action="store_true",
-                        help="rerun only the mutants of these modules that were not killed (after new tests)")
+                        help="rerun only the mutants of these modules that were not killed and that "
+                             "docs/mutation.md does not explain (after new tests)")
     parser.add_argument("--resume", action="store_true",
                         help="run only the mutants of these modules not run yet (after a budget stop)")
     args = parser.parse_args()
@@ -170,9 +173,15 @@ def main() -> None:
     earlier = results()
     chosen = {}
     if args.recheck or args.resume:
-        def wanted(status):
-            return status == "not checked" if args.resume else status not in KILLED | {"not checked"}
-        chosen = {module: sorted(name for name, status in earlier.get(module, {}).items() if wanted(status))
+        # A recheck skips the mutants docs/mutation.md explains (equivalent, or not killable here):
+        # rerunning them would only run every test that reaches them again, to the same end.
+        explained_before = equivalents() | equivalents("## Not killed on this machine")
+
+        def wanted(name, status):
+            if args.resume:
+                return status == "not checked"
+            return status not in KILLED | {"not checked"} and name not in explained_before
+        chosen = {module: sorted(name for name, status in earlier.get(module, {}).items() if wanted(name, status))
                   for module in modules}
         modules = [module for module in modules if chosen[module]]
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
