@@ -1,6 +1,7 @@
 """Auto's stacking rows: read as data, validated, chosen by history length, and weighing the
 members by how well each predicted the person's own held-out pairs."""
 import json
+import math
 
 import pytest
 
@@ -217,3 +218,154 @@ def test_auto_combines_standardised_members_and_survives_its_state(token_folder,
         (token_folder / "auto_weights.json").unlink()
     assert weighted.weights[USER_EMBEDDING] > weighted.weights[PREFERENCE_TOKENS] > 0
     assert said.reason.startswith("combined with weights learned on validation users for histories of 1+ pairs")
+
+
+class _Letters:
+    """A text encoder for the tests: counts of a few letters of each prompt."""
+
+    name, dim = "test-letters", 4
+
+    def encode(self, prompts):
+        return torch.tensor([[p.count(c) + 0.5 for c in "aeio"] for p in prompts], dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def prompted_folder(tmp_path_factory):
+    """A small untrained lite token checkpoint that reads prompts too."""
+    from prefstudio.preference.tokens import LiteConfig, LiteTokenModel, save_token_model
+
+    torch.manual_seed(1)
+    model = LiteTokenModel(LiteConfig(image_dim=DIM, text_dim=4, image_encoder="enc", text_encoder="test-letters",
+                                      width=8, layers=1, heads=2, preference_tokens=2, max_history=3))
+    return save_token_model(model, tmp_path_factory.mktemp("ckpt") / "tiny_prompted")
+
+
+def test_auto_reads_each_members_prompt_context_and_says_how_it_combined(prompted_folder):
+    from prefstudio.preference.models import AutoPreference, StackingRow, stacking_weights
+
+    tokens = PreferenceTokens(prompted_folder, "enc", _Letters())
+    auto = AutoPreference([UserEmbeddingPreference("enc", None), tokens])
+    judged = _judged(6)
+    taste, outcome = auto.fit(judged)
+    assert taste.config == {"type": AUTO, "version": 1}
+    images = judged.images()
+    features, prompts = judged.features(images), judged.prompts(images)
+    member = taste.members[PREFERENCE_TOKENS]
+    assert member.state()[0]["prompts"].shape == (6, 4) and member.state()[0]["disliked_prompts"].shape == (6, 4)
+    assert taste.scales[PREFERENCE_TOKENS] == pytest.approx(
+        float(member.log_odds(features, member.prompt_context(prompts)).std()))
+    context = taste.prompt_context(["a picture of a sea"])
+    assert set(context) == {USER_EMBEDDING, PREFERENCE_TOKENS} and context[USER_EMBEDDING] is None
+    assert torch.equal(context[PREFERENCE_TOKENS], _Letters().encode(["a picture of a sea"]))
+    expected = sum(taste.weights[n] / taste.scales[n] * m.log_odds(features, context[n]) for n, m in taste.members.items())
+    assert torch.allclose(taste.log_odds(features, context), expected)
+    assert not torch.allclose(member.log_odds(features, context[PREFERENCE_TOKENS]),
+                              member.log_odds(features, _Letters().encode(["ooooo"])))
+    # The history it read keeps each pair's prompts: rebuilt from its state, it scores alike.
+    again = auto.load(*taste.state())
+    assert torch.allclose(again.log_odds(features, again.prompt_context(["a picture of a sea"])),
+                          taste.log_odds(features, context))
+    loo = {n: outcome.parts[n].loo_accuracy for n in outcome.parts}
+    assert outcome.reason == (
+        "combined with equal weights (user-embedding 50%, preference-tokens 50%) — "
+        f"user-embedding: {outcome.parts[USER_EMBEDDING].reason}, leave-one-out {loo[USER_EMBEDDING]:.0%}; "
+        f"preference-tokens: {outcome.parts[PREFERENCE_TOKENS].reason}, leave-one-out {loo[PREFERENCE_TOKENS]:.0%}")
+    # Rows that weigh by fit: the held-out margins are divided by each member's spread first.
+    row = StackingRow(1, {USER_EMBEDDING: 1.0, PREFERENCE_TOKENS: 1.0}, {USER_EMBEDDING: 0.3, PREFERENCE_TOKENS: 0.2},
+                      {USER_EMBEDDING: 1.0, PREFERENCE_TOKENS: 1.0})
+    weighted, said = AutoPreference(list(auto.members.values()), [row]).fit(judged)
+    common = sorted(outcome.held_out)
+    held = {n: [outcome.parts[n].held_out[i] / taste.scales[n] for i in common] for n in taste.members}
+    assert weighted.weights == pytest.approx(stacking_weights(row, held))
+    assert weighted.weights != pytest.approx({USER_EMBEDDING: 0.3, PREFERENCE_TOKENS: 0.2})
+    total = sum(weighted.weights.values())
+    assert said.reason.startswith(
+        f"combined with weights learned on validation users for histories of 1+ pairs, adjusted by how well each "
+        f"model predicted your {len(common)} held-out pairs (user-embedding {weighted.weights[USER_EMBEDDING] / total:.0%}, "
+        f"preference-tokens {weighted.weights[PREFERENCE_TOKENS] / total:.0%})")
+
+
+def test_auto_serves_the_user_embedding_alone_when_it_must_whatever_the_order(token_folder):
+    from prefstudio.preference.models import AutoPreference
+
+    tokens = PreferenceTokens(token_folder, "enc", None)
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2],
+                    torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 2), 1.0, "test")
+    reversed_auto = AutoPreference([tokens, UserEmbeddingPreference("enc", bank)])
+    first, outcome = reversed_auto.fit(_judged(0))
+    assert list(first.members) == [USER_EMBEDDING] and first.scales == {USER_EMBEDDING: 1.0}
+    assert first.config == {"type": AUTO, "version": 1}
+    assert (outcome.n_pairs, outcome.held_out) == (0, {})
+    only_tokens, said = AutoPreference([tokens]).fit(_judged(3))
+    assert list(only_tokens.members) == [PREFERENCE_TOKENS] and said.n_pairs == 3
+    assert said.held_out == said.parts[PREFERENCE_TOKENS].held_out and len(said.held_out) == 3
+    # One pair is two images: enough to combine.
+    combined, _ = reversed_auto.fit(_judged(1))
+    assert set(combined.members) == {USER_EMBEDDING, PREFERENCE_TOKENS}
+    # A member whose log-odds do not vary over the judged images is scaled by 1.
+    from prefstudio.preference.model import FitOutcome, PreferenceModel, Taste
+
+    class Flat(Taste):
+        def prompt_context(self, prompts):
+            return None
+
+        def log_odds(self, features, context=None):
+            return torch.zeros(features.shape[0])
+
+        def state(self):
+            return {}, {"type": "flat"}
+
+    class FlatModel(PreferenceModel):
+        name, description = "flat", "the same score for every image"
+
+        def fit(self, judged):
+            return Flat(), FitOutcome("flat", len(judged.pairs), "flat", {})
+
+        def load(self, tensors, config):
+            return Flat()
+
+    flat, _ = AutoPreference([UserEmbeddingPreference("enc", None), FlatModel()]).fit(_judged(4))
+    assert flat.scales["flat"] == 1.0
+
+
+def test_rows_are_chosen_inclusively_and_a_taste_that_is_not_auto_is_refused(token_folder):
+    from prefstudio.preference.models import AutoPreference, member_fit
+
+    rows = [StackingRow(1, {}, {}, {}), StackingRow(8, {}, {}, {})]
+    auto = AutoPreference([], rows)
+    assert [auto.row_for(n).min_pairs for n in (0, 1, 7, 8, 9)] == [1, 1, 1, 8, 8]
+    assert AutoPreference([UserEmbeddingPreference("enc", None)]).row_for(5).min_pairs == 0
+    with_tokens = build_preference_model(AUTO, "enc", None, None, token_folder)
+    taste, _ = with_tokens.fit(_judged(3))
+    tensors, config = taste.state()
+    for wrong in ({**config, "type": USER_EMBEDDING}, {**config, "members": []}):
+        with pytest.raises(InvalidInput, match="^not a combined \\(auto\\) taste$"):
+            with_tokens.load(tensors, wrong)
+    # δ: each member's mean held-out log-likelihood of its calibrated margins, minus their average.
+    fit = member_fit({"a": [1.0, 2.0], "b": [-1.0]}, {"a": 2.0, "b": 1.0})
+    la = (math.log(1 / (1 + math.exp(-2.0))) + math.log(1 / (1 + math.exp(-4.0)))) / 2
+    lb = math.log(1 / (1 + math.exp(1.0)))
+    assert fit == pytest.approx({"a": la - (la + lb) / 2, "b": lb - (la + lb) / 2}, abs=1e-12)
+
+
+def test_weight_files_are_bounded_and_their_rows_checked_to_the_edge(tmp_path):
+    ok = _row(0, 0.0, 1.0, calibration=(0.5, 1.0))  # min_pairs 0, a weight of 0 and a calibration under 1 are fine
+    [row] = read_auto_weights(_write(tmp_path, _file([ok])), MEMBERS)
+    assert (row.min_pairs, row.weight["user-embedding"], row.calibration["user-embedding"]) == (0, 0.0, 0.5)
+    assert len(read_auto_weights(_write(tmp_path, _file([_row(i, 1.0, 1.0) for i in range(64)])), MEMBERS)) == 64
+    for data in ([_row(1, 1.0, 1.0)], {"format": "prefstudio-auto-weights", "version": 2, "by_history": []},
+                 _file([_row(i, 1.0, 1.0) for i in range(65)]), _file({"rows": 1})):
+        with pytest.raises(InvalidInput, match="is not a prefstudio-auto-weights file \\(version 2\\)$"):
+            read_auto_weights(_write(tmp_path, data), MEMBERS)
+    for row in (_row(-1, 1.0, 1.0), ["not", "a", "row"]):
+        with pytest.raises(InvalidInput) as caught:
+            read_auto_weights(_write(tmp_path, _file([row])), MEMBERS)
+        assert str(caught.value).endswith("a by_fit number for each of user-embedding, preference-tokens")
+    padded = _file([_row(1, 1.0, 1.0)])
+    text = json.dumps(padded)
+    path = tmp_path / "edge.json"
+    path.write_text(text + " " * (1_000_000 - len(text)))
+    assert read_auto_weights(path, MEMBERS)[0].min_pairs == 1  # exactly 1,000,000 bytes: read
+    path.write_text(text + " " * (1_000_001 - len(text)))
+    with pytest.raises(InvalidInput, match=f"^{path} is too large to be a weights file$"):
+        read_auto_weights(path, MEMBERS)
