@@ -712,13 +712,18 @@ def test_each_browser_gets_back_what_it_chose_and_no_one_else_does(store):
     # A login cannot choose another's profile; a bad token is a one-line error.
     with pytest.raises(NotFound, match="no profile named 'bob-taste'"):
         access.remember(OTHER_TOKEN, "alice", profile="bob-taste")
-    with pytest.raises(InvalidInput, match="reload the page"):
+    with pytest.raises(InvalidInput, match="^this browser has no valid PrefStudio token: reload the page$"):
         access.remember("short", "alice", profile="alice-taste")
     # Without a login the choice is kept too, under no owner.
     access.remember(OTHER_TOKEN, None, profile="bob-taste", batch=["s9"])
     assert access.chosen_profile(OTHER_TOKEN, None) == "bob-taste"
     assert access.saved_batch(OTHER_TOKEN, None) == ["s9"]
     assert access.chosen_profile(OTHER_TOKEN, "bob") is None
+    # A profile given to another login is no longer this login's choice.
+    access.create("shared", "alice")
+    access.remember(OTHER_TOKEN, "alice", profile="shared")
+    access.set_owner("shared", "bob")
+    assert access.chosen_profile(OTHER_TOKEN, "alice") is None
     # Deleting the profile forgets the choice but keeps the batch.
     store.delete_profile("alice-taste")
     assert access.chosen_profile(TOKEN, "alice") is None
