@@ -369,3 +369,24 @@ def test_weight_files_are_bounded_and_their_rows_checked_to_the_edge(tmp_path):
     path.write_text(text + " " * (1_000_001 - len(text)))
     with pytest.raises(InvalidInput, match=f"^{path} is too large to be a weights file$"):
         read_auto_weights(path, MEMBERS)
+
+
+def test_the_token_taste_is_the_checkpoints_reading_of_the_history_in_interleaved_windows(prompted_folder):
+    from prefstudio.preference.tokens import PairFeatures, TargetFeatures
+
+    tokens = PreferenceTokens(prompted_folder, "enc", _Letters())
+    images = _judged(2).features(["L0", "D0", "L1"])
+    context = _Letters().encode(["a quiet sea"])
+    targets = TargetFeatures(images, context.expand(3, -1))
+
+    def read(history, rows):
+        m_like, m_dislike = tokens.model.score(PairFeatures(*(t[rows] for t in (
+            history.liked, history.disliked, history.prompts, history.disliked_prompts))), targets)
+        return m_like - m_dislike
+
+    short, _ = tokens.fit(_judged(3))  # within the checkpoint's window of 3: one reading of all of it
+    assert len(short.prefixes) == 1
+    assert torch.allclose(short.log_odds(images, context), read(short.history, [0, 1, 2]), atol=1e-5)
+    long, _ = tokens.fit(_judged(7))  # 7 pairs: three interleaved windows, their log-odds averaged
+    expected = sum(read(long.history, rows) for rows in ([0, 3, 6], [1, 4], [2, 5])) / 3
+    assert torch.allclose(long.log_odds(images, context), expected, atol=1e-5)
