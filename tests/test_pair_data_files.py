@@ -273,3 +273,15 @@ def test_the_users_file_is_bounded_utf8_and_an_object(monkeypatch, tmp_path):
     assert refused(lambda: PairDataSet.read(root), "JSON object") == f"{users}: expected a JSON object of user id lists"
     users.write_text("{nope")
     assert refused(lambda: PairDataSet.read(root), "not JSON").startswith(f"{users}: not JSON (")
+
+
+def test_one_versus_three_files_are_optional_and_image_lines_need_a_path(tmp_path):
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=2)
+    data = PairDataSet.read(root)
+    assert len(data.targets_1v3["val"]) == 8 and len(data.targets_1v3["test"]) == 12  # 2 groups per user
+    (root / "pairs" / "val_1v3.jsonl").unlink()
+    assert PairDataSet.read(root).targets_1v3["val"] == []
+    index = root / "images.jsonl"
+    for line in ('{"path": ""}', '{"path": 3}', '["images/000.png"]', '{"file": "images/000.png"}'):
+        index.write_text(line + "\n")
+        assert refused(data.image_paths, "needs a relative") == f'{index}:1: needs a relative "path"'
