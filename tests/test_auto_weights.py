@@ -98,7 +98,7 @@ def _judged(n_pairs: int, shared_liked: bool = False) -> JudgedPairs:
     table = {sha: torch.randn(DIM, generator=g) + (1.5 if sha.startswith("L") else -1.5) * torch.eye(DIM)[0]
              for sha in ids}
     return JudgedPairs(pairs, lambda shas: torch.stack([table[s] for s in shas]),
-                       lambda shas: [f"prompt of {s}" for s in shas])
+                       lambda shas: [f"{'a sea' if s.startswith('L') else 'foggy hills'} for {s}" for s in shas])
 
 
 @pytest.fixture(scope="module")
@@ -299,9 +299,10 @@ def test_auto_serves_the_user_embedding_alone_when_it_must_whatever_the_order(to
     only_tokens, said = AutoPreference([tokens]).fit(_judged(3))
     assert list(only_tokens.members) == [PREFERENCE_TOKENS] and said.n_pairs == 3
     assert said.held_out == said.parts[PREFERENCE_TOKENS].held_out and len(said.held_out) == 3
-    # One pair is two images: enough to combine.
-    combined, _ = reversed_auto.fit(_judged(1))
+    # One pair is two images: enough to combine; no member has a leave-one-out to report.
+    combined, said_one = reversed_auto.fit(_judged(1))
     assert set(combined.members) == {USER_EMBEDDING, PREFERENCE_TOKENS}
+    assert said_one.reason.endswith("; ".join(f"{n}: {o.reason}" for n, o in said_one.parts.items()))
     # A member whose log-odds do not vary over the judged images is scaled by 1.
     from prefstudio.preference.model import FitOutcome, PreferenceModel, Taste
 
@@ -390,3 +391,21 @@ def test_the_token_taste_is_the_checkpoints_reading_of_the_history_in_interleave
     long, _ = tokens.fit(_judged(7))  # 7 pairs: three interleaved windows, their log-odds averaged
     expected = sum(read(long.history, rows) for rows in ([0, 3, 6], [1, 4], [2, 5])) / 3
     assert torch.allclose(long.log_odds(images, context), expected, atol=1e-5)
+
+
+def test_when_every_stacked_weight_is_clipped_auto_falls_back_on_the_rows_own(token_folder):
+    from prefstudio.preference.models import AutoPreference, member_fit
+
+    members = [UserEmbeddingPreference("enc", None), PreferenceTokens(token_folder, "enc", None)]
+    judged = _judged(6)
+    taste, outcome = AutoPreference(members).fit(judged)
+    common = sorted(outcome.held_out)
+    calibration = {USER_EMBEDDING: 2.0, PREFERENCE_TOKENS: 2.0}
+    delta = member_fit({n: [outcome.parts[n].held_out[i] / taste.scales[n] for i in common] for n in taste.members},
+                       calibration)
+    better = max(delta, key=delta.get)  # the member that predicted the held-out pairs better (δ > 0)
+    other = next(n for n in delta if n != better)
+    row = StackingRow(1, calibration, {better: 1.0, other: 0.0}, {better: -2.0 / delta[better], other: 0.0})
+    clipped, said = AutoPreference(members, [row]).fit(judged)
+    assert clipped.weights == {better: 2.0, other: 0.0}  # the row's weight times its calibration
+    assert f"{better} 100%" in said.reason
