@@ -755,15 +755,23 @@ def test_presets_are_kept_per_profile_replaced_by_name_bounded_and_follow_a_rena
         store.get_preset("Ann", "cold")
     with pytest.raises(NotFound, match="no preset named 3"):
         store.get_preset("Ann", 3)
+    store.save_preset("Ann", "XXXX", {"aesthetic": 1.0})
+    for not_text in (3, ["warm"], None):  # a name that is not text never finds a preset
+        with pytest.raises(NotFound):
+            store.get_preset("Ann", not_text)
+    store.delete_preset("Ann", "XXXX")
     with pytest.raises(InvalidInput):
         store.save_preset("Ann", "bad", {"aesthetic": -1.0})
     # Renaming Ben carries Ann's blend of Ben's taste along.
     store.save_preset("Ann", "warm", {"aesthetic": 1.0, "profile:BEN": 0.5})  # names ignore case
     store.save_preset("Ben", "own", {"aesthetic": 1.0, "profile:Ann": 1.0})
+    store.save_preset("Ann", "only-ben", {"profile:Ben": 1.0})
     store.rename_profile("Ben", "Benno")
     assert store.get_preset("Ann", "warm").weights == {"aesthetic": 1.0, "profile:Benno": 0.5}
     assert store.get_preset("Ann", "bright").weights == {"aesthetic": 2.0}
     assert store.get_preset("Benno", "own").weights == {"aesthetic": 1.0, "profile:Ann": 1.0}
+    assert store.get_preset("Ann", "only-ben").weights == {"profile:Benno": 1.0}
+    store.delete_preset("Ann", "only-ben")
     assert store.delete_preset("Ann", "WARM").name == "warm"
     assert [p.name for p in store.presets("Ann")] == ["Bright"]
     with pytest.raises(NotFound):
@@ -786,10 +794,15 @@ def test_personalized_images_are_the_profiles_newest_first_without_blind_or_unli
         params = {**image.params, "personalized_for": "Ann" if seed != 5 else "Someone", **extra}
         made.append(store.add_image(GeneratedImage(image.image, image.prompt, seed, "embedded", params)))
     listed = [made[4], made[1], made[0]]  # newest first
-    assert [r.sha256 for r in store.personalized_images("Ann")] == [r.sha256 for r in listed]
+    more = [store.add_image(GeneratedImage(generated(seed).image, "p", seed, "embedded", {"personalized_for": "Ann"}))
+            for seed in range(10, 32)]
+    assert len(store.personalized_images("Ann")) == 24  # a gallery's worth by default
+    assert len(store.personalized_images("Ann", limit=100)) == 25
+    listed = [*reversed(more), *listed]
+    assert [r.sha256 for r in store.personalized_images("Ann", limit=100)] == [r.sha256 for r in listed]
     assert [r.sha256 for r in store.personalized_images("Ann", limit=2)] == [r.sha256 for r in listed[:2]]
     store.rename_profile("Ann", "Anna")  # they follow the profile's new name
-    assert [r.sha256 for r in store.personalized_images("Anna")] == [r.sha256 for r in listed]
+    assert [r.sha256 for r in store.personalized_images("Anna", limit=100)] == [r.sha256 for r in listed]
 
 
 def test_a_batch_of_judgments_is_recorded_whole_or_not_at_all(store, images):
@@ -801,6 +814,8 @@ def test_a_batch_of_judgments_is_recorded_whole_or_not_at_all(store, images):
     with pytest.raises(InvalidInput, match="compares two images"):
         store.record_judgments("Ann", "pair", [(images[2], images[3]), (images[3], None)])
     assert store.counts("Ann") == {"like": 2, "dislike": 0, "pair": 0, "tie": 0, "skip": 0}
+    [preferred] = store.record_judgments("Ann", "pair", [(images[3], images[2])])
+    assert (preferred.image_a, preferred.image_b) == (images[3], images[2])
     assert store.verdicts("Ann", images) == {images[0]: "like", images[1]: "like"}
 
 
@@ -811,7 +826,7 @@ def test_an_image_is_found_by_a_unique_prefix_of_its_id(store, images):
     others = [sha for sha in images if sha != target]
     shared = max(len(os.path.commonprefix([target, other])) for other in others)
     assert store.resolve_image_id(target[:max(6, shared + 1)]) == target
-    with pytest.raises(InvalidInput, match="is not an image id"):
+    with pytest.raises(InvalidInput, match=rf"^'{target[:5]}' is not an image id \(6 to 64 hexadecimal characters\)$"):
         store.resolve_image_id(target[:5])
     with pytest.raises(InvalidInput, match="is not an image id"):
         store.resolve_image_id(target[:10] + "g")
