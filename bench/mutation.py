@@ -275,7 +275,7 @@ count as equivalent, not as survivors.
 
 Not measured yet: {', '.join(missing) or 'none'}. Fast tests used: those listed in
 `pytest_add_cli_args_test_selection` of pyproject.toml.
-""")
+""", REPO / "docs" / "benchmarks.md")  # this checkout's docs, wherever prefstudio_research is installed from
 
 
 def mutmut_version() -> str:
