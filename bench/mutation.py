@@ -253,6 +253,9 @@ def main() -> None:
         print(f"\ndocs/mutation.md lists {len(unknown)} mutants mutants/ does not hold: {', '.join(unknown[:5])}")
 
     measured = [module for module, _ in rows]
+    in_scope = {module: len(by_module.get(module, {})) for module in SCOPE}
+    total_not_run = {module: sum(1 for status in by_module.get(module, {}).values() if status == "not checked")
+                     for module in SCOPE}
     missing = [f"{module}.py ({sum(1 for _ in by_module.get(module, {}))} mutants)"
                for module in SCOPE if module not in measured]
     write_section("mutation", f"""
@@ -272,6 +275,10 @@ test can tell from the original are listed with their reasons in [mutation.md](m
 count as equivalent, not as survivors.
 
 {chr(10).join(table)}
+
+Issue 19's target is at most 10 % not killed: {rate(total)} of the {total['mutants']:,} mutants
+measured; {sum(total_not_run.values()):,} of the {sum(in_scope.values()):,} in SCOPE are not measured
+yet (the "not run yet" column and the modules below).
 
 Not measured yet: {', '.join(missing) or 'none'}. Fast tests used: those listed in
 `pytest_add_cli_args_test_selection` of pyproject.toml.
