@@ -300,3 +300,20 @@ def test_scores_that_turn_nan_end_guidance_with_the_best_finite_iterate(generato
     assert isinstance(result, GuidanceResult)
     assert len(result.trace) == 3 and all(math.isfinite(p.total) for p in result.trace)
     assert math.isfinite(result.total) and result.best_iteration < 3
+
+
+def test_the_result_is_the_best_iterate_rendered_with_its_scores_even_when_stopped_at_once(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=4))
+    best = result.trace[result.best_iteration]
+    assert (result.normalised, result.raw) == (best.normalised, best.raw) and result.raw != result.normalised
+    conditioning = generator.encode_prompt("a cold blue ocean")
+    from prefstudio.generators.base import to_pil
+
+    assert result.image.tobytes() == to_pil(generator.render(result.noise, conditioning))[0].tobytes()
+    stop = threading.Event()
+    stop.set()
+    at_once = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                           GuidanceSettings(iterations=4), stop)
+    assert (at_once.stopped, at_once.best_iteration, at_once.trace) == (True, 0, [])
+    assert at_once.raw == result.trace[0].raw and at_once.image is not None
