@@ -30,6 +30,25 @@ def test_a_pair_the_bank_users_disagree_on_beats_one_they_agree_on():
     assert by_pair[0, 2].taste_information > 0.3  # the answer says which way feature 1 counts
     assert by_pair[0, 1].taste_information < 1e-3  # both answer alike: nothing to learn
     assert "disagree" in queries[0].reason
+    # The information is I = H(mean_s q_s) - mean_s H(q_s) over the posterior's samples, drawn
+    # the same way every time; the score is it alone (no fitted taste).
+    samples = taste_samples(two_user_bank(), torch.zeros(0, 2), torch.zeros(0, 2))
+    assert torch.equal(samples, taste_samples(two_user_bank(), torch.zeros(0, 2), torch.zeros(0, 2)))
+    utility = CANDIDATES @ samples.T
+    q = torch.sigmoid(utility[0] - utility[2])
+    entropy = lambda p: -(p * p.log() + (1 - p) * (1 - p).log())  # noqa: E731
+    assert by_pair[0, 2].taste_information == pytest.approx(float(entropy(q.mean()) - entropy(q).mean()), rel=1e-4)
+    assert by_pair[0, 2].score == by_pair[0, 2].taste_information and by_pair[0, 2].model_confidence is None
+    # Every unordered pair once, most informative first.
+    four = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    ranked = rank_pairs(four, bank=two_user_bank())
+    assert sorted((q.first, q.second) for q in ranked) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert [q.score for q in ranked] == sorted((q.score for q in ranked), reverse=True)
+    # The prior is the bank users' like - dislike directions, not their likes alone.
+    shifted = UserBank("toy", torch.zeros(2), torch.ones(2), torch.eye(2),
+                       like_vectors=torch.tensor([[3.0, 3.0], [3.0, -3.0]]),
+                       dislike_vectors=torch.tensor([[0.0, 6.0], [0.0, 6.0]]), likelihood_power=1.0, source="test")
+    assert taste_samples(shifted, torch.zeros(0, 2), torch.zeros(0, 2)).mean(0)[1] < -4.0
 
 
 def test_once_the_history_answers_a_question_it_is_worth_less_and_the_next_one_comes_first():
@@ -42,6 +61,15 @@ def test_once_the_history_answers_a_question_it_is_worth_less_and_the_next_one_c
     assert after[0, 2] < 0.3 * before[0, 2]
     # Now how much feature 1 counts against feature 0 is what is unknown: c1 vs c2 asks it.
     assert (queries[0].first, queries[0].second) == (1, 2)
+    # What the disliked images look like counts as much as the liked ones.
+    mirrored = taste_samples(bank, torch.tensor([[0.0, 1.0]] * 10), torch.tensor([[0.0, -1.0]] * 10))
+    assert mirrored[:, 1].mean() > 2.0  # the prior's is 0: the history taught it
+    # Ten judgments of the same two images say no more than one: the posterior is the same.
+    one = taste_samples(bank, liked[:1], disliked[:1])
+    assert torch.allclose(taste_samples(bank, liked, disliked, [("a", "b")] * 10), one, atol=1e-5)
+    assert not torch.allclose(taste_samples(bank, liked, disliked), one, atol=1e-3)
+    same_images = rank_pairs(CANDIDATES, liked, disliked, bank=bank, pair_images=[("a", "b")] * 10)
+    assert {(q.first, q.second): q.taste_information for q in same_images}[0, 2] > after[0, 2]
 
 
 def test_without_a_bank_the_fitted_taste_asks_where_it_is_least_sure():
@@ -52,6 +80,44 @@ def test_without_a_bank_the_fitted_taste_asks_where_it_is_least_sure():
     assert (queries[0].first, queries[0].second) == (0, 2)
     assert queries[0].taste_information is None and queries[0].model_confidence < 0.53
     assert queries[-1].model_confidence > 0.95
+    # Without a bank the score is the entropy of the taste's answer, in nats.
+    odds = taste.log_odds(CANDIDATES)
+    for q in queries:
+        p = torch.sigmoid(odds[q.first] - odds[q.second])
+        assert q.model_confidence == pytest.approx(max(float(p), 1 - float(p)))
+        assert q.score == pytest.approx(float(-(p * p.log() + (1 - p) * (1 - p).log())), rel=1e-5)
+    # With a bank the taste only breaks ties: MODEL_WEIGHT nats per nat of its entropy.
+    from prefstudio.preference.active import MODEL_WEIGHT
+
+    both = {(q.first, q.second): q for q in rank_pairs(CANDIDATES, bank=two_user_bank(), taste=taste)}
+    alone = {(q.first, q.second): q for q in queries}
+    for pair, q in both.items():
+        assert q.score == pytest.approx(q.taste_information + MODEL_WEIGHT * alone[pair].score, rel=1e-5)
+    # A taste that is sure of every answer still ranks (entropies of 0 and 1 are finite).
+    sure = UserEmbeddingModel("toy", torch.zeros(2), torch.ones(2), torch.eye(2),
+                              torch.tensor([500.0, 0.0]), torch.zeros(2), 0.0, 0.0)
+    certain = rank_pairs(CANDIDATES, taste=sure)
+    assert all(q.score == q.score and q.score >= 0 for q in certain)  # no NaN
+    assert (certain[0].first, certain[0].second) == (0, 2) and certain[-1].model_confidence == 1.0
+    # The taste reads the prompts' context it is given.
+    from prefstudio.preference.model import Taste
+
+    class PromptTaste(Taste):  # likes the features the prompt points at
+        def prompt_context(self, prompts):
+            return torch.tensor([[0.0, 4.0]])
+
+        def log_odds(self, features, context=None):
+            return features @ context[0]
+
+        def state(self):
+            return {}, {}
+
+    prompted = rank_pairs(CANDIDATES, taste=PromptTaste(), context=PromptTaste().prompt_context(["x"]))
+    assert (prompted[0].first, prompted[0].second) == (0, 1)  # the pair the prompt's direction cannot tell apart
+    # Ties keep the candidates' order.
+    flat = UserEmbeddingModel("toy", torch.zeros(2), torch.ones(2), torch.eye(2), torch.zeros(2), torch.zeros(2), 0.0, 0.0)
+    ties = rank_pairs(torch.randn(20, 2, generator=torch.Generator().manual_seed(0)), taste=flat)
+    assert [(q.first, q.second) for q in ties] == [(i, j) for i in range(20) for j in range(i + 1, 20)]
 
 
 def test_judged_pairs_are_not_asked_again():
@@ -69,6 +135,18 @@ def test_bad_input_is_a_one_line_error():
         rank_pairs(torch.zeros(3, 5), bank=bank)
     with pytest.raises(InvalidInput, match="no user bank and no fitted taste"):
         rank_pairs(CANDIDATES)
+    for call, message in [
+        (lambda: rank_pairs(CANDIDATES[:1], bank=bank), "need at least two candidate images to suggest a pair; got 1"),
+        (lambda: rank_pairs(torch.zeros(3), bank=bank), "need at least two candidate images to suggest a pair; got no feature matrix"),
+        (lambda: rank_pairs(torch.zeros(257, 2), bank=bank), "at most 256 candidates at a time; got 257"),
+        (lambda: rank_pairs(CANDIDATES), "nothing to rank queries by: no user bank and no fitted taste"),
+        (lambda: rank_pairs(torch.tensor([[0.0, float("inf")], [1.0, 0.0]]), bank=bank),
+         "candidate features contain NaN or infinite values"),
+    ]:
+        with pytest.raises(InvalidInput) as caught:
+            call()
+        assert str(caught.value) == message
+    assert len(rank_pairs(torch.randn(256, 2, generator=torch.Generator().manual_seed(1)), bank=bank)) == 256 * 255 // 2
 
 
 @pytest.fixture(scope="module")

@@ -258,3 +258,62 @@ def test_rewards_are_prepared_once_with_the_prompt_and_a_zero_weight_costs_nothi
                           GuidanceSettings(iterations=3, preview_every=0))
     assert used.prompts == ["a fox"] and used.scored == 4  # the baseline and three iterates
     assert unused.prompts == [] and unused.scored == 0 and "off" not in result.normalised
+
+
+def test_each_progress_report_says_the_iterate_the_best_so_far_and_shows_a_preview_every_k(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=7, preview_every=3))
+    assert [p.iteration for p in result.trace] == list(range(8)) and result.iterations_run == 7
+    assert [p.preview is not None for p in result.trace] == [i % 3 == 0 for i in range(8)]
+    assert result.trace[3].preview.size == (96, 96)
+    best = -math.inf
+    raw = Warmth().score(generator.render(generator.initial_noise(3), generator.encode_prompt("a cold blue ocean")))
+    for p in result.trace:
+        assert set(p.raw) == {"warmth"} and p.normalised["warmth"] == pytest.approx(Warmth().normalise(
+            torch.tensor(p.raw["warmth"])).item(), abs=1e-5)
+        if p.total > best:
+            best, best_iteration = p.total, p.iteration
+        assert (p.best_iteration, p.best_total) == (best_iteration, best)
+    assert result.trace[0].raw["warmth"] == pytest.approx(float(raw[0]), abs=1e-6)
+    assert result.stopped is False
+
+
+def test_the_chi_regulariser_is_the_negative_log_density_of_the_noise_norm():
+    d = 4 * 8 * 8
+    for r in (0.5, 4.0, math.sqrt(d)):
+        noise = torch.full((1, 4, 8, 8), r / math.sqrt(d))
+        expected = -(d - 1) * math.log(r) + 0.5 * r**2
+        assert float(chi_negative_log_likelihood(noise)[0]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_scores_that_turn_nan_end_guidance_with_the_best_finite_iterate(generator):
+    class Fading(Warmth):
+        calls = 0
+
+        def score(self, pixels, context=None):
+            Fading.calls += 1
+            value = super().score(pixels, context)
+            return value if Fading.calls <= 3 else value * float("nan")
+
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Fading()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=10))
+    assert isinstance(result, GuidanceResult)
+    assert len(result.trace) == 3 and all(math.isfinite(p.total) for p in result.trace)
+    assert math.isfinite(result.total) and result.best_iteration < 3
+
+
+def test_the_result_is_the_best_iterate_rendered_with_its_scores_even_when_stopped_at_once(generator):
+    result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=4))
+    best = result.trace[result.best_iteration]
+    assert (result.normalised, result.raw) == (best.normalised, best.raw) and result.raw != result.normalised
+    conditioning = generator.encode_prompt("a cold blue ocean")
+    from prefstudio.generators.base import to_pil
+
+    assert result.image.tobytes() == to_pil(generator.render(result.noise, conditioning))[0].tobytes()
+    stop = threading.Event()
+    stop.set()
+    at_once = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
+                           GuidanceSettings(iterations=4), stop)
+    assert (at_once.stopped, at_once.best_iteration, at_once.trace) == (True, 0, [])
+    assert at_once.raw == result.trace[0].raw and at_once.image is not None

@@ -14,7 +14,7 @@ from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
-from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment
+from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment, Preset, Profile
 from prefstudio.store.image_files import read_png_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,9 +411,15 @@ def test_a_replaced_judgment_cannot_be_removed_behind_its_replacement(store, ima
     store.create_profile("Alice")
     liked = store.record_judgment("Alice", "like", images[0])
     disliked = store.record_judgment("Alice", "dislike", images[0])
-    with pytest.raises(NotFound, match=f"judgment {liked.id} was replaced by judgment {disliked.id}"):
+    with pytest.raises(NotFound, match=f"^judgment {liked.id} was replaced by judgment {disliked.id}: "
+                                       "undo that one to bring it back$"):
         store.remove_judgment("Alice", liked.id)
     assert store.judgments("Alice") == [disliked]
+    # The same for a pair, whichever way round it was judged again.
+    preferred = store.record_judgment("Alice", "pair", images[1], images[2])
+    tie = store.record_judgment("Alice", "tie", images[2], images[1])
+    with pytest.raises(NotFound, match=f"judgment {preferred.id} was replaced by judgment {tie.id}"):
+        store.remove_judgment("Alice", preferred.id)
 
 
 def test_verdicts_are_kept_per_profile(store, images):
@@ -545,8 +551,9 @@ def test_rename_keeps_the_history_and_models(store, images):
     store.create_profile("Bob")
     liked = store.record_judgment("Alice", "like", images[0])
     store.save_model("Alice", "user_embedding", {"w": torch.ones(2)}, {})
+    original = store.get_profile("Alice")
     renamed = store.rename_profile("alice", "  Alicia ")
-    assert renamed.name == "Alicia"
+    assert renamed == Profile(original.id, "Alicia", original.created)
     assert [p.name for p in store.list_profiles()] == ["Alicia", "Bob"]
     assert store.judgments("Alicia") == [Judgment(liked.id, "Alicia", "like", images[0], None, liked.created)]
     assert store.model_names("Alicia") == ["user_embedding"]
@@ -637,3 +644,238 @@ def test_a_judgment_and_the_reads_of_a_click_never_scan_the_history(store, image
     for statement in reads:
         plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement)]
         assert not [step for step in plan if step.startswith("SCAN")], (statement, plan)
+
+
+# --- who may use a profile (store/profile_access.py) -----------------------------------
+
+TOKEN = "a" * 43  # secrets.token_urlsafe(32) is 43 URL-safe characters
+OTHER_TOKEN = "B-_" + "b" * 40
+
+
+def test_a_login_uses_only_the_profiles_it_owns_and_is_told_nothing_of_others(store):
+    from prefstudio.store.profile_access import ProfileAccess
+
+    access = ProfileAccess(store)
+    access.create("alice-taste", "alice")
+    access.create("bob-taste", "bob")
+    access.create("Local", None)  # made with no login: the person at this computer's
+    assert access.owner(store.get_profile("alice-taste").id) == "alice"
+    assert access.owner(store.get_profile("Local").id) is None
+    assert access.may_use("alice-taste", "alice") and not access.may_use("alice-taste", "bob")
+    assert not access.may_use("Local", "alice")
+    assert all(access.may_use(name, None) for name in ("alice-taste", "bob-taste", "Local"))
+    assert access.lookup("bob-taste", "bob") == store.get_profile("bob-taste")
+    assert access.visible("alice") == ["alice-taste"]
+    assert access.visible(None) == ["alice-taste", "bob-taste", "Local"]
+    assert access.visible("carol") == []
+    # Another's profile, a missing one and a name that is not a string read alike.
+    with pytest.raises(NotFound) as taken:
+        access.lookup("bob-taste", "alice")
+    with pytest.raises(NotFound) as missing:
+        access.lookup("nobody-taste", "alice")
+    assert str(taken.value) == "no profile named 'bob-taste'"
+    assert str(missing.value) == "no profile named 'nobody-taste'"
+    with pytest.raises(NotFound, match="^no profile named '3'$"):
+        access.lookup(3, None)
+    with pytest.raises(NotFound) as long_name:
+        access.lookup("x" * 100, None)
+    assert str(long_name.value) == f"no profile named {'x' * 64!r}"  # the message stays one short line
+    # Owners outlive a reopening; a profile imported by a login becomes that login's.
+    store.create_profile("imported")
+    access.set_owner("imported", "bob")
+    access.set_owner("imported", None)  # no login records nothing: bob keeps it
+    assert ProfileAccess(store).visible("bob") == ["bob-taste", "imported"]
+
+
+def test_each_browser_gets_back_what_it_chose_and_no_one_else_does(store):
+    from prefstudio.store.profile_access import MAX_BATCH, ProfileAccess, valid_token
+
+    access = ProfileAccess(store)
+    access.create("alice-taste", "alice")
+    access.create("bob-taste", "bob")
+    assert valid_token(TOKEN) and valid_token(OTHER_TOKEN)
+    assert not any(valid_token(t) for t in ("a" * 42, "a" * 44, "a" * 42 + "!", "a" * 42 + "é", None))
+    assert access.chosen_profile(TOKEN, "alice") is None and access.saved_batch(TOKEN, "alice") == []
+    access.remember(TOKEN, "alice", profile="alice-taste")
+    access.remember(TOKEN, "alice", batch=["s1", 7, "s2"])  # the profile stays; non-ids are dropped
+    assert access.chosen_profile(TOKEN, "alice") == "alice-taste"
+    assert access.saved_batch(TOKEN, "alice") == ["s1", "s2"]
+    access.remember(TOKEN, "alice", profile="alice-taste")  # the batch stays
+    assert access.saved_batch(TOKEN, "alice") == ["s1", "s2"]
+    access.remember(TOKEN, "alice", batch=[f"s{i}" for i in range(MAX_BATCH + 5)])
+    assert access.saved_batch(TOKEN, "alice") == [f"s{i}" for i in range(MAX_BATCH)]
+    # Another browser, or another login in this browser, sees nothing of it.
+    assert access.chosen_profile(OTHER_TOKEN, "alice") is None
+    assert access.chosen_profile(TOKEN, "bob") is None and access.saved_batch(TOKEN, "bob") == []
+    assert access.chosen_profile(TOKEN, None) is None
+    assert access.chosen_profile("not a token", "alice") is None and access.saved_batch("x", "alice") == []
+    # A login cannot choose another's profile; a bad token is a one-line error.
+    with pytest.raises(NotFound, match="no profile named 'bob-taste'"):
+        access.remember(OTHER_TOKEN, "alice", profile="bob-taste")
+    with pytest.raises(InvalidInput, match="^this browser has no valid PrefStudio token: reload the page$"):
+        access.remember("short", "alice", profile="alice-taste")
+    # Without a login the choice is kept too, under no owner.
+    access.remember(OTHER_TOKEN, None, profile="bob-taste", batch=["s9"])
+    assert access.chosen_profile(OTHER_TOKEN, None) == "bob-taste"
+    assert access.saved_batch(OTHER_TOKEN, None) == ["s9"]
+    assert access.chosen_profile(OTHER_TOKEN, "bob") is None
+    # A profile given to another login is no longer this login's choice.
+    access.create("shared", "alice")
+    access.remember(OTHER_TOKEN, "alice", profile="shared")
+    access.set_owner("shared", "bob")
+    assert access.chosen_profile(OTHER_TOKEN, "alice") is None
+    # Deleting the profile forgets the choice but keeps the batch.
+    store.delete_profile("alice-taste")
+    assert access.chosen_profile(TOKEN, "alice") is None
+    assert access.saved_batch(TOKEN, "alice") == [f"s{i}" for i in range(MAX_BATCH)]
+
+
+# --- presets, personalized images, batches of judgments, image ids ---------------------------
+
+
+def test_presets_are_kept_per_profile_replaced_by_name_bounded_and_follow_a_renamed_taste(store):
+    from prefstudio.blend import MAX_PRESETS
+
+    store.create_profile("Ann")
+    store.create_profile("Ben")
+    store.save_preset("Ann", "warm", {"aesthetic": 1.0, "profile:Ben": 0.5})
+    store.save_preset("Ann", "  Bright ", {"aesthetic": 2})
+    assert [p.name for p in store.presets("Ann")] == ["Bright", "warm"]  # trimmed; by name, any case
+    assert store.presets("Ben") == []
+    assert store.get_preset("Ann", "WARM").weights == {"aesthetic": 1.0, "profile:Ben": 0.5}
+    assert [p.created for p in store.presets("Ann")] == [store.get_preset("Ann", n).created for n in ("bright", "warm")]
+    again = store.save_preset("Ann", "Warm", {"aesthetic": 0.25})  # the same name, any case, replaces it
+    assert store.get_preset("Ann", "warm") == again
+    assert again.weights == {"aesthetic": 0.25}
+    assert [(p.name, p.weights) for p in store.presets("Ann")] == [("Bright", {"aesthetic": 2.0}),
+                                                                   ("Warm", {"aesthetic": 0.25})]
+    with pytest.raises(NotFound, match="Ben has no preset named 'warm'; it has no presets yet"):
+        store.get_preset("Ben", "warm")
+    with pytest.raises(NotFound, match="Ann has no preset named 'cold'; its presets: Bright, Warm"):
+        store.get_preset("Ann", "cold")
+    with pytest.raises(NotFound, match="no preset named 3"):
+        store.get_preset("Ann", 3)
+    store.save_preset("Ann", "XXXX", {"aesthetic": 1.0})
+    for not_text in (3, ["warm"], None):  # a name that is not text never finds a preset
+        with pytest.raises(NotFound):
+            store.get_preset("Ann", not_text)
+    store.delete_preset("Ann", "XXXX")
+    with pytest.raises(InvalidInput):
+        store.save_preset("Ann", "bad", {"aesthetic": -1.0})
+    # Renaming Ben carries Ann's blend of Ben's taste along.
+    store.save_preset("Ann", "warm", {"aesthetic": 1.0, "profile:BEN": 0.5})  # names ignore case
+    store.save_preset("Ben", "own", {"aesthetic": 1.0, "profile:Ann": 1.0})
+    store.save_preset("Ann", "only-ben", {"profile:Ben": 1.0})
+    store.rename_profile("Ben", "Benno")
+    assert store.get_preset("Ann", "warm").weights == {"aesthetic": 1.0, "profile:Benno": 0.5}
+    assert store.get_preset("Ann", "bright").weights == {"aesthetic": 2.0}
+    assert store.get_preset("Benno", "own").weights == {"aesthetic": 1.0, "profile:Ann": 1.0}
+    assert store.get_preset("Ann", "only-ben").weights == {"profile:Benno": 1.0}
+    store.delete_preset("Ann", "only-ben")
+    assert store.delete_preset("Ann", "WARM").name == "warm"
+    assert [p.name for p in store.presets("Ann")] == ["Bright"]
+    with pytest.raises(NotFound):
+        store.delete_preset("Ann", "warm")
+    # At most MAX_PRESETS per profile; replacing one at the limit is still allowed.
+    for i in range(MAX_PRESETS - 1):
+        store.save_preset("Ann", f"p{i}", {"aesthetic": 1.0})
+    assert len(store.presets("Ann")) == MAX_PRESETS
+    store.save_preset("Ann", "p0", {"aesthetic": 3.0})
+    with pytest.raises(InvalidInput, match=f"Ann already has {MAX_PRESETS} presets: delete one first"):
+        store.save_preset("Ann", "one more", {"aesthetic": 1.0})
+    assert len(store.presets("Ann")) == MAX_PRESETS
+
+
+def test_personalized_images_are_the_profiles_newest_first_without_blind_or_unlisted_ones(store):
+    store.create_profile("Ann")
+    made = []
+    for seed, extra in enumerate([{}, {}, {"blind": True}, {"listed": False}, {"blind": False, "listed": True}, {}]):
+        image = generated(seed)
+        params = {**image.params, "personalized_for": "Ann" if seed != 5 else "Someone", **extra}
+        made.append(store.add_image(GeneratedImage(image.image, image.prompt, seed, "embedded", params)))
+    listed = [made[4], made[1], made[0]]  # newest first
+    more = [store.add_image(GeneratedImage(generated(seed).image, "p", seed, "embedded", {"personalized_for": "Ann"}))
+            for seed in range(10, 32)]
+    assert len(store.personalized_images("Ann")) == 24  # a gallery's worth by default
+    assert len(store.personalized_images("Ann", limit=100)) == 25
+    listed = [*reversed(more), *listed]
+    assert [r.sha256 for r in store.personalized_images("Ann", limit=100)] == [r.sha256 for r in listed]
+    assert [r.sha256 for r in store.personalized_images("Ann", limit=2)] == [r.sha256 for r in listed[:2]]
+    store.rename_profile("Ann", "Anna")  # they follow the profile's new name
+    assert [r.sha256 for r in store.personalized_images("Anna", limit=100)] == [r.sha256 for r in listed]
+
+
+def test_a_batch_of_judgments_is_recorded_whole_or_not_at_all(store, images):
+    store.create_profile("Ann")
+    recorded = store.record_judgments("Ann", "like", [(images[0], None), (images[1], None)])
+    assert [(j.kind, j.image_a) for j in recorded] == [("like", images[0]), ("like", images[1])]
+    with pytest.raises(NotFound, match="no image 'f+'"):
+        store.record_judgments("Ann", "dislike", [(images[2], None), ("f" * 64, None)])
+    with pytest.raises(InvalidInput, match="compares two images"):
+        store.record_judgments("Ann", "pair", [(images[2], images[3]), (images[3], None)])
+    assert store.counts("Ann") == {"like": 2, "dislike": 0, "pair": 0, "tie": 0, "skip": 0}
+    [preferred] = store.record_judgments("Ann", "pair", [(images[3], images[2])])
+    assert (preferred.image_a, preferred.image_b) == (images[3], images[2])
+    assert store.verdicts("Ann", images) == {images[0]: "like", images[1]: "like"}
+
+
+def test_an_image_is_found_by_a_unique_prefix_of_its_id(store, images):
+    target = images[0]
+    assert store.resolve_image_id(target) == target
+    assert store.resolve_image_id(f"  {target[:12].upper()} ") == target
+    others = [sha for sha in images if sha != target]
+    shared = max(len(os.path.commonprefix([target, other])) for other in others)
+    assert store.resolve_image_id(target[:max(6, shared + 1)]) == target
+    with pytest.raises(InvalidInput, match=rf"^'{target[:5]}' is not an image id \(6 to 64 hexadecimal characters\)$"):
+        store.resolve_image_id(target[:5])
+    with pytest.raises(InvalidInput, match="is not an image id"):
+        store.resolve_image_id(target[:10] + "g")
+    missing = next(p for p in ("000000", "ffffff", "123456", "abcdef") if not any(s.startswith(p) for s in images))
+    with pytest.raises(NotFound, match=f"no image '{missing}'"):
+        store.resolve_image_id(missing)
+    # Two ids sharing a prefix: too short a prefix is ambiguous, not a guess.
+    from prefstudio.store.history import ImageRecord
+
+    record = store.image_record(target)
+    with store._transaction() as db:
+        for sha in ("abcdef01" + "0" * 56, "abcdef02" + "0" * 56):
+            store._insert_image(db, ImageRecord(sha, record.path, "p", 1, "embedded", {}, 32, 32, record.created))
+    with pytest.raises(InvalidInput, match="image id prefix 'abcdef0' is ambiguous"):
+        store.resolve_image_id("ABCDEF0")
+    assert store.resolve_image_id("abcdef02") == "abcdef02" + "0" * 56
+
+
+def test_features_of_a_long_list_of_ids_are_all_found_and_damage_is_named(store, images):
+    """A gallery asks for more ids than SQLite takes in one statement: every one is looked up."""
+    a, b, c = images[:3]
+    store.put_features("enc", {sha: torch.full((4,), float(i)) for i, sha in enumerate((a, b, c))})
+    wanted = [f"{i:064x}" for i in range(1200)]
+    wanted[0], wanted[500], wanted[1199] = a, b, c  # the first, one at a chunk's edge, the last
+    found = store.get_features("enc", wanted + [a])
+    assert {sha: float(v[0]) for sha, v in found.items()} == {a: 0.0, b: 1.0, c: 2.0}
+    with store._transaction() as db:
+        db.execute("UPDATE features SET dim = 5 WHERE image_sha = ?", (b,))
+    with pytest.raises(InvalidInput, match=f"^cached enc features of {b} are damaged$"):
+        store.get_features("enc", [b])
+
+
+def test_the_verdict_on_the_only_two_images_shown_is_found(store, images):
+    store.create_profile("Alice")
+    a, b = images[:2]
+    preferred = store.record_judgment("Alice", "pair", b, a)
+    assert store.pair_verdicts("Alice", [a, b]) == {frozenset((a, b)): preferred}
+    assert store.pair_verdicts("Alice", [a, a]) == {}
+
+
+def test_a_restored_profile_keeps_its_presets_and_a_bad_one_restores_nothing(store, images):
+    store.create_profile("Ben")
+    records = [(store.image_record(sha), store.image_record(sha).path.read_bytes()) for sha in images[:2]]
+    when = "2026-01-02T03:04:05.000006+00:00"
+    restored = store.restore_profile("Ann", records, [("like", images[0], None, when)], [],
+                                     [(" warm ", {"aesthetic": 1, "profile:Ben": 0.5}, when)])
+    assert store.presets("Ann") == [Preset("warm", {"aesthetic": 1.0, "profile:Ben": 0.5}, when)]
+    assert restored.name == "Ann" and store.judgments("Ann")[0].created == when
+    for bad in ([("", {"aesthetic": 1.0}, when)], [("ok", {"aesthetic": -1.0}, when)]):
+        with pytest.raises(InvalidInput):
+            store.restore_profile("Cleo", records, [], [], bad)
+        assert [p.name for p in store.list_profiles()] == ["Ann", "Ben"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from prefstudio.errors import InvalidInput
 from prefstudio.store.image_files import (
@@ -261,3 +261,69 @@ def test_thumbnail_is_small_cached_and_beside_the_image(tmp_path):
     assert thumbnail(path) == thumb and thumb.stat().st_mtime_ns == made_at
     with Image.open(thumbnail(path, size=64)) as smaller:
         assert smaller.size == (64, 43)
+
+
+def test_a_damaged_webp_is_named_and_other_riff_files_are_not_images():
+    webp = encoded(noise_image(), "WEBP")
+    with pytest.raises(InvalidInput, match="^truncated or corrupt WebP"):
+        load_untrusted_image(webp[:20])
+    wave = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + bytes(28)  # a sound file, also RIFF
+    with pytest.raises(InvalidInput, match="^not an image: expected PNG, JPEG, WEBP, GIF or BMP data$"):
+        load_untrusted_image(wave)
+    with pytest.raises(InvalidInput, match="^not an image"):
+        load_untrusted_image(b"NOT-RIFFWEBP" + bytes(40))  # "WEBP" where WebP has it, without RIFF
+
+
+def test_the_limits_are_inclusive_and_megapixels_are_rounded(tmp_path):
+    data = encoded(noise_image(100, 100))
+    path = tmp_path / "exact.png"
+    path.write_bytes(data)
+    assert load_untrusted_image(path, max_bytes=len(data)).size == (100, 100)  # exactly the limit: read
+    assert load_untrusted_image(data, max_bytes=len(data), max_pixels=100 * 100).size == (100, 100)
+    wide = encoded(Image.new("RGB", (1500, 1000), (10, 20, 30)))
+    with pytest.raises(InvalidInput, match="^image is 1500×1000 = 2 MP; the limit is 1 MP$"):  # 1.5 MP
+        load_untrusted_image(wide, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+def test_every_sixteen_bit_grey_layout_is_scaled_not_clipped(mode):
+    from prefstudio.store.image_files import _to_rgb
+
+    grey = Image.new(mode, (2, 2), 200 * 256)  # 78 % grey in 16 bits
+    assert _to_rgb(grey).getpixel((0, 0)) == (200, 200, 200)
+
+
+@pytest.mark.parametrize("mode, clear", [("LA", (0, 0)), ("PA", (0, 0)), ("RGBa", (0, 0, 0, 0)), ("RGBA", (0, 0, 0, 0))])
+def test_every_transparent_mode_turns_clear_pixels_white(mode, clear):
+    from prefstudio.store.image_files import _to_rgb
+
+    image = Image.new(mode, (1, 1), clear)
+    assert _to_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_png_metadata_is_read_from_pngs_only_with_one_line_errors(tmp_path):
+    jpeg = tmp_path / "photo.png"  # a JPEG, whatever its name says
+    noise_image().save(jpeg, format="JPEG")
+    with pytest.raises(InvalidInput, match=f"^cannot read PNG metadata of {jpeg}: "):
+        read_png_metadata(jpeg)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("prefstudio", "{not json")
+    broken = tmp_path / "broken.png"
+    noise_image().save(broken, pnginfo=info)
+    with pytest.raises(InvalidInput, match=f"^PrefStudio metadata of {broken} is not valid JSON: "):
+        read_png_metadata(broken)
+
+
+def test_thumbnail_sizes_and_quality(tmp_path):
+    _, path = write_png(noise_image(600, 400), METADATA, tmp_path / "images")
+    with Image.open(thumbnail(path, size=16)) as tiny, Image.open(thumbnail(path, size=1024)) as large:
+        assert tiny.size == (16, 11) and large.size == (600, 400)  # never enlarged
+    for size in (15, 1025):
+        with pytest.raises(InvalidInput, match=rf"^thumbnail size {size} is outside \[16, 1024\] pixels$"):
+            thumbnail(path, size=size)
+    # A Lanczos reduction saved as a JPEG of quality 88: sharp, and small enough for a gallery.
+    reference = Image.open(path).convert("RGB")
+    reference.thumbnail((192, 192), Image.Resampling.LANCZOS)
+    expected = io.BytesIO()
+    reference.save(expected, format="JPEG", quality=88)
+    assert thumbnail(path).read_bytes() == expected.getvalue()

@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from prefstudio.errors import InvalidInput, NotFound
-from prefstudio.preference.pair_data import PairDataSet, read_judgments
+from prefstudio.preference.pair_data import Judgment, PairDataSet, read_groups_1v3, read_judgments
 from pair_data_fixture import write_pair_data
 
 
@@ -154,3 +156,132 @@ def test_a_fifo_as_the_feature_cache_is_refused(tmp_path):
     (root / "features").mkdir()
     os.mkfifo(root / "features" / f"{MeanColourEncoder.name}.safetensors")
     refused(lambda: image_features(PairDataSet.read(root), MeanColourEncoder()), "is not a regular file")
+
+
+def test_features_are_encoded_once_cached_beside_the_data_and_checked_when_read(tmp_path):
+    from pair_data_fixture import CharacterCountText, MeanColourEncoder
+    from prefstudio.preference.pair_data import image_features, prompt_features
+
+    class Counted(CharacterCountText):
+        calls: list = []
+
+        def encode(self, prompts):
+            self.calls.append(list(prompts))
+            return super().encode(prompts)
+
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=4)
+    data = PairDataSet.read(root)
+    prompts = data.prompts()
+    assert len(prompts) == len(set(prompts)) and set(prompts) <= {"a flat colour", "a coloured square", "paint swatch"}
+    assert prompts[0] == data.train[0].prompt  # the training prompts first, in file order
+    text = Counted()
+    rows, features = prompt_features(data, text)
+    assert list(rows) == prompts and rows == {p: i for i, p in enumerate(prompts)}
+    assert torch.equal(features, CharacterCountText().encode(prompts))
+    assert text.calls == [prompts]
+    assert prompt_features(data, text)[0] == rows and len(text.calls) == 1  # read back, not encoded again
+    # A prompt new to the data set is encoded and added after the known ones.
+    data.train.append(Judgment("u9", "a new prompt", data.train[0].liked, data.train[0].disliked))
+    rows, features = prompt_features(data, text)
+    assert text.calls[1] == ["a new prompt"] and rows["a new prompt"] == len(prompts)
+    assert torch.equal(features[-1], CharacterCountText().encode(["a new prompt"])[0])
+    # Images: encoded once, one row per line of images.jsonl.
+    image_rows, image_feats = image_features(data, MeanColourEncoder(), batch_size=7)
+    paths = data.image_paths()
+    assert image_rows == {p: i for i, p in enumerate(paths)} and image_feats.shape == (len(paths), 6)
+    assert torch.equal(image_features(data, MeanColourEncoder())[1], image_feats)
+    cache = root / "features" / f"{MeanColourEncoder.name}.safetensors"
+    save_file({"features": image_feats[:-1].contiguous()}, str(cache))
+    refused(lambda: image_features(data, MeanColourEncoder()),
+            f"has {len(paths) - 1} rows but images.jsonl {len(paths)} lines: delete it")
+    text_cache = root / "features" / f"{CharacterCountText.name}.safetensors"
+    save_file({"features": features.contiguous()}, str(text_cache), metadata={"encoder": "x"})
+    refused(lambda: prompt_features(data, text), "has no prompt list: it is not a text-feature file")
+    save_file({"features": features[:-1].contiguous()}, str(text_cache), metadata={"prompts": json.dumps(list(rows))})
+    refused(lambda: prompt_features(data, text), "is inconsistent: delete it")
+
+
+def test_an_empty_data_set_has_no_features_of_the_right_width_and_caches_name_their_encoder(tmp_path):
+    from safetensors import safe_open
+
+    from pair_data_fixture import CharacterCountText, MeanColourEncoder
+    from prefstudio.preference.pair_data import image_features, prompt_features
+
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=2)
+    data = PairDataSet.read(root)
+    empty = PairDataSet(tmp_path / "empty", data.users, [], {}, {}, {})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "images.jsonl").write_text("")
+    rows, features = image_features(empty, MeanColourEncoder())
+    assert rows == {} and features.shape == (0, 6)
+    rows, features = prompt_features(empty, CharacterCountText())
+    assert rows == {} and features.shape == (0, 16)
+    # Many prompts at once are encoded in chunks, each exactly once.
+    for i in range(300):
+        data.train.append(Judgment("u9", f"prompt number {i}", data.train[0].liked, data.train[0].disliked))
+    rows, features = prompt_features(data, CharacterCountText())
+    assert list(rows) == data.prompts() and torch.equal(features, CharacterCountText().encode(data.prompts()))
+    image_features(data, MeanColourEncoder())
+    for encoder, extra in ((MeanColourEncoder, {}), (CharacterCountText, {"prompts": json.dumps(list(rows))})):
+        with safe_open(str(root / "features" / f"{encoder.name}.safetensors"), framework="pt") as f:
+            assert f.metadata() == {"encoder": encoder.name, **extra}
+
+
+def test_one_versus_three_groups_are_read_whole_and_checked(tmp_path, root):
+    for name in ("c", "d", "e"):
+        Image.new("RGB", (8, 8)).save(root / "images" / f"{name}.png")
+    img = "../images/{}.png".format
+    rows = [judgment(img("a"), img(x), user="u1", prompt=p) for x, p in (("b", "p1"), ("c", "p2"), ("d", "p3"))]
+    rows += [judgment(img("e"), img(x), user="u2") for x in ("a", "b", "c")]
+    groups_file = write_lines(root / "pairs" / "val_1v3.jsonl", rows)
+    first, second = read_groups_1v3(groups_file)
+    images = (root / "images").resolve()
+    assert (first.user_id, first.prompt, first.liked) == ("u1", "p1", images / "a.png")  # the first line's prompt
+    assert first.disliked == (images / "b.png", images / "c.png", images / "d.png")
+    assert (second.user_id, second.liked, second.disliked[0]) == ("u2", images / "e.png", images / "a.png")
+    text = refused(lambda: read_groups_1v3(write_lines(root / "pairs" / "four.jsonl", rows[:4])), "not a multiple")
+    assert text == f"{root / 'pairs' / 'four.jsonl'}: 4 lines is not a multiple of 3 (1 liked vs 3 disliked)"
+    mixed = rows[:3] + rows[3:5] + [judgment(img("a"), img("d"), user="u2")]
+    text = refused(lambda: read_groups_1v3(write_lines(root / "pairs" / "mixed.jsonl", mixed)), "do not share")
+    assert text == f"{root / 'pairs' / 'mixed.jsonl'}: lines 4-6 do not share one user and one liked image"
+    # Another root: images are looked for inside it, not beside the pairs folder.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "x.png")
+    far = write_lines(root / "pairs" / "far.jsonl", [judgment(img("a"), "../../elsewhere/x.png")] * 3)
+    refused(lambda: read_groups_1v3(far), "lies outside the data set's folder")
+    assert read_groups_1v3(far, root=tmp_path)[0].disliked[0] == (outside / "x.png").resolve()
+
+
+def test_the_users_file_is_bounded_utf8_and_an_object(monkeypatch, tmp_path):
+    from prefstudio.preference import pair_data
+
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=2)
+    users = root / "pairs" / "users.json"
+    text = users.read_text()
+    monkeypatch.setattr(pair_data, "MAX_USERS_FILE_BYTES", len(text.encode()))
+    assert PairDataSet.read(root).users["train"] == ["u0", "u1"]  # exactly the limit: read
+    users.write_text(text + " ")
+    assert refused(lambda: PairDataSet.read(root), "is over") == f"{users} is over 0 MB"
+    monkeypatch.undo()
+    with open(users, "wb") as file:  # sparse: no disk used
+        file.truncate(64 * 2**20 + 1)
+    assert refused(lambda: PairDataSet.read(root), "is over") == f"{users} is over 64 MB"
+    users.write_bytes(b'{"train": "\xff"}')
+    assert refused(lambda: PairDataSet.read(root), "UTF-8") == f"{users}: not UTF-8 text"
+    users.write_text("[1, 2]")
+    assert refused(lambda: PairDataSet.read(root), "JSON object") == f"{users}: expected a JSON object of user id lists"
+    users.write_text("{nope")
+    assert refused(lambda: PairDataSet.read(root), "not JSON").startswith(f"{users}: not JSON (")
+
+
+def test_one_versus_three_files_are_optional_and_image_lines_need_a_path(tmp_path):
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=2)
+    data = PairDataSet.read(root)
+    assert len(data.targets_1v3["val"]) == 8 and len(data.targets_1v3["test"]) == 12  # 2 groups per user
+    (root / "pairs" / "val_1v3.jsonl").unlink()
+    assert PairDataSet.read(root).targets_1v3["val"] == []
+    index = root / "images.jsonl"
+    for line in ('{"path": ""}', '{"path": 3}', '["images/000.png"]', '{"file": "images/000.png"}'):
+        index.write_text(line + "\n")
+        assert refused(data.image_paths, "needs a relative") == f'{index}:1: needs a relative "path"'

@@ -110,3 +110,77 @@ def test_bank_posterior_follows_the_evidence(bank):
     assert torch.isclose(weights.sum(), torch.tensor(1.0))
     assert weights[same_kind].sum() > 0.8
     assert bank.likelihood_power in LIKELIHOOD_POWERS
+
+
+def test_bank_combination_weighs_the_bank_users_by_the_independent_evidence(bank):
+    from prefstudio.preference.user_embedding import bank_combination
+
+    empty = torch.zeros(0, D)
+    assert torch.equal(bank_combination(bank, empty, empty), torch.full((bank.n_users,), 1 / bank.n_users))
+    liked, disliked = user_pairs(3, 8)
+    coefficients = bank_combination(bank, liked, disliked)
+    assert coefficients.shape == (bank.n_users,) and torch.isclose(coefficients.sum(), torch.tensor(1.0))
+    assert torch.allclose(coefficients, bank.posterior(bank.pair_log_likelihoods(liked, disliked).sum(0)))
+    # Every like paired with every dislike: 4 x 4 = 16 pairs of 8 images say no more than 4 pairs.
+    l4, d4 = user_pairs(3, 4)
+    grid_liked, grid_disliked = l4.repeat_interleave(4, 0), d4.repeat(4, 1)
+    ids = [(f"l{i}", f"d{j}") for i in range(4) for j in range(4)]
+    grid = bank_combination(bank, grid_liked, grid_disliked, pair_images=ids)
+    scaled = bank.pair_log_likelihoods(grid_liked, grid_disliked).sum(0) * 4 / 16
+    assert torch.allclose(grid, bank.posterior(scaled))
+    assert not torch.allclose(grid, bank_combination(bank, grid_liked, grid_disliked))
+    with pytest.raises(InvalidInput, match=rf"must both be \[N, {D}\]; got \(8, {D}\) and \(7, {D}\)"):
+        bank_combination(bank, liked, disliked[:7])
+    with pytest.raises(InvalidInput, match=rf"\[N, {D}\]"):
+        bank_combination(bank, liked[:, :5], disliked[:, :5])
+    bad = liked.clone()
+    bad[2, 1] = float("inf")
+    with pytest.raises(InvalidInput, match="^image features contain NaN or infinite values$"):
+        bank_combination(bank, bad, disliked)
+    # A single pair already moves the weights off the average user.
+    one = bank_combination(bank, liked[:1], disliked[:1])
+    assert torch.allclose(one, bank.posterior(bank.pair_log_likelihoods(liked[:1], disliked[:1]).sum(0)))
+    assert not torch.allclose(one, torch.full((bank.n_users,), 1 / bank.n_users))
+
+
+def test_the_bank_projects_standardised_features_into_its_taste_space():
+    bank = UserBank("enc", torch.tensor([1.0, -2.0]), torch.tensor([2.0, 4.0]), torch.tensor([[1.0], [10.0]]),
+                    torch.ones(2, 1), torch.zeros(2, 1), 1.0, "test")
+    assert torch.equal(bank.project(torch.tensor([[3.0, 2.0]])), torch.tensor([[1.0 + 10.0]]))
+
+
+def test_like_probability_is_the_sigmoid_of_the_log_odds():
+    model = UserEmbeddingModel("enc", torch.zeros(2), torch.ones(2), torch.eye(2), torch.tensor([2.0, 0.0]),
+                               torch.tensor([0.0, 1.0]), 0.5, -0.5)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert torch.allclose(model.log_odds(features), torch.tensor([3.0, 0.0, 1.0]))
+    assert torch.allclose(model.like_probability(features), torch.sigmoid(torch.tensor([3.0, 0.0, 1.0])))
+
+
+def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "bank.safetensors"
+    bank.save(path)
+    loaded = UserBank.load(path)
+    for name in ("mean", "std", "projection", "like_vectors", "dislike_vectors"):
+        assert torch.equal(getattr(loaded, name), getattr(bank, name)), name
+    assert (loaded.encoder, loaded.likelihood_power, loaded.source) == ("enc", bank.likelihood_power, "test")
+    tensors = load_file(str(path))
+    for meta in ({"format": "prefstudio-user-bank", "version": "1", "encoder": "enc", "likelihood_power": "1.0"},
+                 {"format": "something-else", "version": "2", "encoder": "enc", "likelihood_power": "1.0"}):
+        save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+        with pytest.raises(InvalidInput, match=r"^\S+old.safetensors is not a PrefStudio user bank \(version 2\); "
+                                               r"rebuild it with python -m prefstudio_research.train.user_bank$"):
+            UserBank.load(tmp_path / "old.safetensors")
+    save_file(tensors, str(tmp_path / "plain.safetensors"), metadata={
+        "format": "prefstudio-user-bank", "version": "2", "encoder": "enc", "likelihood_power": "0.5"})
+    plain = UserBank.load(tmp_path / "plain.safetensors")
+    assert plain.source == "" and plain.likelihood_power == 0.5  # a bank that does not say how it was made
+
+
+def test_a_bank_needs_two_users_and_two_are_enough():
+    with pytest.raises(InvalidInput, match="^a user bank needs at least two users$"):
+        train_user_bank([user_pairs(1, 6)], "enc", "test", dim=4, epochs=5)
+    two = train_user_bank([user_pairs(1, 6), user_pairs(2, 6)], "enc", "test", dim=4, epochs=5)
+    assert two.n_users == 2 and two.projection.shape == (D, 4)
