@@ -241,3 +241,19 @@ def test_image_encoder_blocks_have_comparable_spread(image_encoder):
 def test_image_encoder_rejects_wrong_shapes(image_encoder):
     with pytest.raises(InvalidInput, match="batch, 3, height, width"):
         image_encoder.encode(torch.rand(3, 64, 64))
+
+
+def test_an_images_features_do_not_depend_on_the_images_encoded_with_it():
+    """Features are cached per image: whichever call encodes an image first decides them, so
+    an image of another size in the same batch must not resize it (an imported 48×32 photo
+    was stretched to the first image's 64×64)."""
+    from pair_data_fixture import MeanColourEncoder
+
+    encoder = MeanColourEncoder()
+    wide = Image.new("RGB", (48, 32))
+    wide.paste((250, 20, 20), (0, 0, 6, 32))  # a thin red stripe: its share changes when resampled
+    square = Image.new("RGB", (64, 64), (10, 200, 10))
+    alone = encoder.encode_images([wide])
+    together = encoder.encode_images([square, wide, square])
+    assert torch.equal(together[1], alone[0])
+    assert torch.equal(together[0], together[2]) and torch.equal(together[0], encoder.encode_images([square])[0])

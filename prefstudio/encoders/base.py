@@ -39,14 +39,20 @@ class ImageEncoder(ABC):
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 16) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            size = batch[0].size
-            if any(img.size != size for img in batch):
-                batch = [img.convert("RGB").resize(size, Image.BICUBIC) for img in batch]
-            chunks.append(self.encode(pil_to_tensor(batch)))
-        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+        """[N, dim] features, in order. Images are batched with others of their size only: an
+        image's features (cached per image) must not depend on what was encoded with it."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(i)
+        features = torch.empty(0, self.dim)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                batch = indices[start : start + batch_size]
+                chunk = self.encode(pil_to_tensor([images[i] for i in batch]))
+                if len(features) != len(images):  # the encoder's device and dtype
+                    features = chunk.new_empty(len(images), chunk.shape[1])
+                features[batch] = chunk
+        return features
 
 
 class TextEncoder(ABC):
