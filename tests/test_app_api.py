@@ -333,19 +333,19 @@ def test_removing_a_judgment_that_replaced_another_says_the_earlier_verdict_is_b
     demo, url = app
     store = store_of(app)
     c = client(url)
-    c.predict("dora", api_name="/create_profile")
-    generate(c, "dora", "a red kite over a beach", [1, 2])
-    c.predict("dora", api_name="/like")  # candidate 1
-    c.predict("dora", api_name="/previous")
-    c.predict("dora", api_name="/dislike")  # candidate 1 again: 👎 replaces 👍
-    replacing = store.judgments("dora")[-1]
-    assert replacing.kind == "dislike" and len(store.judgments("dora")) == 1
+    c.predict("remy", api_name="/create_profile")
+    generate(c, "remy", "a red kite over a beach", [1, 2])
+    c.predict("remy", api_name="/like")  # candidate 1
+    c.predict("remy", api_name="/previous")
+    c.predict("remy", api_name="/dislike")  # candidate 1 again: 👎 replaces 👍
+    replacing = store.judgments("remy")[-1]
+    assert replacing.kind == "dislike" and len(store.judgments("remy")) == 1
     everything = ["like", "dislike", "pair", "tie", "skip"]
-    _, info, _ = c.predict("dora", everything, replacing.id, api_name="/remove_judgment")
-    assert [j.kind for j in store.judgments("dora")] == ["like"]
+    _, info, _ = c.predict("remy", everything, replacing.id, api_name="/remove_judgment")
+    assert [j.kind for j in store.judgments("remy")] == ["like"]
     assert info.startswith(f"Removed judgment #{replacing.id} (👎 on")
     assert "The 👍 it had replaced is this image's verdict again." in info
     # A judgment that replaced nothing leaves the image without a verdict, and says no more.
-    back = store.judgments("dora")[0]
-    _, info, _ = c.predict("dora", everything, back.id, api_name="/remove_judgment")
-    assert store.judgments("dora") == [] and "replaced" not in info
+    back = store.judgments("remy")[0]
+    _, info, _ = c.predict("remy", everything, back.id, api_name="/remove_judgment")
+    assert store.judgments("remy") == [] and "replaced" not in info
