@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app
-from tests.browser import SLOW, VIEWPORT, chromium, served
+from tests.browser import SLOW, VIEWPORT, chromium, served, set_slider
 
 pytestmark = pytest.mark.browser
 
@@ -100,8 +100,7 @@ def test_label_fit_generate_in_the_browser(server, page):
     page.get_by_label("Fixed seed").check()
     page.fill("#ps-seed input", "12")
     page.click("#ps-advanced")  # iterations and weights sit under Advanced
-    page.fill("#ps-iterations input[type=number]", "4")
-    page.keyboard.press("Enter")
+    set_slider(page, "#ps-iterations", 4)
     page.click("#ps-personalize")
     expect(page.locator("#ps-gen-progress")).to_contain_text("Done: 4 iterations", timeout=SLOW)
     for side in ("#ps-baseline", "#ps-personalized"):

@@ -13,7 +13,7 @@ from prefstudio.eval.simulated_users import SimulatedUser
 from prefstudio.provenance import read_provenance
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app
-from tests.browser import SLOW, VIEWPORT, chromium, served
+from tests.browser import SLOW, VIEWPORT, chromium, served, set_slider
 
 pytestmark = pytest.mark.browser
 ITERATIONS = 6
@@ -49,12 +49,6 @@ def choose(page, name):
     expect(page.locator("#ps-label-status")).to_contain_text(f"{name} ·", timeout=SLOW)
 
 
-def set_number(page, selector, value):
-    field = page.locator(f"{selector} input[type=number]")
-    field.fill(str(value))
-    field.press("Enter")
-
-
 def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     studio, url, friend_file = server
     page.goto(url + "/", wait_until="load")
@@ -70,7 +64,7 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     choose(page, "alice")
     page.get_by_role("tab", name="Generate").click()
     page.click("#ps-advanced")
-    set_number(page, "#ps-iterations", ITERATIONS)
+    set_slider(page, "#ps-iterations", ITERATIONS)
     page.locator("#ps-blend-choice input").click()
     page.get_by_role("option", name="bob", exact=True).click()
     page.click("#ps-blend-add")
@@ -78,7 +72,7 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     expect(slot).to_be_visible(timeout=SLOW)
     expect(slot).to_contain_text("Taste of bob")
     expect(page.locator("#ps-blend-status")).to_contain_text("Added the taste of bob", timeout=SLOW)
-    set_number(page, "#ps-blend-0", 1.2)
+    set_slider(page, "#ps-blend-0", 1.2)
 
     # Generate: bob's taste is one of the weighted rewards of the result.
     page.fill("#ps-gen-prompt textarea", "a lighthouse at dusk")
@@ -98,7 +92,7 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     page.click("#ps-tradeoff")
     page.locator("#ps-grid-axes").get_by_label("Your taste (user model)").check()
     page.locator("#ps-grid-axes").get_by_label("Taste of bob").check()
-    set_number(page, "#ps-grid-steps", 2)
+    set_slider(page, "#ps-grid-steps", 2)
     page.click("#ps-grid-run")
     expect(page.locator("#ps-grid-status")).to_contain_text("Trade-off grid of 3 images", timeout=SLOW)
     grid = page.locator("#ps-grid img")

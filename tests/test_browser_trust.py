@@ -13,7 +13,7 @@ from prefstudio.eval.simulated_users import SimulatedUser
 from prefstudio.studio import Studio
 from prefstudio.taste_summary import taste_summary
 from prefstudio.ui.app import build_app
-from tests.browser import SLOW, VIEWPORT, chromium, served
+from tests.browser import SLOW, VIEWPORT, chromium, served, set_slider
 
 pytestmark = pytest.mark.browser
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -101,8 +101,7 @@ def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, 
     page.get_by_role("tab", name="Generate").click()
     page.fill("#ps-gen-prompt textarea", "a lighthouse at dusk")
     page.click("#ps-advanced")
-    page.fill("#ps-iterations input[type=number]", "24")
-    page.keyboard.press("Enter")
+    set_slider(page, "#ps-iterations", 24)
     page.click("#ps-personalize")
     progress = page.locator("#ps-gen-progress")
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
