@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from prefstudio_research.prefbench import evaluate  # noqa: E402
 from prefstudio_research.prefbench.data import load_split, load_text_features  # noqa: E402
-from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT  # noqa: E402
+from prefstudio.preference.models import AUTO_WEIGHTS_FILE, DEFAULT_TOKEN_CHECKPOINT  # noqa: E402
 from prefstudio_research.prefbench.methods import STUDIO_MODELS, StudioModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,8 +195,8 @@ def markdown(results: dict) -> str:
              f"{results['n_users']['seen']} seen), 1v1 top-1 over 24 targets a user; N_ref = the user's first N_ref "
              "reference pairs. Every model runs through `PreferenceModel.fit` / `Taste.log_odds` as the studio runs "
              f"it, with the user bank `checkpoints/user_bank_embedded.safetensors` and the token checkpoint "
-             f"`{results['token_checkpoint']}` (auto's stacking rows: its `auto_weights.json`, learned on the 60 "
-             "validation users only). ± is the standard error over users. auto − best is "
+             f"`{results['token_checkpoint']}` (auto: {results['auto_weights']}). ± is the standard error over "
+             "users. auto − best is "
              "the mean over users of the paired per-target difference between auto and the better single model of "
              "that row (chosen on these same users, which favours the single model); the bar is ≥ 2 standard errors "
              "over users at N_ref 8 and 32 on unseen users. The standard error over targets is shown in brackets "
@@ -301,6 +301,9 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - start,
         "n_users": {"seen": len(test.seen), "unseen": len(test.users) - len(test.seen)},
         "token_checkpoint": str(args.token_checkpoint.resolve().relative_to(REPO)),
+        "auto_weights": ("the stacking rows of its `auto_weights.json`, learned on the 60 validation users only"
+                         if (args.token_checkpoint / AUTO_WEIGHTS_FILE).is_file()
+                         else "its members at equal weights: the checkpoint has no `auto_weights.json`"),
         "joined_shards": sorted(joined) != [],
         "table": table(scores, test, present(scores, "test"), leading_families(args.data, test.users)),
     }
