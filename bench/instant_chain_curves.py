@@ -23,11 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
-from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes, sample_population  # noqa: E402
 from prefstudio.guidance.instant import instant_image  # noqa: E402
 from prefstudio.guidance.noise_optimization import GuidanceResult, GuidanceSettings, optimise_noise  # noqa: E402
 from prefstudio.studio import DEFAULT_ADAPTER, DEFAULT_STRENGTH, MAX_RADIUS, Studio  # noqa: E402
-from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_candidates  # noqa: E402
+from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_people  # noqa: E402
 from prefstudio_research.train.preference_adapter import evaluation_prompts  # noqa: E402
 
 FIRST_USER, ITERATIONS = 24, 30
@@ -51,22 +50,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     studio = Studio(tempfile.mkdtemp(prefix="chain-curves-"), adapter_path=args.adapter)
-    candidates = judged_candidates(studio)
-    pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
-    attributes = image_attributes(pixels)
-    spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
-    ids = [f"new{i:04d}" for i in range(FIRST_USER + args.people)]
-    people = sample_population(ids, 0, ["generated"], None, spread).users[FIRST_USER:]
+    people = judged_people(studio, args.people, 0, first=FIRST_USER)
     pool = [p for p in evaluation_prompts() if p not in JUDGED_PROMPTS]
     cases = [(pool[(3 * k + 1) % len(pool)], 5000 + k) for k in range(args.prompts)]
     settings = GuidanceSettings(iterations=ITERATIONS, radius=DEFAULT_STRENGTH * MAX_RADIUS, preview_every=1)
     rows = []
     for person in people:
-        studio.store.create_profile(person.user_id)
-        utility = person.utility(pixels)
-        for candidate, value in zip(candidates, utility):
-            studio.judge(person.user_id, "like" if value > utility.median() else "dislike", candidate.sha256)
-        studio.fit(person.user_id)
         weights = studio.default_weights()
         rewards = studio.rewards(person.user_id, weights)
         for prompt, seed in cases:

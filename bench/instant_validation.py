@@ -24,12 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
-from prefstudio.eval.simulated_users import ATTRIBUTES, image_attributes, sample_population  # noqa: E402
 from prefstudio.generators.base import to_pil  # noqa: E402
 from prefstudio.guidance.adapter import load_adapter  # noqa: E402
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward  # noqa: E402
 from prefstudio.studio import Studio  # noqa: E402
-from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_candidates  # noqa: E402
+from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_people  # noqa: E402
 from prefstudio_research.train.preference_adapter import evaluation_prompts  # noqa: E402
 
 FIRST_USER, USERS, PROMPTS = 24, 24, 8
@@ -41,19 +40,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     studio = Studio(tempfile.mkdtemp(prefix="instant-validation-"))
-    candidates = judged_candidates(studio)
-    pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
-    attributes = image_attributes(pixels)
-    spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
-    ids = [f"new{i:04d}" for i in range(FIRST_USER + USERS)]
-    people = sample_population(ids, 0, ["generated"], None, spread).users[FIRST_USER:]
-    embeddings = []
-    for person in people:
-        studio.store.create_profile(person.user_id)
-        utility = person.utility(pixels)
-        for candidate, value in zip(candidates, utility):
-            studio.judge(person.user_id, "like" if value > utility.median() else "dislike", candidate.sha256)
-        embeddings.append(studio.instant_embedding(person.user_id))
+    people = judged_people(studio, USERS, 0, first=FIRST_USER)
+    embeddings = [studio.instant_embedding(person.user_id) for person in people]
     users = torch.stack(embeddings)
     pool = [p for p in evaluation_prompts() if p not in JUDGED_PROMPTS]
     cases = [(pool[(3 * k + 1) % len(pool)], 5000 + k) for k in range(PROMPTS)]

@@ -13,16 +13,18 @@ def judged_candidates(studio: Studio) -> list:
             for c in studio.generate_candidates(p, seeds=list(range(8 * i, 8 * i + 8)))]
 
 
-def judged_people(studio: Studio, n_users: int, seed: int, candidates: list | None = None) -> list[SimulatedUser]:
+def judged_people(studio: Studio, n_users: int, seed: int, candidates: list | None = None,
+                  first: int = 0) -> list[SimulatedUser]:
     """PrefBench's unseen users as the studio meets them: drawn by `sample_population` (its
-    population model and seed, ids new0000…), each with a profile in the studio in which they
-    judged 16 of its candidates (`judged_candidates`, unless given; liking their better half), fitted."""
+    population model and seed, ids new0000…; `first` skips that many, for validation people no
+    benchmark reads), each with a profile in the studio in which they judged 16 of its candidates
+    (`judged_candidates`, unless given; liking their better half), fitted."""
     candidates = judged_candidates(studio) if candidates is None else candidates
     pixels = pil_to_tensor([studio.store.load_image(c.sha256) for c in candidates])
     attributes = image_attributes(pixels)
     spread = {name: float(attributes[name].std()) for name in ATTRIBUTES}
-    ids = [f"new{i:04d}" for i in range(n_users)]
-    people = sample_population(ids, seed, ["generated"], None, spread).users
+    ids = [f"new{i:04d}" for i in range(first + n_users)]
+    people = sample_population(ids, seed, ["generated"], None, spread).users[first:]
     for person in people:
         studio.store.create_profile(person.user_id)
         utility = person.utility(pixels)
