@@ -15,8 +15,11 @@ trade-off to see. Then, on unseen prompts, each at its own seed:
     against B's, blended as a person does in the Generate tab), prompt consistency at its
     default guard weight;
   - taste → prompt consistency: user = 1 − t, prompt_consistency = t;
-for t = 0, 1/steps, …, 1, at the studio's default strength and iterations. Each image is
-scored from its PNG (normalised scores, as the page shows them). A prompt counts as
+for t = 0, 1/steps, …, 1, at the studio's default strength and iterations: one row of the
+trade-off grid (`Studio.trade_off`, what the Generate tab's grid and `python -m prefstudio grid`
+show): a guided run per weighting, all into one candidate pool, each image the pool's pick for
+its weights (`CandidatePool.pick`); on the grid's axis prompt consistency is raised, not a
+guard. Each image is scored from its PNG (normalised scores, as the page shows them). A prompt counts as
 monotone when, at every step, the reward gaining weight scores strictly higher and the
 one losing weight strictly lower than at the step before. Also reported: the share of
 single steps that move both ways. Each `--between` writes its own section of docs/benchmarks.md
@@ -40,12 +43,6 @@ from prefstudio_research.report import machine, write_section  # noqa: E402
 from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_candidates, judged_people  # noqa: E402
 
 TARGET = 0.90
-GUARD_NOTE = """
-Prompt consistency is a guard (`Reward.guard`): its weight prices a drop below the same-seed baseline and never
-rewards a rise, and with no weight left on the taste the result is the baseline itself. So its score climbs back
-towards the baseline's as weight moves to it, rather than rising with its weight as a raised reward's does; a step
-that ends above the baseline can fall at the next one.
-"""
 
 
 def most_different(studio: Studio, names: list[str], shas: list[str]) -> tuple[str, str, float]:
@@ -70,15 +67,10 @@ def fitted_people(studio: Studio, count: int, seed: int) -> tuple[list[str], lis
 
 def sweep(studio: Studio, profile: str, prompt: str, seed: int, losing: str, gaining: str, fixed: dict,
           steps: int, iterations: int) -> list[tuple[float, float]]:
-    """(losing reward's score, gaining reward's score) of the personalized PNG at each t."""
-    scores = []
-    for k in range(steps + 1):
-        t = k / steps
-        weights = {losing: 1.0 - t, gaining: t} | fixed
-        side = studio.personalize_once(profile, prompt, seed, weights, iterations, strength=DEFAULT_STRENGTH,
-                                       listed=False)
-        scores.append((side.personalized.normalised[losing], side.personalized.normalised[gaining]))
-    return scores
+    """(losing reward's score, gaining reward's score) of each image of the trade-off grid's row."""
+    grid = list(studio.trade_off(profile, prompt, [losing, gaining], seed=seed, steps=steps, weights=fixed,
+                                 strength=DEFAULT_STRENGTH, iterations=iterations))[-1]
+    return [(c.side.personalized.normalised[losing], c.side.personalized.normalised[gaining]) for c in grid.cells()]
 
 
 def monotone_steps(scores: list[tuple[float, float]]) -> list[bool]:
@@ -132,20 +124,21 @@ def main() -> None:
     print(f"{runs} guided runs in {seconds:.0f} s; load: {load}")
     moved = (f"from its own taste to {b}'s taste (`profile:{b}`; prompt consistency guarding at {GUARD_WEIGHT})"
              if args.between == "profiles" else
-             "from its own taste to prompt consistency (a guard: its weight prices any drop below the baseline)")
+             "from its own taste to prompt consistency (raised: on a grid's axis it is not a guard)")
     write_section(f"interpolation_{args.between}", f"""## Interpolation: moving weight {"between two people's tastes" if args.between == "profiles" else "from taste to prompt consistency"}
 
 `python bench/interpolation.py --between {args.between} --prompts {args.prompts} --steps {args.steps}` — {machine()}; load: `{load}`.
 {args.people} simulated people drawn as PrefBench's unseen users (population seed {args.seed}), each fitted by the
 studio's default preference model ({studio.preference.name}) on 16 judged candidates; A = {a} and B = {b} are the two
 whose fitted tastes disagree most (correlation {correlation:+.2f} over the candidates). The embedded generator, offline.
-On {args.prompts} unseen prompts (one seed each) profile {a} is personalized {args.steps + 1} times while the weight
-moves in {args.steps} equal steps {moved}; default strength {DEFAULT_STRENGTH} and {args.iterations} iterations. Scores are the normalised scores of the PNGs. A prompt is monotone when at every
+On {args.prompts} unseen prompts (one seed each) a trade-off grid row of {args.steps + 1} images is made for profile {a}
+while the weight moves in {args.steps} equal steps {moved}; default strength {DEFAULT_STRENGTH} and {args.iterations}
+iterations per guided run, every run into one candidate pool and each image the pool's pick for its weights. Scores are the normalised scores of the PNGs. A prompt is monotone when at every
 step the reward gaining weight scores strictly higher and the one losing weight strictly lower.
 {runs} guided runs took {seconds:.0f} s.
 
 {table}
-{GUARD_NOTE if args.between == "prompt" else ""}""")
+""")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ rewards, cached per image in the history store), the history store, and one pref
 model (`prefstudio.preference.model.PreferenceModel`; "auto" by default), which it never
 asks the kind of.
 """
+import copy
 import hashlib
 import secrets
 import threading
@@ -24,13 +25,14 @@ import torch
 from prefstudio.blend import PROFILE_PREFIX, blended_profile, validate_reward_name
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
-from prefstudio.generators.base import GeneratedImage, Generator
+from prefstudio.generators.base import GeneratedImage, Generator, to_pil
 from prefstudio.guidance.adapter import WEIGHTS_FILE, PreferenceAdapter, bank_digest, load_adapter
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.instant import instant_image
 from prefstudio.guidance.methods import CHAIN_ITERATIONS, METHODS
 from prefstudio.guidance.noise_optimization import (
-    DEFAULT_ITERATIONS, GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
+    DEFAULT_ITERATIONS, CandidatePool, GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
+    run_guidance,
 )
 from prefstudio.preference.history_pairs import training_pairs
 from prefstudio.preference.model import JudgedPairs, PreferenceModel, Taste
@@ -449,12 +451,7 @@ class Studio:
             iterations = 0  # one pass, no iterations
         elif iterations is None:
             iterations = CHAIN_ITERATIONS if method == "instant+guidance" else DEFAULT_ITERATIONS
-        try:
-            strength = float(strength)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"strength must be a number in [0, 1], got {strength!r}") from None
-        if not 0.0 <= strength <= 1.0:
-            raise InvalidInput(f"strength must lie in [0, 1], got {strength}")
+        strength = validate_strength(strength)
         try:
             adapter_scale = float(adapter_scale)
         except (TypeError, ValueError):
@@ -488,7 +485,13 @@ class Studio:
         else:
             seeds = [seed] + [validate_seed((seed + 7919 * i) % 2**32) for i in range(1, int(candidates))]
             result = best_of_n(self.generator, prompt, seeds, rewards, weights)
-        seconds = time.perf_counter() - start
+        yield self._side_by_side(profile, prompt, seed, weights, rewards, method, result, instant, strength,
+                                 iterations, blind, listed, time.perf_counter() - start)
+
+    def _side_by_side(self, profile: str, prompt: str, seed: int, weights: dict[str, float],
+                      rewards: dict[str, Reward], method: str, result: GuidanceResult, instant, strength: float,
+                      iterations: int, blind: bool, listed: bool, seconds: float, **params) -> SideBySide:
+        """The baseline and `result`'s image, scored from their PNGs, stored with provenance."""
         baseline = self.generator.generate(prompt, [seed])[0]
         contexts = {n: r.prepare(prompt) for n, r in rewards.items()}
         with torch.no_grad():
@@ -516,11 +519,11 @@ class Studio:
             "baseline": baseline_scored.record.sha256, "fit": self._fit_stamp(profile),
             "trace": [[p.iteration, round(p.total, 4), _rounded(p.normalised)] for p in result.trace],
             "scores": {"baseline": _rounded(baseline_scored.normalised),
-                       "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}}
+                       "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}} | params
         personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)
-        yield SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
-                         result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain,
-                         seconds)
+        return SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
+                          result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain,
+                          seconds)
 
     def _adapter_id(self, method: str) -> str:
         if method == "ppd":
@@ -533,8 +536,11 @@ class Studio:
                   stop: threading.Event | None = None) -> Iterator[str | object]:
         """A `TradeOffGrid` (prefstudio.trade_off) of one seed across weight combinations of two
         or three rewards (`axes`, which may be profile:NAME): yields a line of progress before
-        each cell, then the grid. The other rewards keep their weight in `weights` (default:
-        the studio's), so a guard keeps guarding."""
+        each cell's guided run, then the grid. Every run joins one `CandidatePool`, and each cell
+        shows the pool's pick for its weights (`CandidatePool.pick`), so moving weight along a row
+        raises the reward gaining it and lowers the other. An axis is always raised, a guard too (the grid shows
+        what raising one reward costs the others); the other rewards keep their weight in
+        `weights` (default: the studio's), so a guard off the axes keeps guarding."""
         from prefstudio.trade_off import TradeOffCell, TradeOffGrid, check_axes, simplex_rows
 
         axes, steps = check_axes(axes, steps)
@@ -542,23 +548,43 @@ class Studio:
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         if isinstance(total, bool) or not isinstance(total, (int, float)) or not 0 < total <= MAX_WEIGHT:
             raise InvalidInput(f"the weight shared among the rewards must lie in (0, {MAX_WEIGHT:g}], got {total!r}")
+        self.store.get_profile(profile)  # a missing profile is not one without a fit
         base = {n: w for n, w in self.blend_weights(profile, weights).items() if n not in axes}
-        self.rewards(profile, [*axes, *base])  # every reward named is here, before the first run
-        rows = simplex_rows(len(axes), steps, total)
-        count, done = sum(len(row) for row in rows), 0
-        grid_rows = []
+        rewards = self.rewards(profile, [*axes, *base])  # every reward named is here, before the first run
+        if "user" not in rewards:
+            raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
+        self._check_available(base | dict.fromkeys(axes, 1.0), rewards)
+        for name in axes:
+            if rewards[name].guard:
+                rewards[name] = copy.copy(rewards[name])
+                rewards[name].guard = False
+        strength = validate_strength(strength)
+        settings = GuidanceSettings(iterations=int(iterations), radius=strength * MAX_RADIUS)
+        rows = [[dict(zip(axes, shares)) | base for shares in row] for row in simplex_rows(len(axes), steps, total)]
+        count = sum(len(row) for row in rows)
+        pool, runs = CandidatePool(), []
+        for done, cell_weights in enumerate((w for row in rows for w in row), 1):
+            yield f"Image {done} of {count}: " + ", ".join(f"{n} {cell_weights[n]:g}" for n in axes)
+            start = time.perf_counter()
+            runs.append((run_guidance(self.generator, prompt, seed, rewards, cell_weights, settings, stop, pool=pool),
+                         time.perf_counter() - start))
+        grid_rows, cells = [], iter(runs)
         for row in rows:
-            cells = []
-            for shares in row:
-                cell_weights = dict(zip(axes, shares)) | base
-                done += 1
-                yield (f"Image {done} of {count}: "
-                       + ", ".join(f"{n} {w:g}" for n, w in zip(axes, shares)))
-                side = self.personalize_once(profile, prompt, seed, cell_weights, iterations, strength=strength,
-                                             stop=stop, listed=False)
-                cells.append(TradeOffCell(cell_weights, side))
-            grid_rows.append(cells)
-        yield TradeOffGrid(self.store.get_profile(profile).name, prompt, seed, axes, steps, float(strength),
+            grid_cells = []
+            for cell_weights in row:
+                own, seconds = next(cells)
+                pick = pool.pick(cell_weights, rewards, axes)
+                with torch.no_grad():
+                    image = to_pil(self.generator.render(pick.noise, self.generator.encode_prompt(prompt)))[0]
+                result = GuidanceResult(image, pick.noise, pick.iteration, float("nan"), pick.normalised, pick.raw,
+                                        own.iterations_run, own.stopped, own.trace)
+                side = self._side_by_side(profile, prompt, seed, cell_weights, rewards, "guidance", result, None,
+                                          strength, int(iterations), blind=False, listed=False,
+                                          seconds=seconds, grid={"axes": axes, "runs": count, "picked_from_run":
+                                                                 pick.run + 1, "raised_axes": True})
+                grid_cells.append(TradeOffCell(cell_weights, side))
+            grid_rows.append(grid_cells)
+        yield TradeOffGrid(self.store.get_profile(profile).name, prompt, seed, axes, steps, strength,
                            grid_rows)
 
     def _fit_stamp(self, profile: str) -> dict:
@@ -581,6 +607,17 @@ class Studio:
     def import_profile(self, path: str | Path, new_name: str | None = None):
         from prefstudio.store.profile_file import import_profile
         return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim})
+
+
+def validate_strength(strength) -> float:
+    """Guidance strength: how far from the seed's noise it may go, 0 (the baseline) to 1."""
+    try:
+        strength = float(strength)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"strength must be a number in [0, 1], got {echo(strength)}") from None
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidInput(f"strength must lie in [0, 1], got {strength}")
+    return strength
 
 
 def user_bank_path(data_dir: str | Path, encoder_name: str) -> Path:

@@ -3,8 +3,10 @@
 One seed, one prompt; the weight of the chosen rewards ("axes") is shared out in `steps`
 equal parts over every combination (the simplex): two rewards give a row from all on the
 first to all on the second, three a triangle whose rows hold the first's share and run
-from the second to the third. Every other reward keeps the weight the blend gives it (a
-guard such as prompt consistency keeps guarding). Each image is captioned with the
+from the second to the third. The rewards on the axes are raised, a guard too; every other
+reward keeps the weight the blend gives it (a guard such as prompt consistency off the axes
+keeps guarding). Each cell is the pick for its weights from one pool of every run's iterates
+(`Studio.trade_off`, `CandidatePool.pick`). Each image is captioned with the
 weights it was made with and its normalised scores, so a person sees what moving weight
 costs and buys.
 """

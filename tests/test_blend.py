@@ -245,6 +245,18 @@ def test_a_grid_is_one_seed_across_the_blend_with_scores_under_each_image(studio
     assert band.getextrema()[0] < 100
 
 
+@pytest.mark.parametrize("gaining", ["profile:bob", "prompt_consistency"])
+def test_moving_weight_along_a_grid_raises_the_reward_gaining_it_and_lowers_the_other_at_every_step(
+        studio, gaining):
+    # Seed 1 is one where independent runs per cell broke the order at the last step (each run
+    # found its own local optimum); a guard on an axis never rose above its baseline.
+    grid = list(studio.trade_off("alice", PROMPT, ["user", gaining], seed=1, steps=4, iterations=10))[-1]
+    scores = [(c.side.personalized.normalised["user"], c.side.personalized.normalised[gaining])
+              for c in grid.cells()]
+    for earlier, later in zip(scores, scores[1:]):
+        assert later[0] < earlier[0] and later[1] > earlier[1], scores
+
+
 # --- the CLI ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,14 @@ import threading
 import pytest
 import torch
 
+from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.errors import InvalidInput
+from prefstudio.generators.base import to_pil
 from prefstudio.generators.embedded import EmbeddedGenerator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
-    MAX_ITERATIONS, GuidanceProgress, GuidanceResult, GuidanceSettings, chi_negative_log_likelihood,
-    optimise_noise,
+    MAX_ITERATIONS, Candidate, CandidatePool, GuidanceProgress, GuidanceResult, GuidanceSettings,
+    chi_negative_log_likelihood, optimise_noise,
     run_guidance,
 )
 from prefstudio.rewards.base import Reward
@@ -317,3 +319,69 @@ def test_the_result_is_the_best_iterate_rendered_with_its_scores_even_when_stopp
                            GuidanceSettings(iterations=4), stop)
     assert (at_once.stopped, at_once.best_iteration, at_once.trace) == (True, 0, [])
     assert at_once.raw == result.trace[0].raw and at_once.image is not None
+
+
+# --- the candidate pool of a trade-off grid -----------------------------------------------
+
+def pool_of(points: list[tuple[float, float, float]]) -> CandidatePool:
+    """A pool whose candidates score (a, b, guard) = each point; the first is the seed's noise."""
+    pool = CandidatePool()
+    for i, (a, b, g) in enumerate(points):
+        pool.add(Candidate(torch.zeros(1), {"a": a, "b": b, "g": g}, {}, 0, i))
+    return pool
+
+
+class Guard(Warmth):
+    guard = True
+
+
+def test_a_sweep_of_the_pool_moves_along_a_front_that_is_not_convex_one_candidate_at_a_time():
+    # Every point in between lies under the chord of the two ends: a weighted sum would give each
+    # weighting one of the two ends.
+    front = [(1.0, 0.0, 0.0), (0.7, 0.1, 0.0), (0.35, 0.35, 0.0), (0.1, 0.7, 0.0), (0.0, 1.0, 0.0)]
+    pool = pool_of(front + [(0.1, 0.1, 0.0), (0.5, 0.05, 0.0)])  # two dominated ones
+    rewards = {"a": Warmth(), "b": Coolness()}
+    picks = [pool.pick({"a": 1 - t / 4, "b": t / 4}, rewards, ["a", "b"]) for t in range(5)]
+    assert [(p.normalised["a"], p.normalised["b"]) for p in picks] == [f[:2] for f in front]
+    assert [p.iteration for p in picks] == [0, 1, 2, 3, 4]
+
+
+def test_a_guard_off_the_axes_still_prices_a_drop_below_the_seeds_own_noise():
+    rewards = {"a": Warmth(), "b": Coolness(), "g": Guard()}
+    # The second candidate is best on both axes but falls 2 spreads on the guard.
+    pool = pool_of([(0.0, 0.0, 0.0), (1.0, 1.0, -2.0), (0.5, 0.5, 0.0)])
+    assert pool.pick({"a": 0.5, "b": 0.5, "g": 0.5}, rewards, ["a", "b"]).iteration == 2
+    assert pool.pick({"a": 0.5, "b": 0.5, "g": 0.1}, rewards, ["a", "b"]).iteration == 1
+    # A rise of the guard is not paid for.
+    pool = pool_of([(0.0, 0.0, 0.0), (0.5, 0.5, 3.0), (0.5, 0.5, 0.0)])
+    assert pool.pick({"a": 0.5, "b": 0.5, "g": 1.0}, rewards, ["a", "b"]).iteration == 1
+
+
+def test_an_empty_pool_is_refused():
+    with pytest.raises(InvalidInput, match="the candidate pool is empty"):
+        CandidatePool().pick({"a": 1.0}, {"a": Warmth()}, ["a"])
+
+
+def test_every_finite_iterate_of_every_run_joins_the_pool_scored_under_every_weighted_reward(generator):
+    pool = CandidatePool()
+    rewards = {"warmth": Warmth(), "cool": Coolness()}
+    first = run_guidance(generator, "a cold blue ocean", 3, rewards, {"warmth": 1.0, "cool": 0.0},
+                         GuidanceSettings(iterations=4), pool=pool)
+    run_guidance(generator, "a cold blue ocean", 3, rewards, {"warmth": 0.0, "cool": 1.0},
+                 GuidanceSettings(iterations=3), pool=pool)
+    assert pool.runs == 2
+    assert [(c.run, c.iteration) for c in pool.candidates] == [(0, i) for i in range(5)] + [(1, i) for i in range(4)]
+    # The weight-0 reward is scored too, and each candidate's scores are its noise's.
+    conditioning = generator.encode_prompt("a cold blue ocean")
+    for candidate in pool.candidates:
+        assert set(candidate.normalised) == {"warmth", "cool"}
+        assert candidate.raw["cool"] == pytest.approx(-candidate.raw["warmth"], abs=1e-6)
+        # ... as its PNG will score them (8-bit pixels), not its float pixels.
+        png = pil_to_tensor(to_pil(generator.render(candidate.noise, conditioning)))
+        assert Warmth().normalise(Warmth().score(png)).item() == pytest.approx(
+            candidate.normalised["warmth"], abs=1e-6)
+    best = pool.candidates[first.best_iteration]
+    assert torch.equal(best.noise, first.noise)
+    assert best.normalised["warmth"] != first.total  # the float pixels' score is not the PNG's
+    # Both runs start from the seed's noise.
+    assert torch.equal(pool.candidates[0].noise, pool.candidates[5].noise)

@@ -14,6 +14,11 @@ without taking over the objective. Then:
   - reward contexts (text features...) are computed once per run, not per iteration.
 It yields a progress record every iteration and stops between iterations when asked,
 returning the best so far.
+
+Runs from one seed can share a `CandidatePool`: every iterate of every run, scored under
+every reward weighed. Each weighting then takes the pool's best under its own weights, which
+makes a sweep of weightings monotone (see `CandidatePool`), where independent runs each stop
+in their own local optimum and the order of neighbouring weightings is left to chance.
 """
 import math
 import threading
@@ -68,6 +73,51 @@ class GuidanceResult:
     trace: list[GuidanceProgress] = field(default_factory=list)
 
 
+@dataclass
+class Candidate:
+    noise: torch.Tensor
+    normalised: dict[str, float]  # the scores of its 8-bit pixels: what its PNG will score
+    raw: dict[str, float]
+    run: int  # which run of the pool found it
+    iteration: int  # 0 = the seed's own noise
+
+
+class CandidatePool:
+    """Every iterate of the guidance runs from one seed, prompt and trust region, scored under
+    every reward the runs weigh, for `pick` to choose each weighting's image from.
+
+    `pick` weighs the rewards on the axes by their shortfall from the best the pool holds on
+    each (weighted Tchebycheff: the largest weighted shortfall is made smallest), then takes off
+    the other rewards' terms of the objective (a guard's price of a drop...). Why not the
+    weighted sum the runs climb: two anti-correlated rewards rarely trade along a convex front,
+    and a weighted sum only ever picks the front's convex corners, so most weightings in between
+    get one of the two extremes. Why it is monotone, for two axes and no other term: let x be
+    the pick for weights (a, b) and y for (a', b') with a' < a, b' > b. If y fell short of x on
+    B, y's worst weighted shortfall under (a', b') would be no more than x's, which is then x's
+    shortfall on A; scaling back to (a, b) makes y at least as good as x there too, and better
+    unless they tie on A: so B never falls as its weight grows, and A likewise never rises."""
+
+    def __init__(self):
+        self.candidates: list[Candidate] = []
+        self.runs = 0
+
+    def add(self, candidate: Candidate) -> None:
+        self.candidates.append(candidate)
+
+    def pick(self, weights: dict[str, float], rewards: dict[str, Reward], axes: list[str]) -> Candidate:
+        """The candidate for `weights`, trading the `axes` against each other as above (the first
+        found among equals). Guards are measured against the seed's own noise, iteration 0."""
+        if not self.candidates:
+            raise InvalidInput("the candidate pool is empty: run guidance into it first")
+        baseline = next((c.normalised for c in self.candidates if c.iteration == 0), self.candidates[0].normalised)
+        scores = {name: torch.tensor([c.normalised[name] for c in self.candidates], dtype=torch.float64)
+                  for name in weights}
+        shortfall = torch.stack([weights[a] * (scores[a].max() - scores[a]) for a in axes]).max(dim=0).values
+        others = {n: w for n, w in weights.items() if n not in axes}
+        rest = objective({n: scores[n] for n in others}, others, rewards, baseline) if others else 0.0
+        return self.candidates[int(torch.argmin(shortfall - rest))]
+
+
 def chi_negative_log_likelihood(noise: torch.Tensor) -> torch.Tensor:
     """−log p(‖z‖) for ‖z‖ ~ χ(d), up to a constant; per sample."""
     d = noise[0].numel()
@@ -88,6 +138,11 @@ def objective(normalised: dict[str, torch.Tensor], weights: dict[str, float], re
     return total
 
 
+def as_8_bit(pixels: torch.Tensor) -> torch.Tensor:
+    """The pixels a PNG of them holds (`to_pil`'s rounding), back in [0, 1]."""
+    return (pixels.clamp(0, 1) * 255).round() / 255
+
+
 def _scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v.detach()[0]) for k, v in scores.items()}
 
@@ -101,8 +156,12 @@ def optimise_noise(
     settings: GuidanceSettings = GuidanceSettings(),
     stop: threading.Event | None = None,
     conditioning: Any = None,
+    pool: CandidatePool | None = None,
 ) -> Iterator[GuidanceProgress | GuidanceResult]:
     """Yields GuidanceProgress per iteration, then one GuidanceResult (the last item).
+
+    `pool`: every finite iterate joins it, scored under every reward `weights` names, weight 0
+    included (so that any weighting of them can pick from it).
 
     `conditioning`: render with this instead of the prompt's own (Instant's modulated one,
     prefstudio/guidance/instant.py, when Instant is the starting point of a short guidance);
@@ -114,7 +173,7 @@ def optimise_noise(
         raise InvalidInput(f"iterations must lie in [0, {MAX_ITERATIONS}], got {settings.iterations}")
     if settings.radius is not None and not (math.isfinite(settings.radius) and settings.radius >= 0):
         raise InvalidInput(f"the trust region's radius must be a number ≥ 0, got {settings.radius}")
-    active = {name: rewards[name] for name, w in weights.items() if w > 0}
+    active = {name: rewards[name] for name, w in weights.items() if w > 0 or pool is not None}
 
     if conditioning is None:
         conditioning = generator.encode_prompt(prompt)
@@ -146,6 +205,11 @@ def optimise_noise(
             break  # a degenerate iterate (NaN/inf scores): the best one so far stands, and no NaN is recorded
         if best is None or value > best[0]:
             best = (value, iteration, noise.detach().clone(), _scalars(normalised), _scalars(raw))
+        if pool is not None and math.isfinite(value):
+            with torch.no_grad():  # picked by the scores its PNG will show, not those of its float pixels
+                png_raw, png_normalised = score_all(active, contexts, as_8_bit(pixels.detach()))
+            pool.add(Candidate(noise.detach().clone(), _scalars(png_normalised), _scalars(png_raw), pool.runs,
+                               iteration))
         preview = None
         if settings.preview_every and iteration % settings.preview_every == 0:
             preview = to_pil(pixels[:1])[0]
@@ -179,6 +243,8 @@ def optimise_noise(
             raw, normalised = score_all(active, contexts, pixels)
         total = objective(normalised, weights, active, _scalars(normalised))
         best = (float(total[0]), 0, noise.detach().clone(), _scalars(normalised), _scalars(raw))
+    if pool is not None:
+        pool.runs += 1
     with torch.no_grad():
         image = to_pil(generator.render(best[2], conditioning))[0]
     yield GuidanceResult(image, best[2], best[1], best[0], best[3], best[4],
