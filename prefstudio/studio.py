@@ -568,14 +568,14 @@ class Studio:
             start = time.perf_counter()
             runs.append((run_guidance(self.generator, prompt, seed, rewards, cell_weights, settings, stop, pool=pool),
                          time.perf_counter() - start))
-        grid_rows, cells = [], iter(runs)
+        grid_rows, cells, conditioning = [], iter(runs), self.generator.encode_prompt(prompt)
         for row in rows:
             grid_cells = []
             for cell_weights in row:
                 own, seconds = next(cells)
                 pick = pool.pick(cell_weights, rewards, axes)
                 with torch.no_grad():
-                    image = to_pil(self.generator.render(pick.noise, self.generator.encode_prompt(prompt)))[0]
+                    image = to_pil(self.generator.render(pick.noise, conditioning))[0]
                 result = GuidanceResult(image, pick.noise, pick.iteration, float("nan"), pick.normalised, pick.raw,
                                         own.iterations_run, own.stopped, own.trace)
                 side = self._side_by_side(profile, prompt, seed, cell_weights, rewards, "guidance", result, None,

@@ -16,8 +16,8 @@ It yields a progress record every iteration and stops between iterations when as
 returning the best so far.
 
 Runs from one seed can share a `CandidatePool`: every iterate of every run, scored under
-every reward weighed. Each weighting then takes the pool's best under its own weights, which
-makes a sweep of weightings monotone (see `CandidatePool`), where independent runs each stop
+every reward weighed. Each weighting then takes the pool's pick for its weights, which makes
+a sweep of weightings monotone (see `CandidatePool`), where independent runs each stop
 in their own local optimum and the order of neighbouring weightings is left to chance.
 """
 import math
