@@ -302,3 +302,53 @@ def test_export_refuses_a_profile_whose_image_file_is_missing_or_changed(store, 
         export_profile(store, "Alice", target)
     assert str(caught.value) == f"image file {record.path} is missing: No such file or directory"
     assert not target.exists()
+
+
+NOT_SAFETENSORS = "not a PrefStudio profile file (not a safetensors file: "
+
+
+def _raw_file(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00" * 7, "shorter than its header)"),
+    (b"\x00" * 8, "its header is not JSON)"),  # a header of 0 bytes: 8 bytes are long enough to say so
+    ((43).to_bytes(8, "little") + b"{}" + b" " * 40, "a header of 43 bytes in a file of 50)"),  # 1 past the end
+    ((10).to_bytes(8, "little") + b'{"a": NaN}', "its header is not JSON)"),  # strict JSON only
+], ids=["7-bytes", "8-bytes", "header-past-the-end", "nan-in-header"])
+def test_a_file_whose_safetensors_header_cannot_be_read_gets_one_line_saying_why(store, tmp_path, data, message):
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, _raw_file(tmp_path / "odd.prefstudio", data))
+    assert str(caught.value) == NOT_SAFETENSORS + message
+    assert snapshot(store) == before
+
+
+def test_a_profile_with_nothing_judged_travels_as_a_header_alone(store, tmp_path):
+    store.create_profile("Empty")
+    path = export_profile(store, "Empty", tmp_path / "empty.prefstudio")
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.stat().st_size == 8 + length  # no tensors: the header ends the file
+    with HistoryStore(tmp_path / "elsewhere") as other:
+        assert import_profile(other, path).name == "Empty"
+        assert other.judgments("Empty") == [] and other.model_names("Empty") == []
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("weights.bin", "'weights.bin'"),
+    ("w" * 60, None),  # cut to 40 characters
+])
+def test_a_tensor_that_is_neither_an_image_nor_a_model_is_named_in_the_refusal(store, exported, tmp_path, name,
+                                                                                shown):
+    from prefstudio.errors import echo
+
+    def add(tensors, content):
+        tensors[name] = torch.zeros(2)
+    forged = rewrite(exported, tmp_path / "extra.prefstudio", edit_tensors=add)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, forged, "Other")
+    assert str(caught.value) == f"profile file is malformed: unexpected tensor {shown or echo(name, 40)}"
+    assert snapshot(store) == before
