@@ -352,3 +352,45 @@ def test_a_tensor_that_is_neither_an_image_nor_a_model_is_named_in_the_refusal(s
         import_profile(store, forged, "Other")
     assert str(caught.value) == f"profile file is malformed: unexpected tensor {shown or echo(name, 40)}"
     assert snapshot(store) == before
+
+
+def _without(key):
+    def edit(metadata, content):
+        del metadata[key]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_key("version", "3"), "profile file version 3 is newer than this PrefStudio understands (2); upgrade PrefStudio"),
+    (set_key("version", "0"), "profile file version 0 is not one this PrefStudio reads (1, 2)"),
+    (set_key("version", "1234567890"), "profile file has an unreadable version '1234567890'"),
+    (set_key("version", "2.0"), "profile file has an unreadable version '2.0'"),
+    (_without("version"), "profile file has an unreadable version ''"),
+    (set_key("format", "comfyui-workflow"),
+     "not a PrefStudio profile file (format 'comfyui-workflow', expected 'prefstudio-profile')"),
+    (_without("format"), "not a PrefStudio profile file (format None, expected 'prefstudio-profile')"),
+    (set_key("signed-by", "me"),
+     "profile file is malformed: its metadata must hold exactly digest, format, profile, version"),
+    (set_key("version", "1"),  # version 1 had no presets
+     "profile file is malformed: the profile must have exactly the keys images, judgments, models, name "
+     "(not 'presets')"),
+], ids=["newer", "zero", "ten-digits", "decimal", "no-version", "wrong-format", "no-format", "extra-metadata",
+        "version-1-with-presets"])
+def test_the_format_and_version_are_checked_first_with_one_exact_line(store, exported, tmp_path, edit, message):
+    bad = rewrite(exported, tmp_path / "bad.prefstudio", edit_metadata=edit)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, bad, new_name="Carol")
+    assert str(caught.value) == message
+    assert snapshot(store) == before
+
+
+def test_version_1_files_without_presets_and_zero_padded_versions_are_read(store, exported, tmp_path):
+    def version_1(metadata, content):
+        metadata["version"] = "1"
+        del content["presets"]
+    old = rewrite(exported, tmp_path / "v1.prefstudio", edit_metadata=version_1)
+    assert import_profile(store, old, new_name="Carol").name == "Carol"
+    assert store.presets("Carol") == [] and len(store.judgments("Carol")) == len(store.judgments("Alice"))
+    padded = rewrite(exported, tmp_path / "v2.prefstudio", edit_metadata=set_key("version", "000000002"))
+    assert import_profile(store, padded, new_name="Dora").name == "Dora"
