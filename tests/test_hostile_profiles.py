@@ -602,6 +602,16 @@ def test_preference_token_refusals_name_the_model():
         f"{prefix}config 'n_pairs' is 2 but the history holds 3 pairs"
 
 
+
+def test_a_token_history_may_carry_the_disliked_images_prompts_shaped_as_the_liked_ones():
+    tensors, config = _token_state()
+    state_schema.check_state("preference-tokens", {**tensors, "disliked_prompts": torch.randn(3, 16)}, config)
+    assert schema_refusal("preference-tokens", {**tensors, "disliked_prompts": torch.randn(3, 8)}, config) == (
+        "preference-tokens model: tensor 'disliked_prompts' has shape [3, 8], expected [3, 16]")
+    without_prompts = {"liked": tensors["liked"], "disliked": tensors["disliked"], "disliked_prompts": torch.randn(3, 16)}
+    assert schema_refusal("preference-tokens", without_prompts, config) == (
+        "preference-tokens model: disliked_prompts without prompts")
+
 def test_preference_token_feature_widths_from_one_to_the_maximum_are_accepted():
     for dim, text_dim in [(1, 1), (state_schema.MAX_FEATURE_DIM, state_schema.MAX_FEATURE_DIM)]:
         state_schema.check_state("preference-tokens", *_token_state(pairs=2, dim=dim, text_dim=text_dim))
