@@ -1132,3 +1132,25 @@ BAD_PRESET = "profile file has a bad preset: "
         "created-not-text", "version-2-without-presets"])
 def test_a_bad_preset_refuses_the_file_in_one_line(exported, target, tmp_path, edit, message):
     assert refused(target, edited(exported, tmp_path, edit), "preset", new_name="Carol") == message
+
+
+def test_tensors_the_profile_does_not_list_are_named_up_to_three(exported, target, tmp_path):
+    def add(content, tensors):
+        for name in ("model.other.w", "model.user-embeddings.w", "image." + "e" * 64, "image." + "f" * 64):
+            tensors[name] = torch.zeros(2, dtype=torch.uint8)
+    assert refused(target, edited(exported, tmp_path, add), "unexpected", new_name="Carol") == (
+        "profile file is malformed: unexpected tensors "
+        f"['image.{'e' * 64}', 'image.{'f' * 64}', 'model.other.w']")
+
+
+def test_an_image_whose_bytes_are_not_its_name_or_do_not_decode_is_named(target, tmp_path):
+    png = bomb_png(10, 10)
+    path, sha = _one_image(tmp_path, png)
+    metadata, tensors = read(path)
+    other = bomb_png(10, 11)
+    tensors[f"image.{sha}"] = torch.frombuffer(bytearray(other), dtype=torch.uint8)
+    forged = forge(tmp_path / "swapped.prefstudio", metadata, tensors)
+    assert refused(target, forged, "hash") == f"image {sha[:12]}… in the profile file does not match its hash"
+    broken = png[:-20] + bytes(20)  # the IDAT's end and the IEND chunk zeroed
+    path, sha = _one_image(tmp_path, broken, "broken.prefstudio")
+    assert refused(target, path, "PNG").startswith(f"image {sha[:12]}… in the profile file: truncated or corrupt PNG")

@@ -394,3 +394,29 @@ def test_version_1_files_without_presets_and_zero_padded_versions_are_read(store
     assert store.presets("Carol") == [] and len(store.judgments("Carol")) == len(store.judgments("Alice"))
     padded = rewrite(exported, tmp_path / "v2.prefstudio", edit_metadata=set_key("version", "000000002"))
     assert import_profile(store, padded, new_name="Dora").name == "Dora"
+
+
+def test_a_profile_file_that_cannot_be_opened_or_read_is_named_in_one_line(store, exported, tmp_path, monkeypatch):
+    from prefstudio.errors import echo
+    from prefstudio.store import profile_file
+
+    before = snapshot(store)
+    with pytest.raises(NotFound) as caught:
+        import_profile(store, tmp_path / "nope.prefstudio")
+    assert str(caught.value) == f"no profile file {tmp_path / 'nope.prefstudio'}"
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    inside_a_file = tmp_path / "notes.txt" / "x.prefstudio"
+    with pytest.raises(NotFound) as caught:
+        import_profile(store, inside_a_file)
+    assert str(caught.value) == f"cannot read profile file {echo(str(inside_a_file))}: Not a directory"
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, tmp_path)
+    assert str(caught.value) == f"{tmp_path} is not a regular file"
+
+    def failing_disk(*args):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(profile_file, "_stream_digest", failing_disk)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, exported, new_name="Carol")
+    assert str(caught.value) == f"cannot read profile file {echo(str(exported))}: Input/output error"
+    assert snapshot(store) == before
