@@ -148,6 +148,9 @@ def test_best_of_n_in_batches_returns_the_best_candidate_its_place_noise_image_a
     rendered = to_pil(generator.render(result.noise, generator.encode_prompt("a city street")))[0]
     assert result.image.tobytes() == rendered.tobytes()
     assert (result.iterations_run, result.stopped, result.trace) == (5, False, [])
+    first_of_its_batch = best_of_n(generator, "a city street", seeds, {"warmth": Warmth()}, {"warmth": 1.0},
+                                   batch_size=3)
+    assert first_of_its_batch.best_iteration == 3 and torch.equal(first_of_its_batch.noise, generator.initial_noise(3))
 
 
 def test_best_of_n_keeps_the_first_of_equally_good_candidates(generator):
