@@ -420,3 +420,11 @@ def test_a_profile_file_that_cannot_be_opened_or_read_is_named_in_one_line(store
         import_profile(store, exported, new_name="Carol")
     assert str(caught.value) == f"cannot read profile file {echo(str(exported))}: Input/output error"
     assert snapshot(store) == before
+
+
+def test_the_profile_in_a_file_is_canonical_json_so_equal_profiles_give_equal_text(store, tmp_path):
+    store.save_preset("Alice", "café au lait", {"user": 1.0})  # non-ASCII stays as it is
+    with safe_open(export_profile(store, "Alice", tmp_path / "a.prefstudio"), framework="pt") as file:
+        text = file.metadata()["profile"]
+    assert "café au lait" in text
+    assert text == json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
