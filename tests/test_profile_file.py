@@ -428,3 +428,13 @@ def test_the_profile_in_a_file_is_canonical_json_so_equal_profiles_give_equal_te
         text = file.metadata()["profile"]
     assert "café au lait" in text
     assert text == json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_export_refuses_a_model_tensor_type_the_file_cannot_carry(store, tmp_path):
+    import safetensors.numpy
+
+    store.save_model_weights("Alice", "user-embedding", safetensors.numpy.save({"w": np.zeros(2, np.uint16)}), {})
+    with pytest.raises(InvalidInput) as caught:
+        export_profile(store, "Alice", tmp_path / "u16.prefstudio")
+    assert str(caught.value) == "profile file holds a tensor of unsupported type 'U16'"
+    assert not (tmp_path / "u16.prefstudio").exists()
