@@ -438,3 +438,49 @@ def test_export_refuses_a_model_tensor_type_the_file_cannot_carry(store, tmp_pat
         export_profile(store, "Alice", tmp_path / "u16.prefstudio")
     assert str(caught.value) == "profile file holds a tensor of unsupported type 'U16'"
     assert not (tmp_path / "u16.prefstudio").exists()
+
+
+def _safetensors_bytes(header, data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+F32 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+WRONG = "tensor 'x' is described wrongly)"
+
+
+@pytest.mark.parametrize("header, message", [
+    ([], "its header is not a JSON object)"),
+    ({"__metadata__": {"format": 1}}, "its metadata is not text)"),
+    ({"__metadata__": ["prefstudio-profile"]}, "its metadata is not text)"),
+    ({"x": [1]}, WRONG),
+    ({"x": {**F32, "extra": 1}}, WRONG),
+    ({"x": {"dtype": "F32", "shape": [1]}}, WRONG),
+    ({"x": {**F32, "dtype": "U16"}}, WRONG),
+    ({"x": {**F32, "shape": "1"}}, WRONG),
+    ({"x": {**F32, "shape": [1, 1, 1, 1, 1]}}, WRONG),
+    ({"x": {**F32, "shape": [1.0]}}, WRONG),
+    ({"x": {**F32, "shape": [True]}}, WRONG),
+    ({"x": {**F32, "shape": [-1]}}, WRONG),
+    ({"x": {**F32, "data_offsets": "0-4"}}, WRONG),
+    ({"x": {**F32, "data_offsets": [0, 4, 4]}}, WRONG),
+    ({"x": {**F32, "data_offsets": [0]}}, WRONG),
+    ({"x": {**F32, "data_offsets": [-4, 0]}}, WRONG),
+    ({"x": {**F32, "shape": [2]}}, "tensor 'x' has 4 bytes for shape [2])"),
+], ids=["list", "metadata-number", "metadata-list", "info-list", "extra-key", "no-offsets", "dtype-u16",
+        "shape-text", "shape-5-dims", "shape-float", "shape-bool", "shape-negative", "offsets-text",
+        "offsets-3", "offsets-1", "offsets-negative", "bytes-not-shape"])
+def test_a_safetensors_header_that_describes_its_tensors_wrongly_is_refused_saying_what(
+        store, tmp_path, header, message):
+    path = _raw_file(tmp_path / "odd.prefstudio", _safetensors_bytes(header, bytes(4)))
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, path)
+    assert str(caught.value) == NOT_SAFETENSORS + message
+
+
+def test_a_header_without_metadata_or_with_4_dimensional_tensors_is_read_and_then_not_a_profile(store, tmp_path):
+    for shape in ([1], [1, 1, 1, 1]):
+        path = _raw_file(tmp_path / "plain.safetensors", _safetensors_bytes({"x": {**F32, "shape": shape}}, bytes(4)))
+        with pytest.raises(InvalidInput) as caught:
+            import_profile(store, path)
+        assert str(caught.value) == "not a PrefStudio profile file (format None, expected 'prefstudio-profile')"
