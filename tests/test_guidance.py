@@ -304,6 +304,10 @@ def test_the_noise_goes_to_the_edge_of_a_small_trust_region(generator):
     result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
                           GuidanceSettings(iterations=10, radius=0.02, preview_every=0))
     assert float((result.noise - start).norm()) == pytest.approx(0.02 * float(start.norm()), rel=1e-3)
+    # ...and it moved where the reward pulls, not merely along the seed's own noise.
+    step = (result.noise - start).flatten()
+    assert float(torch.nn.functional.cosine_similarity(step, start.flatten(), dim=0)) < 0.5
+    assert result.total > result.trace[0].total + 0.3
 
 
 class Recording(Warmth):
