@@ -128,6 +128,63 @@ def test_best_of_n_picks_the_warmest_candidate(generator):
     assert result.total == pytest.approx(max(scores), abs=1e-5)
 
 
+
+def _candidates(generator, prompt, seeds, reward):
+    """Raw and normalised scores of each seed's image, rendered one at a time."""
+    conditioning = generator.encode_prompt(prompt)
+    raw = torch.cat([reward.score(generator.render(generator.initial_noise(s), conditioning)) for s in seeds])
+    return raw, reward.normalise(raw)
+
+
+def test_best_of_n_in_batches_returns_the_best_candidate_its_place_noise_image_and_scores(generator):
+    seeds = [7, 1, 4, 3, 2]  # seed 3 is the warmest: the second of the second batch
+    result = best_of_n(generator, "a city street", seeds, {"warmth": Warmth()}, {"warmth": 1.0}, batch_size=2)
+    raw, normalised = _candidates(generator, "a city street", seeds, Warmth())
+    assert int(normalised.argmax()) == 3 and result.best_iteration == 3
+    assert torch.equal(result.noise, generator.initial_noise(3))
+    assert result.total == pytest.approx(float(normalised[3]), abs=1e-5)
+    assert result.normalised == {"warmth": pytest.approx(float(normalised[3]), abs=1e-5)}
+    assert result.raw == {"warmth": pytest.approx(float(raw[3]), abs=1e-6)} and result.raw != result.normalised
+    from prefstudio.generators.base import to_pil
+
+    rendered = to_pil(generator.render(result.noise, generator.encode_prompt("a city street")))[0]
+    assert result.image.tobytes() == rendered.tobytes()
+    assert (result.iterations_run, result.stopped, result.trace) == (5, False, [])
+    first_of_its_batch = best_of_n(generator, "a city street", seeds, {"warmth": Warmth()}, {"warmth": 1.0},
+                                   batch_size=3)
+    assert first_of_its_batch.best_iteration == 3 and torch.equal(first_of_its_batch.noise, generator.initial_noise(3))
+
+
+def test_best_of_n_keeps_the_first_of_equally_good_candidates(generator):
+    result = best_of_n(generator, "a city street", [3, 3, 3], {"warmth": Warmth()}, {"warmth": 1.0}, batch_size=1)
+    assert result.best_iteration == 0
+
+
+def test_best_of_n_prepares_rewards_once_with_the_prompt_and_never_scores_a_zero_weight(generator):
+    used, unused = Recording(), Recording()
+    unused.name = "off"
+    result = best_of_n(generator, "  a fox  ", [1, 2, 3], {"warmth": used, "off": unused},
+                       {"warmth": 1.0, "off": 0.0}, batch_size=2)
+    assert used.prompts == ["a fox"] and used.scored == 2  # one score per batch
+    assert unused.prompts == [] and unused.scored == 0 and "off" not in result.normalised
+
+
+def test_best_of_n_takes_at_most_64_valid_seeds_and_refuses_before_rendering(generator):
+    small = EmbeddedGenerator(resolution=64)
+    assert best_of_n(small, "a fox", list(range(64)), {"warmth": Warmth()}, {"warmth": 1.0}).iterations_run == 64
+    reward = Recording()
+    for seeds, message in [(list(range(65)), "65 candidates asked for; best-of-N takes at most 64"),
+                           ([1, 2**32], "seed 4294967296 is out of range [0, 2^32)"),
+                           ([1, "two"], "seed must be a whole number, got 'two'")]:
+        with pytest.raises(InvalidInput) as caught:
+            best_of_n(small, "a fox", seeds, {"warmth": reward}, {"warmth": 1.0})
+        assert str(caught.value) == message
+    with pytest.raises(InvalidInput, match="all reward weights are zero"):
+        best_of_n(small, "a fox", [1], {"warmth": reward}, {"warmth": 0.0})
+    with pytest.raises(InvalidInput, match="10,000 characters"):
+        best_of_n(small, "a" * 10_000, [1], {"warmth": reward}, {"warmth": 1.0})
+    assert reward.prompts == [] and reward.scored == 0
+
 class Coolness(Reward):
     """mean(B − R) on a narrow scale: its normalised gradient outweighs Warmth's."""
     name = "prompt_consistency"
@@ -151,6 +208,19 @@ def test_a_guard_is_never_raised_at_the_cost_of_the_taste(generator):
                          GuidanceSettings(iterations=12))
     assert light.normalised["user"] > light.trace[0].normalised["user"] + 0.5
 
+
+
+def test_best_of_n_measures_a_guard_against_the_first_candidate(generator):
+    """A guard costs what it drops below the first seed's image (the baseline), as in guidance."""
+    seeds, weights = [5, 2, 3, 4], {"user": 1.0, "prompt_consistency": 0.1}
+    result = best_of_n(generator, "a city street", seeds, {"user": Warmth(), "prompt_consistency": Coolness()},
+                       weights, batch_size=3)
+    warm = _candidates(generator, "a city street", seeds, Warmth())[1]
+    cool = _candidates(generator, "a city street", seeds, Coolness())[1]
+    totals = warm + 0.1 * torch.clamp(cool - cool[0], max=0.0)
+    assert result.best_iteration == int(totals.argmax())
+    assert result.total == pytest.approx(float(totals.max()), abs=1e-5) and result.total < float(warm.max()) - 0.1
+    assert result.normalised["prompt_consistency"] == pytest.approx(float(cool[result.best_iteration]), abs=1e-5)
 
 @pytest.mark.parametrize("radius", [0.0, 0.05, 0.2])
 def test_the_trust_region_bounds_how_far_the_noise_moves(generator, radius):
@@ -236,6 +306,10 @@ def test_the_noise_goes_to_the_edge_of_a_small_trust_region(generator):
     result = run_guidance(generator, "a cold blue ocean", 3, {"warmth": Warmth()}, {"warmth": 1.0},
                           GuidanceSettings(iterations=10, radius=0.02, preview_every=0))
     assert float((result.noise - start).norm()) == pytest.approx(0.02 * float(start.norm()), rel=1e-3)
+    # ...and it moved where the reward pulls, not merely along the seed's own noise.
+    step = (result.noise - start).flatten()
+    assert float(torch.nn.functional.cosine_similarity(step, start.flatten(), dim=0)) < 0.5
+    assert result.total > result.trace[0].total + 0.3
 
 
 class Recording(Warmth):
@@ -385,3 +459,67 @@ def test_every_finite_iterate_of_every_run_joins_the_pool_scored_under_every_wei
     assert best.normalised["warmth"] != first.total  # the float pixels' score is not the PNG's
     # Both runs start from the seed's noise.
     assert torch.equal(pool.candidates[0].noise, pool.candidates[5].noise)
+
+def test_a_guard_costs_its_weighted_drop_below_its_baseline_and_earns_nothing_above_it():
+    from prefstudio.guidance.noise_optimization import objective
+
+    rewards = {"user": Warmth(), "prompt_consistency": Coolness()}
+    normalised = {"user": torch.tensor([0.5, 0.5, 0.5]), "prompt_consistency": torch.tensor([2.0, 1.0, 0.25])}
+    totals = objective(normalised, {"user": 2.0, "prompt_consistency": 0.5}, rewards,
+                       {"user": 9.0, "prompt_consistency": 1.0})  # a reward's own baseline plays no part
+    assert totals.tolist() == [1.0, 1.0, 1.0 - 0.5 * 0.75]
+
+
+class Flat(Warmth):
+    """A reward that no noise changes: the objective's gradient is zero."""
+
+    def score(self, pixels, context=None):
+        return pixels.flatten(1).mean(1) * 0.0
+
+
+def _rendered_noise(generator, monkeypatch, start):
+    """Start guidance from `start` and record every noise the generator renders."""
+    seen = []
+    render = generator.render
+    monkeypatch.setattr(generator, "initial_noise", lambda seed: start.clone())
+    monkeypatch.setattr(generator, "render", lambda noise, c: seen.append(noise.detach().clone()) or render(noise, c))
+    return seen
+
+
+def test_with_a_flat_reward_the_regulariser_pulls_a_too_long_noise_towards_the_typical_norm(monkeypatch):
+    generator = EmbeddedGenerator(resolution=64)
+    start = generator.initial_noise(1) * 1.5
+    seen = _rendered_noise(generator, monkeypatch, start)
+    run_guidance(generator, "a fox", 1, {"warmth": Flat()}, {"warmth": 1.0},
+                 GuidanceSettings(iterations=5, preview_every=0))
+    norms = [float(noise.norm()) for noise in seen[:6]]
+    typical = math.sqrt(start[0].numel() - 1)  # the mode of the χ distribution of ‖z‖
+    assert norms[0] == float(start.norm()) > 1.4 * typical
+    assert all(later < earlier for earlier, later in zip(norms, norms[1:])) and norms[-1] > typical
+
+
+def test_non_finite_gradient_entries_give_no_direction(monkeypatch):
+    """A reward whose gradient is NaN at a few noise entries and zero at the rest: the NaN
+    entries are dropped (set to zero), so the noise does not move at all."""
+    class NaNAtOnePixel(Warmth):
+        def score(self, pixels, context=None):
+            return torch.sqrt(pixels.flatten(1)[:, :1] * 0.0).sum(1)
+
+    generator = EmbeddedGenerator(resolution=64)
+    start = generator.initial_noise(1)
+    seen = _rendered_noise(generator, monkeypatch, start)
+    result = run_guidance(generator, "a fox", 1, {"warmth": NaNAtOnePixel()}, {"warmth": 1.0},
+                          GuidanceSettings(iterations=3, noise_regularisation=0.0, preview_every=0))
+    assert result.iterations_run == 3  # some entries were finite: it went on
+    assert len(seen) == 5 and all(torch.equal(noise, start) for noise in seen)
+
+
+def test_guidance_stopped_before_it_began_measures_the_guards_at_its_own_image(generator):
+    stop = threading.Event()
+    stop.set()
+    rewards = {"user": Warmth(), "prompt_consistency": Coolness()}
+    result = run_guidance(generator, "a city street", 3, rewards, {"user": 1.0, "prompt_consistency": 0.5},
+                          GuidanceSettings(iterations=4), stop)
+    assert result.stopped and result.best_iteration == 0
+    assert result.total == pytest.approx(result.normalised["user"], abs=1e-6)  # the guard costs nothing
+    assert result.normalised["prompt_consistency"] < -0.5  # though it is low

@@ -26,7 +26,7 @@ from prefstudio.store.history import HistoryStore
 from prefstudio.store.image_files import store_png_bytes
 from prefstudio.store.profile_file import content_digest, export_profile, import_profile
 from test_image_files import bomb_png
-from test_profile_file import DIM, ENCODER, generated, snapshot, user_embedding_state
+from test_profile_file import DIM, ENCODER, TASTE, generated, snapshot, user_embedding_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -602,6 +602,16 @@ def test_preference_token_refusals_name_the_model():
         f"{prefix}config 'n_pairs' is 2 but the history holds 3 pairs"
 
 
+
+def test_a_token_history_may_carry_the_disliked_images_prompts_shaped_as_the_liked_ones():
+    tensors, config = _token_state()
+    state_schema.check_state("preference-tokens", {**tensors, "disliked_prompts": torch.randn(3, 16)}, config)
+    assert schema_refusal("preference-tokens", {**tensors, "disliked_prompts": torch.randn(3, 8)}, config) == (
+        "preference-tokens model: tensor 'disliked_prompts' has shape [3, 8], expected [3, 16]")
+    without_prompts = {"liked": tensors["liked"], "disliked": tensors["disliked"], "disliked_prompts": torch.randn(3, 16)}
+    assert schema_refusal("preference-tokens", without_prompts, config) == (
+        "preference-tokens model: disliked_prompts without prompts")
+
 def test_preference_token_feature_widths_from_one_to_the_maximum_are_accepted():
     for dim, text_dim in [(1, 1), (state_schema.MAX_FEATURE_DIM, state_schema.MAX_FEATURE_DIM)]:
         state_schema.check_state("preference-tokens", *_token_state(pairs=2, dim=dim, text_dim=text_dim))
@@ -648,6 +658,82 @@ def test_a_member_of_a_combined_taste_carries_no_fit_fields_not_even_a_reason():
     tensors, config = _auto_state()
     config["members"]["user-embedding"]["config"]["reason"] = "members have none"
     assert schema_refusal("auto", tensors, config) == "user-embedding model: unexpected config field 'reason'"
+
+
+def _vlm_state(width=8, **changes):
+    """What prefstudio.ppd.profile_store writes for a VLM's profile of a person."""
+    config = {"type": "vlm-profile", "version": 1, "vlm": "tiny-vlm", "made_at": 1_790_000_000.0,
+              "text": "Likes kites.\nDislikes fog.", "pairs": [[SHA, "cd" * 32]]}
+    config.update(changes)
+    return {"embedding": torch.randn(width)}, config
+
+
+VLM = "vlm-profile model: "
+VLM_PAIRS = f"{VLM}config 'pairs' must be 1-64 [liked, disliked] image ids"
+VLM_TEXT = f"{VLM}config 'text' must be 1-4000 printable characters (newlines allowed)"
+VLM_MADE_AT = f"{VLM}config 'made_at' must be a time in seconds between 1970 and 2100, got"
+VLM_HEADER = f"{VLM}config 'type' / 'version' are not vlm-profile / 1"
+
+
+def test_a_vlm_profile_is_accepted_up_to_each_of_its_bounds():
+    most = state_schema.MAX_HISTORY_PAIRS
+    for width, changes in [
+            (8, {}),
+            (1, {"made_at": 0, "text": "x", "pairs": [[SHA, SHA]]}),
+            (state_schema.MAX_EMBEDDING_DIM, {"made_at": state_schema.LATEST_FIT_TIME - 1,
+                                              "text": "\n".join(["x" * 99] * 40),
+                                              "pairs": [[SHA, SHA]] * most})]:
+        state_schema.check_state("vlm-profile", *_vlm_state(width, **changes))
+    assert len("\n".join(["x" * 99] * 40)) == state_schema.MAX_PROFILE_TEXT_CHARS - 1
+    state_schema.check_state("vlm-profile", *_vlm_state(text="x" * state_schema.MAX_PROFILE_TEXT_CHARS))
+
+
+@pytest.mark.parametrize("width, changes, message", [
+    (0, {}, f"{VLM}embedding has 0 values, outside [1, 16384]"),
+    (state_schema.MAX_EMBEDDING_DIM + 1, {}, f"{VLM}embedding has 16385 values, outside [1, 16384]"),
+    (8, {"type": "auto"}, VLM_HEADER),
+    (8, {"version": 2}, VLM_HEADER),
+    (8, {"version": True}, VLM_HEADER),
+    (8, {"vlm": " "}, f"{VLM}config 'vlm' must be one line of 1-200 printable characters, got ' '"),
+    (8, {"text": ""}, VLM_TEXT),
+    (8, {"text": " \n "}, VLM_TEXT),
+    (8, {"text": "x" * (state_schema.MAX_PROFILE_TEXT_CHARS + 1)}, VLM_TEXT),
+    (8, {"text": "a\x1b[2Jb"}, VLM_TEXT),
+    (8, {"text": "a\tb"}, VLM_TEXT),
+    (8, {"text": ["Likes kites."]}, VLM_TEXT),
+    (8, {"pairs": []}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, SHA]] * (state_schema.MAX_HISTORY_PAIRS + 1)}, VLM_PAIRS),
+    (8, {"pairs": {SHA: SHA}}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, SHA], [SHA]]}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, SHA, SHA]]}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, SHA], (SHA, SHA)]}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, SHA.upper()]]}, VLM_PAIRS),
+    (8, {"pairs": [[SHA + "0", SHA]]}, VLM_PAIRS),
+    (8, {"pairs": [[SHA, 7]]}, VLM_PAIRS),
+    (8, {"made_at": -1}, f"{VLM_MADE_AT} -1"),
+    (8, {"made_at": state_schema.LATEST_FIT_TIME}, f"{VLM_MADE_AT} 4102444800.0"),
+    (8, {"made_at": math.nan}, f"{VLM_MADE_AT} nan"),
+    (8, {"made_at": True}, f"{VLM_MADE_AT} True"),
+    (8, {"made_at": "2026-01-01"}, f"{VLM_MADE_AT} '2026-01-01'"),
+    (8, {"seed": 0}, f"{VLM}unexpected config field 'seed'"),
+])
+def test_a_vlm_profile_outside_its_bounds_is_refused_in_one_line(width, changes, message):
+    assert schema_refusal("vlm-profile", *_vlm_state(width, **changes)) == message
+
+
+def test_a_vlm_profile_holds_exactly_one_finite_float32_vector():
+    tensors, config = _vlm_state()
+    assert schema_refusal("vlm-profile", {}, config) == f"{VLM}missing tensor 'embedding'"
+    assert schema_refusal("vlm-profile", {**tensors, "extra": torch.zeros(1)}, config) == (
+        f"{VLM}unexpected tensor 'extra'")
+    assert schema_refusal("vlm-profile", {"embedding": torch.zeros(2, 4)}, config) == (
+        f"{VLM}tensor 'embedding' has shape [2, 4], expected [?]")
+    assert schema_refusal("vlm-profile", {"embedding": torch.zeros(4).double()}, config) == (
+        f"{VLM}tensor 'embedding' must be float32, got float64")
+    assert schema_refusal("vlm-profile", {"embedding": torch.full((4,), math.nan)}, config) == (
+        f"{VLM}tensor 'embedding' holds NaN or infinite values")
+    del config["made_at"]
+    assert schema_refusal("vlm-profile", tensors, config) == f"{VLM}missing config field 'made_at'"
 
 
 # The profile file's image and model checks, exactly as a person reads them.
@@ -706,6 +792,59 @@ def test_a_profile_file_that_shrinks_while_it_is_read_is_refused(exported, targe
     monkeypatch.setattr(profile_file, "_check_pixel_budget", truncate_then_check)
     assert refused(target, copy, "changed", new_name="Carol") == "profile file changed while it was read"
 
+
+
+def test_the_pixel_budget_reads_a_few_bytes_of_each_png_not_the_file(exported, target, monkeypatch):
+    """Image sizes come from the PNG headers: checking them costs a few bytes per image."""
+    check_pixels, reads = profile_file._check_pixel_budget, []
+
+    class Counting:
+        def __init__(self, file):
+            self.file = file
+
+        def seek(self, *args):
+            return self.file.seek(*args)
+
+        def read(self, *args):
+            data = self.file.read(*args)
+            reads.append(len(data))
+            return data
+
+    monkeypatch.setattr(profile_file, "_check_pixel_budget",
+                        lambda file, entries, shas: check_pixels(Counting(file), entries, shas))
+    assert import_profile(target, exported, new_name="Carol").name == "Carol"
+    assert len(reads) == 4 and max(reads) <= 64, reads  # Alice's four images
+
+
+def test_a_profile_file_that_shrinks_before_its_digest_is_read_is_refused(exported, target, tmp_path, monkeypatch):
+    copy = tmp_path / "shrinking.prefstudio"
+    copy.write_bytes(exported.read_bytes())
+    check_names = profile_file._check_tensor_names
+
+    def check_then_truncate(entries):
+        check_names(entries)
+        os.truncate(copy, min(entry.start for entry in entries.values()) + 1)
+    monkeypatch.setattr(profile_file, "_check_tensor_names", check_then_truncate)
+    assert refused(target, copy, "changed", new_name="Carol") == "profile file changed while it was read"
+
+
+def test_an_image_of_more_bytes_than_an_upload_may_have_is_refused_by_its_size(target, tmp_path, monkeypatch):
+    png = bomb_png(40, 30)
+    path, sha = _one_image(tmp_path, png)
+    monkeypatch.setattr(validation, "MAX_IMAGE_BYTES", len(png) - 1)
+    assert refused(target, path, "bytes") == (
+        f"image {sha[:12]}… in the profile file is {len(png):,} bytes; the limit is {len(png) - 1:,} bytes (0 MB)")
+    monkeypatch.setattr(validation, "MAX_IMAGE_BYTES", len(png))  # the limit itself is allowed
+    assert import_profile(target, path).name == "Bomb"
+
+
+def test_a_model_tensor_may_hold_up_to_the_limit_of_values(exported, target, monkeypatch):
+    largest = DIM * TASTE  # the projection
+    monkeypatch.setattr(profile_file, "MAX_MODEL_TENSOR_ELEMENTS", largest - 1)
+    assert refused(target, exported, "values", new_name="Carol") == (
+        f"profile file is malformed: model tensor 'model.user-embedding.projection' has over {largest - 1} values")
+    monkeypatch.setattr(profile_file, "MAX_MODEL_TENSOR_ELEMENTS", largest)
+    assert import_profile(target, exported, new_name="Carol").name == "Carol"
 
 def test_a_failed_restore_keeps_files_another_writer_uses_and_keeps_its_own_error(exported, target, monkeypatch):
     used = {}
@@ -931,3 +1070,87 @@ def test_long_keys_and_parser_errors_are_cut_in_the_message(exported, target, tm
     metadata["profile"] = metadata["profile"][:-1] + ', "n": ' + "1" * 5000 + "}"
     assert refused(target, forge(tmp_path / "digits.prefstudio", metadata, tensors), "JSON") == \
         f"profile file is malformed: the profile is not valid JSON ({echo(parser_error, 80)})"
+
+
+# Presets (named blends of reward weights) travel with a profile and are checked as a person's own.
+
+def test_presets_travel_with_the_profile_under_its_new_name(home, target, tmp_path):
+    home.save_preset("Alice", "warm mix", {"user": 0.5, "prompt_consistency": 0.25})
+    home.save_preset("Alice", "Solo", {"user": 1.0})
+    path = export_profile(home, "Alice", tmp_path / "presets.prefstudio")
+    import_profile(target, path, new_name="Carol")
+    assert [(p.name, p.weights, p.created) for p in target.presets("Carol")] == \
+        [(p.name, p.weights, p.created) for p in home.presets("Alice")]
+    assert [p.name for p in target.presets("Carol")] == ["Solo", "warm mix"]
+
+
+PRESET = {"name": "mix", "weights": {"user": 0.5}, "created": "2026-12-01T10:00:00+00:00"}
+
+
+def _presets(edit_list):
+    def edit(content, tensors):
+        content["presets"] = [dict(PRESET, weights=dict(PRESET["weights"]))]
+        edit_list(content["presets"])
+    return edit
+
+
+def test_a_profile_may_carry_up_to_100_presets(exported, target, tmp_path):
+    edit = _presets(lambda p: p.extend(dict(PRESET, name=f"mix {i}") for i in range(1, 100)))
+    import_profile(target, edited(exported, tmp_path, edit), new_name="Carol")
+    assert len(target.presets("Carol")) == 100
+    assert target.get_preset("Carol", "mix 99").weights == {"user": 0.5}
+
+
+BAD_PRESET = "profile file has a bad preset: "
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda content, tensors: content.update(presets={}), "profile file is malformed: presets must be list"),
+    (_presets(lambda p: p.extend(dict(PRESET, name=f"mix {i}") for i in range(1, 101))),
+     "profile file is malformed: it holds 101 presets; the limit is 100"),
+    (_presets(lambda p: p.append(5)), "profile file is malformed: each preset must be dict"),
+    (_presets(lambda p: p[0].update(run="rm -rf /")),
+     "profile file is malformed: a preset must have exactly the keys created, name, weights (not 'run')"),
+    (_presets(lambda p: p[0].pop("weights")),
+     "profile file is malformed: a preset must have exactly the keys created, name, weights (not 'weights')"),
+    (_presets(lambda p: p[0].update(name=5)), f"{BAD_PRESET}profile file is malformed: a preset's name must be str"),
+    (_presets(lambda p: p[0].update(name=" mix")), f"{BAD_PRESET}preset name ' mix' has spaces around it"),
+    (_presets(lambda p: p[0].update(name=" ")), f"{BAD_PRESET}the preset name is empty: type a name for this blend"),
+    (_presets(lambda p: p[0].update(weights=[["user", 1]])),
+     f"{BAD_PRESET}profile file is malformed: preset 'mix''s weights must be dict"),
+    (_presets(lambda p: p[0]["weights"].update(user=-1)),
+     f"{BAD_PRESET}weight of 'user' is -1; it must lie in [0, 10]"),
+    (_presets(lambda p: p.append(dict(PRESET, name="MIX"))), "profile file is malformed: preset 'MIX' is listed twice"),
+    (_presets(lambda p: p[0].update(created="yesterday")),
+     "profile file is malformed: a preset's created 'yesterday' is not an ISO 8601 time with a zone"),
+    (_presets(lambda p: p[0].update(created=5)), "profile file is malformed: a preset's created must be str"),
+    (lambda content, tensors: content.pop("presets"),
+     "profile file is malformed: the profile must have exactly the keys images, judgments, models, name, presets "
+     "(not 'presets')"),
+], ids=["not-a-list", "101", "not-an-object", "extra-key", "missing-key", "name-not-text", "name-spaces",
+        "name-empty", "weights-not-an-object", "weight-negative", "twice", "created-not-a-date",
+        "created-not-text", "version-2-without-presets"])
+def test_a_bad_preset_refuses_the_file_in_one_line(exported, target, tmp_path, edit, message):
+    assert refused(target, edited(exported, tmp_path, edit), "preset", new_name="Carol") == message
+
+
+def test_tensors_the_profile_does_not_list_are_named_up_to_three(exported, target, tmp_path):
+    def add(content, tensors):
+        for name in ("model.other.w", "model.user-embeddings.w", "image." + "e" * 64, "image." + "f" * 64):
+            tensors[name] = torch.zeros(2, dtype=torch.uint8)
+    assert refused(target, edited(exported, tmp_path, add), "unexpected", new_name="Carol") == (
+        "profile file is malformed: unexpected tensors "
+        f"['image.{'e' * 64}', 'image.{'f' * 64}', 'model.other.w']")
+
+
+def test_an_image_whose_bytes_are_not_its_name_or_do_not_decode_is_named(target, tmp_path):
+    png = bomb_png(10, 10)
+    path, sha = _one_image(tmp_path, png)
+    metadata, tensors = read(path)
+    other = bomb_png(10, 11)
+    tensors[f"image.{sha}"] = torch.frombuffer(bytearray(other), dtype=torch.uint8)
+    forged = forge(tmp_path / "swapped.prefstudio", metadata, tensors)
+    assert refused(target, forged, "hash") == f"image {sha[:12]}… in the profile file does not match its hash"
+    broken = png[:-20] + bytes(20)  # the IDAT's end and the IEND chunk zeroed
+    path, sha = _one_image(tmp_path, broken, "broken.prefstudio")
+    assert refused(target, path, "PNG").startswith(f"image {sha[:12]}… in the profile file: truncated or corrupt PNG")

@@ -327,3 +327,42 @@ def test_thumbnail_sizes_and_quality(tmp_path):
     expected = io.BytesIO()
     reference.save(expected, format="JPEG", quality=88)
     assert thumbnail(path).read_bytes() == expected.getvalue()
+
+
+def test_an_image_file_of_exactly_the_byte_limit_is_read_to_its_last_byte(tmp_path):
+    """A BMP ends with its pixels: a byte short, its last pixel would be lost."""
+    image = Image.new("RGB", (4, 2), (10, 20, 30))
+    image.putpixel((3, 0), (250, 1, 2))  # BMP rows run bottom-up: this pixel's bytes end the file
+    data = encoded(image, "BMP")
+    path = tmp_path / "exact.bmp"
+    path.write_bytes(data)
+    assert load_untrusted_image(path, max_bytes=len(data)).getpixel((3, 0)) == (250, 1, 2)
+
+
+def test_a_file_that_grew_after_its_size_was_checked_is_refused_having_read_one_byte_past_the_limit(
+        tmp_path, monkeypatch):
+    import tracemalloc
+    from types import SimpleNamespace
+
+    path = tmp_path / "growing.png"
+    with open(path, "wb") as file:  # sparse: 64 MB that take no disk space
+        file.write(encoded(noise_image()))
+        file.truncate(64 * 2**20)
+    limit, real_fstat = 2**20, os.fstat
+    # The size the file had when it was checked, before it grew.
+    monkeypatch.setattr(os, "fstat", lambda fd: SimpleNamespace(st_mode=real_fstat(fd).st_mode, st_size=limit))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput) as caught:
+            load_untrusted_image(path, max_bytes=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == "image file is over the limit of 1 MB"
+    assert peak < 4 * limit, f"{peak:,} bytes allocated"  # not the 64 MB the file holds now
+
+
+def test_a_file_that_cannot_be_opened_is_named_with_the_reason(tmp_path):
+    with pytest.raises(InvalidInput) as caught:
+        load_untrusted_image(tmp_path / "gone.png")
+    assert str(caught.value) == f"cannot read {str(tmp_path / 'gone.png')!r}: No such file or directory"

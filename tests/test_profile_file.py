@@ -302,3 +302,185 @@ def test_export_refuses_a_profile_whose_image_file_is_missing_or_changed(store, 
         export_profile(store, "Alice", target)
     assert str(caught.value) == f"image file {record.path} is missing: No such file or directory"
     assert not target.exists()
+
+
+NOT_SAFETENSORS = "not a PrefStudio profile file (not a safetensors file: "
+
+
+def _raw_file(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00" * 7, "shorter than its header)"),
+    (b"\x00" * 8, "its header is not JSON)"),  # a header of 0 bytes: 8 bytes are long enough to say so
+    ((43).to_bytes(8, "little") + b"{}" + b" " * 40, "a header of 43 bytes in a file of 50)"),  # 1 past the end
+    ((10).to_bytes(8, "little") + b'{"a": NaN}', "its header is not JSON)"),  # strict JSON only
+], ids=["7-bytes", "8-bytes", "header-past-the-end", "nan-in-header"])
+def test_a_file_whose_safetensors_header_cannot_be_read_gets_one_line_saying_why(store, tmp_path, data, message):
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, _raw_file(tmp_path / "odd.prefstudio", data))
+    assert str(caught.value) == NOT_SAFETENSORS + message
+    assert snapshot(store) == before
+
+
+def test_a_profile_with_nothing_judged_travels_as_a_header_alone(store, tmp_path):
+    store.create_profile("Empty")
+    path = export_profile(store, "Empty", tmp_path / "empty.prefstudio")
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.stat().st_size == 8 + length  # no tensors: the header ends the file
+    with HistoryStore(tmp_path / "elsewhere") as other:
+        assert import_profile(other, path).name == "Empty"
+        assert other.judgments("Empty") == [] and other.model_names("Empty") == []
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("weights.bin", "'weights.bin'"),
+    ("w" * 60, None),  # cut to 40 characters
+])
+def test_a_tensor_that_is_neither_an_image_nor_a_model_is_named_in_the_refusal(store, exported, tmp_path, name,
+                                                                                shown):
+    from prefstudio.errors import echo
+
+    def add(tensors, content):
+        tensors[name] = torch.zeros(2)
+    forged = rewrite(exported, tmp_path / "extra.prefstudio", edit_tensors=add)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, forged, "Other")
+    assert str(caught.value) == f"profile file is malformed: unexpected tensor {shown or echo(name, 40)}"
+    assert snapshot(store) == before
+
+
+def _without(key):
+    def edit(metadata, content):
+        del metadata[key]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_key("version", "3"), "profile file version 3 is newer than this PrefStudio understands (2); upgrade PrefStudio"),
+    (set_key("version", "0"), "profile file version 0 is not one this PrefStudio reads (1, 2)"),
+    (set_key("version", "1234567890"), "profile file has an unreadable version '1234567890'"),
+    (set_key("version", "2.0"), "profile file has an unreadable version '2.0'"),
+    (_without("version"), "profile file has an unreadable version ''"),
+    (set_key("format", "comfyui-workflow"),
+     "not a PrefStudio profile file (format 'comfyui-workflow', expected 'prefstudio-profile')"),
+    (_without("format"), "not a PrefStudio profile file (format None, expected 'prefstudio-profile')"),
+    (set_key("signed-by", "me"),
+     "profile file is malformed: its metadata must hold exactly digest, format, profile, version"),
+    (set_key("version", "1"),  # version 1 had no presets
+     "profile file is malformed: the profile must have exactly the keys images, judgments, models, name "
+     "(not 'presets')"),
+], ids=["newer", "zero", "ten-digits", "decimal", "no-version", "wrong-format", "no-format", "extra-metadata",
+        "version-1-with-presets"])
+def test_the_format_and_version_are_checked_first_with_one_exact_line(store, exported, tmp_path, edit, message):
+    bad = rewrite(exported, tmp_path / "bad.prefstudio", edit_metadata=edit)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, bad, new_name="Carol")
+    assert str(caught.value) == message
+    assert snapshot(store) == before
+
+
+def test_version_1_files_without_presets_and_zero_padded_versions_are_read(store, exported, tmp_path):
+    def version_1(metadata, content):
+        metadata["version"] = "1"
+        del content["presets"]
+    old = rewrite(exported, tmp_path / "v1.prefstudio", edit_metadata=version_1)
+    assert import_profile(store, old, new_name="Carol").name == "Carol"
+    assert store.presets("Carol") == [] and len(store.judgments("Carol")) == len(store.judgments("Alice"))
+    padded = rewrite(exported, tmp_path / "v2.prefstudio", edit_metadata=set_key("version", "000000002"))
+    assert import_profile(store, padded, new_name="Dora").name == "Dora"
+
+
+def test_a_profile_file_that_cannot_be_opened_or_read_is_named_in_one_line(store, exported, tmp_path, monkeypatch):
+    from prefstudio.errors import echo
+    from prefstudio.store import profile_file
+
+    before = snapshot(store)
+    with pytest.raises(NotFound) as caught:
+        import_profile(store, tmp_path / "nope.prefstudio")
+    assert str(caught.value) == f"no profile file {tmp_path / 'nope.prefstudio'}"
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    inside_a_file = tmp_path / "notes.txt" / "x.prefstudio"
+    with pytest.raises(NotFound) as caught:
+        import_profile(store, inside_a_file)
+    assert str(caught.value) == f"cannot read profile file {echo(str(inside_a_file))}: Not a directory"
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, tmp_path)
+    assert str(caught.value) == f"{tmp_path} is not a regular file"
+
+    def failing_disk(*args):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(profile_file, "_stream_digest", failing_disk)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, exported, new_name="Carol")
+    assert str(caught.value) == f"cannot read profile file {echo(str(exported))}: Input/output error"
+    assert snapshot(store) == before
+
+
+def test_the_profile_in_a_file_is_canonical_json_so_equal_profiles_give_equal_text(store, tmp_path):
+    store.save_preset("Alice", "café au lait", {"user": 1.0})  # non-ASCII stays as it is
+    with safe_open(export_profile(store, "Alice", tmp_path / "a.prefstudio"), framework="pt") as file:
+        text = file.metadata()["profile"]
+    assert "café au lait" in text
+    assert text == json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_export_refuses_a_model_tensor_type_the_file_cannot_carry(store, tmp_path):
+    import safetensors.numpy
+
+    store.save_model_weights("Alice", "user-embedding", safetensors.numpy.save({"w": np.zeros(2, np.uint16)}), {})
+    with pytest.raises(InvalidInput) as caught:
+        export_profile(store, "Alice", tmp_path / "u16.prefstudio")
+    assert str(caught.value) == "profile file holds a tensor of unsupported type 'U16'"
+    assert not (tmp_path / "u16.prefstudio").exists()
+
+
+def _safetensors_bytes(header, data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+F32 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+WRONG = "tensor 'x' is described wrongly)"
+
+
+@pytest.mark.parametrize("header, message", [
+    ([], "its header is not a JSON object)"),
+    ({"__metadata__": {"format": 1}}, "its metadata is not text)"),
+    ({"__metadata__": ["prefstudio-profile"]}, "its metadata is not text)"),
+    ({"x": [1]}, WRONG),
+    ({"x": {**F32, "extra": 1}}, WRONG),
+    ({"x": {"dtype": "F32", "shape": [1]}}, WRONG),
+    ({"x": {**F32, "dtype": "U16"}}, WRONG),
+    ({"x": {**F32, "shape": "1"}}, WRONG),
+    ({"x": {**F32, "shape": [1, 1, 1, 1, 1]}}, WRONG),
+    ({"x": {**F32, "shape": [1.0]}}, WRONG),
+    ({"x": {**F32, "shape": [True]}}, WRONG),
+    ({"x": {**F32, "shape": [-1]}}, WRONG),
+    ({"x": {**F32, "data_offsets": "0-4"}}, WRONG),
+    ({"x": {**F32, "data_offsets": [0, 4, 4]}}, WRONG),
+    ({"x": {**F32, "data_offsets": [0]}}, WRONG),
+    ({"x": {**F32, "data_offsets": [-4, 0]}}, WRONG),
+    ({"x": {**F32, "shape": [2]}}, "tensor 'x' has 4 bytes for shape [2])"),
+], ids=["list", "metadata-number", "metadata-list", "info-list", "extra-key", "no-offsets", "dtype-u16",
+        "shape-text", "shape-5-dims", "shape-float", "shape-bool", "shape-negative", "offsets-text",
+        "offsets-3", "offsets-1", "offsets-negative", "bytes-not-shape"])
+def test_a_safetensors_header_that_describes_its_tensors_wrongly_is_refused_saying_what(
+        store, tmp_path, header, message):
+    path = _raw_file(tmp_path / "odd.prefstudio", _safetensors_bytes(header, bytes(4)))
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, path)
+    assert str(caught.value) == NOT_SAFETENSORS + message
+
+
+def test_a_header_without_metadata_or_with_4_dimensional_tensors_is_read_and_then_not_a_profile(store, tmp_path):
+    for shape in ([1], [1, 1, 1, 1]):
+        path = _raw_file(tmp_path / "plain.safetensors", _safetensors_bytes({"x": {**F32, "shape": shape}}, bytes(4)))
+        with pytest.raises(InvalidInput) as caught:
+            import_profile(store, path)
+        assert str(caught.value) == "not a PrefStudio profile file (format None, expected 'prefstudio-profile')"
