@@ -1,6 +1,10 @@
 """Model A: fitting, cold start from a bank, leave-one-out, persistence."""
 import pytest
 import torch
+# torch.optim imports torch._dynamo when the first optimiser is made (seconds). Importing it with
+# this module pays that once when tests are collected: mutmut collects once and then forks a
+# process per mutant, each of which would otherwise pay it again.
+import torch._dynamo  # noqa: F401
 
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.user_embedding import (
@@ -184,3 +188,59 @@ def test_a_bank_needs_two_users_and_two_are_enough():
         train_user_bank([user_pairs(1, 6)], "enc", "test", dim=4, epochs=5)
     two = train_user_bank([user_pairs(1, 6), user_pairs(2, 6)], "enc", "test", dim=4, epochs=5)
     assert two.n_users == 2 and two.projection.shape == (D, 4)
+
+
+# --- the bank's training recipe ---------------------------------------------------------
+# A small population (6 users of 10 pairs, two of each archetype) and short trainings: these
+# tests pin what the recipe must do, not how well a bank serves real people (the benchmarks).
+POPULATION = [user_pairs(10 + i, 10) for i in range(6)]
+
+
+def own_pair_probabilities(bank: UserBank, users) -> torch.Tensor:
+    """P(liked ≻ disliked) of every training pair under its own user's vectors in the bank."""
+    gaps = bank.project(torch.cat([u[0] for u in users])) - bank.project(torch.cat([u[1] for u in users]))
+    owner = torch.cat([torch.full((len(u[0]),), i) for i, u in enumerate(users)])
+    return torch.sigmoid((gaps * bank.user_embeddings[owner]).sum(-1))
+
+
+def test_the_studio_builds_its_bank_with_the_documented_recipe():
+    # `python -m prefstudio bank` calls train_user_bank with its defaults.
+    default = train_user_bank(POPULATION[:2], "enc", "test")
+    recipe = train_user_bank(POPULATION[:2], "enc", "test", dim=32, epochs=300, lr=0.02, weight_decay=0.1,
+                             contrastive=True, seed=0)
+    assert default.projection.shape == (D, 32) and default.like_vectors.shape == (2, 32)
+    for name in ("projection", "like_vectors", "dislike_vectors"):
+        assert torch.equal(getattr(default, name), getattr(recipe, name)), name
+
+
+def test_each_bank_user_explains_their_own_judgments():
+    bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=60)
+    probabilities = own_pair_probabilities(bank, POPULATION)
+    assert (probabilities > 0.5).float().mean() > 0.9 and probabilities.mean() > 0.85
+
+
+def test_a_bank_does_not_depend_on_where_or_at_what_scale_the_features_lie():
+    # An encoder whose features are shifted and scaled gives the same taste space and users.
+    shift, scale = torch.linspace(-20.0, 20.0, D), 3.0
+    bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=30)
+    moved = train_user_bank([(liked * scale + shift, disliked * scale + shift) for liked, disliked in POPULATION],
+                            "enc", "test", dim=8, epochs=30)
+    images = torch.randn(5, D, generator=torch.Generator().manual_seed(5)) @ torch.eye(D)
+    assert torch.allclose(moved.project(images * scale + shift), bank.project(images), atol=1e-4)
+    assert torch.allclose(moved.like_vectors, bank.like_vectors, atol=1e-4)
+    assert torch.allclose(moved.dislike_vectors, bank.dislike_vectors, atol=1e-4)
+
+
+def test_the_weight_decay_shrinks_the_taste_space_and_every_users_vectors():
+    norms = []
+    for weight_decay in (0.0, 0.1, 1.0):
+        bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=30, weight_decay=weight_decay)
+        norms.append([bank.projection.norm(), bank.like_vectors.norm(dim=1).max(), bank.dislike_vectors.norm(dim=1).max()])
+    for weaker, stronger in zip(norms, norms[1:]):
+        assert all(b < a for a, b in zip(weaker, stronger)), norms
+
+
+def test_the_contrastive_switch_reaches_the_bank_loss():
+    with_terms = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10)
+    base_only = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10, contrastive=False)
+    assert not torch.allclose(with_terms.like_vectors, base_only.like_vectors)
