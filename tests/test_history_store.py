@@ -381,6 +381,7 @@ def test_a_pair_has_one_verdict_whichever_side_was_shown_first(store, images):
     a, b, c = images[:3]
     store.record_judgment("Alice", "pair", a, b)
     reversed_ = store.record_judgment("Alice", "pair", b, a)
+    assert (reversed_.image_a, reversed_.image_b) == (b, a)  # the person changed their mind: b wins now
     assert store.judgments("Alice") == [reversed_]
     tie = store.record_judgment("Alice", "tie", a, b)
     assert store.judgments("Alice") == [tie]

@@ -91,7 +91,8 @@ def test_leave_one_out_never_trains_on_a_held_out_image():
     assert result.loo_pairs == 3  # every pair evaluable: pair 2 shares nothing
 
 
-def test_model_and_bank_round_trip(tmp_path, bank):
+def test_model_and_bank_round_trip(tmp_path, bank, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be read from or written to a relative path by mistake
     liked, disliked = user_pairs(2, 20)
     model = fit_user_embedding(liked, disliked, bank, "enc").model
     tensors, config = model.state()
@@ -153,6 +154,13 @@ def test_the_bank_projects_standardised_features_into_its_taste_space():
     assert torch.equal(bank.project(torch.tensor([[3.0, 2.0]])), torch.tensor([[1.0 + 10.0]]))
 
 
+def test_a_fitted_taste_of_another_type_or_version_is_refused(bank):
+    tensors, config = fit_user_embedding(*user_pairs(2, 4), bank, "enc").model.state()
+    for wrong in ({**config, "version": 2}, {**config, "type": "preference-tokens"}, {"version": 1}):
+        with pytest.raises(InvalidInput, match="^not a user-embedding model config: "):
+            UserEmbeddingModel.from_state(tensors, wrong)
+
+
 def test_like_probability_is_the_sigmoid_of_the_log_odds():
     model = UserEmbeddingModel("enc", torch.zeros(2), torch.ones(2), torch.eye(2), torch.tensor([2.0, 0.0]),
                                torch.tensor([0.0, 1.0]), 0.5, -0.5)
@@ -161,7 +169,8 @@ def test_like_probability_is_the_sigmoid_of_the_log_odds():
     assert torch.allclose(model.like_probability(features), torch.sigmoid(torch.tensor([3.0, 0.0, 1.0])))
 
 
-def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank):
+def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be read from or written to a relative path by mistake
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "bank.safetensors"
