@@ -1,4 +1,6 @@
 """Model A: fitting, cold start from a bank, leave-one-out, persistence."""
+import json
+
 import pytest
 import torch
 # torch.optim imports torch._dynamo when the first optimiser is made (seconds). Importing it with
@@ -97,7 +99,7 @@ def test_model_and_bank_round_trip(tmp_path, bank, monkeypatch):
     model = fit_user_embedding(liked, disliked, bank, "enc").model
     tensors, config = model.state()
     again = UserEmbeddingModel.from_state(tensors, config)
-    assert torch.equal(again.log_odds(liked), model.log_odds(liked))
+    assert torch.equal(again.log_odds(liked), model.log_odds(liked)) and again.encoder == "enc"
     bank.save(tmp_path / "bank.safetensors")
     loaded = UserBank.load(tmp_path / "bank.safetensors")
     assert torch.equal(loaded.projection, bank.projection) and loaded.encoder == "enc"
@@ -159,6 +161,35 @@ def test_a_fitted_taste_of_another_type_or_version_is_refused(bank):
     for wrong in ({**config, "version": 2}, {**config, "type": "preference-tokens"}, {"version": 1}):
         with pytest.raises(InvalidInput, match="^not a user-embedding model config: "):
             UserEmbeddingModel.from_state(tensors, wrong)
+    # The message shows the config it was given, cut at 200 characters.
+    long = {**config, "version": 3, "note": "n" * 300}
+    with pytest.raises(InvalidInput) as refused:
+        UserEmbeddingModel.from_state(tensors, long)
+    assert str(refused.value) == "not a user-embedding model config: " + json.dumps(long)[:200]
+
+
+def test_a_taste_scores_standardised_projected_features():
+    model = UserEmbeddingModel("enc", torch.tensor([1.0, -2.0]), torch.tensor([2.0, 4.0]), torch.tensor([[1.0], [10.0]]),
+                               torch.tensor([3.0]), torch.tensor([1.0]), 0.5, -0.5)
+    # ((3, 2) - (1, -2)) / (2, 4) = (1, 1), projected: 11; like 33.5, dislike 10.5.
+    like, dislike = model.logits(torch.tensor([[3.0, 2.0]]))
+    assert torch.equal(like, torch.tensor([33.5])) and torch.equal(dislike, torch.tensor([10.5]))
+
+
+def test_a_long_history_moves_the_person_off_the_bank_and_the_held_out_sample_does_not_change_it(bank):
+    from prefstudio.preference.user_embedding import MAX_LOO_MODELS, bank_combination
+
+    liked, disliked = user_pairs(3, MAX_LOO_MODELS + 16)
+    fits = [fit_user_embedding(liked, disliked, bank, "enc", seed=seed, steps=40) for seed in (0, 1)]
+    assert [fit.mode for fit in fits] == ["bank posterior + personal"] * 2
+    # Its personal offset is fitted: the vectors leave the bank users' mix.
+    prior = bank_combination(bank, liked, disliked)
+    assert not torch.allclose(fits[0].model.like_vector, prior @ bank.like_vectors, atol=1e-3)
+    assert not torch.allclose(fits[0].model.dislike_vector, prior @ bank.dislike_vectors, atol=1e-3)
+    # Another seed holds out other pairs for the leave-one-out estimate, and only that changes.
+    assert fits[0].held_out.keys() != fits[1].held_out.keys()
+    for name in ("like_vector", "dislike_vector", "like_bias", "dislike_bias"):
+        assert torch.allclose(getattr(fits[0].model, name), getattr(fits[1].model, name), atol=1e-6), name
 
 
 def test_like_probability_is_the_sigmoid_of_the_log_odds():
