@@ -409,3 +409,17 @@ def test_when_every_stacked_weight_is_clipped_auto_falls_back_on_the_rows_own(to
     clipped, said = AutoPreference(members, [row]).fit(judged)
     assert clipped.weights == {better: 2.0, other: 0.0}  # the row's weight times its calibration
     assert f"{better} 100%" in said.reason
+
+
+def test_each_built_model_gets_the_studios_encoders_and_bank(token_folder):
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2], torch.ones(2, 2),
+                    torch.zeros(2, 2), 1.0, "test")
+    prompts = object()  # the studio's text encoder (this checkpoint reads no prompts, so it is only kept)
+    alone = build_preference_model(USER_EMBEDDING, "enc", prompts, bank, token_folder)
+    assert (alone.encoder, alone.bank) == ("enc", bank)
+    for name in (PREFERENCE_TOKENS, str(token_folder)):
+        tokens = build_preference_model(name, "enc", prompts, bank, token_folder)
+        assert (tokens.image_encoder, tokens.text_encoder) == ("enc", prompts)
+    auto = build_preference_model(AUTO, "enc", prompts, bank, token_folder)
+    assert (auto.members[USER_EMBEDDING].encoder, auto.members[USER_EMBEDDING].bank) == ("enc", bank)
+    assert auto.members[PREFERENCE_TOKENS].text_encoder is prompts
