@@ -409,6 +409,10 @@ def test_when_every_stacked_weight_is_clipped_auto_falls_back_on_the_rows_own(to
     clipped, said = AutoPreference(members, [row]).fit(judged)
     assert clipped.weights == {better: 2.0, other: 0.0}  # the row's weight times its calibration
     assert f"{better} 100%" in said.reason
+    # Small weights that are not all clipped are kept as stacked, however small their sum.
+    small = StackingRow(1, calibration, {better: 0.1, other: 0.1}, {better: 0.1 / delta[better], other: 0.0})
+    kept, _ = AutoPreference(members, [small]).fit(judged)
+    assert kept.weights == pytest.approx({better: 0.4, other: 0.2})
 
 
 def test_each_built_model_gets_the_studios_encoders_and_bank(token_folder):
