@@ -114,6 +114,17 @@ def test_generated_image_with_bad_prompt_or_seed_is_refused(store):
     assert image_rows(store) == 0 and not list(store.images_dir.rglob("*.png"))
 
 
+def test_a_generated_image_must_be_an_rgb_pil_image(store):
+    grey = generated(1)
+    grey.image = grey.image.convert("L")
+    not_pil = generated(2)
+    not_pil.image = np.asarray(not_pil.image)
+    for image in (grey, not_pil):
+        with pytest.raises(InvalidInput, match="^a generated image must be an RGB PIL image$"):
+            store.add_image(image)
+    assert image_rows(store) == 0 and not list(store.images_dir.rglob("*.png"))
+
+
 def test_imported_upload_is_stored_as_rgb_png(store):
     upload = io.BytesIO()
     Image.new("RGBA", (20, 10), (0, 0, 255, 0)).save(upload, "PNG")
