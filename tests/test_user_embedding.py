@@ -284,3 +284,18 @@ def test_the_contrastive_switch_reaches_the_bank_loss():
     with_terms = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10)
     base_only = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10, contrastive=False)
     assert not torch.allclose(with_terms.like_vectors, base_only.like_vectors)
+
+
+def test_a_fitted_taste_likes_what_the_person_liked_and_not_what_they_disliked(bank):
+    # Not only the order: the probability of a like is above one half for the liked images and
+    # below it for the disliked ones (the logit biases are fitted the way they are used).
+    liked, disliked = user_pairs(1, 24)
+    for fitted in (fit_user_embedding(liked, disliked, None, "enc"), fit_user_embedding(liked, disliked, bank, "enc")):
+        assert (fitted.model.like_probability(liked) > 0.5).float().mean() > 0.65, fitted.mode
+        assert (fitted.model.like_probability(disliked) < 0.5).float().mean() > 0.65, fitted.mode
+
+
+def test_the_fitting_rate_reaches_the_optimiser():
+    liked, disliked = user_pairs(1, 6)
+    slow, fast = (fit_user_embedding(liked, disliked, None, "enc", steps=5, lr=lr).model for lr in (0.01, 0.1))
+    assert not torch.allclose(slow.like_vector, fast.like_vector)
