@@ -91,6 +91,10 @@ def test_leave_one_out_never_trains_on_a_held_out_image():
     images = [("x", "n0"), ("x", "n1"), ("y", "n2")]
     result = fit_user_embedding(liked, disliked, None, "enc", pair_images=images)
     assert result.loo_pairs == 3  # every pair evaluable: pair 2 shares nothing
+    # Every pair shares the liked image with every other: no held-out model has a pair to learn
+    # from, so there is no leave-one-out estimate rather than one of untrained models.
+    shared = fit_user_embedding(liked, disliked, None, "enc", pair_images=[("x", "n0"), ("x", "n1"), ("x", "n2")])
+    assert (shared.loo_pairs, shared.loo_accuracy, shared.held_out) == (0, None, {})
 
 
 def test_model_and_bank_round_trip(tmp_path, bank, monkeypatch):
@@ -186,6 +190,10 @@ def test_a_long_history_moves_the_person_off_the_bank_and_the_held_out_sample_do
     prior = bank_combination(bank, liked, disliked)
     assert not torch.allclose(fits[0].model.like_vector, prior @ bank.like_vectors, atol=1e-3)
     assert not torch.allclose(fits[0].model.dislike_vector, prior @ bank.dislike_vectors, atol=1e-3)
+    # ... and restrained: the person stays nearer their mix of bank users than the mix is to zero.
+    for vector, mixed in ((fits[0].model.like_vector, prior @ bank.like_vectors),
+                          (fits[0].model.dislike_vector, prior @ bank.dislike_vectors)):
+        assert (vector - mixed).norm() < mixed.norm()
     # Another seed holds out other pairs for the leave-one-out estimate, and only that changes.
     assert fits[0].held_out.keys() != fits[1].held_out.keys()
     for name in ("like_vector", "dislike_vector", "like_bias", "dislike_bias"):
@@ -299,3 +307,12 @@ def test_the_fitting_rate_reaches_the_optimiser():
     liked, disliked = user_pairs(1, 6)
     slow, fast = (fit_user_embedding(liked, disliked, None, "enc", steps=5, lr=lr).model for lr in (0.01, 0.1))
     assert not torch.allclose(slow.like_vector, fast.like_vector)
+
+
+def test_a_fit_uses_the_documented_recipe_and_its_contrastive_switch():
+    liked, disliked = user_pairs(1, 6)
+    default = fit_user_embedding(liked, disliked, None, "enc").model
+    recipe = fit_user_embedding(liked, disliked, None, "enc", contrastive=True, steps=150, lr=0.05, seed=0).model
+    base_only = fit_user_embedding(liked, disliked, None, "enc", contrastive=False).model
+    assert torch.equal(default.like_vector, recipe.like_vector) and torch.equal(default.like_bias, recipe.like_bias)
+    assert not torch.allclose(default.like_vector, base_only.like_vector)
