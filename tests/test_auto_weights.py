@@ -427,3 +427,26 @@ def test_each_built_model_gets_the_studios_encoders_and_bank(token_folder):
     auto = build_preference_model(AUTO, "enc", prompts, bank, token_folder)
     assert (auto.members[USER_EMBEDDING].encoder, auto.members[USER_EMBEDDING].bank) == ("enc", bank)
     assert auto.members[PREFERENCE_TOKENS].text_encoder is prompts
+
+
+def test_the_token_model_reads_at_most_32_pairs_each_image_in_one_and_an_empty_history_as_empty(
+        token_folder, prompted_folder):
+    tokens = PreferenceTokens(token_folder, "enc", None)
+    judged = _judged(40)
+    taste, outcome = tokens.fit(judged)
+    assert outcome.n_pairs == 32 == PreferenceTokens.max_pairs
+    assert torch.equal(taste.state()[0]["liked"], judged.features([f"L{i}" for i in range(8, 40)]))  # the latest
+    # An image judged again in a later pair: only the latest pair with it is read, however far back.
+    g = torch.Generator().manual_seed(3)
+    table = {sha: torch.randn(DIM, generator=g) for sha in ("L0", "L1", "D0", "D1", "D2")}
+    shared = JudgedPairs([("L0", "D0"), ("L1", "D1"), ("L0", "D2")], lambda shas: torch.stack([table[s] for s in shas]),
+                         lambda shas: ["a sea"] * len(shas))
+    taste, outcome = tokens.fit(shared)
+    assert outcome.n_pairs == 2 and torch.equal(taste.state()[0]["disliked"], shared.features(["D1", "D2"]))
+    # No pair judged: an empty history, with empty prompt features where the checkpoint reads prompts.
+    empty, _ = tokens.fit(_judged(0))
+    assert empty.state()[0]["liked"].shape[0] == 0
+    prompted, _ = PreferenceTokens(prompted_folder, "enc", _Letters()).fit(_judged(0))
+    tensors = prompted.state()[0]
+    assert tensors["liked"].shape[0] == 0
+    assert tensors["prompts"].shape == tensors["disliked_prompts"].shape == (0, 4)
