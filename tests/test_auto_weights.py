@@ -450,3 +450,25 @@ def test_the_token_model_reads_at_most_32_pairs_each_image_in_one_and_an_empty_h
     tensors = prompted.state()[0]
     assert tensors["liked"].shape[0] == 0
     assert tensors["prompts"].shape == tensors["disliked_prompts"].shape == (0, 4)
+
+
+def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
+    from prefstudio.errors import echo
+
+    with pytest.raises(InvalidInput) as nothing:
+        UserEmbeddingPreference("enc", None).fit(_judged(0))
+    assert str(nothing.value) == ("no like/dislike pair to learn from yet: judge at least one image 👍 and one 👎 "
+                                  "(or pick the better of two), then fit again")
+    _, alone = UserEmbeddingPreference("enc", None).fit(_judged(3))
+    assert alone.reason == ("no user bank reads enc features, so there is no cold start: fitted from your judgments "
+                            "alone (`python -m prefstudio bank --images FOLDER` builds one for this encoder)")
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2], torch.eye(2), torch.zeros(2, 2),
+                    1.0, "test")
+    _, short = UserEmbeddingPreference("enc", bank).fit(_judged(3))
+    assert (short.mode, short.reason) == (
+        "bank posterior", "a short history: a mix of the bank's users who explain your judgments")
+    missing = token_folder.parent / "missing"
+    with pytest.raises(InvalidInput) as neither:
+        PreferenceTokens(missing, "enc", None)
+    assert str(neither.value) == ("preference model must be one of auto, user-embedding, preference-tokens or a folder "
+                                  f"holding a preference-token checkpoint; {echo(str(missing))} is neither")
