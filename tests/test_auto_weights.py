@@ -472,3 +472,13 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
         PreferenceTokens(missing, "enc", None)
     assert str(neither.value) == ("preference model must be one of auto, user-embedding, preference-tokens or a folder "
                                   f"holding a preference-token checkpoint; {echo(str(missing))} is neither")
+
+
+def test_a_checkpoint_reading_other_prompt_features_than_the_studio_encodes_is_refused(prompted_folder):
+    # Without the checkpoint's own text encoder the studio's embedded one (MiniLM) is tried; this
+    # checkpoint reads another encoder's prompt features, so it is refused, naming both.
+    for studio_text in (None, type("OtherText", (), {"name": "other-text", "dim": 4})()):
+        with pytest.raises(InvalidInput) as refused:
+            PreferenceTokens(prompted_folder, "enc", studio_text)
+        assert str(refused.value) == ("the preference-token checkpoint reads 'test-letters' prompt features; "
+                                      "this studio encodes prompts with 'minilm-l6-v2-mean'")
