@@ -467,6 +467,12 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
     _, short = UserEmbeddingPreference("enc", bank).fit(_judged(3))
     assert (short.mode, short.reason) == (
         "bank posterior", "a short history: a mix of the bank's users who explain your judgments")
+    _, long = UserEmbeddingPreference("enc", bank).fit(_judged(20))
+    assert (long.mode, long.reason) in {("bank posterior + personal", "the bank's users who explain you plus a personal offset"),
+                                        ("free", "fitted from your judgments alone")}
+    # Pairs sharing their liked image are one image's worth of evidence each: no pair can be held out.
+    _, shared = UserEmbeddingPreference("enc", None).fit(_judged(4, shared_liked=True))
+    assert shared.held_out == {}
     missing = token_folder.parent / "missing"
     with pytest.raises(InvalidInput) as neither:
         PreferenceTokens(missing, "enc", None)
