@@ -478,6 +478,16 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
         PreferenceTokens(missing, "enc", None)
     assert str(neither.value) == ("preference model must be one of auto, user-embedding, preference-tokens or a folder "
                                   f"holding a preference-token checkpoint; {echo(str(missing))} is neither")
+    from prefstudio.preference.token_checkpoint import CHECKPOINT_CONFIG
+
+    vlm = token_folder.parent / "vlm_tokens"
+    vlm.mkdir(exist_ok=True)
+    config = json.loads((token_folder / CHECKPOINT_CONFIG).read_text())
+    (vlm / CHECKPOINT_CONFIG).write_text(json.dumps({**config, "model": {**config["model"], "backbone": "vlm"}}))
+    with pytest.raises(InvalidInput) as not_lite:
+        PreferenceTokens(vlm, "enc", None)
+    assert str(not_lite.value) == (f"{vlm} is not a lite preference-token checkpoint; the studio guides generation "
+                                   "with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")
 
 
 def test_a_checkpoint_reading_other_prompt_features_than_the_studio_encodes_is_refused(prompted_folder):
