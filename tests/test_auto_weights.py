@@ -131,6 +131,8 @@ def test_the_user_embedding_model_fits_says_why_and_loads_only_its_own_features(
 
 def test_the_token_model_reads_the_latest_pairs_of_distinct_images_in_windows(token_folder):
     tokens = PreferenceTokens(token_folder, "enc", None)
+    # Served frozen: guidance differentiates through it for the image only, never into its weights.
+    assert not any(parameter.requires_grad for parameter in tokens.model.parameters())
     assert tokens.checkpoint.startswith("tiny_tokens:") and len(tokens.checkpoint) == len("tiny_tokens:") + 16
     judged = _judged(7)
     taste, outcome = tokens.fit(judged)
