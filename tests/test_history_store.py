@@ -125,6 +125,17 @@ def test_a_generated_image_must_be_an_rgb_pil_image(store):
     assert image_rows(store) == 0 and not list(store.images_dir.rglob("*.png"))
 
 
+def test_parameters_are_stored_as_canonical_json_and_nan_is_refused(store):
+    image = generated(1)
+    image.params = {"steps": 1, "resolution": 32}
+    record = store.add_image(image)
+    assert list(record.params) == ["resolution", "steps"]  # sorted: the same parameters, the same text
+    store.create_profile("Alice")
+    with pytest.raises(InvalidInput, match="^parameters must be plain JSON values: Out of range float values"):
+        store.save_model_weights("Alice", "m", b"weights", {"scale": float("nan")})
+    assert store.model_names("Alice") == []
+
+
 def test_imported_upload_is_stored_as_rgb_png(store):
     upload = io.BytesIO()
     Image.new("RGBA", (20, 10), (0, 0, 255, 0)).save(upload, "PNG")
