@@ -316,3 +316,17 @@ def test_a_fit_uses_the_documented_recipe_and_its_contrastive_switch():
     base_only = fit_user_embedding(liked, disliked, None, "enc", contrastive=False).model
     assert torch.equal(default.like_vector, recipe.like_vector) and torch.equal(default.like_bias, recipe.like_bias)
     assert not torch.allclose(default.like_vector, base_only.like_vector)
+
+
+def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_long_enough():
+    # A bank whose one taste direction no latent image factor reaches: its mix explains nothing.
+    unreached = torch.linalg.svd(MIX, full_matrices=True).Vh[LATENT:LATENT + 1].T
+    blind = UserBank("enc", torch.zeros(D), torch.ones(D), unreached, torch.ones(2, 1), torch.zeros(2, 1), 1.0, "test")
+    liked, disliked = user_pairs(1, COLD_START_PAIRS)
+    fitted = fit_user_embedding(liked, disliked, blind, "enc", steps=60)
+    assert fitted.mode == "free" and fitted.model.encoder == "enc"
+    # The fit from scratch gets the caller's settings: fewer steps, another model.
+    fewer = fit_user_embedding(liked, disliked, blind, "enc", steps=30)
+    assert fewer.mode == "free" and not torch.allclose(fitted.model.like_vector, fewer.model.like_vector)
+    # One pair short of COLD_START_PAIRS, the bank's mix serves with no fit from scratch to compete.
+    assert fit_user_embedding(liked[:-1], disliked[:-1], blind, "enc", steps=30).mode == "bank posterior"
