@@ -330,3 +330,9 @@ def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_lon
     assert fewer.mode == "free" and not torch.allclose(fitted.model.like_vector, fewer.model.like_vector)
     # One pair short of COLD_START_PAIRS, the bank's mix serves with no fit from scratch to compete.
     assert fit_user_embedding(liked[:-1], disliked[:-1], blind, "enc", steps=30).mode == "bank posterior"
+    # More pairs that reuse their liked images are worth fewer than COLD_START_PAIRS (20 pairs of 30
+    # images count as 15): the same.
+    liked, disliked = user_pairs(1, 20)
+    liked[10:] = liked[:10]
+    reused = [(f"l{i % 10}", f"d{i}") for i in range(20)]
+    assert fit_user_embedding(liked, disliked, blind, "enc", pair_images=reused, steps=30).mode == "bank posterior"
