@@ -131,6 +131,8 @@ def test_the_user_embedding_model_fits_says_why_and_loads_only_its_own_features(
 
 def test_the_token_model_reads_the_latest_pairs_of_distinct_images_in_windows(token_folder):
     tokens = PreferenceTokens(token_folder, "enc", None)
+    # Served frozen: guidance differentiates through it for the image only, never into its weights.
+    assert not any(parameter.requires_grad for parameter in tokens.model.parameters())
     assert tokens.checkpoint.startswith("tiny_tokens:") and len(tokens.checkpoint) == len("tiny_tokens:") + 16
     judged = _judged(7)
     taste, outcome = tokens.fit(judged)
@@ -409,3 +411,92 @@ def test_when_every_stacked_weight_is_clipped_auto_falls_back_on_the_rows_own(to
     clipped, said = AutoPreference(members, [row]).fit(judged)
     assert clipped.weights == {better: 2.0, other: 0.0}  # the row's weight times its calibration
     assert f"{better} 100%" in said.reason
+    # Small weights that are not all clipped are kept as stacked, however small their sum.
+    small = StackingRow(1, calibration, {better: 0.1, other: 0.1}, {better: 0.1 / delta[better], other: 0.0})
+    kept, _ = AutoPreference(members, [small]).fit(judged)
+    assert kept.weights == pytest.approx({better: 0.4, other: 0.2})
+
+
+def test_each_built_model_gets_the_studios_encoders_and_bank(token_folder):
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2], torch.ones(2, 2),
+                    torch.zeros(2, 2), 1.0, "test")
+    prompts = object()  # the studio's text encoder (this checkpoint reads no prompts, so it is only kept)
+    alone = build_preference_model(USER_EMBEDDING, "enc", prompts, bank, token_folder)
+    assert (alone.encoder, alone.bank) == ("enc", bank)
+    for name in (PREFERENCE_TOKENS, str(token_folder)):
+        tokens = build_preference_model(name, "enc", prompts, bank, token_folder)
+        assert (tokens.image_encoder, tokens.text_encoder) == ("enc", prompts)
+    auto = build_preference_model(AUTO, "enc", prompts, bank, token_folder)
+    assert (auto.members[USER_EMBEDDING].encoder, auto.members[USER_EMBEDDING].bank) == ("enc", bank)
+    assert auto.members[PREFERENCE_TOKENS].text_encoder is prompts
+
+
+def test_the_token_model_reads_at_most_32_pairs_each_image_in_one_and_an_empty_history_as_empty(
+        token_folder, prompted_folder):
+    tokens = PreferenceTokens(token_folder, "enc", None)
+    judged = _judged(40)
+    taste, outcome = tokens.fit(judged)
+    assert outcome.n_pairs == 32 == PreferenceTokens.max_pairs
+    assert torch.equal(taste.state()[0]["liked"], judged.features([f"L{i}" for i in range(8, 40)]))  # the latest
+    # An image judged again in a later pair: only the latest pair with it is read, however far back.
+    g = torch.Generator().manual_seed(3)
+    table = {sha: torch.randn(DIM, generator=g) for sha in ("L0", "L1", "D0", "D1", "D2")}
+    shared = JudgedPairs([("L0", "D0"), ("L1", "D1"), ("L0", "D2")], lambda shas: torch.stack([table[s] for s in shas]),
+                         lambda shas: ["a sea"] * len(shas))
+    taste, outcome = tokens.fit(shared)
+    assert outcome.n_pairs == 2 and torch.equal(taste.state()[0]["disliked"], shared.features(["D1", "D2"]))
+    # No pair judged: an empty history, with empty prompt features where the checkpoint reads prompts.
+    empty, _ = tokens.fit(_judged(0))
+    assert empty.state()[0]["liked"].shape[0] == 0
+    prompted, _ = PreferenceTokens(prompted_folder, "enc", _Letters()).fit(_judged(0))
+    tensors = prompted.state()[0]
+    assert tensors["liked"].shape[0] == 0
+    assert tensors["prompts"].shape == tensors["disliked_prompts"].shape == (0, 4)
+
+
+def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
+    from prefstudio.errors import echo
+
+    with pytest.raises(InvalidInput) as nothing:
+        UserEmbeddingPreference("enc", None).fit(_judged(0))
+    assert str(nothing.value) == ("no like/dislike pair to learn from yet: judge at least one image 👍 and one 👎 "
+                                  "(or pick the better of two), then fit again")
+    _, alone = UserEmbeddingPreference("enc", None).fit(_judged(3))
+    assert alone.reason == ("no user bank reads enc features, so there is no cold start: fitted from your judgments "
+                            "alone (`python -m prefstudio bank --images FOLDER` builds one for this encoder)")
+    bank = UserBank("enc", torch.zeros(DIM), torch.ones(DIM), torch.eye(DIM)[:, :2], torch.eye(2), torch.zeros(2, 2),
+                    1.0, "test")
+    _, short = UserEmbeddingPreference("enc", bank).fit(_judged(3))
+    assert (short.mode, short.reason) == (
+        "bank posterior", "a short history: a mix of the bank's users who explain your judgments")
+    _, long = UserEmbeddingPreference("enc", bank).fit(_judged(20))
+    assert (long.mode, long.reason) in {("bank posterior + personal", "the bank's users who explain you plus a personal offset"),
+                                        ("free", "fitted from your judgments alone")}
+    # Pairs sharing their liked image are one image's worth of evidence each: no pair can be held out.
+    _, shared = UserEmbeddingPreference("enc", None).fit(_judged(4, shared_liked=True))
+    assert shared.held_out == {}
+    missing = token_folder.parent / "missing"
+    with pytest.raises(InvalidInput) as neither:
+        PreferenceTokens(missing, "enc", None)
+    assert str(neither.value) == ("preference model must be one of auto, user-embedding, preference-tokens or a folder "
+                                  f"holding a preference-token checkpoint; {echo(str(missing))} is neither")
+    from prefstudio.preference.token_checkpoint import CHECKPOINT_CONFIG
+
+    vlm = token_folder.parent / "vlm_tokens"
+    vlm.mkdir(exist_ok=True)
+    config = json.loads((token_folder / CHECKPOINT_CONFIG).read_text())
+    (vlm / CHECKPOINT_CONFIG).write_text(json.dumps({**config, "model": {**config["model"], "backbone": "vlm"}}))
+    with pytest.raises(InvalidInput) as not_lite:
+        PreferenceTokens(vlm, "enc", None)
+    assert str(not_lite.value) == (f"{vlm} is not a lite preference-token checkpoint; the studio guides generation "
+                                   "with lite ones (a VLM checkpoint scores through prefstudio.preference.vlm)")
+
+
+def test_a_checkpoint_reading_other_prompt_features_than_the_studio_encodes_is_refused(prompted_folder):
+    # Without the checkpoint's own text encoder the studio's embedded one (MiniLM) is tried; this
+    # checkpoint reads another encoder's prompt features, so it is refused, naming both.
+    for studio_text in (None, type("OtherText", (), {"name": "other-text", "dim": 4})()):
+        with pytest.raises(InvalidInput) as refused:
+            PreferenceTokens(prompted_folder, "enc", studio_text)
+        assert str(refused.value) == ("the preference-token checkpoint reads 'test-letters' prompt features; "
+                                      "this studio encodes prompts with 'minilm-l6-v2-mean'")

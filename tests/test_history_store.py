@@ -114,6 +114,28 @@ def test_generated_image_with_bad_prompt_or_seed_is_refused(store):
     assert image_rows(store) == 0 and not list(store.images_dir.rglob("*.png"))
 
 
+def test_a_generated_image_must_be_an_rgb_pil_image(store):
+    grey = generated(1)
+    grey.image = grey.image.convert("L")
+    not_pil = generated(2)
+    not_pil.image = np.asarray(not_pil.image)
+    for image in (grey, not_pil):
+        with pytest.raises(InvalidInput, match="^a generated image must be an RGB PIL image$"):
+            store.add_image(image)
+    assert image_rows(store) == 0 and not list(store.images_dir.rglob("*.png"))
+
+
+def test_parameters_are_stored_as_canonical_json_and_nan_is_refused(store):
+    image = generated(1)
+    image.params = {"steps": 1, "resolution": 32}
+    record = store.add_image(image)
+    assert list(record.params) == ["resolution", "steps"]  # sorted: the same parameters, the same text
+    store.create_profile("Alice")
+    with pytest.raises(InvalidInput, match="^parameters must be plain JSON values: Out of range float values"):
+        store.save_model_weights("Alice", "m", b"weights", {"scale": float("nan")})
+    assert store.model_names("Alice") == []
+
+
 def test_imported_upload_is_stored_as_rgb_png(store):
     upload = io.BytesIO()
     Image.new("RGBA", (20, 10), (0, 0, 255, 0)).save(upload, "PNG")
@@ -381,6 +403,7 @@ def test_a_pair_has_one_verdict_whichever_side_was_shown_first(store, images):
     a, b, c = images[:3]
     store.record_judgment("Alice", "pair", a, b)
     reversed_ = store.record_judgment("Alice", "pair", b, a)
+    assert (reversed_.image_a, reversed_.image_b) == (b, a)  # the person changed their mind: b wins now
     assert store.judgments("Alice") == [reversed_]
     tie = store.record_judgment("Alice", "tie", a, b)
     assert store.judgments("Alice") == [tie]
@@ -879,3 +902,69 @@ def test_a_restored_profile_keeps_its_presets_and_a_bad_one_restores_nothing(sto
         with pytest.raises(InvalidInput):
             store.restore_profile("Cleo", records, [], [], bad)
         assert [p.name for p in store.list_profiles()] == ["Ann", "Ben"]
+
+
+def test_a_model_name_is_one_to_64_letters_digits_dashes_or_underscores(store):
+    store.create_profile("Alice")
+    for name in ("a", "x" * 64, "user-embedding_2"):
+        store.save_model_weights("Alice", name, b"weights", {})
+    assert store.model_names("Alice") == sorted(["a", "x" * 64, "user-embedding_2"])
+    for name in ("", "x" * 65, "a.b", "é"):
+        with pytest.raises(InvalidInput, match=r"^model name .* must be 1-64 ASCII letters, digits, '-' or '_'$"):
+            store.save_model_weights("Alice", name, b"weights", {})
+    assert len(store.model_names("Alice")) == 3
+
+
+# --- importing judged pairs of uploaded images ----------------------------------------
+
+
+def png_file(path: Path, seed: int, size=(24, 16)) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(path)
+    return path
+
+
+def test_imported_pairs_store_each_image_and_record_liked_over_disliked_in_order(store, tmp_path):
+    store.create_profile("Alice")
+    a, b, c = (png_file(tmp_path / f"{name}.png", seed) for seed, name in enumerate("abc"))
+    recorded = store.import_pairs("alice", [(a, b, "  a red boat  "), (c, a, "a red boat"), (b, c, "a blue house")])
+    assert [(j.profile, j.kind) for j in recorded] == [("Alice", "pair")] * 3
+    first, second, third = recorded
+    # The same file under the same prompt is one image: a, liked first, is disliked next.
+    assert second.image_b == first.image_a and second.image_a not in (first.image_a, first.image_b)
+    # Under another prompt it is another image (the prompt is part of the stored PNG).
+    assert not {third.image_a, third.image_b} & {first.image_a, first.image_b, second.image_a}
+    for sha, source, prompt in ((first.image_a, a, "a red boat"), (first.image_b, b, "a red boat"),
+                                (second.image_a, c, "a red boat"), (third.image_a, b, "a blue house"),
+                                (third.image_b, c, "a blue house")):
+        record = store.image_record(sha)
+        assert (record.prompt, record.seed, record.generator, record.params) == (prompt, None, "import", {})
+        assert (record.width, record.height) == (24, 16)
+        assert read_png_metadata(record.path) == {"prompt": prompt, "seed": None, "generator": "import", "params": {}}
+        assert np.array_equal(np.asarray(store.load_image(sha)), np.asarray(Image.open(source)))
+    assert [(j.image_a, j.image_b) for j in store.judgments("Alice")] == [(j.image_a, j.image_b) for j in recorded]
+
+
+def test_a_failed_import_records_nothing_and_removes_only_the_files_it_wrote(store, tmp_path):
+    store.create_profile("Alice")
+    kept = png_file(tmp_path / "kept.png", 0)
+    earlier = store.import_image(kept, "a cat")  # the same image as kept under "a cat" below
+    new = png_file(tmp_path / "new.png", 1)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    files_before, rows_before = sorted(store.images_dir.rglob("*.png")), image_rows(store)
+    # new is written twice by this call (two pairs) and removed once; kept's file has its earlier row.
+    with pytest.raises(InvalidInput, match=rf"^{broken}: .*not an image"):
+        store.import_pairs("Alice", [(new, kept, "a cat"), (new, broken, "a dog")])
+    assert sorted(store.images_dir.rglob("*.png")) == files_before and earlier.path.is_file()
+    assert image_rows(store) == rows_before and store.judgments("Alice") == []
+    # Refused while recording (the same image on both sides): the image rows roll back too.
+    with pytest.raises(InvalidInput, match="needs two different images"):
+        store.import_pairs("Alice", [(new, tmp_path / "new.png", "a cat")])
+    assert sorted(store.images_dir.rglob("*.png")) == files_before
+    assert image_rows(store) == rows_before and store.judgments("Alice") == []
+    with pytest.raises(InvalidInput, match="prompt"):
+        store.import_pairs("Alice", [(new, kept, "   ")])
+    with pytest.raises(NotFound, match="Carol"):
+        store.import_pairs("Carol", [(new, kept, "a cat")])
+    assert sorted(store.images_dir.rglob("*.png")) == files_before and image_rows(store) == rows_before

@@ -272,7 +272,8 @@ def test_the_users_file_is_bounded_utf8_and_an_object(monkeypatch, tmp_path):
     users.write_text("[1, 2]")
     assert refused(lambda: PairDataSet.read(root), "JSON object") == f"{users}: expected a JSON object of user id lists"
     users.write_text("{nope")
-    assert refused(lambda: PairDataSet.read(root), "not JSON").startswith(f"{users}: not JSON (")
+    assert refused(lambda: PairDataSet.read(root), "not JSON") == (
+        f"{users}: not JSON ('Expecting property name enclosed in double quotes')")  # what the parser said
 
 
 def test_one_versus_three_files_are_optional_and_image_lines_need_a_path(tmp_path):
@@ -285,3 +286,46 @@ def test_one_versus_three_files_are_optional_and_image_lines_need_a_path(tmp_pat
     for line in ('{"path": ""}', '{"path": 3}', '["images/000.png"]', '{"file": "images/000.png"}'):
         index.write_text(line + "\n")
         assert refused(data.image_paths, "needs a relative") == f'{index}:1: needs a relative "path"'
+
+
+def test_each_refusal_of_a_pair_file_says_exactly_what_is_wrong(root):
+    from prefstudio.errors import echo
+
+    pairs = root / "pairs" / "train.jsonl"
+    good = judgment("../images/a.png", "../images/b.png")
+
+    def message(*rows) -> str:
+        write_lines(pairs, rows)
+        with pytest.raises(InvalidInput) as caught:
+            read_judgments(pairs)
+        return str(caught.value)
+
+    assert message(good, {**good, "extra": "x"}) == (
+        f"{pairs}:2: a judgment has exactly the keys user_id, prompt, liked, disliked")
+    assert message(["user_id", "prompt", "liked", "disliked"]) == (
+        f"{pairs}:1: a judgment has exactly the keys user_id, prompt, liked, disliked")
+    for field, value in (("user_id", 5), ("prompt", ""), ("liked", ["../images/a.png"])):
+        assert message({**good, field: value}) == f"{pairs}:1: every field must be a non-empty string"
+    assert message(judgment("../images/a.png", "../images/a.png")) == (
+        f"{pairs}:1: liked and disliked are the same image")
+    assert message(judgment("../images/a.png/x.png", "../images/b.png")) == (
+        f"{pairs}:1: liked image '../images/a.png/x.png' cannot be read (Not a directory)")
+    huge = '{"user_id": ' + "9" * 5000 + "}"
+    try:
+        json.loads(huge)
+    except ValueError as error:  # Python's own words, cut to 80 characters
+        said = echo(str(error), 80)
+    assert message(good, huge) == f"{pairs}:2: not JSON ({said})"
+    # A user id of 256 characters and a line of exactly 65,536 bytes are read.
+    longest = {**good, "user_id": "u" * 256}
+    line = json.dumps(longest)
+    pairs.write_text(json.dumps(good) + "\n" + line + " " * (65_535 - len(line)) + "\n")
+    assert [j.user_id for j in read_judgments(pairs)] == ["u1", "u" * 256]
+    # The file itself: missing, or not openable.
+    with pytest.raises(NotFound) as missing:
+        read_judgments(root / "pairs" / "none.jsonl")
+    assert str(missing.value) == f"{root / 'pairs' / 'none.jsonl'} does not exist"
+    inside_a_file = root / "images" / "a.png" / "pairs.jsonl"
+    with pytest.raises(InvalidInput) as unreadable:
+        read_judgments(inside_a_file, root)
+    assert str(unreadable.value) == f"cannot read {echo(str(inside_a_file))}: Not a directory"

@@ -1,6 +1,12 @@
 """Model A: fitting, cold start from a bank, leave-one-out, persistence."""
+import json
+
 import pytest
 import torch
+# torch.optim imports torch._dynamo when the first optimiser is made (seconds). Importing it with
+# this module pays that once when tests are collected: mutmut collects once and then forks a
+# process per mutant, each of which would otherwise pay it again.
+import torch._dynamo  # noqa: F401
 
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.user_embedding import (
@@ -85,14 +91,19 @@ def test_leave_one_out_never_trains_on_a_held_out_image():
     images = [("x", "n0"), ("x", "n1"), ("y", "n2")]
     result = fit_user_embedding(liked, disliked, None, "enc", pair_images=images)
     assert result.loo_pairs == 3  # every pair evaluable: pair 2 shares nothing
+    # Every pair shares the liked image with every other: no held-out model has a pair to learn
+    # from, so there is no leave-one-out estimate rather than one of untrained models.
+    shared = fit_user_embedding(liked, disliked, None, "enc", pair_images=[("x", "n0"), ("x", "n1"), ("x", "n2")])
+    assert (shared.loo_pairs, shared.loo_accuracy, shared.held_out) == (0, None, {})
 
 
-def test_model_and_bank_round_trip(tmp_path, bank):
+def test_model_and_bank_round_trip(tmp_path, bank, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be read from or written to a relative path by mistake
     liked, disliked = user_pairs(2, 20)
     model = fit_user_embedding(liked, disliked, bank, "enc").model
     tensors, config = model.state()
     again = UserEmbeddingModel.from_state(tensors, config)
-    assert torch.equal(again.log_odds(liked), model.log_odds(liked))
+    assert torch.equal(again.log_odds(liked), model.log_odds(liked)) and again.encoder == "enc"
     bank.save(tmp_path / "bank.safetensors")
     loaded = UserBank.load(tmp_path / "bank.safetensors")
     assert torch.equal(loaded.projection, bank.projection) and loaded.encoder == "enc"
@@ -149,6 +160,46 @@ def test_the_bank_projects_standardised_features_into_its_taste_space():
     assert torch.equal(bank.project(torch.tensor([[3.0, 2.0]])), torch.tensor([[1.0 + 10.0]]))
 
 
+def test_a_fitted_taste_of_another_type_or_version_is_refused(bank):
+    tensors, config = fit_user_embedding(*user_pairs(2, 4), bank, "enc").model.state()
+    for wrong in ({**config, "version": 2}, {**config, "type": "preference-tokens"}, {"version": 1}):
+        with pytest.raises(InvalidInput, match="^not a user-embedding model config: "):
+            UserEmbeddingModel.from_state(tensors, wrong)
+    # The message shows the config it was given, cut at 200 characters.
+    long = {**config, "version": 3, "note": "n" * 300}
+    with pytest.raises(InvalidInput) as refused:
+        UserEmbeddingModel.from_state(tensors, long)
+    assert str(refused.value) == "not a user-embedding model config: " + json.dumps(long)[:200]
+
+
+def test_a_taste_scores_standardised_projected_features():
+    model = UserEmbeddingModel("enc", torch.tensor([1.0, -2.0]), torch.tensor([2.0, 4.0]), torch.tensor([[1.0], [10.0]]),
+                               torch.tensor([3.0]), torch.tensor([1.0]), 0.5, -0.5)
+    # ((3, 2) - (1, -2)) / (2, 4) = (1, 1), projected: 11; like 33.5, dislike 10.5.
+    like, dislike = model.logits(torch.tensor([[3.0, 2.0]]))
+    assert torch.equal(like, torch.tensor([33.5])) and torch.equal(dislike, torch.tensor([10.5]))
+
+
+def test_a_long_history_moves_the_person_off_the_bank_and_the_held_out_sample_does_not_change_it(bank):
+    from prefstudio.preference.user_embedding import MAX_LOO_MODELS, bank_combination
+
+    liked, disliked = user_pairs(3, MAX_LOO_MODELS + 16)
+    fits = [fit_user_embedding(liked, disliked, bank, "enc", seed=seed, steps=40) for seed in (0, 1)]
+    assert [fit.mode for fit in fits] == ["bank posterior + personal"] * 2
+    # Its personal offset is fitted: the vectors leave the bank users' mix.
+    prior = bank_combination(bank, liked, disliked)
+    assert not torch.allclose(fits[0].model.like_vector, prior @ bank.like_vectors, atol=1e-3)
+    assert not torch.allclose(fits[0].model.dislike_vector, prior @ bank.dislike_vectors, atol=1e-3)
+    # ... and restrained: the person stays nearer their mix of bank users than the mix is to zero.
+    for vector, mixed in ((fits[0].model.like_vector, prior @ bank.like_vectors),
+                          (fits[0].model.dislike_vector, prior @ bank.dislike_vectors)):
+        assert (vector - mixed).norm() < mixed.norm()
+    # Another seed holds out other pairs for the leave-one-out estimate, and only that changes.
+    assert fits[0].held_out.keys() != fits[1].held_out.keys()
+    for name in ("like_vector", "dislike_vector", "like_bias", "dislike_bias"):
+        assert torch.allclose(getattr(fits[0].model, name), getattr(fits[1].model, name), atol=1e-6), name
+
+
 def test_like_probability_is_the_sigmoid_of_the_log_odds():
     model = UserEmbeddingModel("enc", torch.zeros(2), torch.ones(2), torch.eye(2), torch.tensor([2.0, 0.0]),
                                torch.tensor([0.0, 1.0]), 0.5, -0.5)
@@ -157,7 +208,8 @@ def test_like_probability_is_the_sigmoid_of_the_log_odds():
     assert torch.allclose(model.like_probability(features), torch.sigmoid(torch.tensor([3.0, 0.0, 1.0])))
 
 
-def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank):
+def test_a_saved_bank_reads_back_whole_and_another_file_is_refused_in_one_line(tmp_path, bank, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be read from or written to a relative path by mistake
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "bank.safetensors"
@@ -184,3 +236,103 @@ def test_a_bank_needs_two_users_and_two_are_enough():
         train_user_bank([user_pairs(1, 6)], "enc", "test", dim=4, epochs=5)
     two = train_user_bank([user_pairs(1, 6), user_pairs(2, 6)], "enc", "test", dim=4, epochs=5)
     assert two.n_users == 2 and two.projection.shape == (D, 4)
+
+
+# --- the bank's training recipe ---------------------------------------------------------
+# A small population (6 users of 10 pairs, two of each archetype) and short trainings: these
+# tests pin what the recipe must do, not how well a bank serves real people (the benchmarks).
+POPULATION = [user_pairs(10 + i, 10) for i in range(6)]
+
+
+def own_pair_probabilities(bank: UserBank, users) -> torch.Tensor:
+    """P(liked ≻ disliked) of every training pair under its own user's vectors in the bank."""
+    gaps = bank.project(torch.cat([u[0] for u in users])) - bank.project(torch.cat([u[1] for u in users]))
+    owner = torch.cat([torch.full((len(u[0]),), i) for i, u in enumerate(users)])
+    return torch.sigmoid((gaps * bank.user_embeddings[owner]).sum(-1))
+
+
+def test_the_studio_builds_its_bank_with_the_documented_recipe():
+    # `python -m prefstudio bank` calls train_user_bank with its defaults.
+    default = train_user_bank(POPULATION[:2], "enc", "test")
+    recipe = train_user_bank(POPULATION[:2], "enc", "test", dim=32, epochs=300, lr=0.02, weight_decay=0.1,
+                             contrastive=True, seed=0)
+    assert default.projection.shape == (D, 32) and default.like_vectors.shape == (2, 32)
+    for name in ("projection", "like_vectors", "dislike_vectors"):
+        assert torch.equal(getattr(default, name), getattr(recipe, name)), name
+
+
+def test_each_bank_user_explains_their_own_judgments():
+    bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=60)
+    probabilities = own_pair_probabilities(bank, POPULATION)
+    assert (probabilities > 0.5).float().mean() > 0.9 and probabilities.mean() > 0.85
+
+
+def test_a_bank_does_not_depend_on_where_or_at_what_scale_the_features_lie():
+    # An encoder whose features are shifted and scaled gives the same taste space and users.
+    shift, scale = torch.linspace(-20.0, 20.0, D), 3.0
+    bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=30)
+    moved = train_user_bank([(liked * scale + shift, disliked * scale + shift) for liked, disliked in POPULATION],
+                            "enc", "test", dim=8, epochs=30)
+    images = torch.randn(5, D, generator=torch.Generator().manual_seed(5)) @ torch.eye(D)
+    assert torch.allclose(moved.project(images * scale + shift), bank.project(images), atol=1e-4)
+    assert torch.allclose(moved.like_vectors, bank.like_vectors, atol=1e-4)
+    assert torch.allclose(moved.dislike_vectors, bank.dislike_vectors, atol=1e-4)
+
+
+def test_the_weight_decay_shrinks_the_taste_space_and_every_users_vectors():
+    norms = []
+    for weight_decay in (0.0, 0.1, 1.0):
+        bank = train_user_bank(POPULATION, "enc", "test", dim=8, epochs=30, weight_decay=weight_decay)
+        norms.append([bank.projection.norm(), bank.like_vectors.norm(dim=1).max(), bank.dislike_vectors.norm(dim=1).max()])
+    for weaker, stronger in zip(norms, norms[1:]):
+        assert all(b < a for a, b in zip(weaker, stronger)), norms
+
+
+def test_the_contrastive_switch_reaches_the_bank_loss():
+    with_terms = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10)
+    base_only = train_user_bank(POPULATION[:2], "enc", "test", dim=8, epochs=10, contrastive=False)
+    assert not torch.allclose(with_terms.like_vectors, base_only.like_vectors)
+
+
+def test_a_fitted_taste_likes_what_the_person_liked_and_not_what_they_disliked(bank):
+    # Not only the order: the probability of a like is above one half for the liked images and
+    # below it for the disliked ones (the logit biases are fitted the way they are used).
+    liked, disliked = user_pairs(1, 24)
+    for fitted in (fit_user_embedding(liked, disliked, None, "enc"), fit_user_embedding(liked, disliked, bank, "enc")):
+        assert (fitted.model.like_probability(liked) > 0.5).float().mean() > 0.65, fitted.mode
+        assert (fitted.model.like_probability(disliked) < 0.5).float().mean() > 0.65, fitted.mode
+
+
+def test_the_fitting_rate_reaches_the_optimiser():
+    liked, disliked = user_pairs(1, 6)
+    slow, fast = (fit_user_embedding(liked, disliked, None, "enc", steps=5, lr=lr).model for lr in (0.01, 0.1))
+    assert not torch.allclose(slow.like_vector, fast.like_vector)
+
+
+def test_a_fit_uses_the_documented_recipe_and_its_contrastive_switch():
+    liked, disliked = user_pairs(1, 6)
+    default = fit_user_embedding(liked, disliked, None, "enc").model
+    recipe = fit_user_embedding(liked, disliked, None, "enc", contrastive=True, steps=150, lr=0.05, seed=0).model
+    base_only = fit_user_embedding(liked, disliked, None, "enc", contrastive=False).model
+    assert torch.equal(default.like_vector, recipe.like_vector) and torch.equal(default.like_bias, recipe.like_bias)
+    assert not torch.allclose(default.like_vector, base_only.like_vector)
+
+
+def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_long_enough():
+    # A bank whose one taste direction no latent image factor reaches: its mix explains nothing.
+    unreached = torch.linalg.svd(MIX, full_matrices=True).Vh[LATENT:LATENT + 1].T
+    blind = UserBank("enc", torch.zeros(D), torch.ones(D), unreached, torch.ones(2, 1), torch.zeros(2, 1), 1.0, "test")
+    liked, disliked = user_pairs(1, COLD_START_PAIRS)
+    fitted = fit_user_embedding(liked, disliked, blind, "enc", steps=60)
+    assert fitted.mode == "free" and fitted.model.encoder == "enc"
+    # The fit from scratch gets the caller's settings: fewer steps, another model.
+    fewer = fit_user_embedding(liked, disliked, blind, "enc", steps=30)
+    assert fewer.mode == "free" and not torch.allclose(fitted.model.like_vector, fewer.model.like_vector)
+    # One pair short of COLD_START_PAIRS, the bank's mix serves with no fit from scratch to compete.
+    assert fit_user_embedding(liked[:-1], disliked[:-1], blind, "enc", steps=30).mode == "bank posterior"
+    # More pairs that reuse their liked images are worth fewer than COLD_START_PAIRS (20 pairs of 30
+    # images count as 15): the same.
+    liked, disliked = user_pairs(1, 20)
+    liked[10:] = liked[:10]
+    reused = [(f"l{i % 10}", f"d{i}") for i in range(20)]
+    assert fit_user_embedding(liked, disliked, blind, "enc", pair_images=reused, steps=30).mode == "bank posterior"
