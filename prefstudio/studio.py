@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -568,24 +568,60 @@ class Studio:
             start = time.perf_counter()
             runs.append((run_guidance(self.generator, prompt, seed, rewards, cell_weights, settings, stop, pool=pool),
                          time.perf_counter() - start))
+        picks = yield from self._bridge_ties(pool, rows, prompt, seed, rewards, axes, settings, stop)
         grid_rows, cells, conditioning = [], iter(runs), self.generator.encode_prompt(prompt)
-        for row in rows:
+        for row, row_picks in zip(rows, picks):
             grid_cells = []
-            for cell_weights in row:
+            for cell_weights, pick in zip(row, row_picks):
                 own, seconds = next(cells)
-                pick = pool.pick(cell_weights, rewards, axes)
                 with torch.no_grad():
                     image = to_pil(self.generator.render(pick.noise, conditioning))[0]
                 result = GuidanceResult(image, pick.noise, pick.iteration, float("nan"), pick.normalised, pick.raw,
                                         own.iterations_run, own.stopped, own.trace)
                 side = self._side_by_side(profile, prompt, seed, cell_weights, rewards, "guidance", result, None,
                                           strength, int(iterations), blind=False, listed=False,
-                                          seconds=seconds, grid={"axes": axes, "runs": count, "picked_from_run":
+                                          seconds=seconds, grid={"axes": axes, "runs": pool.runs, "picked_from_run":
                                                                  pick.run + 1, "raised_axes": True})
                 grid_cells.append(TradeOffCell(cell_weights, side))
             grid_rows.append(grid_cells)
         yield TradeOffGrid(self.store.get_profile(profile).name, prompt, seed, axes, steps, strength,
                            grid_rows)
+
+    def _bridge_ties(self, pool: CandidatePool, rows: list[list[dict]], prompt: str, seed: int,
+                     rewards: dict, axes: list[str], settings: GuidanceSettings,
+                     stop: threading.Event | None) -> Iterator[str]:
+        """Each cell's pick from `pool`, after bridging the gaps its front leaves: where two
+        neighbouring cells of a row pick the same candidate, the pool holds nothing between
+        them, and moving the weight would change nothing. Whichever of the two cells would gain
+        from a candidate near the tied one gets it: the later cell if the axis gaining weight is
+        the one its pick falls short on most, else the earlier (its binding axis is then the
+        one losing weight). A short run from the tied candidate, with that cell's weights taken
+        one step further away from the other cell's, adds candidates near it; then every cell
+        picks again. Each gap is bridged once per direction, and at most as many times as the
+        grid has cells. Yields a line of progress per bridge; returns the picks."""
+        tried, budget = set(), sum(len(row) for row in rows)
+        bridge = replace(settings, iterations=max(1, settings.iterations // 3))
+        while len(tried) < budget and not (stop is not None and stop.is_set()):
+            picks = [[pool.pick(w, rewards, axes) for w in row] for row in rows]
+            gaps = []
+            for r, row in enumerate(picks):
+                for c in range(len(row) - 1):
+                    if row[c] is not row[c + 1]:
+                        continue
+                    here, there = rows[r][c], rows[r][c + 1]
+                    axis = pool.binding_axis(row[c], there, axes)
+                    cell, other = (there, here) if there[axis] > here[axis] else (here, there)
+                    gaps.append(((r, c, id(row[c]), cell is there), row[c], cell, other))
+            gap = next((g for g in gaps if g[0] not in tried), None)
+            if gap is None:
+                break
+            key, tied, cell, neighbour = gap
+            tried.add(key)
+            further = {n: max(0.0, 2 * cell[n] - neighbour[n]) for n in cell}
+            yield f"Bridging a gap between two neighbouring images ({len(tried)} of at most {budget})"
+            run_guidance(self.generator, prompt, seed, rewards, further, bridge, stop, pool=pool,
+                         from_noise=tied.noise)
+        return [[pool.pick(w, rewards, axes) for w in row] for row in rows]
 
     def _fit_stamp(self, profile: str) -> dict:
         """Which fit made an image: the model, when, on how many pairs."""

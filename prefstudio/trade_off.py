@@ -6,7 +6,8 @@ first to all on the second, three a triangle whose rows hold the first's share a
 from the second to the third. The rewards on the axes are raised, a guard too; every other
 reward keeps the weight the blend gives it (a guard such as prompt consistency off the axes
 keeps guarding). Each cell is the pick for its weights from one pool of every run's iterates
-(`Studio.trade_off`, `CandidatePool.pick`). Each image is captioned with the
+(`Studio.trade_off`, `CandidatePool.pick`); where two neighbouring cells would pick the
+same one, a short run from it bridges the gap (`Studio._bridge_ties`). Each image is captioned with the
 weights it was made with and its normalised scores, so a person sees what moving weight
 costs and buys.
 """

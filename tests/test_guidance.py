@@ -460,6 +460,33 @@ def test_every_finite_iterate_of_every_run_joins_the_pool_scored_under_every_wei
     # Both runs start from the seed's noise.
     assert torch.equal(pool.candidates[0].noise, pool.candidates[5].noise)
 
+
+def test_the_binding_axis_is_the_one_a_candidate_falls_short_on_most_under_the_weights():
+    pool = pool_of([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.6, 0.5, 0.0)])
+    middle = pool.candidates[2]
+    # Shortfalls from the best: 0.4 on a, 0.5 on b.
+    assert pool.binding_axis(middle, {"a": 0.5, "b": 0.5}, ["a", "b"]) == "b"
+    assert pool.binding_axis(middle, {"a": 0.75, "b": 0.25}, ["a", "b"]) == "a"
+
+
+def test_guidance_can_start_from_a_given_noise_inside_the_seeds_trust_region(generator):
+    rewards = {"warmth": Warmth()}
+    seed_noise = generator.initial_noise(3)
+    elsewhere = seed_noise + 0.05 * torch.randn(seed_noise.shape, generator=torch.Generator().manual_seed(0))
+    pool = CandidatePool()
+    radius = 0.1
+    run_guidance(generator, "a cold blue ocean", 3, rewards, {"warmth": 1.0},
+                 GuidanceSettings(iterations=6, radius=radius), pool=pool, from_noise=elsewhere)
+    assert torch.equal(pool.candidates[0].noise, elsewhere)
+    # Every later iterate stays within the radius of the seed's noise, not of the start.
+    reach = radius * float(seed_noise.norm())
+    assert all(float((c.noise - seed_noise).norm()) <= reach * (1 + 1e-5) for c in pool.candidates[1:])
+    assert any(float((c.noise - elsewhere).norm()) > 0 for c in pool.candidates[1:])
+    with pytest.raises(InvalidInput, match=r"the starting noise has shape \(1, 2\)"):
+        run_guidance(generator, "a cold blue ocean", 3, rewards, {"warmth": 1.0},
+                     GuidanceSettings(iterations=1), from_noise=torch.zeros(1, 2))
+
+
 def test_a_guard_costs_its_weighted_drop_below_its_baseline_and_earns_nothing_above_it():
     from prefstudio.guidance.noise_optimization import objective
 

@@ -117,6 +117,12 @@ class CandidatePool:
         rest = objective({n: scores[n] for n in others}, others, rewards, baseline) if others else 0.0
         return self.candidates[int(torch.argmin(shortfall - rest))]
 
+    def binding_axis(self, candidate: Candidate, weights: dict[str, float], axes: list[str]) -> str:
+        """The axis whose weighted shortfall from the pool's best is the largest for `candidate`:
+        the one a better pick for `weights` would have to raise."""
+        best = {a: max(c.normalised[a] for c in self.candidates) for a in axes}
+        return max(axes, key=lambda a: weights[a] * (best[a] - candidate.normalised[a]))
+
 
 def chi_negative_log_likelihood(noise: torch.Tensor) -> torch.Tensor:
     """−log p(‖z‖) for ‖z‖ ~ χ(d), up to a constant; per sample."""
@@ -157,6 +163,7 @@ def optimise_noise(
     stop: threading.Event | None = None,
     conditioning: Any = None,
     pool: CandidatePool | None = None,
+    from_noise: torch.Tensor | None = None,
 ) -> Iterator[GuidanceProgress | GuidanceResult]:
     """Yields GuidanceProgress per iteration, then one GuidanceResult (the last item).
 
@@ -165,7 +172,11 @@ def optimise_noise(
 
     `conditioning`: render with this instead of the prompt's own (Instant's modulated one,
     prefstudio/guidance/instant.py, when Instant is the starting point of a short guidance);
-    iteration 0 is then that image, and the guards hold at its values."""
+    iteration 0 is then that image, and the guards hold at its values.
+
+    `from_noise`: begin at this noise instead of the seed's, inside the same trust region around
+    the seed's noise (a trade-off grid's bridge run starts from a candidate of its pool); the
+    guards hold at its values."""
     prompt = validate_prompt(prompt)
     seed = validate_seed(seed)
     weights = validate_weights(weights, set(rewards))
@@ -179,7 +190,9 @@ def optimise_noise(
         conditioning = generator.encode_prompt(prompt)
     contexts = {name: reward.prepare(prompt) for name, reward in active.items()}
     start = generator.initial_noise(seed).detach().clone()
-    noise = start.clone().requires_grad_(True)
+    if from_noise is not None and from_noise.shape != start.shape:
+        raise InvalidInput(f"the starting noise has shape {tuple(from_noise.shape)}, the seed's {tuple(start.shape)}")
+    noise = (start if from_noise is None else from_noise.detach()).clone().requires_grad_(True)
     reach = None if settings.radius is None else settings.radius * float(start.norm())
     baseline: dict[str, float] = {}
     optimiser = torch.optim.SGD([noise], lr=settings.learning_rate,
