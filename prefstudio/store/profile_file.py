@@ -436,6 +436,14 @@ def _parse_models(content: dict) -> list[tuple[str, dict]]:
     return models
 
 
+def _bad_preset(check, value):
+    """`check(value)`, its refusal said as a bad preset's (a wrong type is a malformed file's)."""
+    try:
+        return check(value)
+    except InvalidInput as error:
+        raise InvalidInput(f"profile file has a bad preset: {error}") from None
+
+
 def _parse_presets(content: dict) -> list[tuple[str, dict[str, float], str]]:
     """Each preset checked as the store checks one a person saves; a bad one refuses the file."""
     presets, seen = [], set()
@@ -445,13 +453,10 @@ def _parse_presets(content: dict) -> list[tuple[str, dict[str, float], str]]:
     for item in items:
         _expect(item, dict, "each preset")
         _keys(item, {"name", "weights", "created"}, "a preset")
-        try:
-            name = validate_preset_name(_expect(item["name"], str, "a preset's name"))
-            if name != item["name"]:
-                raise InvalidInput(f"preset name {echo(item['name'])} has spaces around it")
-            weights = validate_blend(_expect(item["weights"], dict, f"preset {name!r}'s weights"))
-        except InvalidInput as error:
-            raise InvalidInput(f"profile file has a bad preset: {error}") from None
+        name = _bad_preset(validate_preset_name, _expect(item["name"], str, "a preset's name"))
+        if name != item["name"]:
+            raise InvalidInput(f"profile file has a bad preset: preset name {echo(item['name'])} has spaces around it")
+        weights = _bad_preset(validate_blend, _expect(item["weights"], dict, f"preset {name!r}'s weights"))
         if name.casefold() in seen:
             raise _malformed(f"preset {name!r} is listed twice")
         seen.add(name.casefold())
