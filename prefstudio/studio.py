@@ -49,6 +49,7 @@ DEFAULT_ADAPTER = CHECKPOINTS / "preference_adapter_embedded"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
 GUARD_WEIGHT = 0.5  # what a drop of one spread in a guard (prompt consistency) costs
 OTHER_WEIGHT = 0.25
+BRIDGE_TRIES = 3  # per gap between two neighbouring cells of a trade-off grid
 DEFAULT_STRENGTH = 0.5
 MAX_RADIUS = 0.5  # strength 1: the noise may move half its norm away from the seed's
 MIN_GAIN = 0.05  # below this the personalized image is not called better (PNG rounding)
@@ -597,28 +598,30 @@ class Studio:
         the one its pick falls short on most, else the earlier (its binding axis is then the
         one losing weight). A short run from the tied candidate, with that cell's weights taken
         one step further away from the other cell's, adds candidates near it; then every cell
-        picks again. Each gap is bridged once per direction, and at most as many times as the
-        grid has cells. Yields a line of progress per bridge; returns the picks."""
-        tried, budget = set(), sum(len(row) for row in rows)
-        bridge = replace(settings, iterations=max(1, settings.iterations // 3))
-        while len(tried) < budget and not (stop is not None and stop.is_set()):
+        picks again. A gap still there is tried again with half the step (what it lacks may lie
+        closer to the tied candidate than one step reaches), up to `BRIDGE_TRIES` times; all
+        bridges together are at most as many runs as the grid has cells. Yields a line of
+        progress per bridge; returns the picks."""
+        tries, budget, runs = {}, sum(len(row) for row in rows), 0
+        while runs < budget and not (stop is not None and stop.is_set()):
             picks = [[pool.pick(w, rewards, axes) for w in row] for row in rows]
-            gaps = []
+            gap = None
             for r, row in enumerate(picks):
                 for c in range(len(row) - 1):
-                    if row[c] is not row[c + 1]:
-                        continue
-                    here, there = rows[r][c], rows[r][c + 1]
-                    axis = pool.binding_axis(row[c], there, axes)
-                    cell, other = (there, here) if there[axis] > here[axis] else (here, there)
-                    gaps.append(((r, c, id(row[c]), cell is there), row[c], cell, other))
-            gap = next((g for g in gaps if g[0] not in tried), None)
+                    if row[c] is row[c + 1] and tries.get((r, c, id(row[c])), 0) < BRIDGE_TRIES:
+                        gap = gap or (r, c, row[c])
             if gap is None:
                 break
-            key, tied, cell, neighbour = gap
-            tried.add(key)
-            further = {n: max(0.0, 2 * cell[n] - neighbour[n]) for n in cell}
-            yield f"Bridging a gap between two neighbouring images ({len(tried)} of at most {budget})"
+            r, c, tied = gap
+            here, there = rows[r][c], rows[r][c + 1]
+            axis = pool.binding_axis(tied, there, axes)
+            cell, other = (there, here) if there[axis] > here[axis] else (here, there)
+            further = {n: max(0.0, 2 * cell[n] - other[n]) for n in cell}
+            tried = tries[(r, c, id(tied))] = tries.get((r, c, id(tied)), 0) + 1
+            runs += 1
+            yield f"Bridging a gap between two neighbouring images ({runs} of at most {budget})"
+            bridge = replace(settings, iterations=max(1, settings.iterations // 3),
+                             learning_rate=settings.learning_rate / 2 ** (tried - 1))
             run_guidance(self.generator, prompt, seed, rewards, further, bridge, stop, pool=pool,
                          from_noise=tied.noise)
         return [[pool.pick(w, rewards, axes) for w in row] for row in rows]
