@@ -1143,6 +1143,24 @@ def test_tensors_the_profile_does_not_list_are_named_up_to_three(exported, targe
         f"['image.{'e' * 64}', 'image.{'f' * 64}', 'model.other.w']")
 
 
+
+def test_a_long_list_of_unexpected_tensors_is_cut_to_200_characters(exported, target, tmp_path):
+    names = [f"model.other{i}." + "w" * 60 for i in range(3)]
+
+    def add(content, tensors):
+        for name in names:
+            tensors[name] = torch.zeros(2, dtype=torch.uint8)
+    assert refused(target, edited(exported, tmp_path, add), "unexpected", new_name="Carol") == (
+        "profile file is malformed: unexpected tensors " + echo(names, 200))
+
+
+def test_a_profile_that_is_not_an_object_or_whose_name_is_not_text_is_malformed(exported, target, tmp_path):
+    metadata, tensors = read(exported)
+    listed = forge(tmp_path / "list.prefstudio", {**metadata, "profile": json.dumps([metadata["profile"]])}, tensors)
+    assert refused(target, listed, "malformed") == "profile file is malformed: the profile must be dict"
+    assert refused(target, edited(exported, tmp_path, lambda content, _: content.update(name=5)), "malformed") == (
+        "profile file is malformed: the name must be str")
+
 def test_an_image_whose_bytes_are_not_its_name_or_do_not_decode_is_named(target, tmp_path):
     png = bomb_png(10, 10)
     path, sha = _one_image(tmp_path, png)

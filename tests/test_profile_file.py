@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from prefstudio import validation
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.generators.base import GeneratedImage
 from prefstudio.preference.user_embedding import UserEmbeddingModel
 from prefstudio.store.history import HistoryStore
@@ -477,6 +477,46 @@ def test_a_safetensors_header_that_describes_its_tensors_wrongly_is_refused_sayi
         import_profile(store, path)
     assert str(caught.value) == NOT_SAFETENSORS + message
 
+
+
+def test_a_refusal_names_a_long_tensor_by_its_first_40_characters(store, tmp_path):
+    long = "t" * 50
+    cut = echo(long, 40)
+    # The second tensor begins at byte 4 of the data: its size is end − begin, not end + begin.
+    for header, message in (({long: [1]}, f"tensor {cut} is described wrongly)"),
+                            ({"a": F32, long: {**F32, "shape": [2], "data_offsets": [4, 8]}},
+                             f"tensor {cut} has 4 bytes for shape [2])")):
+        path = _raw_file(tmp_path / "odd.prefstudio", _safetensors_bytes(header, bytes(8)))
+        with pytest.raises(InvalidInput) as caught:
+            import_profile(store, path)
+        assert str(caught.value) == NOT_SAFETENSORS + message
+
+
+@pytest.mark.parametrize("offsets, data", [([0, 4], 4), ([8, 12], 12)], ids=["overlap", "gap"])
+def test_tensors_that_overlap_or_leave_a_gap_are_refused(store, tmp_path, offsets, data):
+    header = {"a": F32, "b": {**F32, "data_offsets": offsets}}
+    path = _raw_file(tmp_path / "odd.prefstudio", _safetensors_bytes(header, bytes(data)))
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, path)
+    assert str(caught.value) == NOT_SAFETENSORS + "its tensors overlap or leave gaps)"
+
+
+def test_bytes_after_the_last_tensor_are_refused_saying_where_the_tensors_end(store, tmp_path):
+    header = {"a": F32}
+    base = 8 + len(json.dumps(header).encode())
+    path = _raw_file(tmp_path / "odd.prefstudio", _safetensors_bytes(header, bytes(8)))
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, path)
+    assert str(caught.value) == NOT_SAFETENSORS + f"its tensors end at byte {base + 4:,} of {base + 8:,})"
+
+
+def test_a_file_of_exactly_the_size_limit_is_read_not_refused_for_its_size(store, tmp_path):
+    edge = tmp_path / "edge.prefstudio"
+    with open(edge, "wb") as file:  # sparse, and only its first bytes are read
+        file.truncate(validation.MAX_PROFILE_FILE_BYTES)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, edge)
+    assert str(caught.value) == NOT_SAFETENSORS + "its header is not JSON)"
 
 def test_a_header_without_metadata_or_with_4_dimensional_tensors_is_read_and_then_not_a_profile(store, tmp_path):
     for shape in ([1], [1, 1, 1, 1]):
