@@ -18,7 +18,8 @@ trade-off to see. Then, on unseen prompts, each at its own seed:
 for t = 0, 1/steps, …, 1, at the studio's default strength and iterations: one row of the
 trade-off grid (`Studio.trade_off`, what the Generate tab's grid and `python -m prefstudio grid`
 show): a guided run per weighting, all into one candidate pool, each image the pool's pick for
-its weights (`CandidatePool.pick`); on the grid's axis prompt consistency is raised, not a
+its weights (`CandidatePool.pick`), after short bridge runs where two neighbouring cells
+picked the same image (`Studio._bridge_ties`); on the grid's axis prompt consistency is raised, not a
 guard. Each image is scored from its PNG (normalised scores, as the page shows them). A prompt counts as
 monotone when, at every step, the reward gaining weight scores strictly higher and the
 one losing weight strictly lower than at the step before. Also reported: the share of
@@ -66,11 +67,15 @@ def fitted_people(studio: Studio, count: int, seed: int) -> tuple[list[str], lis
 
 
 def sweep(studio: Studio, profile: str, prompt: str, seed: int, losing: str, gaining: str, fixed: dict,
-          steps: int, iterations: int) -> list[tuple[float, float]]:
-    """(losing reward's score, gaining reward's score) of each image of the trade-off grid's row."""
-    grid = list(studio.trade_off(profile, prompt, [losing, gaining], seed=seed, steps=steps, weights=fixed,
-                                 strength=DEFAULT_STRENGTH, iterations=iterations))[-1]
-    return [(c.side.personalized.normalised[losing], c.side.personalized.normalised[gaining]) for c in grid.cells()]
+          steps: int, iterations: int) -> tuple[list[tuple[float, float]], int]:
+    """(losing reward's score, gaining reward's score) of each image of the trade-off grid's row,
+    and how many bridge runs the grid made."""
+    items = list(studio.trade_off(profile, prompt, [losing, gaining], seed=seed, steps=steps, weights=fixed,
+                                  strength=DEFAULT_STRENGTH, iterations=iterations))
+    bridges = sum(isinstance(item, str) and item.startswith("Bridging") for item in items)
+    scores = [(c.side.personalized.normalised[losing], c.side.personalized.normalised[gaining])
+              for c in items[-1].cells()]
+    return scores, bridges
 
 
 def monotone_steps(scores: list[tuple[float, float]]) -> list[bool]:
@@ -97,15 +102,16 @@ def main() -> None:
         "profiles": {f"{a}'s taste → {b}'s taste": ("user", profile_reward(b), {"prompt_consistency": GUARD_WEIGHT})},
         "prompt": {f"{a}'s taste → prompt consistency": ("user", "prompt_consistency", {})},
     }[args.between]
-    results, start = {}, time.perf_counter()
+    results, bridges, start = {}, 0, time.perf_counter()
     for label, (losing, gaining, fixed) in experiments.items():
         rows = []
         for i, prompt in enumerate(prompts):
-            scores = sweep(studio, a, prompt, 2000 + i, losing, gaining, fixed, args.steps, args.iterations)
+            scores, bridged = sweep(studio, a, prompt, 2000 + i, losing, gaining, fixed, args.steps, args.iterations)
+            bridges += bridged
             steps = monotone_steps(scores)
             rows.append(steps)
             print(f"{label[:32]:32s} {prompt[:36]:36s} " + "  ".join(f"{x:+.2f}/{y:+.2f}" for x, y in scores)
-                  + f"  monotone {sum(steps)}/{len(steps)}", flush=True)
+                  + f"  monotone {sum(steps)}/{len(steps)}, {bridged} bridge runs", flush=True)
         results[label] = rows
     seconds = time.perf_counter() - start
     runs = len(experiments) * args.prompts * (args.steps + 1)
@@ -121,7 +127,7 @@ def main() -> None:
         lines.append(f"| {label} | **{whole:.0%}** (target ≥ {TARGET:.0%}) | {single:.0%} | {each} |")
     table = "\n".join(lines)
     print(table)
-    print(f"{runs} guided runs in {seconds:.0f} s; load: {load}")
+    print(f"{runs} guided runs and {bridges} bridge runs in {seconds:.0f} s; load: {load}")
     moved = (f"from its own taste to {b}'s taste (`profile:{b}`; prompt consistency guarding at {GUARD_WEIGHT})"
              if args.between == "profiles" else
              "from its own taste to prompt consistency (raised: on a grid's axis it is not a guard)")
@@ -133,9 +139,10 @@ studio's default preference model ({studio.preference.name}) on 16 judged candid
 whose fitted tastes disagree most (correlation {correlation:+.2f} over the candidates). The embedded generator, offline.
 On {args.prompts} unseen prompts (one seed each) a trade-off grid row of {args.steps + 1} images is made for profile {a}
 while the weight moves in {args.steps} equal steps {moved}; default strength {DEFAULT_STRENGTH} and {args.iterations}
-iterations per guided run, every run into one candidate pool and each image the pool's pick for its weights. Scores are the normalised scores of the PNGs. A prompt is monotone when at every
-step the reward gaining weight scores strictly higher and the one losing weight strictly lower.
-{runs} guided runs took {seconds:.0f} s.
+iterations per guided run, every run into one candidate pool and each image the pool's pick for its weights; where two
+neighbouring cells picked the same image, a bridge run ({args.iterations // 3} iterations from it) filled the gap. Scores are the
+normalised scores of the PNGs. A prompt is monotone when at every step the reward gaining weight scores strictly higher
+and the one losing weight strictly lower. {runs} guided runs and {bridges} bridge runs took {seconds:.0f} s.
 
 {table}
 """)
