@@ -1,6 +1,7 @@
 import hashlib
 import io
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -483,3 +484,45 @@ def test_metadata_without_a_prompt_is_stored_without_a_parameters_chunk():
 
     text = png_text(encode_png(noise_image(4, 2), {"seed": 3, "generator": "embedded"}))
     assert text == {"prefstudio": '{"generator": "embedded", "seed": 3}', "seed": "3", "generator": "embedded"}
+
+
+# --- keeping a history private ------------------------------------------------------
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_make_private_takes_group_and_other_access_from_our_files_and_folders(tmp_path):
+    """A history made by an older version, or under a loose umask, becomes owner-only."""
+    from prefstudio.store.image_files import make_private
+
+    database, images = tmp_path / "history.sqlite3", tmp_path / "images"
+    database.write_bytes(b"")
+    images.mkdir()
+    os.chmod(database, 0o644)
+    os.chmod(images, 0o755)
+    make_private(database, 0o600)
+    make_private(images, 0o700)
+    assert (file_mode(database), file_mode(images)) == (0o600, 0o700)
+
+
+def test_make_private_leaves_a_file_that_is_already_private_as_its_owner_set_it(tmp_path):
+    from prefstudio.store.image_files import make_private
+
+    read_only = tmp_path / "history.sqlite3"
+    read_only.write_bytes(b"")
+    os.chmod(read_only, 0o400)
+    make_private(read_only, 0o600)
+    assert file_mode(read_only) == 0o400
+
+
+def test_make_private_leaves_a_file_owned_by_someone_else_alone(tmp_path, monkeypatch):
+    from prefstudio.store.image_files import make_private
+
+    shared = tmp_path / "history.sqlite3"
+    shared.write_bytes(b"")
+    os.chmod(shared, 0o644)
+    monkeypatch.setattr(os, "getuid", lambda: shared.stat().st_uid + 1)  # we are not its owner
+    make_private(shared, 0o600)
+    assert file_mode(shared) == 0o644
