@@ -1,6 +1,7 @@
 import hashlib
 import io
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def test_decompression_bombs_are_refused_by_their_header():
             load_untrusted_image(data)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     # Beyond PIL's own hard bound (2 × 89 MP) PIL refuses on open; still InvalidInput.
-    with pytest.raises(InvalidInput, match="decompression bomb.*the limit is 40 MP"):
+    # The message names PIL's bound (2 × 89,478,485 pixels), not the image's size: PIL never says it.
+    with pytest.raises(InvalidInput, match=r"^image is over 179 MP \(a decompression bomb\); the limit is 40 MP$"):
         load_untrusted_image(bomb_png(20000, 10000))
 
 
@@ -366,3 +368,161 @@ def test_a_file_that_cannot_be_opened_is_named_with_the_reason(tmp_path):
     with pytest.raises(InvalidInput) as caught:
         load_untrusted_image(tmp_path / "gone.png")
     assert str(caught.value) == f"cannot read {str(tmp_path / 'gone.png')!r}: No such file or directory"
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_empty_data_and_an_empty_file_are_refused_as_empty(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for source in (b"", empty):
+        with pytest.raises(InvalidInput) as caught:
+            load_untrusted_image(source)
+        assert str(caught.value) == "not an image: the data is empty"
+
+
+def test_pils_other_warnings_about_an_upload_are_not_silenced():
+    """Only the decompression-bomb warning is muted (that image is refused anyway, with its
+    real size); PIL's word on a malformed file still reaches the log."""
+    bad_apng = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))
+                + png_chunk(b"acTL", struct.pack(">II", 0, 0))  # an animation of 0 frames
+                + png_chunk(b"IDAT", zlib.compress(b"\0\x80\x80" * 2)) + png_chunk(b"IEND", b""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_untrusted_image(bad_apng)
+    assert loaded.getpixel((1, 1)) == (128, 128, 128)  # read as the still PNG it also is
+    assert ["Invalid APNG" in str(w.message) for w in caught] == [True]
+
+
+def test_a_paletted_png_with_more_transparency_entries_than_colours_is_refused_in_one_line():
+    """PIL opens it and fails only on converting to RGB; the refusal is still InvalidInput."""
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 3, 0, 0, 0))
+           + png_chunk(b"PLTE", bytes([16, 32, 48]) * 2) + png_chunk(b"tRNS", b"\x80" * 300)
+           + png_chunk(b"IDAT", zlib.compress(b"\0\1")) + png_chunk(b"IEND", b""))
+    with pytest.raises(InvalidInput) as caught:
+        load_untrusted_image(png)
+    # "image", not "PNG": the failing image is exif_transpose's copy, which has no format.
+    assert str(caught.value) == "truncated or corrupt image: palette index out of range"
+
+
+# --- the provenance every stored (and so every exported) PNG carries ----------------
+
+
+def png_text(png: bytes) -> dict:
+    with Image.open(io.BytesIO(png)) as image:
+        return dict(image.text)
+
+
+PERSONALIZED = {
+    "prompt": "a lighthouse at dusk, café 🌸",
+    "seed": 7,
+    "generator": "embedded",
+    "params": {"personalized_for": "alice", "method": "guidance", "iterations": 12,
+               "weights": {"aesthetic": 1.0, "profile": 0.5},
+               "fit": {"model": "bradley-terry", "fitted_at": "2026-12-01T10:00:00", "n_pairs": 24,
+                       "mode": "full"}},
+}
+
+
+def test_the_prefstudio_chunk_is_sorted_json_keeping_non_ascii_text_as_is():
+    """Sorted keys: the same image and settings give the same bytes, so the same file, in
+    whatever order the settings were gathered; non-ASCII stays readable in any tool."""
+    from prefstudio.store.image_files import encode_png
+
+    metadata = {"seed": 7, "prompt": "café 🌸", "params": {"b": 1, "a": "é"}, "generator": "embedded"}
+    png = encode_png(noise_image(), metadata)
+    assert png_text(png)["prefstudio"] == (
+        '{"generator": "embedded", "params": {"a": "é", "b": 1}, "prompt": "café 🌸", "seed": 7}')
+    reordered = {"generator": "embedded", "params": {"a": "é", "b": 1}, "prompt": "café 🌸", "seed": 7}
+    assert encode_png(noise_image(), reordered) == png
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_metadata_holding_nan_or_infinity_is_refused_in_one_line(tmp_path, value):
+    """NaN is not JSON: a chunk holding it could not be read back by strict readers."""
+    with pytest.raises(InvalidInput) as caught:
+        write_png(noise_image(), {**METADATA, "params": {"guidance": value}}, tmp_path)
+    message = str(caught.value)
+    assert message.startswith("image metadata must be plain JSON values: Out of range float values")
+    assert "\n" not in message
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_the_parameters_chunk_tells_other_tools_how_a_personalized_image_was_made():
+    from prefstudio.store.image_files import encode_png
+
+    text = png_text(encode_png(noise_image(), PERSONALIZED))
+    assert text["parameters"] == (
+        "a lighthouse at dusk, café 🌸\n"
+        'Steps: 12, Seed: 7, Size: 64x48, Model: embedded, Reward weights: "aesthetic=1, profile=0.5", '
+        'Profile: alice, Fit: "full, 24 pairs"')
+    assert (text["prompt"], text["seed"], text["generator"]) == ("a lighthouse at dusk, café 🌸", "7", "embedded")
+
+
+def test_an_image_without_generator_or_params_claims_no_model():
+    from prefstudio.store.image_files import encode_png
+
+    text = png_text(encode_png(noise_image(4, 2), {"prompt": "a red door", "seed": 3}))
+    assert text["parameters"] == "a red door\nSeed: 3, Size: 4x2, Model: "
+    assert "generator" not in text
+
+
+def test_a_fit_is_described_only_for_an_image_made_for_a_profile():
+    """A baseline carries no profile: a stray fit record in its params names none."""
+    from prefstudio.store.image_files import encode_png
+
+    params = {"fit": {"mode": "full", "n_pairs": 24}}
+    text = png_text(encode_png(noise_image(4, 2), {"prompt": "a red door", "seed": 3, "generator": "embedded",
+                                                   "params": params}))
+    assert text["parameters"] == "a red door\nSeed: 3, Size: 4x2, Model: embedded"
+
+
+def test_metadata_without_a_prompt_is_stored_without_a_parameters_chunk():
+    from prefstudio.store.image_files import encode_png
+
+    text = png_text(encode_png(noise_image(4, 2), {"seed": 3, "generator": "embedded"}))
+    assert text == {"prefstudio": '{"generator": "embedded", "seed": 3}', "seed": "3", "generator": "embedded"}
+
+
+# --- keeping a history private ------------------------------------------------------
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_make_private_takes_group_and_other_access_from_our_files_and_folders(tmp_path):
+    """A history made by an older version, or under a loose umask, becomes owner-only."""
+    from prefstudio.store.image_files import make_private
+
+    database, images = tmp_path / "history.sqlite3", tmp_path / "images"
+    database.write_bytes(b"")
+    images.mkdir()
+    os.chmod(database, 0o644)
+    os.chmod(images, 0o755)
+    make_private(database, 0o600)
+    make_private(images, 0o700)
+    assert (file_mode(database), file_mode(images)) == (0o600, 0o700)
+
+
+def test_make_private_leaves_a_file_that_is_already_private_as_its_owner_set_it(tmp_path):
+    from prefstudio.store.image_files import make_private
+
+    read_only = tmp_path / "history.sqlite3"
+    read_only.write_bytes(b"")
+    os.chmod(read_only, 0o400)
+    make_private(read_only, 0o600)
+    assert file_mode(read_only) == 0o400
+
+
+def test_make_private_leaves_a_file_owned_by_someone_else_alone(tmp_path, monkeypatch):
+    from prefstudio.store.image_files import make_private
+
+    shared = tmp_path / "history.sqlite3"
+    shared.write_bytes(b"")
+    os.chmod(shared, 0o644)
+    monkeypatch.setattr(os, "getuid", lambda: shared.stat().st_uid + 1)  # we are not its owner
+    make_private(shared, 0o600)
+    assert file_mode(shared) == 0o644
