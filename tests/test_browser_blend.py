@@ -97,6 +97,8 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     expect(page.locator("#ps-grid-status")).to_contain_text("Trade-off grid of 3 images", timeout=SLOW)
     grid = page.locator("#ps-grid img")
     expect(grid).to_be_visible(timeout=SLOW)
+    # The grid's own title line is drawn in its PNG: no component label may sit over it.
+    expect(page.locator("#ps-grid").get_by_text("Trade-off grid (same prompt")).to_have_count(0)
     source = unquote(grid.get_attribute("src"))
     path = Path(re.search(r"file=(.+\.png)", source).group(1))
     info = read_provenance(path)

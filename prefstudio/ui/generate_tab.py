@@ -201,9 +201,10 @@ class GenerateTab:
                                             scale=1, elem_id="ps-grid-steps")
             grid_run = gr.Button("Show the trade-off grid", elem_id="ps-grid-run")
             self.grid_status = gr.Markdown(elem_id="ps-grid-status")
+            # The grid's PNG draws its own title; a shown label would cover it.
             self.grid_image = gr.Image(label="Trade-off grid (same prompt and seed; scores under each image)",
-                                       type="filepath", interactive=False, buttons=["download", "fullscreen"],
-                                       elem_id="ps-grid")
+                                       show_label=False, type="filepath", interactive=False,
+                                       buttons=["download", "fullscreen"], elem_id="ps-grid")
         with gr.Row(equal_height=True):
             reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
