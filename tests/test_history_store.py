@@ -1,7 +1,9 @@
 import io
+import logging
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.generators.base import GeneratedImage
+from prefstudio.store import history
 from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment, Preset, Profile
 from prefstudio.store.image_files import read_png_metadata
 
@@ -968,3 +971,159 @@ def test_a_failed_import_records_nothing_and_removes_only_the_files_it_wrote(sto
     with pytest.raises(NotFound, match="Carol"):
         store.import_pairs("Carol", [(new, kept, "a cat")])
     assert sorted(store.images_dir.rglob("*.png")) == files_before and image_rows(store) == rows_before
+
+
+# --- what the store promises on open (pinned against mutation testing, issue 19) ----
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_data_folder_with_missing_parents_is_created_owner_only(tmp_path):
+    data = tmp_path / "new" / "nested" / "data"
+    with HistoryStore(data) as store:
+        store.create_profile("Alice")
+    assert (file_mode(data), file_mode(data / "images"), file_mode(data / "history.sqlite3")) == (
+        0o700, 0o700, 0o600)
+    with HistoryStore(data) as store:
+        assert [p.name for p in store.list_profiles()] == ["Alice"]
+
+
+def test_nothing_of_a_new_history_is_ever_open_to_others_even_under_umask_000(tmp_path, monkeypatch):
+    # A file opened while it was readable stays readable through that descriptor after a later
+    # chmod: the folders and the database must be owner-only from the moment they exist.
+    at_creation = {}
+    tighten = history.make_private
+
+    def recording(path, mode):
+        at_creation[Path(path).name] = file_mode(path)
+        tighten(path, mode)
+
+    monkeypatch.setattr(history, "make_private", recording)
+    umask = os.umask(0)
+    try:
+        HistoryStore(tmp_path / "data").close()
+    finally:
+        os.umask(umask)
+    assert at_creation == {"data": 0o700, "images": 0o700, "history.sqlite3": 0o600}
+
+
+def test_a_history_left_open_to_others_is_made_owner_only_on_open(tmp_path):
+    data = tmp_path / "data"
+    HistoryStore(data).close()
+    for path, loose in ((data, 0o755), (data / "images", 0o755), (data / "history.sqlite3", 0o644)):
+        os.chmod(path, loose)
+    with HistoryStore(data) as store:
+        store.create_profile("Alice")  # a write while open: SQLite's -wal file exists now
+        assert file_mode(data / "history.sqlite3-wal") == 0o600  # SQLite copies the database's mode
+    assert (file_mode(data), file_mode(data / "images"), file_mode(data / "history.sqlite3")) == (
+        0o700, 0o700, 0o600)
+
+
+def test_other_writers_are_waited_for_as_long_as_the_store_was_told(tmp_path):
+    with HistoryStore(tmp_path, timeout=2.5) as store:
+        assert store._query("PRAGMA busy_timeout") == [(2500,)]
+
+
+class _FileSystemWithoutWal(sqlite3.Connection):
+    """A connection whose file system cannot share memory: SQLite keeps the journal mode it had."""
+
+    def execute(self, sql, *args):
+        if " ".join(sql.lower().split()) == "pragma journal_mode=wal":
+            sql = "PRAGMA journal_mode"
+        return super().execute(sql, *args)
+
+
+def test_a_file_system_that_refuses_wal_is_named_in_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect",
+                        lambda *args, **kwargs: connect(*args, factory=_FileSystemWithoutWal, **kwargs))
+    with pytest.raises(InvalidInput) as refused:
+        HistoryStore(tmp_path / "data")
+    db_path = tmp_path / "data" / "history.sqlite3"
+    assert str(refused.value) == f"{db_path}: SQLite refused WAL mode on this file system"
+    monkeypatch.undo()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (0,)
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+    db.close()
+
+
+def test_a_version_2_history_gains_presets_and_keeps_its_judgments(tmp_path):
+    with HistoryStore(tmp_path) as store:
+        store.create_profile("Alice")
+        sha = store.add_image(generated(1)).sha256
+        liked = store.record_judgment("Alice", "like", sha)
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:  # as PrefStudio wrote it before presets
+        db.execute("DROP TABLE presets")
+        db.execute("PRAGMA user_version=2")
+    db.close()
+    with HistoryStore(tmp_path) as store:
+        assert store.folded_on_open == 0
+        assert store._query("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert store.judgments("Alice") == [liked]
+        assert store.counts("Alice")["like"] == 1
+        saved = store.save_preset("Alice", "warm", {"aesthetic": 1.0})
+        assert store.presets("Alice") == [saved]
+
+
+def test_the_upgrade_to_one_verdict_each_says_how_many_judgments_it_folded(tmp_path, caplog):
+    a, b = "a" * 64, "b" * 64
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+        db.executescript(_V1_SCHEMA)
+        db.execute("INSERT INTO profiles VALUES (1, 'Alice', 't')")
+        db.executemany("INSERT INTO images VALUES (?, 'p', 'x', 1, 'g', '{}', 8, 8, 't')", [(a,), (b,)])
+        db.executemany(
+            "INSERT INTO judgments (profile_id, kind, image_a, image_b, created) VALUES (1, ?, ?, ?, ?)", [
+                ("like", a, None, "t1"), ("dislike", a, None, "t2"), ("pair", a, b, "t3"),
+                ("tie", b, a, "t4"), ("like", b, None, "t5"),
+            ])
+    db.close()
+    caplog.set_level(logging.WARNING, logger="prefstudio.store.history")
+    with HistoryStore(tmp_path) as store:
+        assert store.folded_on_open == 2
+        assert [(j.kind, j.created) for j in store.judgments("Alice")] == [
+            ("dislike", "t2"), ("tie", "t4"), ("like", "t5")]
+    assert [r.getMessage() for r in caplog.records if r.name == "prefstudio.store.history"] == [
+        f"{tmp_path / 'history.sqlite3'}: upgraded the history to one verdict per image and pair; "
+        "2 earlier judgments were replaced by a later verdict on the same image or pair"]
+
+
+# --- profile names and judgment filters, word for word ------------------------------
+
+
+def test_a_taken_profile_name_is_refused_in_words_that_say_why(store):
+    store.create_profile("me")
+    with pytest.raises(InvalidInput) as same:
+        store.create_profile("me")
+    assert str(same.value) == "a profile named 'me' already exists"
+    with pytest.raises(InvalidInput) as other_case:
+        store.create_profile("ME")
+    assert str(other_case.value) == "a profile named 'me' already exists (names ignore upper/lower case)"
+    with pytest.raises(InvalidInput) as look_alike:
+        store.create_profile("ｍｅ")
+    assert str(look_alike.value) == ("profile name 'ｍｅ' is too like the existing 'me' "
+                                     "(they differ only in letter case or character forms)")
+    assert [p.name for p in store.list_profiles()] == ["me"]
+
+
+def test_judgments_are_filtered_by_one_kind_or_several_oldest_first(store, images):
+    store.create_profile("Alice")
+    liked = store.record_judgment("Alice", "like", images[0])
+    pair = store.record_judgment("Alice", "pair", images[1], images[2])
+    disliked = store.record_judgment("Alice", "dislike", images[3])
+    liked_too = store.record_judgment("Alice", "like", images[1])
+    assert store.judgments("Alice", "like") == [liked, liked_too]
+    assert store.judgments("Alice", ["dislike", "pair"]) == [pair, disliked]
+    assert store.judgments("Alice", []) == []
+    assert store.judgments("Alice") == [liked, pair, disliked, liked_too]
+
+
+@pytest.mark.parametrize("kinds, named", [(["like", "love"], "love"), (("zap", "like", "love"), "love"),
+                                          ("likes", "likes")])
+def test_an_unknown_kind_of_judgment_asked_for_is_named(store, kinds, named):
+    store.create_profile("Alice")
+    with pytest.raises(InvalidInput) as refused:
+        store.judgments("Alice", kinds)
+    assert str(refused.value) == f"unknown judgment kind {named!r}; use one of like, dislike, pair, tie, skip"
