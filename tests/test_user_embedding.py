@@ -384,3 +384,15 @@ def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_lon
     liked[10:] = liked[:10]
     reused = [(f"l{i % 10}", f"d{i}") for i in range(20)]
     assert fit_user_embedding(liked, disliked, blind, "enc", pair_images=reused, steps=30).mode == "bank posterior"
+
+
+def test_a_history_the_bank_gets_entirely_wrong_is_fitted_from_scratch():
+    # A bank whose one taste direction scores every liked image exactly one above its disliked
+    # one, and whose users all hold it the wrong way round: its fit predicts none of the held-out
+    # pairs (accuracy 0, not "no accuracy"), and the fit from scratch, which predicts some, serves.
+    liked, disliked = user_pairs(1, COLD_START_PAIRS)
+    direction = torch.linalg.pinv(liked - disliked) @ torch.ones(COLD_START_PAIRS)
+    backwards = UserBank("enc", torch.zeros(D), torch.ones(D), direction[:, None], -5 * torch.ones(2, 1),
+                         5 * torch.ones(2, 1), 1.0, "test")
+    fitted = fit_user_embedding(liked, disliked, backwards, "enc", steps=30)
+    assert fitted.mode == "free" and fitted.loo_accuracy > 0.5
