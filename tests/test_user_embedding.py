@@ -332,6 +332,17 @@ def test_the_calibrated_power_is_the_grid_value_that_predicts_every_held_out_pai
     assert calibrate_likelihood_power(confident, CALIBRATION_USERS, CALIBRATION_DIRECTIONS) == 2.0
 
 
+def test_a_held_out_pair_the_mix_has_no_opinion_on_is_not_a_correct_prediction():
+    # Users 0, 3 and 4 have no taste; 1 and 2 have one along each axis. User 3's history makes
+    # users 1 and 2 about 150 nats less likely than the tasteless ones: from β = 1 on their weight
+    # is exactly 0 (float32), the mix gives user 3's two held-out pairs a log-odds of exactly 0,
+    # and those are misses; below it they are (barely) predicted. User 4's held-out pair needs
+    # β > 0.81 as above. Two pairs outweigh one: β = 1/8, the first grid value that predicts them.
+    directions = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    gaps = torch.tensor([[-150.0, -150.0], [1.0, 0.0], [1.0, 0.0], [0.5, -0.5], [2.0, -3.0]])
+    assert calibrate_likelihood_power(gaps, torch.tensor([3, 3, 3, 4, 4]), directions) == 0.125
+
+
 def test_calibration_needs_a_user_with_two_pairs_and_skips_the_others():
     one_each = torch.tensor([0, 1, 2, 3])
     with pytest.raises(InvalidInput, match="^calibrating a user bank needs users with at least two pairs$"):
