@@ -14,6 +14,7 @@ from prefstudio.preference.user_embedding import (
     LIKELIHOOD_POWERS,
     UserBank,
     UserEmbeddingModel,
+    calibrate_likelihood_power,
     fit_user_embedding,
     train_user_bank,
 )
@@ -294,6 +295,64 @@ def test_the_contrastive_switch_reaches_the_bank_loss():
     assert not torch.allclose(with_terms.like_vectors, base_only.like_vectors)
 
 
+def test_a_bank_keeps_its_source_and_the_power_that_predicts_its_own_users_best():
+    # The bank's β is calibrated on its own training pairs (projected liked − disliked) and
+    # each user's like − dislike vector; the source it was trained from is kept as given.
+    population = [user_pairs(10 + i, 10) for i in range(12)]
+    bank = train_user_bank(population, "enc", "twelve archetype users", dim=8, epochs=30)
+    assert bank.source == "twelve archetype users"
+    gaps = bank.project(torch.cat([u[0] for u in population])) - bank.project(torch.cat([u[1] for u in population]))
+    owner = torch.cat([torch.full((len(u[0]),), i) for i, u in enumerate(population)])
+    directions = bank.like_vectors - bank.dislike_vectors
+    assert bank.likelihood_power == calibrate_likelihood_power(gaps, owner, directions) == 0.5
+
+
+# --- calibrating β: a hand-made bank whose right β is known -------------------------------
+# Users 0 (taste along the first axis) and 1 (the second) have no pairs of their own; users 2
+# and 3 have no taste (zero vectors: they only dilute a mix) and two pairs each: the first is
+# the history, the second is held out. Both histories favour user 0 over user 1 by the same
+# log-likelihood, 0.5 (logσ(x) − logσ(−x) = x), so a mix gives user 0 e^(β/2) times user 1's weight.
+# User 2's held-out pair (2, −3) is predicted once that ratio passes 3/2 (β > 0.81), user 3's
+# (−1, 2) while it stays below 2 (β < 1.39): only β = 1 predicts both.
+CALIBRATION_DIRECTIONS = torch.tensor([[0.5, 0.0], [0.0, 0.5], [0.0, 0.0], [0.0, 0.0]])
+CALIBRATION_GAPS = torch.tensor([[1.0, -1.0], [2.0, -3.0], [1.0, -1.0], [-1.0, 2.0]])
+CALIBRATION_USERS = torch.tensor([2, 2, 3, 3])
+
+
+def test_the_calibrated_power_is_the_grid_value_that_predicts_every_held_out_pair():
+    power = calibrate_likelihood_power(CALIBRATION_GAPS, CALIBRATION_USERS, CALIBRATION_DIRECTIONS)
+    assert power == 1.0 and power in LIKELIHOOD_POWERS
+    # The users' pairs may come in any order: each user's first pair is their history.
+    assert calibrate_likelihood_power(CALIBRATION_GAPS[[2, 3, 0, 1]], torch.tensor([3, 3, 2, 2]),
+                                      CALIBRATION_DIRECTIONS) == 1.0
+    # When user 3's held-out pair (1, −2) also needs user 0 to outweigh user 1 twice over
+    # (β > 1.39), the smallest β that predicts both pairs is 2.
+    confident = CALIBRATION_GAPS.clone()
+    confident[3] = torch.tensor([1.0, -2.0])
+    assert calibrate_likelihood_power(confident, CALIBRATION_USERS, CALIBRATION_DIRECTIONS) == 2.0
+
+
+def test_a_held_out_pair_the_mix_has_no_opinion_on_is_not_a_correct_prediction():
+    # Users 0, 3 and 4 have no taste; 1 and 2 have one along each axis. User 3's history makes
+    # users 1 and 2 about 150 nats less likely than the tasteless ones: from β = 1 on their weight
+    # is exactly 0 (float32), the mix gives user 3's two held-out pairs a log-odds of exactly 0,
+    # and those are misses; below it they are (barely) predicted. User 4's held-out pair needs
+    # β > 0.81 as above. Two pairs outweigh one: β = 1/8, the first grid value that predicts them.
+    directions = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    gaps = torch.tensor([[-150.0, -150.0], [1.0, 0.0], [1.0, 0.0], [0.5, -0.5], [2.0, -3.0]])
+    assert calibrate_likelihood_power(gaps, torch.tensor([3, 3, 3, 4, 4]), directions) == 0.125
+
+
+def test_calibration_needs_a_user_with_two_pairs_and_skips_the_others():
+    one_each = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(InvalidInput, match="^calibrating a user bank needs users with at least two pairs$"):
+        calibrate_likelihood_power(CALIBRATION_GAPS, one_each, CALIBRATION_DIRECTIONS)
+    # A user with a single pair (user 0 here) is passed over, not the end of the calibration.
+    with_a_single_pair = torch.cat([CALIBRATION_GAPS, torch.tensor([[-1.0, 1.0]])])
+    users = torch.tensor([2, 2, 3, 3, 0])
+    assert calibrate_likelihood_power(with_a_single_pair, users, CALIBRATION_DIRECTIONS) == 1.0
+
+
 def test_a_fitted_taste_likes_what_the_person_liked_and_not_what_they_disliked(bank):
     # Not only the order: the probability of a like is above one half for the liked images and
     # below it for the disliked ones (the logit biases are fitted the way they are used).
@@ -336,3 +395,15 @@ def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_lon
     liked[10:] = liked[:10]
     reused = [(f"l{i % 10}", f"d{i}") for i in range(20)]
     assert fit_user_embedding(liked, disliked, blind, "enc", pair_images=reused, steps=30).mode == "bank posterior"
+
+
+def test_a_history_the_bank_gets_entirely_wrong_is_fitted_from_scratch():
+    # A bank whose one taste direction scores every liked image exactly one above its disliked
+    # one, and whose users all hold it the wrong way round: its fit predicts none of the held-out
+    # pairs (accuracy 0, not "no accuracy"), and the fit from scratch, which predicts some, serves.
+    liked, disliked = user_pairs(1, COLD_START_PAIRS)
+    direction = torch.linalg.pinv(liked - disliked) @ torch.ones(COLD_START_PAIRS)
+    backwards = UserBank("enc", torch.zeros(D), torch.ones(D), direction[:, None], -5 * torch.ones(2, 1),
+                         5 * torch.ones(2, 1), 1.0, "test")
+    fitted = fit_user_embedding(liked, disliked, backwards, "enc", steps=30)
+    assert fitted.mode == "free" and fitted.loo_accuracy > 0.5
