@@ -12,7 +12,7 @@ from prefstudio.generators.base import to_pil
 from prefstudio.generators.embedded import EmbeddedGenerator
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.noise_optimization import (
-    MAX_ITERATIONS, Candidate, CandidatePool, GuidanceProgress, GuidanceResult, GuidanceSettings,
+    MAX_ITERATIONS, Candidate, CandidatePool, as_8_bit, GuidanceProgress, GuidanceResult, GuidanceSettings,
     chi_negative_log_likelihood, optimise_noise,
     run_guidance,
 )
@@ -432,8 +432,28 @@ def test_a_guard_off_the_axes_still_prices_a_drop_below_the_seeds_own_noise():
 
 
 def test_an_empty_pool_is_refused():
-    with pytest.raises(InvalidInput, match="the candidate pool is empty"):
+    with pytest.raises(InvalidInput) as refused:
         CandidatePool().pick({"a": 1.0}, {"a": Warmth()}, ["a"])
+    assert str(refused.value) == "the candidate pool is empty: run guidance into it first"
+
+
+def test_without_the_seeds_own_noise_guards_are_measured_against_the_pools_first_candidate():
+    # The seed's noise joins only if its objective is finite; then the first finite iterate,
+    # not any later one, is what a guard must not fall below.
+    rewards = {"a": Warmth(), "b": Coolness(), "g": Guard()}
+    pool = pool_of([(0.0, 0.0, 0.0), (0.0, 0.0, -5.0), (1.0, 1.0, -1.0), (0.6, 0.6, 0.0)])
+    for c in pool.candidates:
+        c.iteration += 1
+    weights = {"a": 0.5, "b": 0.5, "g": 1.0}
+    # Against the first (guard 0) the third pays 1 for its drop and loses to the fourth;
+    # against the second (guard -5) it would pay nothing and win.
+    assert pool.pick(weights, rewards, ["a", "b"]).normalised["a"] == 0.6
+
+
+def test_the_pool_scores_the_pixels_a_png_of_them_holds():
+    pixels = torch.tensor([-0.3, 0.0, 0.2, 0.50001, 1.0, 1.7]).reshape(1, 3, 1, 2)
+    png = torch.tensor(list(to_pil(pixels)[0].getdata()), dtype=torch.float32).T.reshape(1, 3, 1, 2) / 255
+    assert torch.equal(as_8_bit(pixels), png) and as_8_bit(pixels).min() == 0 and as_8_bit(pixels).max() == 1
 
 
 def test_every_finite_iterate_of_every_run_joins_the_pool_scored_under_every_weighted_reward(generator):
