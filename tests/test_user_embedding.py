@@ -1,5 +1,6 @@
 """Model A: fitting, cold start from a bank, leave-one-out, persistence."""
 import json
+import math
 
 import pytest
 import torch
@@ -407,3 +408,64 @@ def test_a_history_the_bank_gets_entirely_wrong_is_fitted_from_scratch():
                          5 * torch.ones(2, 1), 1.0, "test")
     fitted = fit_user_embedding(liked, disliked, backwards, "enc", steps=30)
     assert fitted.mode == "free" and fitted.loo_accuracy > 0.5
+
+
+def test_with_nothing_judged_the_taste_is_the_average_bank_user(bank):
+    empty = torch.zeros(0, D)
+    result = fit_user_embedding(empty, empty, bank, "enc")
+    assert (result.mode, result.n_pairs, result.loo_accuracy, result.loo_pairs) == ("bank average", 0, None, 0)
+    assert math.isnan(result.final_loss) and result.held_out == {}
+    model = result.model
+    average = UserEmbeddingModel("enc", bank.mean, bank.std, bank.projection, bank.like_vectors.mean(0),
+                                 bank.dislike_vectors.mean(0), 0.0, 0.0)
+    images = torch.randn(5, D, generator=torch.Generator().manual_seed(3))
+    assert model.encoder == "enc" and torch.equal(model.log_odds(images), average.log_odds(images))
+    assert torch.equal(model.logits(images)[0], average.logits(images)[0])
+    assert torch.equal(model.logits(images)[1], average.logits(images)[1])
+
+
+def test_refusals_of_a_fit_say_exactly_what_is_wrong():
+    empty = torch.zeros(0, D)
+    with pytest.raises(InvalidInput) as nothing:
+        fit_user_embedding(empty, empty, None, "enc")
+    assert str(nothing.value) == ("no judgments to learn from yet and no user bank for a cold start: "
+                                  "like or dislike a few images (or pick the better of two) first")
+    liked, disliked = user_pairs(1, 4)
+    liked[2, 5] = float("inf")
+    with pytest.raises(InvalidInput) as bad:
+        fit_user_embedding(liked, disliked, None, "enc")
+    assert str(bad.value) == "image features contain NaN or infinite values"
+
+
+def test_a_held_out_pair_of_two_identical_images_is_not_a_correct_prediction():
+    # Its two log-odds are equal, so the model did not prefer the liked one; every other held-out
+    # pair counts as right exactly when its liked − disliked log-odds is above zero.
+    liked, disliked = user_pairs(1, 12)
+    disliked[4] = liked[4]
+    result = fit_user_embedding(liked, disliked, None, "enc")
+    assert result.held_out[4] == 0.0 and len(result.held_out) == result.loo_pairs == 12
+    assert result.loo_accuracy == sum(v > 0 for v in result.held_out.values()) / 12
+    assert result.loo_accuracy < 1.0
+
+
+def test_a_taste_fitted_from_scratch_does_not_depend_on_where_or_at_what_scale_the_features_lie():
+    # A shift of every feature dimension by its own amount, and one scale for all of them (an
+    # encoder's offset and units), change neither the held-out predictions nor how new images rank.
+    liked, disliked = user_pairs(2, 24)
+    images = user_pairs(2, 50, draw=7)[0]
+    shift = 3 * torch.randn(D, generator=torch.Generator().manual_seed(4))
+    plain = fit_user_embedding(liked, disliked, None, "enc")
+    for scale in (0.05, 30.0):
+        moved = fit_user_embedding(liked * scale + shift, disliked * scale + shift, None, "enc")
+        assert moved.loo_accuracy == plain.loo_accuracy
+        assert moved.held_out == pytest.approx(plain.held_out, rel=1e-3, abs=1e-3)
+        assert torch.allclose(moved.model.log_odds(images * scale + shift), plain.model.log_odds(images),
+                              rtol=1e-3, atol=1e-3)
+
+
+def test_a_model_stores_its_tensors_in_single_precision_whatever_it_is_given(bank):
+    model = UserEmbeddingModel("enc", bank.mean.double(), bank.std.double(), bank.projection.double(),
+                               bank.like_vectors[0].double(), bank.dislike_vectors[0].double(),
+                               torch.tensor(0.5, dtype=torch.float64), 0.25)
+    tensors, _ = model.state()
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
