@@ -17,6 +17,7 @@ from prefstudio.preference.user_embedding import (
     UserEmbeddingModel,
     calibrate_likelihood_power,
     fit_user_embedding,
+    principal_directions,
     train_user_bank,
 )
 
@@ -437,12 +438,15 @@ def test_refusals_of_a_fit_say_exactly_what_is_wrong():
     assert str(bad.value) == "image features contain NaN or infinite values"
 
 
-def test_a_held_out_pair_of_two_identical_images_is_not_a_correct_prediction():
+@pytest.mark.parametrize("contrastive", [True, False])
+def test_a_held_out_pair_of_two_identical_images_is_not_a_correct_prediction(contrastive):
     # Its two log-odds are equal, so the model did not prefer the liked one; every other held-out
-    # pair counts as right exactly when its liked − disliked log-odds is above zero.
+    # pair counts as right exactly when its liked − disliked log-odds is above zero. Without the
+    # contrastive loss the like and dislike biases are fitted too, and still cancel in a pair.
     liked, disliked = user_pairs(1, 12)
     disliked[4] = liked[4]
-    result = fit_user_embedding(liked, disliked, None, "enc")
+    result = fit_user_embedding(liked, disliked, None, "enc", contrastive=contrastive)
+    assert math.isfinite(result.final_loss)
     assert result.held_out[4] == 0.0 and len(result.held_out) == result.loo_pairs == 12
     assert result.loo_accuracy == sum(v > 0 for v in result.held_out.values()) / 12
     assert result.loo_accuracy < 1.0
@@ -469,3 +473,40 @@ def test_a_model_stores_its_tensors_in_single_precision_whatever_it_is_given(ban
                                torch.tensor(0.5, dtype=torch.float64), 0.25)
     tensors, _ = model.state()
     assert {t.dtype for t in tensors.values()} == {torch.float32}
+
+
+def test_a_taste_space_keeps_the_directions_the_images_span_up_to_the_size_asked():
+    # n images centred span at most n − 1 directions, and there are only d to span.
+    g = torch.Generator().manual_seed(5)
+    for n, d, k, kept in [(2, 64, 32, 1), (11, 64, 32, 10), (100, 8, 32, 8), (100, 64, 32, 32)]:
+        features = torch.randn(n, d, generator=g)
+        assert principal_directions(features - features.mean(0), k).shape == (d, kept)
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0, 50.0])
+def test_features_projected_on_a_taste_space_have_unit_variance_on_average(spread):
+    g = torch.Generator().manual_seed(6)
+    for n in (2, 5, 40):
+        features = spread * torch.randn(n, 16, generator=g) @ torch.randn(16, 16, generator=g)
+        centred = features - features.mean(0)
+        projected = centred @ principal_directions(centred, 4)
+        assert projected.var(0).mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_one_judgment_is_enough_for_a_fit_from_scratch():
+    liked, disliked = user_pairs(1, 1)
+    result = fit_user_embedding(liked, disliked, None, "enc")
+    assert (result.mode, result.n_pairs, result.loo_accuracy, result.loo_pairs) == ("free", 1, None, 0)
+    assert result.model.log_odds(liked) > result.model.log_odds(disliked)
+
+
+def test_two_judgments_already_have_a_leave_one_out_estimate():
+    liked, disliked = user_pairs(1, 2)
+    result = fit_user_embedding(liked, disliked, None, "enc")
+    assert result.loo_pairs == 2 and set(result.held_out) == {0, 1} and result.loo_accuracy in (0.0, 0.5, 1.0)
+
+
+def test_the_bank_and_a_personal_offset_serve_from_exactly_the_cold_start_length(bank):
+    liked, disliked = user_pairs(2, COLD_START_PAIRS)
+    assert fit_user_embedding(liked[:-1], disliked[:-1], bank, "enc").mode == "bank posterior"
+    assert fit_user_embedding(liked, disliked, bank, "enc").mode == "bank posterior + personal"
