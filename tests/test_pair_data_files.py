@@ -329,3 +329,25 @@ def test_each_refusal_of_a_pair_file_says_exactly_what_is_wrong(root):
     with pytest.raises(InvalidInput) as unreadable:
         read_judgments(inside_a_file, root)
     assert str(unreadable.value) == f"cannot read {echo(str(inside_a_file))}: Not a directory"
+
+
+def test_files_far_over_their_limits_are_refused_without_being_read_into_memory(tmp_path):
+    # A hostile data set may hold a users.json or a pair line of gigabytes (sparse here: no disk
+    # used); the reader reads one byte past the limit and stops, so memory stays bounded.
+    import tracemalloc
+
+    root = write_pair_data(tmp_path / "data", n_train_users=2, judgments_per_user=2)
+    users = root / "pairs" / "users.json"
+    pairs = root / "pairs" / "train.jsonl"
+    for path, read in ((users, lambda: PairDataSet.read(root)), (pairs, lambda: read_judgments(pairs))):
+        original = path.read_bytes()
+        with open(path, "wb") as file:
+            file.truncate(2**30)
+        tracemalloc.start()
+        try:
+            refused(read, "over")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 256 * 2**20, f"{path.name}: {peak:,} bytes allocated to refuse it"
+        path.write_bytes(original)
