@@ -44,3 +44,19 @@ def test_rename_and_delete_from_the_command_line(tmp_path, capsys):
         assert [p.name for p in store.list_profiles()] == ["Bob"]
         assert [(j.kind, j.image_a) for j in store.judgments("Bob")] == [("dislike", sha)]
         assert store.image_path(sha).exists()
+
+
+def test_an_unreadable_user_bank_in_the_data_folder_is_named_in_one_line(tmp_path, capsys):
+    # A bank `python -m prefstudio bank` left half-written (or any file in its place) is refused
+    # with its path and what to do, not a traceback.
+    from prefstudio.encoders.embedded import EmbeddedImageEncoder
+    from prefstudio.studio import user_bank_path
+
+    bank = user_bank_path(tmp_path, EmbeddedImageEncoder().name)
+    bank.parent.mkdir(parents=True)
+    bank.write_bytes(b"half a bank")
+    code, out, err = cli(capsys, tmp_path, "fit", "me")
+    assert code == 2 and out is None
+    assert err.strip().splitlines() == [
+        f"error: {bank} is not a readable PrefStudio user bank (safetensors: Error while deserializing "
+        "header: header too large); delete it or rebuild it with python -m prefstudio bank"]

@@ -111,7 +111,7 @@ def test_model_and_bank_round_trip(tmp_path, bank, monkeypatch):
     loaded = UserBank.load(tmp_path / "bank.safetensors")
     assert torch.equal(loaded.projection, bank.projection) and loaded.encoder == "enc"
     (tmp_path / "bad.safetensors").write_bytes(b"not a bank")
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidInput, match="bad.safetensors is not a readable PrefStudio user bank"):
         UserBank.load(tmp_path / "bad.safetensors")
 
 

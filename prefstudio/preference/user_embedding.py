@@ -90,14 +90,18 @@ class UserBank:
 
     @classmethod
     def load(cls, path: str | Path) -> "UserBank":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:  # a bank left half-written, or another file in its place, is named, not a traceback
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            t = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise InvalidInput(f"{path} is not a readable PrefStudio user bank (safetensors: {error}); "
+                               "delete it or rebuild it with python -m prefstudio bank") from None
         if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != BANK_VERSION:
             raise InvalidInput(f"{path} is not a PrefStudio user bank (version {BANK_VERSION}); "
                                "rebuild it with python -m prefstudio_research.train.user_bank")
-        t = load_file(str(path))
         return cls(meta["encoder"], t["mean"], t["std"], t["projection"], t["like_vectors"],
                    t["dislike_vectors"], float(meta["likelihood_power"]), meta.get("source", ""))
 
