@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.losses import preference_loss
@@ -95,13 +95,13 @@ class UserBank:
         try:  # a bank left half-written, or another file in its place, is named, not a traceback
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            t = load_file(str(path))
+                if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != BANK_VERSION:
+                    raise InvalidInput(f"{path} is not a PrefStudio user bank (version {BANK_VERSION}); "
+                                       "rebuild it with python -m prefstudio_research.train.user_bank")
+                t = {name: f.get_tensor(name) for name in f.keys()}
         except (SafetensorError, OSError) as error:
             raise InvalidInput(f"{path} is not a readable PrefStudio user bank (safetensors: {error}); "
                                "delete it or rebuild it with python -m prefstudio bank") from None
-        if meta.get("format") != "prefstudio-user-bank" or meta.get("version") != BANK_VERSION:
-            raise InvalidInput(f"{path} is not a PrefStudio user bank (version {BANK_VERSION}); "
-                               "rebuild it with python -m prefstudio_research.train.user_bank")
         return cls(meta["encoder"], t["mean"], t["std"], t["projection"], t["like_vectors"],
                    t["dislike_vectors"], float(meta["likelihood_power"]), meta.get("source", ""))
 
