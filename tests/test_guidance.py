@@ -570,3 +570,26 @@ def test_guidance_stopped_before_it_began_measures_the_guards_at_its_own_image(g
     assert result.stopped and result.best_iteration == 0
     assert result.total == pytest.approx(result.normalised["user"], abs=1e-6)  # the guard costs nothing
     assert result.normalised["prompt_consistency"] < -0.5  # though it is low
+
+
+def test_each_step_is_renos_nesterov_sgd_step_with_the_regulariser_scaled_to_the_noise_size(monkeypatch):
+    """ReNO's optimiser (DESIGN.md): SGD with Nesterov momentum 0.9 and learning rate 5 on the
+    clipped gradient. From rest, Nesterov's first step is lr·(1 + momentum)·gradient (plain
+    momentum's is lr·gradient). A flat reward leaves only the noise regulariser, whose gradient
+    (0.01/√d)·∇NLL(z) stays under the clip, so its step is exactly that."""
+    generator = EmbeddedGenerator(resolution=64)
+    start = generator.initial_noise(1) * 1.5
+    settings = GuidanceSettings(iterations=1, preview_every=0)
+    seen = _rendered_noise(generator, monkeypatch, start)
+    run_guidance(generator, "a fox", 1, {"warmth": Flat()}, {"warmth": 1.0}, settings)
+    noise = start.clone().requires_grad_(True)
+    chi_negative_log_likelihood(noise).sum().backward()
+    gradient = settings.noise_regularisation / math.sqrt(start[0].numel()) * noise.grad
+    assert float(gradient.norm()) < settings.grad_clip
+    step = -settings.learning_rate * (1 + settings.momentum) * gradient
+    torch.testing.assert_close(seen[1] - seen[0], step, rtol=1e-4, atol=1e-6)
+
+    seen.clear()  # a steep reward: the gradient is clipped to 0.1, so the first step is 5·1.9·0.1 long
+    run_guidance(generator, "a fox", 1, {"warmth": Warmth()}, {"warmth": 1.0}, settings)
+    assert float((seen[1] - seen[0]).norm()) == pytest.approx(
+        settings.learning_rate * (1 + settings.momentum) * settings.grad_clip, rel=1e-4)

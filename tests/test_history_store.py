@@ -19,6 +19,7 @@ from prefstudio.generators.base import GeneratedImage
 from prefstudio.store import history
 from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment, Preset, Profile
 from prefstudio.store.image_files import read_png_metadata
+from tests.accelerator_double import on_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -353,6 +354,14 @@ def test_features_round_trip_exactly(store, images):
     with pytest.raises(InvalidInput, match="one vector"):
         store.put_features("efficientnet-lite0", {images[2]: torch.zeros(2, 8)})
     assert set(store.get_features("efficientnet-lite0", images)) == set(images[:2])
+
+
+def test_features_an_encoder_left_on_a_gpu_are_stored(store, images):
+    vector = torch.randn(16)
+    with pytest.raises(TypeError, match="cuda"):  # the double refuses NumPy as a GPU tensor does
+        on_accelerator(vector).numpy()
+    store.put_features("clip-vit-l-14", {images[0]: on_accelerator(vector)})
+    assert torch.equal(store.get_features("clip-vit-l-14", images)[images[0]], vector)
 
 
 def test_models_round_trip_exactly(store):

@@ -15,6 +15,7 @@ from prefstudio.preference.user_embedding import UserEmbeddingModel
 from prefstudio.store.history import HistoryStore
 from prefstudio.store.profile_file import content_digest, export_profile, import_profile
 from test_image_files import bomb_png, encoded, noise_image
+from tests.accelerator_double import on_accelerator
 
 
 def generated(seed: int) -> GeneratedImage:
@@ -287,6 +288,15 @@ def test_serialized_tensors_are_what_safetensors_writes_with_or_without_metadata
         (tmp_path / "t.safetensors").write_bytes(data)
         with safe_open(tmp_path / "t.safetensors", framework="numpy") as file:
             assert file.metadata() == metadata and sorted(file.keys()) == ["a", "b"]
+
+
+def test_a_tensor_on_a_gpu_has_the_digest_of_its_bytes(tmp_path):
+    """A tool that forges or re-signs a profile file may hold its tensors on a GPU."""
+    from prefstudio.store.profile_file import RawTensor
+
+    tensor = torch.randn(3, 2).bfloat16()
+    raw = RawTensor("BF16", (3, 2), tensor.view(torch.int16).numpy().tobytes())
+    assert content_digest("{}", {"w": on_accelerator(tensor)}) == content_digest("{}", {"w": raw})
 
 
 def test_export_refuses_a_profile_whose_image_file_is_missing_or_changed(store, tmp_path):
