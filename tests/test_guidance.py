@@ -431,6 +431,18 @@ def test_a_guard_off_the_axes_still_prices_a_drop_below_the_seeds_own_noise():
     assert pool.pick({"a": 0.5, "b": 0.5, "g": 1.0}, rewards, ["a", "b"]).iteration == 1
 
 
+def test_the_pick_compares_shortfalls_exactly_not_at_the_scores_own_precision():
+    """Scores are float32 values, their differences are not: two candidates whose shortfalls
+    differ by less than float32 resolves near 0.9 must still be told apart, or a sweep's order
+    between neighbouring cells falls to whichever candidate came first."""
+    low = float(torch.tensor(0.1))
+    just_above = float(torch.nextafter(torch.tensor(0.1), torch.tensor(1.0)))
+    pool = pool_of([(1.0, low, 0.0), (just_above, 1.0, 0.0)])  # shortfalls 1 − low > 1 − just_above
+    rewards = {"a": Warmth(), "b": Coolness()}
+    for weight in (1.0, 0.5):
+        assert pool.pick({"a": weight, "b": weight}, rewards, ["a", "b"]).iteration == 1
+
+
 def test_an_empty_pool_is_refused():
     with pytest.raises(InvalidInput) as refused:
         CandidatePool().pick({"a": 1.0}, {"a": Warmth()}, ["a"])
