@@ -72,6 +72,49 @@ def test_once_the_history_answers_a_question_it_is_worth_less_and_the_next_one_c
     assert {(q.first, q.second): q.taste_information for q in same_images}[0, 2] > after[0, 2]
 
 
+def _posterior_mode(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor) -> torch.Tensor:
+    """The Laplace posterior's centre found another way: L-BFGS with a line search, in float64."""
+    directions = (bank.like_vectors - bank.dislike_vectors).double()
+    prior_mean = directions.mean(0)
+    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(2, dtype=torch.float64))
+    x = (bank.project(liked) - bank.project(disliked)).double()
+    w = prior_mean.clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                  line_search_fn="strong_wolfe")
+
+    def negative_log_posterior():
+        optimiser.zero_grad()
+        centred = w - prior_mean
+        loss = 0.5 * centred @ prior_precision @ centred - torch.nn.functional.logsigmoid(x @ w).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(negative_log_posterior)
+    return w.detach().float()
+
+
+@pytest.mark.parametrize("gap", [[0.0, 1.0], [0.0, 30.0], [-2.0, 20.0], [-3.0, 100.0]])
+def test_the_posterior_is_centred_on_its_mode_however_large_the_gap(gap):
+    """A person who liked images with far more of feature 1 (on which the prior is weak) and a
+    little less of feature 0: the samples are centred where the log posterior peaks. An
+    undamped Newton step overshot on the large gaps and swung between two points, centring
+    the samples near 0 on feature 1: "no opinion" of what the person clearly liked."""
+    liked, disliked = torch.tensor([gap] * 8), torch.zeros(8, 2)
+    bank = two_user_bank()
+    mode = _posterior_mode(bank, liked, disliked)
+    assert mode[1] > 0.1  # the person's preference is there to be found
+    samples = taste_samples(bank, liked, disliked, n_samples=4096)
+    assert samples.shape == (4096, 2) and torch.isfinite(samples).all()
+    standard_error = samples.std(0) / len(samples) ** 0.5
+    assert ((samples.mean(0) - mode).abs() < 4 * standard_error + 1e-3).all(), (samples.mean(0), mode)
+    # Their spread is the Laplace posterior's: the inverse of the log posterior's curvature there.
+    directions = (bank.like_vectors - bank.dislike_vectors).double()
+    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(2, dtype=torch.float64))
+    x, p = (liked - disliked).double(), torch.sigmoid((liked - disliked).double() @ mode.double())
+    covariance = torch.linalg.inv(prior_precision + (x.T * (p * (1 - p))) @ x).float()
+    assert float((torch.cov(samples.T) - covariance).norm()) < 0.05 * float(covariance.norm())
+
+
 def test_without_a_bank_the_fitted_taste_asks_where_it_is_least_sure():
     taste = UserEmbeddingModel("toy", torch.zeros(2), torch.ones(2), torch.eye(2),
                                torch.tensor([4.0, 0.1]), torch.zeros(2), 0.0, 0.0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.model import Taste
@@ -34,7 +35,8 @@ from prefstudio.preference.user_embedding import UserBank, _evidence
 MAX_CANDIDATES = 256  # pairs grow as n²: 256 candidates are 32,640 pairs
 MODEL_WEIGHT = 0.05  # nats of model entropy per nat of taste information: a tie-break
 POSTERIOR_SAMPLES = 256
-NEWTON_STEPS = 12  # the log posterior is concave; a dozen Newton steps converge
+MAX_NEWTON_STEPS = 100  # damped Newton on a concave log posterior: far fewer are needed
+NEWTON_TOLERANCE = 1e-9  # nats a full Newton step would still gain: the mode is found
 
 
 @dataclass
@@ -76,25 +78,43 @@ def taste_samples(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor,
                   n_samples: int = POSTERIOR_SAMPLES) -> torch.Tensor:
     """[S, k] like − dislike directions drawn from the Laplace posterior over the person's taste
     (module docstring). liked/disliked [N, D]: the history's features; pair_images: its image
-    ids, for the evidence count. Deterministic (fixed sampling seed)."""
-    directions = bank.like_vectors - bank.dislike_vectors  # [K, k]
+    ids, for the evidence count. Deterministic (quasi-random draws)."""
+    # In float64: the prior's precision spans orders of magnitude (tastes the bank users share
+    # vs ones they split on), and in float32 rounding stalled Newton short of the mode.
+    directions = (bank.like_vectors - bank.dislike_vectors).double()  # [K, k]
     k = directions.shape[1]
     prior_mean = directions.mean(0)
-    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(k))
+    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(k, dtype=torch.float64))
     w, precision = prior_mean.clone(), prior_precision
     if liked.shape[0]:
-        x = bank.project(liked.float()) - bank.project(disliked.float())  # [N, k]
+        x = (bank.project(liked.float()) - bank.project(disliked.float())).double()  # [N, k]
         scale = _evidence(liked.shape[0], pair_images) / liked.shape[0]
-        for step in range(NEWTON_STEPS + 1):
+
+        def log_posterior(w: torch.Tensor) -> float:
+            centred = w - prior_mean
+            return float(scale * F.logsigmoid(x @ w).sum() - 0.5 * centred @ prior_precision @ centred)
+
+        for _ in range(MAX_NEWTON_STEPS):
             s = torch.sigmoid(x @ w)
             precision = prior_precision + scale * (x.T * (s * (1 - s))) @ x
-            if step == NEWTON_STEPS:
-                break  # the precision at the mode
             gradient = prior_precision @ (w - prior_mean) - scale * ((1 - s) @ x)
-            w = w - torch.linalg.solve(precision, gradient)
+            step = torch.linalg.solve(precision, gradient)
+            if float(gradient @ step) / 2 < NEWTON_TOLERANCE:
+                break  # a full step would gain less than this: w is the mode, precision is at it
+            # A full Newton step can overshoot where the pairs' log-likelihood bends sharply (large
+            # feature gaps) and then swing between two points; halve it until the log posterior
+            # rises, which, the log posterior being concave, a short enough step does.
+            before, length = log_posterior(w), 1.0
+            while log_posterior(w - length * step) < before and length > 1e-6:
+                length /= 2
+            w = w - length * step
     covariance_root = torch.linalg.cholesky(torch.linalg.inv(precision))
-    noise = torch.randn(n_samples, k, generator=torch.Generator().manual_seed(0))
-    return w + noise @ covariance_root.T
+    # Quasi-random normal draws (unscrambled Sobol points through Φ⁻¹): deterministic without a
+    # seed, and their mean and covariance sit closer to the standard normal's than pseudo-random
+    # draws' do. The first Sobol point is 0, where Φ⁻¹ is −∞: skipped.
+    uniform = torch.quasirandom.SobolEngine(k, scramble=False).draw(n_samples + 1, dtype=torch.float64)[1:]
+    noise = torch.special.ndtri(uniform)
+    return (w + noise @ covariance_root.T).float()
 
 
 def rank_pairs(candidates: torch.Tensor, history_liked: torch.Tensor | None = None,
