@@ -154,6 +154,19 @@ def rate(count: Counter) -> str:
     return f"{100 * (count['survived'] + count['no tests']) / checked:.1f} %"
 
 
+def adopt_test_selection() -> None:
+    """Record the current test selection as the one mutants/ was run with. A test added to it
+    can kill more mutants but revive none, so every kill stands; the survivors it may kill are
+    found by --recheck (mutmut traces the new tests on its next run)."""
+    from mutmut.configuration import config
+
+    os.chdir(REPO)
+    stats_path = REPO / "mutants" / "mutmut-stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["config_fingerprint"]["test_selection"] = config().config_fingerprint()["test_selection"]
+    stats_path.write_text(json.dumps(stats, indent=4))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", nargs="+", choices=SCOPE, default=None,
@@ -167,7 +180,12 @@ def main() -> None:
                              "docs/mutation.md does not explain (after new tests)")
     parser.add_argument("--resume", action="store_true",
                         help="run only the mutants of these modules not run yet (after a budget stop)")
+    parser.add_argument("--adopt-test-selection", action="store_true",
+                        help="after tests were only added to [tool.mutmut]'s test selection: keep the "
+                             "results mutants/ holds (mutmut would forget them all) and trace the new tests")
     args = parser.parse_args()
+    if args.adopt_test_selection:
+        adopt_test_selection()
 
     modules = [] if args.report_only else (args.modules or SCOPE)
     earlier = results()

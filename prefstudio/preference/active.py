@@ -36,7 +36,7 @@ MAX_CANDIDATES = 256  # pairs grow as n²: 256 candidates are 32,640 pairs
 MODEL_WEIGHT = 0.05  # nats of model entropy per nat of taste information: a tie-break
 POSTERIOR_SAMPLES = 256
 MAX_NEWTON_STEPS = 100  # damped Newton on a concave log posterior: far fewer are needed
-NEWTON_TOLERANCE = 1e-9  # nats a full Newton step would still gain: the mode is found
+NEWTON_TOLERANCE = 1e-12  # nats a full Newton step would still gain: the mode is found
 
 
 @dataclass
@@ -84,7 +84,9 @@ def taste_samples(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor,
     directions = (bank.like_vectors - bank.dislike_vectors).double()  # [K, k]
     k = directions.shape[1]
     prior_mean = directions.mean(0)
-    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(k, dtype=torch.float64))
+    prior_covariance = torch.cov(directions.T)
+    prior_covariance.diagonal().add_(1e-3)
+    prior_precision = torch.linalg.inv(prior_covariance)
     w, precision = prior_mean.clone(), prior_precision
     if liked.shape[0]:
         x = (bank.project(liked.float()) - bank.project(disliked.float())).double()  # [N, k]
@@ -109,11 +111,12 @@ def taste_samples(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor,
                 length /= 2
             w = w - length * step
     covariance_root = torch.linalg.cholesky(torch.linalg.inv(precision))
-    # Quasi-random normal draws (unscrambled Sobol points through Φ⁻¹): deterministic without a
-    # seed, and their mean and covariance sit closer to the standard normal's than pseudo-random
-    # draws' do. The first Sobol point is 0, where Φ⁻¹ is −∞: skipped.
-    uniform = torch.quasirandom.SobolEngine(k, scramble=False).draw(n_samples + 1, dtype=torch.float64)[1:]
-    noise = torch.special.ndtri(uniform)
+    # Quasi-random normal draws (Sobol points through Φ⁻¹; the first point, 0, where Φ⁻¹ is −∞,
+    # skipped), each with its mirror image: deterministic without a seed, their mean is exactly
+    # the mode and their covariance sits closer to the posterior's than pseudo-random draws' do.
+    # An odd count adds the mode itself.
+    half = torch.special.ndtri(torch.quasirandom.SobolEngine(k).draw(n_samples // 2 + 1, dtype=torch.float64)[1:])
+    noise = torch.cat([half, -half, half.new_zeros(n_samples % 2, k)])
     return (w + noise @ covariance_root.T).float()
 
 
