@@ -23,6 +23,10 @@ class ModelUnavailable(PrefStudioError, RuntimeError):
     """A model's weights are not on this machine; the message says how to get them."""
 
 
+class Busy(PrefStudioError):
+    """Another process held the history longer than the store waits; nothing was changed."""
+
+
 class DiskFull(PrefStudioError):
     """A write failed for lack of space; the write was rolled back, nothing saved before was lost."""
 

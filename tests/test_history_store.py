@@ -1035,6 +1035,40 @@ def test_other_writers_are_waited_for_as_long_as_the_store_was_told(tmp_path):
         assert store._query("PRAGMA busy_timeout") == [(2500,)]
 
 
+def test_a_history_another_process_holds_too_long_is_called_busy_and_nothing_is_saved(tmp_path):
+    """Another PrefStudio process in the middle of a long write (an import, say): a click waits
+    as long as the store was told, then says so in one line instead of SQLite's "database is
+    locked"; opening the store then is refused the same way."""
+    from prefstudio.errors import Busy
+
+    with HistoryStore(tmp_path) as store:
+        store.create_profile("alice")
+    message = (f"{tmp_path} is busy: another PrefStudio process has been writing to it for 0.2 s; "
+               "nothing was saved, try again when it is done")
+    with HistoryStore(tmp_path, timeout=0.2) as store:
+        other = sqlite3.connect(tmp_path / "history.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(Busy) as refused:
+            store.create_profile("bob")
+        assert str(refused.value) == message
+        other.execute("ROLLBACK")
+        assert [p.name for p in store.list_profiles()] == ["alice"]
+    with HistoryStore(tmp_path / "new") as fresh:
+        fresh.create_profile("carol")
+    other = sqlite3.connect(tmp_path / "new" / "history.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(Busy) as refused:
+        HistoryStore(tmp_path / "new", timeout=0.2)
+    assert str(refused.value) == message.replace(str(tmp_path), str(tmp_path / "new"))
+    other.execute("ROLLBACK")
+
+
+def test_by_default_a_store_waits_30_seconds_for_another_process(tmp_path):
+    # README, "How it works": a write waits up to 30 s for another process's, then says busy.
+    with HistoryStore(tmp_path) as store:
+        assert store._query("PRAGMA busy_timeout") == [(30000,)]
+
+
 class _FileSystemWithoutWal(sqlite3.Connection):
     """A connection whose file system cannot share memory: SQLite keeps the journal mode it had."""
 

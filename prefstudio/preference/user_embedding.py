@@ -246,11 +246,13 @@ def bank_combination(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor
     return bank.posterior(_evidence_scaled(bank, gaps, evidence).sum(0))
 
 
-def _loo_masks(pair_images: list[tuple[str, str]], generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+def _loo_masks(pair_images: list[tuple[str, str]]) -> tuple[torch.Tensor, list[int]]:
     """For each evaluated pair, a mask of the pairs its held-out model may train on:
-    none that shares an image with it (else a liked image seen in another pair leaks)."""
+    none that shares an image with it (else a liked image seen in another pair leaks).
+    Every pair is evaluated up to MAX_LOO_MODELS; beyond, pairs spread evenly from the first
+    judged to the last, so the estimate reads every period of the history."""
     n = len(pair_images)
-    order = torch.randperm(n, generator=generator)[:MAX_LOO_MODELS].tolist()
+    order = torch.linspace(0, n - 1, min(n, MAX_LOO_MODELS)).round().long().tolist()
     masks = torch.ones(len(order), n)
     for row, i in enumerate(order):
         held = set(pair_images[i])
@@ -270,7 +272,6 @@ def fit_user_embedding(
     contrastive: bool = True,
     steps: int = 150,
     lr: float = 0.05,
-    seed: int = 0,
 ) -> FitResult:
     """Fits a person's like/dislike vectors on pairs (liked[i] ≻ disliked[i]).
 
@@ -280,7 +281,7 @@ def fit_user_embedding(
     bank-based fit and a free fit from scratch compete on leave-one-out accuracy:
     the history moves the person off the bank once it says more than the bank does.
     """
-    args = dict(pair_images=pair_images, contrastive=contrastive, steps=steps, lr=lr, seed=seed)
+    args = dict(pair_images=pair_images, contrastive=contrastive, steps=steps, lr=lr)
     result = _fit(liked, disliked, bank, encoder, **args)
     if bank is not None and _evidence(liked.shape[0], pair_images) >= COLD_START_PAIRS:
         free = _fit(liked, disliked, None, encoder, **args)
@@ -294,11 +295,11 @@ def _fit(
     disliked: torch.Tensor,
     bank: UserBank | None,
     encoder: str,
-    pair_images: list[tuple[str, str]] | None = None,
-    contrastive: bool = True,
-    steps: int = 150,
-    lr: float = 0.05,
-    seed: int = 0,
+    *,
+    pair_images: list[tuple[str, str]] | None,
+    contrastive: bool,
+    steps: int,
+    lr: float,
 ) -> FitResult:
     if liked.ndim != 2 or liked.shape != disliked.shape:
         raise InvalidInput(f"liked and disliked features must both be [N, D]; got "
@@ -338,8 +339,7 @@ def _fit(
     phi_pos = ((liked - mean) / std) @ projection
     phi_neg = ((disliked - mean) / std) @ projection
     pair_images = pair_images or [(f"pos{i}", f"neg{i}") for i in range(n_pairs)]
-    generator = torch.Generator().manual_seed(seed)
-    loo_masks, loo_index = _loo_masks(pair_images, generator) if n_pairs >= 2 else (torch.zeros(0, n_pairs), [])
+    loo_masks, loo_index = _loo_masks(pair_images) if n_pairs >= 2 else (torch.zeros(0, n_pairs), [])
     weights = torch.cat([torch.ones(1, n_pairs), loo_masks])  # row 0: the model on every pair
 
     if bank is not None:
@@ -418,7 +418,7 @@ LIKELIHOOD_POWERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def calibrate_likelihood_power(gaps: torch.Tensor, user_index: torch.Tensor, directions: torch.Tensor,
-                               n_history: int = 8, max_users: int = 256) -> float:
+                               n_history: int = 8) -> float:
     """The β at which the posterior over the *other* users, given a training user's first
     pairs, best predicts that user's remaining pairs (leave-one-user-out, accuracy).
 
@@ -428,7 +428,7 @@ def calibrate_likelihood_power(gaps: torch.Tensor, user_index: torch.Tensor, dir
     scores = gaps @ directions.T  # [N, K]: pair i under user k's taste
     log_likelihood = F.logsigmoid(scores)
     hits = {power: [] for power in LIKELIHOOD_POWERS}
-    for user in range(min(directions.shape[0], max_users)):
+    for user in range(directions.shape[0]):
         rows = (user_index == user).nonzero().flatten()
         n = min(n_history, len(rows) // 2)
         if n == 0:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, validate_blend, validate_preset_name
-from prefstudio.errors import InvalidInput, NotFound, echo
+from prefstudio.errors import Busy, InvalidInput, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
     make_private,
@@ -215,6 +215,11 @@ def check_judgment(kind: str, image_a: str, image_b: str | None) -> None:
         raise InvalidInput(f"a {kind} judgment needs two different images; got the same twice")
 
 
+def _is_busy(error: sqlite3.Error) -> bool:
+    """SQLite gave up waiting for another connection's lock (SQLITE_BUSY)."""
+    return getattr(error, "sqlite_errorname", "") == "SQLITE_BUSY"
+
+
 class HistoryStore:
     def __init__(self, data_dir: str | Path, timeout: float = 30.0):
         self.data_dir = Path(data_dir)
@@ -228,6 +233,7 @@ class HistoryStore:
         for path, mode in ((self.data_dir, 0o700), (self.images_dir, 0o700), (self.db_path, 0o600)):
             make_private(path, mode)
         self._lock = threading.RLock()
+        self.timeout = timeout
         # isolation_level=None: transactions are exactly the BEGIN/COMMIT written below.
         self._db = sqlite3.connect(
             self.db_path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -236,6 +242,8 @@ class HistoryStore:
             self._open_schema()
         except sqlite3.DatabaseError as error:
             self._db.close()
+            if _is_busy(error):
+                raise self._busy() from None
             raise InvalidInput(f"{self.db_path} is not a PrefStudio history: {error}") from None
         except BaseException:
             self._db.close()
@@ -306,7 +314,12 @@ class HistoryStore:
             if self._db.in_transaction:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if _is_busy(error):
+                    raise self._busy() from None
+                raise
             try:
                 yield self._db
                 self._db.execute("COMMIT")
@@ -314,6 +327,10 @@ class HistoryStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _busy(self) -> Busy:
+        return Busy(f"{self.data_dir} is busy: another PrefStudio process has been writing to it for "
+                    f"{self.timeout:g} s; nothing was saved, try again when it is done")
 
     def _query(self, sql: str, args: Iterable = ()) -> list[tuple]:
         with self._lock:

@@ -129,7 +129,7 @@ def personalized_generation(test, bank, image_encoder, config: RunConfig, seed: 
     for i, user in enumerate(seen + unseen):
         refs = test.references[user][: config.pairs.n_ref]
         liked, disliked = test.features[refs[:, 0]], test.features[refs[:, 1]]
-        model = fit_user_embedding(liked, disliked, bank, image_encoder.name, seed=seed).model
+        model = fit_user_embedding(liked, disliked, bank, image_encoder.name).model
         sets += generation.personalize(generator, image_encoder, consistency, user, model,
                                        torch.cat([liked, disliked]), prompts, seed=1000 + i,
                                        iterations=config.guidance_iterations)
