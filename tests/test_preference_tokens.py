@@ -444,3 +444,17 @@ def test_training_on_several_history_lengths_reads_them_all():
         train_lite_on_features(train_users, validation, {"width": 16, "layers": 1, "heads": 2},
                                StageConfig(steps=2, batch_size=8, lr=3e-3, n_ref=2, history_lengths=[2, 12]),
                                None, image_encoder="test-features", log=lambda message: None)
+
+
+def test_a_model_without_preference_tokens_refuses_an_empty_history_in_one_line():
+    """A checkpoint trained without preference tokens reads nothing but the person's pairs:
+    with none judged it has nothing to attend to (it raised a reshape error)."""
+    from prefstudio.preference.models import TokenTaste
+
+    empty = PairFeatures(torch.zeros(0, 6), torch.zeros(0, 6), torch.zeros(0, 4), torch.zeros(0, 4))
+    with pytest.raises(InvalidInput) as refused:
+        TokenTaste(_lite(preference_tokens=0), None, empty, 8, {})
+    assert str(refused.value) == ("this preference-token checkpoint has no preference tokens: it reads only "
+                                  "your judged pairs, and none is judged yet; judge a 👍/👎 pair first")
+    with_tokens = TokenTaste(_lite(preference_tokens=2), None, empty, 8, {})  # its tokens stand in
+    assert torch.isfinite(with_tokens.log_odds(torch.randn(3, 6), torch.zeros(1, 4))).all()

@@ -82,6 +82,9 @@ class TokenTaste(Taste):
                  config: dict):
         self.model, self.text_encoder, self.history, self.config = model, text_encoder, history, config
         n = history.liked.shape[0]
+        if n == 0 and not model.config.preference_tokens:
+            raise InvalidInput("this preference-token checkpoint has no preference tokens: it reads only your "
+                               "judged pairs, and none is judged yet; judge a 👍/👎 pair first")
         chunks = max(1, math.ceil(n / window))
         self.prefixes = []
         with torch.no_grad():
