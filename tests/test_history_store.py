@@ -1061,6 +1061,14 @@ def test_a_history_another_process_holds_too_long_is_called_busy_and_nothing_is_
         HistoryStore(tmp_path / "new", timeout=0.2)
     assert str(refused.value) == message.replace(str(tmp_path), str(tmp_path / "new"))
     other.execute("ROLLBACK")
+    # A history file another process is creating (locked before it is even in WAL mode).
+    (tmp_path / "creating").mkdir()
+    other = sqlite3.connect(tmp_path / "creating" / "history.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(Busy) as refused:
+        HistoryStore(tmp_path / "creating", timeout=0.2)
+    assert str(refused.value) == message.replace(str(tmp_path), str(tmp_path / "creating"))
+    other.execute("ROLLBACK")
 
 
 def test_by_default_a_store_waits_30_seconds_for_another_process(tmp_path):

@@ -427,6 +427,18 @@ def test_a_history_the_bank_cannot_explain_is_fitted_from_scratch_once_it_is_lon
     assert fit_user_embedding(liked, disliked, blind, "enc", pair_images=reused, steps=30).mode == "bank posterior"
 
 
+def test_when_the_fit_from_scratch_is_no_better_the_bank_fit_is_served(bank):
+    # Both read every one of these 32 held-out pairs right: the bank's fit, which generalises
+    # from many people, is kept on a tie.
+    from prefstudio.preference.user_embedding import _fit
+
+    liked, disliked = user_pairs(3, 32)
+    recipe = dict(pair_images=None, contrastive=True, steps=150, lr=0.05)
+    assert _fit(liked, disliked, bank, "enc", **recipe).loo_accuracy == 1.0
+    assert _fit(liked, disliked, None, "enc", **recipe).loo_accuracy == 1.0
+    assert fit_user_embedding(liked, disliked, bank, "enc").mode == "bank posterior + personal"
+
+
 def test_a_history_the_bank_gets_entirely_wrong_is_fitted_from_scratch():
     # A bank whose one taste direction scores every liked image exactly one above its disliked
     # one, and whose users all hold it the wrong way round: its fit predicts none of the held-out

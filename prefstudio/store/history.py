@@ -217,7 +217,7 @@ def check_judgment(kind: str, image_a: str, image_b: str | None) -> None:
 
 def _is_busy(error: sqlite3.Error) -> bool:
     """SQLite gave up waiting for another connection's lock (SQLITE_BUSY)."""
-    return getattr(error, "sqlite_errorname", "") == "SQLITE_BUSY"
+    return error.sqlite_errorname == "SQLITE_BUSY"
 
 
 class HistoryStore:
