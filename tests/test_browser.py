@@ -85,7 +85,7 @@ def test_label_fit_generate_in_the_browser(server, page):
     expect(page.locator("#ps-left img")).to_be_visible()
     page.locator("body").click(position={"x": 5, "y": 5})
     pair_status = page.locator("#ps-pair-status")
-    for key, expected in (("1", "1 pairs"), ("ArrowRight", "2 pairs"), ("t", "1 ties")):
+    for key, expected in (("1", "1 pair ·"), ("ArrowRight", "2 pairs"), ("t", "1 tie ·")):
         page.keyboard.press(key)
         expect(pair_status).to_contain_text(expected)
     assert store.counts("me") == {"like": 3, "dislike": 3, "pair": 2, "tie": 1, "skip": 0}

@@ -80,3 +80,16 @@ def test_restore_lands_on_the_first_unjudged_candidate_and_pair(tab, shown):
     assert fresh.current == 2 and fresh.pair_index == 1
     tab.restore(other := LabelSession(), "", list(shown.candidates))  # no profile: the first
     assert other.current == 0
+
+
+def test_the_running_count_says_one_pair_and_one_tie_in_the_singular():
+    from types import SimpleNamespace
+
+    from prefstudio.ui.common import counts_line
+
+    store = SimpleNamespace(counts=lambda profile: {"like": 1, "dislike": 0, "pair": 1, "tie": 1, "skip": 0})
+    assert counts_line(SimpleNamespace(store=store), "ann") == (
+        "**ann** · 3 judgments: 1 👍 · 0 👎 · 1 pair · 1 tie · 0 skipped")
+    store = SimpleNamespace(counts=lambda profile: {"like": 0, "dislike": 0, "pair": 2, "tie": 0, "skip": 1})
+    assert counts_line(SimpleNamespace(store=store), "ann") == (
+        "**ann** · 3 judgments: 0 👍 · 0 👎 · 2 pairs · 0 ties · 1 skipped")

@@ -132,15 +132,19 @@ def pair_thumb(ctx: AppContext, sha_a: str, sha_b: str, size: int = GALLERY_THUM
     return str(path)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def counts_line(ctx: AppContext, profile: str | None) -> str:
     """The running count of a profile's judgments, for the status lines."""
     if not profile:
         return "No profile chosen: create one at the top of the page."
     counts = ctx.store.counts(profile)
     total = sum(counts.values())
-    parts = [f"{counts['like']} 👍", f"{counts['dislike']} 👎", f"{counts['pair']} pairs",
-             f"{counts['tie']} ties", f"{counts['skip']} skipped"]
-    return f"**{profile}** · {total} judgment{'' if total == 1 else 's'}: " + " · ".join(parts)
+    parts = [f"{counts['like']} 👍", f"{counts['dislike']} 👎", _count(counts["pair"], "pair"),
+             _count(counts["tie"], "tie"), f"{counts['skip']} skipped"]
+    return f"**{profile}** · {_count(total, 'judgment')}: " + " · ".join(parts)
 
 
 def gallery_height(items: int, columns: int, width: int = 1180) -> int:
