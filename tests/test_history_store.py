@@ -1038,7 +1038,7 @@ def test_other_writers_are_waited_for_as_long_as_the_store_was_told(tmp_path):
 def test_a_history_another_process_holds_too_long_is_called_busy_and_nothing_is_saved(tmp_path):
     """Another PrefStudio process in the middle of a long write (an import, say): a click waits
     as long as the store was told, then says so in one line instead of SQLite's "database is
-    locked"; opening the store then is refused the same way."""
+    locked"."""
     from prefstudio.errors import Busy
 
     with HistoryStore(tmp_path) as store:
@@ -1053,22 +1053,18 @@ def test_a_history_another_process_holds_too_long_is_called_busy_and_nothing_is_
         assert str(refused.value) == message
         other.execute("ROLLBACK")
         assert [p.name for p in store.list_profiles()] == ["alice"]
-    with HistoryStore(tmp_path / "new") as fresh:
-        fresh.create_profile("carol")
-    other = sqlite3.connect(tmp_path / "new" / "history.sqlite3", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    with pytest.raises(Busy) as refused:
-        HistoryStore(tmp_path / "new", timeout=0.2)
-    assert str(refused.value) == message.replace(str(tmp_path), str(tmp_path / "new"))
-    other.execute("ROLLBACK")
-    # A history file another process is creating (locked before it is even in WAL mode).
+    # Opening it then is refused too, as is opening one another process is creating (locked
+    # before it is even in WAL mode).
+    with HistoryStore(tmp_path / "existing") as existing:
+        existing.create_profile("carol")
     (tmp_path / "creating").mkdir()
-    other = sqlite3.connect(tmp_path / "creating" / "history.sqlite3", isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
-    with pytest.raises(Busy) as refused:
-        HistoryStore(tmp_path / "creating", timeout=0.2)
-    assert str(refused.value) == message.replace(str(tmp_path), str(tmp_path / "creating"))
-    other.execute("ROLLBACK")
+    for folder, lock in ((tmp_path / "existing", "BEGIN IMMEDIATE"), (tmp_path / "creating", "BEGIN EXCLUSIVE")):
+        other = sqlite3.connect(folder / "history.sqlite3", isolation_level=None)
+        other.execute(lock)
+        with pytest.raises(Busy) as refused:
+            HistoryStore(folder, timeout=0.2)
+        other.execute("ROLLBACK")
+        assert str(refused.value) == message.replace(str(tmp_path), str(folder))
 
 
 def test_by_default_a_store_waits_30_seconds_for_another_process(tmp_path):
