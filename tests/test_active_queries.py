@@ -300,8 +300,12 @@ def test_label_tab_suggest_puts_the_most_informative_pair_next(tmp_path):
         shas = [r.sha256 for r in studio.generate_candidates("a lighthouse at dusk", seeds=[1, 2, 3, 4])]
         top = studio.suggest("lena", shas, top=1)[0]
         *_, pair_info, status, _ = c.predict("lena", api_name="/suggest")
-        assert f"Next: {top.first[:8]}" in value(status) and top.reason in value(status)
-        assert "Pair 1 of" in value(pair_info)
+        # Named as the pair view names them: by seed, and on which side each now is.
+        seed = {sha: i + 1 for i, sha in enumerate(shas)}
+        said = value(status)
+        assert top.reason in said and "Pair 1 of" in value(pair_info)
+        assert said.startswith("💡 Next, on screen now:") and "(left)" in said and "(right)" in said
+        assert f"seed {seed[top.first]}" in said and f"seed {seed[top.second]}" in said
         # The pair now on screen is the suggested one, sides as scheduled.
         c.predict("lena", api_name="/pick_left")
         judged = studio.store.judgments("lena")[-1]

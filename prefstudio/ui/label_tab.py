@@ -290,8 +290,9 @@ class LabelTab:
         if not ahead:
             raise InvalidInput("every pair of these candidates is judged already: generate new ones")
         session.pairs[session.pair_index:] = [sides[frozenset((index[q.first], index[q.second]))] for q in ahead]
-        top = ahead[0]
-        return self.render(session, profile, f"💡 Next: {short(top.first)} vs {short(top.second)} — {top.reason}.")
+        left, right = (self.ctx.store.image_record(session.candidates[i]) for i in session.pairs[session.pair_index])
+        return self.render(session, profile, f"💡 Next, on screen now: {_seed(left)} (left) vs {_seed(right)} "
+                                             f"(right) — {ahead[0].reason}.")
 
     def undo(self, session: LabelSession, profile):
         if not session.made:
