@@ -182,7 +182,7 @@ class UserEmbedding(Method):
         from prefstudio.preference.user_embedding import fit_user_embedding
 
         fit = fit_user_embedding(history.liked, history.disliked, self.bank, self.encoder_name,
-                                 contrastive=self.contrastive, seed=self.seed)
+                                 contrastive=self.contrastive)
         self.last_fit = fit
         return lambda features, prompts=None: fit.model.log_odds(features.float()).detach()
 
