@@ -72,11 +72,16 @@ def test_once_the_history_answers_a_question_it_is_worth_less_and_the_next_one_c
     assert {(q.first, q.second): q.taste_information for q in same_images}[0, 2] > after[0, 2]
 
 
+def _prior(bank: UserBank) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian prior over a person's taste: the bank users' directions' mean and precision."""
+    directions = (bank.like_vectors - bank.dislike_vectors).double()
+    precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(directions.shape[1], dtype=torch.float64))
+    return directions.mean(0), precision
+
+
 def _posterior_mode(bank: UserBank, liked: torch.Tensor, disliked: torch.Tensor) -> torch.Tensor:
     """The Laplace posterior's centre found another way: L-BFGS with a line search, in float64."""
-    directions = (bank.like_vectors - bank.dislike_vectors).double()
-    prior_mean = directions.mean(0)
-    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(len(prior_mean), dtype=torch.float64))
+    prior_mean, prior_precision = _prior(bank)
     x = (bank.project(liked) - bank.project(disliked)).double()
     w = prior_mean.clone().requires_grad_(True)
     optimiser = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
@@ -111,8 +116,7 @@ def test_the_posterior_is_centred_on_its_mode_however_large_the_gap(gap):
     torch.testing.assert_close(odd[4], mode, atol=1e-4, rtol=0)
     torch.testing.assert_close(odd[:2] + odd[2:4], 2 * mode.expand(2, 2), atol=1e-4, rtol=1e-4)
     # Their spread is the Laplace posterior's: the inverse of the log posterior's curvature there.
-    directions = (bank.like_vectors - bank.dislike_vectors).double()
-    prior_precision = torch.linalg.inv(torch.cov(directions.T) + 1e-3 * torch.eye(2, dtype=torch.float64))
+    _, prior_precision = _prior(bank)
     x, p = (liked - disliked).double(), torch.sigmoid((liked - disliked).double() @ mode.double())
     covariance = torch.linalg.inv(prior_precision + (x.T * (p * (1 - p))) @ x).float()
     assert float((torch.cov(samples.T) - covariance).norm()) < 0.05 * float(covariance.norm())
