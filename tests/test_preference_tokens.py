@@ -105,6 +105,34 @@ def test_history_is_a_set_that_the_preference_tokens_read():
         assert not torch.allclose(mine.keys[1][..., :n_pv, :], theirs.keys[1][..., :n_pv, :], atol=1e-4)
 
 
+def test_an_antisymmetric_model_flips_with_the_persons_judgments_and_has_no_opinion_without_them():
+    """What an antisymmetric model says of an image is what the person's history says: judging
+    every pair the other way round flips every log-odds, and an empty history gives none."""
+    model = _lite(preference_tokens=3, antisymmetric=True).eval()
+    with torch.no_grad():
+        model.label_embedding.mul_(50)  # labels that matter, as after training
+    history = PairFeatures(torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 4), torch.randn(5, 4))
+    mirrored = PairFeatures(history.disliked, history.liked, history.disliked_prompts, history.prompts)
+    targets = TargetFeatures(torch.randn(7, 6), torch.randn(7, 4))
+    with torch.no_grad():
+        m_like, m_dislike = model.score(history, targets)
+        mirror_like, mirror_dislike = model.score(mirrored, targets)
+        nothing = model.score(PairFeatures(*(torch.zeros(0, d) for d in (6, 6, 4, 4))), targets)
+        batched = model.score(PairFeatures(*(torch.stack([t, t]) for t in (history.liked, history.disliked,
+                                                                              history.prompts,
+                                                                              history.disliked_prompts))),
+                              TargetFeatures(torch.stack([targets.images] * 2), torch.stack([targets.prompts] * 2)))
+    assert (m_like - m_dislike).abs().max() > 0.01
+    assert torch.allclose(m_like - m_dislike, mirror_dislike - mirror_like, atol=1e-5)
+    assert torch.allclose(nothing[0], nothing[1], atol=1e-6)
+    assert torch.allclose(batched[0][1], m_like, atol=1e-5)
+    plain = _lite(preference_tokens=3).eval()  # the same weights read without the mirror
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        plain_odds = torch.sub(*plain.score(history, targets)) + torch.sub(*plain.score(mirrored, targets))
+    assert plain_odds.abs().max() > 1e-3
+
+
 def test_lite_checkpoint_round_trip_and_clear_errors(tmp_path):
     model = _lite(preference_tokens=4).eval()
     save_token_model(model, tmp_path / "ckpt", {"command": "test"})
@@ -458,3 +486,37 @@ def test_a_model_without_preference_tokens_refuses_an_empty_history_in_one_line(
                                   "your judged pairs, and none is judged yet; judge a 👍/👎 pair first")
     with_tokens = TokenTaste(_lite(preference_tokens=2), None, empty, 8, {})  # its tokens stand in
     assert torch.isfinite(with_tokens.log_odds(torch.randn(3, 6), torch.zeros(1, 4))).all()
+
+
+def test_an_antisymmetric_model_reads_a_person_against_its_training_populations_taste():
+    """Training users who all share one taste teach a plain model that taste as a prior, and a
+    person of the opposite taste is then read by it whatever they judged. An antisymmetric model
+    trained on the same users follows the person's own history."""
+    from prefstudio_research.train.preference_tokens import train_lite_on_features
+
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(80, 6, generator=generator)
+    w = torch.tensor([1.0, -1, 0, 0, 0, 0])
+
+    def history(n, taste):
+        pick = torch.stack([torch.randperm(80, generator=generator)[:2] for _ in range(n)])
+        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
+        a_wins = ((a - b) @ taste > 0).unsqueeze(1)
+        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+
+    train_users = [history(16, w) for _ in range(16)]
+    validation = [(history(4, w), *(lambda h: (h.liked, h.disliked))(history(8, w))) for _ in range(3)]
+    opposite, targets = history(4, -w), history(40, -w)
+
+    def accuracy_on_the_opposite_person(antisymmetric, steps):
+        model = train_lite_on_features(
+            train_users, validation, {"width": 16, "layers": 1, "heads": 2, "antisymmetric": antisymmetric},
+            StageConfig(steps=steps, batch_size=16, lr=3e-3, n_ref=4, eval_every=steps),
+            None, image_encoder="test-features", log=lambda message: None)["stage1"]
+        with torch.no_grad():
+            m_like, m_dislike = model.score(opposite, TargetFeatures(torch.cat([targets.liked, targets.disliked])))
+        odds = m_like - m_dislike
+        return float((odds[:40] > odds[40:]).float().mean())
+
+    assert accuracy_on_the_opposite_person(False, steps=100) < 0.3
+    assert accuracy_on_the_opposite_person(True, steps=100) > 0.8

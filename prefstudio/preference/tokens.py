@@ -24,6 +24,12 @@ computed once per person and every target is scored against them in one batch; a
 attends to the prefix and to itself, never to other targets, so scores do not depend on
 what else is in the batch. There are no positions: the history is a set, and its order
 does not change a score.
+
+An antisymmetric model (`LiteConfig.antisymmetric`, the shipped one) reads every history twice,
+as judged and mirrored, and scores the difference: trained on one population, a plain model
+learns that population's average taste and applies it to anyone, on images it never saw too;
+this one can only say what the person's own judgments say (docs/benchmarks.md, "Do the token
+checkpoints read studio histories?").
 The VLM backbone (`prefstudio.preference.vlm`) has the same stages and loss.
 """
 import json
@@ -78,6 +84,7 @@ class LiteConfig:
     preference_tokens: int = 0  # L_p of this model; 0 = "w/o P_v"
     taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
     max_history: int = 8  # the most pairs it was trained to read as one history (longer ones are split)
+    antisymmetric: bool = False  # log-odds flip exactly when every judgment of the history flips (`Prefix`)
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
@@ -129,11 +136,16 @@ class _Block(nn.Module):
 
 @dataclass
 class Prefix:
-    """Per-layer keys/values of [P_v; history], computed once per person."""
+    """Per-layer keys/values of [P_v; history], computed once per person. An antisymmetric model
+    also encodes the history mirrored (every pair judged the other way round), as a second block
+    of the batch, and reads each target against both: a score that does not flip with the
+    person's judgments (what the training population liked on average, or an extrapolation on
+    images unlike the training images) cancels, and only what the history says is left."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     n_preference_tokens: int
+    mirrored: bool = False
 
 
 class LiteTokenModel(nn.Module):
@@ -225,12 +237,14 @@ class LiteTokenModel(nn.Module):
             raise InvalidInput("this model reads prompts: pass their features")
         return self.text_in((f - self.text_mean) / self.text_std)
 
-    def history_tokens(self, history: PairFeatures) -> torch.Tensor:
-        """[..., N, ·] -> [..., 2N, W]: liked and disliked image of each pair, interleaved."""
+    def history_tokens(self, history: PairFeatures, mirrored: bool = False) -> torch.Tensor:
+        """[..., N, ·] -> [..., 2N, W]: liked and disliked image of each pair, interleaved
+        (`mirrored`: each image with the other label)."""
         prompt = self._text(history.prompts)
         disliked_prompt = prompt if history.disliked_prompts is None else self._text(history.disliked_prompts)
-        liked = self._image(history.liked) + prompt + self.label_embedding[0]
-        disliked = self._image(history.disliked) + disliked_prompt + self.label_embedding[1]
+        labels = self.label_embedding.flip(0) if mirrored else self.label_embedding
+        liked = self._image(history.liked) + prompt + labels[0]
+        disliked = self._image(history.disliked) + disliked_prompt + labels[1]
         return torch.stack([liked, disliked], dim=-2).flatten(-3, -2)
 
     def target_tokens(self, targets: TargetFeatures) -> torch.Tensor:
@@ -242,6 +256,9 @@ class LiteTokenModel(nn.Module):
         tokens = self.history_tokens(history)
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(0)
+        if self.config.antisymmetric:
+            mirrored = self.history_tokens(history, mirrored=True)
+            tokens = torch.cat([tokens, mirrored.reshape(tokens.shape)])
         n_pv = 0
         if self.preference_tokens is not None:
             n_pv = self.preference_tokens.shape[0]
@@ -253,7 +270,7 @@ class LiteTokenModel(nn.Module):
             x, k, v = block.prefix(x)
             keys.append(k)
             values.append(v)
-        return Prefix(keys, values, n_pv)
+        return Prefix(keys, values, n_pv, self.config.antisymmetric)
 
     def score_encoded(self, prefix: Prefix, targets: TargetFeatures, return_attention=False):
         """Targets [B,T,·] (or [T,·] for a one-person prefix) -> (m_like, m_dislike) [B,T] / [T].
@@ -264,14 +281,21 @@ class LiteTokenModel(nn.Module):
         if single:
             t = t.unsqueeze(0)
         batch = prefix.keys[0].shape[0] if prefix.keys else 1
+        if prefix.mirrored:
+            batch //= 2
         if t.shape[0] != batch:
             raise InvalidInput(f"{t.shape[0]} target groups for {batch} encoded histories")
+        if prefix.mirrored:
+            t = torch.cat([t, t])
         attention = []
         for block, k, v in zip(self.blocks, prefix.keys, prefix.values):
             t, weights = block.targets(t, k, v, return_attention)
-            attention.append(weights)
+            attention.append(None if weights is None else weights[:batch])
         logits = self.label_head(self.norm_out(t))
         m_like, m_dislike = logits[..., 0], logits[..., 1]
+        if prefix.mirrored:  # "like" as read from the history = "dislike" as read from its mirror
+            m_like, m_dislike = (0.5 * (m_like[:batch] + m_dislike[batch:]),
+                                 0.5 * (m_dislike[:batch] + m_like[batch:]))
         if single:
             m_like, m_dislike = m_like[0], m_dislike[0]
         return (m_like, m_dislike, attention) if return_attention else (m_like, m_dislike)
