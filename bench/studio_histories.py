@@ -1,7 +1,7 @@
 """Do the preference models read a person's history of the studio's own generated images?
 
-    python bench/studio_histories.py --token-checkpoints checkpoints/preference_tokens_lite \
-        checkpoints/preference_tokens_lite_widened
+    python bench/studio_histories.py --token-checkpoints checkpoints/preference_tokens_lite OTHER_CHECKPOINT
+    python bench/studio_histories.py --seed 2 --token-checkpoints ...   # people of another population
 
 Simulated people as the studio meets them (`prefstudio_research.studio_people.judged_people`:
 PrefBench's population model drawn at seed 1, each liking the better half of 16 embedded-generator
@@ -14,6 +14,8 @@ a tie counts ½), mean ± standard error over people.
 
 The rule, fixed before any retrained checkpoint was measured: 100 people (seed 1); the
 checkpoint the studio serves must not read these histories worse than the one it replaces.
+`--seed` draws the people from another population (another common taste and other archetypes),
+which tells a model that reads the person from one that happens to share their population's taste.
 """
 import argparse
 import json

@@ -162,8 +162,8 @@ def test_the_shipped_token_model_reads_a_studio_history(tmp_path):
 
 
 def test_a_token_model_trained_on_long_histories_reads_up_to_32_pairs_as_one_history():
-    """The checkpoint retrained with histories of 1 to 32 pairs (`preference_tokens_lite_widened`)
-    reads the studio's latest 32 pairs at once, each image with its own prompt (a 👍 of one prompt
+    """The shipped checkpoint, trained with histories of 1 to 32 pairs, reads the studio's latest
+    32 pairs at once, each image with its own prompt (a 👍 of one prompt
     is paired with a 👎 of another): the taste is the model's score given all of them, and the
     oldest of 20 pairs still counts."""
     from prefstudio.encoders.embedded import MiniLMTextEncoder
@@ -171,12 +171,11 @@ def test_a_token_model_trained_on_long_histories_reads_up_to_32_pairs_as_one_his
     from prefstudio.preference.models import PreferenceTokens
     from prefstudio.preference.tokens import PairFeatures, TargetFeatures
 
-    widened = CHECKPOINT.parent / "preference_tokens_lite_widened"
-    model = load_token_model(widened)
+    model = load_token_model(CHECKPOINT)
     assert model.config.max_history >= 32
     text = MiniLMTextEncoder()
-    tokens = PreferenceTokens(widened, EmbeddedImageEncoder.name, text)
-    bank = load_checkpoint_bank(widened)
+    tokens = PreferenceTokens(CHECKPOINT, EmbeddedImageEncoder.name, text)
+    bank = load_checkpoint_bank(CHECKPOINT)
     generator = torch.Generator().manual_seed(0)
     features = bank.mean + bank.std * torch.randn(41, bank.mean.shape[0], generator=generator)
     row = {f"i{k}": features[k] for k in range(41)}
