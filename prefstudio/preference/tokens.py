@@ -84,7 +84,7 @@ class LiteConfig:
     preference_tokens: int = 0  # L_p of this model; 0 = "w/o P_v"
     taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
     max_history: int = 8  # the most pairs it was trained to read as one history (longer ones are split)
-    antisymmetric: bool = False  # log-odds flip exactly when every judgment of the history flips (`Prefix`)
+    antisymmetric: bool = False  # log-odds flip exactly when every judgment of the history flips (`encode_history`)
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
@@ -136,16 +136,12 @@ class _Block(nn.Module):
 
 @dataclass
 class Prefix:
-    """Per-layer keys/values of [P_v; history], computed once per person. An antisymmetric model
-    also encodes the history mirrored (every pair judged the other way round), as a second block
-    of the batch, and reads each target against both: a score that does not flip with the
-    person's judgments (what the training population liked on average, or an extrapolation on
-    images unlike the training images) cancels, and only what the history says is left."""
+    """Per-layer keys/values of [P_v; history], computed once per person (an antisymmetric
+    model's hold the mirrored history as a second block of the batch: `encode_history`)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     n_preference_tokens: int
-    mirrored: bool = False
 
 
 class LiteTokenModel(nn.Module):
@@ -252,7 +248,12 @@ class LiteTokenModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def encode_history(self, history: PairFeatures) -> Prefix:
-        """Run [P_v; x_u history] once. history tensors [B,N,·] (or [N,·] for one person)."""
+        """Run [P_v; x_u history] once. history tensors [B,N,·] (or [N,·] for one person).
+
+        An antisymmetric model also encodes the history mirrored (every pair judged the other way
+        round) and `score_encoded` reads each target against both: a score that does not flip with
+        the person's judgments (what the training population liked on average, or an extrapolation
+        on images unlike the training images) cancels, and only what the history says is left."""
         tokens = self.history_tokens(history)
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(0)
@@ -270,7 +271,7 @@ class LiteTokenModel(nn.Module):
             x, k, v = block.prefix(x)
             keys.append(k)
             values.append(v)
-        return Prefix(keys, values, n_pv, self.config.antisymmetric)
+        return Prefix(keys, values, n_pv)
 
     def score_encoded(self, prefix: Prefix, targets: TargetFeatures, return_attention=False):
         """Targets [B,T,·] (or [T,·] for a one-person prefix) -> (m_like, m_dislike) [B,T] / [T].
@@ -281,11 +282,11 @@ class LiteTokenModel(nn.Module):
         if single:
             t = t.unsqueeze(0)
         batch = prefix.keys[0].shape[0] if prefix.keys else 1
-        if prefix.mirrored:
+        if self.config.antisymmetric:
             batch //= 2
         if t.shape[0] != batch:
             raise InvalidInput(f"{t.shape[0]} target groups for {batch} encoded histories")
-        if prefix.mirrored:
+        if self.config.antisymmetric:
             t = torch.cat([t, t])
         attention = []
         for block, k, v in zip(self.blocks, prefix.keys, prefix.values):
@@ -293,7 +294,7 @@ class LiteTokenModel(nn.Module):
             attention.append(None if weights is None else weights[:batch])
         logits = self.label_head(self.norm_out(t))
         m_like, m_dislike = logits[..., 0], logits[..., 1]
-        if prefix.mirrored:  # "like" as read from the history = "dislike" as read from its mirror
+        if self.config.antisymmetric:  # "like" as read from the history = "dislike" as read from its mirror
             m_like, m_dislike = (0.5 * (m_like[:batch] + m_dislike[batch:]),
                                  0.5 * (m_dislike[:batch] + m_like[batch:]))
         if single:
