@@ -351,6 +351,14 @@ def test_pickapic_converter_refuses_a_pickle_that_would_run_code(tmp_path):
         load_plain_pickle(bomb)
 
 
+def _judged(pool, generator, n, taste):
+    """n pairs of `pool`'s images judged by a linear `taste` (a user of a feature pool, no prompts)."""
+    pick = torch.stack([torch.randperm(len(pool), generator=generator)[:2] for _ in range(n)])
+    a, b = pool[pick[:, 0]], pool[pick[:, 1]]
+    a_wins = ((a - b) @ taste > 0).unsqueeze(1)
+    return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+
+
 def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_it():
     from prefstudio_research.train.preference_tokens import train_lite_on_features
 
@@ -359,10 +367,7 @@ def test_training_from_features_without_prompts_as_the_benchmark_harness_calls_i
     w = torch.tensor([1.0, -1, 0, 0, 0, 0])
 
     def history(n):
-        pick = torch.stack([torch.randperm(60, generator=generator)[:2] for _ in range(n)])
-        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
-        a_wins = ((a - b) @ w > 0).unsqueeze(1)
-        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+        return _judged(pool, generator, n, w)
 
     train_users = [history(12) for _ in range(10)]
     validation = [(history(4), *(lambda h: (h.liked, h.disliked))(history(5))) for _ in range(3)]
@@ -455,10 +460,7 @@ def test_training_on_several_history_lengths_reads_them_all():
     w = torch.tensor([1.0, -1, 0, 0, 0, 0])
 
     def history(n):
-        pick = torch.stack([torch.randperm(60, generator=generator)[:2] for _ in range(n)])
-        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
-        a_wins = ((a - b) @ w > 0).unsqueeze(1)
-        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+        return _judged(pool, generator, n, w)
 
     train_users = [history(12) for _ in range(10)]
     validation = [(history(6), *(lambda h: (h.liked, h.disliked))(history(5))) for _ in range(3)]
@@ -499,10 +501,7 @@ def test_an_antisymmetric_model_reads_a_person_against_its_training_populations_
     w = torch.tensor([1.0, -1, 0, 0, 0, 0])
 
     def history(n, taste):
-        pick = torch.stack([torch.randperm(80, generator=generator)[:2] for _ in range(n)])
-        a, b = pool[pick[:, 0]], pool[pick[:, 1]]
-        a_wins = ((a - b) @ taste > 0).unsqueeze(1)
-        return PairFeatures(torch.where(a_wins, a, b), torch.where(a_wins, b, a))
+        return _judged(pool, generator, n, taste)
 
     train_users = [history(16, w) for _ in range(16)]
     validation = [(history(4, w), *(lambda h: (h.liked, h.disliked))(history(8, w))) for _ in range(3)]
