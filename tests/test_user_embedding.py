@@ -550,3 +550,10 @@ def test_the_bank_and_a_personal_offset_serve_from_exactly_the_cold_start_length
     liked, disliked = user_pairs(2, COLD_START_PAIRS)
     assert fit_user_embedding(liked[:-1], disliked[:-1], bank, "enc").mode == "bank posterior"
     assert fit_user_embedding(liked, disliked, bank, "enc").mode == "bank posterior + personal"
+
+
+@pytest.mark.parametrize("settings", [{"steps": 0}, {"steps": -3}, {"lr": 0.0}, {"lr": float("nan")}])
+def test_a_fit_without_optimisation_steps_or_rate_is_refused_in_one_line(settings):
+    liked, disliked = user_pairs(1, 6)
+    with pytest.raises(InvalidInput, match="steps|rate"):
+        fit_user_embedding(liked, disliked, None, "enc", **settings)

@@ -281,6 +281,9 @@ def fit_user_embedding(
     bank-based fit and a free fit from scratch compete on leave-one-out accuracy:
     the history moves the person off the bank once it says more than the bank does.
     """
+    if not (isinstance(steps, int) and steps >= 1) or not (lr > 0 and math.isfinite(lr)):
+        raise InvalidInput(f"fitting needs at least one optimisation step and a positive learning rate; "
+                           f"got steps={steps!r}, lr={lr!r}")
     args = dict(pair_images=pair_images, contrastive=contrastive, steps=steps, lr=lr)
     result = _fit(liked, disliked, bank, encoder, **args)
     if bank is not None and _evidence(liked.shape[0], pair_images) >= COLD_START_PAIRS:
