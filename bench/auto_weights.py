@@ -12,7 +12,8 @@ validation target, each divided by the member's spread over the person's judged 
 Which of "equal" (the file-less default), "stack" and "stack + own fit" ships is chosen by
 5-fold cross-validation over validation users (top-1 averaged over every N_ref), each fold
 scored through `models.stacking_weights`, the function the studio serves with; the chosen
-variant is then refitted on all validation users. Negative weights are set to 0.
+variant is then refitted on all validation users. Negative weights are set to 0. Each member
+alone is cross-validated and printed beside them: auto's bar on the test users is the better one.
 """
 import argparse
 import hashlib
@@ -32,6 +33,8 @@ from prefstudio.preference.models import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MEMBERS = ("user-embedding", "preference-tokens")
 VARIANTS = ("equal", "stack", "stack + own fit")
+# Each member alone, printed next to the variants for comparison (auto's bar is the better of them).
+ALONE = tuple(f"{member} alone" for member in MEMBERS)
 FOLDS = 5
 
 
@@ -72,6 +75,9 @@ def logistic(x: torch.Tensor, l2: float = 1e-3) -> torch.Tensor:
 
 
 def fit_row(group: list[Person], n_ref: int, variant: str) -> StackingRow:
+    if variant in ALONE:
+        alone = dict.fromkeys(MEMBERS, 0.0) | {variant.removesuffix(" alone"): 1.0}
+        return StackingRow(n_ref, dict.fromkeys(MEMBERS, 1.0), alone, dict.fromkeys(MEMBERS, 0.0))
     if variant == "equal":
         return StackingRow(n_ref, dict.fromkeys(MEMBERS, 1.0), dict.fromkeys(MEMBERS, 0.5), dict.fromkeys(MEMBERS, 0.0))
     gaps = torch.cat([p.gaps for p in group]).double()
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
     counts = [val.targets_1v1[u].shape[0] for u in val.users]
     n_refs = sorted({int(key.split(".")[1]) for key in scores if key.startswith("val.") and key.endswith(".scales")})
     by_n = {n: people(scores, "val", n, counts) for n in n_refs}
-    cv = {variant: cross_validated(by_n, variant) for variant in VARIANTS}
+    cv = {variant: cross_validated(by_n, variant) for variant in ALONE + VARIANTS}
     for variant, row in cv.items():
         print(f"{variant:>16}: " + "  ".join(f"N{n} {100 * a:.1f}" for n, a in row.items())
               + f"  mean {100 * sum(row.values()) / len(row):.2f}")
