@@ -1174,3 +1174,13 @@ def test_an_unknown_kind_of_judgment_asked_for_is_named(store, kinds, named):
     with pytest.raises(InvalidInput) as refused:
         store.judgments("Alice", kinds)
     assert str(refused.value) == f"unknown judgment kind {named!r}; use one of like, dislike, pair, tie, skip"
+
+
+def test_a_new_profile_under_a_deleted_ones_name_has_none_of_its_generate_history(store):
+    store.create_profile("Ann")
+    made = store.add_image(GeneratedImage(generated(1).image, "p", 1, "embedded", {"personalized_for": "Ann"}))
+    assert [r.sha256 for r in store.personalized_images("Ann")] == [made.sha256]
+    store.delete_profile("Ann")
+    store.create_profile("Ann")
+    assert store.personalized_images("Ann") == []
+    assert "personalized_for" not in store.image_record(made.sha256).params

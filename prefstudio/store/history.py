@@ -382,10 +382,13 @@ class HistoryStore:
 
     def delete_profile(self, name: str) -> Profile:
         """Remove a profile with its judgments and models. Images stay: another profile
-        may have judged them, and their files are shared by content."""
+        may have judged them, and their files are shared by content; those made for it no
+        longer name it, so that a new profile of the same name starts without its past."""
         with self._transaction() as db:
             stored = self.get_profile(name)
             db.execute("DELETE FROM profiles WHERE id = ?", (stored.id,))
+            db.execute("UPDATE images SET params = json_remove(params, '$.personalized_for') "
+                       "WHERE json_extract(params, '$.personalized_for') = ?", (stored.name,))
         return stored
 
     def list_profiles(self) -> list[Profile]:
