@@ -534,3 +534,64 @@ def test_a_header_without_metadata_or_with_4_dimensional_tensors_is_read_and_the
         with pytest.raises(InvalidInput) as caught:
             import_profile(store, path)
         assert str(caught.value) == "not a PrefStudio profile file (format None, expected 'prefstudio-profile')"
+
+
+# --- found by a hostile review ----------------------------------------------------------------
+
+
+def _rewrite_text(source, target, change_text):
+    """Copy a profile file with its profile JSON edited as text (numbers json.dumps never writes)."""
+    with safe_open(source, framework="pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    metadata["profile"] = change_text(metadata["profile"])
+    metadata["digest"] = content_digest(metadata["profile"], tensors)
+    save_file(tensors, target, metadata=metadata)
+    return target
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999"])
+def test_a_number_beyond_a_floats_range_is_refused_in_one_line(store, exported, tmp_path, number):
+    bad = _rewrite_text(exported, tmp_path / "big.prefstudio",
+                        lambda text: text.replace('"resolution":32', f'"resolution":{number}', 1))
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match=f"not valid JSON.*{number}.*range"):
+        import_profile(store, bad, new_name="Carol")
+    assert snapshot(store) == before
+
+
+def test_a_missing_image_tensor_is_named_as_missing(store, exported, tmp_path):
+    def drop_first_image(tensors, content):
+        del tensors[f"image.{content['images'][0]['sha256']}"]
+    first = json.loads(safe_open(exported, framework="pt").metadata()["profile"])["images"][0]["sha256"]
+    bad = rewrite(exported, tmp_path / "missing.prefstudio", edit_tensors=drop_first_image)
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match=f"missing tensors.*image.{first[:12]}"):
+        import_profile(store, bad, new_name="Carol")
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("blended", ["profile:Alice", "profile:carol"])
+def test_an_imported_preset_that_blends_the_profile_itself_is_refused(store, exported, tmp_path, blended):
+    bad = rewrite(exported, tmp_path / "self.prefstudio", edit_metadata=edit_content(
+        lambda c: c["presets"].append({"name": "me", "weights": {"user": 1.0, blended: 0.5},
+                                       "created": "2026-01-01T00:00:00+00:00"})))
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match="blends the profile itself"):
+        import_profile(store, bad, new_name="Carol")
+    assert snapshot(store) == before
+
+
+def test_an_imported_image_never_joins_another_profiles_generate_history(store, exported, tmp_path):
+    def mark(content):
+        content["images"][0]["params"]["personalized_for"] = "Bob"    # another profile here
+        content["images"][1]["params"]["personalized_for"] = "Alice"  # the file's own profile
+    made = rewrite(exported, tmp_path / "made.prefstudio", edit_metadata=edit_content(mark))
+    with HistoryStore(tmp_path / "fresh") as fresh:
+        fresh.create_profile("Bob")
+        import_profile(fresh, made, new_name="Carol")
+        assert fresh.personalized_images("Bob") == []
+        shas = [r.sha256 for r in fresh.personalized_images("Carol")]
+        content = json.loads(safe_open(made, framework="pt").metadata()["profile"])
+        assert shas == [content["images"][1]["sha256"]]  # its own images follow it to its new name
+        assert "personalized_for" not in fresh.image_record(content["images"][0]["sha256"]).params

@@ -33,7 +33,7 @@ import safetensors.numpy
 from safetensors import deserialize
 
 from prefstudio import validation
-from prefstudio.blend import MAX_PRESETS, validate_blend, validate_preset_name
+from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, blended_profile, validate_blend, validate_preset_name
 from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.preference.state_schema import check_state
 from prefstudio.store.history import (
@@ -211,11 +211,18 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a float's range")
+    return value
+
+
 def _load_json(text: str, what: str):
-    """json.loads without NaN/Infinity (the store could not write them back), with any
-    parser failure (a 100,000-deep nesting, a 5,000-digit number) as InvalidInput."""
+    """json.loads without NaN/Infinity, written or overflowing (the store could not write them
+    back), with any parser failure (a 100,000-deep nesting, a 5,000-digit number) as InvalidInput."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise _malformed(f"{what} is nested too deeply") from None
     except ValueError as error:  # JSONDecodeError and int-size limits are ValueErrors
@@ -545,11 +552,19 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     judgments = _parse_judgments(content, set(shas))
     models = _parse_models(content)
     presets = _parse_presets(content) if "presets" in content else []
+    file_name = content["name"] if isinstance(content["name"], str) else None
+    itself = {n.casefold() for n in (name, file_name) if n}
+    for preset_name, weights, _ in presets:
+        if any((blended_profile(key) or "").casefold() in itself for key in weights):
+            raise InvalidInput(f"profile file has a bad preset: {preset_name!r} blends the profile itself "
+                               f"({PROFILE_PREFIX}{file_name or name}); its own taste is the 'user' weight")
     expected = {f"image.{sha}" for sha in shas}
     for model_name, _ in models:
         expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
-    if set(entries) != expected:
+    if set(entries) - expected:
         raise _malformed(f"unexpected tensors {echo(sorted(set(entries) - expected)[:3], 200)}")
+    if expected - set(entries):
+        raise _malformed(f"missing tensors {echo(sorted(expected - set(entries))[:3], 200)}")
     for sha in shas:
         if image_hashes[sha] != sha:
             raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
@@ -573,10 +588,21 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
         except InvalidInput as error:
             raise InvalidInput(f"image {sha[:12]}… in the profile file: {error}") from None
         record = ImageRecord(sha, store.image_path(sha), item["prompt"], item["seed"],
-                             item["generator"], item["params"], image.width, image.height,
-                             item["created"])
+                             item["generator"], _made_for(item["params"], file_name, name), image.width,
+                             image.height, item["created"])
         records.append((record, png))
     return name, records, judgments, stored_models, presets
+
+
+def _made_for(params: dict, file_name: str | None, name: str) -> dict:
+    """An image's params as imported: one made for the file's own profile is made for the imported
+    one; any other profile's name is dropped, so that a file never adds images to the Generate
+    history of a profile that is already here."""
+    params = dict(params)
+    made_for = params.pop("personalized_for", None)
+    if made_for is not None and made_for == file_name:
+        params["personalized_for"] = name
+    return params
 
 
 def _restore(store: HistoryStore, name: str, records, judgments, models, presets) -> Profile:
