@@ -177,9 +177,16 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON text, but no number a setting can hold
+        raise ValueError(f"{text} is beyond a float's range")
+    return value
+
+
 def _from_json(text: str) -> dict:
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"provenance chunk is not valid JSON ({error.__class__.__name__})") from None
     return check_info(value)

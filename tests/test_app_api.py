@@ -4,6 +4,7 @@ One app serves the whole module (data in a temporary folder); each gradio_client
 is its own browser session.
 """
 import io
+import json
 import re
 import socket
 import threading
@@ -349,3 +350,40 @@ def test_removing_a_judgment_that_replaced_another_says_the_earlier_verdict_is_b
     back = store.judgments("remy")[0]
     _, info, _ = c.predict("remy", everything, back.id, api_name="/remove_judgment")
     assert store.judgments("remy") == [] and "replaced" not in info
+
+
+def _png_with_record(path: Path, record_text: str) -> Path:
+    """A PNG whose provenance chunk holds `record_text` as written (any JSON a file may carry)."""
+    from PIL import PngImagePlugin
+
+    from prefstudio.provenance import KEY
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(KEY, record_text)
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(path, format="PNG", pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("params, kept", [
+    ('{"strength": "strong", "iterations": 12}', "iterations"),
+    ('{"strength": 7, "iterations": 12}', "iterations"),
+    ('{"strength": 0.25, "iterations": -3}', "strength"),
+    ('{"strength": 0.25, "iterations": 2.5}', "strength"),
+    ('{"strength": 0.25, "iterations": 1000000000}', "strength"),
+    ('{"strength": 1e999, "iterations": 12}', None),
+])
+def test_reusing_a_png_loads_only_settings_the_sliders_can_hold(app, tmp_path, params, kept):
+    c = client(app[1])
+    record = '{"version": 1, "prompt": "a red kite", "generator": "embedded", "seed": 5, "params": %s}' % params
+    dropped = _png_with_record(tmp_path / "made elsewhere.png", record)
+    if kept is None:  # a number JSON cannot hold back: the record is refused in one line
+        with pytest.raises(AppError, match="provenance chunk is not valid JSON"):
+            c.predict(handle_file(dropped), api_name="/reuse_png")
+        return
+    prompt, mode, seed, strength, iterations, *_, note = c.predict(handle_file(dropped), api_name="/reuse_png")
+    assert (prompt, seed) == ("a red kite", 5)
+    loaded = {"strength": strength, "iterations": iterations}
+    assert loaded[kept] == json.loads(params)[kept]
+    other = "iterations" if kept == "strength" else "strength"
+    assert not isinstance(loaded[other], (int, float)) or isinstance(loaded[other], bool)  # left as it was
+    assert f"its {other} " in note and "not loaded" in note

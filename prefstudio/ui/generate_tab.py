@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from prefstudio.blend import blended_profile, profile_reward
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
 from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
@@ -462,11 +462,23 @@ class GenerateTab:
         values = [known.get(n, 0.0) for n in self.reward_names] if known else [gr.skip()] * len(self.reward_names)
         seed = info.get("seed")
         blended = sorted(n for n in weights if blended_profile(n) is not None)
+        # Another tool's (or a hand-edited) record may hold anything under these names: only
+        # what the sliders can hold is loaded, and the rest is said.
+        settings = {"strength": (params.get("strength"), lambda v: 0 <= v <= 1),
+                    "iterations": (params.get("iterations"), lambda v: v == int(v) and 0 <= v <= MAX_UI_ITERATIONS)}
+        loaded, refused = {}, []
+        for name, (value, fits) in settings.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if number and fits(value):
+                loaded[name] = int(value) if name == "iterations" else value
+            elif value is not None:
+                refused.append(f"its {name} {echo(value, 40)} is not one this studio's slider holds, not loaded")
         note = (f"Settings of “{info['prompt'][:80]}” loaded" + (f", seed {seed}" if seed is not None else "")
                 + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept")
-                + (f"; it blended {', '.join(blended)}: add them to the blend to use them again" if blended else ""))
+                + (f"; it blended {', '.join(blended)}: add them to the blend to use them again" if blended else "")
+                + "".join(f"; {text}" for text in refused))
         return (info["prompt"], FIXED if seed is not None else RANDOM, seed,
-                params.get("strength", gr.skip()), params.get("iterations", gr.skip()), *values, note + ".")
+                loaded.get("strength", gr.skip()), loaded.get("iterations", gr.skip()), *values, note + ".")
 
     def _with_weight_names(self, fn):
         """One named API parameter per slider (weight_user, weight_prompt_consistency, ...)."""
