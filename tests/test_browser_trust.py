@@ -187,3 +187,35 @@ def test_rename_and_delete_ask_first_and_offer_an_export(server, page):
     expect(page.locator("#ps-manage-status")).to_contain_text("Renamed single to solo", timeout=SLOW)
     expect(page.locator("#ps-profile input")).to_have_value("solo")
     assert sum(studio.store.counts("solo").values()) == 1  # its judgment went with it
+
+
+def test_a_refused_import_or_upload_can_be_tried_again(server, page, tmp_path):
+    """Found by a hostile review: uploads are deleted after each call, but the box kept listing
+    the file, so trying again (a new name for an import, another image for an upload) failed
+    with a path inside gradio's temporary folder. The box empties after every call."""
+    studio, url = server
+    exported = studio.export_profile("alice", tmp_path / "alice.prefstudio")
+    open_studio(page, url)
+    page.get_by_role("tab", name="Profile").click()
+    box = page.locator("#ps-import-file")
+    box.locator("input[type=file]").set_input_files(str(exported))
+    expect(box).to_contain_text("alice", timeout=SLOW)
+    page.get_by_role("button", name="Import profile").click()
+    expect(page.get_by_text("'alice' already exists").first).to_be_visible(timeout=SLOW)
+    expect(box).not_to_contain_text("alice", timeout=SLOW)  # gone from the box as from the disk
+    page.get_by_label("Import as (optional)").fill("alice again")
+    box.locator("input[type=file]").set_input_files(str(exported))
+    page.get_by_role("button", name="Import profile").click()
+    expect(page.get_by_text(re.compile(r"Imported profile \*?\*?alice again"))).to_be_visible(timeout=SLOW)
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    page.get_by_role("tab", name="Label").click()
+    page.get_by_text("Judge your own images").click()
+    uploads = page.locator("#ps-label-uploads")
+    uploads.locator("input[type=file]").set_input_files(str(notes))
+    expect(uploads).to_contain_text("notes.png", timeout=SLOW)
+    page.get_by_label("What do they show?").fill("my notes")
+    page.click("#ps-label-add")
+    expect(page.get_by_text("notes.png: not an image").first).to_be_visible(timeout=SLOW)
+    expect(uploads).not_to_contain_text("notes.png", timeout=SLOW)

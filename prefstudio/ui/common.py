@@ -112,6 +112,14 @@ def user_errors(fn):
     return call
 
 
+def empty_after(event, upload_box) -> None:
+    """Empty an upload box once its event ends, refused or not: the upload is deleted after
+    each call (ui/access.py), so a retry must upload the file again, not name a lost one.
+    (`then` runs after a success only here, so `failure` is listened to as well.)"""
+    for after in (event.then, event.failure):
+        after(lambda: None, None, upload_box, api_visibility="private")
+
+
 def thumb(path: Path, size: int = GALLERY_THUMB) -> str:
     return str(thumbnail(path, size))
 

@@ -30,7 +30,7 @@ from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
-    KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, random_seed, short,
+    KIND_MARKS, AppContext, counts_line, empty_after, gallery_height, pair_thumb, random_seed, short,
     user_errors,
 )
 from prefstudio.ui.jobs import GenerationJob, GenerationJobs
@@ -226,7 +226,8 @@ class GenerateTab:
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         blend_views = [*self.blend_sliders, self.grid_axes]
         reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
-        dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status], api_name="reuse_png")
+        empty_after(dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status],
+                                   api_name="reuse_png"), dropped)
         self.blend_choice.focus(user_errors(self.blend_choices), profile, self.blend_choice, api_visibility="private")
         add_blend.click(user_errors(self.add_to_blend), [self.session, profile, self.blend_choice],
                         [*blend_views, self.blend_choice, self.blend_status], api_name="add_to_blend")

@@ -18,7 +18,8 @@ from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
-    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, gallery_height, random_seed, short, thumb, user_errors,
+    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, random_seed, short, thumb,
+    user_errors,
 )
 from prefstudio.validation import validate_prompt, validate_seed
 
@@ -130,10 +131,11 @@ class LabelTab:
         with gr.Accordion("Judge your own images", open=False):
             with gr.Row():
                 self.uploads = gr.File(label="Images (PNG, JPEG, WebP, GIF, BMP; up to 64 MB and 40 MP each)",
-                                       file_count="multiple", file_types=["image"], scale=2)
+                                       file_count="multiple", file_types=["image"], scale=2,
+                                       elem_id="ps-label-uploads")
                 with gr.Column(scale=1):
                     self.upload_prompt = gr.Textbox(label="What do they show?", placeholder="a short description")
-                    add = gr.Button("Add as candidates")
+                    add = gr.Button("Add as candidates", elem_id="ps-label-add")
 
         views = [self.gallery, self.view, self.view_info, self.left, self.right, self.pair_info, self.status,
                  self.pair_status]
@@ -164,6 +166,7 @@ class LabelTab:
                          self.mode, [single, pairwise], api_visibility="private")
         self.uploaded = add.click(user_errors(self.add_uploads), [s, p, self.uploads, self.upload_prompt],
                                   views, api_name="add_images")
+        empty_after(self.uploaded, self.uploads)
 
     # -- actions --------------------------------------------------------------------------
     def surprise(self) -> str:

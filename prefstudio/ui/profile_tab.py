@@ -14,7 +14,7 @@ from prefstudio.studio import training_pairs
 from prefstudio.taste_summary import taste_summary
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
-    KIND_MARKS, AppContext, counts_line, gallery_height, pair_thumb, short, thumb, user_errors,
+    KIND_MARKS, AppContext, counts_line, empty_after, gallery_height, pair_thumb, short, thumb, user_errors,
 )
 
 HISTORY_SHOWN = 120  # newest judgments in the history gallery
@@ -149,8 +149,8 @@ class ProfileTab:
         remove.click(user_errors(self.remove), [self.session, profile, self.filters, self.selected],
                      self.history_views, api_name="remove_judgment")
         export.click(user_errors(self.export), profile, self.export_file, api_name="export_profile")
-        do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
-                        [self.import_status, profile], api_name="import_profile")
+        empty_after(do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
+                                    [self.import_status, profile], api_name="import_profile"), self.import_file)
         rename.click(user_errors(self.rename), [profile, self.rename_to], [self.manage_status, profile, self.rename_to],
                      api_name="rename_profile")
         # Deleting asks first, and offers an export before anything is lost.
