@@ -387,3 +387,17 @@ def test_reusing_a_png_loads_only_settings_the_sliders_can_hold(app, tmp_path, p
     other = "iterations" if kept == "strength" else "strength"
     assert not isinstance(loaded[other], (int, float)) or isinstance(loaded[other], bool)  # left as it was
     assert f"its {other} " in note and "not loaded" in note
+
+
+def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
+    """Found by a hostile review: "raised your weighted rewards by +0.51" sat above a chart whose
+    objective rose 0.38, because the gain leaves guards out. The sentence says what it sums."""
+    from prefstudio.ui.generate_tab import gain_text
+
+    text = gain_text({"user": 0.75, "prompt_consistency": 0.5, "aesthetic": 0.0}, 0.51,
+                     guards={"prompt_consistency"}, deltas={"user": 0.68, "prompt_consistency": -0.29})
+    assert "raised your taste (user model) by **+0.51**" in text and "weighted" in text
+    assert "prompt consistency moved -0.29" in text and "guard" in text
+    assert "aesthetic" not in text.lower()  # weight 0: not pursued, not named
+    both = gain_text({"user": 1.0, "profile:bob": 0.5}, 0.8, guards=set(), deltas=None)
+    assert "raised your taste (user model) and taste of bob by **+0.80**" in both and "guard" not in both

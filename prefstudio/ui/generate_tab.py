@@ -74,6 +74,22 @@ def reward_label(name: str) -> str:
     return REWARD_LABELS.get(name) or name.replace("_", " ").capitalize()
 
 
+def _in_sentence(label: str) -> str:
+    return label[0].lower() + label[1:] if label[1:2].islower() else label
+
+
+def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: dict[str, float] | None) -> str:
+    """What a personalization's gain sums (the weighted rewards it raises; guards are held, not
+    raised, so they are not in it) and, when known, how far each guard moved."""
+    raised = [_in_sentence(reward_label(n)) for n, w in weights.items() if w > 0 and n not in guards]
+    text = f"raised {' and '.join(raised)} by **{gain:+.2f}** (weighted) over the baseline"
+    held = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
+    if held:
+        text += "; " + ", ".join(f"{_in_sentence(reward_label(n))} moved {deltas[n]:+.2f}" for n in held) + \
+            (" (a guard: held, not raised)" if len(held) == 1 else " (guards: held, not raised)")
+    return text
+
+
 def reward_states_text(studio) -> str:
     """Which catalogued rewards are on the sliders, and for the missing ones what is missing,
     its size and the command that gets it."""
@@ -352,8 +368,9 @@ class GenerateTab:
                else f"Done: {side.iterations_run} iterations")
         if side.improved:
             best = "" if one_pass else f"; the best was iteration {side.best_iteration}"
-            verdict = (f"{how}{best}, which raised your weighted rewards "
-                       f"by **{side.gain:+.2f}** over the baseline.")
+            deltas = {n: side.personalized.normalised[n] - side.baseline.normalised[n]
+                      for n in side.weights if n in side.baseline.normalised and n in side.personalized.normalised}
+            verdict = f"{how}{best}, which {gain_text(side.weights, side.gain, self.guards, deltas)}."
         else:
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
                        "not personalized — try another seed, a higher strength or more iterations.")
@@ -374,8 +391,8 @@ class GenerateTab:
         session.baseline, session.personalized = baseline.sha256, record.sha256
         weights = params.get("weights", {})
         scores = params.get("scores", {})
-        verdict = ("personalized: raised your weighted rewards by "
-                   f"{params.get('gain', 0):+.2f}" if params.get("improved") else "**no improvement on the baseline**")
+        verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
+                   if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
         text = (f"{title}: “{record.prompt}”, seed **{record.seed}**, strength {params.get('strength', '?')}, "
                 f"{ran} iterations, {verdict}.")
