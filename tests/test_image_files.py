@@ -138,10 +138,12 @@ def test_decompression_bombs_are_refused_by_their_header():
         with pytest.raises(InvalidInput, match="image is 12000×9000 = 108 MP; the limit is 40 MP"):
             load_untrusted_image(data)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    # Beyond PIL's own hard bound (2 × 89 MP) PIL refuses on open; still InvalidInput.
-    # The message names PIL's bound (2 × 89,478,485 pixels), not the image's size: PIL never says it.
-    with pytest.raises(InvalidInput, match=r"^image is over 179 MP \(a decompression bomb\); the limit is 40 MP$"):
+    # Beyond PIL's own hard bound (2 × 89 MP) PIL refuses on open; still InvalidInput, with the
+    # image's own size (a hostile review found "over 179 MP" said of a 400 MP image).
+    with pytest.raises(InvalidInput, match=r"^image is 200 MP \(a decompression bomb\); the limit is 40 MP$"):
         load_untrusted_image(bomb_png(20000, 10000))
+    with pytest.raises(InvalidInput, match=r"^image is 400 MP \(a decompression bomb\); the limit is 40 MP$"):
+        load_untrusted_image(bomb_png(20000, 20000))
 
 
 def test_decompression_bomb_is_refused_without_allocating_its_pixels(tmp_path):

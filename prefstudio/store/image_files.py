@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -116,11 +117,11 @@ def load_untrusted_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
-    except Image.DecompressionBombError:
-        raise InvalidInput(
-            f"image is over {_megapixels(2 * Image.MAX_IMAGE_PIXELS)} "
-            f"(a decompression bomb); the limit is {_megapixels(max_pixels)}"
-        ) from None
+    except Image.DecompressionBombError as error:
+        # PIL says the image's pixel count ("Image size (N pixels) exceeds ..."); its bound if not.
+        said = re.search(r"\((\d+) pixels\)", str(error))
+        size = _megapixels(int(said[1])) if said else f"over {_megapixels(2 * Image.MAX_IMAGE_PIXELS)}"
+        raise InvalidInput(f"image is {size} (a decompression bomb); the limit is {_megapixels(max_pixels)}") from None
     except UnidentifiedImageError:
         fmt = _format_of(data)
         if fmt:
