@@ -506,3 +506,9 @@ def test_a_checkpoint_reading_other_prompt_features_than_the_studio_encodes_is_r
             PreferenceTokens(prompted_folder, "enc", studio_text)
         assert str(refused.value) == ("the preference-token checkpoint reads 'test-letters' prompt features; "
                                       "this studio encodes prompts with 'minilm-l6-v2-mean'")
+
+
+def test_one_pair_of_distinct_images_is_said_in_the_singular(token_folder):
+    """Found by a hostile review: "reads your latest 1 pairs of distinct images"."""
+    _, outcome = PreferenceTokens(token_folder, "enc", None).fit(_judged(1))
+    assert outcome.reason == "reads your latest pair of distinct images"

@@ -182,7 +182,8 @@ class PreferenceTokens(PreferenceModel):
                 odds = taste.log_odds(feats[row], context)
                 held_out[index] = float(odds[0] - odds[1])
         mode = "preference tokens" if pairs else "preference tokens, no history"
-        reason = (f"reads your latest {len(pairs)} pairs of distinct images" if pairs
+        reason = ("reads your latest pair of distinct images" if len(pairs) == 1
+                  else f"reads your latest {len(pairs)} pairs of distinct images" if pairs
                   else "no 👍/👎 pair judged yet: reads an empty history")
         return self._taste(history), FitOutcome(mode, len(pairs), reason, held_out)
 
