@@ -311,7 +311,7 @@ def cmd_generate(args, studio) -> dict:
 
 
 def cmd_import_pairs(args, studio) -> dict:
-    return {"imported": studio.import_pairs(args.profile, args.file, args.user)}
+    return studio.import_pairs(args.profile, args.file, args.user)
 
 
 def cmd_fit(args, studio) -> dict:

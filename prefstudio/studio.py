@@ -210,17 +210,31 @@ class Studio:
     def judge(self, profile: str, kind: str, image_a: str, image_b: str | None = None) -> Judgment:
         return self.store.record_judgment(profile, kind, image_a, image_b)
 
-    def import_pairs(self, profile: str, path: str | Path, user_id: str | None = None) -> int:
+    def import_pairs(self, profile: str, path: str | Path, user_id: str | None = None) -> dict[str, int]:
         """Record the A ≻ B judgments of a pair data set file (JSON Lines) into a profile.
 
-        Every line and image is checked before anything is recorded; a refused file leaves nothing behind."""
+        Every line and image is checked before anything is recorded; a refused file leaves nothing behind.
+        Returns what changed: the lines read, the pairs whose verdict it recorded (new, or replacing
+        another), the pairs it judged as they already were, and the pairs it judged both ways (a
+        profile holds one verdict a pair: the file's last line on it counts)."""
         from prefstudio.preference.pair_data import read_judgments
 
         self.store.get_profile(profile)
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
         if not judgments:
             raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
-        return len(self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments]))
+        def winners(recorded) -> dict[frozenset, str]:
+            return {frozenset((j.image_a, j.image_b)): j.image_a for j in recorded}
+
+        before = winners(self.store.judgments(profile, ("pair",)))
+        recorded = self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments])
+        after = winners(recorded)  # the last line on each pair
+        chosen: dict[frozenset, set[str]] = {}
+        for j in recorded:
+            chosen.setdefault(frozenset((j.image_a, j.image_b)), set()).add(j.image_a)
+        unchanged = sum(before.get(pair) == winner for pair, winner in after.items())
+        return {"lines": len(judgments), "recorded": len(after) - unchanged, "already_recorded": unchanged,
+                "judged_both_ways": sum(len(winners_of_pair) > 1 for winners_of_pair in chosen.values())}
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:

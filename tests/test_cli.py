@@ -498,3 +498,23 @@ def test_a_refused_pair_file_leaves_no_images_behind(tmp_path, capsys):
         assert sorted(p.name for p in store.images_dir.rglob("*.png")) == before
         assert store._query("SELECT count(*) FROM images")[0][0] == len(before)
         assert store.judgments("alice") == []
+
+
+def test_import_pairs_reports_what_changed_not_how_many_lines_it_read(tmp_path, capsys):
+    """Found by a hostile review: a file judging one pair both ways said "imported": 2, and so
+    did importing it again, which changed nothing."""
+    data = tmp_path / "data"
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").write_bytes(_png(i))
+    a, b, c = (f"images/{i}.png" for i in range(3))
+    lines = [{"user_id": "ana", "prompt": "a lighthouse at dusk", "liked": x, "disliked": y}
+             for x, y in ((a, b), (b, a), (a, c))]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
+    assert code == 0 and json.loads(out) == {"lines": 3, "recorded": 2, "already_recorded": 0,
+                                             "judged_both_ways": 1}
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
+    assert code == 0 and json.loads(out)["recorded"] == 0 and json.loads(out)["already_recorded"] == 2
