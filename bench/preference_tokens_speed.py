@@ -9,6 +9,7 @@ stage. Features are random with the real encoders' sizes: speed does not depend 
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,6 +59,7 @@ def main() -> int:
     history = PairFeatures(features(8, dim=c.image_dim), features(8, dim=c.image_dim), features(8, dim=c.text_dim))
     targets = TargetFeatures(features(args.targets, dim=c.image_dim), features(args.targets, dim=c.text_dim))
     one = TargetFeatures(targets.images[:1], targets.prompts[:1])
+    load_start = os.getloadavg()
     result = {"threads": torch.get_num_threads(), "width": c.width, "layers": c.layers,
               "preference_tokens": c.preference_tokens, "image_dim": c.image_dim, "text_dim": c.text_dim}
     model.eval()
@@ -86,6 +88,7 @@ def main() -> int:
             optimizer.step()
 
         result[f"stage{stage}_train_step_ms"] = 1e3 * median_seconds(step, args.repeats)
+    result["load_average"] = {"start": load_start[0], "end": os.getloadavg()[0]}
     for key, value in result.items():
         print(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
     if args.out:
@@ -95,7 +98,9 @@ def main() -> int:
     command = "python bench/preference_tokens_speed.py " + " ".join(sys.argv[1:])
     write_section("preference_tokens_speed", "\n".join([
         "## Preference tokens, lite backbone: speed on CPU (issue 5)", "",
-        f"Machine: {machine()}. torch threads: {result['threads']}. Command: `{command.strip()}`",
+        f"Machine: {machine()}. torch threads: {result['threads']}. Load average (1 min) at the start / end: "
+        f"{result['load_average']['start']:.2f} / {result['load_average']['end']:.2f} (above 1, other work shared "
+        f"the 2 cores). Command: `{command.strip()}`",
         f"(model: width {c.width}, {c.layers} layers, L_p = {c.preference_tokens}, taste space {c.taste_dim or 'none'}; "
         f"random features of the real sizes, {c.image_dim}-d images and {c.text_dim}-d prompts).", "",
         f"| measure | median of {args.repeats} | target |", "|---|---|---|",
