@@ -85,3 +85,5 @@ def test_a_reload_lands_on_the_first_candidate_not_judged_yet(app, page):
     expect(status).to_contain_text("2 judgments: 1 👍 · 1 👎")
     expect(info).to_contain_text("Candidate 3 of 4", timeout=SLOW)
     expect(info).to_contain_text("Not judged yet.")
+    # The prompt the batch was made from comes back with it (a hostile review found the box empty).
+    expect(page.locator("#ps-label-prompt textarea")).to_have_value("a bouquet of pink flowers", timeout=SLOW)

@@ -188,7 +188,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     *profile_tab.render_history(history_session, name, filters))
 
         def restore_batch(label_session, name, token, request: gr.Request):
-            return label.restore(label_session, name, profiles.saved_batch(token, login(request)))
+            """The batch on screen before a refresh, with the prompt it was made from."""
+            views = label.restore(label_session, name, profiles.saved_batch(token, login(request)))
+            shown = label_session.candidates
+            return (*views, studio.store.image_record(shown[0]).prompt if shown else gr.skip())
 
         def remember_batch(label_session, token, request: gr.Request):
             if valid_token(token):
@@ -209,7 +212,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             *attach, api_visibility="private")
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(
             chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
-            user_errors(restore_batch), [label.session, profile, browser], label.views, api_visibility="private"
+            user_errors(restore_batch), [label.session, profile, browser], [*label.views, label.prompt],
+            api_visibility="private"
         ).then(*attach, api_visibility="private")
         # Judgments made in the other tabs show up when the Profile tab opens.
         profile_page.select(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
