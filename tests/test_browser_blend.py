@@ -72,6 +72,9 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     expect(slot).to_be_visible(timeout=SLOW)
     expect(slot).to_contain_text("Taste of bob")
     expect(page.locator("#ps-blend-status")).to_contain_text("Added the taste of bob", timeout=SLOW)
+    # The new slot starts at the weight the status names (a hostile review found its number box
+    # empty, and Generate then refused the slider's value without a word).
+    expect(page.locator("#ps-blend-0 input[type=number]")).to_have_value("0.5", timeout=SLOW)
     set_slider(page, "#ps-blend-0", 1.2)
 
     # Generate: bob's taste is one of the weighted rewards of the result.

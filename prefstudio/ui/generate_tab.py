@@ -537,9 +537,10 @@ class GenerateTab:
         for i in range(MAX_BLENDED):
             if i < len(session.blended):
                 name = session.blended[i]
-                value = weights.get(profile_reward(name), gr.skip()) if weights else gr.skip()
-                views.append(gr.Slider(label=reward_label(profile_reward(name)), value=value, visible=True,
-                                       info=f"The fitted taste of {name}, blended in"))
+                # No weight given: the slot keeps its value (gr.skip() as a value became the value).
+                value = {"value": weights[profile_reward(name)]} if profile_reward(name) in weights else {}
+                views.append(gr.Slider(label=reward_label(profile_reward(name)), visible=True,
+                                       info=f"The fitted taste of {name}, blended in", **value))
             else:
                 views.append(gr.Slider(visible=False, value=BLEND_WEIGHT))
         return [*views, gr.CheckboxGroup(choices=self._axis_choices(session.blended))]
@@ -563,7 +564,7 @@ class GenerateTab:
         if len(session.blended) >= MAX_BLENDED:
             raise InvalidInput(f"the blend holds at most {MAX_BLENDED} other profiles: clear it first")
         session.blended.append(other)
-        return (*self._blend_views(session), gr.Dropdown(value=None),
+        return (*self._blend_views(session, {profile_reward(other): BLEND_WEIGHT}), gr.Dropdown(value=None),
                 f"Added the taste of **{other}** to the blend at weight {BLEND_WEIGHT:g}: move its slider, then Generate.")
 
     def clear_blend(self, session: GenerateSession):
