@@ -498,10 +498,14 @@ class Studio:
         elif instant is not None:
             result = instant
         else:
-            seeds = [seed] + [validate_seed((seed + 7919 * i) % 2**32) for i in range(1, int(candidates))]
+            # Strength 0 is the baseline for every method: Best of N then tries the baseline's seed alone.
+            count = int(candidates) if strength > 0 else 1
+            seeds = [seed] + [validate_seed((seed + 7919 * i) % 2**32) for i in range(1, count)]
             result = best_of_n(self.generator, prompt, seeds, rewards, weights)
+            picked = seeds[result.best_iteration]  # its image is that seed's: the record says so
         yield self._side_by_side(profile, prompt, seed, weights, rewards, method, result, instant, strength,
-                                 iterations, blind, listed, time.perf_counter() - start)
+                                 iterations, blind, listed, time.perf_counter() - start,
+                                 **({"picked_seed": picked} if method == "best_of_n" else {}))
 
     def _side_by_side(self, profile: str, prompt: str, seed: int, weights: dict[str, float],
                       rewards: dict[str, Reward], method: str, result: GuidanceResult, instant, strength: float,
@@ -535,7 +539,8 @@ class Studio:
             "trace": [[p.iteration, round(p.total, 4), _rounded(p.normalised)] for p in result.trace],
             "scores": {"baseline": _rounded(baseline_scored.normalised),
                        "personalized": _rounded({n: float(v[1]) for n, v in normalised.items()})}} | params
-        personalized = GeneratedImage(result.image, prompt, seed, self.generator.name, params)
+        personalized = GeneratedImage(result.image, prompt, params.get("picked_seed", seed), self.generator.name,
+                                      params)
         return SideBySide(prompt, seed, weights, baseline_scored, scored(1, personalized),
                           result.best_iteration, result.iterations_run, result.stopped, strength, improved, gain,
                           seconds)

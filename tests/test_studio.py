@@ -1,5 +1,6 @@
 """The Studio facade: judgments to pairs, fitting errors, side by side from one seed."""
 import pytest
+from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.store.history import Judgment
@@ -45,3 +46,22 @@ def test_personalize_side_by_side_shares_the_seed(studio):
     # Both images are in the history, so they can be judged right away.
     studio.judge("ann", "pair", result.personalized.record.sha256, result.baseline.record.sha256)
     assert studio.store.counts("ann") == {"like": 2, "dislike": 2, "pair": 1, "tie": 0, "skip": 0}
+
+
+def test_best_of_n_names_the_seed_it_picked_and_strength_0_is_the_baseline(studio):
+    """Found by a hostile review: Best of N's image came from another seed while its record and
+    provenance said the baseline's, and strength 0 still changed the image."""
+    if not studio.store.model_names("ann"):
+        test_personalize_side_by_side_shares_the_seed(studio)
+    side = studio.personalize_once("ann", "a fox in the snow", seed=7, method="best_of_n", strength=0.5)
+    picked = side.personalized.record.seed
+    assert side.baseline.record.seed == 7
+    again = studio.generator.generate("a fox in the snow", [picked])[0].image
+    assert again.tobytes() == Image.open(side.personalized.record.path).convert("RGB").tobytes()
+    assert side.personalized.record.params["baseline"] == side.baseline.record.sha256
+    if side.improved:
+        assert picked != 7
+    still = studio.personalize_once("ann", "a fox in the snow", seed=7, method="best_of_n", strength=0.0)
+    assert still.personalized.record.seed == 7 and not still.improved
+    baseline = Image.open(still.baseline.record.path).convert("RGB").tobytes()
+    assert Image.open(still.personalized.record.path).convert("RGB").tobytes() == baseline

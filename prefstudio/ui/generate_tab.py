@@ -363,11 +363,13 @@ class GenerateTab:
         session.baseline = side.baseline.record.sha256
         session.personalized = side.personalized.record.sha256
         one_pass = ONE_PASS.get(side.personalized.record.params.get("method"))
+        picked = side.personalized.record.params.get("picked_seed")
         how = (f"Stopped after {side.iterations_run} of {job.iterations} iterations" if side.stopped
                else f"Done in one pass of {one_pass} ({side.seconds:.2f} s)" if one_pass
+               else f"Done: of {side.iterations_run} seeds, seed **{picked}** scored best" if picked is not None
                else f"Done: {side.iterations_run} iterations")
         if side.improved:
-            best = "" if one_pass else f"; the best was iteration {side.best_iteration}"
+            best = "" if one_pass or picked is not None else f"; the best was iteration {side.best_iteration}"
             deltas = {n: side.personalized.normalised[n] - side.baseline.normalised[n]
                       for n in side.weights if n in side.baseline.normalised and n in side.personalized.normalised}
             verdict = f"{how}{best}, which {gain_text(side.weights, side.gain, self.guards, deltas)}."
@@ -394,8 +396,10 @@ class GenerateTab:
         verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
                    if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
-        text = (f"{title}: “{record.prompt}”, seed **{record.seed}**, strength {params.get('strength', '?')}, "
-                f"{ran} iterations, {verdict}.")
+        how = (f"the best of {ran} seeds (seed **{record.seed}**; the baseline's **{baseline.seed}**)"
+               if "picked_seed" in params else f"seed **{record.seed}**, strength {params.get('strength', '?')}, "
+                                               f"{ran} iterations")
+        text = f"{title}: “{record.prompt}”, {how}, {verdict}."
         trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
         return (text, record.seed, self._provenance_png(baseline, "baseline"),
                 self._result_image(record, bool(params.get("improved"))),
