@@ -395,7 +395,8 @@ class Studio:
     def suggest(self, profile: str, candidate_shas: list[str], top: int = 3) -> list:
         """`SuggestedPair`s of these stored candidates most worth judging next, most informative first
         (`prefstudio.preference.active`: how much the tastes that still fit the profile's history
-        disagree on each pair, and the stored fit's uncertainty). Pairs already judged are left out."""
+        disagree on each pair, and the stored fit's uncertainty). Pairs already judged (a tie or a skip too)
+        are left out."""
         from prefstudio.preference.active import SuggestedPair, rank_pairs
 
         shas = list(dict.fromkeys(candidate_shas))
@@ -413,6 +414,10 @@ class Studio:
                            "studio has no user bank; judge a few images and press Fit first")
         position = {sha: i for i, sha in enumerate(shas)}
         judged = {tuple(sorted((position[a], position[b]))) for a, b in pairs if a in position and b in position}
+        # A tie or a skip is a verdict on the pair too, though it trains nothing.
+        judged |= {tuple(sorted(position[s] for s in pair)) for pair in self.store.pair_verdicts(profile, shas)}
+        if len(judged) == len(shas) * (len(shas) - 1) // 2:
+            raise InvalidInput(f"every pair of these {len(shas)} candidates is judged already: generate new ones")
         history = self.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1) if pairs else None
         prompts = [self.store.image_record(s).prompt or "" for s in shas]
         # One row serves every candidate: a batch of one prompt is encoded once, not per image.

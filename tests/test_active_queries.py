@@ -243,6 +243,25 @@ def test_cli_suggest_names_a_pair_of_the_candidates_and_why(data, capsys):
     assert len(pairs) == 5 and set(first["judge"]) not in pairs
 
 
+def test_cli_suggest_leaves_out_tied_pairs_and_says_when_none_is_left(data, capsys):
+    """Found by a hostile review: a pair judged a tie was suggested again, and with every pair
+    judged the answer was an empty list without a word."""
+    _, base = data
+    capsys.readouterr()
+    assert cli.main(base + ["generate", "a red boat", "--seeds", "101", "102", "103"]) == 0
+    a, b, c = (image["id"] for image in json.loads(capsys.readouterr().out)["images"])
+    assert cli.main(base + ["judge", "ida", "tie", a, b]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["suggest", "ida", a, b, c, "--top", "3"]) == 0
+    suggested = [set(s["judge"]) for s in json.loads(capsys.readouterr().out)["suggestions"]]
+    assert sorted(map(sorted, suggested)) == sorted([sorted({a, c}), sorted({b, c})])
+    assert cli.main(base + ["judge", "ida", "pair", c, a]) == 0
+    assert cli.main(base + ["judge", "ida", "pair", b, c]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["suggest", "ida", a, b, c]) == 2
+    assert "every pair of these 3 candidates is judged already" in capsys.readouterr().err
+
+
 def test_cli_suggest_refuses_bad_input_in_one_line(data, capsys):
     _, base = data
     capsys.readouterr()
