@@ -204,3 +204,25 @@ def test_blind_images_are_not_listed_as_past_side_by_sides(tmp_path):
     assert studio.store.personalized_images("bo") == []
     shown = studio.personalize_once("bo", "a fox in the snow", seed=6, iterations=2)
     assert [r.sha256 for r in studio.store.personalized_images("bo")] == [shown.personalized.record.sha256]
+
+
+def test_a_pair_whose_personalized_pixels_are_the_baselines_is_not_shown(tmp_path):
+    """Found by a hostile review: two identical pictures were shown as a blind pair and counted,
+    because the check compared image ids, and the ids differ by their PNG metadata."""
+    from prefstudio.studio import Studio
+    from prefstudio.ui.blind_evaluate import BlindEvaluation, BlindRound
+
+    studio = Studio(tmp_path, preference_model="user-embedding")
+    studio.store.create_profile("bo")
+    for i, image in enumerate(studio.generate_candidates("a fox", seeds=[1, 2, 3, 4])):
+        studio.judge("bo", "like" if i % 2 else "dislike", image.sha256)
+    studio.fit("bo")
+    same = studio.personalize_once("bo", "a fox in the snow", seed=5, iterations=0, blind=True)
+    pixels = [Image.open(r.path).convert("RGB").tobytes() for r in (same.personalized.record, same.baseline.record)]
+    assert pixels[0] == pixels[1] and same.personalized.record.sha256 != same.baseline.record.sha256
+    changed = studio.personalize_once("bo", "a fox in the snow", seed=6, iterations=3, blind=True)
+    blind = BlindRound("bo", [("a fox in the snow", 5), ("a fox in the snow", 6)], 0)
+    BlindEvaluation._add(blind, same)
+    BlindEvaluation._add(blind, changed)
+    assert blind.unchanged == [("a fox in the snow", 5)]
+    assert [pair.seed for pair in blind.pairs] == [6]

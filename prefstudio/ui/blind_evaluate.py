@@ -22,6 +22,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from prefstudio.errors import InvalidInput, PrefStudioError
 from prefstudio.guidance.noise_optimization import GuidanceProgress
@@ -55,6 +56,11 @@ class BlindPair:
     left_file: Path  # neutral copies the page receives
     right_file: Path
     choice: str | None = None  # "personalized", "baseline" or "tie", once the person chose
+
+
+def same_pixels(first: Path, second: Path) -> bool:
+    with Image.open(first) as a, Image.open(second) as b:
+        return a.size == b.size and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
 
 
 @dataclass
@@ -235,8 +241,9 @@ class BlindEvaluation:
     @staticmethod
     def _add(blind: BlindRound, side: SideBySide) -> None:
         personalized, baseline = side.personalized.record, side.baseline.record
-        if personalized.sha256 == baseline.sha256:
+        if same_pixels(personalized.path, baseline.path):
             # Nothing to compare: the same picture twice tells the person nothing either way.
+            # (Pixels, not ids: the two PNGs' metadata differ, so their ids always do.)
             blind.update(lambda: blind.unchanged.append((side.prompt, side.seed)))
             return
         personalized_left = draw_sides()
