@@ -401,3 +401,16 @@ def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
     assert "aesthetic" not in text.lower()  # weight 0: not pursued, not named
     both = gain_text({"user": 1.0, "profile:bob": 0.5}, 0.8, guards=set(), deltas=None)
     assert "raised your taste (user model) and taste of bob by **+0.80**" in both and "guard" not in both
+
+
+def test_reuse_brings_back_the_method_and_the_baselines_seed(app, fitted):
+    """Found by a hostile review: Reuse set Guided after an Instant or Best of N run (Instant's
+    0 iterations then made a Guided run of none), and Best of N's picked seed is not the one asked for."""
+    c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
+    for method in ("Best of N", "Instant"):
+        c.predict(fitted, "a cold blue ocean at night", "Fixed seed", 11, 0.5, 8, 0.75, 0.5, method=method,
+                  api_name="/personalize")
+        prompt, mode, seed, *rest = c.predict(api_name="/reuse_settings")
+        assert (prompt, mode, seed) == ("a cold blue ocean at night", "Fixed seed", 11)
+        assert value(rest[-1]) == method

@@ -241,7 +241,8 @@ class GenerateTab:
                           api_visibility="private")
         settings = [self.prompt, self.seed_mode, self.seed, self.strength, self.iterations, *self.sliders]
         blend_views = [*self.blend_sliders, self.grid_axes]
-        reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views], api_name="reuse_settings")
+        reuse.click(user_errors(self.reuse), self.session, [*settings, *blend_views, self.method],
+                    api_name="reuse_settings")
         empty_after(dropped.upload(user_errors(self.reuse_png), dropped, [*settings, self.status],
                                    api_name="reuse_png"), dropped)
         self.blend_choice.focus(user_errors(self.blend_choices), profile, self.blend_choice, api_visibility="private")
@@ -468,9 +469,14 @@ class GenerateTab:
         params = record.params
         weights = params.get("weights", {})
         self._set_blend(session, weights, request)
-        return (record.prompt, FIXED, record.seed, params.get("strength", DEFAULT_STRENGTH),
+        try:  # the seed asked for: Best of N's image may be another seed's
+            seed = self.ctx.store.image_record(params["baseline"]).seed
+        except (KeyError, NotFound):
+            seed = record.seed
+        method = next((label for label, (name, _) in self.methods.items() if name == params.get("method")), GUIDED)
+        return (record.prompt, FIXED, seed, params.get("strength", DEFAULT_STRENGTH),
                 params.get("iterations", DEFAULT_ITERATIONS),
-                *[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights))
+                *[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights), method)
 
     def reuse_png(self, file):
         """Prompt, seed, strength, iterations and weights from a PNG's provenance (a dropped
