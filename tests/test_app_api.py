@@ -400,7 +400,8 @@ def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
     assert "prompt consistency moved -0.29" in text and "guard" in text
     assert "aesthetic" not in text.lower()  # weight 0: not pursued, not named
     both = gain_text({"user": 1.0, "profile:bob": 0.5}, 0.8, guards=set(), deltas=None)
-    assert "raised your taste (user model) and taste of bob by **+0.80**" in both and "guard" not in both
+    assert "raised the weighted sum of your taste (user model) and taste of bob by **+0.80**" in both
+    assert "guard" not in both
 
 
 def test_reuse_brings_back_the_method_and_the_baselines_seed(app, fitted):

@@ -82,7 +82,9 @@ def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: 
     """What a personalization's gain sums (the weighted rewards it raises; guards are held, not
     raised, so they are not in it) and, when known, how far each guard moved."""
     raised = [_in_sentence(reward_label(n)) for n, w in weights.items() if w > 0 and n not in guards]
-    text = f"raised {' and '.join(raised)} by **{gain:+.2f}** (weighted) over the baseline"
+    # One reward may fall while the sum rises: the sentence names the sum, not each reward.
+    summed = raised[0] if len(raised) == 1 else "the weighted sum of " + " and ".join(raised)
+    text = f"raised {summed} by **{gain:+.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
     held = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
     if held:
         text += "; " + ", ".join(f"{_in_sentence(reward_label(n))} moved {deltas[n]:+.2f}" for n in held) + \
