@@ -338,9 +338,11 @@ def acceptance_lines(r: dict) -> list[str]:
     out.append(f"  What limits it (reference points below, unseen users): knowing only which taste cluster a "
                f"person belongs to would give {pct(cluster)} %; a scorer linear in these features with unlimited "
                f"judgments {pct(linear)} %; the best method reaches {pct(b_unseen)} % from {n_max} pairs. "
-               + ("The gap to the cluster oracle is cross-user knowledge not yet exploited; the gap from there to "
-                  "the feature oracle is personal taste that 8 pairs cannot pin down; the rest to the ceiling is "
-                  "what the features do not encode." if b_unseen < cluster else
+               + ("The gap to the cluster oracle is cross-user knowledge not yet exploited; "
+                  + (f"the gap from there to the feature oracle is personal taste that {n_max} pairs cannot pin down; "
+                     if linear > cluster else "the feature oracle lies below it (no scorer linear in these features "
+                                              "separates every taste cluster); ")
+                  + "the rest to the ceiling is what the features do not encode." if b_unseen < cluster else
                   "It is past the cluster oracle: the remaining gap is personal taste and the features."))
     gen = r["generation"]["judged"]["all"]
     out.append(f"- Personalized generation beats the same-seed baseline under the hidden utilities in "

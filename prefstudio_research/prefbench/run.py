@@ -155,6 +155,7 @@ def main(argv=None) -> int:
     images_dir.mkdir(parents=True, exist_ok=True)
     clock = Stopwatch()
     load_start = os.getloadavg()
+    commit = report.git_commit()  # the code that runs: the tree may move on during a long run
     log = lambda *a: print(*a, flush=True)  # noqa: E731
 
     from prefstudio.encoders.embedded import EmbeddedImageEncoder, MiniLMTextEncoder
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": report.machine(), "torch_threads": torch.get_num_threads(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
-        "commit": report.git_commit(),
+        "commit": commit,
         "render_report": {k: v for k, v in render_report.items() if k != "refusals"},
         "refusal_reasons": report.refusal_summary(render_report),
         "data": report.data_summary(cache, test, training),
