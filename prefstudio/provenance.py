@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 
 from prefstudio.atomic_write import write_atomically
 from prefstudio.errors import InvalidInput
-from prefstudio.validation import MAX_IMAGE_BYTES, validate_prompt, validate_seed
+from prefstudio.validation import MAX_IMAGE_BYTES, finite_json, validate_prompt, validate_seed
 
 KEY = "prefstudio"
 PARAMETERS_KEY = "parameters"
@@ -173,20 +173,9 @@ def _bounded_bytes(source: str | os.PathLike | bytes) -> bytes:
     return data
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: JSON text, but no number a setting can hold
-        raise ValueError(f"{text} is beyond a float's range")
-    return value
-
-
 def _from_json(text: str) -> dict:
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = finite_json(text)
     except (ValueError, RecursionError) as error:
         raise InvalidInput(f"provenance chunk is not valid JSON ({error.__class__.__name__})") from None
     return check_info(value)

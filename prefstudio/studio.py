@@ -223,18 +223,15 @@ class Studio:
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
         if not judgments:
             raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
-        def winners(recorded) -> dict[frozenset, str]:
-            return {frozenset((j.image_a, j.image_b)): j.image_a for j in recorded}
-
-        before = winners(self.store.judgments(profile, ("pair",)))
-        recorded = self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments])
-        after = winners(recorded)  # the last line on each pair
-        chosen: dict[frozenset, set[str]] = {}
-        for j in recorded:
-            chosen.setdefault(frozenset((j.image_a, j.image_b)), set()).add(j.image_a)
-        unchanged = sum(before.get(pair) == winner for pair, winner in after.items())
-        return {"lines": len(judgments), "recorded": len(after) - unchanged, "already_recorded": unchanged,
-                "judged_both_ways": sum(len(winners_of_pair) > 1 for winners_of_pair in chosen.values())}
+        before = {frozenset((j.image_a, j.image_b)): j.image_a for j in self.store.judgments(profile, ("pair",))}
+        last, winners = {}, {}  # per pair: the winner of the file's last line on it, and of every line
+        for j in self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments]):
+            pair = frozenset((j.image_a, j.image_b))
+            last[pair] = j.image_a
+            winners.setdefault(pair, set()).add(j.image_a)
+        unchanged = sum(before.get(pair) == winner for pair, winner in last.items())
+        return {"lines": len(judgments), "recorded": len(last) - unchanged, "already_recorded": unchanged,
+                "judged_both_ways": sum(len(w) > 1 for w in winners.values())}
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Bounds on everything a user can type or upload, checked before anything changes."""
+import json
 import math
 import os
 import unicodedata
@@ -28,6 +29,23 @@ MAX_PROFILE_NAME_CHARS = 64
 # would read differently from what it is.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LINE_CONTROLS = frozenset("\t\n\r")
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON text, but no number a studio can write back
+        raise ValueError(f"{text} is beyond a float's range")
+    return value
+
+
+def finite_json(text: str | bytes):
+    """json.loads of untrusted text holding finite numbers only: NaN and ±Infinity, written or
+    overflowing (1e999), raise ValueError as any other malformed JSON does."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _codepoint(char: str) -> str:

@@ -207,22 +207,11 @@ def _keys(item: dict, required: set[str], what: str) -> None:
                          f"(not {echo(odd[0], 40)})")
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is beyond a float's range")
-    return value
-
-
 def _load_json(text: str, what: str):
     """json.loads without NaN/Infinity, written or overflowing (the store could not write them
     back), with any parser failure (a 100,000-deep nesting, a 5,000-digit number) as InvalidInput."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return validation.finite_json(text)
     except RecursionError:
         raise _malformed(f"{what} is nested too deeply") from None
     except ValueError as error:  # JSONDecodeError and int-size limits are ValueErrors
@@ -245,7 +234,7 @@ def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
     if length > min(validation.MAX_PROFILE_HEADER_BYTES, size - 8):
         raise _not_safetensors(f"a header of {length:,} bytes in a file of {size:,}")
     try:
-        header = json.loads(file.read(length).decode("utf-8"), parse_constant=_refuse_constant)
+        header = validation.finite_json(file.read(length).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _not_safetensors("its header is not JSON") from None
     if not isinstance(header, dict):
