@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny pipeline, 64², 1 repeat; writes nothing")
     args = parser.parse_args(argv)
-    command = "python bench/gpu_instant.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python bench/gpu_instant.py", *(sys.argv[1:] if argv is None else argv)])
     if args.smoke:
         device, dtype = torch.device("cpu"), torch.float32
         args.resolution, args.repeats = 64, 1

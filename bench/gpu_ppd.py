@@ -112,7 +112,10 @@ def full_size_vlm(name: str, device, dtype):
         with torch.device(device):
             model = Idefics3ForConditionalGeneration._from_config(config, dtype=dtype)
         return model, processor
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+    from transformers import (
+        LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -125,7 +128,9 @@ def full_size_vlm(name: str, device, dtype):
     template = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
                 "{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}<image>{% endif %}{% endfor %}<|im_end|>\n"
                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    # The processor's constructor insists on a video processor (torchvision-backed) even for images.
     processor = LlavaOnevisionProcessor(image_processor=LlavaOnevisionImageProcessorPil(), tokenizer=tokenizer,
+                                        video_processor=LlavaOnevisionVideoProcessor(),
                                         num_image_tokens=729, vision_feature_select_strategy="full",
                                         chat_template=template)
     with torch.device(device):
@@ -249,7 +254,7 @@ def main(argv=None) -> dict:
     for name in args.vlms:
         try:
             row = {"vlm": name, **vlm_embedding_timing(name, args.new_tokens, args.repeats, device, dtype, smoke_folder)}
-        except (ImportError, AttributeError, ValueError) as err:  # e.g. LLaVA-OneVision without torchvision
+        except (ImportError, AttributeError, ValueError, TypeError) as err:  # e.g. LLaVA-OneVision without torchvision
             row = {"vlm": name, "error": f"{err.__class__.__name__}: {str(err).splitlines()[0][:150]}"}
         vlm_rows.append(row)
         print(json.dumps(row), flush=True)
