@@ -592,5 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     # Paths from the command line may hold undecodable bytes: print them escaped, never crash.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    try:
+        print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `… | head`: the reader left; the work is done, say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0

@@ -518,3 +518,16 @@ def test_import_pairs_reports_what_changed_not_how_many_lines_it_read(tmp_path, 
                                              "judged_both_ways": 1}
     code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
     assert code == 0 and json.loads(out)["recorded"] == 0 and json.loads(out)["already_recorded"] == 2
+
+
+def test_output_into_a_closed_pipe_is_quiet_and_keeps_the_work(tmp_path):
+    # `prefstudio rewards | head -1`: the reader may go before the JSON is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, "-m", "prefstudio", "--data", str(tmp_path), "--model", "embedded",
+                           "profile", "create", "piped"],
+                          stdout=write_end, stderr=subprocess.PIPE, env=ENV, cwd=tmp_path, timeout=120)
+    os.close(write_end)
+    assert proc.stderr.decode() == "" and proc.returncode == 1
+    with HistoryStore(tmp_path) as store:  # the work itself stands
+        assert "piped" in [p.name for p in store.list_profiles()]
