@@ -541,12 +541,12 @@ def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: s
     left, right = pictures["baseline"], pictures["personalized"]
     sheet = Image.new("RGB", (left.width + right.width + gap, max(left.height, right.height) + band), "white")
     verdict = {"baseline": "no personalization",
-               "personalized": f"raised the weighted rewards {result.gain:+.2f}" if result.improved
+               "personalized": f"raised the weighted rewards {result.gain:+z.2f}" if result.improved
                else "no improvement on the baseline"}
     for x, side, picture in ((0, "baseline", left), (left.width + gap, "personalized", right)):
         sheet.paste(picture, (x, 0))
         scores = images[side].normalised
-        score_text = "  ".join(f"{name} {scores[name]:+.2f}" for name in result.weights if name in scores)
+        score_text = "  ".join(f"{name} {scores[name]:+z.2f}" for name in result.weights if name in scores)
         label = side if side == "baseline" or result.improved else "not personalized"
         _caption(sheet, x, picture.height, picture.width,
                  [f"{label} · seed {result.seed} · strength {result.strength:g}", score_text, verdict[side]])

@@ -113,7 +113,7 @@ def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
             scores = cell.side.personalized.normalised
             for k, name in enumerate(shown):
                 value = scores.get(name)
-                text = f"{reward_label(name)[:22]} {value:+.2f}" if value is not None else reward_label(name)
+                text = f"{reward_label(name)[:22]} {value:+z.2f}" if value is not None else reward_label(name)
                 draw.text((x, y + line * (k + 1)), text, fill="black" if name in grid.axes else "dimgray",
                           font=font)
             if not cell.side.improved:

@@ -415,3 +415,11 @@ def test_reuse_brings_back_the_method_and_the_baselines_seed(app, fitted):
         prompt, mode, seed, *rest = c.predict(api_name="/reuse_settings")
         assert (prompt, mode, seed) == ("a cold blue ocean at night", "Fixed seed", 11)
         assert value(rest[-1]) == method
+
+
+def test_a_gain_that_rounds_to_zero_reads_plus_zero_not_minus_zero():
+    from prefstudio.ui.generate_tab import gain_text
+
+    text = gain_text({"user": 1.0, "prompt_consistency": 0.5}, -0.001, guards={"prompt_consistency"},
+                     deltas={"prompt_consistency": -0.004})
+    assert "-0.00" not in text and "**+0.00**" in text and "moved +0.00" in text, text

@@ -84,10 +84,10 @@ def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: 
     raised = [_in_sentence(reward_label(n)) for n, w in weights.items() if w > 0 and n not in guards]
     # One reward may fall while the sum rises: the sentence names the sum, not each reward.
     summed = raised[0] if len(raised) == 1 else "the weighted sum of " + " and ".join(raised)
-    text = f"raised {summed} by **{gain:+.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
+    text = f"raised {summed} by **{gain:+z.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
     held = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
     if held:
-        text += "; " + ", ".join(f"{_in_sentence(reward_label(n))} moved {deltas[n]:+.2f}" for n in held) + \
+        text += "; " + ", ".join(f"{_in_sentence(reward_label(n))} moved {deltas[n]:+z.2f}" for n in held) + \
             (" (a guard: held, not raised)" if len(held) == 1 else " (guards: held, not raised)")
     return text
 
@@ -111,7 +111,7 @@ def reward_states_text(studio) -> str:
 
 def scores_table(normalised: dict[str, float], weights: dict[str, float]) -> str:
     order = sorted(normalised, key=lambda n: (n != "user", n))  # the person's taste first
-    rows = [f"| {reward_label(n)} | {normalised[n]:+.2f} | {weights.get(n, 0):.2f} |" for n in order]
+    rows = [f"| {reward_label(n)} | {normalised[n]:+z.2f} | {weights.get(n, 0):.2f} |" for n in order]
     return "| reward | score | weight |\n|---|---:|---:|\n" + "\n".join(rows)
 
 
@@ -356,8 +356,8 @@ class GenerateTab:
         preview = next((p.preview for p in reversed(job.progress) if p.preview is not None), None)
         done = item.iteration / max(job.iterations, 1)
         bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
-        text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+.2f} · "
-                f"best so far {item.best_total:+.2f} (iteration {item.best_iteration})")
+        text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+z.2f} · "
+                f"best so far {item.best_total:+z.2f} (iteration {item.best_iteration})")
         return (text, job.seed, baseline, gr.Image(preview, label=PERSONALIZED), "", "",
                 self._trace(job.progress, job.iterations), gr.skip())
 

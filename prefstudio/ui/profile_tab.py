@@ -183,7 +183,7 @@ class ProfileTab:
         summary = self.ctx.run(taste_summary, self.ctx.studio, profile)
 
         def items(scored):
-            return [(thumb(r.path), f"{score:+.2f} · {r.prompt}") for r, score in scored]
+            return [(thumb(r.path), f"{score:+z.2f} · {r.prompt}") for r, score in scored]
         return summary.text(), items(summary.most_liked(SUMMARY_IMAGES)), items(summary.least_liked(SUMMARY_IMAGES))
 
     def render(self, profile):
