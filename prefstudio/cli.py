@@ -471,6 +471,10 @@ def run(args: argparse.Namespace) -> dict:
         from prefstudio.trade_off import check_axes
 
         check_axes(args.axis, args.steps)
+        on_axis = sorted(set(_weights(args.weight) or {}) & set(args.axis))
+        if on_axis:
+            raise InvalidInput(f"--weight {', '.join(on_axis)}: an axis of the grid, whose weight the grid sets; "
+                               "give weights only for the other rewards (--total sets what the axes share)")
         validate_output_file(args.out)  # a file, where the other commands write into a folder
     elif getattr(args, "out", None) is not None:
         validate_output_folder(args.out)

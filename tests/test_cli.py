@@ -531,3 +531,11 @@ def test_output_into_a_closed_pipe_is_quiet_and_keeps_the_work(tmp_path):
     assert proc.stderr.decode() == "" and proc.returncode == 1
     with HistoryStore(tmp_path) as store:  # the work itself stands
         assert "piped" in [p.name for p in store.list_profiles()]
+
+
+def test_grid_refuses_a_weight_for_one_of_its_axes(tmp_path, capsys):
+    # The grid sets each axis's weight itself: a --weight for an axis would be dropped unseen.
+    line = refused(capsys, tmp_path, "grid", "me", "a fox", "--axis", "user", "--axis", "prompt_consistency",
+                   "--weight", "user=0.7", "--out", str(tmp_path / "grid.png"))
+    assert "user" in line and "axis" in line and "--total" in line, line
+    assert not (tmp_path / "grid.png").exists()
