@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from prefstudio.preference.models import build_preference_model  # noqa: E402
-from prefstudio.studio import Studio  # noqa: E402
+from prefstudio.studio import DEFAULT_BANK, Studio  # noqa: E402
 from prefstudio_research.studio_people import judged_people  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +46,7 @@ def loo(outcome) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--token-checkpoints", type=Path, nargs="+", required=True)
+    parser.add_argument("--bank", type=Path, default=DEFAULT_BANK, help="the user bank (default: the shipped one)")
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "studio_histories.json")
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     load_start, start = os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        studio = Studio(folder, preference_model="user-embedding")
+        studio = Studio(folder, preference_model="user-embedding", bank_path=args.bank)
         people = judged_people(studio, args.people, args.seed)
         judged = {p.user_id: studio.judged_pairs(p.user_id) for p in people}
         encoder, text = studio.encoder.name, getattr(studio.generator, "text_encoder", None)
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             print(f"{label:>70}: {100 * results[label]['loo']:.1f} ± {100 * results[label]['se']:.1f} %  "
                   f"(first 30 people {100 * results[label]['first_30']:.1f} %)", flush=True)
     report = {"command": " ".join(["python bench/studio_histories.py"] + list(sys.argv[1:] if argv is None else argv)),
-              "people": args.people, "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
+              "bank": str(args.bank), "people": args.people, "seed": args.seed, "seconds": round(time.perf_counter() - start, 1),
               "load_average": {"start": load_start, "end": os.getloadavg()}, "models": results}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['seconds']:.0f} s, load {load_start[0]:.1f} → {os.getloadavg()[0]:.1f}")

@@ -26,7 +26,7 @@ from prefstudio.blend import PROFILE_PREFIX, blended_profile, validate_reward_na
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
 from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator, to_pil
-from prefstudio.guidance.adapter import WEIGHTS_FILE, PreferenceAdapter, bank_digest, load_adapter
+from prefstudio.guidance.adapter import WEIGHTS_FILE, PreferenceAdapter, load_adapter
 from prefstudio.guidance.best_of_n import best_of_n
 from prefstudio.guidance.instant import instant_image
 from prefstudio.guidance.methods import CHAIN_ITERATIONS, METHODS
@@ -134,7 +134,7 @@ class Studio:
                     self.bank, bank_path = bank, path
                     break
         self.reward_states = dict(reward_states or {})
-        self.adapter, self.adapter_config, self.adapter_problem = self._load_adapter(adapter_path, bank_path)
+        self.adapter, self.adapter_config, self.adapter_bank, self.adapter_problem = self._load_adapter(adapter_path)
         self.ppd_adapter, self.ppd_source = self._load_ppd_adapter(ppd_adapter_path)
         self.base_rewards: dict[str, Reward] = {
             "prompt_consistency": PromptConsistencyReward(generator, image_encoder),
@@ -144,25 +144,26 @@ class Studio:
             preference_model, self.encoder.name, getattr(generator, "text_encoder", None), self.bank)
         self._rewards: dict[str, tuple[object, Reward]] = {}
 
-    def _load_adapter(self, folder, bank_path) -> tuple[PreferenceAdapter | None, dict | None, str]:
-        """The preference adapter for Instant, when one matches this generator and bank; else why not."""
+    def _load_adapter(self, folder) -> tuple[PreferenceAdapter | None, dict | None, UserBank | None, str]:
+        """The preference adapter for Instant and the user bank it reads, when they match this
+        generator and encoder; else why not."""
         train = ("train one: python -m prefstudio_research.train.preference_adapter --generator "
                  f"{self.generator.name} --out <folder> (checkpoints/README.md)")
         if folder is None or not Path(folder).is_dir():
-            return None, None, f"no preference adapter is installed for {self.generator.name}; {train}"
+            return None, None, None, f"no preference adapter is installed for {self.generator.name}; {train}"
         try:
-            adapter, config = load_adapter(folder)
+            adapter, config, bank = load_adapter(folder)
         except InvalidInput as error:  # the studio still starts; Instant says why it cannot run
-            return None, None, f"{error}; {train}"
+            return None, None, None, f"{error}; {train}"
         if config["generator"] != self.generator.name or config["shape"]["token_dim"] != \
                 self.generator.conditioning_tokens(self.generator.encode_prompt("a picture")).shape[1]:
-            return None, None, (f"the preference adapter in {folder} was trained for {config['generator']}, "
-                                f"this studio runs {self.generator.name}; {train}")
-        if self.bank is None or bank_digest(bank_path) != config["bank"]:
-            return None, None, (f"the preference adapter in {folder} reads user embeddings of another user bank "
-                                f"than this studio's; {train}")
+            return None, None, None, (f"the preference adapter in {folder} was trained for {config['generator']}, "
+                                      f"this studio runs {self.generator.name}; {train}")
+        if bank.encoder != self.encoder.name:
+            return None, None, None, (f"the preference adapter in {folder} reads {bank.encoder} image features, "
+                                      f"this studio encodes with {self.encoder.name}; {train}")
         weights = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-        return adapter.to(self.generator.device), config | {"id": f"{Path(folder).name}:{weights}"}, ""
+        return adapter.to(self.generator.device), config | {"id": f"{Path(folder).name}:{weights}"}, bank, ""
 
     def _load_ppd_adapter(self, folder):
         """The PPD adapter the person asked for, and which user embedding it reads."""
@@ -426,15 +427,15 @@ class Studio:
 
     def instant_embedding(self, profile: str) -> torch.Tensor:
         """[k] the profile's user embedding for Instant: Premier's cold start, a linear combination
-        of the adapter's training users (the bank's) with coefficients from the person's pairs
-        (`bank_combination`, the bank posterior)."""
+        of the adapter's training users (the bank that ships with the adapter) with coefficients
+        from the person's pairs (`bank_combination`, the bank posterior)."""
         if self.adapter is None:
             raise ModelUnavailable(f"Instant is unavailable: {self.adapter_problem}")
         pairs = self.judged_pairs(profile).pairs
         shas = [s for pair in pairs for s in pair]
         features = self.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, self.encoder.dim)
-        coefficients = bank_combination(self.bank, features[:, 0], features[:, 1], pair_images=pairs or None)
-        return coefficients @ self.bank.user_embeddings
+        coefficients = bank_combination(self.adapter_bank, features[:, 0], features[:, 1], pair_images=pairs or None)
+        return coefficients @ self.adapter_bank.user_embeddings
 
     # -- personalized generation ------------------------------------------------------
     def personalize(self, profile: str, prompt: str, seed: int | None = None,

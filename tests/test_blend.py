@@ -259,9 +259,9 @@ def test_moving_weight_along_a_grid_raises_the_reward_gaining_it_and_lowers_the_
 
 
 def test_neighbouring_cells_that_would_show_the_same_image_are_bridged_by_a_short_run_from_it(studio):
-    # Seed 3 at 3 iterations: the second and third cells picked the same candidate from the
-    # runs of the cells alone, so moving weight between them changed nothing.
-    items = list(studio.trade_off("alice", PROMPT, ["user", "prompt_consistency"], seed=3, steps=4, iterations=3))
+    # Seed 0 at 3 iterations (with the shipped user bank): neighbouring cells picked the same
+    # candidate from the runs of the cells alone, so moving weight between them changed nothing.
+    items = list(studio.trade_off("alice", PROMPT, ["user", "prompt_consistency"], seed=0, steps=4, iterations=3))
     assert any(isinstance(item, str) and item.startswith("Bridging a gap") for item in items)
     grid = items[-1]
     scores = [(c.side.personalized.normalised["user"], c.side.personalized.normalised["prompt_consistency"])

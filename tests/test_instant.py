@@ -14,7 +14,7 @@ from prefstudio.errors import InvalidInput, ModelUnavailable
 from prefstudio.generators.diffusers_onestep import DiffusersOneStepGenerator
 from prefstudio.generators.embedded import EmbeddedGenerator
 from prefstudio.guidance.adapter import (
-    CONFIG_FILE, AdapterShape, PreferenceAdapter, load_adapter, save_adapter,
+    BANK_FILE, CONFIG_FILE, AdapterShape, PreferenceAdapter, load_adapter, save_adapter,
 )
 from prefstudio.guidance.instant import instant_image
 from prefstudio.preference.user_embedding import UserBank, bank_combination, fit_user_embedding
@@ -160,13 +160,30 @@ def test_cold_start_is_the_bank_posterior_of_a_short_history(bank):
         bank_combination(bank, liked[:, :5], disliked[:, :5])
 
 
-def test_adapter_files_round_trip_and_bad_files_are_refused(tmp_path):
+def tiny_bank(path: Path, dim: int, seed: int) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    UserBank("tiny-encoder", torch.zeros(5), torch.ones(5), torch.randn(5, dim, generator=g),
+             torch.randn(3, dim, generator=g), torch.randn(3, dim, generator=g), 1.0, f"test bank {seed}").save(path)
+    return path
+
+
+def test_adapter_files_round_trip_with_their_bank_and_bad_files_are_refused(tmp_path):
     adapter = loud_adapter(4, 6)
-    folder = save_adapter(adapter, tmp_path / "a", {"generator": "embedded", "bank": "abc"})
-    loaded, config = load_adapter(folder)
-    assert config["generator"] == "embedded"
+    folder = save_adapter(adapter, tmp_path / "a", {"generator": "embedded"}, tiny_bank(tmp_path / "b.st", 4, 0))
+    loaded, config, bank = load_adapter(folder)
+    assert config["generator"] == "embedded" and bank.source == "test bank 0"
     for key, value in adapter.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+    # The embeddings it reads only mean something in the bank it was trained with.
+    tiny_bank(folder / BANK_FILE, 4, 1)
+    with pytest.raises(InvalidInput, match=BANK_FILE):
+        load_adapter(folder)
+    (folder / BANK_FILE).unlink()
+    with pytest.raises(InvalidInput, match=BANK_FILE):
+        load_adapter(folder)
+    wide = save_adapter(adapter, tmp_path / "w", {"generator": "embedded"}, tiny_bank(tmp_path / "w.st", 5, 0))
+    with pytest.raises(InvalidInput, match="5-d user embeddings"):
+        load_adapter(wide)
     config_path = folder / CONFIG_FILE
     good = json.loads(config_path.read_text())
     for broken in ({**good, "format": "pickle"}, {**good, "shape": {"user_dim": 4}},
@@ -280,3 +297,13 @@ def test_guidance_drops_non_finite_gradient_entries_instead_of_spreading_nan():
                           GuidanceSettings(iterations=4, preview_every=0))
     assert torch.isfinite(result.noise).all() and all(math.isfinite(p.total) for p in result.trace)
     assert result.best_iteration > 0 and result.total > result.trace[0].total  # it still climbs
+
+
+def test_instant_reads_the_people_of_the_adapters_own_bank_whatever_the_studios_bank(fitted_studio):
+    # The studio's bank serves the user embedding; Instant's embedding lives in the adapter's bank.
+    studio = fitted_studio
+    assert studio.bank.n_users != studio.adapter_bank.n_users  # the shipped pair differs, as it may anywhere
+    pairs = studio.judged_pairs("alice").pairs
+    features = studio.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1)
+    expected = bank_combination(studio.adapter_bank, features[:, 0], features[:, 1], pair_images=pairs)
+    torch.testing.assert_close(studio.instant_embedding("alice"), expected @ studio.adapter_bank.user_embeddings)

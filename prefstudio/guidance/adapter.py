@@ -19,6 +19,7 @@ bank (prefstudio_research/train/preference_adapter.py) and its config names both
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ from safetensors.torch import load_file, save_file
 
 from prefstudio.errors import InvalidInput
 from prefstudio.generators.base import Generator
+from prefstudio.preference.user_embedding import UserBank
 
 FORMAT = "prefstudio-preference-adapter"
 VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "config.json"
+# The user bank whose embeddings the adapter reads: it travels with the adapter, so the studio's
+# own bank (the user embedding's cold start) can change without retraining Instant.
+BANK_FILE = "user_bank.safetensors"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 256 << 20
 
@@ -115,12 +120,16 @@ def generator_signature(generator: Generator, conditioning: Any) -> dict:
     return {"generator": generator.name, "token_dim": int(generator.conditioning_tokens(conditioning).shape[1])}
 
 
-def save_adapter(adapter: PreferenceAdapter, folder: str | Path, config: dict) -> Path:
+def save_adapter(adapter: PreferenceAdapter, folder: str | Path, config: dict, bank_path: str | Path) -> Path:
+    """Weights, config and a copy of the user bank the adapter was trained with."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in adapter.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(VERSION)})
-    full = {"format": FORMAT, "version": VERSION, "shape": asdict(adapter.shape), **config}
+    if Path(bank_path).resolve() != (folder / BANK_FILE).resolve():
+        shutil.copyfile(bank_path, folder / BANK_FILE)
+    full = {"format": FORMAT, "version": VERSION, "shape": asdict(adapter.shape), **config,
+            "bank": bank_digest(folder / BANK_FILE)}
     (folder / CONFIG_FILE).write_text(json.dumps(full, indent=1) + "\n")
     return folder
 
@@ -145,10 +154,16 @@ def read_adapter_config(folder: str | Path) -> dict:
     return config
 
 
-def load_adapter(folder: str | Path) -> tuple[PreferenceAdapter, dict]:
-    """The adapter and its config, every tensor checked against the config's shape."""
+def load_adapter(folder: str | Path) -> tuple[PreferenceAdapter, dict, UserBank]:
+    """The adapter, its config (every tensor checked against the config's shape) and the user
+    bank it reads embeddings of (checked against the digest it was trained with)."""
     folder = Path(folder)
     config = read_adapter_config(folder)
+    bank_path = folder / BANK_FILE
+    if not bank_path.is_file() or bank_digest(bank_path) != config["bank"]:
+        raise InvalidInput(f"{folder} lacks the user bank its adapter was trained with ({BANK_FILE}, digest "
+                           f"{config['bank']}): copy that bank there, or train the adapter again")
+    bank = UserBank.load(bank_path)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file() or weights.stat().st_size > MAX_WEIGHTS_BYTES:
         raise InvalidInput(f"{weights} is missing or too large to be an adapter's weights")
@@ -164,4 +179,7 @@ def load_adapter(folder: str | Path) -> tuple[PreferenceAdapter, dict]:
     if not all(torch.isfinite(v).all() for v in tensors.values()) or float(tensors["user_scale"]) <= 0:
         raise InvalidInput(f"{weights} holds non-finite values or a non-positive user scale")
     adapter.load_state_dict(tensors)
-    return adapter.eval().requires_grad_(False), config
+    if bank.user_embeddings.shape[1] != adapter.shape.user_dim:
+        raise InvalidInput(f"{bank_path} has {bank.user_embeddings.shape[1]}-d user embeddings; the adapter reads "
+                           f"{adapter.shape.user_dim}-d ones")
+    return adapter.eval().requires_grad_(False), config, bank

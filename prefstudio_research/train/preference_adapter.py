@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from prefstudio.guidance.adapter import (
-    AdapterShape, PreferenceAdapter, bank_digest, generator_signature, save_adapter,
+    AdapterShape, PreferenceAdapter, generator_signature, save_adapter,
 )
 from prefstudio.preference.user_embedding import UserBank
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
@@ -331,11 +331,11 @@ def main(argv=None) -> None:
     if accelerator.is_main_process:
         command = "python -m prefstudio_research.train.preference_adapter " + " ".join(sys.argv[1:] if argv is None else argv)
         config = {**generator_signature(generator, objective.conditioning[prompts[0]]),
-                  "bank": bank_digest(args.bank), "bank_file": args.bank.name, "encoder": encoder.name,
+                  "bank_source": bank.source, "encoder": encoder.name,
                   "settings": vars(settings), "training_prompts": len(prompts), "processes": accelerator.num_processes,
                   "evaluation_objective": {"before": round(before, 4), "after": round(after, 4)},
                   "wall_seconds": round(seconds), "command": command}
-        save_adapter(adapter, args.out, config)
+        save_adapter(adapter, args.out, config, args.bank)
         with open(args.out / "log.jsonl", "w") as f:
             import json
 
