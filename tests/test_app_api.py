@@ -423,3 +423,18 @@ def test_a_gain_that_rounds_to_zero_reads_plus_zero_not_minus_zero():
     text = gain_text({"user": 1.0, "prompt_consistency": 0.5}, -0.001, guards={"prompt_consistency"},
                      deltas={"prompt_consistency": -0.004})
     assert "-0.00" not in text and "**+0.00**" in text and "moved +0.00" in text, text
+
+
+def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not_use():
+    """Found by a hostile review: Best of N's image was headed "same seed" from another seed, and
+    after a reload nothing said Instant or Best of N (only "0 iterations")."""
+    from prefstudio.ui.generate_tab import method_name, result_label
+
+    best = {"method": "best_of_n", "picked_seed": 31753}
+    assert "same seed" not in result_label(best, True) and "31753" in result_label(best, True)
+    assert "iterat" not in result_label({"method": "instant"}, False)
+    assert "adapter" in result_label({"method": "instant"}, True)
+    assert "Instant" in result_label({"method": "instant+guidance"}, True)
+    assert result_label({}, True) == result_label({"method": "guidance"}, True)  # runs stored before methods
+    assert [method_name({"method": m}) for m in ("guidance", "best_of_n", "instant", "instant+guidance")] == \
+        ["Guided", "Best of N", "Instant", "Instant → short guidance"]

@@ -51,6 +51,27 @@ METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n"
 GUIDED = "Guided"
 PPD = "PPD adapter"  # a method only when the studio runs one (--ppd-adapter)
 ONE_PASS = {"instant": "the preference adapter", "ppd": "the PPD adapter"}
+METHOD_NAMES = {name: label for label, (name, _) in METHODS.items()} | {"ppd": PPD}
+
+
+def method_name(params: dict) -> str:
+    """How a stored side by side was personalized, as the Method choice names it."""
+    return METHOD_NAMES.get(params.get("method", "guidance"), str(params.get("method")))
+
+
+def result_label(params: dict, improved: bool) -> str:
+    """The personalized image's heading: what it is, for the method that made it."""
+    method = params.get("method", "guidance")
+    if not improved:
+        kept = " (best iterate shown)" if method in ("guidance", "instant+guidance") else ""
+        return f"Not personalized: no improvement on the baseline{kept}"
+    if method == "best_of_n":  # not the baseline's seed, unless that one scored best
+        return f"Personalized (the best of several seeds for your taste: seed {params.get('picked_seed')})"
+    if method in ONE_PASS:
+        return f"Personalized (same seed, one pass of {ONE_PASS[method]})"
+    if method == "instant+guidance":
+        return "Personalized (same seed: Instant, then optimised for your taste)"
+    return DONE
 
 
 class GenerateSession:
@@ -379,7 +400,9 @@ class GenerateTab:
         else:
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
                        "not personalized — try another seed, a higher strength or more iterations.")
-        text = f"{verdict} Seed **{side.seed}** — both images are stored with their prompt, seed and weights."
+        seeds = (f"Baseline seed **{side.seed}**, personalized seed **{picked}**" if picked not in (None, side.seed)
+                 else f"Seed **{side.seed}**")
+        text = f"{verdict} {seeds} — both images are stored with their prompt, seed and weights."
         return (text, side.seed, self._provenance_png(side.baseline.record, "baseline"),
                 self._result_image(side.personalized.record, side.improved),
                 scores_table(side.baseline.normalised, side.weights),
@@ -399,9 +422,10 @@ class GenerateTab:
         verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
                    if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
-        how = (f"the best of {ran} seeds (seed **{record.seed}**; the baseline's **{baseline.seed}**)"
-               if "picked_seed" in params else f"seed **{record.seed}**, strength {params.get('strength', '?')}, "
-                                               f"{ran} iterations")
+        how = (f"Best of N: the best of {ran} seeds (seed **{record.seed}**; the baseline's **{baseline.seed}**)"
+               if "picked_seed" in params else
+               f"{method_name(params)}, seed **{record.seed}**, strength {params.get('strength', '?')}"
+               + ("" if params.get("method") in ONE_PASS else f", {ran} iterations"))
         text = f"{title}: “{record.prompt}”, {how}, {verdict}."
         trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
         return (text, record.seed, self._provenance_png(baseline, "baseline"),
@@ -410,8 +434,7 @@ class GenerateTab:
                 self._trace(trace, params.get("iterations", 1), ran), self._past_gallery(session, profile))
 
     def _result_image(self, record: ImageRecord, improved: bool):
-        label = DONE if improved else "Not personalized: no improvement on the baseline (best iterate shown)"
-        return gr.Image(self._provenance_png(record, "personalized"), label=label)
+        return gr.Image(self._provenance_png(record, "personalized"), label=result_label(record.params, improved))
 
     def _provenance_png(self, record: ImageRecord, role: str) -> str:
         """The image as a PNG that carries how it was made (prompt, seed, generator, weights,
@@ -442,7 +465,7 @@ class GenerateTab:
                 continue
             mark = "✓" if record.params.get("improved") else "·"
             items.append((pair_thumb(self.ctx, base, record.sha256),
-                          f"{mark} seed {record.seed} · {record.prompt[:40]}"))
+                          f"{mark} {method_name(record.params)} · seed {record.seed} · {record.prompt[:40]}"))
             session.past.append(record.sha256)
         rows = max(1, -(-len(items) // PAST_COLUMNS))
         return gr.Gallery(items or None, columns=PAST_COLUMNS, height=gallery_height(rows, PAST_COLUMNS))
