@@ -19,6 +19,7 @@ from prefstudio.guidance.adapter import (
 from prefstudio.guidance.instant import instant_image
 from prefstudio.preference.user_embedding import UserBank, bank_combination, fit_user_embedding
 from prefstudio.rewards.base import Reward
+from prefstudio.preference.models import DEFAULT_TOKEN_CHECKPOINT
 from prefstudio.studio import DEFAULT_ADAPTER, DEFAULT_BANK, Studio
 from prefstudio.tools.make_tiny_pipeline import tiny_sd_pipeline
 from prefstudio_research.train.preference_adapter import (
@@ -299,11 +300,18 @@ def test_guidance_drops_non_finite_gradient_entries_instead_of_spreading_nan():
     assert result.best_iteration > 0 and result.total > result.trace[0].total  # it still climbs
 
 
-def test_instant_reads_the_people_of_the_adapters_own_bank_whatever_the_studios_bank(fitted_studio):
+def test_instant_reads_the_people_of_the_adapters_own_bank_whatever_the_studios_bank(tmp_path, fitted_studio):
     # The studio's bank serves the user embedding; Instant's embedding lives in the adapter's bank.
-    studio = fitted_studio
-    assert studio.bank.n_users != studio.adapter_bank.n_users  # the shipped pair differs, as it may anywhere
-    pairs = studio.judged_pairs("alice").pairs
+    other_bank = DEFAULT_TOKEN_CHECKPOINT / "user_bank.safetensors"  # same encoder, other people
+    studio = Studio(tmp_path / "d", generator=fitted_studio.generator, image_encoder=fitted_studio.encoder,
+                    preference_model="user-embedding", bank_path=other_bank)
+    assert studio.adapter is not None, studio.adapter_problem
+    assert studio.bank.n_users != studio.adapter_bank.n_users
+    candidates = studio.generate_candidates("a quiet landscape", seeds=list(range(4)))
+    studio.store.create_profile("dana")
+    studio.judge("dana", "pair", candidates[0].sha256, candidates[1].sha256)
+    studio.judge("dana", "pair", candidates[3].sha256, candidates[2].sha256)
+    pairs = studio.judged_pairs("dana").pairs
     features = studio.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1)
     expected = bank_combination(studio.adapter_bank, features[:, 0], features[:, 1], pair_images=pairs)
-    torch.testing.assert_close(studio.instant_embedding("alice"), expected @ studio.adapter_bank.user_embeddings)
+    torch.testing.assert_close(studio.instant_embedding("dana"), expected @ studio.adapter_bank.user_embeddings)
