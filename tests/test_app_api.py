@@ -438,3 +438,15 @@ def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not
     assert result_label({}, True) == result_label({"method": "guidance"}, True)  # runs stored before methods
     assert [method_name({"method": m}) for m in ("guidance", "best_of_n", "instant", "instant+guidance")] == \
         ["Guided", "Best of N", "Instant", "Instant → short guidance"]
+
+
+def test_the_score_chart_gives_each_series_one_colour_whatever_order_the_scores_come_in():
+    """Found by a hostile review: the live chart and the same run after a reload swapped the
+    colours of "Your taste" and "Prompt consistency"."""
+    from prefstudio.guidance.noise_optimization import GuidanceProgress
+    from prefstudio.ui.generate_tab import GenerateTab
+
+    live = [GuidanceProgress(i, 0.1 * i, {"user": 0.1, "prompt_consistency": 0.2}, {}, 0, 0.1 * i) for i in range(3)]
+    stored = [GuidanceProgress(i, 0.1 * i, {"prompt_consistency": 0.2, "user": 0.1}, {}, 0, 0.1 * i) for i in range(3)]
+    first, second = GenerateTab._trace(live, 3).color_map, GenerateTab._trace(stored, 3).color_map
+    assert first and first == second and len(set(first.values())) == len(first)

@@ -39,6 +39,7 @@ from prefstudio.validation import validate_prompt, validate_seed
 RANDOM, FIXED = "Random seed", "Fixed seed"
 MAX_UI_ITERATIONS = 100
 TOTAL = "objective"
+SERIES_COLOURS = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777"]
 PAST = 12  # past side by sides listed
 PAST_COLUMNS = 6
 MAX_BLENDED = 4  # other profiles' tastes on the sliders at once
@@ -477,9 +478,13 @@ class GenerateTab:
             rows += [(item.iteration, item.total, TOTAL)] + [
                 (item.iteration, v, reward_label(n)) for n, v in item.normalised.items()]
         frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
+        # One colour per series, fixed by its name: the plot would colour them in the order they
+        # come, which differs between a live run and the same run read back from the history.
+        names = [TOTAL] + sorted(set(frame["series"]) - {TOTAL})
+        colours = {name: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, name in enumerate(names)}
         # Hidden until there is a line to draw: Instant runs no iterations, and an empty chart
         # reads as a failed one.
-        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)], visible=len(progress) > 1)
+        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)], color_map=colours, visible=len(progress) > 1)
 
     def show_past(self, session: GenerateSession, profile, event: gr.SelectData):
         if not profile or event.index is None or event.index >= len(session.past):
