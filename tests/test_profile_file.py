@@ -191,8 +191,14 @@ def edit_content(change):
      "which is not in it"),
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="adore"))), True,
      "unknown judgment kind 'adore'"),
+    # A far-future date would pin a judgment at the top of the history and among the latest pairs.
+    (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(created="9999-12-31T00:00:00+00:00"))),
+     True, "a judgment's created '9999-12-31T00:00:00\\+00:00' lies in the future"),
+    (dict(edit_metadata=edit_content(lambda c: c["presets"].append({"name": "x", "weights": {"user": 1.0}}))),
+     True, "a preset must have exactly the keys created, name, weights \\(missing 'created'\\)"),
 ], ids=["future-version", "wrong-format", "edited-judgment", "edited-model", "image-not-its-hash",
-        "image-not-an-image", "image-jpeg", "image-bomb", "dangling-judgment", "bad-kind"])
+        "image-not-an-image", "image-jpeg", "image-bomb", "dangling-judgment", "bad-kind", "judged-in-the-future",
+        "preset-missing-key"])
 def test_suspect_profile_files_are_refused_without_changing_the_store(
         store, exported, tmp_path, edit, redigest, message):
     bad = rewrite(exported, tmp_path / "bad.prefstudio", redigest=redigest, **edit)

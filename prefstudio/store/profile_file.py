@@ -22,6 +22,7 @@ import math
 import os
 import re
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -202,9 +203,9 @@ def _expect(value, kind, what: str):
 
 def _keys(item: dict, required: set[str], what: str) -> None:
     if set(item) != required:
-        odd = sorted(set(item) ^ required)
-        raise _malformed(f"{what} must have exactly the keys {', '.join(sorted(required))} "
-                         f"(not {echo(odd[0], 40)})")
+        missing, extra = sorted(required - set(item)), sorted(set(item) - required)
+        why = f"missing {echo(missing[0], 40)}" if missing else f"not {echo(extra[0], 40)}"
+        raise _malformed(f"{what} must have exactly the keys {', '.join(sorted(required))} ({why})")
 
 
 def _load_json(text: str, what: str):
@@ -354,9 +355,12 @@ def _timestamp(value, what: str) -> str:
         parsed = datetime.fromisoformat(value) if len(value) <= 64 else None
         if parsed is None or parsed.tzinfo is None:
             raise ValueError
-        parsed.timestamp()
+        seconds = parsed.timestamp()
     except (ValueError, OverflowError, OSError):
         raise _malformed(f"{what} {echo(value)} is not an ISO 8601 time with a zone") from None
+    # A day of slack for another machine's clock; later would sort first in the history for ever.
+    if seconds > time.time() + 86_400:
+        raise _malformed(f"{what} {echo(value)} lies in the future")
     return value
 
 
