@@ -454,9 +454,18 @@ STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "
                    "rewards": cmd_rewards, "preset": cmd_preset_save, "grid": cmd_grid}
 
 
+# Commands that work on profiles already in the history: a --data folder that does not exist
+# is a typo for them, not a new history to start.
+NEEDS_HISTORY = {"judge", "import-pairs", "fit", "suggest", "personalize", "preset", "grid", "export"}
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.device is not None:
         validate_device_name(args.device)
+    if (args.command in NEEDS_HISTORY or args.command == "profile" and args.action != "create") \
+            and not Path(args.data).exists():
+        raise InvalidInput(f"--data {echo(str(args.data))} does not exist, so it holds no profiles: check the path "
+                           "(`profile create NAME` starts a new history there)")
     if args.command in STORE_HANDLERS and not (args.command == "preset" and args.action == "save"):
         from prefstudio.store.history import HistoryStore
 

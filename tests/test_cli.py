@@ -539,3 +539,19 @@ def test_grid_refuses_a_weight_for_one_of_its_axes(tmp_path, capsys):
                    "--weight", "user=0.7", "--out", str(tmp_path / "grid.png"))
     assert "user" in line and "axis" in line and "--total" in line, line
     assert not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.parametrize("argv", [["profile", "list"], ["export", "alice", "alice.prefstudio"], ["fit", "alice"],
+                                  ["judge", "alice", "like", "abc"]])
+def test_a_mistyped_data_folder_is_refused_and_not_created(tmp_path, capsys, argv):
+    # A command that needs an existing history must not start an empty one at a typo.
+    missing = tmp_path / "no" / "such" / "folder"
+    code = cli.main(["--data", str(missing), "--model", "embedded", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and f"'{missing}' does not exist" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no").exists()
+
+
+def test_creating_a_profile_still_starts_a_new_data_folder(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, tmp_path / "new", "profile", "create", "alice")
+    assert code == 0 and (tmp_path / "new").is_dir()
