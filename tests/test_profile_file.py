@@ -601,3 +601,15 @@ def test_an_imported_image_never_joins_another_profiles_generate_history(store, 
         content = json.loads(safe_open(made, framework="pt").metadata()["profile"])
         assert shas == [content["images"][1]["sha256"]]  # its own images follow it to its new name
         assert "personalized_for" not in fresh.image_record(content["images"][0]["sha256"]).params
+
+
+def test_a_file_cut_short_says_it_is_incomplete(store, exported, tmp_path):
+    # Found by a hostile review: half a download was refused as "its tensors end at byte X of Y".
+    data = exported.read_bytes()
+    half = _raw_file(tmp_path / "half.prefstudio", data[: len(data) // 2])
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, half, new_name="Carol")
+    message = str(caught.value)
+    assert "cut short" in message and f"{len(data):,} bytes" in message and len(message.splitlines()) == 1, message
+    assert snapshot(store) == before

@@ -262,6 +262,9 @@ def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
         if entry.start != position:
             raise _not_safetensors("its tensors overlap or leave gaps")
         position = entry.end
+    if position > size:  # what a partial download or copy looks like
+        raise _not_safetensors(f"cut short: its header describes {position:,} bytes, the file has {size:,}; "
+                               "copy or download it again")
     if position != size:
         raise _not_safetensors(f"its tensors end at byte {position:,} of {size:,}")
     return metadata, entries
