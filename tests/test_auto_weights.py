@@ -267,11 +267,12 @@ def test_auto_reads_each_members_prompt_context_and_says_how_it_combined(prompte
     again = auto.load(*taste.state())
     assert torch.allclose(again.log_odds(features, again.prompt_context(["a picture of a sea"])),
                           taste.log_odds(features, context))
-    loo = {n: outcome.parts[n].loo_accuracy for n in outcome.parts}
+    loo = {n: f"{outcome.parts[n].loo_accuracy:.0%} over {len(outcome.parts[n].held_out)} pairs" for n in outcome.parts}
+    # Each member's accuracy says over how many pairs: auto's own counts only the pairs both held out.
     assert outcome.reason == (
         "combined with equal weights (user-embedding 50%, preference-tokens 50%) — "
-        f"user-embedding: {outcome.parts[USER_EMBEDDING].reason}, leave-one-out {loo[USER_EMBEDDING]:.0%}; "
-        f"preference-tokens: {outcome.parts[PREFERENCE_TOKENS].reason}, leave-one-out {loo[PREFERENCE_TOKENS]:.0%}")
+        f"user-embedding: {outcome.parts[USER_EMBEDDING].reason}, leave-one-out {loo[USER_EMBEDDING]}; "
+        f"preference-tokens: {outcome.parts[PREFERENCE_TOKENS].reason}, leave-one-out {loo[PREFERENCE_TOKENS]}")
     # Rows that weigh by fit: the held-out margins are divided by each member's spread first.
     row = StackingRow(1, {USER_EMBEDDING: 1.0, PREFERENCE_TOKENS: 1.0}, {USER_EMBEDDING: 0.3, PREFERENCE_TOKENS: 0.2},
                       {USER_EMBEDDING: 1.0, PREFERENCE_TOKENS: 1.0})

@@ -354,7 +354,7 @@ class AutoPreference(PreferenceModel):
                f"adjusted by how well each model predicted your {len(common)} held-out pairs ({share})"
                if self.rows else f"combined with equal weights ({share})")
         reason = f"{how} — " + "; ".join(
-            f"{name}: {outcome.reason}" + (f", leave-one-out {outcome.loo_accuracy:.0%}"
+            f"{name}: {outcome.reason}" + (f", leave-one-out {outcome.loo_accuracy:.0%} over {outcome.loo_pairs} pairs"
                                            if outcome.loo_accuracy is not None else "")
             for name, outcome in parts.items())
         combined_held_out = {i: sum(weights[name] / scales[name] * parts[name].held_out[i] for name in members)
