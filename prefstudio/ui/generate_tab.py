@@ -71,7 +71,7 @@ def result_label(params: dict, improved: bool) -> str:
     if method in ONE_PASS:
         return f"Personalized (same seed, one pass of {ONE_PASS[method]})"
     if method == "instant+guidance":
-        return "Personalized (same seed: Instant, then optimised for your taste)"
+        return "Personalized (same seed: Instant, then guidance)"
     return DONE
 
 
