@@ -129,6 +129,29 @@ def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, 
     expect(page.locator("#ps-past")).to_contain_text("Guided · seed", timeout=SLOW)
 
 
+def test_a_page_reloaded_mid_run_still_lists_the_past_side_by_sides(server, page):
+    """Found by a hostile review: after a reload during a run the past list stayed empty until the run ended."""
+    studio, url = server
+    studio.personalize_once("alice", "a harbour at noon", seed=5, iterations=2)
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#ps-gen-prompt textarea", "a lighthouse at dawn")
+    page.click("#ps-advanced")
+    set_slider(page, "#ps-iterations", 100)
+    page.click("#ps-personalize")
+    progress = page.locator("#ps-gen-progress")
+    expect(progress).to_contain_text("Optimising", timeout=SLOW)
+    page.reload(wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    expect(progress).to_contain_text("Optimising", timeout=SLOW)
+    expect(page.locator("#ps-past img").first).to_be_visible(timeout=SLOW)
+    assert "Optimising" in progress.inner_text()  # listed while the run still goes, not at its end
+    page.click("#ps-stop")  # leaves the next test an idle studio
+    expect(progress).not_to_contain_text("Optimising", timeout=SLOW)
+
+
 def test_no_improvement_is_not_called_personalized(server, page):
     """Defect 6: a result whose taste score fell was still labelled personalized."""
     _, url = server

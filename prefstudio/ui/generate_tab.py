@@ -343,7 +343,12 @@ class GenerateTab:
         name = self.ctx.store.get_profile(profile).name
         job = self.jobs.running(name.casefold())
         if job is not None:
-            yield from self._follow(session, job)
+            views = self._follow(session, job)
+            # A reloaded page starts with an empty past list, which the run's views leave alone.
+            first = next(views, None)
+            if first is not None:
+                yield (*first[:-1], self._past_gallery(session, name))
+            yield from views
             return
         past = self.ctx.store.personalized_images(name, 1)
         if past:
