@@ -92,22 +92,28 @@ def test_the_generate_tab_knows_a_fitted_profile(server, page):
     expect(progress).to_contain_text("has no fitted taste yet", timeout=SLOW)
 
 
-def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, page):
-    """Defects 4 and 5: a reload lost the run; the chart ended before the run did."""
-    studio, url = server
-    before = len(studio.store.personalized_images("alice"))
+def start_and_reload(page, url, prompt: str, iterations: int):
+    """Start a Guided run for alice and reload the page once it is optimising; the progress line."""
     open_studio(page, url)
     choose(page, "alice")
     page.get_by_role("tab", name="Generate").click()
-    page.fill("#ps-gen-prompt textarea", "a lighthouse at dusk")
+    page.fill("#ps-gen-prompt textarea", prompt)
     page.click("#ps-advanced")
-    set_slider(page, "#ps-iterations", 24)
+    set_slider(page, "#ps-iterations", iterations)
     page.click("#ps-personalize")
     progress = page.locator("#ps-gen-progress")
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
     page.reload(wait_until="load")
     page.wait_for_selector("#ps-generate", timeout=SLOW)
     page.get_by_role("tab", name="Generate").click()
+    return progress
+
+
+def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, page):
+    """Defects 4 and 5: a reload lost the run; the chart ended before the run did."""
+    studio, url = server
+    before = len(studio.store.personalized_images("alice"))
+    progress = start_and_reload(page, url, "a lighthouse at dusk", 24)
     # The page re-attaches to the run (or shows it finished), and it ends stored.
     # (Under load the run may end while the page reloads: then it shows the stored side by side.)
     expect(progress).to_contain_text(re.compile("Optimising|Done: 24 iterations|“a lighthouse at dusk”.* 24 iterations"),
@@ -133,18 +139,7 @@ def test_a_page_reloaded_mid_run_still_lists_the_past_side_by_sides(server, page
     """Found by a hostile review: after a reload during a run the past list stayed empty until the run ended."""
     studio, url = server
     studio.personalize_once("alice", "a harbour at noon", seed=5, iterations=2)
-    open_studio(page, url)
-    choose(page, "alice")
-    page.get_by_role("tab", name="Generate").click()
-    page.fill("#ps-gen-prompt textarea", "a lighthouse at dawn")
-    page.click("#ps-advanced")
-    set_slider(page, "#ps-iterations", 100)
-    page.click("#ps-personalize")
-    progress = page.locator("#ps-gen-progress")
-    expect(progress).to_contain_text("Optimising", timeout=SLOW)
-    page.reload(wait_until="load")
-    page.wait_for_selector("#ps-generate", timeout=SLOW)
-    page.get_by_role("tab", name="Generate").click()
+    progress = start_and_reload(page, url, "a lighthouse at dawn", 100)
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
     expect(page.locator("#ps-past img").first).to_be_visible(timeout=SLOW)
     assert "Optimising" in progress.inner_text()  # listed while the run still goes, not at its end
