@@ -5,8 +5,8 @@
 People: PrefBench's population (seed 0) as bench/instant.py draws it, but users 24–47 — the
 benchmark (`bench/instant.py`, `judged_people`) uses the first ones, so these are other people
 of the same population. Each judges the studio's 16 candidates (liking their better half under
-their hidden utility), and Instant reads them as the studio does (`Studio.instant_embedding`: the
-posterior over the users of the bank that travels with each adapter). Cases: 8 evaluation prompts (odd lines of assets/prompts.txt, stepped
+their hidden utility), and Instant reads them as the studio does (`Studio.bank_embedding` in the bank that travels
+with each adapter, as `Studio.instant_embedding` reads them). Cases: 8 evaluation prompts (odd lines of assets/prompts.txt, stepped
 differently from bench/instant.py) with seeds 5000+ (the benchmark's are 1000+), × 24 people.
 Per adapter and strength (0.5: the studio's default; 1: the modulation as trained): Instant's win
 rate over the same-seed baseline under the hidden utility (images through 8-bit PNG pixels, as
@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from prefstudio.encoders.base import pil_to_tensor  # noqa: E402
 from prefstudio.generators.base import to_pil  # noqa: E402
 from prefstudio.guidance.adapter import load_adapter  # noqa: E402
-from prefstudio.preference.user_embedding import bank_combination  # noqa: E402
 from prefstudio.rewards.prompt_consistency import PromptConsistencyReward  # noqa: E402
 from prefstudio.studio import Studio  # noqa: E402
 from prefstudio_research.studio_people import JUDGED_PROMPTS, judged_people  # noqa: E402
@@ -42,12 +41,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     studio = Studio(tempfile.mkdtemp(prefix="instant-validation-"))
     people = judged_people(studio, USERS, 0, first=FIRST_USER)
-
-    def read(bank, person) -> torch.Tensor:  # Studio.instant_embedding, in the bank of the adapter compared
-        pairs = studio.judged_pairs(person.user_id).pairs
-        features = studio.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1)
-        return bank_combination(bank, features[:, 0], features[:, 1], pair_images=pairs) @ bank.user_embeddings
-
     pool = [p for p in evaluation_prompts() if p not in JUDGED_PROMPTS]
     cases = [(pool[(3 * k + 1) % len(pool)], 5000 + k) for k in range(PROMPTS)]
     generator = studio.generator
@@ -61,7 +54,7 @@ def main(argv=None) -> None:
                      for case in cases}
         for folder in args.adapters:
             adapter, _, bank = load_adapter(folder)
-            users = torch.stack([read(bank, person) for person in people])
+            users = torch.stack([studio.bank_embedding(person.user_id, bank) for person in people])
             for scale in (0.5, 1.0):
                 wins, drops, own = [], [], []
                 for prompt, seed in cases:

@@ -131,7 +131,7 @@ class Studio:
             for path in (user_bank_path(data_dir, self.encoder.name), Path(bank_path)):
                 bank = UserBank.load(path) if path.is_file() else None
                 if bank is not None and bank.encoder == self.encoder.name:
-                    self.bank, bank_path = bank, path
+                    self.bank = bank
                     break
         self.reward_states = dict(reward_states or {})
         self.adapter, self.adapter_config, self.adapter_bank, self.adapter_problem = self._load_adapter(adapter_path)
@@ -155,13 +155,14 @@ class Studio:
             adapter, config, bank = load_adapter(folder)
         except InvalidInput as error:  # the studio still starts; Instant says why it cannot run
             return None, None, None, f"{error}; {train}"
+        problem = None
         if config["generator"] != self.generator.name or config["shape"]["token_dim"] != \
                 self.generator.conditioning_tokens(self.generator.encode_prompt("a picture")).shape[1]:
-            return None, None, None, (f"the preference adapter in {folder} was trained for {config['generator']}, "
-                                      f"this studio runs {self.generator.name}; {train}")
-        if bank.encoder != self.encoder.name:
-            return None, None, None, (f"the preference adapter in {folder} reads {bank.encoder} image features, "
-                                      f"this studio encodes with {self.encoder.name}; {train}")
+            problem = f"was trained for {config['generator']}, this studio runs {self.generator.name}"
+        elif bank.encoder != self.encoder.name:
+            problem = f"reads {bank.encoder} image features, this studio encodes with {self.encoder.name}"
+        if problem:
+            return None, None, None, f"the preference adapter in {folder} {problem}; {train}"
         weights = hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
         return adapter.to(self.generator.device), config | {"id": f"{Path(folder).name}:{weights}"}, bank, ""
 
@@ -431,11 +432,16 @@ class Studio:
         from the person's pairs (`bank_combination`, the bank posterior)."""
         if self.adapter is None:
             raise ModelUnavailable(f"Instant is unavailable: {self.adapter_problem}")
+        return self.bank_embedding(profile, self.adapter_bank)
+
+    def bank_embedding(self, profile: str, bank: UserBank) -> torch.Tensor:
+        """[k] the profile's user embedding in `bank`'s taste space: the bank posterior of its pairs
+        times the bank users' embeddings (the average bank user with nothing judged)."""
         pairs = self.judged_pairs(profile).pairs
         shas = [s for pair in pairs for s in pair]
         features = self.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, self.encoder.dim)
-        coefficients = bank_combination(self.adapter_bank, features[:, 0], features[:, 1], pair_images=pairs or None)
-        return coefficients @ self.adapter_bank.user_embeddings
+        coefficients = bank_combination(bank, features[:, 0], features[:, 1], pair_images=pairs or None)
+        return coefficients @ bank.user_embeddings
 
     # -- personalized generation ------------------------------------------------------
     def personalize(self, profile: str, prompt: str, seed: int | None = None,
