@@ -364,7 +364,7 @@ def cmd_personalize(args, studio) -> dict:
                                      adapter_scale=args.adapter_scale)
     paths = save_side_by_side(result, args.out, fit=studio.fit_status(args.profile),
                               model=studio.preference.name)
-    return {"seed": result.seed, "weights": result.weights, "strength": result.strength,
+    return {"seed": result.seed, "method": args.method, "weights": result.weights, "strength": result.strength,
             "improved": result.improved, "gain": round(result.gain, 4), "best_iteration": result.best_iteration,
             "baseline": {"id": result.baseline.record.sha256, "scores": result.baseline.normalised},
             "personalized": {"id": result.personalized.record.sha256,

@@ -55,6 +55,8 @@ def a1111_parameters(info: dict, size: tuple[int, int]) -> str:
         settings["Seed"] = info["seed"]
     settings["Size"] = f"{size[0]}x{size[1]}"
     settings["Model"] = info.get("generator", "")
+    if info.get("params", {}).get("method"):
+        settings["Method"] = info["params"]["method"]
     if info.get("weights"):
         settings["Reward weights"] = ", ".join(f"{k}={v:g}" for k, v in info["weights"].items())
     fit = info.get("fit") or {}

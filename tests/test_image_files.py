@@ -463,7 +463,7 @@ def test_the_parameters_chunk_tells_other_tools_how_a_personalized_image_was_mad
     text = png_text(encode_png(noise_image(), PERSONALIZED))
     assert text["parameters"] == (
         "a lighthouse at dusk, café 🌸\n"
-        'Steps: 12, Seed: 7, Size: 64x48, Model: embedded, Reward weights: "aesthetic=1, profile=0.5", '
+        'Steps: 12, Seed: 7, Size: 64x48, Model: embedded, Method: guidance, Reward weights: "aesthetic=1, profile=0.5", '
         'Profile: alice, Fit: "full, 24 pairs"')
     assert (text["prompt"], text["seed"], text["generator"]) == ("a lighthouse at dusk, café 🌸", "7", "embedded")
 

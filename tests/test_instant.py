@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from prefstudio.encoders.base import pil_to_tensor
@@ -255,7 +256,10 @@ def test_cli_personalizes_with_method_instant(tmp_path, capsys):
                             "--out", str(tmp_path / "out")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seed"] == 7 and out["personalized"]["id"] != out["baseline"]["id"]
+    assert out["method"] == "instant"
     assert all(Path(path).is_file() for path in out["files"].values())
+    with Image.open(out["files"]["personalized"]) as image:  # other tools read the method too
+        assert "Method: instant," in image.info["parameters"]
     with pytest.raises(SystemExit):  # argparse names the methods on offer
         cli.main(base + ["personalize", "alice", "a fox", "--method", "instantly"])
     assert "invalid choice: 'instantly'" in capsys.readouterr().err
