@@ -541,6 +541,7 @@ class Studio:
         params = self.generator.params() | {
             "personalized_for": self.store.get_profile(profile).name, "method": method, "weights": weights,
             "strength": strength, "iterations": int(iterations), "iterations_run": result.iterations_run,
+            "stopped": result.stopped,
             **({} if instant is None else {"adapter": self._adapter_id(method), "adapter_scale": instant.scale}),
             "blind": blind, "listed": listed,
             "best_iteration": result.best_iteration, "improved": improved, "gain": round(gain, 4),

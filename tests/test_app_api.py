@@ -194,6 +194,12 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     assert 1 <= ran < 100 and (best is None or int(best.group(1)) <= ran)
     assert seed == 3 and Path(local(baseline)).is_file() and Path(local(personalized)).is_file()
     assert c.predict(fitted, api_name="/stop") == "Nothing is running."
+    # Read back later (a reload, the past list), it still says it was stopped, and where.
+    from prefstudio.ui.generate_tab import record_how
+
+    stored = store_of(app).personalized_images(fitted, 1)[0]
+    baseline_seed = store_of(app).image_record(stored.params["baseline"]).seed
+    assert f"stopped after {ran} of 100 iterations" in record_how(stored.params, stored.seed, baseline_seed)
 
 
 def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):

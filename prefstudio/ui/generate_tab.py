@@ -60,6 +60,19 @@ def method_name(params: dict) -> str:
     return METHOD_NAMES.get(params.get("method", "guidance"), str(params.get("method")))
 
 
+def record_how(params: dict, seed: int, baseline_seed: int) -> str:
+    """How a stored side by side was made, for reading it back (a reload, the past list)."""
+    ran = params.get("iterations_run", params.get("iterations"))
+    if "picked_seed" in params:
+        return f"Best of N: the best of {ran} seeds (seed **{seed}**; the baseline's **{baseline_seed}**)"
+    how = f"{method_name(params)}, seed **{seed}**, strength {params.get('strength', '?')}"
+    if params.get("method") in ONE_PASS:
+        return how
+    if params.get("stopped"):
+        return f"{how}, stopped after {ran} of {params.get('iterations', '?')} iterations"
+    return f"{how}, {ran} iterations"
+
+
 def result_label(params: dict, improved: bool) -> str:
     """The personalized image's heading: what it is, for the method that made it."""
     method = params.get("method", "guidance")
@@ -428,11 +441,7 @@ class GenerateTab:
         verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
                    if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
-        how = (f"Best of N: the best of {ran} seeds (seed **{record.seed}**; the baseline's **{baseline.seed}**)"
-               if "picked_seed" in params else
-               f"{method_name(params)}, seed **{record.seed}**, strength {params.get('strength', '?')}"
-               + ("" if params.get("method") in ONE_PASS else f", {ran} iterations"))
-        text = f"{title}: “{record.prompt}”, {how}, {verdict}."
+        text = f"{title}: “{record.prompt}”, {record_how(params, record.seed, baseline.seed)}, {verdict}."
         trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
         return (text, record.seed, self._provenance_png(baseline, "baseline"),
                 self._result_image(record, bool(params.get("improved"))),
