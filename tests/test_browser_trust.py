@@ -143,6 +143,9 @@ def test_a_page_reloaded_mid_run_still_lists_the_past_side_by_sides(server, page
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
     expect(page.locator("#ps-past img").first).to_be_visible(timeout=SLOW)
     assert "Optimising" in progress.inner_text()  # listed while the run still goes, not at its end
+    # The settings of the run it follows come back with it: its prompt, and the seed it runs on.
+    expect(page.locator("#ps-gen-prompt textarea")).to_have_value("a lighthouse at dawn", timeout=SLOW)
+    expect(page.get_by_role("radio", name="Fixed seed")).to_be_checked()
     page.click("#ps-stop")  # leaves the next test an idle studio
     expect(progress).not_to_contain_text("Optimising", timeout=SLOW)
 

@@ -208,13 +208,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         chosen_outputs = [opened, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
         # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, opened], generate.views)
+        running = (user_errors(generate.running_settings), opened, [generate.prompt, generate.seed_mode])
         profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
-            *attach, api_visibility="private")
+            *running, api_visibility="private").then(*attach, api_visibility="private")
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(
             chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             user_errors(restore_batch), [label.session, profile, browser], [*label.views, label.prompt],
             api_visibility="private"
-        ).then(*attach, api_visibility="private")
+        ).then(*running, api_visibility="private").then(*attach, api_visibility="private")
         # Judgments made in the other tabs show up when the Profile tab opens.
         profile_page.select(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
         # The batch on screen is kept for this browser, for a refresh.

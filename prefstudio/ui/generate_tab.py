@@ -347,6 +347,15 @@ class GenerateTab:
         self.jobs.start(name.casefold(), job, run)
         yield from self._follow(session, job)
 
+    def running_settings(self, profile):
+        """On page load and profile switch, before `attach` follows a running job: that job's
+        prompt and a fixed seed (the seed box shows its seed), so the settings on screen are the
+        ones it runs with. Nothing changes when the profile has no running job."""
+        job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
+        if job is None:
+            return gr.skip(), gr.skip()
+        return job.prompt, FIXED
+
     def attach(self, session: GenerateSession, profile):
         """On page load and profile switch: follow the profile's running job, or show its
         last finished side by side, or say what to do first."""
