@@ -117,6 +117,8 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
 
     fitted = c.predict("alice", api_name="/fit")
     assert "Fitted" in fitted and "Leave-one-out accuracy" in fitted
+    reason = app[0].prefstudio.studio.fit_status("alice")["reason"]
+    assert fitted.count(reason) == 1 and fitted.count("Leave-one-out accuracy") == 1  # said once
 
     pairs_before = len(store.judgments("alice", ("pair",)))
     progress, seed, baseline, personalized, base_scores, pers_scores, _, past = c.predict(
@@ -177,6 +179,16 @@ def fitted(app):
         ctx.studio.judge("fitted", "like" if i % 2 else "dislike", record.sha256)
     ctx.run(ctx.studio.fit, "fitted")
     return "fitted"
+
+
+def test_a_leave_one_out_accuracy_at_or_below_chance_is_flagged():
+    from prefstudio.ui.profile_tab import leave_one_out_line
+
+    assert "chance" not in leave_one_out_line(0.75, 8).split("(")[0]
+    for accuracy in (0.0, 0.5):
+        line = leave_one_out_line(accuracy, 8)
+        assert line.startswith(f"Leave-one-out accuracy **{accuracy:.0%}**") and "no better than chance" in line
+    assert leave_one_out_line(None, 0) == "Too few pairs for a leave-one-out accuracy yet."
 
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):

@@ -30,6 +30,18 @@ class HistorySession:
     shown: list[int] = field(default_factory=list)  # judgment ids in gallery order
 
 
+def leave_one_out_line(accuracy: float | None, pairs: int) -> str:
+    if accuracy is None:
+        return "Too few pairs for a leave-one-out accuracy yet."
+    line = (f"Leave-one-out accuracy **{accuracy:.0%}** over {pairs} held-out pairs "
+            "(each predicted by a model that never saw its images; chance is 50%).")
+    if accuracy <= 0.5:
+        line += (" **That is no better than chance**: these judgments do not yet show one taste the model can "
+                 "read (they may contradict each other, or hinge on what the images do not show). Judge more "
+                 "pairs, ideally a 👍 and a 👎 of the same prompt, and fit again.")
+    return line
+
+
 def describe_fit(ctx: AppContext, profile: str | None) -> str:
     if not profile:
         return "Choose or create a profile at the top of the page."
@@ -47,11 +59,7 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
         if judged:
             lines.append(f"You have {judged} judgment{'s' if judged > 1 else ''} but no pair yet: a pair is one image "
                          "👍 and one 👎, or a better-of-two.")
-    if loo is not None:
-        lines.append(f"Leave-one-out accuracy **{loo:.0%}** over {status['loo_pairs']} held-out pairs "
-                     "(each predicted by a model that never saw its images; chance is 50%).")
-    else:
-        lines.append("Too few pairs for a leave-one-out accuracy yet.")
+    lines.append(leave_one_out_line(loo, status.get("loo_pairs", 0)))
     fitted_at = status["fitted_at"]
     newer = sum(1 for j in ctx.store.judgments(profile)
                 if datetime.fromisoformat(j.created).timestamp() > fitted_at)
@@ -175,7 +183,7 @@ class ProfileTab:
             self.ctx.run(studio.features, shas[start:start + FEATURE_CHUNK])
         progress(None, desc=f"Fitting on {len(pairs)} pairs")
         report = self.ctx.run(studio.fit, profile)
-        return f"{report.summary()}\n\n" + describe_fit(self.ctx, profile)
+        return f"Done in {report.seconds:.2f} s. " + describe_fit(self.ctx, profile)
 
     def summarise(self, profile):
         if not profile:
