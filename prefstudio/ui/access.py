@@ -111,7 +111,8 @@ def _guarded(fn, access: SessionAccess, profile_arg: int | None, file_args: list
             try:
                 access.require(request, args[profile_arg])
             except PrefStudioError as error:
-                raise gr.Error(str(error), title="Not done") from None
+                # As ui/common.user_errors shows a person's mistake: no traceback in the log.
+                raise gr.Error(str(error), title="Not done", print_exception=False) from None
 
     if inspect.isgeneratorfunction(fn):
         def wrapper(request, *args, **kwargs):

@@ -85,9 +85,11 @@ def _shown(error: Exception) -> gr.Error:
     full = disk_full(error)
     if full is not None:
         log.error("%s (%s)", full, error)  # one line in the server log too, not a traceback
-        return gr.Error(str(full), title="Not saved")
+        return gr.Error(str(full), title="Not saved", print_exception=False)
     if isinstance(error, PrefStudioError):
-        return gr.Error(str(error), title="Not done")
+        # The person's mistake, not a bug: a line in the log, no traceback.
+        log.info("refused: %s", error)
+        return gr.Error(str(error), title="Not done", print_exception=False)
     raise error
 
 
