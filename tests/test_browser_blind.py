@@ -76,3 +76,39 @@ def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
     expect(table).to_contain_text("a red bicycle")
     expect(table).to_contain_text("a mountain lake at dawn")
     expect(status).to_contain_text("Round over")
+
+
+def test_a_reload_in_the_middle_of_a_round_brings_the_round_back(server, page):
+    """Found by a hostile review: a reload lost the round (the choices stayed in the history,
+    but the next pair and the results never came)."""
+    studio, url = server
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name="ann", exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
+    before = len(studio.store.judgments("ann"))
+    page.get_by_role("tab", name="Evaluate").click()
+    page.fill("#ps-blind-prompts textarea", "a red bicycle\na mountain lake at dawn")
+    page.fill("#ps-blind-per-prompt input[type=number]", "1")
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-iterations input[type=number]", "4")
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-seed textarea", "33")
+    page.click("#ps-blind-start")
+    status = page.locator("#ps-blind-status")
+    expect(status).to_contain_text("Pair 1 of 2: which do you prefer?", timeout=SLOW)
+    page.locator("#ps-blind-status").click()
+    page.keyboard.press("1")
+    expect(status).to_contain_text("Pair 2 of 2: which do you prefer?", timeout=SLOW)
+
+    page.reload(wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.get_by_role("tab", name="Evaluate").click()
+    expect(status).to_contain_text("Pair 2 of 2: which do you prefer?", timeout=SLOW)
+    expect(page.locator("#ps-blind-left img")).to_be_visible()
+    page.locator("#ps-blind-status").click()
+    page.keyboard.press("2")
+    result = page.locator("#ps-blind-result")
+    expect(result).to_contain_text("over 2 blind pairs", timeout=SLOW)  # the choice before the reload counts
+    assert [j.kind for j in studio.store.judgments("ann")[before:]] == ["pair", "pair"]

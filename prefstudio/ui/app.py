@@ -145,6 +145,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     # No max_length: a cut name would be created silently; the store refuses long ones.
                     new_name = gr.Textbox(label="New profile", placeholder="name", scale=2,
                                           submit_btn="Create", elem_id="ps-new-profile")
+        # The profile this session last opened (server-side, so the Generate tab and the blind
+        # test never race a menu change that is still being opened).
+        opened = gr.State(None)
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 label = LabelTab(ctx, profile)
@@ -154,7 +157,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 generate = GenerateTab(ctx, profile)
             with gr.Tab("Evaluate", id="evaluate"):
                 gr.Markdown("### Blind test: you judge")
-                BlindEvaluation(ctx, profile)
+                BlindEvaluation(ctx, profile, opened)
                 gr.Markdown("### Optimiser check: your taste model judges")
                 EvaluateTab(ctx, profile)
 
@@ -202,9 +205,6 @@ def build_app(studio: Studio) -> gr.Blocks:
         chooser = user_errors(profile_chosen)
         profile.focus(refresh_choices, None, profile, api_visibility="private")
         chosen_inputs = [profile, browser, label.session, profile_tab.session, profile_tab.filters]
-        # The profile this session last opened (server-side, so the Generate tab below never
-        # races a menu change that is still being opened).
-        opened = gr.State(None)
         chosen_outputs = [opened, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
         # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, opened], generate.views)

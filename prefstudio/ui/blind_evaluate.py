@@ -10,7 +10,8 @@ a running tally would tell the person which side they had just picked.
 
 Pairs are made by a background thread, one or two ahead of the person, each step under the
 app's compute lock, so the first pair shows as soon as it is ready and the rest are made while
-the person looks.
+the person looks. The server keeps each profile's latest round, so a reloaded page (or one that
+switches back to the profile) picks the round up where it stands.
 """
 import logging
 import secrets
@@ -139,8 +140,12 @@ def neutral_copy(image: Path) -> Path:
 class BlindEvaluation:
     """The blind test's section of the Evaluate tab."""
 
-    def __init__(self, ctx: AppContext, profile: gr.Dropdown):
+    def __init__(self, ctx: AppContext, profile: gr.Dropdown, opened: gr.State):
         self.ctx = ctx
+        # Each profile's latest round, by (id, created): a profile deleted and made again under
+        # its name is another profile and does not inherit the round.
+        self.rounds: dict[tuple[int, str], BlindRound] = {}
+        self.rounds_lock = threading.Lock()
         self.all_prompts = read_prompts()
         self.session = gr.State(BlindSession())
         gr.Markdown("For each prompt, the personalized image and the baseline from the **same seed**, in a random "
@@ -186,6 +191,24 @@ class BlindEvaluation:
             button.click(user_errors(self.chooser(side)), [self.session, profile, self.shown], views,
                          api_name=name, concurrency_limit=None)
         stop.click(self.end, self.session, views, api_name="blind_stop", concurrency_limit=None)
+        # `opened` is the profile this page last opened: set on page load and on every switch.
+        opened.change(user_errors(self.attach), [self.session, opened], views, api_visibility="private",
+                      concurrency_limit=None)
+
+    def _key(self, profile: str) -> tuple[int, str]:
+        found = self.ctx.store.get_profile(profile)
+        return found.id, found.created
+
+    def attach(self, session: BlindSession, profile):
+        """On page load and profile switch: the profile's latest round where it stands (the pair
+        awaiting a choice, the next one being made, or the results); nothing changes without one."""
+        with self.rounds_lock:
+            blind = self.rounds.get(self._key(profile)) if profile else None
+        if blind is None:
+            yield (gr.skip(),) * 6
+            return
+        session.round = blind
+        yield from self._show_next(blind)
 
     # -- the round's worker --------------------------------------------------------------
     def start(self, session: BlindSession, profile, prompts_text, k, per_prompt, iterations, seed):
@@ -198,9 +221,12 @@ class BlindEvaluation:
         if not isinstance(iterations, (int, float)) or not 0 <= iterations <= 100:
             raise InvalidInput(f"iterations must be a number in [0, 100], got {iterations!r}")
         self.ctx.run(self.ctx.studio.user_reward, profile)  # says "fit first" before any work is done
-        if session.round is not None:
-            session.round.stop.set()
-        session.round = blind = BlindRound(profile, plan, int(iterations))
+        blind = BlindRound(profile, plan, int(iterations))
+        with self.rounds_lock:  # one round per profile, and one per page
+            for earlier in (session.round, self.rounds.get(self._key(profile))):
+                if earlier is not None:
+                    earlier.update(earlier.stop.set)
+            self.rounds[self._key(profile)] = session.round = blind
         threading.Thread(target=self._make_pairs, args=(blind,), daemon=True, name="blind-pairs").start()
         yield from self._show_next(blind)
 
