@@ -447,13 +447,16 @@ def test_a_gain_that_rounds_to_zero_reads_plus_zero_not_minus_zero():
     assert "-0.00" not in text and "**+0.00**" in text and "moved +0.00" in text, text
 
 
-def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not_use():
+def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not_use(app):
     """Found by a hostile review: Best of N's image was headed "same seed" from another seed, and
     after a reload nothing said Instant or Best of N (only "0 iterations")."""
     from prefstudio.ui.generate_tab import method_name, result_label
 
     best = {"method": "best_of_n", "picked_seed": 31753}
     assert "same seed" not in result_label(best, True) and "31753" in result_label(best, True)
+    # Beside Best of N's image from another seed the baseline's heading cannot say "same seed".
+    baseline = next(block for block in app[0].blocks.values() if getattr(block, "elem_id", None) == "ps-baseline")
+    assert "same seed" not in baseline.label and "your seed" in baseline.label
     assert "iterat" not in result_label({"method": "instant"}, False)
     assert "adapter" in result_label({"method": "instant"}, True)
     assert "Instant" in result_label({"method": "instant+guidance"}, True)

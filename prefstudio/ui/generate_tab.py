@@ -218,7 +218,7 @@ class GenerateTab:
         self.progress = gr.Markdown(elem_id="ps-gen-progress")
         with gr.Row(equal_height=True):
             with gr.Column():
-                self.baseline = gr.Image(label="Baseline (same seed, no personalization)", type="filepath",
+                self.baseline = gr.Image(label="Baseline (your seed, no personalization)", type="filepath",
                                          interactive=False, height=360, buttons=["download", "fullscreen"],
                                          elem_id="ps-baseline")
                 self.baseline_scores = gr.Markdown()
