@@ -11,7 +11,9 @@ differently from bench/instant.py) with seeds 5000+ (the benchmark's are 1000+),
 Per adapter and strength (0.5: the studio's default; 1: the modulation as trained): Instant's win
 rate over the same-seed baseline under the hidden utility (images through 8-bit PNG pixels, as
 stored), the mean change of normalised prompt consistency, and how often a person's own Instant
-image beats another person's under their own utility. Prints; writes nothing.
+image beats another person's under their own utility; from the second adapter on, its win rate
+minus the first one's on the same cases, with the standard error of that paired difference.
+Prints; writes nothing.
 """
 import argparse
 import os
@@ -49,6 +51,7 @@ def main(argv=None) -> None:
     def stored(images: torch.Tensor) -> torch.Tensor:
         return pil_to_tensor(to_pil(images))
 
+    first_wins = {}  # strength -> the first adapter's per-case wins
     with torch.no_grad():
         baselines = {case: stored(generator.render(generator.initial_noise(case[1]), generator.encode_prompt(case[0])))
                      for case in cases}
@@ -70,9 +73,16 @@ def main(argv=None) -> None:
                         drops.append(float(image_consistency[i]) - base_consistency)
                         own += [float(u[1 + i] > u[1 + j]) for j in range(len(people)) if j != i]
                 n, w = len(wins), statistics.mean(wins)
+                paired = ""
+                if scale in first_wins:
+                    change = [a - b for a, b in zip(wins, first_wins[scale])]
+                    paired = (f", {100 * statistics.mean(change):+.1f} ± {100 * statistics.stdev(change) / n ** 0.5:.1f}"
+                              " pts against the first adapter (paired, SE)")
+                else:
+                    first_wins[scale] = wins
                 print(f"{folder} strength {scale}: win rate vs baseline {w:.1%} ± {196 * (w * (1 - w) / n) ** 0.5:.1f} pts, "
                       f"prompt consistency {statistics.mean(drops):+.2f}, own image beats another's "
-                      f"{statistics.mean(own):.1%} ({n} cases)", flush=True)
+                      f"{statistics.mean(own):.1%} ({n} cases){paired}", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ class TrainSettings:
     steps: int = 200
     people: int = 4  # persons (images) per step
     lr: float = 3e-3
+    # The rate falls along a half cosine to `lr · final_lr` at the last step: single steps are
+    # noisy (a few people, one prompt), and the adapter kept is the last one (1: constant).
+    final_lr: float = 0.0
     consistency: float = 2.0
     margin: float = -1.0
     size: float = 0.02
@@ -249,6 +252,8 @@ def train(objective: AdapterObjective, settings: TrainSettings, adapter: Prefere
     adapter = adapter or new_adapter(objective, settings)
     adapter.requires_grad_(True).train()
     optimiser = torch.optim.Adam(adapter.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: settings.final_lr + (1 - settings.final_lr)
+                                                 * 0.5 * (1 + math.cos(math.pi * step / max(1, settings.steps - 1))))
     rank = 0
     if accelerator is not None:
         adapter, optimiser = accelerator.prepare(adapter, optimiser)
@@ -276,6 +281,7 @@ def train(objective: AdapterObjective, settings: TrainSettings, adapter: Prefere
         skipped = not torch.isfinite(norm)
         if not skipped:
             optimiser.step()
+        schedule.step()
         row = {"step": step + 1, "objective": round(float(value.detach()), 4), "skipped": skipped,
                **{k: round(float(v.detach().mean()), 4) for k, v in terms.items()},
                "seconds": round(time.perf_counter() - start, 1)}
