@@ -151,7 +151,7 @@ def _rename_model(name):
     (_nan_at("std", 0.0), "tensor 'std' holds values below"),
     (_nan_at("dislike_vector", 1e30), "tensor 'dislike_vector' holds values beyond"),
     (_drop_config("fitted_at"), "missing config field 'fitted_at'"),
-    (_config(fitted_at=1e300), "config 'fitted_at' must be a time in seconds between 1970 and 2100"),
+    (_config(fitted_at=1e300), "config 'fitted_at' must be a time in seconds between 1970 and now"),
     (_config(loo_accuracy="0.9"), r"config 'loo_accuracy' must be null or a number in \[0, 1\]"),
     (_config(loo_accuracy=1.5), r"config 'loo_accuracy' must be null or a number in \[0, 1\]"),
     (_config(n_pairs=-1), r"config 'n_pairs' must be a whole number in \[0, "),
@@ -406,8 +406,10 @@ def test_every_stored_model_type_accepts_what_a_fit_stores():
 
 @pytest.mark.parametrize("changes, accepted", [
     ({"fitted_at": 0}, True),
-    ({"fitted_at": state_schema.LATEST_FIT_TIME - 1}, True),
-    ({"fitted_at": state_schema.LATEST_FIT_TIME}, False),
+    ({"fitted_at": time.time()}, True),
+    # A day of slack for another machine's clock; a fit dated later would hide "fit again" for ever.
+    ({"fitted_at": time.time() + 2 * 86_400}, False),
+    ({"fitted_at": state_schema.LATEST_FIT_TIME - 1}, False),
     ({"fitted_at": -1.0}, False),
     ({"fitted_at": math.nan}, False),
     ({"fitted_at": True}, False),
@@ -452,7 +454,7 @@ def test_the_fit_fields_are_bounded_at_their_edges(changes, accepted):
 def test_fit_field_refusals_say_what_is_allowed():
     tensors, config = user_embedding_state()
     assert schema_refusal("user-embedding", tensors, {**config, "fitted_at": -1.0}) == (
-        "user-embedding model: config 'fitted_at' must be a time in seconds between 1970 and 2100, got -1.0")
+        "user-embedding model: config 'fitted_at' must be a time in seconds between 1970 and now, got -1.0")
     assert schema_refusal("user-embedding", tensors, {**config, "n_pairs": 2.5}) == (
         "user-embedding model: config 'n_pairs' must be a whole number in [0, 10000000], got 2.5")
     assert schema_refusal("user-embedding", tensors, {**config, "loo_accuracy": 2}) == (
@@ -538,6 +540,7 @@ def test_preference_token_histories_are_bounded():
 
 MEMBERS_NAMED = "auto model: config 'members' must name some of user-embedding, preference-tokens"
 WEIGHT_RANGE = "must be a number in (0, 1e+06], got"
+SCALE_RANGE = "must be a number in [1e-06, 1e+06], got"
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -552,11 +555,14 @@ WEIGHT_RANGE = "must be a number in (0, 1e+06], got"
     (lambda t, c: c["members"]["user-embedding"].update(weight=True),
      f"auto model: member 'user-embedding': weight {WEIGHT_RANGE} True"),
     (lambda t, c: c["members"]["preference-tokens"].update(scale=-1.0),
-     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} -1.0"),
+     f"auto model: member 'preference-tokens': scale {SCALE_RANGE} -1.0"),
     (lambda t, c: c["members"]["preference-tokens"].update(scale=2e6),
-     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} 2000000.0"),
+     f"auto model: member 'preference-tokens': scale {SCALE_RANGE} 2000000.0"),
     (lambda t, c: c["members"]["preference-tokens"].update(scale="1"),
-     f"auto model: member 'preference-tokens': scale {WEIGHT_RANGE} '1'"),
+     f"auto model: member 'preference-tokens': scale {SCALE_RANGE} '1'"),
+    # Found by a hostile review: a spread of 1e-300 was accepted, and every score became NaN.
+    (lambda t, c: c["members"]["user-embedding"].update(scale=1e-300),
+     f"auto model: member 'user-embedding': scale {SCALE_RANGE} 1e-300"),
     (lambda t, c: c["members"]["user-embedding"].update(config=[]),
      "auto model: member 'user-embedding': its config must be an object"),
     (lambda t, c: c["members"]["user-embedding"]["config"].update(fitted_at=1.0),
@@ -597,7 +603,7 @@ def test_preference_token_refusals_name_the_model():
     assert schema_refusal("preference-tokens", tensors, {**config, "checkpoint": ""}) == \
         f"{prefix}config 'checkpoint' must be one line of 1-200 printable characters, got ''"
     assert schema_refusal("preference-tokens", tensors, {**config, "fitted_at": -5}) == \
-        f"{prefix}config 'fitted_at' must be a time in seconds between 1970 and 2100, got -5"
+        f"{prefix}config 'fitted_at' must be a time in seconds between 1970 and now, got -5"
     assert schema_refusal("preference-tokens", tensors, {**config, "n_pairs": 2}) == \
         f"{prefix}config 'n_pairs' is 2 but the history holds 3 pairs"
 

@@ -13,6 +13,7 @@ Kept free of the studio and the model classes: the layouts below are what the
 members' states under "<member>." prefixes and their configs in its own.
 """
 import re
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -34,6 +35,10 @@ MAX_PAIRS = 10_000_000
 # a standard deviation below the floor would divide features by ~0.
 MAX_ABS_VALUE = 1e6
 MIN_STD = 1e-7
+# An auto member's spread: a fit writes one above 1e-6 (or 1); dividing by less makes scores inf.
+MIN_SPREAD = 1e-6
+# A day of slack for another machine's clock, as for judgments (store/profile_file.py).
+CLOCK_SLACK_S = 86_400
 MAX_TEXT_CHARS = 200
 MAX_REASON_CHARS = 1_000
 # fitted_at is seconds since 1970; the UI turns it into a date, which fails past year 9999.
@@ -118,10 +123,11 @@ def _config_keys(model: str, config: Mapping, own: tuple, fitted: bool) -> None:
 
 def _check_fit_fields(model: str, config: Mapping, max_pairs: int) -> None:
     fitted_at = config["fitted_at"]
+    # A fit dated later than now would hide "fit again to include them" for ever.
     if not isinstance(fitted_at, (int, float)) or isinstance(fitted_at, bool) \
-            or not 0 <= fitted_at < LATEST_FIT_TIME:  # NaN fails the comparison too
-        raise _refuse(model, f"config 'fitted_at' must be a time in seconds between 1970 and "
-                             f"2100, got {echo(fitted_at)}")
+            or not 0 <= fitted_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):  # NaN fails too
+        raise _refuse(model, f"config 'fitted_at' must be a time in seconds between 1970 and now, "
+                             f"got {echo(fitted_at)}")
     _text(model, config, "mode")
     n_pairs = _int(model, config, "n_pairs", 0, max_pairs)
     _int(model, config, "loo_pairs", 0, n_pairs)
@@ -217,11 +223,12 @@ def check_auto(tensors: Mapping[str, np.ndarray], config: Mapping,
         if not isinstance(entry, Mapping):
             raise _refuse(model, f"member {name!r} must be an object")
         _exact_keys(model, f"field of member {name!r}", entry, ("config", "weight", "scale"))
-        for key in ("weight", "scale"):
+        for key, low, interval in (("weight", 0.0, "("), ("scale", MIN_SPREAD, "[")):
             value = entry[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= MAX_ABS_VALUE:
-                raise _refuse(model, f"member {name!r}: {key} must be a number in (0, {MAX_ABS_VALUE:g}], "
-                                     f"got {echo(value)}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not (value > low if interval == "(" else value >= low) or not value <= MAX_ABS_VALUE:
+                raise _refuse(model, f"member {name!r}: {key} must be a number in {interval}{low:g}, "
+                                     f"{MAX_ABS_VALUE:g}], got {echo(value)}")
         if not isinstance(entry["config"], Mapping):
             raise _refuse(model, f"member {name!r}: its config must be an object")
         prefix = f"{name}."
