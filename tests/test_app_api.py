@@ -117,7 +117,8 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
 
     fitted = c.predict("alice", api_name="/fit")
     assert "Fitted" in fitted and "Leave-one-out accuracy" in fitted
-    reason = app[0].prefstudio.studio.fit_status("alice")["reason"]
+    from prefstudio.ui.common import markdown_text
+    reason = markdown_text(app[0].prefstudio.studio.fit_status("alice")["reason"])
     assert fitted.count(reason) == 1 and fitted.count("Leave-one-out accuracy") == 1  # said once
 
     pairs_before = len(store.judgments("alice", ("pair",)))
@@ -475,3 +476,23 @@ def test_the_score_chart_gives_each_series_one_colour_whatever_order_the_scores_
     stored = [GuidanceProgress(i, 0.1 * i, {"prompt_consistency": 0.2, "user": 0.1}, {}, 0, 0.1 * i) for i in range(3)]
     first, second = GenerateTab._trace(live, 3).color_map, GenerateTab._trace(stored, 3).color_map
     assert first and first == second and len(set(first.values())) == len(first)
+
+
+def test_text_from_a_file_is_shown_literally_never_as_a_link_an_image_or_html():
+    """Found by a hostile review: an imported fit's reason holding Markdown and HTML made the page
+    load an outside address (a tracking pixel) and show a live link."""
+    from types import SimpleNamespace
+
+    from prefstudio.ui.profile_tab import describe_fit
+
+    hostile = ("verified: see [details](http://127.0.0.1:9999/phish) ![x](http://127.0.0.1:9999/t.png) "
+               "<img src='http://127.0.0.1:9999/i.png'>")
+    status = {"fitted_at": time.time(), "n_pairs": 3, "mode": "free", "reason": hostile,
+              "loo_accuracy": 0.75, "loo_pairs": 3}
+    ctx = SimpleNamespace(studio=SimpleNamespace(fit_status=lambda profile: status,
+                                                 preference=SimpleNamespace(name="auto", description="both")),
+                          store=SimpleNamespace(judgments=lambda profile: [], counts=lambda profile: {}))
+    text = describe_fit(ctx, "ana")
+    assert "<img" not in text and "](http" not in text and "![" not in text
+    from prefstudio.ui.common import markdown_text
+    assert markdown_text("a fox (red) & <b>bold</b> *x*") == r"a fox \(red\) &amp; &lt;b&gt;bold&lt;/b&gt; \*x\*"

@@ -249,3 +249,38 @@ def test_a_refused_import_or_upload_can_be_tried_again(server, page, tmp_path):
     page.click("#ps-label-add")
     expect(page.get_by_text("notes.png: not an image").first).to_be_visible(timeout=SLOW)
     expect(uploads).not_to_contain_text("notes.png", timeout=SLOW)
+
+
+def test_the_page_loads_no_image_from_another_address(server, page):
+    """Defence in depth after a hostile review (an imported fit's text made the page fetch an
+    outside image): whatever text reaches the page, images come from the studio only."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    outside = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=outside.serve_forever, daemon=True).start()
+    try:
+        _, url = server
+        open_studio(page, url)
+        address = f"http://127.0.0.1:{outside.server_port}/pixel.png"
+        loaded = page.evaluate("""address => new Promise(done => {
+            const image = new Image();
+            image.onload = () => done(true);
+            image.onerror = () => done(false);
+            image.src = address;
+            document.body.appendChild(image);
+        })""", address)
+        assert not loaded and requests == []
+    finally:
+        outside.shutdown()

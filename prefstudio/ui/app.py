@@ -232,7 +232,11 @@ def launch_options() -> dict:
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "js": SHORTCUTS_JS}
+    # Images and media from this server only: text from a file that slipped past escaping
+    # still could not make the page fetch an outside address.
+    policy = "img-src 'self' data: blob:; media-src 'self' data: blob:"
+    return {"theme": theme, "css": CSS, "js": SHORTCUTS_JS,
+            "head": f'<meta http-equiv="Content-Security-Policy" content="{policy}">'}
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool = False,

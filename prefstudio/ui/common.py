@@ -1,9 +1,11 @@
 """What every tab shares: the studio, one lock for model work, user-facing errors, thumbnails."""
 import functools
+import html
 import io
 import inspect
 import logging
 import math
+import re
 import secrets
 import shutil
 import sqlite3
@@ -91,6 +93,16 @@ def _shown(error: Exception) -> gr.Error:
         log.info("refused: %s", error)
         return gr.Error(str(error), title="Not done", print_exception=False)
     raise error
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def markdown_text(text: str) -> str:
+    """Text from a person or a file (a prompt, an imported fit's reason) as Markdown that shows
+    it literally: no link, image or HTML of its own, so a profile file cannot make the page load
+    an outside address."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
 def user_errors(fn):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from prefstudio.errors import InvalidInput
 from prefstudio.taste_summary import read_prompts
-from prefstudio.ui.common import AppContext, user_errors
+from prefstudio.ui.common import AppContext, markdown_text, user_errors
 from prefstudio.validation import validate_prompt, validate_seed
 
 MAX_PROMPTS = 12
@@ -116,7 +116,7 @@ class EvaluateTab:
         for i, prompt in enumerate(prompts):
             if stop.is_set():
                 break
-            yield f"Prompt {i + 1} of {len(prompts)}: “{prompt}”…", None, _table(rows)
+            yield f"Prompt {i + 1} of {len(prompts)}: “{markdown_text(prompt)}”…", None, _table(rows)
             steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
             *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
             b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]

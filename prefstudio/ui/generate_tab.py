@@ -30,6 +30,7 @@ from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
+    markdown_text,
     KIND_MARKS, AppContext, counts_line, empty_after, gallery_height, pair_thumb, random_seed, short,
     user_errors,
 )
@@ -450,7 +451,7 @@ class GenerateTab:
         verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
                    if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
-        text = f"{title}: “{record.prompt}”, {record_how(params, record.seed, baseline.seed)}, {verdict}."
+        text = f"{title}: “{markdown_text(record.prompt)}”, {record_how(params, record.seed, baseline.seed)}, {verdict}."
         trace = [GuidanceProgress(i, total, scores, {}, 0, total) for i, total, scores in params.get("trace", [])]
         return (text, record.seed, self._provenance_png(baseline, "baseline"),
                 self._result_image(record, bool(params.get("improved"))),

@@ -18,6 +18,7 @@ from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
+    markdown_text,
     KIND_MARKS, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, random_seed, short, thumb,
     user_errors,
 )
@@ -180,7 +181,7 @@ class LabelTab:
         records = self.ctx.run(self.ctx.studio.generate_candidates, prompt, int(n), seeds)
         session.show([r.sha256 for r in records])
         self._first_unjudged(session, profile)  # seeds given again bring back images judged before
-        return self.render(session, profile, f"{len(records)} candidates for “{prompt}”.")
+        return self.render(session, profile, f"{len(records)} candidate{'s' if len(records) != 1 else ''} for “{markdown_text(prompt)}”.")
 
     def add_uploads(self, session: LabelSession, profile, files, prompt):
         if not files:
@@ -373,7 +374,7 @@ class LabelTab:
             verdict = verdicts.get(r.sha256)
             view = thumb(r.path, VIEW_SIZE)
             info = (f"**Candidate {session.current + 1} of {len(records)}** · {_seed(r)} · id `{short(r.sha256)}`"
-                    f"\n\n“{r.prompt}”\n\n"
+                    f"\n\n“{markdown_text(r.prompt)}”\n\n"
                     + (f"Judged: {KIND_MARKS[verdict]}" if verdict else "Not judged yet."))
         else:
             view, info = None, "Type a prompt and press **Generate candidates** (or 🎲 Surprise me)."

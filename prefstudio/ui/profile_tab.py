@@ -14,6 +14,7 @@ from prefstudio.studio import training_pairs
 from prefstudio.taste_summary import taste_summary
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
+    markdown_text,
     KIND_MARKS, AppContext, counts_line, empty_after, gallery_height, pair_thumb, short, thumb, user_errors,
 )
 
@@ -53,7 +54,7 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     loo = status.get("loo_accuracy")
     model = ctx.studio.preference
     lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
-             f"{status.get('reason') or status['mode']}."]
+             f"{markdown_text(status.get('reason') or status['mode'])}."]
     if not status["n_pairs"]:
         judged = sum(ctx.store.counts(profile).values())
         if judged:
