@@ -3,6 +3,7 @@ on screen follows the chosen profile, a reload loses no run, the chart ends wher
 does, a result that did not improve is not called personalized, and the small things
 (one judgment, long names, 🎲, the export box)."""
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,33 @@ def test_the_page_loads_no_image_from_another_address(server, page):
         assert not loaded and requests == []
     finally:
         outside.shutdown()
+
+
+def test_switching_profile_during_a_run_shows_the_new_profile_and_never_the_old_run(server, page):
+    """Found by a hostile review: after a switch from alice to another profile mid-run the page kept
+    streaming alice's run under the other name, and 👍 on it was recorded for the other profile."""
+    studio, url = server
+    before = len(studio.store.personalized_images("alice"))
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#ps-gen-prompt textarea", "a flamingo at dawn")
+    page.click("#ps-advanced")
+    set_slider(page, "#ps-iterations", 16)
+    page.click("#ps-personalize")
+    progress = page.locator("#ps-gen-progress")
+    expect(progress).to_contain_text("Optimising", timeout=SLOW)
+    choose(page, "single")
+    expect(progress).to_contain_text("single has no fitted taste yet", timeout=SLOW)
+    # alice's run goes on in the background and is stored for alice, not shown here.
+    deadline = time.monotonic() + SLOW / 1000
+    while len(studio.store.personalized_images("alice")) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(studio.store.personalized_images("alice")) == before + 1
+    time.sleep(1.5)  # the old stream's last views would have arrived by now
+    expect(progress).to_contain_text("single has no fitted taste yet")
+    assert "Done" not in progress.inner_text()
+    judged = len(studio.store.judgments("single"))
+    page.get_by_role("button", name="👍 Personalized").click()  # nothing of single's is on screen to judge
+    time.sleep(1.5)
+    assert len(studio.store.judgments("single")) == judged

@@ -97,6 +97,9 @@ class GenerateSession:
         self.personalized: str | None = None
         self.past: list[str] = []  # personalized image ids in gallery order
         self.blended: list[str] = []  # profiles whose tastes are on the blend sliders, in slot order
+        # The profile this page shows (casefolded): a run's stream stops updating the page once
+        # it shows another profile, and the run goes on for its own profile in the background.
+        self.showing: str | None = None
 
 
 REWARD_LABELS = {"user": "Your taste (user model)", "clip": "CLIP text alignment", "aesthetic": "LAION aesthetic",
@@ -346,6 +349,7 @@ class GenerateTab:
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
+        session.showing = name.casefold()
         yield from self._follow(session, job)
 
     def running_settings(self, profile):
@@ -360,10 +364,12 @@ class GenerateTab:
     def attach(self, session: GenerateSession, profile):
         """On page load and profile switch: follow the profile's running job, or show its
         last finished side by side, or say what to do first."""
+        session.showing = None
         if not profile:
             yield self._empty(session, "Choose or create a profile at the top of the page.")
             return
         name = self.ctx.store.get_profile(profile).name
+        session.showing = name.casefold()
         job = self.jobs.running(name.casefold())
         if job is not None:
             views = self._follow(session, job)
@@ -384,15 +390,24 @@ class GenerateTab:
         yield self._empty(session, message)
 
     def _follow(self, session: GenerateSession, job: GenerationJob):
+        key = job.profile.casefold()
         seen = -1
         session.baseline = session.personalized = None
         while True:
             version = job.wait_for_change(seen)
+            if session.showing != key:
+                # The page switched profile: the run is stored for its own, not shown here. The
+                # last views a stream yields are sent again when it ends: these change nothing.
+                yield (gr.skip(),) * len(self.views)
+                return
             if version != seen:
                 seen = version
                 if job.done.is_set():
                     break
                 yield self._progress_view(job)
+        if session.showing != key:
+            yield (gr.skip(),) * len(self.views)
+            return
         if job.error is not None:
             raise InvalidInput(job.error)
         yield self._finished_view(session, job)
