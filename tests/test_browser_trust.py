@@ -292,6 +292,7 @@ def test_switching_profile_during_a_run_shows_the_new_profile_and_never_the_old_
     streaming alice's run under the other name, and 👍 on it was recorded for the other profile."""
     studio, url = server
     before = len(studio.store.personalized_images("alice"))
+    studio.store.create_profile("bystander")  # created before the page loads: it is in the menu
     open_studio(page, url)
     choose(page, "alice")
     page.get_by_role("tab", name="Generate").click()
@@ -301,17 +302,17 @@ def test_switching_profile_during_a_run_shows_the_new_profile_and_never_the_old_
     page.click("#ps-personalize")
     progress = page.locator("#ps-gen-progress")
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
-    choose(page, "single")
-    expect(progress).to_contain_text("single has no fitted taste yet", timeout=SLOW)
+    choose(page, "bystander")
+    expect(progress).to_contain_text("bystander has no fitted taste yet", timeout=SLOW)
     # alice's run goes on in the background and is stored for alice, not shown here.
     deadline = time.monotonic() + SLOW / 1000
     while len(studio.store.personalized_images("alice")) == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(studio.store.personalized_images("alice")) == before + 1
     time.sleep(1.5)  # the old stream's last views would have arrived by now
-    expect(progress).to_contain_text("single has no fitted taste yet")
+    expect(progress).to_contain_text("bystander has no fitted taste yet")
     assert "Done" not in progress.inner_text()
-    judged = len(studio.store.judgments("single"))
-    page.get_by_role("button", name="👍 Personalized").click()  # nothing of single's is on screen to judge
+    judged = len(studio.store.judgments("bystander"))
+    page.get_by_role("button", name="👍 Personalized").click()  # nothing of bystander's is on screen to judge
     time.sleep(1.5)
-    assert len(studio.store.judgments("single")) == judged
+    assert len(studio.store.judgments("bystander")) == judged
