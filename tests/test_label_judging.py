@@ -93,3 +93,18 @@ def test_the_running_count_says_one_pair_and_one_tie_in_the_singular():
     store = SimpleNamespace(counts=lambda profile: {"like": 0, "dislike": 0, "pair": 2, "tie": 0, "skip": 1})
     assert counts_line(SimpleNamespace(store=store), "ann") == (
         "**ann** · 3 judgments: 0 👍 · 0 👎 · 2 pairs · 0 ties · 1 skipped")
+
+
+def test_undo_never_changes_another_profile_than_the_one_shown(tab, shown):
+    """Found by a hostile review: judged as one profile, switched to another and pressed U: the
+    first profile's judgment was undone while the page showed the second."""
+    from prefstudio.errors import InvalidInput
+
+    store = tab.ctx.store
+    store.create_profile("other")
+    tab.like(shown, "me")
+    with pytest.raises(InvalidInput, match="your last judgment here was for me: switch back to me to undo it"):
+        tab.undo(shown, "other")
+    assert [j.kind for j in store.judgments("me")] == ["like"]  # nothing changed
+    assert "Undone" in status(tab.undo(shown, "me"))  # still there to undo from its own profile
+    assert store.judgments("me") == []

@@ -302,6 +302,10 @@ class LabelTab:
         if not session.made:
             raise InvalidInput("nothing to undo in this browser session; older judgments can be "
                                "removed in the Profile tab's history")
+        owner = session.made[-1][0]
+        shown = self.ctx.store.get_profile(profile).name if profile else None
+        if shown is None or owner.casefold() != shown.casefold():  # never another profile than the one shown
+            raise InvalidInput(f"your last judgment here was for {owner}: switch back to {owner} to undo it")
         owner, judgment_id, image = session.made.pop()
         removed = self.ctx.store.remove_judgment(owner, judgment_id)
         if removed.image_b is not None:  # back to that pair, wherever it is in the schedule
