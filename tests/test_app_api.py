@@ -420,7 +420,11 @@ def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
     text = gain_text({"user": 0.75, "prompt_consistency": 0.5, "aesthetic": 0.0}, 0.51,
                      guards={"prompt_consistency"}, deltas={"user": 0.68, "prompt_consistency": -0.29})
     assert "raised your taste (user model) by **+0.51**" in text and "weighted" in text
-    assert "prompt consistency moved -0.29" in text and "guard" in text
+    # Found by a hostile review: "held" was said of a guard that fell.
+    assert "prompt consistency fell 0.29 below the baseline (a guard, not raised)" in text and "held" not in text
+    kept = gain_text({"user": 1.0, "prompt_consistency": 0.5}, 0.4, guards={"prompt_consistency"},
+                     deltas={"prompt_consistency": 0.12})
+    assert "prompt consistency held (+0.12; a guard, not raised)" in kept
     assert "aesthetic" not in text.lower()  # weight 0: not pursued, not named
     both = gain_text({"user": 1.0, "profile:bob": 0.5}, 0.8, guards=set(), deltas=None)
     assert "raised the weighted sum of your taste (user model) and taste of bob by **+0.80**" in both
@@ -445,7 +449,7 @@ def test_a_gain_that_rounds_to_zero_reads_plus_zero_not_minus_zero():
 
     text = gain_text({"user": 1.0, "prompt_consistency": 0.5}, -0.001, guards={"prompt_consistency"},
                      deltas={"prompt_consistency": -0.004})
-    assert "-0.00" not in text and "**+0.00**" in text and "moved +0.00" in text, text
+    assert "-0.00" not in text and "**+0.00**" in text and "held (+0.00" in text, text
 
 
 def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not_use(app):

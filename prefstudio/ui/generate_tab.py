@@ -124,10 +124,11 @@ def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: 
     # One reward may fall while the sum rises: the sentence names the sum, not each reward.
     summed = raised[0] if len(raised) == 1 else "the weighted sum of " + " and ".join(raised)
     text = f"raised {summed} by **{gain:+z.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
-    held = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
-    if held:
-        text += "; " + ", ".join(f"{_in_sentence(reward_label(n))} moved {deltas[n]:+z.2f}" for n in held) + \
-            (" (a guard: held, not raised)" if len(held) == 1 else " (guards: held, not raised)")
+    guarded = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
+    for n in guarded:
+        name, moved = _in_sentence(reward_label(n)), round(deltas[n], 2)
+        text += (f"; {name} held ({moved:+z.2f}; a guard, not raised)" if moved >= 0
+                 else f"; {name} fell {-moved:.2f} below the baseline (a guard, not raised)")
     return text
 
 
