@@ -412,6 +412,20 @@ def test_reusing_a_png_loads_only_settings_the_sliders_can_hold(app, tmp_path, p
     assert f"its {other} " in note and "not loaded" in note
 
 
+def test_reusing_a_png_leaves_out_weights_the_sliders_cannot_hold_and_says_so(app, tmp_path):
+    """Found by a hostile review: weights of 1000, -50 and 1e308 were put on 0-2 sliders without a
+    word, and Generate then failed; a Best of N image loaded as if Guided had made it."""
+    c = client(app[1])
+    record = ('{"version": 1, "prompt": "a red kite", "generator": "embedded", "seed": 5, '
+              '"params": {"method": "best_of_n", "picked_seed": 5}, '
+              '"weights": {"user": 1000, "prompt_consistency": 0.5}}')
+    dropped = _png_with_record(tmp_path / "odd weights.png", record)
+    prompt, mode, seed, strength, iterations, *weights, note = c.predict(handle_file(dropped), api_name="/reuse_png")
+    assert weights[1] == 0.5 and not isinstance(weights[0], (int, float))  # user left as it was
+    assert "its user weight 1000 is not one this studio's slider holds, not loaded" in note
+    assert "it was made by Best of N: choose that under Method" in note
+
+
 def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
     """Found by a hostile review: "raised your weighted rewards by +0.51" sat above a chart whose
     objective rose 0.38, because the gain leaves guards out. The sentence says what it sums."""

@@ -38,6 +38,7 @@ from prefstudio.ui.jobs import GenerationJob, GenerationJobs
 from prefstudio.validation import validate_prompt, validate_seed
 
 RANDOM, FIXED = "Random seed", "Fixed seed"
+MAX_SLIDER_WEIGHT = 2.0
 MAX_UI_ITERATIONS = 100
 TOTAL = "objective"
 SERIES_COLOURS = ["#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777"]
@@ -196,7 +197,7 @@ class GenerateTab:
                                         label="Iterations", info="Optimisation steps on the seed's noise.",
                                         elem_id="ps-iterations")
             with gr.Row():
-                self.sliders = [gr.Slider(0, 2, value=w, step=0.05, label=reward_label(n), info=descriptions[n],
+                self.sliders = [gr.Slider(0, MAX_SLIDER_WEIGHT, value=w, step=0.05, label=reward_label(n), info=descriptions[n],
                                           elem_id=f"ps-weight-{n}")
                                 for n, w in studio.default_weights().items()]
             self.reward_states = gr.Markdown(reward_states_text(studio), elem_id="ps-reward-states")
@@ -208,7 +209,7 @@ class GenerateTab:
                 add_blend = gr.Button("+ Add to the blend", scale=1, elem_id="ps-blend-add")
                 clear_blend = gr.Button("Clear the blend", scale=1, elem_id="ps-blend-clear")
             with gr.Row():
-                self.blend_sliders = [gr.Slider(0, 2, value=BLEND_WEIGHT, step=0.05, label=f"Blend slot {i + 1}",
+                self.blend_sliders = [gr.Slider(0, MAX_SLIDER_WEIGHT, value=BLEND_WEIGHT, step=0.05, label=f"Blend slot {i + 1}",
                                                 visible=False, elem_id=f"ps-blend-{i}") for i in range(MAX_BLENDED)]
             with gr.Row(equal_height=True):
                 self.preset_name = gr.Textbox(label="Save these weights as a preset", placeholder="preset name",
@@ -556,21 +557,25 @@ class GenerateTab:
         info = read_provenance(getattr(file, "name", file))
         params = info.get("params") or {}
         weights = info.get("weights") or params.get("weights") or {}
-        known = {n: float(w) for n, w in weights.items() if n in self.reward_names}
-        values = [known.get(n, 0.0) for n in self.reward_names] if known else [gr.skip()] * len(self.reward_names)
+        known = {n: w for n, w in weights.items() if n in self.reward_names}
         seed = info.get("seed")
         blended = sorted(n for n in weights if blended_profile(n) is not None)
         # Another tool's (or a hand-edited) record may hold anything under these names: only
         # what the sliders can hold is loaded, and the rest is said.
         settings = {"strength": (params.get("strength"), lambda v: 0 <= v <= 1),
                     "iterations": (params.get("iterations"), lambda v: v == int(v) and 0 <= v <= MAX_UI_ITERATIONS)}
+        settings |= {f"{n} weight": (w, lambda v: 0 <= v <= MAX_SLIDER_WEIGHT) for n, w in known.items()}
         loaded, refused = {}, []
         for name, (value, fits) in settings.items():
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if number and fits(value):
-                loaded[name] = int(value) if name == "iterations" else value
+                loaded[name] = int(value) if name == "iterations" else float(value)
             elif value is not None:
                 refused.append(f"its {name} {echo(value, 40)} is not one this studio's slider holds, not loaded")
+        values = ([loaded.get(f"{n} weight", gr.skip() if n in known else 0.0) for n in self.reward_names]
+                  if known else [gr.skip()] * len(self.reward_names))
+        if params.get("method", "guidance") != "guidance":
+            refused.append(f"it was made by {method_name(params)}: choose that under Method to make it the same way")
         note = (f"Settings of “{info['prompt'][:80]}” loaded" + (f", seed {seed}" if seed is not None else "")
                 + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept")
                 + (f"; it blended {', '.join(blended)}: add them to the blend to use them again" if blended else "")
