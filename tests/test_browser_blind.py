@@ -112,3 +112,30 @@ def test_a_reload_in_the_middle_of_a_round_brings_the_round_back(server, page):
     result = page.locator("#ps-blind-result")
     expect(result).to_contain_text("over 2 blind pairs", timeout=SLOW)  # the choice before the reload counts
     assert [j.kind for j in studio.store.judgments("ann")[before:]] == ["pair", "pair"]
+
+
+def test_switching_profile_during_a_round_hides_the_other_profiles_pair(server, page):
+    """Found by a hostile review: after a switch the other profile's pair stayed on screen."""
+    studio, url = server
+    studio.store.create_profile("bo")
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name="ann", exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.fill("#ps-blind-prompts textarea", "a red bicycle")
+    page.fill("#ps-blind-per-prompt input[type=number]", "2")
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-iterations input[type=number]", "3")
+    page.keyboard.press("Enter")
+    page.click("#ps-blind-start")
+    status = page.locator("#ps-blind-status")
+    expect(status).to_contain_text("Pair 1 of 2", timeout=SLOW)
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name="bo", exact=True).click()
+    expect(status).to_contain_text("No blind round for this profile", timeout=SLOW)
+    expect(page.locator("#ps-blind-left img")).to_have_count(0)
+    page.locator("#ps-profile input").click()  # and back: ann's round where it stood
+    page.get_by_role("option", name="ann", exact=True).click()
+    expect(status).to_contain_text("Pair 1 of 2", timeout=SLOW)

@@ -205,7 +205,11 @@ class BlindEvaluation:
         with self.rounds_lock:
             blind = self.rounds.get(self._key(profile)) if profile else None
         if blind is None:
-            yield (gr.skip(),) * 6
+            if session.round is None:
+                yield (gr.skip(),) * 6
+            else:  # another profile's round was on screen: it goes on for that profile, not here
+                session.round = None
+                yield None, None, "No blind round for this profile: press **Start blind test**.", "", None, 0
             return
         session.round = blind
         yield from self._show_next(blind)
