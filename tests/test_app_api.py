@@ -190,6 +190,9 @@ def test_a_leave_one_out_accuracy_at_or_below_chance_is_flagged():
         line = leave_one_out_line(accuracy, 8)
         assert line.startswith(f"Leave-one-out accuracy **{accuracy:.0%}**") and "no better than chance" in line
     assert leave_one_out_line(None, 0) == "Too few pairs for a leave-one-out accuracy yet."
+    # Found by a hostile review: auto's figure over the pairs both models held out read as if it
+    # were over the whole history, beside each model's own figure.
+    assert "of the combination **75%** over the 4 pairs every model held out" in leave_one_out_line(0.75, 4, True)
 
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):

@@ -2,6 +2,7 @@
 export the profile as one file and import one."""
 import html
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +32,13 @@ class HistorySession:
     shown: list[int] = field(default_factory=list)  # judgment ids in gallery order
 
 
-def leave_one_out_line(accuracy: float | None, pairs: int) -> str:
+def leave_one_out_line(accuracy: float | None, pairs: int, combined: bool = False) -> str:
+    """`combined`: the accuracy of models combined (auto), over the pairs every member held out."""
     if accuracy is None:
         return "Too few pairs for a leave-one-out accuracy yet."
-    line = (f"Leave-one-out accuracy **{accuracy:.0%}** over {pairs} held-out pairs "
+    over = (f"over the {pairs} pairs every model held out (each model's own figure is above)" if combined
+            else f"over {pairs} held-out pairs")
+    line = (f"Leave-one-out accuracy{' of the combination' if combined else ''} **{accuracy:.0%}** {over} "
             "(each predicted by a model that never saw its images; chance is 50%).")
     if accuracy <= 0.5:
         line += (" **That is no better than chance**: these judgments do not yet show one taste the model can "
@@ -60,7 +64,7 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
         if judged:
             lines.append(f"You have {judged} judgment{'s' if judged > 1 else ''} but no pair yet: a pair is one image "
                          "👍 and one 👎, or a better-of-two.")
-    lines.append(leave_one_out_line(loo, status.get("loo_pairs", 0)))
+    lines.append(leave_one_out_line(loo, status.get("loo_pairs", 0), combined=len(status.get("members") or {}) > 1))
     fitted_at = status["fitted_at"]
     newer = sum(1 for j in ctx.store.judgments(profile)
                 if datetime.fromisoformat(j.created).timestamp() > fitted_at)
@@ -175,6 +179,7 @@ class ProfileTab:
     def fit(self, profile, progress=gr.Progress()):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
+        started = time.perf_counter()
         studio = self.ctx.studio
         pairs = training_pairs(studio.store.judgments(profile))
         shas = list(dict.fromkeys(s for pair in pairs for s in pair))
@@ -183,8 +188,9 @@ class ProfileTab:
             progress((start, len(shas)), desc="Reading the judged images", unit="images")
             self.ctx.run(studio.features, shas[start:start + FEATURE_CHUNK])
         progress(None, desc=f"Fitting on {len(pairs)} pairs")
-        report = self.ctx.run(studio.fit, profile)
-        return f"Done in {report.seconds:.2f} s. " + describe_fit(self.ctx, profile)
+        self.ctx.run(studio.fit, profile)
+        # The whole wait, reading the judged images included (the fit alone is a fraction of it).
+        return f"Done in {time.perf_counter() - started:.1f} s. " + describe_fit(self.ctx, profile)
 
     def summarise(self, profile):
         if not profile:
