@@ -93,7 +93,7 @@ def test_the_generate_tab_knows_a_fitted_profile(server, page):
     expect(progress).to_contain_text("has no fitted taste yet", timeout=SLOW)
 
 
-def start_and_reload(page, url, prompt: str, iterations: int):
+def start_and_reload(page, url, prompt: str, iterations: int, strength: float = 0.5, taste: float = 0.75):
     """Start a Guided run for alice and reload the page once it is optimising; the progress line."""
     open_studio(page, url)
     choose(page, "alice")
@@ -101,6 +101,8 @@ def start_and_reload(page, url, prompt: str, iterations: int):
     page.fill("#ps-gen-prompt textarea", prompt)
     page.click("#ps-advanced")
     set_slider(page, "#ps-iterations", iterations)
+    set_slider(page, "#ps-strength", strength)
+    set_slider(page, "#ps-weight-user", taste)
     page.click("#ps-personalize")
     progress = page.locator("#ps-gen-progress")
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
@@ -140,13 +142,18 @@ def test_a_page_reloaded_mid_run_still_lists_the_past_side_by_sides(server, page
     """Found by a hostile review: after a reload during a run the past list stayed empty until the run ended."""
     studio, url = server
     studio.personalize_once("alice", "a harbour at noon", seed=5, iterations=2)
-    progress = start_and_reload(page, url, "a lighthouse at dawn", 100)
+    progress = start_and_reload(page, url, "a lighthouse at dawn", 100, strength=0.8, taste=1.5)
     expect(progress).to_contain_text("Optimising", timeout=SLOW)
     expect(page.locator("#ps-past img").first).to_be_visible(timeout=SLOW)
     assert "Optimising" in progress.inner_text()  # listed while the run still goes, not at its end
-    # The settings of the run it follows come back with it: its prompt, and the seed it runs on.
+    # The settings of the run it follows come back with it: its prompt, the seed it runs on, its
+    # strength, iterations and weights (a hostile review found the defaults there instead).
     expect(page.locator("#ps-gen-prompt textarea")).to_have_value("a lighthouse at dawn", timeout=SLOW)
     expect(page.get_by_role("radio", name="Fixed seed")).to_be_checked()
+    page.click("#ps-advanced")
+    expect(page.locator("#ps-iterations input[type=range]")).to_have_value("100", timeout=SLOW)
+    expect(page.locator("#ps-strength input[type=range]")).to_have_value("0.8", timeout=SLOW)
+    expect(page.locator("#ps-weight-user input[type=range]")).to_have_value("1.5", timeout=SLOW)
     page.click("#ps-stop")  # leaves the next test an idle studio
     expect(progress).not_to_contain_text("Optimising", timeout=SLOW)
 

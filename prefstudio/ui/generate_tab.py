@@ -269,6 +269,9 @@ class GenerateTab:
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
                               height=130, elem_id="ps-reuse-png")
 
+        # What `running_settings` restores: the controls a run was started with.
+        self.running_outputs = [self.prompt, self.seed_mode, self.strength, self.iterations, self.method,
+                                *self.sliders]
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
                       self.personalized_scores, self.trace, self.past]
         surprise.click(lambda: secrets.choice(self.prompts), None, self.prompt, api_visibility="private").then(
@@ -338,6 +341,8 @@ class GenerateTab:
         *weights, method, adapter_scale = weights_and_method
         if method not in self.methods:
             raise InvalidInput(f"method must be one of {', '.join(self.methods)}, got {method!r}")
+        controls = {"strength": strength, "iterations": iterations, "method": method,
+                    "weights": list(weights[:len(self.reward_names)])}
         method = self.methods[method][0]
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
@@ -347,7 +352,7 @@ class GenerateTab:
             self.ctx.studio.instant_embedding(name)
         elif method == "ppd":
             self.ctx.studio.ppd_embedding(name)
-        job = GenerationJob(name, prompt, seed, int(iterations))
+        job = GenerationJob(name, prompt, seed, int(iterations), controls)
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
@@ -356,12 +361,14 @@ class GenerateTab:
 
     def running_settings(self, profile):
         """On page load and profile switch, before `attach` follows a running job: that job's
-        prompt and a fixed seed (the seed box shows its seed), so the settings on screen are the
-        ones it runs with. Nothing changes when the profile has no running job."""
+        prompt, a fixed seed (the seed box shows its seed), strength, iterations, method and reward
+        weights, so the settings on screen are the ones it runs with. Nothing changes when the
+        profile has no running job."""
         job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
         if job is None:
-            return gr.skip(), gr.skip()
-        return job.prompt, FIXED
+            return (gr.skip(),) * len(self.running_outputs)
+        c = job.controls
+        return job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"]
 
     def attach(self, session: GenerateSession, profile):
         """On page load and profile switch: follow the profile's running job, or show its

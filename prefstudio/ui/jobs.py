@@ -22,6 +22,8 @@ class GenerationJob:
     prompt: str
     seed: int
     iterations: int
+    # The settings it runs with, as the page's controls hold them (a reloaded page shows them).
+    controls: dict = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     progress: list[GuidanceProgress] = field(default_factory=list)
     result: SideBySide | None = None
