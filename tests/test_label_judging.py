@@ -108,3 +108,21 @@ def test_undo_never_changes_another_profile_than_the_one_shown(tab, shown):
     assert [j.kind for j in store.judgments("me")] == ["like"]  # nothing changed
     assert "Undone" in status(tab.undo(shown, "me"))  # still there to undo from its own profile
     assert store.judgments("me") == []
+
+
+def test_a_seed_given_twice_is_refused_it_would_make_the_same_candidate_twice():
+    """Found by a hostile review: seeds "1,1,1" made three identical candidates to judge."""
+    from prefstudio.errors import InvalidInput
+    from prefstudio.ui.label_tab import parse_seeds
+
+    assert parse_seeds("7, 42 1234") == [7, 42, 1234]
+    with pytest.raises(InvalidInput, match="seed 1 is given 3 times: each seed makes one candidate"):
+        parse_seeds("1,1,1")
+
+
+def test_undoing_a_pair_names_both_images(tab, shown):
+    tab.pick_left(shown, "me")
+    judged = tab.ctx.store.judgments("me")[-1]
+    first, second = judged.image_a, judged.image_b
+    text = status(tab.undo(shown, "me"))
+    assert first[:8] in text and second[:8] in text, text

@@ -70,6 +70,9 @@ def parse_seeds(text: str) -> list[int] | None:
         if not item.lstrip("-").isdigit():
             raise InvalidInput(f"seeds are whole numbers separated by commas or spaces; {item!r} is not one")
         seeds.append(validate_seed(item))
+    repeated = next((seed for seed in seeds if seeds.count(seed) > 1), None)
+    if repeated is not None:
+        raise InvalidInput(f"seed {repeated} is given {seeds.count(repeated)} times: each seed makes one candidate")
     return seeds
 
 
@@ -322,7 +325,8 @@ class LabelTab:
             if image in session.candidates:
                 session.current = session.candidates.index(image)
         again = f" ({KIND_MARKS[back]} again, as before)" if back else ""
-        return self.render(session, profile, f"Undone: {KIND_MARKS[removed.kind]} on {short(image)}{again}.")
+        on = short(image) if removed.image_b is None else f"{short(removed.image_a)} and {short(removed.image_b)}"
+        return self.render(session, profile, f"Undone: {KIND_MARKS[removed.kind]} on {on}{again}.")
 
     def restore(self, session: LabelSession, profile, saved):
         """After a page refresh: the batch that was on screen (ids kept in the browser)."""
