@@ -677,7 +677,7 @@ def _vlm_state(width=8, **changes):
 VLM = "vlm-profile model: "
 VLM_PAIRS = f"{VLM}config 'pairs' must be 1-64 [liked, disliked] image ids"
 VLM_TEXT = f"{VLM}config 'text' must be 1-4000 printable characters (newlines allowed)"
-VLM_MADE_AT = f"{VLM}config 'made_at' must be a time in seconds between 1970 and 2100, got"
+VLM_MADE_AT = f"{VLM}config 'made_at' must be a time in seconds between 1970 and now, got"
 VLM_HEADER = f"{VLM}config 'type' / 'version' are not vlm-profile / 1"
 
 
@@ -686,7 +686,7 @@ def test_a_vlm_profile_is_accepted_up_to_each_of_its_bounds():
     for width, changes in [
             (8, {}),
             (1, {"made_at": 0, "text": "x", "pairs": [[SHA, SHA]]}),
-            (state_schema.MAX_EMBEDDING_DIM, {"made_at": state_schema.LATEST_FIT_TIME - 1,
+            (state_schema.MAX_EMBEDDING_DIM, {"made_at": time.time(),
                                               "text": "\n".join(["x" * 99] * 40),
                                               "pairs": [[SHA, SHA]] * most})]:
         state_schema.check_state("vlm-profile", *_vlm_state(width, **changes))
@@ -718,6 +718,7 @@ def test_a_vlm_profile_is_accepted_up_to_each_of_its_bounds():
     (8, {"pairs": [[SHA, 7]]}, VLM_PAIRS),
     (8, {"made_at": -1}, f"{VLM_MADE_AT} -1"),
     (8, {"made_at": state_schema.LATEST_FIT_TIME}, f"{VLM_MADE_AT} 4102444800.0"),
+    (8, {"made_at": 4_090_000_000}, f"{VLM_MADE_AT} 4090000000"),  # 2099: a date not reached yet
     (8, {"made_at": math.nan}, f"{VLM_MADE_AT} nan"),
     (8, {"made_at": True}, f"{VLM_MADE_AT} True"),
     (8, {"made_at": "2026-01-01"}, f"{VLM_MADE_AT} '2026-01-01'"),

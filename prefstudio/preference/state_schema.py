@@ -269,8 +269,9 @@ def check_vlm_profile(tensors: Mapping[str, np.ndarray], config: Mapping,
             for p in pairs):
         raise _refuse(model, f"config 'pairs' must be 1-{MAX_HISTORY_PAIRS} [liked, disliked] image ids")
     made_at = config["made_at"]
-    if not isinstance(made_at, (int, float)) or isinstance(made_at, bool) or not 0 <= made_at < LATEST_FIT_TIME:
-        raise _refuse(model, f"config 'made_at' must be a time in seconds between 1970 and 2100, got {echo(made_at)}")
+    if not isinstance(made_at, (int, float)) or isinstance(made_at, bool) \
+            or not 0 <= made_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):
+        raise _refuse(model, f"config 'made_at' must be a time in seconds between 1970 and now, got {echo(made_at)}")
 
 
 Checker = Callable[..., None]
