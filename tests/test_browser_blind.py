@@ -30,24 +30,38 @@ def page():
         yield browser.new_page(viewport=VIEWPORT)
 
 
+def open_as(page, url, name):
+    """The studio in the page, with profile `name` chosen."""
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    choose(page, name)
+
+
+def choose(page, name):
+    page.locator("#ps-profile input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#ps-label-status")).to_contain_text(f"{name} ·", timeout=SLOW)
+
+
+def start_round(page, prompts: str, per_prompt: int, iterations: int, seed: str = ""):
+    """Fill the blind test's settings on the Evaluate tab and press Start."""
+    page.get_by_role("tab", name="Evaluate").click()
+    page.fill("#ps-blind-prompts textarea", prompts)
+    page.fill("#ps-blind-per-prompt input[type=number]", str(per_prompt))
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-iterations input[type=number]", str(iterations))
+    page.keyboard.press("Enter")
+    page.fill("#ps-blind-seed textarea", seed)
+    page.click("#ps-blind-start")
+
+
 def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
     studio, url = server
     store = studio.store
-    page.goto(url + "/", wait_until="load")
-    page.wait_for_selector("#ps-generate", timeout=SLOW)
-    page.locator("#ps-profile input").click()
-    page.get_by_role("option", name="ann", exact=True).click()
-    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
+    open_as(page, url, "ann")
     before = len(store.judgments("ann"))
 
-    page.get_by_role("tab", name="Evaluate").click()
-    page.fill("#ps-blind-prompts textarea", "a red bicycle\na mountain lake at dawn")
-    page.fill("#ps-blind-per-prompt input[type=number]", "1")
-    page.keyboard.press("Enter")
-    page.fill("#ps-blind-iterations input[type=number]", "4")
-    page.keyboard.press("Enter")
-    page.fill("#ps-blind-seed textarea", "21")
-    page.click("#ps-blind-start")
+    start_round(page, "a red bicycle\na mountain lake at dawn", 1, 4, "21")
 
     status = page.locator("#ps-blind-status")
     shas = {png.stem for png in store.images_dir.rglob("*.png")}
@@ -82,20 +96,9 @@ def test_a_reload_in_the_middle_of_a_round_brings_the_round_back(server, page):
     """Found by a hostile review: a reload lost the round (the choices stayed in the history,
     but the next pair and the results never came)."""
     studio, url = server
-    page.goto(url + "/", wait_until="load")
-    page.wait_for_selector("#ps-generate", timeout=SLOW)
-    page.locator("#ps-profile input").click()
-    page.get_by_role("option", name="ann", exact=True).click()
-    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
+    open_as(page, url, "ann")
     before = len(studio.store.judgments("ann"))
-    page.get_by_role("tab", name="Evaluate").click()
-    page.fill("#ps-blind-prompts textarea", "a red bicycle\na mountain lake at dawn")
-    page.fill("#ps-blind-per-prompt input[type=number]", "1")
-    page.keyboard.press("Enter")
-    page.fill("#ps-blind-iterations input[type=number]", "4")
-    page.keyboard.press("Enter")
-    page.fill("#ps-blind-seed textarea", "33")
-    page.click("#ps-blind-start")
+    start_round(page, "a red bicycle\na mountain lake at dawn", 1, 4, "33")
     status = page.locator("#ps-blind-status")
     expect(status).to_contain_text("Pair 1 of 2: which do you prefer?", timeout=SLOW)
     page.locator("#ps-blind-status").click()
@@ -118,22 +121,12 @@ def test_switching_profile_during_a_round_hides_the_other_profiles_pair(server, 
     """Found by a hostile review: after a switch the other profile's pair stayed on screen."""
     studio, url = server
     studio.store.create_profile("bo")
-    page.goto(url + "/", wait_until="load")
-    page.wait_for_selector("#ps-generate", timeout=SLOW)
-    page.locator("#ps-profile input").click()
-    page.get_by_role("option", name="ann", exact=True).click()
-    expect(page.locator("#ps-label-status")).to_contain_text("ann ·", timeout=SLOW)
-    page.get_by_role("tab", name="Evaluate").click()
-    page.fill("#ps-blind-prompts textarea", "a red bicycle")
-    page.fill("#ps-blind-per-prompt input[type=number]", "2")
-    page.keyboard.press("Enter")
-    page.fill("#ps-blind-iterations input[type=number]", "3")
-    page.keyboard.press("Enter")
-    page.click("#ps-blind-start")
+    open_as(page, url, "ann")
+    start_round(page, "a red bicycle", 2, 3)
     status = page.locator("#ps-blind-status")
     expect(status).to_contain_text("Pair 1 of 2", timeout=SLOW)
     page.locator("#ps-profile input").click()
-    page.get_by_role("option", name="bo", exact=True).click()
+    page.get_by_role("option", name="bo", exact=True).click()  # no label-status wait: the round's status is checked
     expect(status).to_contain_text("No blind round for this profile", timeout=SLOW)
     expect(page.locator("#ps-blind-left img")).to_have_count(0)
     page.locator("#ps-profile input").click()  # and back: ann's round where it stood
