@@ -382,7 +382,9 @@ def cmd_suggest(args, studio) -> dict:
     studio.store.get_profile(args.profile)  # an unknown profile fails before anything is generated
     shas = ([r.sha256 for r in studio.generate_candidates(args.prompt, n=args.n)] if args.prompt
             else [studio.store.resolve_image_id(ref) for ref in args.ids])
+    records = [studio.store.image_record(sha) for sha in shas]
     return {"candidates": shas,
+            "images": {r.sha256: {"seed": r.seed, "prompt": r.prompt, "path": str(r.path)} for r in records},
             "suggestions": [{"judge": [s.first, s.second], "information": round(s.information, 4),
                              "why": s.reason} for s in studio.suggest(args.profile, shas, args.top)]}
 

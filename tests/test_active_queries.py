@@ -1,6 +1,7 @@
 """Active queries: the selector asks what tells the plausible tastes apart; studio and CLI suggest."""
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,6 +236,9 @@ def test_cli_suggest_names_a_pair_of_the_candidates_and_why(data, capsys):
     first = out["suggestions"][0]
     assert set(first["judge"]) <= set(ids) and first["judge"][0] != first["judge"][1]
     assert "disagree" in first["why"]
+    # Found by a hostile review: only ids came back, so the pair to judge could not be looked at.
+    assert [out["images"][i]["seed"] for i in ids] == [1, 2, 3, 4]
+    assert all(Path(out["images"][i]["path"]).is_file() for i in ids)
     # Judge the suggested pair: it is not suggested again.
     assert cli.main(base + ["judge", "ida", "pair", *first["judge"]]) == 0
     capsys.readouterr()
