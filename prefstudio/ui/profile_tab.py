@@ -36,10 +36,10 @@ def leave_one_out_line(accuracy: float | None, pairs: int, combined: bool = Fals
     """`combined`: the accuracy of models combined (auto), over the pairs every member held out."""
     if accuracy is None:
         return "Too few pairs for a leave-one-out accuracy yet."
-    over = (f"over the {pairs} pairs every model held out (each model's own figure is above)" if combined
-            else f"over {pairs} held-out pairs")
-    line = (f"Leave-one-out accuracy{' of the combination' if combined else ''} **{accuracy:.0%}** {over} "
-            "(each predicted by a model that never saw its images; chance is 50%).")
+    over = (f"over the {pairs} pairs every model held out (each model's own figure is above; " if combined
+            else f"over {pairs} held-out pairs (")
+    line = (f"Leave-one-out accuracy{' of the combination' if combined else ''} **{accuracy:.0%}** {over}"
+            "each pair predicted by a model that never saw its images; chance is 50%).")
     if accuracy <= 0.5:
         line += (" **That is no better than chance**: these judgments do not yet show one taste the model can "
                  "read (they may contradict each other, or hinge on what the images do not show). Judge more "
