@@ -98,7 +98,7 @@ class GenerateSession:
         self.personalized: str | None = None
         self.past: list[str] = []  # personalized image ids in gallery order
         self.blended: list[str] = []  # profiles whose tastes are on the blend sliders, in slot order
-        # The profile this page shows (casefolded): a run's stream stops updating the page once
+        # The profile this page shows (its name): a run's stream stops updating the page once
         # it shows another profile, and the run goes on for its own profile in the background.
         self.showing: str | None = None
 
@@ -356,7 +356,7 @@ class GenerateTab:
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
-        session.showing = name.casefold()
+        session.showing = name
         yield from self._follow(session, job)
 
     def running_settings(self, profile):
@@ -378,7 +378,7 @@ class GenerateTab:
             yield self._empty(session, "Choose or create a profile at the top of the page.")
             return
         name = self.ctx.store.get_profile(profile).name
-        session.showing = name.casefold()
+        session.showing = name
         job = self.jobs.running(name.casefold())
         if job is not None:
             views = self._follow(session, job)
@@ -388,15 +388,24 @@ class GenerateTab:
                 yield (*first[:-1], self._past_gallery(session, name))
             yield from views
             return
+        yield self._idle_view(session, name)
+
+    def _idle_view(self, session: GenerateSession, name: str):
+        """A profile with no run going: its last side by side, or what to do first."""
         past = self.ctx.store.personalized_images(name, 1)
         if past:
-            yield self._show_record(session, name, past[0], "Your last side by side")
-            return
+            return self._show_record(session, name, past[0], "Your last side by side")
         if self.ctx.studio.fit_status(name) is None:
             message = f"**{name}** has no fitted taste yet: judge some images and press **Fit my taste** in the Profile tab."
         else:
             message = f"**{name}** is fitted and ready: type a prompt and press **Generate**."
-        yield self._empty(session, message)
+        return self._empty(session, message)
+
+    def _left(self, session: GenerateSession):
+        """The last views of a run's stream once the page shows another profile: that profile's
+        (idle) view. Sent after any progress view of this stream that may still be on its way,
+        so the page ends on the profile it shows whatever the order the two events' views arrive in."""
+        return self._idle_view(session, session.showing) if session.showing else (gr.skip(),) * len(self.views)
 
     def _follow(self, session: GenerateSession, job: GenerationJob):
         key = job.profile.casefold()
@@ -404,18 +413,17 @@ class GenerateTab:
         session.baseline = session.personalized = None
         while True:
             version = job.wait_for_change(seen)
-            if session.showing != key:
-                # The page switched profile: the run is stored for its own, not shown here. The
-                # last views a stream yields are sent again when it ends: these change nothing.
-                yield (gr.skip(),) * len(self.views)
+            if (session.showing or "").casefold() != key:
+                # The page switched profile: the run is stored for its own, not shown here.
+                yield self._left(session)
                 return
             if version != seen:
                 seen = version
                 if job.done.is_set():
                     break
                 yield self._progress_view(job)
-        if session.showing != key:
-            yield (gr.skip(),) * len(self.views)
+        if (session.showing or "").casefold() != key:
+            yield self._left(session)
             return
         if job.error is not None:
             raise InvalidInput(job.error)
