@@ -519,3 +519,90 @@ def test_an_antisymmetric_model_reads_a_person_against_its_training_populations_
 
     assert accuracy_on_the_opposite_person(False, steps=100) < 0.3
     assert accuracy_on_the_opposite_person(True, steps=100) > 0.8
+
+
+def _three_person_bank(encoder="img"):
+    """A user bank over 6-d features with a 2-d taste space and three users of distinct tastes."""
+    from prefstudio.preference.user_embedding import UserBank
+
+    projection = torch.zeros(6, 2)
+    projection[0, 0] = projection[1, 1] = 1.0
+    likes = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0]])
+    return UserBank(encoder, torch.zeros(6), torch.ones(6), projection, likes, torch.zeros(3, 2), 0.5, "test")
+
+
+def test_a_model_reading_the_bank_posterior_starts_from_the_user_embeddings_cold_start():
+    """Before the transformer has learned anything, the model scores a target as the bank posterior
+    of the person's history does (the user embedding's cold start), read as judged and mirrored."""
+    bank = _three_person_bank()
+    model = _lite(preference_tokens=2, taste_dim=2, bank_users=3, antisymmetric=True).eval()
+    model.set_taste_space(bank)
+    with torch.no_grad():
+        model.label_head.weight.zero_()
+        model.label_head.bias.zero_()
+    generator = torch.Generator().manual_seed(0)
+    history = PairFeatures(torch.randn(4, 6, generator=generator), torch.randn(4, 6, generator=generator),
+                           torch.randn(4, 4, generator=generator))
+    targets = TargetFeatures(torch.randn(5, 6, generator=generator), torch.randn(5, 4, generator=generator))
+    with torch.no_grad():
+        m_like, m_dislike = model.score(history, targets)
+    as_judged = bank.posterior(bank.pair_log_likelihoods(history.liked, history.disliked).sum(0))
+    mirrored = bank.posterior(bank.pair_log_likelihoods(history.disliked, history.liked).sum(0))
+    target_tastes = bank.project(targets.images)
+    expected = 0.5 * target_tastes @ ((as_judged - mirrored) @ bank.user_embeddings)
+    assert torch.allclose(m_like - m_dislike, expected, atol=1e-5)
+    with pytest.raises(InvalidInput, match="the user bank has 3 users; this model reads the posterior over 4"):
+        _lite(taste_dim=2, bank_users=4).set_taste_space(bank)
+    with pytest.raises(InvalidInput, match="taste_dim > 0"):
+        _lite(bank_users=3)
+
+
+def test_a_model_reading_the_bank_posterior_flips_with_the_judgments_and_survives_a_round_trip(tmp_path):
+    bank = _three_person_bank()
+    model = _lite(preference_tokens=2, taste_dim=2, bank_users=3, antisymmetric=True).eval()
+    model.set_taste_space(bank)
+    with torch.no_grad():
+        model.label_embedding.mul_(50)
+    history = PairFeatures(torch.randn(5, 6), torch.randn(5, 6), torch.randn(5, 4))
+    mirrored = PairFeatures(history.disliked, history.liked, history.prompts)
+    targets = TargetFeatures(torch.randn(7, 6), torch.randn(7, 4))
+    with torch.no_grad():
+        odds = torch.sub(*model.score(history, targets))
+        assert torch.allclose(odds, -torch.sub(*model.score(mirrored, targets)), atol=1e-5)
+        assert torch.allclose(*model.score(PairFeatures(*(torch.zeros(0, d) for d in (6, 6, 4))), targets), atol=1e-6)
+    save_token_model(model, tmp_path / "ckpt", {"command": "test"}, bank)
+    loaded = load_token_model(tmp_path / "ckpt")
+    assert loaded.config.bank_users == 3
+    with torch.no_grad():
+        assert torch.equal(torch.sub(*loaded.score(history, targets)), odds)
+
+
+def test_training_never_reads_a_training_person_through_their_own_bank_row():
+    """The training people are the bank's users: a posterior that could pick a person's own row
+    would know them, and the model would learn to lean on a bank that new people are not in."""
+    from prefstudio_research.train.preference_tokens import LiteTask, new_lite_model
+
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(60, 6, generator=generator)
+    tastes = torch.randn(6, 6, generator=generator)
+    train_users = [_judged(pool, generator, 12, taste) for taste in tastes]
+    validation = [(h, *(lambda t: (t.liked, t.disliked))(_judged(pool, generator, 5, tastes[0])))
+                  for h in [_judged(pool, generator, 4, tastes[0])]]
+    task = LiteTask.from_features(train_users, validation, 4)
+    model, bank = new_lite_model(task, {"width": 16, "layers": 1, "heads": 2, "taste_dim": 3, "bank_posterior": True,
+                                        "antisymmetric": True, "image_encoder": "test", "text_encoder": None},
+                                 "test", 0)
+    assert model.config.bank_users == bank.n_users == 6
+    examples = task.batch(8, generator)
+    own_rows = torch.tensor([task.bank_row[task.users[t[0]]] for t, _ in examples])
+    seen = task.logits(model, examples)
+    history = task.rows[torch.tensor([h for _, h in examples])]
+    target = task.rows[torch.tensor([t for t, _ in examples])]
+    targets = TargetFeatures(task.images[target[..., :2]].flatten(1, 2))
+    left_out = model(task.history(history), targets, own_rows)[0][:, 0::2].flatten()
+    read_through_own_row = model(task.history(history), targets)[0][:, 0::2].flatten()
+    assert torch.equal(seen[0], left_out)
+    assert not torch.allclose(seen[0], read_through_own_row)
+    # The bank's rows are the training people in the task's order: each explains their own pairs best.
+    best_rows = [int(bank.pair_log_likelihoods(p.liked, p.disliked).sum(0).argmax()) for p in train_users]
+    assert best_rows == [task.bank_row[person] for person in range(len(train_users))]
