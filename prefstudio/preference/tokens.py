@@ -85,15 +85,11 @@ class LiteConfig:
     taste_dim: int = 0  # > 0: image features are read through a user bank's taste space of this size
     max_history: int = 8  # the most pairs it was trained to read as one history (longer ones are split)
     antisymmetric: bool = False  # log-odds flip exactly when every judgment of the history flips (`encode_history`)
-    bank_users: int = 0  # > 0: also reads the posterior over this many users of its bank (`encode_history`)
     backbone: str = field(default="lite", init=False)
 
     def __post_init__(self):
         if self.width % self.heads:
             raise InvalidInput(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.bank_users and not self.taste_dim:
-            raise InvalidInput("a model that reads the bank posterior reads image features through the bank "
-                               "(taste_dim > 0)")
 
 
 class _Block(nn.Module):
@@ -146,7 +142,6 @@ class Prefix:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     n_preference_tokens: int
-    posterior_taste: torch.Tensor | None = None  # [B,k] the bank posterior's taste direction (`bank_users`)
 
 
 class LiteTokenModel(nn.Module):
@@ -159,11 +154,6 @@ class LiteTokenModel(nn.Module):
             self.register_buffer("taste_mean", torch.zeros(config.image_dim))
             self.register_buffer("taste_std", torch.ones(config.image_dim))
             self.register_buffer("taste_projection", torch.zeros(config.image_dim, config.taste_dim))
-        if config.bank_users:  # the bank's users' taste directions and posterior temperature
-            self.register_buffer("bank_tastes", torch.zeros(config.bank_users, config.taste_dim))
-            self.register_buffer("bank_power", torch.ones(()))
-            self.posterior_in = nn.Linear(config.taste_dim, config.width)
-            self.posterior_gain = nn.Parameter(torch.ones(()))
         # Feature standardisation, fitted on the training images/prompts (`fit_standardisation`).
         self.register_buffer("image_mean", torch.zeros(image_width))
         self.register_buffer("image_std", torch.ones(image_width))
@@ -207,15 +197,9 @@ class LiteTokenModel(nn.Module):
         if bank.encoder != c.image_encoder or tuple(bank.projection.shape) != (c.image_dim, c.taste_dim):
             raise InvalidInput(f"the user bank ({bank.encoder}, {tuple(bank.projection.shape)}) does not fit "
                                f"this model ({c.image_encoder}, ({c.image_dim}, {c.taste_dim}))")
-        if c.bank_users and bank.n_users != c.bank_users:
-            raise InvalidInput(f"the user bank has {bank.n_users} users; this model reads the posterior over "
-                               f"{c.bank_users}")
         self.taste_mean.copy_(bank.mean)
         self.taste_std.copy_(bank.std)
         self.taste_projection.copy_(bank.projection)
-        if c.bank_users:
-            self.bank_tastes.copy_(bank.user_embeddings)
-            self.bank_power.fill_(bank.likelihood_power)
 
     @torch.no_grad()
     def fit_standardisation(self, image_features: torch.Tensor, text_features: torch.Tensor | None) -> None:
@@ -262,44 +246,20 @@ class LiteTokenModel(nn.Module):
     def target_tokens(self, targets: TargetFeatures) -> torch.Tensor:
         return self._image(targets.images) + self._text(targets.prompts) + self.query
 
-    def posterior_taste(self, gaps: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """[B,N,k] taste-space liked − disliked gaps -> [B,k]: the bank users' taste directions
-        averaged under the tempered posterior of the user embedding's cold start
-        (`UserBank.posterior`). `exclude` [B]: a bank row per person left out of it (training
-        people are in the bank: read through their own row, the posterior would know them)."""
-        log_likelihood = F.logsigmoid(gaps @ self.bank_tastes.T).sum(-2)  # [B,K]
-        if exclude is not None:
-            log_likelihood = log_likelihood.masked_fill(F.one_hot(exclude, self.config.bank_users).bool(), -math.inf)
-        return torch.softmax(self.bank_power * log_likelihood, -1) @ self.bank_tastes
-
     # ---- forward -----------------------------------------------------------------------
-    def encode_history(self, history: PairFeatures, exclude: torch.Tensor | None = None) -> Prefix:
+    def encode_history(self, history: PairFeatures) -> Prefix:
         """Run [P_v; x_u history] once. history tensors [B,N,·] (or [N,·] for one person).
 
         An antisymmetric model also encodes the history mirrored (every pair judged the other way
         round) and `score_encoded` reads each target against both: a score that does not flip with
         the person's judgments (what the training population liked on average, or an extrapolation
-        on images unlike the training images) cancels, and only what the history says is left.
-
-        A model with `bank_users` also reads the bank posterior of the history: its taste
-        direction is one more prefix token, and a target's score under it is added to the
-        target's log-odds with a learned gain, so the transformer learns what the bank's mix of
-        known people misses about this person (`exclude`: `posterior_taste`)."""
+        on images unlike the training images) cancels, and only what the history says is left."""
         tokens = self.history_tokens(history)
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(0)
-        posterior = None
-        if self.config.bank_users:
-            gaps = self._taste(history.liked) - self._taste(history.disliked)
-            gaps = gaps.reshape(tokens.shape[0], history.liked.shape[-2], gaps.shape[-1])
-            posterior = self.posterior_taste(gaps, exclude)
-            if self.config.antisymmetric:
-                posterior = torch.cat([posterior, self.posterior_taste(-gaps, exclude)])
         if self.config.antisymmetric:
             mirrored = self.history_tokens(history, mirrored=True)
             tokens = torch.cat([tokens, mirrored.reshape(tokens.shape)])
-        if posterior is not None:
-            tokens = torch.cat([self.posterior_in(posterior).unsqueeze(1), tokens], dim=1)
         n_pv = 0
         if self.preference_tokens is not None:
             n_pv = self.preference_tokens.shape[0]
@@ -311,7 +271,7 @@ class LiteTokenModel(nn.Module):
             x, k, v = block.prefix(x)
             keys.append(k)
             values.append(v)
-        return Prefix(keys, values, n_pv, posterior)
+        return Prefix(keys, values, n_pv)
 
     def score_encoded(self, prefix: Prefix, targets: TargetFeatures, return_attention=False):
         """Targets [B,T,·] (or [T,·] for a one-person prefix) -> (m_like, m_dislike) [B,T] / [T].
@@ -334,13 +294,6 @@ class LiteTokenModel(nn.Module):
             attention.append(None if weights is None else weights[:batch])
         logits = self.label_head(self.norm_out(t))
         m_like, m_dislike = logits[..., 0], logits[..., 1]
-        if prefix.posterior_taste is not None:  # the bank posterior's score, half on each label
-            taste = self._taste(targets.images)
-            taste = taste.unsqueeze(0) if single else taste
-            if self.config.antisymmetric:
-                taste = torch.cat([taste, taste])
-            bank_score = 0.5 * self.posterior_gain * (taste * prefix.posterior_taste.unsqueeze(1)).sum(-1)
-            m_like, m_dislike = m_like + bank_score, m_dislike - bank_score
         if self.config.antisymmetric:  # "like" as read from the history = "dislike" as read from its mirror
             m_like, m_dislike = (0.5 * (m_like[:batch] + m_dislike[batch:]),
                                  0.5 * (m_dislike[:batch] + m_like[batch:]))
@@ -348,12 +301,11 @@ class LiteTokenModel(nn.Module):
             m_like, m_dislike = m_like[0], m_dislike[0]
         return (m_like, m_dislike, attention) if return_attention else (m_like, m_dislike)
 
-    def forward(self, history: PairFeatures, targets: TargetFeatures, exclude: torch.Tensor | None = None):
+    def forward(self, history: PairFeatures, targets: TargetFeatures):
         """(m_like, m_dislike): the label logits of each target given the history (one person:
         history [N,·], targets [T,·] -> [T]; or batched [B,N,·], [B,T,·] -> [B,T]).
-        Differentiable w.r.t. the target features (guidance); wrap in no_grad to serve.
-        `exclude`: training only (`posterior_taste`)."""
-        return self.score_encoded(self.encode_history(history, exclude), targets)
+        Differentiable w.r.t. the target features (guidance); wrap in no_grad to serve."""
+        return self.score_encoded(self.encode_history(history), targets)
 
     score = forward  # the serving name; calling the module itself goes through hooks (DDP)
 

@@ -139,7 +139,6 @@ class LiteTask:
     def __init__(self, images, prompts, users, rows, validation, n_ref):
         self.images, self.prompts = images, prompts
         self.users, self.rows = users, self._four(rows)
-        self.bank_row = {user: row for row, user in enumerate(dict.fromkeys(users))}  # a bank of these users' order
         self.validation = [(self._four(h), self._four(t)) for h, t in validation]
         self.groups = [("val", len(validation))]  # named blocks of validation users, logged apart
         self.by_group: dict[str, float] = {}
@@ -249,10 +248,7 @@ class LiteTask:
         prompts = self._prompts(target[..., 2:4].flatten(1, 2))  # each image's own prompt
         targets = TargetFeatures(self.images[target[..., :2]].flatten(1, 2),  # [B, 2T, D]: liked, disliked, ...
                                  prompts)
-        # A model reading the bank posterior leaves each person's own bank row out of it.
-        exclude = torch.tensor([self.bank_row[self.users[t[0]]] for t, _ in examples]) \
-            if getattr(model, "module", model).config.bank_users else None
-        m_like, m_dislike = model(self.history(history), targets, exclude)
+        m_like, m_dislike = model(self.history(history), targets)
         return m_like[:, 0::2].flatten(), m_dislike[:, 0::2].flatten(), m_like[:, 1::2].flatten(), \
             m_dislike[:, 1::2].flatten()
 
@@ -484,10 +480,7 @@ def new_lite_model(task: LiteTask, architecture: dict, source: str, seed: int):
     what); its input standardisation is fitted on the training judgments' images and prompts."""
     from prefstudio.preference.user_embedding import train_user_bank
 
-    architecture = dict(architecture)
-    # "bank_posterior": true in a config reads the posterior over every training user (the bank's rows)
-    bank_users = len(task.bank_row) if architecture.pop("bank_posterior", False) else 0
-    model = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1], bank_users=bank_users,
+    model = LiteTokenModel(LiteConfig(image_dim=task.images.shape[1],
                                       text_dim=0 if task.prompts is None else task.prompts.shape[1], **architecture))
     bank = None
     if model.config.taste_dim:
