@@ -1179,3 +1179,27 @@ def test_an_image_whose_bytes_are_not_its_name_or_do_not_decode_is_named(target,
     broken = png[:-20] + bytes(20)  # the IDAT's end and the IEND chunk zeroed
     path, sha = _one_image(tmp_path, broken, "broken.prefstudio")
     assert refused(target, path, "PNG").startswith(f"image {sha[:12]}… in the profile file: truncated or corrupt PNG")
+
+
+def test_an_imported_fit_is_shown_as_the_files_own_account_until_it_is_fitted_here(exported, target, tmp_path):
+    """Found by a hostile review: a file whose fit claims 5,000 pairs and 99 % leave-one-out on three
+    judgments was shown on the Profile tab as if measured here. An imported fit's figures are the
+    file's claims: the page says so, and says how to measure them."""
+    from types import SimpleNamespace
+
+    from prefstudio.ui.profile_tab import describe_fit
+
+    forged = edited(exported, tmp_path, _config(n_pairs=5000, loo_pairs=5000, loo_accuracy=0.99))
+    before = time.time()
+    import_profile(target, forged)
+    _, config = target.load_model("Alice", "user-embedding")
+    assert before <= config["imported_at"] <= time.time()
+    ctx = SimpleNamespace(studio=SimpleNamespace(fit_status=lambda profile: target.load_model(profile, "user-embedding")[1],
+                                                 preference=SimpleNamespace(name="user-embedding", description="ue")),
+                          store=target)
+    text = describe_fit(ctx, "Alice")
+    assert "**Imported**" in text and "the file's own account" in text and "Fit my taste" in text
+    # A file cannot pass its own import time off: the importer's clock writes it.
+    again = edited(exported, tmp_path, _config(imported_at=0.0))
+    import_profile(target, again, new_name="Alice 2")
+    assert target.load_model("Alice 2", "user-embedding")[1]["imported_at"] >= before

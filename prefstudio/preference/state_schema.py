@@ -48,7 +48,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Fields every fit adds to its model's config (Studio.fit); "reason" (why this model and
 # mode served) came later, so older files may lack it.
 FIT_FIELDS = ("fitted_at", "mode", "n_pairs", "loo_accuracy", "loo_pairs", "reference_images")
-OPTIONAL_FIT_FIELDS = ("reason",)
+OPTIONAL_FIT_FIELDS = ("reason", "imported_at")  # imported_at: written by an import, never read from a file
 
 
 def _refuse(model: str, what: str) -> InvalidInput:
@@ -128,6 +128,11 @@ def _check_fit_fields(model: str, config: Mapping, max_pairs: int) -> None:
             or not 0 <= fitted_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):  # NaN fails too
         raise _refuse(model, f"config 'fitted_at' must be a time in seconds between 1970 and now, "
                              f"got {echo(fitted_at)}")
+    imported_at = config.get("imported_at", 0.0)
+    if not isinstance(imported_at, (int, float)) or isinstance(imported_at, bool) \
+            or not 0 <= imported_at <= time.time() + CLOCK_SLACK_S:
+        raise _refuse(model, f"config 'imported_at' must be a time in seconds between 1970 and now, "
+                             f"got {echo(imported_at)}")
     _text(model, config, "mode")
     n_pairs = _int(model, config, "n_pairs", 0, max_pairs)
     _int(model, config, "loo_pairs", 0, n_pairs)
