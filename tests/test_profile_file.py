@@ -236,7 +236,7 @@ def test_files_that_are_not_profile_files_are_refused(store, tmp_path):
     before = snapshot(store)
     text = tmp_path / "notes.txt"
     text.write_text("not a profile\n" * 20)
-    with pytest.raises(InvalidInput, match="not a safetensors file"):
+    with pytest.raises(InvalidInput, match="not a PrefStudio profile file: it is text"):
         import_profile(store, text)
     plain = tmp_path / "weights.safetensors"
     save_file({"w": torch.zeros(2)}, plain)
@@ -341,6 +341,28 @@ def test_a_file_whose_safetensors_header_cannot_be_read_gets_one_line_saying_why
     with pytest.raises(InvalidInput) as caught:
         import_profile(store, _raw_file(tmp_path / "odd.prefstudio", data))
     assert str(caught.value) == NOT_SAFETENSORS + message
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("data, kind", [
+    (b"PK\x03\x04" + b"\x00" * 200, "a ZIP archive"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "a PNG image"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 200, "a JPEG image"),
+    (b"%PDF-1.7\n" + b"\x00" * 200, "a PDF document"),
+    (b"\x1f\x8b\x08\x00" + b"\x00" * 200, "a gzip file"),
+    (b'{"user_id": "ana", "liked": "a.png"}\n' * 4, "text"),
+    (bytes(range(256)) * 4, None),
+], ids=["zip", "png", "jpeg", "pdf", "gzip", "text", "unknown"])
+def test_a_file_of_another_kind_is_named_for_what_it_is_not_by_its_header_bytes(store, tmp_path, data, kind):
+    """Found by a hostile review: a ZIP chosen by mistake was refused with "a header of
+    85,966,670,672 bytes in a file of 111", which tells a person nothing."""
+    before = snapshot(store)
+    with pytest.raises(InvalidInput) as caught:
+        import_profile(store, _raw_file(tmp_path / "other.prefstudio", data))
+    text = str(caught.value)
+    assert text.startswith("not a PrefStudio profile file: ") and "bytes" not in text, text
+    assert (f"it is {kind}" in text) if kind else ("it is " not in text), text
+    assert "Export profile" in text
     assert snapshot(store) == before
 
 

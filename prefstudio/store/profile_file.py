@@ -228,11 +228,29 @@ class _Entry:
     end: int
 
 
+# What a file chosen by mistake most often is, by its first bytes.
+_OTHER_KINDS = ((b"PK\x03\x04", "a ZIP archive"), (b"PK\x05\x06", "a ZIP archive"), (b"\x89PNG", "a PNG image"),
+                (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"), (b"%PDF", "a PDF document"),
+                (b"\x1f\x8b", "a gzip file"), (b"SQLite f", "an SQLite database"))
+
+
+def _not_a_profile_file(head: bytes) -> InvalidInput:
+    kind = next((name for magic, name in _OTHER_KINDS if head.startswith(magic)), None)
+    if kind is None and head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        kind = "text"
+    return InvalidInput("not a PrefStudio profile file: " + (f"it is {kind}; " if kind else "")
+                        + "a profile file is the .prefstudio file that Export profile (or `python -m prefstudio "
+                          "export`) writes")
+
+
 def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
     if size < 8:
         raise _not_safetensors("shorter than its header")
-    length = int.from_bytes(file.read(8), "little")
-    if length > min(validation.MAX_PROFILE_HEADER_BYTES, size - 8):
+    head = file.read(8)
+    length = int.from_bytes(head, "little")
+    if length > validation.MAX_PROFILE_HEADER_BYTES or any(head.startswith(m) for m, _ in _OTHER_KINDS):
+        raise _not_a_profile_file(head)  # no safetensors header is that long: another kind of file
+    if length > size - 8:
         raise _not_safetensors(f"a header of {length:,} bytes in a file of {size:,}")
     try:
         header = validation.finite_json(file.read(length).decode("utf-8"))
