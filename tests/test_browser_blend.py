@@ -108,3 +108,37 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     assert info["role"] == "trade-off-grid" and info["params"]["axes"] == ["user", "profile:bob"]
     assert [c["weights"]["profile:bob"] for c in info["params"]["cells"]] == [0.0, 0.5, 1.0]
     page.screenshot(path=Path(__file__).resolve().parents[1] / "docs" / "images" / "blend_grid.png", full_page=True)
+
+
+def test_a_reload_during_a_run_brings_its_blend_back(server, page):
+    """Found by a hostile review: after a reload in the middle of a run the sliders showed the run's
+    weights but the blend slots were empty, so the screen no longer said that bob's taste was in it."""
+    studio, url, _ = server
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#ps-advanced")
+    set_slider(page, "#ps-iterations", 100)
+    page.locator("#ps-blend-choice input").click()
+    page.get_by_role("option", name="bob", exact=True).click()
+    page.click("#ps-blend-add")
+    expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
+    set_slider(page, "#ps-blend-0", 1.3)
+    page.fill("#ps-gen-prompt textarea", "a harbour in fog")
+    page.click("#ps-personalize")
+    expect(page.locator("#ps-gen-progress")).to_contain_text("Optimising", timeout=SLOW)
+    page.reload(wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#ps-gen-progress")).to_contain_text("a harbour in fog", timeout=SLOW)
+    page.click("#ps-advanced")
+    slot = page.locator("#ps-blend-0")
+    expect(slot).to_be_visible(timeout=SLOW)
+    expect(slot).to_contain_text("Taste of bob")
+    expect(page.locator("#ps-blend-0 input[type=number]")).to_have_value("1.3", timeout=SLOW)
+    page.click("#ps-tradeoff")
+    expect(page.locator("#ps-grid-axes").get_by_label("Taste of bob")).to_be_visible(timeout=SLOW)
+    page.click("#ps-stop")  # (under load the run may already be over)
+    expect(page.locator("#ps-gen-progress")).to_contain_text(
+        re.compile("[Ss]topped after|Done: 100 iterations|Your last side by side"), timeout=SLOW)

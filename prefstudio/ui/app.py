@@ -208,7 +208,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         chosen_outputs = [opened, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
         # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, opened], generate.views)
-        running = (user_errors(generate.running_settings), opened, generate.running_outputs)
+        running = (user_errors(generate.running_settings), [generate.session, opened], generate.running_outputs)
         profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             *running, api_visibility="private").then(*attach, api_visibility="private")
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(

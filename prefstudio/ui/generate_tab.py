@@ -271,7 +271,7 @@ class GenerateTab:
 
         # What `running_settings` restores: the controls a run was started with.
         self.running_outputs = [self.prompt, self.seed_mode, self.strength, self.iterations, self.method,
-                                *self.sliders]
+                                *self.sliders, *self.blend_sliders, self.grid_axes]
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
                       self.personalized_scores, self.trace, self.past]
         surprise.click(lambda: secrets.choice(self.prompts), None, self.prompt, api_visibility="private").then(
@@ -345,6 +345,7 @@ class GenerateTab:
                     "weights": list(weights[:len(self.reward_names)])}
         method = self.methods[method][0]
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
+        controls["blend"] = {n: w for n, w in weights.items() if blended_profile(n) is not None}
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
         # "no adapter" or "no VLM profile yet" before a job starts
@@ -359,16 +360,18 @@ class GenerateTab:
         session.showing = name
         yield from self._follow(session, job)
 
-    def running_settings(self, profile):
+    def running_settings(self, session: GenerateSession, profile, request: gr.Request = None):
         """On page load and profile switch, before `attach` follows a running job: that job's
-        prompt, a fixed seed (the seed box shows its seed), strength, iterations, method and reward
-        weights, so the settings on screen are the ones it runs with. Nothing changes when the
-        profile has no running job."""
+        prompt, a fixed seed (the seed box shows its seed), strength, iterations, method, reward
+        weights and blend, so the settings on screen are the ones it runs with. Nothing changes
+        when the profile has no running job."""
         job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
         if job is None:
             return (gr.skip(),) * len(self.running_outputs)
         c = job.controls
-        return job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"]
+        self._set_blend(session, c["blend"], request)
+        return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],
+                *self._blend_views(session, c["blend"]))
 
     def attach(self, session: GenerateSession, profile):
         """On page load and profile switch: follow the profile's running job, or show its
