@@ -110,6 +110,11 @@ def test_a_reload_in_the_middle_of_a_round_brings_the_round_back(server, page):
     page.get_by_role("tab", name="Evaluate").click()
     expect(status).to_contain_text("Pair 2 of 2: which do you prefer?", timeout=SLOW)
     expect(page.locator("#ps-blind-left img")).to_be_visible()
+    # The settings on screen are the round's, not the defaults.
+    expect(page.locator("#ps-blind-prompts textarea")).to_have_value("a red bicycle\na mountain lake at dawn")
+    expect(page.locator("#ps-blind-per-prompt input[type=number]")).to_have_value("1")
+    expect(page.locator("#ps-blind-iterations input[type=number]")).to_have_value("4")
+    expect(page.locator("#ps-blind-seed textarea")).to_have_value("33")
     page.locator("#ps-blind-status").click()
     page.keyboard.press("2")
     result = page.locator("#ps-blind-result")

@@ -69,6 +69,7 @@ class BlindRound:
     profile: str
     plan: list[tuple[str, int]]  # (prompt, seed), in the order shown
     iterations: int
+    controls: tuple = ()  # prompts, K, seeds per prompt, iterations, first seed: as the page held them
     pairs: list[BlindPair] = field(default_factory=list)
     unchanged: list[tuple[str, int]] = field(default_factory=list)  # personalization returned the baseline
     on_screen: int | None = None  # index in pairs awaiting the person's choice
@@ -194,6 +195,8 @@ class BlindEvaluation:
         # `opened` is the profile this page last opened: set on page load and on every switch.
         opened.change(user_errors(self.attach), [self.session, opened], views, api_visibility="private",
                       concurrency_limit=None)
+        opened.change(user_errors(self.round_controls), opened,
+                      [self.prompts, self.k, self.per_prompt, self.iterations, self.seed], api_visibility="private")
 
     def _key(self, profile: str) -> tuple[int, str]:
         found = self.ctx.store.get_profile(profile)
@@ -214,6 +217,13 @@ class BlindEvaluation:
         session.round = blind
         yield from self._show_next(blind)
 
+    def round_controls(self, profile):
+        """On page load and profile switch: the settings the profile's latest round was started
+        with (its first seed too, when it was drawn), so the controls on screen are that round's."""
+        with self.rounds_lock:
+            blind = self.rounds.get(self._key(profile)) if profile else None
+        return blind.controls if blind is not None else (gr.skip(),) * 5
+
     # -- the round's worker --------------------------------------------------------------
     def start(self, session: BlindSession, profile, prompts_text, k, per_prompt, iterations, seed):
         if not profile:
@@ -225,7 +235,8 @@ class BlindEvaluation:
         if not isinstance(iterations, (int, float)) or not 0 <= iterations <= 100:
             raise InvalidInput(f"iterations must be a number in [0, 100], got {iterations!r}")
         self.ctx.run(self.ctx.studio.user_reward, profile)  # says "fit first" before any work is done
-        blind = BlindRound(profile, plan, int(iterations))
+        blind = BlindRound(profile, plan, int(iterations), controls=(prompts_text, k, per_prompt, iterations,
+                                                                     str(first_seed)))
         with self.rounds_lock:  # one round per profile, and one per page
             for earlier in (session.round, self.rounds.get(self._key(profile))):
                 if earlier is not None:
