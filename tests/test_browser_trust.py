@@ -323,3 +323,19 @@ def test_switching_profile_during_a_run_shows_the_new_profile_and_never_the_old_
     page.get_by_role("button", name="👍 Personalized").click()  # nothing of bystander's is on screen to judge
     time.sleep(1.5)
     assert len(studio.store.judgments("bystander")) == judged
+
+
+def test_after_a_reload_mid_run_a_switch_shows_the_new_profile_while_the_run_goes_on(server, page):
+    """Found by a hostile review: after a reload during alice's run, switching to another profile
+    kept showing alice's run until it ended. The page that follows a run after a reload and the
+    switch's view shared one queue slot, so the switch waited for the run."""
+    studio, url = server
+    before = len(studio.store.personalized_images("alice"))
+    progress = start_and_reload(page, url, "a lantern in the rain", 100, strength=0.8)
+    expect(progress).to_contain_text("Optimising", timeout=SLOW)  # following the run again
+    choose(page, "empty")
+    expect(progress).to_contain_text(re.compile("empty (has no fitted taste yet|is fitted and ready)"), timeout=SLOW)
+    assert len(studio.store.personalized_images("alice")) == before, "the switch waited for alice's run to end"
+    deadline = time.monotonic() + SLOW / 1000  # leaves the next test an idle studio
+    while len(studio.store.personalized_images("alice")) == before and time.monotonic() < deadline:
+        time.sleep(0.2)

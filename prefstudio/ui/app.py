@@ -209,13 +209,17 @@ def build_app(studio: Studio) -> gr.Blocks:
         # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, opened], generate.views)
         running = (user_errors(generate.running_settings), [generate.session, opened], generate.running_outputs)
+        # Following a run after a reload is this event's own stream: a later switch must start
+        # while it streams (gradio's default lets one submission of an event run at a time, in
+        # one queue slot shared by every page), and the older stream then sees the switch and ends.
+        follow = {"api_visibility": "private", "trigger_mode": "multiple", "concurrency_limit": None}
         profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
-            *running, api_visibility="private").then(*attach, api_visibility="private")
+            *running, api_visibility="private").then(*attach, **follow)
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(
             chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             user_errors(restore_batch), [label.session, profile, browser], [*label.views, label.prompt],
             api_visibility="private"
-        ).then(*running, api_visibility="private").then(*attach, api_visibility="private")
+        ).then(*running, api_visibility="private").then(*attach, **follow)
         # Judgments made in the other tabs show up when the Profile tab opens.
         profile_page.select(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
         # The batch on screen is kept for this browser, for a refresh.
