@@ -471,6 +471,13 @@ class Studio:
         self._check_available(weights, rewards)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        guards = [n.replace("_", " ") for n, w in weights.items() if w > 0 and rewards[n].guard]
+        if method in ("guidance", "best_of_n", "instant+guidance") and guards and not any(
+                w > 0 and not rewards[n].guard for n, w in weights.items()):
+            raise InvalidInput(f"nothing to personalize for: every reward that is raised has weight 0 "
+                               f"({' and '.join(guards)} only guard{'s' if len(guards) == 1 else ''}, "
+                               f"{'it is' if len(guards) == 1 else 'they are'} never raised); give your taste a "
+                               "weight above 0")
         if method in ("instant", "ppd"):
             iterations = 0  # one pass, no iterations
         elif iterations is None:

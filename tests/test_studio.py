@@ -65,3 +65,19 @@ def test_best_of_n_names_the_seed_it_picked_and_strength_0_is_the_baseline(studi
     assert still.personalized.record.seed == 7 and not still.improved
     baseline = Image.open(still.baseline.record.path).convert("RGB").tobytes()
     assert Image.open(still.personalized.record.path).convert("RGB").tobytes() == baseline
+
+
+@pytest.mark.parametrize("method", ["guidance", "best_of_n", "instant+guidance"])
+def test_a_run_whose_only_weight_is_a_guard_is_refused_before_any_work(studio, method):
+    """Found by a hostile review: with Your taste at 0 and prompt consistency at 0.5 a run went
+    ahead, raised nothing, and then advised a higher strength or more iterations. A guard is only
+    kept from falling; it is never raised, so there was nothing to personalize for."""
+    if not studio.store.model_names("ann"):
+        test_personalize_side_by_side_shares_the_seed(studio)
+    before = len(studio.store.personalized_images("ann"))
+    with pytest.raises(InvalidInput) as caught:
+        studio.personalize_once("ann", "a fox in the snow", seed=9, weights={"user": 0.0, "prompt_consistency": 0.5},
+                                iterations=2, method=method)
+    assert str(caught.value) == ("nothing to personalize for: every reward that is raised has weight 0 (prompt "
+                                 "consistency only guards, it is never raised); give your taste a weight above 0")
+    assert len(studio.store.personalized_images("ann")) == before
