@@ -67,8 +67,9 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     lines.append(leave_one_out_line(loo, status.get("loo_pairs", 0), combined=len(status.get("members") or {}) > 1))
     if status.get("imported_at"):
         imported = datetime.fromtimestamp(status["imported_at"]).strftime("%Y-%m-%d %H:%M")
-        lines.append(f"**Imported** with a profile file on {imported}: the pairs and the accuracy above are the "
-                     "file's own account of a fit made elsewhere. Press **Fit my taste** to measure them here.")
+        lines.append(f"**Imported** with a profile file on {imported}: the pairs, the explanation and the accuracy "
+                     "above are the file's own account of a fit made elsewhere, not checked here. Press "
+                     "**Fit my taste** to measure them here.")
     fitted_at = status["fitted_at"]
     newer = sum(1 for j in ctx.store.judgments(profile)
                 if datetime.fromisoformat(j.created).timestamp() > fitted_at)
