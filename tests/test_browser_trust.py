@@ -339,3 +339,20 @@ def test_after_a_reload_mid_run_a_switch_shows_the_new_profile_while_the_run_goe
     deadline = time.monotonic() + SLOW / 1000  # leaves the next test an idle studio
     while len(studio.store.personalized_images("alice")) == before and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def test_a_number_typed_beyond_a_sliders_range_shows_the_value_that_is_used(server, page):
+    """Found by a hostile review: 5 typed as Strength (range 0–1) and 1000 as Iterations (0–100)
+    stayed in the boxes while the run used 1 and 100, without a word."""
+    studio, url = server
+    open_studio(page, url)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#ps-advanced")
+    for slider, typed, used in (("#ps-strength", "5", "1"), ("#ps-iterations", "1000", "100"),
+                                ("#ps-weight-user", "-1", "0")):
+        box = page.locator(f"{slider} input[type=number]")
+        box.fill(typed)
+        box.press("Enter")
+        expect(box).to_have_value(used, timeout=SLOW)
+        expect(page.locator(f"{slider} input[type=range]")).to_have_value(used, timeout=SLOW)

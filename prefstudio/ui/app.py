@@ -58,6 +58,21 @@ SHORTCUTS_JS = """
       }
     }
   });
+  // A number typed beyond a slider's range: gradio uses the nearest end of the range but left the
+  // typed number in its box. Clamped before gradio reads it, the box shows the value used.
+  const clamp = (event) => {
+    const box = event.target;
+    if (!(box instanceof HTMLInputElement) || box.type !== "number" || box.value === "") return;
+    const value = parseFloat(box.value), low = parseFloat(box.min), high = parseFloat(box.max);
+    if (Number.isNaN(value)) return;
+    const used = Math.min(Number.isNaN(high) ? value : high, Math.max(Number.isNaN(low) ? value : low, value));
+    if (used !== value) {
+      box.value = String(used);
+      box.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  };
+  document.addEventListener("change", clamp, true);
+  document.addEventListener("keydown", (event) => { if (event.key === "Enter") clamp(event); }, true);
 }
 """
 
