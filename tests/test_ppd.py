@@ -432,6 +432,10 @@ def test_vlm_profile_is_stored_with_the_profile_shown_and_checked_on_import(tmp_
     imported = import_profile(store, tmp_path / "alice.prefstudio", "alice-2")
     again = read_vlm_profile(store, imported.name)
     assert again.text == stored.text and torch.equal(again.embedding, stored.embedding)
+    # What a VLM wrote elsewhere, and from which pairs, is the file's account: the page says so.
+    assert stored.imported_at is None and again.imported_at is not None
+    shown = describe_vlm_profile(SimpleNamespace(store=store), imported.name)
+    assert "Imported with a profile file" in shown and "the file's account" in shown
 
     from prefstudio.preference.state_schema import check_state
 

@@ -21,6 +21,7 @@ class StoredProfile:
     vlm: str
     made_at: float
     pairs: list[list[str]]
+    imported_at: float | None = None  # stored by an import: written elsewhere
 
 
 def history_pairs(store, profile: str, count: int = HISTORY_PAIRS) -> list[tuple[str, str]]:
@@ -62,4 +63,5 @@ def read_vlm_profile(store, profile: str) -> StoredProfile | None:
     if stored is None:
         return None
     tensors, config = stored
-    return StoredProfile(config["text"], tensors["embedding"], config["vlm"], config["made_at"], config["pairs"])
+    return StoredProfile(config["text"], tensors["embedding"], config["vlm"], config["made_at"], config["pairs"],
+                         config.get("imported_at"))

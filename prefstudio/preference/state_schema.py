@@ -121,6 +121,15 @@ def _config_keys(model: str, config: Mapping, own: tuple, fitted: bool) -> None:
                 OPTIONAL_FIT_FIELDS if fitted else ())
 
 
+def _check_imported_at(model: str, config: Mapping) -> None:
+    """When an import stored it (an import writes it with its own clock)."""
+    imported_at = config.get("imported_at", 0.0)
+    if not isinstance(imported_at, (int, float)) or isinstance(imported_at, bool) \
+            or not 0 <= imported_at <= time.time() + CLOCK_SLACK_S:
+        raise _refuse(model, f"config 'imported_at' must be a time in seconds between 1970 and now, "
+                             f"got {echo(imported_at)}")
+
+
 def _check_fit_fields(model: str, config: Mapping, max_pairs: int) -> None:
     fitted_at = config["fitted_at"]
     # A fit dated later than now would hide "fit again to include them" for ever.
@@ -128,11 +137,7 @@ def _check_fit_fields(model: str, config: Mapping, max_pairs: int) -> None:
             or not 0 <= fitted_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):  # NaN fails too
         raise _refuse(model, f"config 'fitted_at' must be a time in seconds between 1970 and now, "
                              f"got {echo(fitted_at)}")
-    imported_at = config.get("imported_at", 0.0)
-    if not isinstance(imported_at, (int, float)) or isinstance(imported_at, bool) \
-            or not 0 <= imported_at <= time.time() + CLOCK_SLACK_S:
-        raise _refuse(model, f"config 'imported_at' must be a time in seconds between 1970 and now, "
-                             f"got {echo(imported_at)}")
+    _check_imported_at(model, config)
     _text(model, config, "mode")
     n_pairs = _int(model, config, "n_pairs", 0, max_pairs)
     _int(model, config, "loo_pairs", 0, n_pairs)
@@ -256,7 +261,8 @@ def check_vlm_profile(tensors: Mapping[str, np.ndarray], config: Mapping,
     text, the judged pairs (liked, disliked image ids) it read and when."""
     model = VLM_PROFILE
     _exact_keys(model, "tensor", tensors, ("embedding",))
-    _exact_keys(model, "config field", config, ("type", "version", "vlm", "text", "pairs", "made_at"))
+    _exact_keys(model, "config field", config, ("type", "version", "vlm", "text", "pairs", "made_at"),
+                ("imported_at",))
     embedding = _tensor(model, tensors, "embedding", (None,))
     if not 1 <= embedding.shape[0] <= MAX_EMBEDDING_DIM:
         raise _refuse(model, f"embedding has {embedding.shape[0]} values, outside [1, {MAX_EMBEDDING_DIM}]")
@@ -277,6 +283,7 @@ def check_vlm_profile(tensors: Mapping[str, np.ndarray], config: Mapping,
     if not isinstance(made_at, (int, float)) or isinstance(made_at, bool) \
             or not 0 <= made_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):
         raise _refuse(model, f"config 'made_at' must be a time in seconds between 1970 and now, got {echo(made_at)}")
+    _check_imported_at(model, config)
 
 
 Checker = Callable[..., None]

@@ -590,7 +590,7 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
         tensors = {key[len(prefix):]: _read_tensor(file, entry)
                    for key, entry in entries.items() if key.startswith(prefix)}
         check_state(model_name, tensors, config, encoder_dims)
-        if "fitted_at" in config:  # its pairs and accuracy are the file's account, not measured here
+        if {"fitted_at", "made_at"} & set(config):  # what it says of its fit is the file's account, not measured here
             config = {**config, "imported_at": time.time()}
         stored_models.append((model_name, safetensors.numpy.save(tensors), config))
 

@@ -88,8 +88,12 @@ def describe_vlm_profile(ctx: AppContext, profile: str | None) -> str:
         return ""
     when = datetime.fromtimestamp(stored.made_at).strftime("%Y-%m-%d %H:%M")
     quoted = "\n".join(f"> {html.escape(line)}" if line.strip() else ">" for line in stored.text.splitlines())
-    return (f"#### What the studio thinks you like\n{quoted}\n\n"
-            f"Written {when} by {html.escape(stored.vlm)} from your {len(stored.pairs)} most recent pairs.")
+    made = f"Written {when} by {html.escape(stored.vlm)} from your {len(stored.pairs)} most recent pairs."
+    if stored.imported_at:
+        imported = datetime.fromtimestamp(stored.imported_at).strftime("%Y-%m-%d %H:%M")
+        made = (f"Imported with a profile file on {imported}: written elsewhere ({when}, "
+                f"{html.escape(stored.vlm)}); the text and the pairs it names are the file's account.")
+    return f"#### What the studio thinks you like\n{quoted}\n\n{made}"
 
 
 class ProfileTab:
