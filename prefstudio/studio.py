@@ -104,6 +104,18 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
     return {n: round(v, 4) for n, v in scores.items()}
 
 
+def check_something_raised(weights: dict[str, float], rewards: dict[str, Reward], method: str) -> None:
+    """A method that climbs the weighted rewards needs one it raises: a guard (prompt consistency)
+    is only kept from falling, so guards alone leave nothing to personalize for."""
+    guards = [n.replace("_", " ") for n, w in weights.items() if w > 0 and rewards[n].guard]
+    if method in ("guidance", "best_of_n", "instant+guidance") and guards and not any(
+            w > 0 and not rewards[n].guard for n, w in weights.items()):
+        raise InvalidInput(f"nothing to personalize for: every reward that is raised has weight 0 "
+                           f"({' and '.join(guards)} only guard{'s' if len(guards) == 1 else ''}, "
+                           f"{'it is' if len(guards) == 1 else 'they are'} never raised); give your taste a "
+                           "weight above 0")
+
+
 class Studio:
     def __init__(self, data_dir: str | Path, generator: Generator | None = None,
                  image_encoder: ImageEncoder | None = None, bank_path: str | Path | None = DEFAULT_BANK,
@@ -471,13 +483,7 @@ class Studio:
         self._check_available(weights, rewards)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        guards = [n.replace("_", " ") for n, w in weights.items() if w > 0 and rewards[n].guard]
-        if method in ("guidance", "best_of_n", "instant+guidance") and guards and not any(
-                w > 0 and not rewards[n].guard for n, w in weights.items()):
-            raise InvalidInput(f"nothing to personalize for: every reward that is raised has weight 0 "
-                               f"({' and '.join(guards)} only guard{'s' if len(guards) == 1 else ''}, "
-                               f"{'it is' if len(guards) == 1 else 'they are'} never raised); give your taste a "
-                               "weight above 0")
+        check_something_raised(weights, rewards, method)
         if method in ("instant", "ppd"):
             iterations = 0  # one pass, no iterations
         elif iterations is None:

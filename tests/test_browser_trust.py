@@ -356,3 +356,8 @@ def test_a_number_typed_beyond_a_sliders_range_shows_the_value_that_is_used(serv
         box.press("Enter")
         expect(box).to_have_value(used, timeout=SLOW)
         expect(page.locator(f"{slider} input[type=range]")).to_have_value(used, timeout=SLOW)
+    # With your taste at 0 only a guard is left: refused before a run starts, and said.
+    page.fill("#ps-gen-prompt textarea", "a kite over the dunes")
+    page.click("#ps-personalize")
+    expect(page.get_by_text("nothing to personalize for")).to_be_visible(timeout=SLOW)
+    assert "Starting" not in page.locator("#ps-gen-progress").inner_text()

@@ -25,7 +25,7 @@ from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.guidance.methods import CHAIN_ITERATIONS
-from prefstudio.studio import DEFAULT_STRENGTH, MAX_ADAPTER_SCALE
+from prefstudio.studio import DEFAULT_STRENGTH, MAX_ADAPTER_SCALE, check_something_raised
 from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
@@ -347,7 +347,8 @@ class GenerateTab:
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
         controls["blend"] = {n: w for n, w in weights.items() if blended_profile(n) is not None}
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
-        self.ctx.studio.rewards(name, weights)  # every blended taste is here and fitted
+        # Every blended taste is here and fitted, and something is raised, before a job starts.
+        check_something_raised(weights, self.ctx.studio.rewards(name, weights), method)
         # "no adapter" or "no VLM profile yet" before a job starts
         if method.startswith("instant"):
             self.ctx.studio.instant_embedding(name)
