@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from prefstudio.encoders.base import pil_to_tensor
 from prefstudio.eval.simulated_users import SimulatedUser
 from prefstudio.provenance import read_provenance
+from prefstudio.store.profile_file import import_profile
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app
 from tests.browser import SLOW, VIEWPORT, chromium, served, set_slider
@@ -151,3 +152,24 @@ def test_a_reload_during_a_run_brings_its_blend_back(server, page, monkeypatch):
     expect(page.locator("#ps-grid-axes").get_by_label("Taste of bob")).to_be_visible(timeout=SLOW)
     page.click("#ps-stop")
     expect(page.locator("#ps-gen-progress")).to_contain_text("Stopped after", timeout=SLOW)
+
+
+def test_a_profile_switched_to_is_taken_out_of_the_blend_on_screen(server, page):
+    """Seen in a walkthrough: with bob in alice's blend, switching to bob left "Taste of bob" on
+    bob's own sliders, and Generate then refused bob's own taste as a blend."""
+    studio, url, friend_file = server
+    if "bob" not in [p.name for p in studio.store.list_profiles()]:  # (run on its own)
+        import_profile(studio.store, friend_file)
+    page.goto(url + "/", wait_until="load")
+    page.wait_for_selector("#ps-generate", timeout=SLOW)
+    choose(page, "alice")
+    page.get_by_role("tab", name="Generate").click()
+    page.click("#ps-advanced")
+    page.locator("#ps-blend-choice input").click()
+    page.get_by_role("option", name="bob", exact=True).click()
+    page.click("#ps-blend-add")
+    expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
+    choose(page, "bob")
+    expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)
+    choose(page, "alice")  # alice's blend is the page's: bob is not put back by itself
+    expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)

@@ -223,7 +223,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         chosen_outputs = [opened, *profile_tab.profile_views, *label.views, *profile_tab.history_views]
         # The Generate tab follows the profile: its running job, or its last side by side.
         attach = (user_errors(generate.attach), [generate.session, opened], generate.views)
-        running = (user_errors(generate.running_settings), [generate.session, opened], generate.running_outputs)
+        running = (user_errors(generate.running_settings), [generate.session, opened, *generate.blend_sliders],
+                   generate.running_outputs)
         # Following a run after a reload is this event's own stream: a later switch must start
         # while it streams (gradio's default lets one submission of an event run at a time, in
         # one queue slot shared by every page), and the older stream then sees the switch and ends.

@@ -361,14 +361,21 @@ class GenerateTab:
         session.showing = name
         yield from self._follow(session, job)
 
-    def running_settings(self, session: GenerateSession, profile, request: gr.Request = None):
+    def running_settings(self, session: GenerateSession, profile, *slots, request: gr.Request = None):
         """On page load and profile switch, before `attach` follows a running job: that job's
         prompt, a fixed seed (the seed box shows its seed), strength, iterations, method, reward
-        weights and blend, so the settings on screen are the ones it runs with. Nothing changes
-        when the profile has no running job."""
-        job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
+        weights and blend, so the settings on screen are the ones it runs with. Without a running
+        job only the blend changes, and only when it holds the profile now shown."""
+        name = self.ctx.store.get_profile(profile).name if profile else None
+        job = self.jobs.running(name.casefold()) if profile else None
         if job is None:
-            return (gr.skip(),) * len(self.running_outputs)
+            skip = (gr.skip(),) * (len(self.running_outputs) - MAX_BLENDED - 1)
+            if name is None or name.casefold() not in {n.casefold() for n in session.blended}:
+                return (*skip, *(gr.skip(),) * (MAX_BLENDED + 1))
+            # The page's blend stays across a switch, but never holds the profile now shown.
+            kept = {profile_reward(n): w for n, w in zip(session.blended, slots)}
+            session.blended = [n for n in session.blended if n.casefold() != name.casefold()]
+            return (*skip, *self._blend_views(session, kept))
         c = job.controls
         self._set_blend(session, c["blend"], request)
         return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],
