@@ -154,9 +154,10 @@ def test_a_reload_during_a_run_brings_its_blend_back(server, page, monkeypatch):
     expect(page.locator("#ps-gen-progress")).to_contain_text("Stopped after", timeout=SLOW)
 
 
-def test_a_profile_switched_to_is_taken_out_of_the_blend_on_screen(server, page):
+def test_each_profile_shown_gets_its_own_blend_back(server, page):
     """Seen in a walkthrough: with bob in alice's blend, switching to bob left "Taste of bob" on
-    bob's own sliders, and Generate then refused bob's own taste as a blend."""
+    bob's own sliders, and Generate then refused bob's own taste as a blend. Each profile has the
+    blend it had on the page; alice's comes back with its weight."""
     studio, url, friend_file = server
     if "bob" not in [p.name for p in studio.store.list_profiles()]:  # (run on its own)
         import_profile(studio.store, friend_file)
@@ -169,7 +170,9 @@ def test_a_profile_switched_to_is_taken_out_of_the_blend_on_screen(server, page)
     page.get_by_role("option", name="bob", exact=True).click()
     page.click("#ps-blend-add")
     expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
+    set_slider(page, "#ps-blend-0", 0.8)
     choose(page, "bob")
     expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)
-    choose(page, "alice")  # alice's blend is the page's: bob is not put back by itself
-    expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)
+    choose(page, "alice")
+    expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
+    expect(page.locator("#ps-blend-0 input[type=number]")).to_have_value("0.8", timeout=SLOW)

@@ -98,6 +98,7 @@ class GenerateSession:
         self.personalized: str | None = None
         self.past: list[str] = []  # personalized image ids in gallery order
         self.blended: list[str] = []  # profiles whose tastes are on the blend sliders, in slot order
+        self.blends: dict[str, dict[str, float]] = {}  # each profile's blend on this page, kept across switches
         # The profile this page shows (its name): a run's stream stops updating the page once
         # it shows another profile, and the run goes on for its own profile in the background.
         self.showing: str | None = None
@@ -365,17 +366,19 @@ class GenerateTab:
         """On page load and profile switch, before `attach` follows a running job: that job's
         prompt, a fixed seed (the seed box shows its seed), strength, iterations, method, reward
         weights and blend, so the settings on screen are the ones it runs with. Without a running
-        job only the blend changes, and only when it holds the profile now shown."""
+        job only the blend changes: each profile gets back the blend it had on this page."""
+        if session.showing is not None:  # the blend on screen is the profile shown until now's
+            session.blends[session.showing.casefold()] = {profile_reward(n): w
+                                                          for n, w in zip(session.blended, slots)}
         name = self.ctx.store.get_profile(profile).name if profile else None
         job = self.jobs.running(name.casefold()) if profile else None
         if job is None:
             skip = (gr.skip(),) * (len(self.running_outputs) - MAX_BLENDED - 1)
-            if name is None or name.casefold() not in {n.casefold() for n in session.blended}:
+            blend = session.blends.get(name.casefold(), {}) if name else {}
+            if [blended_profile(n) for n in blend] == session.blended:
                 return (*skip, *(gr.skip(),) * (MAX_BLENDED + 1))
-            # The page's blend stays across a switch, but never holds the profile now shown.
-            kept = {profile_reward(n): w for n, w in zip(session.blended, slots)}
-            session.blended = [n for n in session.blended if n.casefold() != name.casefold()]
-            return (*skip, *self._blend_views(session, kept))
+            self._set_blend(session, blend, request)
+            return (*skip, *self._blend_views(session, blend))
         c = job.controls
         self._set_blend(session, c["blend"], request)
         return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],
