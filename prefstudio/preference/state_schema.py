@@ -121,23 +121,19 @@ def _config_keys(model: str, config: Mapping, own: tuple, fitted: bool) -> None:
                 OPTIONAL_FIT_FIELDS if fitted else ())
 
 
-def _check_imported_at(model: str, config: Mapping) -> None:
-    """When an import stored it (an import writes it with its own clock)."""
-    imported_at = config.get("imported_at", 0.0)
-    if not isinstance(imported_at, (int, float)) or isinstance(imported_at, bool) \
-            or not 0 <= imported_at <= time.time() + CLOCK_SLACK_S:
-        raise _refuse(model, f"config 'imported_at' must be a time in seconds between 1970 and now, "
-                             f"got {echo(imported_at)}")
+def _time(model: str, config: Mapping, key: str) -> None:
+    """A time in seconds between 1970 and now (a day of clock slack). A fit dated later than now
+    would hide "fit again to include them" for ever."""
+    value = config[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not 0 <= value <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):  # NaN fails too
+        raise _refuse(model, f"config {key!r} must be a time in seconds between 1970 and now, got {echo(value)}")
 
 
 def _check_fit_fields(model: str, config: Mapping, max_pairs: int) -> None:
-    fitted_at = config["fitted_at"]
-    # A fit dated later than now would hide "fit again to include them" for ever.
-    if not isinstance(fitted_at, (int, float)) or isinstance(fitted_at, bool) \
-            or not 0 <= fitted_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):  # NaN fails too
-        raise _refuse(model, f"config 'fitted_at' must be a time in seconds between 1970 and now, "
-                             f"got {echo(fitted_at)}")
-    _check_imported_at(model, config)
+    _time(model, config, "fitted_at")
+    if "imported_at" in config:  # when an import stored it (an import writes it with its own clock)
+        _time(model, config, "imported_at")
     _text(model, config, "mode")
     n_pairs = _int(model, config, "n_pairs", 0, max_pairs)
     _int(model, config, "loo_pairs", 0, n_pairs)
@@ -279,11 +275,9 @@ def check_vlm_profile(tensors: Mapping[str, np.ndarray], config: Mapping,
             isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and _SHA256.fullmatch(s) for s in p)
             for p in pairs):
         raise _refuse(model, f"config 'pairs' must be 1-{MAX_HISTORY_PAIRS} [liked, disliked] image ids")
-    made_at = config["made_at"]
-    if not isinstance(made_at, (int, float)) or isinstance(made_at, bool) \
-            or not 0 <= made_at <= min(time.time() + CLOCK_SLACK_S, LATEST_FIT_TIME):
-        raise _refuse(model, f"config 'made_at' must be a time in seconds between 1970 and now, got {echo(made_at)}")
-    _check_imported_at(model, config)
+    _time(model, config, "made_at")
+    if "imported_at" in config:
+        _time(model, config, "imported_at")
 
 
 Checker = Callable[..., None]

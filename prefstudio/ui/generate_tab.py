@@ -373,12 +373,12 @@ class GenerateTab:
         name = self.ctx.store.get_profile(profile).name if profile else None
         job = self.jobs.running(name.casefold()) if profile else None
         if job is None:
-            skip = (gr.skip(),) * (len(self.running_outputs) - MAX_BLENDED - 1)
             blend = session.blends.get(name.casefold(), {}) if name else {}
             if [blended_profile(n) for n in blend] == session.blended:
-                return (*skip, *(gr.skip(),) * (MAX_BLENDED + 1))
+                return (gr.skip(),) * len(self.running_outputs)
             self._set_blend(session, blend, request)
-            return (*skip, *self._blend_views(session, blend))
+            views = self._blend_views(session, blend)  # the last outputs: blend slots and grid axes
+            return (*(gr.skip(),) * (len(self.running_outputs) - len(views)), *views)
         c = job.controls
         self._set_blend(session, c["blend"], request)
         return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],

@@ -47,6 +47,10 @@ def leave_one_out_line(accuracy: float | None, pairs: int, combined: bool = Fals
     return line
 
 
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M")
+
+
 def describe_fit(ctx: AppContext, profile: str | None) -> str:
     if not profile:
         return "Choose or create a profile at the top of the page."
@@ -54,7 +58,7 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     if status is None:
         return ("**Not fitted yet.** Judge at least one image 👍 and one 👎 (or pick the better of two), "
                 "then press **Fit my taste**.")
-    when = datetime.fromtimestamp(status["fitted_at"]).strftime("%Y-%m-%d %H:%M")
+    when = _when(status["fitted_at"])
     loo = status.get("loo_accuracy")
     model = ctx.studio.preference
     lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
@@ -66,7 +70,7 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
                          "👍 and one 👎, or a better-of-two.")
     lines.append(leave_one_out_line(loo, status.get("loo_pairs", 0), combined=len(status.get("members") or {}) > 1))
     if status.get("imported_at"):
-        imported = datetime.fromtimestamp(status["imported_at"]).strftime("%Y-%m-%d %H:%M")
+        imported = _when(status["imported_at"])
         lines.append(f"**Imported** with a profile file on {imported}: the pairs, the explanation and the accuracy "
                      "above are the file's own account of a fit made elsewhere, not checked here. Press "
                      "**Fit my taste** to measure them here.")
@@ -86,11 +90,11 @@ def describe_vlm_profile(ctx: AppContext, profile: str | None) -> str:
     stored = read_vlm_profile(ctx.store, profile) if profile else None
     if stored is None:
         return ""
-    when = datetime.fromtimestamp(stored.made_at).strftime("%Y-%m-%d %H:%M")
+    when = _when(stored.made_at)
     quoted = "\n".join(f"> {html.escape(line)}" if line.strip() else ">" for line in stored.text.splitlines())
     made = f"Written {when} by {html.escape(stored.vlm)} from your {len(stored.pairs)} most recent pairs."
     if stored.imported_at:
-        imported = datetime.fromtimestamp(stored.imported_at).strftime("%Y-%m-%d %H:%M")
+        imported = _when(stored.imported_at)
         made = (f"Imported with a profile file on {imported}: written elsewhere ({when}, "
                 f"{html.escape(stored.vlm)}); the text and the pairs it names are the file's account.")
     return f"#### What the studio thinks you like\n{quoted}\n\n{made}"
