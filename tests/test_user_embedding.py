@@ -439,6 +439,23 @@ def test_when_the_fit_from_scratch_is_no_better_the_bank_fit_is_served(bank):
     assert fit_user_embedding(liked, disliked, bank, "enc").mode == "bank posterior + personal"
 
 
+@pytest.mark.parametrize("user, draw", [(11, 1), (14, 1), (26, 0)])
+def test_a_fit_from_scratch_that_reads_one_more_held_out_pair_does_not_replace_the_bank_fit(bank, user, draw):
+    # 16 pairs of a person the bank explains: the fit from scratch happens to read one more of the
+    # 16 held-out pairs than the bank's fit, which is chance, and it reads fresh pairs of this
+    # person worse. The bank's fit serves.
+    from prefstudio.preference.user_embedding import _fit
+
+    liked, disliked = user_pairs(user, COLD_START_PAIRS, draw=draw)
+    recipe = dict(pair_images=None, contrastive=True, steps=150, lr=0.05)
+    with_bank, scratch = _fit(liked, disliked, bank, "enc", **recipe), _fit(liked, disliked, None, "enc", **recipe)
+    assert round(COLD_START_PAIRS * (scratch.loo_accuracy - with_bank.loo_accuracy)) == 1
+    assert heldout_accuracy(with_bank.model, user) > heldout_accuracy(scratch.model, user) + 0.05
+    served = fit_user_embedding(liked, disliked, bank, "enc")
+    assert served.mode == "bank posterior + personal"
+    assert heldout_accuracy(served.model, user) == heldout_accuracy(with_bank.model, user)
+
+
 def test_a_history_the_bank_gets_entirely_wrong_is_fitted_from_scratch():
     # A bank whose one taste direction scores every liked image exactly one above its disliked
     # one, and whose users all hold it the wrong way round: its fit predicts none of the held-out

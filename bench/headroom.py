@@ -1,0 +1,169 @@
+"""Where the points go at each history length: the studio's models against predictors that know
+PrefBench's population model (analysis only: they read the hidden users, no method does).
+
+    python bench/headroom.py --data data/bench
+
+On the test split's unseen users, 1v1 top-1 at N_ref 1 to 32 (a user's first N_ref reference
+pairs, as `bench/studio_models.py` scores them; its saved scores give the served models' rows):
+- **Bayes, true utilities**: the posterior predictive of a person's choice given their N_ref pairs,
+  over `--prior-people` people drawn from the benchmark's own population model (its common taste
+  and archetypes, `sample_population` with the data's seed) with every image's true utility and
+  each person's labeller temperature (calibrated as the builder calibrates them). What any model
+  could do with these histories if it saw the images' attributes and subjects exactly.
+- **bank posterior, true tastes, taste space**: the user embedding's cold start (a posterior over
+  the bank's training users) with each training user's true taste instead of the one fitted on
+  their 50 judgments, read in the bank's 32-d taste space (a ridge fit of their true utilities
+  on the projected features of the train-pool images). What the user embedding could do with a
+  noise-free bank in its feature space.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import studio_models  # noqa: E402
+
+from prefstudio.eval.simulated_users import ATTRIBUTES, TasteMix, sample_population  # noqa: E402
+from prefstudio.preference.user_embedding import UserBank  # noqa: E402
+from prefstudio.studio import DEFAULT_BANK  # noqa: E402
+from prefstudio_research.prefbench.clipart import Drawing  # noqa: E402
+from prefstudio_research.prefbench.data import load_split  # noqa: E402
+from prefstudio_research.prefbench.pairs import Situations, rng_for  # noqa: E402
+
+CALIBRATION_PAIRS = 2000  # train-pool pairs each drawn person's temperature is calibrated on
+RIDGE = 1.0
+
+
+class Population:
+    """True tastes of some people: attribute weights [K, A], subject affinities [K, S], temperatures [K]."""
+
+    def __init__(self, weights, affinity, temperature, attributes, subject_index):
+        self.weights, self.affinity, self.temperature = weights, affinity, temperature
+        self.attributes, self.subject_index = attributes, subject_index
+
+    def utilities(self, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), K] each person's utility of each image."""
+        return self.attributes[rows] @ self.weights.T + self.affinity[:, self.subject_index[rows]].T
+
+
+def read_population(data: Path, n_prior: int):
+    build = json.loads((data / "pairs" / "build.json").read_text())["config"]
+    drawings = [Drawing(**json.loads(line)) for line in open(data / "images.jsonl")]
+    attributes = load_file(str(data / "labeller" / "attributes.safetensors"))
+    attributes = torch.stack([attributes[a].double() for a in ATTRIBUTES], 1)
+    subjects = sorted({d.subject for d in drawings})
+    subject_index = torch.tensor([subjects.index(d.subject) for d in drawings])
+    hidden = json.loads((data / "pairs" / "hidden" / "users.json").read_text())
+    meta = json.loads((data / "pairs" / "users.json").read_text())
+    by_id = {u["user_id"]: u for u in hidden["users"]}
+
+    def tensors(people):
+        weights = torch.tensor([[p["attribute_weights"][a] for a in ATTRIBUTES] for p in people], dtype=torch.float64)
+        affinity = torch.tensor([[p["category_affinity"][s] for s in subjects] for p in people], dtype=torch.float64)
+        return weights, affinity, torch.tensor([p["temperature"] for p in people], dtype=torch.float64)
+
+    bank_people = Population(*tensors([by_id[u] for u in meta["train"]]), attributes, subject_index)
+    # More people of the same population: the builder's draw with extra ids appended (the first
+    # ones come out as the benchmark's own people, checked below).
+    ids = meta["train"] + meta["val"] + meta["test_unseen"]
+    drawn = sample_population(ids + [f"prior{i:06d}" for i in range(n_prior)], build["seed"], subjects,
+                              {s: s.split("/")[0] for s in subjects}, hidden["attribute_spread"],
+                              TasteMix(**hidden["mix"]))
+    first = drawn.users[0]
+    if any(abs(first.attribute_weights[a] - by_id[ids[0]]["attribute_weights"][a]) > 1e-9 for a in ATTRIBUTES):
+        raise SystemExit("the population model no longer draws this data's people: rebuild the data")
+    extra = [{"attribute_weights": u.attribute_weights, "category_affinity": u.category_affinity, "temperature": 1.0}
+             for u in drawn.users[len(ids):]]
+    prior = Population(*tensors(extra), attributes, subject_index)
+    train_rows = [i for i, d in enumerate(drawings) if d.split == "train"]
+    situations, rng = Situations(drawings, train_rows), rng_for(build["seed"], "headroom-calibration")
+    pairs = torch.tensor([situations.draw(2, set(), rng)[0] for _ in range(CALIBRATION_PAIRS)])
+    gaps = (prior.utilities(pairs[:, 0]) - prior.utilities(pairs[:, 1])).abs()
+    low, high = torch.full((n_prior,), -12.0, dtype=torch.float64), torch.full((n_prior,), 12.0, dtype=torch.float64)
+    for _ in range(60):  # bisection on log T, as `calibrate_temperature`, for every person at once
+        mid = 0.5 * (low + high)
+        above = torch.sigmoid(gaps / mid.exp()).mean(0) > build["ceiling"]
+        low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+    prior.temperature = (0.5 * (low + high)).exp()
+    return bank_people, prior, torch.tensor(train_rows)
+
+
+def posterior_predictive(log_odds_refs: torch.Tensor, log_odds_targets: torch.Tensor) -> torch.Tensor:
+    """[N, K] each person's log-odds of the history's choices, [T, K] of the targets' liked image ->
+    [T] probability that the liked image is chosen, averaged over the posterior."""
+    weights = torch.softmax(F.logsigmoid(log_odds_refs).sum(0), 0)
+    return torch.sigmoid(log_odds_targets) @ weights
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=studio_models.REPO / "data" / "bench")
+    parser.add_argument("--prior-people", type=int, default=2000)
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    start, load_start = time.perf_counter(), os.getloadavg()
+    split = load_split(args.data, "test", studio_models.ENCODER)
+    scores = load_file(str(args.data / "studio_models" / "scores.safetensors"))
+    bank_people, prior, train_rows = read_population(args.data, args.prior_people)
+    bank = UserBank.load(DEFAULT_BANK)
+    taste_space = bank.project(split.features.float()).double()
+    design = torch.cat([taste_space[train_rows], torch.ones(len(train_rows), 1, dtype=torch.float64)], 1)
+    true_tastes = torch.linalg.solve(design.T @ design + RIDGE * torch.eye(design.shape[1], dtype=torch.float64),
+                                     design.T @ bank_people.utilities(train_rows))[:-1] / bank_people.temperature
+
+    counts = [split.targets_1v1[u].shape[0] for u in split.users]
+    owner = torch.repeat_interleave(torch.arange(len(split.users)), torch.tensor(counts))
+    unseen = torch.tensor([u not in split.seen for u in split.users])
+    rows = []
+    for n_ref in studio_models.present(scores, "test"):
+        predicted = {"bayes": [], "bank": []}
+        for user in split.users:
+            refs, targets = split.references[user][:n_ref], split.targets_1v1[user]
+            gap = lambda pairs: (prior.utilities(pairs[:, 0]) - prior.utilities(pairs[:, 1])) / prior.temperature
+            p = posterior_predictive(gap(refs), gap(targets))
+            predicted["bayes"].append(torch.stack([p, 1 - p], 1))
+            projected = lambda pairs: (taste_space[pairs[:, 0]] - taste_space[pairs[:, 1]]) @ true_tastes
+            p = posterior_predictive(projected(refs), projected(targets))
+            predicted["bank"].append(torch.stack([p, 1 - p], 1))
+        top1 = lambda s: studio_models.per_user(studio_models.top1(s), owner, len(split.users))[unseen]
+        row = {"n_ref": n_ref}
+        for name in studio_models.STUDIO_MODELS:
+            row[name] = studio_models.mean_se(top1(scores[f"test.{n_ref}.{name}"]))
+        for name, parts in predicted.items():
+            row[name] = studio_models.mean_se(top1(torch.cat(parts)))
+        rows.append(row)
+        print(row, flush=True)
+    from prefstudio_research.report import machine, write_section
+
+    head = ("| N_ref | user embedding | preference tokens | auto | bank posterior, true tastes, taste space "
+            "| Bayes, true utilities |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+    cell = lambda v: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
+    lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*studio_models.STUDIO_MODELS, "bank", "bayes")) + " |"
+             for r in rows]
+    command = " ".join(["python bench/headroom.py"] + list(sys.argv[1:] if argv is None else argv))
+    text = "\n".join([
+        "## Where the points go at each history length (issue 15)", "",
+        f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end; {time.perf_counter() - start:.0f} s. PrefBench's {int(unseen.sum())} unseen test users (data/bench, "
+        "seed 0), 1v1 top-1, ± the standard error over users. The first three columns are the studio's models "
+        "(the scores `bench/studio_models.py` saved); the last two read the hidden users and are analysis only "
+        "(bench/headroom.py's docstring says how each is built).", "", head, *lines])
+    print(text)
+    if not args.no_docs:
+        write_section("headroom", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
