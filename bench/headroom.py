@@ -18,7 +18,6 @@ pairs, as `bench/studio_models.py` scores them; its saved scores give the served
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
