@@ -455,6 +455,10 @@ def test_the_token_model_reads_at_most_32_pairs_each_image_in_one_and_an_empty_h
     assert tensors["prompts"].shape == tensors["disliked_prompts"].shape == (0, 4)
 
 
+FREE_REASON = ("fitted from your judgments alone: they predict your held-out pairs clearly better than the bank's "
+               "users do")
+
+
 def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
     from prefstudio.errors import echo
 
@@ -472,7 +476,7 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
         "bank posterior", "a short history: a mix of the bank's users who explain your judgments")
     _, long = UserEmbeddingPreference("enc", bank).fit(_judged(20))
     assert (long.mode, long.reason) in {("bank posterior + personal", "the bank's users who explain you plus a personal offset"),
-                                        ("free", "fitted from your judgments alone")}
+                                        ("free", FREE_REASON)}
     # A bank whose users see only dimensions 1 and 2, where this person's taste (dimension 0) is
     # not: once the fit from scratch reads clearly more of the held-out pairs (24 pairs here), the
     # judgments alone serve, and it says so. At 20 pairs its lead (5 pairs to 1) could be chance.
@@ -480,7 +484,7 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
                      torch.zeros(2, 2), 1.0, "test")
     assert UserEmbeddingPreference("enc", blind).fit(_judged(20))[1].mode == "bank posterior + personal"
     _, alone_wins = UserEmbeddingPreference("enc", blind).fit(_judged(24))
-    assert (alone_wins.mode, alone_wins.reason) == ("free", "fitted from your judgments alone")
+    assert (alone_wins.mode, alone_wins.reason) == ("free", FREE_REASON)
     # Pairs sharing their liked image are one image's worth of evidence each: no pair can be held out.
     _, shared = UserEmbeddingPreference("enc", None).fit(_judged(4, shared_liked=True))
     assert shared.held_out == {}

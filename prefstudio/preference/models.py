@@ -51,7 +51,8 @@ class UserEmbeddingPreference(PreferenceModel):
         reason = {"bank average": "no 👍/👎 pair judged yet: the average user of the bank",
                   "bank posterior": "a short history: a mix of the bank's users who explain your judgments",
                   "bank posterior + personal": "the bank's users who explain you plus a personal offset",
-                  "free": "fitted from your judgments alone"}[result.mode]
+                  "free": "fitted from your judgments alone: they predict your held-out pairs clearly better than "
+                          "the bank's users do"}[result.mode]
         if self.bank is None:  # no cold start in this feature space: say so, and how to get one
             reason = (f"no user bank reads {self.encoder} features, so there is no cold start: fitted from your "
                       "judgments alone (`python -m prefstudio bank --images FOLDER` builds one for this encoder)")
