@@ -110,6 +110,10 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     assert info["role"] == "trade-off-grid" and info["params"]["axes"] == ["user", "profile:bob"]
     assert [c["weights"]["profile:bob"] for c in info["params"]["cells"]] == [0.0, 0.5, 1.0]
     page.screenshot(path=Path(__file__).resolve().parents[1] / "docs" / "images" / "blend_grid.png", full_page=True)
+    # alice's grid and its status line are not bob's
+    choose(page, "bob")
+    expect(page.locator("#ps-grid img")).to_have_count(0, timeout=SLOW)
+    expect(page.locator("#ps-grid-status")).not_to_contain_text("Trade-off grid", timeout=SLOW)
 
 
 def test_a_reload_during_a_run_brings_its_blend_back(server, page, monkeypatch):
@@ -171,8 +175,11 @@ def test_each_profile_shown_gets_its_own_blend_back(server, page):
     page.click("#ps-blend-add")
     expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
     set_slider(page, "#ps-blend-0", 0.8)
+    expect(page.locator("#ps-blend-status")).to_contain_text("Added the taste of bob", timeout=SLOW)
     choose(page, "bob")
     expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)
+    # alice's status line ("Added the taste of bob to the blend…") is not bob's
+    expect(page.locator("#ps-blend-status")).not_to_contain_text("Added the taste of bob", timeout=SLOW)
     choose(page, "alice")
     expect(page.locator("#ps-blend-0")).to_contain_text("Taste of bob", timeout=SLOW)
     expect(page.locator("#ps-blend-0 input[type=number]")).to_have_value("0.8", timeout=SLOW)

@@ -271,8 +271,10 @@ class GenerateTab:
                               height=130, elem_id="ps-reuse-png")
 
         # What `running_settings` restores: the controls a run was started with.
+        # What speaks of the profile shown: emptied when another one is shown (`running_settings`).
+        self.per_profile_views = [self.blend_status, self.status, self.grid_status, self.grid_image]
         self.running_outputs = [self.prompt, self.seed_mode, self.strength, self.iterations, self.method,
-                                *self.sliders, *self.blend_sliders, self.grid_axes]
+                                *self.sliders, *self.blend_sliders, self.grid_axes, *self.per_profile_views]
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,
                       self.personalized_scores, self.trace, self.past]
         surprise.click(lambda: secrets.choice(self.prompts), None, self.prompt, api_visibility="private").then(
@@ -366,23 +368,26 @@ class GenerateTab:
         """On page load and profile switch, before `attach` follows a running job: that job's
         prompt, a fixed seed (the seed box shows its seed), strength, iterations, method, reward
         weights and blend, so the settings on screen are the ones it runs with. Without a running
-        job only the blend changes: each profile gets back the blend it had on this page."""
+        job only the blend changes: each profile gets back the blend it had on this page. The
+        status lines and the trade-off grid speak of the profile shown until now: a switch empties them."""
         if session.showing is not None:  # the blend on screen is the profile shown until now's
             session.blends[session.showing.casefold()] = {profile_reward(n): w
                                                           for n, w in zip(session.blended, slots)}
         name = self.ctx.store.get_profile(profile).name if profile else None
+        switched = (session.showing or "").casefold() != (name or "").casefold()
+        lines = ("", "", "", None) if switched else (gr.skip(),) * len(self.per_profile_views)
         job = self.jobs.running(name.casefold()) if profile else None
         if job is None:
             blend = session.blends.get(name.casefold(), {}) if name else {}
             if [blended_profile(n) for n in blend] == session.blended:
-                return (gr.skip(),) * len(self.running_outputs)
+                return (*(gr.skip(),) * (len(self.running_outputs) - len(lines)), *lines)
             self._set_blend(session, blend, request)
-            views = self._blend_views(session, blend)  # the last outputs: blend slots and grid axes
-            return (*(gr.skip(),) * (len(self.running_outputs) - len(views)), *views)
+            views = self._blend_views(session, blend)  # blend slots and grid axes, before the lines
+            return (*(gr.skip(),) * (len(self.running_outputs) - len(views) - len(lines)), *views, *lines)
         c = job.controls
         self._set_blend(session, c["blend"], request)
         return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],
-                *self._blend_views(session, c["blend"]))
+                *self._blend_views(session, c["blend"]), *lines)
 
     def attach(self, session: GenerateSession, profile):
         """On page load and profile switch: follow the profile's running job, or show its
