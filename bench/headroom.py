@@ -29,16 +29,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import studio_models  # noqa: E402
-
 from prefstudio.eval.simulated_users import ATTRIBUTES, TasteMix, sample_population  # noqa: E402
 from prefstudio.preference.user_embedding import UserBank  # noqa: E402
 from prefstudio.studio import DEFAULT_BANK  # noqa: E402
 from prefstudio_research.prefbench.clipart import Drawing  # noqa: E402
 from prefstudio_research.prefbench.data import load_split  # noqa: E402
+from prefstudio_research.prefbench.methods import STUDIO_MODELS  # noqa: E402
 from prefstudio_research.prefbench.pairs import Situations, rng_for  # noqa: E402
+from prefstudio_research.prefbench.studio_scores import (  # noqa: E402
+    ENCODER, mean_se, per_user, present, target_owner, top1,
+)
 
+REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_PAIRS = 2000  # train-pool pairs each drawn person's temperature is calibrated on
 RIDGE = 1.0
 
@@ -106,13 +108,13 @@ def posterior_predictive(log_odds_refs: torch.Tensor, log_odds_targets: torch.Te
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=studio_models.REPO / "data" / "bench")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
     parser.add_argument("--prior-people", type=int, default=2000)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start, load_start = time.perf_counter(), os.getloadavg()
-    split = load_split(args.data, "test", studio_models.ENCODER)
+    split = load_split(args.data, "test", ENCODER)
     scores = load_file(str(args.data / "studio_models" / "scores.safetensors"))
     bank_people, prior, train_rows = read_population(args.data, args.prior_people)
     bank = UserBank.load(DEFAULT_BANK)
@@ -121,26 +123,27 @@ def main(argv=None) -> int:
     true_tastes = torch.linalg.solve(design.T @ design + RIDGE * torch.eye(design.shape[1], dtype=torch.float64),
                                      design.T @ bank_people.utilities(train_rows))[:-1] / bank_people.temperature
 
-    counts = [split.targets_1v1[u].shape[0] for u in split.users]
-    owner = torch.repeat_interleave(torch.arange(len(split.users)), torch.tensor(counts))
+    owner = target_owner(split)
     unseen = torch.tensor([u not in split.seen for u in split.users])
+    def true_gaps(pairs):  # [N, K] each drawn person's log-odds of liked over disliked
+        return (prior.utilities(pairs[:, 0]) - prior.utilities(pairs[:, 1])) / prior.temperature
+
+    def bank_gaps(pairs):  # [N, K] the same for the bank's users, read in the taste space
+        return (taste_space[pairs[:, 0]] - taste_space[pairs[:, 1]]) @ true_tastes
+
+    def unseen_top1(scores_of_targets):  # [T, 2] -> (mean, SE) over unseen users
+        return mean_se(per_user(top1(scores_of_targets), owner, len(split.users))[unseen])
+
     rows = []
-    for n_ref in studio_models.present(scores, "test"):
+    for n_ref in present(scores, "test"):
         predicted = {"bayes": [], "bank": []}
         for user in split.users:
             refs, targets = split.references[user][:n_ref], split.targets_1v1[user]
-            gap = lambda pairs: (prior.utilities(pairs[:, 0]) - prior.utilities(pairs[:, 1])) / prior.temperature
-            p = posterior_predictive(gap(refs), gap(targets))
-            predicted["bayes"].append(torch.stack([p, 1 - p], 1))
-            projected = lambda pairs: (taste_space[pairs[:, 0]] - taste_space[pairs[:, 1]]) @ true_tastes
-            p = posterior_predictive(projected(refs), projected(targets))
-            predicted["bank"].append(torch.stack([p, 1 - p], 1))
-        top1 = lambda s: studio_models.per_user(studio_models.top1(s), owner, len(split.users))[unseen]
-        row = {"n_ref": n_ref}
-        for name in studio_models.STUDIO_MODELS:
-            row[name] = studio_models.mean_se(top1(scores[f"test.{n_ref}.{name}"]))
-        for name, parts in predicted.items():
-            row[name] = studio_models.mean_se(top1(torch.cat(parts)))
+            for name, gaps in (("bayes", true_gaps), ("bank", bank_gaps)):
+                p = posterior_predictive(gaps(refs), gaps(targets))
+                predicted[name].append(torch.stack([p, 1 - p], 1))
+        row = {"n_ref": n_ref, **{name: unseen_top1(scores[f"test.{n_ref}.{name}"]) for name in STUDIO_MODELS},
+               **{name: unseen_top1(torch.cat(parts)) for name, parts in predicted.items()}}
         rows.append(row)
         print(row, flush=True)
     from prefstudio_research.report import machine, write_section
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
     head = ("| N_ref | user embedding | preference tokens | auto | bank posterior, true tastes, taste space "
             "| Bayes, true utilities |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
     cell = lambda v: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
-    lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*studio_models.STUDIO_MODELS, "bank", "bayes")) + " |"
+    lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*STUDIO_MODELS, "bank", "bayes")) + " |"
              for r in rows]
     command = " ".join(["python bench/headroom.py"] + list(sys.argv[1:] if argv is None else argv))
     text = "\n".join([

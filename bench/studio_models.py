@@ -30,7 +30,6 @@ The evaluation rule, fixed before any result of the retrained checkpoints was se
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -46,9 +45,11 @@ from prefstudio_research.prefbench import evaluate  # noqa: E402
 from prefstudio_research.prefbench.data import load_split, load_text_features  # noqa: E402
 from prefstudio.preference.models import AUTO_WEIGHTS_FILE, DEFAULT_TOKEN_CHECKPOINT  # noqa: E402
 from prefstudio_research.prefbench.methods import STUDIO_MODELS, StudioModel  # noqa: E402
+from prefstudio_research.prefbench.studio_scores import (  # noqa: E402
+    ENCODER, TEXT_ENCODER, mean_se, per_user, present, target_owner, top1,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-ENCODER, TEXT_ENCODER = "embedded-effnetlite0-stats-v1", "minilm-l6-v2-mean"
 USER_EMBEDDING, TOKENS, AUTO = STUDIO_MODELS
 
 
@@ -104,15 +105,6 @@ def join_shards(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def present(scores: dict, split: str) -> list[int]:
-    return sorted({int(key.split(".")[1]) for key in scores if key.startswith(f"{split}.") and key.endswith(AUTO)})
-
-
-def top1(scores: torch.Tensor) -> torch.Tensor:
-    """Per target: 1 when liked scores above disliked, ½ on a tie."""
-    return (scores[:, 0] > scores[:, 1]).double() + 0.5 * (scores[:, 0] == scores[:, 1]).double()
-
-
 def leading_families(data: Path, users: list[str]) -> dict[str, str]:
     """Each user's leading taste family: the largest share of their hidden utility's variance
     (attribute weights times the pool's spread, summed in squares per family; for subject the
@@ -133,22 +125,10 @@ def leading_families(data: Path, users: list[str]) -> dict[str, str]:
     return out
 
 
-def per_user(values: torch.Tensor, owner: torch.Tensor, n_users: int) -> torch.Tensor:
-    """Per-target values -> each user's mean."""
-    total = torch.zeros(n_users, dtype=torch.float64).index_add_(0, owner, values.double())
-    count = torch.zeros(n_users, dtype=torch.float64).index_add_(0, owner, torch.ones_like(values, dtype=torch.float64))
-    return total / count
-
-
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return float(values.mean()), float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
-
-
 def table(scores: dict[str, torch.Tensor], split, n_refs, families: dict[str, str] | None = None) -> dict:
     """Top-1 per model and auto − the better single model, each with its standard error over
     users (the rule in the module docstring) and, for comparison, over targets."""
-    counts = [split.targets_1v1[u].shape[0] for u in split.users]
-    owner = torch.repeat_interleave(torch.arange(len(split.users)), torch.tensor(counts))
+    owner = target_owner(split)
     seen_user = torch.tensor([u in split.seen for u in split.users])
     result = {}
     for subset, user_mask in (("unseen", ~seen_user), ("seen", seen_user)):
@@ -308,8 +288,7 @@ def main(argv=None) -> int:
         "table": table(scores, test, present(scores, "test"), leading_families(args.data, test.users)),
     }
     if {"8", "32"} <= set(results["table"].get("unseen", {})):
-        counts = [test.targets_1v1[u].shape[0] for u in test.users]
-        owner = torch.repeat_interleave(torch.arange(len(test.users)), torch.tensor(counts))
+        owner = target_owner(test)
         unseen = torch.tensor([u not in test.seen for u in test.users])
         gain = (per_user(top1(scores[f"test.32.{TOKENS}"]), owner, len(test.users))
                 - per_user(top1(scores[f"test.8.{TOKENS}"]), owner, len(test.users)))[unseen]
