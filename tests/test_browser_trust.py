@@ -361,3 +361,29 @@ def test_a_number_typed_beyond_a_sliders_range_shows_the_value_that_is_used(serv
     page.click("#ps-personalize")
     expect(page.get_by_text("nothing to personalize for")).to_be_visible(timeout=SLOW)
     assert "Starting" not in page.locator("#ps-gen-progress").inner_text()
+
+
+def test_text_from_a_file_shows_literally_with_no_link(page):
+    """Seen in a review: an imported fit's reason "see http://evil.example" became a link on the
+    Profile tab (the Markdown renderer links bare addresses and e-mail addresses by itself).
+    Text shown through `markdown_text` (imported reasons, prompts) is shown as written, and
+    nothing in it is a link."""
+    import gradio as gr
+
+    from prefstudio.ui.common import markdown_text
+
+    hostile = ["see http://127.0.0.1:9/x.png and HTTPS://evil.example/a?b=c", "www.evil.example/page",
+               "write to ana@evil.example", "ftp://files.evil.example", "[link](http://evil.example) <b>x</b> **y**",
+               "1. not a list: 87.5 % at N_ref 8"]
+    with gr.Blocks() as demo:
+        for i, text in enumerate(hostile):
+            gr.Markdown(markdown_text(text), elem_id=f"shown-{i}")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(url, wait_until="load")
+        for i, text in enumerate(hostile):
+            shown = page.locator(f"#shown-{i}")
+            expect(shown).to_have_text(text, timeout=SLOW)
+            assert shown.locator("a").count() == 0, text
+    finally:
+        demo.close()

@@ -95,7 +95,9 @@ def _shown(error: Exception) -> gr.Error:
     raise error
 
 
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# Markdown's own punctuation, and what the renderer makes links of by itself: ':' of a scheme
+# (http://…), '.' of www.…, '@' of an e-mail address. Escaped, each shows as it is.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~:.@=-])")
 
 
 def markdown_text(text: str) -> str:
