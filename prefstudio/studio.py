@@ -325,12 +325,20 @@ class Studio:
         return rewards | self.base_rewards
 
     def _check_available(self, weights: dict[str, float], rewards: dict[str, Reward]) -> None:
-        """A weight on a catalogued reward whose weights are missing says what is missing and
-        how to get it (other unknown names are refused by the guidance's own check)."""
+        """Every reward weighted is here: a catalogued one whose weights are missing says what is
+        missing and how to get it; any other name is refused with the rewards on offer."""
         for name in weights:
             state = self.reward_states.get(name)
             if name not in rewards and state is not None and not state.ready:
                 raise ModelUnavailable(f"the {name} reward is not available here: {state.detail}")
+        self._check_known(weights)
+
+    def _check_known(self, names: Iterable[str]) -> None:
+        offered = {"user", *self.base_rewards}
+        unknown = [n for n in names if blended_profile(n) is None and n not in offered]
+        if unknown:
+            raise InvalidInput(f"unknown reward {echo(unknown[0])}; available: {', '.join(sorted(offered))} "
+                               "and profile:NAME")
     def blended_reward(self, profile: str | None, other: str) -> TasteReward:
         """Another profile's fitted taste, to blend into `profile`'s generation."""
         try:
@@ -377,11 +385,7 @@ class Studio:
     def save_preset(self, profile: str, name: str, weights: dict[str, float]):
         """Store a blend as a named preset of `profile`, once every reward it names is here."""
         self.rewards(profile, weights)  # an unknown or unfitted blended profile is refused now
-        offered = {"user", *self.base_rewards}
-        unknown = [n for n in weights if blended_profile(n) is None and n not in offered]
-        if unknown:
-            raise InvalidInput(f"unknown reward {unknown[0]!r}; available: {', '.join(sorted(offered))} "
-                               "and profile:NAME")
+        self._check_known(weights)
         return self.store.save_preset(profile, name, weights)
 
     def default_weights(self) -> dict[str, float]:

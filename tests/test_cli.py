@@ -555,3 +555,24 @@ def test_a_mistyped_data_folder_is_refused_and_not_created(tmp_path, capsys, arg
 def test_creating_a_profile_still_starts_a_new_data_folder(tmp_path, capsys):
     code, out, _ = run_cli(capsys, tmp_path / "new", "profile", "create", "alice")
     assert code == 0 and (tmp_path / "new").is_dir()
+
+
+def test_an_unknown_reward_name_is_one_line_and_makes_nothing(tmp_path, capsys):
+    # Seen in a review: personalize --weight nonsense=1 and grid --axis nonsense ended in a
+    # KeyError traceback, where preset save already named the rewards on offer.
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    shas = add_images(data, 4)
+    for i, sha in enumerate(shas):
+        assert run_cli(capsys, data, "judge", "alice", "like" if i % 2 else "dislike", sha)[0] == 0
+    assert run_cli(capsys, data, "fit", "alice")[0] == 0
+    with HistoryStore(data) as store:
+        before = len(store.personalized_images("alice", 100))
+    for argv in (["personalize", "alice", "a fox", "--seed", "1", "--weight", "nonsense=1"],
+                 ["grid", "alice", "a fox", "--seed", "1", "--axis", "nonsense", "--axis", "user",
+                  "--out", str(tmp_path / "grid.png")]):
+        line = refused(capsys, data, *argv)
+        assert "unknown reward 'nonsense'" in line and "prompt_consistency" in line and "user" in line, line
+    assert not (tmp_path / "grid.png").exists()
+    with HistoryStore(data) as store:
+        assert len(store.personalized_images("alice", 100)) == before
