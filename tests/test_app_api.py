@@ -193,6 +193,12 @@ def test_a_leave_one_out_accuracy_at_or_below_chance_is_flagged():
     # Found by a hostile review: auto's figure over the pairs both models held out read as if it
     # were over the whole history, beside each model's own figure.
     assert "of the combination **75%** over the 4 pairs every model held out" in leave_one_out_line(0.75, 4, True)
+    # Found by a review: 1 of 3 held-out pairs was called "no better than chance" (beside 87 % over
+    # 23 pairs for the user embedding alone). 3 pairs cannot tell: it says so, and no verdict.
+    few = leave_one_out_line(1 / 3, 3, True)
+    assert "no better than chance" not in few and "3 pairs are too few" in few
+    assert "3 pairs are too few" in leave_one_out_line(1.0, 3)
+    assert "too few" not in leave_one_out_line(0.75, 8)
 
 
 def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):

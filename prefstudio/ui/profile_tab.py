@@ -27,6 +27,10 @@ FILTERS = [("👍 liked", "like"), ("👎 disliked", "dislike"), ("A ≻ B pairs
            ("⏭ skipped", "skip")]
 FEATURE_CHUNK = 16
 
+# Fewer held-out pairs than this: a leave-one-out accuracy gets no verdict (chance or not).
+FEW_HELD_OUT = 8
+
+
 @dataclass
 class HistorySession:
     shown: list[int] = field(default_factory=list)  # judgment ids in gallery order
@@ -40,7 +44,10 @@ def leave_one_out_line(accuracy: float | None, pairs: int, combined: bool = Fals
             else f"over {pairs} held-out pairs (")
     line = (f"Leave-one-out accuracy{' of the combination' if combined else ''} **{accuracy:.0%}** {over}"
             "each pair predicted by a model that never saw its images; chance is 50%).")
-    if accuracy <= 0.5:
+    if pairs < FEW_HELD_OUT:  # 1 of 3 right is what a good model scores now and then
+        line += (f" {pairs} pair{'s are' if pairs != 1 else ' is'} too few for this figure to say much yet: judge "
+                 "more pairs, ideally a 👍 and a 👎 of the same prompt, and fit again.")
+    elif accuracy <= 0.5:
         line += (" **That is no better than chance**: these judgments do not yet show one taste the model can "
                  "read (they may contradict each other, or hinge on what the images do not show). Judge more "
                  "pairs, ideally a 👍 and a 👎 of the same prompt, and fit again.")
