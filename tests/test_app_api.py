@@ -489,6 +489,14 @@ def test_each_method_is_named_for_what_it_did_and_never_claims_a_seed_it_did_not
     assert "adapter" in result_label({"method": "instant"}, True)
     assert "Instant" in result_label({"method": "instant+guidance"}, True)
     assert result_label({}, True) == result_label({"method": "guidance"}, True)  # runs stored before methods
+    # Found by a review: a run that blended bob's taste was headed "optimised for your taste" while
+    # alice's own taste fell. A blend is named for what it blends.
+    blended = {"method": "guidance", "weights": {"user": 1.0, "profile:bob": 1.2, "prompt_consistency": 0.5}}
+    assert result_label(blended, True) == "Personalized (same seed, optimised for a blend of your taste and bob's)"
+    only_bob = {"method": "best_of_n", "picked_seed": 7, "weights": {"user": 0.0, "profile:bob": 1.0}}
+    assert "for bob's taste" in result_label(only_bob, True) and "your" not in result_label(only_bob, True)
+    assert result_label({"method": "guidance", "weights": {"user": 1.0, "profile:bob": 0.0}}, True) == \
+        "Personalized (same seed, optimised for your taste)"
     assert [method_name({"method": m}) for m in ("guidance", "best_of_n", "instant", "instant+guidance")] == \
         ["Guided", "Best of N", "Instant", "Instant → short guidance"]
 

@@ -37,8 +37,8 @@ class CLIPPromptConsistencyReward(Reward):
     calibration of "clip" holds for both."""
 
     name = "prompt_consistency"
-    description = ("Keeps personalization on topic: never matches the prompt (CLIP) less than the baseline, "
-                   "beyond its weight")
+    description = ("Keeps personalization on topic: a fall below the baseline's match to the prompt (CLIP) costs "
+                   "this weight; rewards weighted more can still outweigh it")
     guard = True
 
     def __init__(self, alignment: CLIPAlignmentReward):

@@ -27,7 +27,8 @@ class PromptAnchor:
 
 class PromptConsistencyReward(Reward):
     name = "prompt_consistency"
-    description = "Keeps personalization on topic: never less typical of the prompt than the baseline, beyond its weight"
+    description = ("Keeps personalization on topic: a fall below the baseline's typicality of the prompt costs this "
+                   "weight; rewards weighted more can still outweigh it")
     guard = True
     normalisation_source = "per prompt, from unguided reference images of that prompt"
 

@@ -47,7 +47,6 @@ PAST_COLUMNS = 6
 MAX_BLENDED = 4  # other profiles' tastes on the sliders at once
 BLEND_WEIGHT = 0.5  # a profile's weight when it joins the blend
 PERSONALIZED = "Personalized (live preview while optimising)"
-DONE = "Personalized (same seed, optimised for your taste)"
 # The method choice: label -> (Studio.personalize method, the iterations it starts with).
 METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n", DEFAULT_ITERATIONS),
            "Instant": ("instant", 0), "Instant → short guidance": ("instant+guidance", CHAIN_ITERATIONS)}
@@ -75,19 +74,31 @@ def record_how(params: dict, seed: int, baseline_seed: int) -> str:
     return f"{how}, {ran} iterations"
 
 
+def whose_taste(weights: dict[str, float] | None) -> str:
+    """The tastes a run raised: "your taste", or a blend with other profiles' (`profile:NAME`)."""
+    weights = weights or {}
+    others = [f"{blended_profile(n)}'s" for n, w in weights.items() if blended_profile(n) is not None and w > 0]
+    if not others:
+        return "your taste"
+    if weights.get("user", 0) > 0:
+        return "a blend of your taste and " + " and ".join(others)
+    return " and ".join(others) + (" taste" if len(others) == 1 else " tastes")
+
+
 def result_label(params: dict, improved: bool) -> str:
     """The personalized image's heading: what it is, for the method that made it."""
     method = params.get("method", "guidance")
     if not improved:
         kept = " (best iterate shown)" if method in ("guidance", "instant+guidance") else ""
         return f"Not personalized: no improvement on the baseline{kept}"
+    aim = whose_taste(params.get("weights"))
     if method == "best_of_n":  # not the baseline's seed, unless that one scored best
-        return f"Personalized (the best of several seeds for your taste: seed {params.get('picked_seed')})"
+        return f"Personalized (the best of several seeds for {aim}: seed {params.get('picked_seed')})"
     if method in ONE_PASS:
         return f"Personalized (same seed, one pass of {ONE_PASS[method]})"
     if method == "instant+guidance":
         return "Personalized (same seed: Instant, then guidance)"
-    return DONE
+    return f"Personalized (same seed, optimised for {aim})"
 
 
 class GenerateSession:
