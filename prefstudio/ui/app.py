@@ -229,8 +229,10 @@ def build_app(studio: Studio) -> gr.Blocks:
         # while it streams (gradio's default lets one submission of an event run at a time, in
         # one queue slot shared by every page), and the older stream then sees the switch and ends.
         follow = {"api_visibility": "private", "trigger_mode": "multiple", "concurrency_limit": None}
-        profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
-            *running, api_visibility="private").then(*attach, **follow)
+        chosen = profile.change(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
+        chosen.then(*running, api_visibility="private").then(*attach, **follow)
+        # A refused name (none such, or another login's) leaves the menu on the profile shown.
+        chosen.failure(lambda shown: shown, opened, profile, api_visibility="private")
         demo.load(restore_profile, browser, [profile, browser], api_visibility="private").then(
             chooser, chosen_inputs, chosen_outputs, api_visibility="private").then(
             user_errors(restore_batch), [label.session, profile, browser], [*label.views, label.prompt],

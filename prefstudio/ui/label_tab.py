@@ -171,8 +171,17 @@ class LabelTab:
         self.uploaded = add.click(user_errors(self.add_uploads), [s, p, self.uploads, self.upload_prompt],
                                   views, api_name="add_images")
         empty_after(self.uploaded, self.uploads)
+        # A refusal (said in a toast) leaves no earlier success on the status line.
+        for event in (*self.generated, self.uploaded):
+            event.failure(self.status_without_message, p, self.status, api_visibility="private")
 
     # -- actions --------------------------------------------------------------------------
+    def status_without_message(self, profile) -> str:
+        try:
+            return counts_line(self.ctx, profile)
+        except NotFound:  # a name typed into the menu that is no profile: that refusal says so
+            return ""
+
     def surprise(self) -> str:
         return secrets.choice(self.prompts)
 
