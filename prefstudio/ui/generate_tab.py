@@ -510,7 +510,9 @@ class GenerateTab:
         session.baseline, session.personalized = baseline.sha256, record.sha256
         weights = params.get("weights", {})
         scores = params.get("scores", {})
-        verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, None)
+        before, after = scores.get("baseline", {}), scores.get("personalized", {})
+        deltas = {n: after[n] - before[n] for n in weights if n in before and n in after}
+        verdict = ("personalized: " + gain_text(weights, params.get("gain", 0), self.guards, deltas)
                    if params.get("improved") else "**no improvement on the baseline**")
         ran = params.get("iterations_run", params.get("iterations"))
         text = f"{title}: “{markdown_text(record.prompt)}”, {record_how(params, record.seed, baseline.seed)}, {verdict}."
