@@ -254,7 +254,7 @@ def test_long_fields_are_not_echoed_whole(exported, target, tmp_path):
 
     def kind(content, tensors):
         content["judgments"][0]["kind"] = huge
-    text = refused(target, edited(exported, tmp_path, kind), "unknown judgment kind 'kkk")
+    text = refused(target, edited(exported, tmp_path, kind), "unknown kind 'kkk")
     assert len(text) < 200
 
     def model_name(content, tensors):
@@ -1017,7 +1017,8 @@ def _judgment(**changes):
     (lambda content, tensors: content["judgments"][0].pop("image_b"),
      "profile file is malformed: a judgment must have exactly the keys created, image_a, image_b, kind (missing 'image_b')"),
     (_judgment(kind=1), "profile file is malformed: a judgment's kind must be str"),
-    (_judgment(kind="love"), "unknown judgment kind 'love'; use one of like, dislike, pair, tie, skip"),
+    (_judgment(kind="love"), "profile file has a bad judgment (1 of 3): unknown kind 'love' (one of like, dislike, "
+                             "pair, tie, skip)"),
     (_judgment(image_a=None), "profile file is malformed: a judgment's image_a must be str"),
     (_judgment(kind="pair", image_b=3), "profile file is malformed: a judgment's image_b must be str"),
     (_judgment(image_a="ab" * 32), "profile file is malformed: a judgment refers to image 'abababababab'…, "
@@ -1203,3 +1204,25 @@ def test_an_imported_fit_is_shown_as_the_files_own_account_until_it_is_fitted_he
     again = edited(exported, tmp_path, _config(imported_at=0.0))
     import_profile(target, again, new_name="Alice 2")
     assert target.load_model("Alice 2", "user-embedding")[1]["imported_at"] >= before
+
+
+def test_a_bad_judgment_or_prompt_in_a_file_is_said_as_the_files_and_where(exported, target, tmp_path):
+    # Seen in a review: "unknown judgment kind 'love'; use one of …" and "prompt has a control
+    # character …; type plain text" read as if the person had typed them.
+    def love(content, tensors):
+        content["judgments"][1]["kind"] = "love"
+
+    text = refused(target, edited(exported, tmp_path, love), "unknown kind")
+    assert text.startswith("profile file has a bad judgment (2 of 3): unknown kind 'love'"), text
+
+    def self_pair(content, tensors):
+        content["judgments"][2]["image_b"] = content["judgments"][2]["image_a"]
+
+    text = refused(target, edited(exported, tmp_path, self_pair), "two different images")
+    assert text.startswith("profile file has a bad judgment (3 of 3): "), text
+
+    def control(content, tensors):
+        content["images"][0]["prompt"] = "a fox\x00"
+
+    text = refused(target, edited(exported, tmp_path, control), "control character")
+    assert text.startswith("profile file has a bad image prompt (image 1 of 4): "), text

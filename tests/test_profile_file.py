@@ -192,7 +192,7 @@ def edit_content(change):
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(image_a="a" * 64))), True,
      "which is not in it"),
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(kind="adore"))), True,
-     "unknown judgment kind 'adore'"),
+     "bad judgment \\(1 of 5\\): unknown kind 'adore'"),
     # A far-future date would pin a judgment at the top of the history and among the latest pairs.
     (dict(edit_metadata=edit_content(lambda c: c["judgments"][0].update(created="9999-12-31T00:00:00+00:00"))),
      True, "a judgment's created '9999-12-31T00:00:00\\+00:00' lies in the future"),

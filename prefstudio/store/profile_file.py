@@ -395,7 +395,8 @@ def _text(value, what: str, limit: int) -> str:
 
 def _parse_images(content: dict) -> list[dict]:
     parsed, seen = [], set()
-    for item in _expect(content.get("images"), list, "images"):
+    items = _expect(content.get("images"), list, "images")
+    for number, item in enumerate(items, 1):
         _expect(item, dict, "each image")
         _keys(item, {"sha256", "prompt", "seed", "generator", "params", "created"}, "an image")
         sha = _expect(item["sha256"], str, "an image's sha256")
@@ -404,7 +405,8 @@ def _parse_images(content: dict) -> list[dict]:
         if sha in seen:
             raise _malformed(f"image {sha[:12]}… is listed twice")
         seen.add(sha)
-        validation.validate_prompt(_expect(item["prompt"], str, "an image's prompt"))
+        _in_file(f"image prompt (image {number} of {len(items)})", validation.validate_prompt,
+                 _expect(item["prompt"], str, "an image's prompt"))
         _text(item["generator"], "an image's generator", MAX_GENERATOR_CHARS)
         params = _expect(item["params"], dict, "an image's params")
         _check_plain_json(params, "an image's params")
@@ -419,20 +421,30 @@ def _parse_images(content: dict) -> list[dict]:
     return parsed
 
 
+def _in_file(what: str, check, *args):
+    """`check(*args)`, its refusal said as the file's (`what` names the item and where it is)."""
+    try:
+        return check(*args)
+    except InvalidInput as error:
+        raise InvalidInput(f"profile file has a bad {what}: {error}") from None
+
+
 def _parse_judgments(content: dict, image_shas: set[str]) -> list[tuple]:
     judgments = []
-    for item in _expect(content.get("judgments"), list, "judgments"):
+    items = _expect(content.get("judgments"), list, "judgments")
+    for number, item in enumerate(items, 1):
         _expect(item, dict, "each judgment")
         _keys(item, {"kind", "image_a", "image_b", "created"}, "a judgment")
         kind = _expect(item["kind"], str, "a judgment's kind")
+        where = f"judgment ({number} of {len(items)})"
         if kind not in KINDS:
-            raise InvalidInput(f"unknown judgment kind {echo(kind)}; use one of {', '.join(KINDS)}")
+            raise InvalidInput(f"profile file has a bad {where}: unknown kind {echo(kind)} (one of {', '.join(KINDS)})")
         image_a = _expect(item["image_a"], str, "a judgment's image_a")
         image_b = item["image_b"]
         if image_b is not None:
             _expect(image_b, str, "a judgment's image_b")
         created = _timestamp(item["created"], "a judgment's created")
-        check_judgment(kind, image_a, image_b)
+        _in_file(where, check_judgment, kind, image_a, image_b)
         for sha in (image_a, image_b):
             if sha is not None and sha not in image_shas:
                 raise _malformed(f"a judgment refers to image {echo(sha[:12])}…, which is not in it")
@@ -457,14 +469,6 @@ def _parse_models(content: dict) -> list[tuple[str, dict]]:
     return models
 
 
-def _bad_preset(check, value):
-    """`check(value)`, its refusal said as a bad preset's (a wrong type is a malformed file's)."""
-    try:
-        return check(value)
-    except InvalidInput as error:
-        raise InvalidInput(f"profile file has a bad preset: {error}") from None
-
-
 def _parse_presets(content: dict) -> list[tuple[str, dict[str, float], str]]:
     """Each preset checked as the store checks one a person saves; a bad one refuses the file."""
     presets, seen = [], set()
@@ -474,10 +478,10 @@ def _parse_presets(content: dict) -> list[tuple[str, dict[str, float], str]]:
     for item in items:
         _expect(item, dict, "each preset")
         _keys(item, {"name", "weights", "created"}, "a preset")
-        name = _bad_preset(validate_preset_name, _expect(item["name"], str, "a preset's name"))
+        name = _in_file("preset", validate_preset_name, _expect(item["name"], str, "a preset's name"))
         if name != item["name"]:
             raise InvalidInput(f"profile file has a bad preset: preset name {echo(item['name'])} has spaces around it")
-        weights = _bad_preset(validate_blend, _expect(item["weights"], dict, f"preset {name!r}'s weights"))
+        weights = _in_file("preset", validate_blend, _expect(item["weights"], dict, f"preset {name!r}'s weights"))
         if name.casefold() in seen:
             raise _malformed(f"preset {name!r} is listed twice")
         seen.add(name.casefold())
