@@ -290,6 +290,8 @@ def cmd_export(args, store) -> dict:
 def cmd_import(args, store) -> dict:
     from prefstudio.store.profile_file import import_profile
 
+    if args.name is not None and not args.name.strip():
+        raise InvalidInput("--name is empty: leave it out to import under the file's name")
     return {"imported": import_profile(store, args.file, args.name).name}
 
 

@@ -14,6 +14,7 @@ asks the kind of.
 import copy
 import hashlib
 import secrets
+import shlex
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -102,6 +103,11 @@ class SideBySide:
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:
     return {n: round(v, 4) for n, v in scores.items()}
+
+
+def no_fit_yet(profile: str) -> str:
+    return (f"profile {profile!r} has no fitted taste yet: judge some images, then fit it (Fit my taste on the "
+            f"Profile tab, or python -m prefstudio fit {shlex.quote(profile)})")
 
 
 def check_something_raised(weights: dict[str, float], rewards: dict[str, Reward], method: str) -> None:
@@ -288,7 +294,7 @@ class Studio:
         """The profile's fitted taste as a reward, rebuilt only when a newer fit was stored."""
         stored = self.store.load_model(profile, self.preference.name)
         if stored is None:
-            raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
+            raise NotFound(no_fit_yet(profile))
         tensors, config = stored
         key = self.store.get_profile(profile).id
         fingerprint = (config.get("fitted_at"), self.preference.name)
@@ -483,7 +489,7 @@ class Studio:
         weights = dict(self.default_weights() if weights is None else weights)
         rewards = self.rewards(profile, weights)
         if "user" not in rewards:
-            raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
+            raise NotFound(no_fit_yet(profile))
         self._check_available(weights, rewards)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -599,7 +605,7 @@ class Studio:
         base = {n: w for n, w in self.blend_weights(profile, weights).items() if n not in axes}
         rewards = self.rewards(profile, [*axes, *base])  # every reward named is here, before the first run
         if "user" not in rewards:
-            raise NotFound(f"profile {profile!r} has no fitted taste yet: judge some images and press Fit")
+            raise NotFound(no_fit_yet(profile))
         self._check_available(base | dict.fromkeys(axes, 1.0), rewards)
         for name in axes:
             if rewards[name].guard:

@@ -576,3 +576,17 @@ def test_an_unknown_reward_name_is_one_line_and_makes_nothing(tmp_path, capsys):
     assert not (tmp_path / "grid.png").exists()
     with HistoryStore(data) as store:
         assert len(store.personalized_images("alice", 100)) == before
+
+
+def test_import_names_and_an_unfitted_profile_speak_the_clis_language(tmp_path, capsys):
+    # Seen in a review: `import FILE --name ""` and a file whose own name is empty both said
+    # "profile name is empty" (nothing about --name), and personalize on a profile with no fit
+    # said "press Fit", a button the CLI does not have.
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    exported = tmp_path / "alice.prefstudio"
+    assert run_cli(capsys, data, "export", "alice", str(exported))[0] == 0
+    line = refused(capsys, data, "import", str(exported), "--name", "")
+    assert "--name is empty" in line and "file's name" in line, line
+    line = refused(capsys, data, "personalize", "alice", "a fox", "--seed", "1")
+    assert "no fitted taste yet" in line and "press Fit" not in line and "prefstudio fit alice" in line, line

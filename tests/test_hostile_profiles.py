@@ -1226,3 +1226,12 @@ def test_a_bad_judgment_or_prompt_in_a_file_is_said_as_the_files_and_where(expor
 
     text = refused(target, edited(exported, tmp_path, control), "control character")
     assert text.startswith("profile file has a bad image prompt (image 1 of 4): "), text
+
+
+def test_a_file_whose_own_name_is_empty_says_to_import_it_under_another(exported, target, tmp_path):
+    def nameless(content, tensors):
+        content["name"] = ""
+
+    text = refused(target, edited(exported, tmp_path, nameless), "name")
+    assert text.startswith("profile file has a bad name (import it under another): "), text
+    assert import_profile(target, edited(exported, tmp_path, nameless), "Carol").name == "Carol"

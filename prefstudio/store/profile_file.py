@@ -563,8 +563,9 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     content = _expect(_load_json(profile_json, "the profile"), dict, "the profile")
     keys = {"name", "images", "judgments", "models"}
     _keys(content, keys | {"presets"} if int(metadata["version"]) >= 2 else keys, "the profile")
-    name = validation.validate_profile_name(
-        new_name if new_name is not None else _expect(content["name"], str, "the name"))
+    name = (validation.validate_profile_name(new_name) if new_name is not None else
+            _in_file("name (import it under another)", validation.validate_profile_name,
+                     _expect(content["name"], str, "the name")))
     images = _parse_images(content)
     shas = [item["sha256"] for item in images]
     judgments = _parse_judgments(content, set(shas))
