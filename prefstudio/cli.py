@@ -292,7 +292,9 @@ def cmd_import(args, store) -> dict:
 
     if args.name is not None and not args.name.strip():
         raise InvalidInput("--name is empty: leave it out to import under the file's name")
-    return {"imported": import_profile(store, args.file, args.name).name}
+    imported = import_profile(store, args.file, args.name)
+    return {"imported": imported.name, "judgments": imported.judgments_kept,
+            "repeated_or_replaced": imported.repeated_or_replaced}
 
 
 # --- model commands -----------------------------------------------------------------------

@@ -1235,3 +1235,20 @@ def test_a_file_whose_own_name_is_empty_says_to_import_it_under_another(exported
     text = refused(target, edited(exported, tmp_path, nameless), "name")
     assert text.startswith("profile file has a bad name (import it under another): "), text
     assert import_profile(target, edited(exported, tmp_path, nameless), "Carol").name == "Carol"
+
+
+def test_judgments_a_file_repeats_are_kept_once_and_said(exported, target, tmp_path, capsys):
+    # Seen in a review: 5,000 copies of one judgment imported as the profile's 3 judgments and
+    # nothing said so. One verdict per image (or pair) stays the rule, as when judging here;
+    # how many of the file's judgments were repeats or replaced is said.
+    def repeated(content, tensors):
+        content["judgments"] += [dict(content["judgments"][0]) for _ in range(50)]
+
+    imported = import_profile(target, edited(exported, tmp_path, repeated), "Carol")
+    assert (imported.name, imported.judgments_in_file, imported.judgments_kept) == ("Carol", 53, 3)
+    assert len(target.judgments("Carol")) == 3
+    from prefstudio import cli
+
+    code = cli.main(["--data", str(target.data_dir), "--model", "embedded", "import", str(edited(exported, tmp_path, repeated)), "--name", "Dora"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and '"repeated_or_replaced": 50' in out, out

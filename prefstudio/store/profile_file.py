@@ -532,7 +532,7 @@ def _open_profile_file(path: Path):
 
 
 def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str | None = None,
-                   encoder_dims: Mapping[str, int] | None = None) -> Profile:
+                   encoder_dims: Mapping[str, int] | None = None) -> "ImportedProfile":
     """Add the profile in `path` to `store`, all or nothing; refuses anything suspect.
 
     Every check runs before the store is touched; then image files are written and
@@ -546,7 +546,22 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
             name, records, judgments, models, presets = _check_file(store, file, size, new_name, encoder_dims)
     except OSError as error:  # the disk or the file failing while it is read
         raise InvalidInput(f"cannot read profile file {echo(str(path))}: {error.strerror or error}") from None
-    return _restore(store, name, records, judgments, models, presets)
+    profile = _restore(store, name, records, judgments, models, presets)
+    # A later verdict on the same image (or pair) replaces an earlier one, as when judging here.
+    return ImportedProfile(profile.id, profile.name, profile.created, judgments_in_file=len(judgments),
+                           judgments_kept=len(store.judgments(profile.name)))
+
+
+@dataclass(frozen=True)
+class ImportedProfile(Profile):
+    """The profile an import made, and how many of the file's judgments it keeps."""
+
+    judgments_in_file: int
+    judgments_kept: int
+
+    @property
+    def repeated_or_replaced(self) -> int:
+        return self.judgments_in_file - self.judgments_kept
 
 
 def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
