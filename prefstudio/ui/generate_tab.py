@@ -541,7 +541,9 @@ class GenerateTab:
 
     def _empty(self, session: GenerateSession, message: str):
         session.baseline = session.personalized = None
-        return (message, None, None, None, "", "", self._trace([], 1), self._past_gallery(session, None))
+        # The heading too: a result's ("optimised for a blend of your taste and bob's") is not this page's.
+        return (message, None, None, gr.Image(None, label=PERSONALIZED), "", "", self._trace([], 1),
+                self._past_gallery(session, None))
 
     def _past_gallery(self, session: GenerateSession, profile: str | None):
         records = self.ctx.store.personalized_images(profile, PAST) if profile else []
