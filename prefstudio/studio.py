@@ -345,6 +345,7 @@ class Studio:
         if unknown:
             raise InvalidInput(f"unknown reward {echo(unknown[0])}; available: {', '.join(sorted(offered))} "
                                "and profile:NAME")
+
     def blended_reward(self, profile: str | None, other: str) -> TasteReward:
         """Another profile's fitted taste, to blend into `profile`'s generation."""
         try:

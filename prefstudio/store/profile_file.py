@@ -549,7 +549,7 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
     profile = _restore(store, name, records, judgments, models, presets)
     # A later verdict on the same image (or pair) replaces an earlier one, as when judging here.
     return ImportedProfile(profile.id, profile.name, profile.created, judgments_in_file=len(judgments),
-                           judgments_kept=len(store.judgments(profile.name)))
+                           judgments_kept=sum(store.counts(profile.name).values()))
 
 
 @dataclass(frozen=True)

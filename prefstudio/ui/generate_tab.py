@@ -281,9 +281,9 @@ class GenerateTab:
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
                               height=130, elem_id="ps-reuse-png")
 
-        # What `running_settings` restores: the controls a run was started with.
         # What speaks of the profile shown: emptied when another one is shown (`running_settings`).
         self.per_profile_views = [self.blend_status, self.status, self.grid_status, self.grid_image]
+        # What `running_settings` restores: the controls a run was started with (and empties those views).
         self.running_outputs = [self.prompt, self.seed_mode, self.strength, self.iterations, self.method,
                                 *self.sliders, *self.blend_sliders, self.grid_axes, *self.per_profile_views]
         self.views = [self.progress, self.seed, self.baseline, self.personalized, self.baseline_scores,

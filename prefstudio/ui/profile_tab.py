@@ -314,8 +314,7 @@ class ProfileTab:
         name = (new_name or "").strip() or None
         imported = self.ctx.run(self.ctx.studio.import_profile, path, name)
         self.ctx.access.adopt(request, imported.name)  # this login owns it; this session has it open
-        counts = self.ctx.store.counts(imported.name)
-        message = (f"Imported profile **{imported.name}** with {sum(counts.values())} judgments"
+        message = (f"Imported profile **{imported.name}** with {imported.judgments_kept} judgments"
                    + (" and its fitted model." if self.ctx.studio.fit_status(imported.name) else "."))
         if imported.repeated_or_replaced:
             message += (f" {imported.repeated_or_replaced} of the file's {imported.judgments_in_file} judgments "
