@@ -159,7 +159,9 @@ def test_a_reload_during_a_run_brings_its_blend_back(server, page, monkeypatch):
     page.click("#ps-tradeoff")
     expect(page.locator("#ps-grid-axes").get_by_label("Taste of bob")).to_be_visible(timeout=SLOW)
     page.click("#ps-stop")
-    expect(page.locator("#ps-gen-progress")).to_contain_text("Stopped after", timeout=SLOW)
+    # The run's own last view ("Stopped after …"), or, when the stream ended before the page got it
+    # (seen once in CI under load), the stored side by side ("…, stopped after 7 of 100 iterations").
+    expect(page.locator("#ps-gen-progress")).to_contain_text(re.compile("[Ss]topped after"), timeout=SLOW)
 
 
 def test_each_profile_shown_gets_its_own_blend_back(server, page):
