@@ -19,6 +19,28 @@ class NotFound(PrefStudioError, LookupError):
     """A profile, image or judgment that does not exist."""
 
 
+class NoSuchProfile(NotFound):
+    """A profile name the history does not hold. The message lists the profiles it does hold
+    (the CLI's and the library's, on one's own machine); a served page shows `public`, which names
+    none of them: they may be other logins' (`served`)."""
+
+    def __init__(self, name, existing: list[str], context: str = ""):
+        self.name, self.existing = name, existing
+        self.public = context + no_profile_named(name)
+        listed = f"; existing profiles: {', '.join(existing)}" if existing else ": there are no profiles yet; create one"
+        super().__init__(self.public + listed)
+
+
+def no_profile_named(name) -> str:
+    """The words for a profile that is missing, or that is not this person's: the same for both."""
+    return f"no profile named {str(name)[:64]!r}"
+
+
+def served(error: PrefStudioError) -> str:
+    """What a page may be told of `error`: its message, less the names of other profiles."""
+    return error.public if isinstance(error, NoSuchProfile) else str(error)
+
+
 class ModelUnavailable(PrefStudioError, RuntimeError):
     """A model's weights are not on this machine; the message says how to get them."""
 

@@ -25,7 +25,7 @@ import torch
 
 from prefstudio.blend import PROFILE_PREFIX, blended_profile, validate_reward_name
 from prefstudio.encoders.base import ImageEncoder, pil_to_tensor
-from prefstudio.errors import InvalidInput, ModelUnavailable, NotFound, echo
+from prefstudio.errors import InvalidInput, ModelUnavailable, NoSuchProfile, NotFound, echo
 from prefstudio.generators.base import GeneratedImage, Generator, to_pil
 from prefstudio.guidance.adapter import WEIGHTS_FILE, PreferenceAdapter, load_adapter
 from prefstudio.guidance.best_of_n import best_of_n
@@ -350,8 +350,8 @@ class Studio:
         """Another profile's fitted taste, to blend into `profile`'s generation."""
         try:
             found = self.store.get_profile(other)
-        except NotFound as error:
-            raise NotFound(f"cannot blend {PROFILE_PREFIX}{other}: {error}") from None
+        except NoSuchProfile as error:
+            raise NoSuchProfile(other, error.existing, f"cannot blend {PROFILE_PREFIX}{other}: ") from None
         if profile is not None and found.id == self.store.get_profile(profile).id:
             raise InvalidInput(f"{PROFILE_PREFIX}{other} is the profile being personalized: its own taste is "
                                "the 'user' weight")

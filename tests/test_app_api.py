@@ -531,3 +531,59 @@ def test_text_from_a_file_is_shown_literally_never_as_a_link_an_image_or_html():
     assert "<img" not in text and "](http" not in text and "![" not in text
     from prefstudio.ui.common import markdown_text
     assert markdown_text("a fox (red) & <b>bold</b> *x*") == r"a fox \(red\) &amp; &lt;b&gt;bold&lt;/b&gt; \*x\*"
+
+
+
+def test_a_profile_with_a_run_going_is_not_renamed_or_deleted_under_it(app):
+    """Found by a review: renaming a profile from another page while its run went on lost the
+    run's work (it is stored under the name it started with) and showed the store's list of every
+    profile. The rename and the delete are refused until the run ends; the run is stored."""
+    ctx = app[0].prefstudio
+    ctx.store.create_profile("mover")
+    records = ctx.run(ctx.studio.generate_candidates, "a red barn in a field", seeds=list(range(200, 206)))
+    for i, record in enumerate(records):
+        ctx.studio.judge("mover", "like" if i % 2 else "dislike", record.sha256)
+    ctx.run(ctx.studio.fit, "mover")
+    runner, other = client(app[1]), client(app[1])
+    runner.predict("mover", api_name="/open_profile")
+    other.predict("mover", api_name="/open_profile")
+    job = runner.submit("mover", "a red barn in a field", "Fixed seed", 3, 1.0, 100, 0.75, 0.5,
+                        api_name="/personalize")
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 2 and not job.done() and time.monotonic() < deadline:  # under way
+        time.sleep(0.05)
+    for refused_call in (lambda: other.predict("mover", "moved", api_name="/rename_profile"),
+                         lambda: other.predict("mover", api_name="/delete_profile")):
+        with pytest.raises(AppError, match="mover has a Generate run going: stop it or let it finish first"):
+            refused_call()
+    assert [p.name for p in store_of(app).list_profiles() if p.name in ("mover", "moved")] == ["mover"]
+    assert runner.predict("mover", api_name="/stop").startswith("Stopping")
+    job.result(timeout=120)
+    assert store_of(app).personalized_images("mover", 1)[0].prompt == "a red barn in a field"
+    assert "Renamed" in other.predict("mover", "moved", api_name="/rename_profile")[0]  # once it ended
+
+
+def test_a_page_is_told_a_profile_is_missing_without_the_names_of_those_that_exist(tmp_path):
+    """Found by a review: a run whose profile went away (renamed or deleted by the CLI, say) showed
+    the store's message, which lists every profile in the data folder, other logins' too. The
+    CLI and the library on one's own machine still list them."""
+    from prefstudio.errors import NotFound
+    from prefstudio.store.history import HistoryStore
+    from prefstudio.ui.common import _shown
+    from prefstudio.ui.jobs import GenerationJob, GenerationJobs
+
+    store = HistoryStore(tmp_path)
+    for name in ("ann-private", "ben-private"):
+        store.create_profile(name)
+    with pytest.raises(NotFound) as missing:
+        store.get_profile("gone")
+    assert "ann-private, ben-private" in str(missing.value)
+    assert _shown(missing.value).message == "no profile named 'gone'"
+
+    def run():
+        store.get_profile("gone")
+        yield
+
+    job = GenerationJob("gone", "a prompt", 1, 1)
+    GenerationJobs(lambda steps: steps).start("gone", job, run())
+    assert job.done.wait(10) and job.error == "no profile named 'gone'"

@@ -147,8 +147,12 @@ def test_ending_a_round_early_rates_the_choices_made(app, fitted):
     before = len(store.judgments(fitted))
     *_, number = start(c, fitted, per_prompt=3, seed="70", prompts="a red bicycle")
     assert number == 1
+    # Its choices are stored under the profile's name: no rename or delete while it goes on.
+    with pytest.raises(AppError, match=f"{fitted} has a blind round going: stop it or let it finish first"):
+        c.predict(fitted, "renamed mid-round", api_name="/rename_profile")
     *_, number = c.predict(fitted, number, api_name="/blind_pick_2")
     left, right, status, result, table, number = c.predict(api_name="/blind_stop")
+    demo.prefstudio.check_nothing_under_way(fitted)  # ended: a rename would go through
     assert left is None and right is None and number == 0
     assert status == "Round ended early (2 pairs not judged)."
     (only,) = store.judgments(fitted)[before:]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, validate_blend, validate_preset_name
-from prefstudio.errors import Busy, InvalidInput, NotFound, echo
+from prefstudio.errors import Busy, InvalidInput, NoSuchProfile, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
     make_private,
@@ -399,10 +399,7 @@ class HistoryStore:
         rows = self._query("SELECT id, name, created FROM profiles WHERE name = ?", (name,))
         if rows:
             return Profile(*rows[0])
-        existing = [p.name for p in self.list_profiles()]
-        if not existing:
-            raise NotFound(f"no profile named {echo(name)}: there are no profiles yet; create one")
-        raise NotFound(f"no profile named {echo(name)}; existing profiles: {', '.join(existing)}")
+        raise NoSuchProfile(name, [p.name for p in self.list_profiles()])
 
     # --- images --------------------------------------------------------------------
 

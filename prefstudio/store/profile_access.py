@@ -17,7 +17,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NotFound, no_profile_named
 from prefstudio.store.history import HistoryStore, Profile
 
 _TABLES = (
@@ -39,7 +39,7 @@ MAX_BATCH = 64
 
 def no_such_profile(name) -> NotFound:
     """The one answer for a profile that is missing or not this person's: it never says which."""
-    return NotFound(f"no profile named {str(name)[:64]!r}")
+    return NotFound(no_profile_named(name))
 
 
 def _browser_key(token: str) -> str:

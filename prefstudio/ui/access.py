@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_type_hints, get_upload_folder, is_special_typed_parameter
 
-from prefstudio.errors import NotFound, PrefStudioError
+from prefstudio.errors import NotFound, PrefStudioError, served
 from prefstudio.store.profile_access import ProfileAccess, no_such_profile
 
 MAX_SESSIONS = 10_000  # sessions remembered at once; the oldest are forgotten first
@@ -112,7 +112,7 @@ def _guarded(fn, access: SessionAccess, profile_arg: int | None, file_args: list
                 access.require(request, args[profile_arg])
             except PrefStudioError as error:
                 # As ui/common.user_errors shows a person's mistake: no traceback in the log.
-                raise gr.Error(str(error), title="Not done", print_exception=False) from None
+                raise gr.Error(served(error), title="Not done", print_exception=False) from None
 
     if inspect.isgeneratorfunction(fn):
         def wrapper(request, *args, **kwargs):

@@ -25,7 +25,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from prefstudio.errors import InvalidInput, PrefStudioError
+from prefstudio.errors import InvalidInput, PrefStudioError, served
 from prefstudio.guidance.noise_optimization import GuidanceProgress
 from prefstudio.store.image_files import thumbnail
 from prefstudio.studio import SideBySide
@@ -147,6 +147,7 @@ class BlindEvaluation:
         # its name is another profile and does not inherit the round.
         self.rounds: dict[tuple[int, str], BlindRound] = {}
         self.rounds_lock = threading.Lock()
+        ctx.under_way.append(lambda name: "a blind round" if self._round_going(name) else None)
         self.all_prompts = read_prompts()
         self.session = gr.State(BlindSession())
         gr.Markdown("For each prompt, the personalized image and the baseline from the **same seed**, in a random "
@@ -201,6 +202,11 @@ class BlindEvaluation:
     def _key(self, profile: str) -> tuple[int, str]:
         found = self.ctx.store.get_profile(profile)
         return found.id, found.created
+
+    def _round_going(self, profile: str) -> bool:
+        with self.rounds_lock:
+            blind = self.rounds.get(self._key(profile))
+        return blind is not None and not (blind.stop.is_set() or blind.finished())  # ended, or all judged
 
     def attach(self, session: BlindSession, profile):
         """On page load and profile switch: the profile's latest round where it stands (the pair
@@ -270,7 +276,7 @@ class BlindEvaluation:
                     return  # cut short: not what the person asked to judge
                 self._add(blind, side)
         except PrefStudioError as error:
-            message = str(error)  # `error` is unbound once the except block ends
+            message = served(error)  # `error` is unbound once the except block ends
             blind.update(lambda: setattr(blind, "error", message))
         except Exception:  # a bug: logged whole, told to the page in one line
             log.exception("blind pair generation failed")

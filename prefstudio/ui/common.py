@@ -10,14 +10,14 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from prefstudio.errors import PrefStudioError, disk_full
+from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, served
 from prefstudio.store.image_files import thumbnail, write_atomically
 from prefstudio.store.profile_access import ProfileAccess
 from prefstudio.studio import Studio
@@ -37,6 +37,9 @@ class AppContext:
     # judgments do not take it, so a click is recorded while an optimisation runs.
     compute: threading.Lock = field(default_factory=threading.Lock)
     access: SessionAccess = field(init=False)
+    # What goes on for a profile in the background, one check per kind of work: each says what
+    # (as "a Generate run") or None. Such work is stored under the name it started with.
+    under_way: list[Callable[[str], str | None]] = field(default_factory=list, init=False)
     _exports: dict[int, Path] = field(default_factory=dict, init=False)
     _exports_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -58,6 +61,13 @@ class AppContext:
             folder = Path(gr.utils.get_upload_folder()) / f"prefstudio-export-{secrets.token_urlsafe(24)}"
             self._exports[profile_id] = path = folder / file_name
         return path
+
+    def check_nothing_under_way(self, name: str) -> None:
+        """Before a rename or a delete: refused while work for the profile goes on."""
+        for check in self.under_way:
+            going = check(name)
+            if going:
+                raise InvalidInput(f"{name} has {going} going: stop it or let it finish first")
 
     @property
     def ui_cache(self) -> Path:
@@ -91,7 +101,7 @@ def _shown(error: Exception) -> gr.Error:
     if isinstance(error, PrefStudioError):
         # The person's mistake, not a bug: a line in the log, no traceback.
         log.info("refused: %s", error)
-        return gr.Error(str(error), title="Not done", print_exception=False)
+        return gr.Error(served(error), title="Not done", print_exception=False)
     raise error
 
 

@@ -173,6 +173,7 @@ class GenerateTab:
         self.ctx = ctx
         studio = ctx.studio
         self.jobs = GenerationJobs(ctx.steps)
+        ctx.under_way.append(lambda name: "a Generate run" if self.jobs.running(name.casefold()) else None)
         self.prompts = read_prompts()
         self.reward_names = list(studio.default_weights())  # the user model first
         self.methods = METHODS | ({PPD: ("ppd", 0)} if studio.ppd_adapter is not None else {})

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prefstudio.errors import InvalidInput, PrefStudioError
+from prefstudio.errors import InvalidInput, PrefStudioError, served
 from prefstudio.guidance.noise_optimization import GuidanceProgress
 from prefstudio.studio import SideBySide
 
@@ -74,7 +74,7 @@ class GenerationJobs:
                 elif isinstance(item, SideBySide):
                     job._update(lambda: setattr(job, "result", item))
         except PrefStudioError as error:
-            message = str(error)  # `error` is unbound once the except block ends
+            message = served(error)  # `error` is unbound once the except block ends
             job._update(lambda: setattr(job, "error", message))
         except Exception:  # a bug: logged whole, told to the page in one line
             log.exception("generation run failed")

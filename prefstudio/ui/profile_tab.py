@@ -285,6 +285,7 @@ class ProfileTab:
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         old = self.ctx.store.get_profile(profile).name
+        self.ctx.check_nothing_under_way(old)
         renamed = self.ctx.store.rename_profile(old, (new_name or "").strip())
         choices = self.ctx.access.profiles.visible(login(request))
         return f"Renamed **{old}** to **{renamed.name}**.", gr.Dropdown(choices=choices, value=renamed.name), ""
@@ -293,6 +294,7 @@ class ProfileTab:
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         name = self.ctx.store.get_profile(profile).name
+        self.ctx.check_nothing_under_way(name)
         judged = sum(self.ctx.store.counts(name).values())
         fitted = " and its fitted taste" if self.ctx.studio.fit_status(name) else ""
         return gr.Group(visible=True), (
@@ -302,6 +304,7 @@ class ProfileTab:
     def delete(self, profile, request: gr.Request):
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
+        self.ctx.check_nothing_under_way(self.ctx.store.get_profile(profile).name)
         deleted = self.ctx.store.delete_profile(profile)
         choices = self.ctx.access.profiles.visible(login(request))
         return (gr.Group(visible=False), f"Deleted **{deleted.name}**.",
