@@ -31,6 +31,10 @@ class NoSuchProfile(NotFound):
         super().__init__(self.public + listed)
 
 
+class NoSuchJudgment(NotFound):
+    """A judgment id the profile's history does not hold (never did, or it was removed)."""
+
+
 def no_profile_named(name) -> str:
     """The words for a profile that is missing, or that is not this person's: the same for both."""
     return f"no profile named {str(name)[:64]!r}"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prefstudio.errors import NotFound
 from prefstudio.studio import Studio
 from prefstudio.ui.common import AppContext
 from prefstudio.ui.label_tab import LabelSession, LabelTab
@@ -126,3 +127,32 @@ def test_undoing_a_pair_names_both_images(tab, shown):
     first, second = judged.image_a, judged.image_b
     text = status(tab.undo(shown, "me"))
     assert first[:8] in text and second[:8] in text, text
+
+
+def test_an_undo_refused_because_another_page_judged_again_is_still_there_to_undo(tab, shown):
+    """Found by a review: page 1 liked an image, page 2 disliked it (replacing the like), page 1
+    pressed U: refused, yet the like was gone from page 1's undo list, so a second U undid an
+    older judgment of page 1's instead of saying the same again."""
+    store = tab.ctx.store
+    other_page = LabelSession()
+    other_page.candidates, other_page.current = list(shown.candidates), 1
+    tab.like(shown, "me")  # page 1: its first judgment, on the first candidate
+    tab.like(shown, "me")  # page 1: on the second
+    tab.dislike(other_page, "me")  # page 2 replaces page 1's like of the second
+    for _ in range(2):  # refused each time, and nothing of page 1's is undone
+        with pytest.raises(NotFound, match="was replaced by judgment"):
+            tab.undo(shown, "me")
+    assert [(j.kind, j.image_a) for j in store.judgments("me")] == [("like", shown.candidates[0]),
+                                                                     ("dislike", shown.candidates[1])]
+    assert len(shown.made) == 2
+
+
+def test_an_undo_of_a_judgment_removed_elsewhere_says_so_and_moves_on_to_the_one_before(tab, shown):
+    store = tab.ctx.store
+    tab.like(shown, "me")
+    tab.like(shown, "me")
+    store.remove_judgment("me", shown.made[-1][1])  # from the Profile tab's history, say
+    with pytest.raises(NotFound, match=r"already removed elsewhere; press Undo again for the one before it"):
+        tab.undo(shown, "me")
+    assert "Undone" in status(tab.undo(shown, "me"))
+    assert store.judgments("me") == []

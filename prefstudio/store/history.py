@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, validate_blend, validate_preset_name
-from prefstudio.errors import Busy, InvalidInput, NoSuchProfile, NotFound, echo
+from prefstudio.errors import Busy, InvalidInput, NoSuchJudgment, NoSuchProfile, NotFound, echo
 from prefstudio.store.image_files import (
     load_untrusted_image,
     make_private,
@@ -630,7 +630,7 @@ class HistoryStore:
                 row = db.execute(f"SELECT {columns} FROM judgments WHERE profile_id = ? AND id = ?",
                                  (stored.id, judgment_id)).fetchone()
                 if row is None:
-                    raise NotFound(f"profile {name!r} has no judgment {judgment_id}")
+                    raise NoSuchJudgment(f"profile {name!r} has no judgment {judgment_id}")
             judgment = Judgment(row[0], name, *row[1:5])
             replaces, active = row[5:]
             if not active:

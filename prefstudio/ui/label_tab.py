@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.errors import InvalidInput, NoSuchJudgment, NotFound
 from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
@@ -318,8 +318,14 @@ class LabelTab:
         shown = self.ctx.store.get_profile(profile).name if profile else None
         if shown is None or owner.casefold() != shown.casefold():  # never another profile than the one shown
             raise InvalidInput(f"your last judgment here was for {owner}: switch back to {owner} to undo it")
-        owner, judgment_id, image = session.made.pop()
-        removed = self.ctx.store.remove_judgment(owner, judgment_id)
+        owner, judgment_id, image = session.made[-1]
+        try:
+            removed = self.ctx.store.remove_judgment(owner, judgment_id)
+        except NoSuchJudgment:  # removed elsewhere (the history, another page): nothing left to undo
+            session.made.pop()
+            raise NotFound(f"your last judgment here (#{judgment_id}) was already removed elsewhere; "
+                           "press Undo again for the one before it") from None
+        session.made.pop()  # only once removed: an undo refused for now is still there to undo
         if removed.image_b is not None:  # back to that pair, wherever it is in the schedule
             undone = {removed.image_a, removed.image_b}
             session.pair_index = next(
