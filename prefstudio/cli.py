@@ -25,6 +25,7 @@
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -292,9 +293,16 @@ def cmd_import(args, store) -> dict:
 
     if args.name is not None and not args.name.strip():
         raise InvalidInput("--name is empty: leave it out to import under the file's name")
+    from prefstudio.preference.state_schema import other_models_fits
+
     imported = import_profile(store, args.file, args.name)
-    return {"imported": imported.name, "judgments": imported.judgments_kept,
-            "repeated_or_replaced": imported.repeated_or_replaced}
+    out = {"imported": imported.name, "judgments": imported.judgments_kept,
+           "repeated_or_replaced": imported.repeated_or_replaced}
+    others = other_models_fits(store.model_names(imported.name), args.preference_model)
+    if others and args.preference_model not in store.model_names(imported.name):
+        out["fit"] = (f"the file's fit is by {' and '.join(others)}; {args.preference_model} serves here: run "
+                      f"`python -m prefstudio fit {shlex.quote(imported.name)}` to fit it with {args.preference_model}")
+    return out
 
 
 # --- model commands -----------------------------------------------------------------------

@@ -590,3 +590,32 @@ def test_import_names_and_an_unfitted_profile_speak_the_clis_language(tmp_path, 
     assert "--name is empty" in line and "file's name" in line, line
     line = refused(capsys, data, "personalize", "alice", "a fox", "--seed", "1")
     assert "no fitted taste yet" in line and "press Fit" not in line and "prefstudio fit alice" in line, line
+
+
+def test_a_profile_fitted_by_another_model_says_so_in_the_profile_tab_and_on_import(capsys, tmp_path):
+    """Found by a review: a file exported from a studio serving the user embedding, imported into
+    one serving auto, read "Not fitted yet. Judge at least one image 👍 and one 👎" beside its
+    judgments, and the CLI's import did not say that the file's fit is not the one served here."""
+    import gradio as gr
+
+    from prefstudio.studio import Studio
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.profile_tab import describe_fit
+
+    data = tmp_path / "data"
+    shas = add_images(data, 6)
+    run_cli(capsys, data, "profile", "create", "alice")
+    run_cli(capsys, data, "judge", "alice", "like", *shas[:3])
+    run_cli(capsys, data, "judge", "alice", "dislike", *shas[3:])
+    code, _, err = run_cli(capsys, data, "--preference-model", "user-embedding", "fit", "alice")
+    assert code == 0, err
+    run_cli(capsys, data, "export", "alice", str(tmp_path / "alice.prefstudio"))
+    elsewhere = tmp_path / "elsewhere"
+    code, out, err = run_cli(capsys, elsewhere, "import", str(tmp_path / "alice.prefstudio"), "--name", "carol")
+    assert code == 0, err
+    assert "the file's fit is by user-embedding; auto serves here: run `python -m prefstudio fit carol` to fit it with auto" in out
+    with gr.Blocks():
+        text = describe_fit(AppContext(Studio(elsewhere)), "carol")
+    assert "Judge at least one" not in text
+    assert "fitted by **user-embedding**" in text and "this studio serves **auto**" in text
+    assert "press **Fit my taste**" in text

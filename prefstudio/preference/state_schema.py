@@ -284,6 +284,12 @@ Checker = Callable[..., None]
 CHECKERS: dict[str, Checker] = MEMBERS | {AUTO: check_auto, VLM_PROFILE: check_vlm_profile}
 
 
+def other_models_fits(stored: list[str], served: str) -> list[str]:
+    """Of a profile's stored model names, the fitted tastes of preference models other than `served`
+    (made elsewhere, or under another `--preference-model`): they are kept, and not served here."""
+    return [name for name in stored if name in (*MEMBERS, AUTO) and name != served]
+
+
 def check_state(name: str, tensors: Mapping[str, np.ndarray], config: Mapping,
                 encoder_dims: Mapping[str, int] | None = None) -> None:
     """Refuse (InvalidInput) a stored model `name` whose tensors or config do not fit its

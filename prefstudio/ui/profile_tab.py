@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from prefstudio.errors import InvalidInput
+from prefstudio.preference.state_schema import other_models_fits
 from prefstudio.store.history import KINDS
 from prefstudio.studio import training_pairs
 from prefstudio.taste_summary import taste_summary
@@ -62,12 +63,17 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
     if not profile:
         return "Choose or create a profile at the top of the page."
     status = ctx.studio.fit_status(profile)
+    model = ctx.studio.preference
     if status is None:
+        others = other_models_fits(ctx.store.model_names(profile), model.name)
+        if others:
+            return (f"**Not fitted by this studio's model yet.** This profile was fitted by **{' and '.join(others)}** "
+                    f"(elsewhere, or under another preference model); this studio serves **{model.name}**: "
+                    "press **Fit my taste** to fit it here.")
         return ("**Not fitted yet.** Judge at least one image 👍 and one 👎 (or pick the better of two), "
                 "then press **Fit my taste**.")
     when = _when(status["fitted_at"])
     loo = status.get("loo_accuracy")
-    model = ctx.studio.preference
     lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
              f"{markdown_text(status.get('reason') or status['mode'])}."]
     if not status["n_pairs"]:
