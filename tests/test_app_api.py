@@ -587,3 +587,23 @@ def test_a_page_is_told_a_profile_is_missing_without_the_names_of_those_that_exi
     job = GenerationJob("gone", "a prompt", 1, 1)
     GenerationJobs(lambda steps: steps).start("gone", job, run())
     assert job.done.wait(10) and job.error == "no profile named 'gone'"
+
+
+def test_an_api_client_adds_a_profile_to_the_blend_and_loads_a_preset_it_did_not_save(app, fitted):
+    """Found by a review: both endpoints are public, yet a client that had not focused the page's
+    menus first was refused by gradio ("Value: dave is not in the list of choices: []")."""
+    ctx = app[0].prefstudio
+    ctx.store.create_profile("blendee")
+    records = ctx.run(ctx.studio.generate_candidates, "a yellow kite on a beach", seeds=list(range(300, 306)))
+    for i, record in enumerate(records):
+        ctx.studio.judge("blendee", "like" if i % 2 else "dislike", record.sha256)
+    ctx.run(ctx.studio.fit, "blendee")
+    ctx.studio.save_preset(fitted, "saved elsewhere", {"user": 0.25, "prompt_consistency": 0.5})
+    c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
+    assert "Added the taste of **blendee**" in c.predict(fitted, "blendee", api_name="/add_to_blend")[-1]
+    assert "Loaded preset **saved elsewhere**" in c.predict(fitted, "saved elsewhere", api_name="/load_preset")[-1]
+    with pytest.raises(AppError, match="no profile named 'nobody'"):
+        c.predict(fitted, "nobody", api_name="/add_to_blend")
+    with pytest.raises(AppError, match="no preset named 'nothing'"):
+        c.predict(fitted, "nothing", api_name="/load_preset")

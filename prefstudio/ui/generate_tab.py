@@ -217,8 +217,10 @@ class GenerateTab:
             gr.Markdown("**Blend in other tastes.** Any fitted profile — another of yours, or a friend's you "
                         "imported — joins with its own weight.")
             with gr.Row(equal_height=True):
+                # Choices are filled when the menu is focused; an API client names a profile or a preset
+                # without focusing anything, so any value reaches the handler, which checks it.
                 self.blend_choice = gr.Dropdown([], value=None, label="Fitted profile", scale=3,
-                                                elem_id="ps-blend-choice")
+                                                allow_custom_value=True, elem_id="ps-blend-choice")
                 add_blend = gr.Button("+ Add to the blend", scale=1, elem_id="ps-blend-add")
                 clear_blend = gr.Button("Clear the blend", scale=1, elem_id="ps-blend-clear")
             with gr.Row():
@@ -228,7 +230,7 @@ class GenerateTab:
                 self.preset_name = gr.Textbox(label="Save these weights as a preset", placeholder="preset name",
                                               submit_btn="Save", max_length=64, scale=2, elem_id="ps-preset-name")
                 self.preset_choice = gr.Dropdown([], value=None, label="Presets of this profile", scale=2,
-                                                 elem_id="ps-preset-choice")
+                                                 allow_custom_value=True, elem_id="ps-preset-choice")
                 load_preset = gr.Button("Load preset", scale=1, elem_id="ps-preset-load")
             self.blend_status = gr.Markdown(elem_id="ps-blend-status")
         with gr.Row():
