@@ -44,7 +44,7 @@ from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.shipped import CHECKPOINTS, DEFAULT_BANK
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
-from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed
+from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed, validate_weights, whole_number
 
 DEFAULT_ADAPTER = CHECKPOINTS / "preference_adapter_embedded"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
@@ -216,9 +216,12 @@ class Studio:
     # -- candidates and judgments ----------------------------------------------------
     def generate_candidates(self, prompt: str, n: int = 8, seeds: list[int] | None = None
                             ) -> list[ImageRecord]:
+        """`n` candidates from random seeds, or one from each of `seeds` (then `n` is not used,
+        as the CLI's --seeds overrides -n)."""
         prompt = validate_prompt(prompt)
         if seeds is None:
-            if not 1 <= int(n) <= MAX_CANDIDATES:
+            n = whole_number(n, "number of candidates")
+            if not 1 <= n <= MAX_CANDIDATES:
                 raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
             seeds = [secrets.randbelow(2**31) for _ in range(int(n))]
         if len(seeds) > MAX_CANDIDATES:
@@ -320,9 +323,10 @@ class Studio:
         other profiles `blend` names as `profile:NAME` (each must exist and be fitted)."""
         rewards = {}
         if profile is not None:
+            self.store.get_profile(profile)  # a mistyped name is refused, not scored without its taste
             try:
                 rewards["user"] = self.user_reward(profile)
-            except NotFound:
+            except NotFound:  # not fitted yet
                 pass
         for name in blend:
             other = blended_profile(validate_reward_name(name))
@@ -421,6 +425,8 @@ class Studio:
         are left out."""
         from prefstudio.preference.active import SuggestedPair, rank_pairs
 
+        if whole_number(top, "top") < 1:
+            raise InvalidInput(f"top must be a whole number ≥ 1, got {top}")
         shas = list(dict.fromkeys(candidate_shas))
         if len(shas) < 2:
             raise InvalidInput(f"suggesting a pair needs at least two different candidate images; got {len(shas)}")
@@ -492,6 +498,7 @@ class Studio:
         if "user" not in rewards:
             raise NotFound(no_fit_yet(profile))
         self._check_available(weights, rewards)
+        weights = validate_weights(weights, set(rewards))
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         check_something_raised(weights, rewards, method)

@@ -152,6 +152,15 @@ def validate_device_name(device: str) -> str:
     raise InvalidInput(f"unknown device {echo(device)}; use one of {DEVICE_NAMES}")
 
 
+def whole_number(value, what: str) -> int:
+    """An int, or a float with nothing after the point (what a number box sends); not a bool or text."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be a whole number, got {echo(value)}")
+    return value
+
+
 def validate_seed(seed) -> int:
     try:
         seed = int(seed)
@@ -164,6 +173,8 @@ def validate_seed(seed) -> int:
 
 def validate_output_file(path: str | os.PathLike) -> Path:
     """A file to write: not a folder, in a folder that exists (a typo is not a new tree)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"a file name must be a string or a path, got {echo(path)}")
     path = Path(path)
     parent = path.absolute().parent
     if path.is_dir():

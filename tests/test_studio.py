@@ -81,3 +81,46 @@ def test_a_run_whose_only_weight_is_a_guard_is_refused_before_any_work(studio, m
     assert str(caught.value) == ("nothing to personalize for: every reward that is raised has weight 0 (prompt "
                                  "consistency only guards, it is never raised); give your taste a weight above 0")
     assert len(studio.store.personalized_images("ann")) == before
+
+
+@pytest.fixture(scope="module")
+def fitted_library(tmp_path_factory):
+    """A studio used as README's "Library in 15 lines" uses it: a profile judged and fitted."""
+    studio = Studio(tmp_path_factory.mktemp("library"))
+    studio.store.create_profile("alice")
+    images = studio.generate_candidates("a fox in the snow", seeds=list(range(8)))
+    for image in images:
+        studio.judge("alice", "like" if image.seed % 2 else "dislike", image.sha256)
+    studio.fit("alice")
+    return studio, [image.sha256 for image in images]
+
+
+def _rows(studio) -> dict:
+    query = studio.store._query
+    tables = [t for (t,) in query("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: query(f"SELECT count(*) FROM {t}")[0][0] for t in tables} | {
+        "files": sorted(p.name for p in studio.store.data_dir.rglob("*") if p.is_file())}
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, shas: s.personalize_once("alice", "a fox", seed=1, iterations=1, weights={"user": "lots"}),
+     "weight of 'user' must be a number, got 'lots'"),
+    (lambda s, shas: s.judge("alice", "like", [shas[0]]), r"is not an image id"),
+    (lambda s, shas: s.export_profile("alice", s.store.data_dir), "is a folder; give a file name inside it"),
+    (lambda s, shas: s.export_profile("alice", 5), "a file name must be a string or a path, got 5"),
+    (lambda s, shas: s.score_images("nobody", shas[:1]), "no profile named 'nobody'"),
+    (lambda s, shas: s.rewards("nobody"), "no profile named 'nobody'"),
+    (lambda s, shas: s.generate_candidates("a fox", n=2.5), "number of candidates must be a whole number, got 2.5"),
+    (lambda s, shas: s.generate_candidates("a fox", n="2"), "number of candidates must be a whole number, got '2'"),
+    (lambda s, shas: s.generate_candidates("a fox", n=True), "number of candidates must be a whole number, got True"),
+    (lambda s, shas: s.suggest("alice", shas, top=0), r"top must be a whole number ≥ 1, got 0"),
+])
+def test_the_library_refuses_wrong_inputs_in_one_line_and_changes_nothing(fitted_library, call, message):
+    """Found by a review of the library as README shows it: these raised a TypeError or a sqlite
+    error from deep inside, or went through (a mistyped profile name scored without its taste,
+    2.5 candidates made two)."""
+    studio, shas = fitted_library
+    before = _rows(studio)
+    with pytest.raises((InvalidInput, NotFound), match=message):
+        call(studio, shas)
+    assert _rows(studio) == before

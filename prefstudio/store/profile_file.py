@@ -122,7 +122,7 @@ def serialize(tensors: dict[str, RawTensor], metadata: dict[str, str] | None = N
 
 def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLike) -> Path:
     """Write the profile's judgments, the images they refer to and its fitted models."""
-    path = Path(path)
+    path = validation.validate_output_file(path)
     profile = store.get_profile(profile_name)
     judgments = store.judgments(profile.name)
     shas = list(dict.fromkeys(
