@@ -55,6 +55,8 @@ DEFAULT_STRENGTH = 0.5
 MAX_RADIUS = 0.5  # strength 1: the noise may move half its norm away from the seed's
 MIN_GAIN = 0.05  # below this the personalized image is not called better (PNG rounding)
 MAX_CANDIDATES = 32
+# Fewer held-out pairs than this: a leave-one-out accuracy gets no verdict (chance or not).
+FEW_HELD_OUT = 8
 MAX_ADAPTER_SCALE = 2.0  # the PPD adapter's scale: 1 is what it was trained at, above exaggerates
 
 
@@ -72,6 +74,8 @@ class FitReport:
     def summary(self) -> str:
         loo = (f"leave-one-out pairwise accuracy {self.loo_accuracy:.0%} over {self.loo_pairs} pairs"
                if self.loo_accuracy is not None else "too few pairs for leave-one-out accuracy")
+        if self.loo_accuracy is not None and self.loo_pairs < FEW_HELD_OUT:
+            loo += " (too few to say much yet)"
         return (f"{self.profile}: {self.model} ({self.mode}) fit on {self.n_pairs} pairs in {self.seconds:.2f} s; "
                 f"{loo}. {self.reason}")
 

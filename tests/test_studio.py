@@ -124,3 +124,13 @@ def test_the_library_refuses_wrong_inputs_in_one_line_and_changes_nothing(fitted
     with pytest.raises((InvalidInput, NotFound), match=message):
         call(studio, shas)
     assert _rows(studio) == before
+
+
+def test_a_fit_summary_over_few_held_out_pairs_says_they_are_too_few():
+    """Found by a review: the CLI's `fit` said "leave-one-out 67% over 6 pairs" with no caveat,
+    where the Profile tab says 6 pairs are too few for the figure to say much."""
+    from prefstudio.studio import FitReport
+
+    few = FitReport("alice", "auto", "bank", "why", 6, 4 / 6, 6, 0.1).summary()
+    assert "67% over 6 pairs (too few to say much yet)" in few
+    assert "too few" not in FitReport("alice", "auto", "bank", "why", 20, 0.8, 20, 0.1).summary()

@@ -12,7 +12,7 @@ import gradio as gr
 from prefstudio.errors import InvalidInput
 from prefstudio.preference.state_schema import other_models_fits
 from prefstudio.store.history import KINDS
-from prefstudio.studio import training_pairs
+from prefstudio.studio import FEW_HELD_OUT, training_pairs
 from prefstudio.taste_summary import taste_summary
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
@@ -27,9 +27,6 @@ HISTORY_COLUMNS = 8
 FILTERS = [("👍 liked", "like"), ("👎 disliked", "dislike"), ("A ≻ B pairs", "pair"), ("= ties", "tie"),
            ("⏭ skipped", "skip")]
 FEATURE_CHUNK = 16
-
-# Fewer held-out pairs than this: a leave-one-out accuracy gets no verdict (chance or not).
-FEW_HELD_OUT = 8
 
 
 @dataclass
