@@ -173,13 +173,18 @@ def test_whole_loop_generate_judge_fit_personalize_export_import(app):
 @pytest.fixture(scope="module")
 def fitted(app):
     """A profile with a fitted model, made through the library (the UI's way is tested above)."""
+    return fitted_through_the_library(app, "fitted", "a cold blue ocean at night", range(100, 108))
+
+
+def fitted_through_the_library(app, name: str, prompt: str, seeds) -> str:
+    """A new profile that liked every other candidate of `prompt`, fitted."""
     ctx = app[0].prefstudio
-    ctx.store.create_profile("fitted")
-    records = ctx.run(ctx.studio.generate_candidates, "a cold blue ocean at night", seeds=list(range(100, 108)))
+    ctx.store.create_profile(name)
+    records = ctx.run(ctx.studio.generate_candidates, prompt, seeds=list(seeds))
     for i, record in enumerate(records):
-        ctx.studio.judge("fitted", "like" if i % 2 else "dislike", record.sha256)
-    ctx.run(ctx.studio.fit, "fitted")
-    return "fitted"
+        ctx.studio.judge(name, "like" if i % 2 else "dislike", record.sha256)
+    ctx.run(ctx.studio.fit, name)
+    return name
 
 
 def test_a_leave_one_out_accuracy_at_or_below_chance_is_flagged():
@@ -538,12 +543,7 @@ def test_a_profile_with_a_run_going_is_not_renamed_or_deleted_under_it(app):
     """Found by a review: renaming a profile from another page while its run went on lost the
     run's work (it is stored under the name it started with) and showed the store's list of every
     profile. The rename and the delete are refused until the run ends; the run is stored."""
-    ctx = app[0].prefstudio
-    ctx.store.create_profile("mover")
-    records = ctx.run(ctx.studio.generate_candidates, "a red barn in a field", seeds=list(range(200, 206)))
-    for i, record in enumerate(records):
-        ctx.studio.judge("mover", "like" if i % 2 else "dislike", record.sha256)
-    ctx.run(ctx.studio.fit, "mover")
+    fitted_through_the_library(app, "mover", "a red barn in a field", range(200, 206))
     runner, other = client(app[1]), client(app[1])
     runner.predict("mover", api_name="/open_profile")
     other.predict("mover", api_name="/open_profile")
@@ -592,13 +592,8 @@ def test_a_page_is_told_a_profile_is_missing_without_the_names_of_those_that_exi
 def test_an_api_client_adds_a_profile_to_the_blend_and_loads_a_preset_it_did_not_save(app, fitted):
     """Found by a review: both endpoints are public, yet a client that had not focused the page's
     menus first was refused by gradio ("Value: dave is not in the list of choices: []")."""
-    ctx = app[0].prefstudio
-    ctx.store.create_profile("blendee")
-    records = ctx.run(ctx.studio.generate_candidates, "a yellow kite on a beach", seeds=list(range(300, 306)))
-    for i, record in enumerate(records):
-        ctx.studio.judge("blendee", "like" if i % 2 else "dislike", record.sha256)
-    ctx.run(ctx.studio.fit, "blendee")
-    ctx.studio.save_preset(fitted, "saved elsewhere", {"user": 0.25, "prompt_consistency": 0.5})
+    fitted_through_the_library(app, "blendee", "a yellow kite on a beach", range(300, 306))
+    app[0].prefstudio.studio.save_preset(fitted, "saved elsewhere", {"user": 0.25, "prompt_consistency": 0.5})
     c = client(app[1])
     c.predict(fitted, api_name="/open_profile")
     assert "Added the taste of **blendee**" in c.predict(fitted, "blendee", api_name="/add_to_blend")[-1]
