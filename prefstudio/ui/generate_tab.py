@@ -282,7 +282,7 @@ class GenerateTab:
         with gr.Row(equal_height=True):
             reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
             dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
-                              height=130, elem_id="ps-reuse-png")
+                              height=170, elem_id="ps-reuse-png")
 
         # What speaks of the profile shown: emptied when another one is shown (`running_settings`).
         self.per_profile_views = [self.blend_status, self.status, self.grid_status, self.grid_image]
