@@ -142,7 +142,12 @@ def check_info(info: dict) -> dict:
     if info.get("params") is not None:
         if not isinstance(info["params"], dict):
             raise InvalidInput("provenance: params must be an object")
-        checked["params"] = info["params"]  # plain JSON by construction; bounded by the chunk size
+        # Plain JSON, bounded by the chunk size; the fields a reader acts on are checked as the others.
+        checked["params"] = dict(info["params"])
+        if "method" in info["params"]:
+            checked["params"]["method"] = _name(info["params"]["method"], "params.method")
+        if "weights" in info["params"]:
+            checked["params"]["weights"] = _scalars(info["params"]["weights"], "params.weights", numbers_only=True)
     for key in ("weights", "scores"):
         if info.get(key) is not None:
             checked[key] = _scalars(info[key], key, numbers_only=True)

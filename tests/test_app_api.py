@@ -21,6 +21,7 @@ from PIL import Image
 from prefstudio.provenance import read_provenance
 from prefstudio.studio import Studio
 from prefstudio.ui.app import build_app, launch
+from prefstudio.ui.common import markdown_text
 from prefstudio.ui.evaluate_tab import win_rate
 
 ITERATIONS = 3  # guidance steps per side by side: enough to exercise the loop, fast on a CPU
@@ -424,6 +425,34 @@ def test_reusing_a_png_loads_only_settings_the_sliders_can_hold(app, tmp_path, p
     other = "iterations" if kept == "strength" else "strength"
     assert not isinstance(loaded[other], (int, float)) or isinstance(loaded[other], bool)  # left as it was
     assert f"its {other} " in note and "not loaded" in note
+
+
+@pytest.mark.parametrize("params, message", [
+    ('{"method": ["x"]}', "provenance: params.method must be printable text"),
+    ('{"weights": ["user", 1]}', "provenance: params.weights must be an object"),
+    ('{"weights": {"user": "lots"}}', "provenance: params.weights[user] must be a finite number"),
+])
+def test_a_png_whose_params_are_of_the_wrong_kind_is_refused_in_one_line(app, tmp_path, params, message):
+    """Found by a review: hand-edited params reached the page as Python's own words
+    ("unhashable type: 'list'", "'list' object has no attribute 'items'")."""
+    record = '{"version": 1, "prompt": "a red kite", "generator": "embedded", "seed": 5, "params": %s}' % params
+    dropped = _png_with_record(tmp_path / "edited.png", record)
+    with pytest.raises(AppError, match=re.escape(message)):
+        client(app[1]).predict(handle_file(dropped), api_name="/reuse_png")
+
+
+def test_a_dropped_pngs_prompt_and_names_are_shown_as_text_never_as_markup(app, tmp_path):
+    """Found by a review: a dropped PNG's prompt went into the status line as Markdown, so an
+    <img> in it made the page fetch an address and a [link] became clickable."""
+    hostile = "**bold** <img src=x> [link](http://evil.example)"
+    record = json.dumps({"version": 1, "prompt": hostile, "generator": "embedded", "seed": 5,
+                         "params": {"strength": "[s](http://evil.example)", "method": "[m](http://evil.example)"},
+                         "weights": {"user": 1.0, "profile:[bob](http://evil.example)": 0.5}})
+    dropped = _png_with_record(tmp_path / "hostile.png", record)
+    prompt, *_, note = client(app[1]).predict(handle_file(dropped), api_name="/reuse_png")
+    assert prompt == hostile  # the prompt box gets it as written: it is plain text there
+    assert "**bold**" not in note and "<img" not in note and "](http" not in note
+    assert markdown_text(hostile) in note and markdown_text("profile:[bob](http://evil.example)") in note
 
 
 def test_reusing_a_png_leaves_out_weights_the_sliders_cannot_hold_and_says_so(app, tmp_path):

@@ -623,14 +623,18 @@ class GenerateTab:
             if number and fits(value):
                 loaded[name] = int(value) if name == "iterations" else float(value)
             elif value is not None:
-                refused.append(f"its {name} {echo(value, 40)} is not one this studio's slider holds, not loaded")
+                refused.append(f"its {name} {markdown_text(echo(value, 40))} is not one this studio's slider holds, "
+                               "not loaded")
         values = ([loaded.get(f"{n} weight", gr.skip() if n in known else 0.0) for n in self.reward_names]
                   if known else [gr.skip()] * len(self.reward_names))
         if params.get("method", "guidance") != "guidance":
-            refused.append(f"it was made by {method_name(params)}: choose that under Method to make it the same way")
-        note = (f"Settings of “{info['prompt'][:80]}” loaded" + (f", seed {seed}" if seed is not None else "")
+            refused.append(f"it was made by {markdown_text(method_name(params))}: choose that under Method to make it "
+                           "the same way")
+        # The file's text is shown as text: Markdown in it would be rendered (links, images fetched).
+        note = (f"Settings of “{markdown_text(info['prompt'][:80])}” loaded" + (f", seed {seed}" if seed is not None else "")
                 + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept")
-                + (f"; it blended {', '.join(blended)}: add them to the blend to use them again" if blended else "")
+                + (f"; it blended {markdown_text(', '.join(blended))}: add them to the blend to use them again"
+                   if blended else "")
                 + "".join(f"; {text}" for text in refused))
         return (info["prompt"], FIXED if seed is not None else RANDOM, seed,
                 loaded.get("strength", gr.skip()), loaded.get("iterations", gr.skip()), *values, note + ".")
