@@ -472,7 +472,10 @@ def test_reusing_a_png_leaves_out_weights_the_sliders_cannot_hold_and_says_so(ap
 def test_the_gain_said_names_what_it_sums_and_what_the_guards_did():
     """Found by a hostile review: "raised your weighted rewards by +0.51" sat above a chart whose
     objective rose 0.38, because the gain leaves guards out. The sentence says what it sums."""
-    from prefstudio.ui.generate_tab import gain_text
+    from prefstudio.ui.generate_tab import gain_text as markdown_gain_text
+
+    def gain_text(*args, **kwargs):  # as the page shows it: Markdown's escapes rendered
+        return re.sub(r"\\(.)", r"\1", markdown_gain_text(*args, **kwargs))
 
     text = gain_text({"user": 0.75, "prompt_consistency": 0.5, "aesthetic": 0.0}, 0.51,
                      guards={"prompt_consistency"}, deltas={"user": 0.68, "prompt_consistency": -0.29})

@@ -1252,3 +1252,34 @@ def test_judgments_a_file_repeats_are_kept_once_and_said(exported, target, tmp_p
     code = cli.main(["--data", str(target.data_dir), "--model", "embedded", "import", str(edited(exported, tmp_path, repeated)), "--name", "Dora"])
     out, _ = capsys.readouterr()
     assert code == 0 and '"repeated_or_replaced": 50' in out, out
+
+
+@pytest.mark.parametrize("params, shown", [
+    ({"weights": {"user": "x"}, "gain": 0.4}, "cannot be shown: its weights are not numbers"),
+    ({"weights": {"user": 1.0}, "gain": "big"}, "cannot be shown: its gain is not a number"),
+    ({"weights": {"user": 1.0, "profile:[b](http://evil.example)": 0.5}, "gain": 0.4,
+      "method": "[m](http://evil.example)", "strength": 0.5}, None),
+])
+def test_an_imported_side_by_side_is_shown_as_text_or_refused_in_words(exported, target, tmp_path, params, shown):
+    """An imported profile's personalized images carry their run's params as plain JSON. The
+    Generate tab reads them back as its last side by side: a forged file's names were Markdown
+    there, and values of the wrong kind broke the view (a TypeError)."""
+    import gradio as gr
+
+    from prefstudio.studio import Studio
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateSession, GenerateTab
+
+    def make_one_a_side_by_side(content, tensors):
+        baseline, personalized = content["images"][2], content["images"][3]
+        personalized["params"] = {"personalized_for": "Alice", "baseline": baseline["sha256"], "improved": True,
+                                  "iterations": 30, **params}
+
+    import_profile(target, edited(exported, tmp_path, make_one_a_side_by_side))
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(Studio(target.data_dir)), gr.Dropdown(["Alice"], value="Alice"))
+    text = tab._idle_view(GenerateSession(), "Alice")[0]
+    if shown is not None:
+        assert shown in text
+    else:
+        assert "](http" not in text and "Your last side by side" in text

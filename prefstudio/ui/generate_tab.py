@@ -61,12 +61,37 @@ def method_name(params: dict) -> str:
     return METHOD_NAMES.get(params.get("method", "guidance"), str(params.get("method")))
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def unreadable_run(params: dict) -> str | None:
+    """What keeps a stored side by side's params from being shown, or None. They are plain JSON
+    of any shape when they came with an imported profile file."""
+    def numbers(mapping) -> bool:
+        return isinstance(mapping, dict) and all(isinstance(k, str) and _number(v) for k, v in mapping.items())
+
+    if not numbers(params.get("weights", {})):
+        return "its weights are not numbers"
+    scores = params.get("scores", {})
+    if not isinstance(scores, dict) or not all(numbers(side) for side in scores.values()):
+        return "its scores are not numbers"
+    for key in ("gain", "strength", "iterations", "iterations_run", "picked_seed"):
+        if key in params and not _number(params[key]):
+            return f"its {key.replace('_', ' ')} is not a number"
+    trace = params.get("trace", [])
+    if not isinstance(trace, list) or not all(
+            isinstance(t, list) and len(t) == 3 and _number(t[0]) and _number(t[1]) and numbers(t[2]) for t in trace):
+        return "its trace is not a list of scored iterations"
+    return None
+
+
 def record_how(params: dict, seed: int, baseline_seed: int) -> str:
     """How a stored side by side was made, for reading it back (a reload, the past list)."""
     ran = params.get("iterations_run", params.get("iterations"))
     if "picked_seed" in params:
         return f"Best of N: the best of {ran} seeds (seed **{seed}**; the baseline's **{baseline_seed}**)"
-    how = f"{method_name(params)}, seed **{seed}**, strength {params.get('strength', '?')}"
+    how = f"{markdown_text(method_name(params))}, seed **{seed}**, strength {params.get('strength', '?')}"
     if params.get("method") in ONE_PASS:
         return how
     if params.get("stopped"):
@@ -133,7 +158,8 @@ def _in_sentence(label: str) -> str:
 def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: dict[str, float] | None) -> str:
     """What a personalization's gain sums (the weighted rewards it raises; guards are held, not
     raised, so they are not in it) and, when known, how far each guard moved."""
-    raised = [_in_sentence(reward_label(n)) for n, w in weights.items() if w > 0 and n not in guards]
+    # Names are shown as text: a blended profile's name may come from an imported file.
+    raised = [markdown_text(_in_sentence(reward_label(n))) for n, w in weights.items() if w > 0 and n not in guards]
     # One reward may fall while the sum rises: the sentence names the sum, not each reward.
     summed = raised[0] if len(raised) == 1 else "the weighted sum of " + " and ".join(raised)
     text = f"raised {summed} by **{gain:+z.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
@@ -510,6 +536,9 @@ class GenerateTab:
             baseline = self.ctx.store.image_record(params["baseline"])
         except (KeyError, NotFound):
             return self._empty(session, "That side by side's baseline is no longer in the history.")
+        problem = unreadable_run(params)
+        if problem is not None:
+            return self._empty(session, f"That side by side cannot be shown: {problem}.")
         session.baseline, session.personalized = baseline.sha256, record.sha256
         weights = params.get("weights", {})
         scores = params.get("scores", {})
