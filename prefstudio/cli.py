@@ -391,6 +391,8 @@ def cmd_suggest(args, studio) -> dict:
         raise InvalidInput("suggest takes either --prompt P or candidate image ids, not both and not neither")
     if not 1 <= args.top <= 100:
         raise InvalidInput(f"--top must lie in [1, 100], got {args.top}")
+    if args.prompt and args.n < 2:  # checked before any image is made and stored
+        raise InvalidInput(f"-n must be at least 2 with --prompt: a pair needs two candidates, got {args.n}")
     studio.store.get_profile(args.profile)  # an unknown profile fails before anything is generated
     shas = ([r.sha256 for r in studio.generate_candidates(args.prompt, n=args.n)] if args.prompt
             else [studio.store.resolve_image_id(ref) for ref in args.ids])

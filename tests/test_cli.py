@@ -619,3 +619,13 @@ def test_a_profile_fitted_by_another_model_says_so_in_the_profile_tab_and_on_imp
     assert "Judge at least one" not in text
     assert "fitted by **user-embedding**" in text and "this studio serves **auto**" in text
     assert "press **Fit my taste**" in text
+
+
+def test_suggest_with_too_few_new_candidates_is_refused_before_any_is_made(capsys, tmp_path):
+    """Found by a review: `suggest --prompt P -n 1` stored a new image, then said a pair needs
+    two candidates."""
+    data = tmp_path / "data"
+    run_cli(capsys, data, "profile", "create", "alice")
+    line = refused(capsys, data, "suggest", "alice", "--prompt", "a fox", "-n", "1")
+    assert "-n must be at least 2" in line
+    assert not (data / "images").exists() or not any((data / "images").rglob("*.png"))
