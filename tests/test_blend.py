@@ -392,3 +392,28 @@ def test_a_version_1_file_without_presets_still_imports(tmp_path):
             else:  # version 1 had no presets: a file that says 1 and holds them is not one
                 with pytest.raises(InvalidInput, match="must have exactly the keys images, judgments, models, name"):
                     import_profile(friend, tmp_path / "old.prefstudio")
+
+
+def test_a_grid_whose_page_switched_profile_stops_and_leaves_that_page_alone(studio):
+    """Found by a review: a grid started on alice streamed on after the page switched to bob, and
+    bob's page ended with "Trade-off grid … Your taste · Taste of bob" and alice's grid image."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import FIXED, GenerateSession, GenerateTab
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice", "bob"], value="alice"))
+    session = GenerateSession()
+    session.showing = "alice"
+    weights = [1.0 if n == "user" else 0.5 for n in tab.reward_names]
+    stream = tab.trade_off(session, "alice", PROMPT, FIXED, 5, 0.5, 2, ["user", "profile:bob"], 2, *weights)
+    assert next(stream)[0].startswith("Image 1 of 3")
+    session.showing = "bob"  # the page switched
+    rest = list(stream)
+    assert rest and all(isinstance(view, dict) and view.get("__type__") == "update" and len(view) == 1
+                        for views in rest for view in views), rest  # gr.skip() only: bob's page keeps its views
+    # A client that never showed a profile (the API) gets its grid.
+    api_session = GenerateSession()
+    *_, last = tab.trade_off(api_session, "alice", PROMPT, FIXED, 5, 0.5, 2, ["user", "profile:bob"], 2, *weights)
+    assert last[0].startswith("Trade-off grid of 3 images")

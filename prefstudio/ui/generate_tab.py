@@ -778,7 +778,12 @@ class GenerateTab:
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, values)
         run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=int(steps), weights=weights,
                                         strength=float(strength), iterations=int(iterations))
+        shown = session.showing  # None for an API client, which never shows a profile
         for item in self.ctx.steps(run):
+            if session.showing != shown:  # the page shows another profile now: the grid is its old one's
+                run.close()
+                yield gr.skip(), gr.skip(), gr.skip()
+                return
             if isinstance(item, str):
                 yield f"{item} · seed **{seed}** …", seed, gr.skip()
                 continue
