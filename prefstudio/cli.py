@@ -110,9 +110,17 @@ def studio_options(args: argparse.Namespace) -> dict:
             "ppd_adapter": args.ppd_adapter}
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments are one `error: …` line, as every other refusal; the usage is in --help.
+    (Sub-commands' parsers are of the same class.)"""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m prefstudio", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="python -m prefstudio", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data", help="history folder (default: ./data)")
     add_model_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)

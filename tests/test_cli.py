@@ -629,3 +629,18 @@ def test_suggest_with_too_few_new_candidates_is_refused_before_any_is_made(capsy
     line = refused(capsys, data, "suggest", "alice", "--prompt", "a fox", "-n", "1")
     assert "-n must be at least 2" in line
     assert not (data / "images").exists() or not any((data / "images").rglob("*.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["personalize", "alice", "a fox", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    (["preset", "load", "alice", "p1"], "argument action: invalid choice: 'load'"),
+    (["no-such-command"], "invalid choice: 'no-such-command'"),
+])
+def test_arguments_argparse_refuses_are_one_error_line_too(capsys, tmp_path, argv, message):
+    """Found by a review: README promises one `error: …` line, but argparse's own refusals printed
+    its usage first (10 lines for a bad --seed)."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--data", str(tmp_path / "data"), *argv])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
