@@ -242,8 +242,9 @@ class Studio:
 
         Every line and image is checked before anything is recorded; a refused file leaves nothing behind.
         Returns what changed: the lines read, the pairs whose verdict it recorded (new, or replacing
-        another), the pairs it judged as they already were, and the pairs it judged both ways (a
-        profile holds one verdict a pair: the file's last line on it counts)."""
+        another), the pairs it judged as they already were, the pairs it judged both ways, and the
+        lines on a pair an earlier line of the file judged (a profile holds one verdict a pair: the
+        file's last line on it counts)."""
         from prefstudio.preference.pair_data import read_judgments
 
         self.store.get_profile(profile)
@@ -258,7 +259,7 @@ class Studio:
             winners.setdefault(pair, set()).add(j.image_a)
         unchanged = sum(before.get(pair) == winner for pair, winner in last.items())
         return {"lines": len(judgments), "recorded": len(last) - unchanged, "already_recorded": unchanged,
-                "judged_both_ways": sum(len(w) > 1 for w in winners.values())}
+                "judged_both_ways": sum(len(w) > 1 for w in winners.values()), "repeated_lines": len(judgments) - len(last)}
 
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:

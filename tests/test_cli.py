@@ -515,9 +515,14 @@ def test_import_pairs_reports_what_changed_not_how_many_lines_it_read(tmp_path, 
     assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
     code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
     assert code == 0 and json.loads(out) == {"lines": 3, "recorded": 2, "already_recorded": 0,
-                                             "judged_both_ways": 1}
+                                             "judged_both_ways": 1, "repeated_lines": 1}
     code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
     assert code == 0 and json.loads(out)["recorded"] == 0 and json.loads(out)["already_recorded"] == 2
+    # Found by a review: the same line three times read "lines 3, recorded 1" and no word of the other two.
+    pairs.write_text(3 * (json.dumps({**lines[0], "liked": b, "disliked": c}) + "\n"))
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
+    assert code == 0 and json.loads(out) == {"lines": 3, "recorded": 1, "already_recorded": 0,
+                                             "judged_both_ways": 0, "repeated_lines": 2}
 
 
 def test_output_into_a_closed_pipe_is_quiet_and_keeps_the_work(tmp_path):

@@ -42,7 +42,8 @@ def test_the_sample_data_commands_run_verbatim(tmp_path):
                               timeout=600)
         assert proc.returncode == 0, (line, proc.stderr[-2000:])
         outputs.append(json.loads(proc.stdout))
-    assert outputs[1] == {"lines": 16, "recorded": 16, "already_recorded": 0, "judged_both_ways": 0}
+    assert outputs[1] == {"lines": 16, "recorded": 16, "already_recorded": 0, "judged_both_ways": 0,
+                          "repeated_lines": 0}
     assert outputs[-1]["users"] == 3 and outputs[-1]["targets"] == 24 and 0 <= outputs[-1]["top1_1v1"] <= 1
     with HistoryStore(tmp_path / "data") as store:
         assert len(store.judgments("ana")) == 16
