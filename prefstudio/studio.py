@@ -114,6 +114,18 @@ def no_fit_yet(profile: str) -> str:
             f"Profile tab, or python -m prefstudio fit {shlex.quote(profile)})")
 
 
+def check_one_pass_weights(weights: dict[str, float], method: str) -> None:
+    """A one-pass method (Instant, PPD) makes the image for the profile's own taste and follows no
+    slider; the weights only judge its result, so they may not ask for what it cannot follow."""
+    blended = [blended_profile(n) for n, w in weights.items() if w > 0 and blended_profile(n) is not None]
+    if blended:
+        raise InvalidInput(f"{method} makes one pass for your own taste and cannot follow the taste of "
+                           f"{' and '.join(blended)}: set its weight to 0, or choose guidance to blend")
+    if weights.get("user", 0) <= 0:
+        raise InvalidInput(f"{method} makes one pass for your own taste, but your taste's weight is 0: "
+                           "raise it (it judges the result), or choose another method")
+
+
 def check_something_raised(weights: dict[str, float], rewards: dict[str, Reward], method: str) -> None:
     """A method that climbs the weighted rewards needs one it raises: a guard (prompt consistency)
     is only kept from falling, so guards alone leave nothing to personalize for."""
@@ -508,6 +520,7 @@ class Studio:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         check_something_raised(weights, rewards, method)
         if method in ("instant", "ppd"):
+            check_one_pass_weights(weights, method)
             iterations = 0  # one pass, no iterations
         elif iterations is None:
             iterations = CHAIN_ITERATIONS if method == "instant+guidance" else DEFAULT_ITERATIONS

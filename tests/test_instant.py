@@ -319,3 +319,24 @@ def test_instant_reads_the_people_of_the_adapters_own_bank_whatever_the_studios_
     features = studio.features([s for pair in pairs for s in pair]).view(len(pairs), 2, -1)
     expected = bank_combination(studio.adapter_bank, features[:, 0], features[:, 1], pair_images=pairs)
     torch.testing.assert_close(studio.instant_embedding("dana"), expected @ studio.adapter_bank.user_embeddings)
+
+
+def test_instant_is_not_judged_by_a_blend_or_a_zero_taste_weight_it_cannot_follow(fitted_studio):
+    """Found by a review: Instant makes one pass for the profile's own taste and ignores the
+    sliders, yet `--weight user=0 --weight profile:bob=1` went through and the result was judged
+    by bob's taste. A one-pass method is refused weights it cannot follow, before any work."""
+    studio = fitted_studio
+    if "bob" not in [p.name for p in studio.store.list_profiles()]:
+        studio.store.create_profile("bob")
+        for record in studio.store.judgments("alice"):
+            studio.judge("bob", "dislike" if record.kind == "like" else "like", record.image_a)
+        studio.fit("bob")
+    images = len(studio.store.personalized_images("alice", 1000))
+    for weights, message in (({"user": 0.75, "profile:bob": 1.0}, "cannot follow the taste of bob"),
+                             ({"user": 0.0, "prompt_consistency": 0.5}, "your taste's weight is 0")):
+        with pytest.raises(InvalidInput, match=message):
+            studio.personalize_once("alice", "a quiet landscape", seed=3, weights=weights, method="instant")
+    assert len(studio.store.personalized_images("alice", 1000)) == images
+    # Guided follows both.
+    studio.personalize_once("alice", "a quiet landscape", seed=3, iterations=1, method="guidance",
+                            weights={"user": 0.75, "profile:bob": 1.0})

@@ -25,7 +25,7 @@ from prefstudio.provenance import read_provenance, write_png_with_provenance
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.store.history import ImageRecord
 from prefstudio.guidance.methods import CHAIN_ITERATIONS
-from prefstudio.studio import DEFAULT_STRENGTH, MAX_ADAPTER_SCALE, check_something_raised
+from prefstudio.studio import DEFAULT_STRENGTH, MAX_ADAPTER_SCALE, check_one_pass_weights, check_something_raised
 from prefstudio.taste_summary import read_prompts
 from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
@@ -392,6 +392,8 @@ class GenerateTab:
         self.ctx.studio.user_reward(name)  # "fit first" before a job starts
         # Every blended taste is here and fitted, and something is raised, before a job starts.
         check_something_raised(weights, self.ctx.studio.rewards(name, weights), method)
+        if method in ONE_PASS:
+            check_one_pass_weights(weights, method)
         # "no adapter" or "no VLM profile yet" before a job starts
         if method.startswith("instant"):
             self.ctx.studio.instant_embedding(name)
