@@ -93,6 +93,9 @@ CSS = """
 #ps-most .grid-container, #ps-least .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 #ps-candidates .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
 #ps-export-file .empty.large { min-height: 64px; height: 64px; }
+/* A result's heading names the seed it picked: it wraps clear of the image's buttons. */
+#ps-baseline [data-testid="block-label"], #ps-personalized [data-testid="block-label"] {
+  max-width: calc(100% - 84px); white-space: normal; height: auto; }
 /* A refused input is explained in the toast; no "Error" badge is left on every output. */
 [data-testid="status-tracker"]:has(> span.error) { display: none !important; }
 kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
