@@ -497,11 +497,15 @@ def test_reuse_brings_back_the_method_and_the_baselines_seed(app, fitted):
     c = client(app[1])
     c.predict(fitted, api_name="/open_profile")
     for method in ("Best of N", "Instant"):
-        c.predict(fitted, "a cold blue ocean at night", "Fixed seed", 11, 0.5, 8, 0.75, 0.5, method=method,
-                  api_name="/personalize")
+        made = c.predict(fitted, "a cold blue ocean at night", "Fixed seed", 11, 0.5, 8, 0.75, 0.5, method=method,
+                         api_name="/personalize")
         prompt, mode, seed, *rest = c.predict(api_name="/reuse_settings")
         assert (prompt, mode, seed) == ("a cold blue ocean at night", "Fixed seed", 11)
         assert value(rest[-1]) == method
+        # Found by a review: dropping Best of N's PNG loaded the seed it picked, so the same method
+        # from there tried other seeds. Its baseline is in this history: the seed asked for is loaded.
+        prompt, mode, seed, *_ = c.predict(handle_file(local(made[3])), api_name="/reuse_png")
+        assert seed == 11
 
 
 def test_a_gain_that_rounds_to_zero_reads_plus_zero_not_minus_zero():
@@ -634,3 +638,33 @@ def test_an_api_client_adds_a_profile_to_the_blend_and_loads_a_preset_it_did_not
         c.predict(fitted, "nobody", api_name="/add_to_blend")
     with pytest.raises(AppError, match="no preset named 'nothing'"):
         c.predict(fitted, "nothing", api_name="/load_preset")
+
+
+def test_stop_on_a_method_that_makes_its_image_in_one_step_says_it_cannot_stop_midway(app):
+    """Found by a review: Stop during Best of N answered "Stopping after this iteration; the best
+    image so far is kept", but Best of N renders its seeds in one step and never stops early."""
+    import threading
+
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateTab
+    from prefstudio.ui.jobs import GenerationJob
+
+    ctx = app[0].prefstudio
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(ctx.studio), gr.Dropdown(["fitted"], value="fitted"))
+    ctx.store.create_profile("one step")
+    release = threading.Event()
+
+    def run():
+        release.wait(10)
+        yield from ()
+
+    for method, said in (("Best of N", "makes its image in one step"), ("Guided", "Stopping after this iteration")):
+        job = GenerationJob("one step", "a prompt", 1, 8, {"method": method})
+        tab.jobs.start("one step", job, run())
+        assert said in tab.stop("one step")
+        release.set()
+        assert job.done.wait(10)
+        release.clear()

@@ -623,14 +623,20 @@ class GenerateTab:
         params = record.params
         weights = params.get("weights", {})
         self._set_blend(session, weights, request)
-        try:  # the seed asked for: Best of N's image may be another seed's
-            seed = self.ctx.store.image_record(params["baseline"]).seed
-        except (KeyError, NotFound):
-            seed = record.seed
+        seed = self._baseline_seed(params)
+        seed = record.seed if seed is None else seed
         method = next((label for label, (name, _) in self.methods.items() if name == params.get("method")), GUIDED)
         return (record.prompt, FIXED, seed, params.get("strength", DEFAULT_STRENGTH),
                 params.get("iterations", DEFAULT_ITERATIONS),
                 *[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights), method)
+
+    def _baseline_seed(self, params: dict) -> int | None:
+        """The seed a run asked for (its baseline's; Best of N's image may be another seed's), or
+        None when its baseline is not in this history."""
+        try:
+            return self.ctx.store.image_record(str(params["baseline"])).seed
+        except (KeyError, NotFound):
+            return None
 
     def reuse_png(self, file):
         """Prompt, seed, strength, iterations and weights from a PNG's provenance (a dropped
@@ -642,6 +648,9 @@ class GenerateTab:
         weights = info.get("weights") or params.get("weights") or {}
         known = {n: w for n, w in weights.items() if n in self.reward_names}
         seed = info.get("seed")
+        picked = "picked_seed" in params and self._baseline_seed(params) is None
+        if "picked_seed" in params and not picked:  # Best of N's image is the seed it picked; the run asked for the baseline's
+            seed = self._baseline_seed(params)
         blended = sorted(n for n in weights if blended_profile(n) is not None)
         # Another tool's (or a hand-edited) record may hold anything under these names: only
         # what the sliders can hold is loaded, and the rest is said.
@@ -663,6 +672,7 @@ class GenerateTab:
                            "the same way")
         # The file's text is shown as text: Markdown in it would be rendered (links, images fetched).
         note = (f"Settings of “{markdown_text(info['prompt'][:80])}” loaded" + (f", seed {seed}" if seed is not None else "")
+                + (" (the seed Best of N picked; the one its run started from is not in this history)" if picked else "")
                 + ("" if known or not weights else "; its rewards are not on this studio's sliders, weights kept")
                 + (f"; it blended {markdown_text(', '.join(blended))}: add them to the blend to use them again"
                    if blended else "")
@@ -807,6 +817,9 @@ class GenerateTab:
         if job is None or job.stop.is_set():
             return "Nothing is running."
         job.stop.set()
+        method = job.controls.get("method", GUIDED)
+        if self.methods.get(method, METHODS[GUIDED])[0] not in ("guidance", "instant+guidance"):
+            return f"{method} makes its image in one step and cannot stop midway: it ends in a moment."
         return "Stopping after this iteration; the best image so far is kept."
 
     def _judge_handler(self, kind: str, which: str):
