@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guidance: optimise the seed's noise; best_of_n: the best of 8 seeds; instant: one pass of "
                         "the preference adapter; instant+guidance: instant, then a short guidance from its image; "
                         "ppd: one pass of the PPD adapter (--ppd-adapter)")
-    p.add_argument("--adapter-scale", type=float, default=1.0,
+    p.add_argument("--adapter-scale", type=float,
                    help="ppd: the adapter's scale, 0-2 (0 = the baseline exactly; default 1)")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the images (default ./out)")
 
@@ -354,6 +354,8 @@ def cmd_grid(args, studio) -> dict:
     from prefstudio.trade_off import draw_grid
 
     validate_output_file(args.out)
+    if args.out.suffix.lower() != ".png":
+        raise InvalidInput(f"--out must name a .png file, got {echo(str(args.out))}")
     grid = None
     for item in studio.trade_off(args.profile, args.prompt, args.axis, seed=args.seed, steps=args.steps,
                                  weights=studio.blend_weights(args.profile, _weights(args.weight), args.preset),
@@ -377,11 +379,13 @@ def cmd_grid(args, studio) -> dict:
 
 
 def cmd_personalize(args, studio) -> dict:
+    if args.adapter_scale is not None and args.method != "ppd":
+        raise InvalidInput(f"--adapter-scale is read by --method ppd only, not {args.method}")
     weights = studio.blend_weights(args.profile, _weights(args.weight), args.preset)
     result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
                                      weights=weights, iterations=args.iterations,
                                      method=args.method, strength=args.strength,
-                                     adapter_scale=args.adapter_scale)
+                                     **({} if args.adapter_scale is None else {"adapter_scale": args.adapter_scale}))
     paths = save_side_by_side(result, args.out, fit=studio.fit_status(args.profile),
                               model=studio.preference.name)
     return {"seed": result.seed, "method": args.method, "weights": result.weights, "strength": result.strength,

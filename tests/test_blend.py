@@ -318,6 +318,11 @@ def test_cli_blends_a_profile_with_weight_and_with_a_preset(capsys, cli_data, tm
     (["preset", "save", "alice", "x"], "preset save needs the blend"),
     (["grid", "alice", PROMPT, "--axis", "user"], "weighs two or three rewards against each other; got 1"),
     (["grid", "alice", PROMPT, "--axis", "user", "--axis", "profile:nobody"], "no profile named 'nobody'"),
+    # Found by a review: a PNG written to a .txt name, and a scale only PPD reads taken by Instant.
+    (["grid", "alice", PROMPT, "--axis", "user", "--axis", "profile:bob", "--out", "grid.txt"],
+     "--out must name a .png file, got 'grid.txt'"),
+    (["personalize", "alice", PROMPT, "--method", "instant", "--adapter-scale", "0.5"],
+     "--adapter-scale is read by --method ppd only"),
 ])
 def test_cli_refuses_a_bad_blend_in_one_line(capsys, cli_data, argv, message):
     with HistoryStore(cli_data) as store:
