@@ -59,7 +59,7 @@ class AppContext:
             if previous is not None:
                 shutil.rmtree(previous.parent, ignore_errors=True)
             folder = Path(gr.utils.get_upload_folder()) / f"prefstudio-export-{secrets.token_urlsafe(24)}"
-            folder.mkdir(parents=True)
+            folder.mkdir(mode=0o700, parents=True)  # private, as the file written in it
             self._exports[profile_id] = path = folder / file_name
         return path
 
