@@ -48,6 +48,9 @@ def page():
 def open_studio(page, url):
     page.goto(url + "/", wait_until="load")
     page.wait_for_selector("#ps-generate", timeout=SLOW)
+    # The page's load restores the profile this browser last chose: a choice made before that
+    # lands would be overwritten by it (seen under CI's load), so wait for it as a person would.
+    expect(page.locator("#ps-label-status")).to_contain_text(re.compile(r"\S"), timeout=SLOW)
 
 
 def choose(page, name):
