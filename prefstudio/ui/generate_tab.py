@@ -307,7 +307,7 @@ class GenerateTab:
                                        buttons=["download", "fullscreen"], elem_id="ps-grid")
         with gr.Row(equal_height=True):
             reuse = gr.Button("↺ Reuse the selected one's settings", size="sm", elem_id="ps-reuse")
-            dropped = gr.File(label="…or drop a PrefStudio PNG to reuse its settings", file_types=[".png"],
+            dropped = gr.File(label="…or drop a PrefStudio PNG", file_types=[".png"],
                               height=170, elem_id="ps-reuse-png")
 
         # What speaks of the profile shown: emptied when another one is shown (`running_settings`).
