@@ -306,8 +306,9 @@ def cmd_import(args, store) -> dict:
     imported = import_profile(store, args.file, args.name)
     out = {"imported": imported.name, "judgments": imported.judgments_kept,
            "repeated_or_replaced": imported.repeated_or_replaced}
-    others = other_models_fits(store.model_names(imported.name), args.preference_model)
-    if others and args.preference_model not in store.model_names(imported.name):
+    fits = store.model_names(imported.name)
+    others = other_models_fits(fits, args.preference_model)
+    if others and args.preference_model not in fits:
         out["fit"] = (f"the file's fit is by {' and '.join(others)}; {args.preference_model} serves here: run "
                       f"`python -m prefstudio fit {shlex.quote(imported.name)}` to fit it with {args.preference_model}")
     return out

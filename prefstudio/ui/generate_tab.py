@@ -648,9 +648,10 @@ class GenerateTab:
         weights = info.get("weights") or params.get("weights") or {}
         known = {n: w for n, w in weights.items() if n in self.reward_names}
         seed = info.get("seed")
-        picked = "picked_seed" in params and self._baseline_seed(params) is None
-        if "picked_seed" in params and not picked:  # Best of N's image is the seed it picked; the run asked for the baseline's
-            seed = self._baseline_seed(params)
+        # Best of N's image is the seed it picked; its run asked for the baseline's, when that is here.
+        asked = self._baseline_seed(params) if "picked_seed" in params else None
+        picked = "picked_seed" in params and asked is None
+        seed = seed if asked is None else asked
         blended = sorted(n for n in weights if blended_profile(n) is not None)
         # Another tool's (or a hand-edited) record may hold anything under these names: only
         # what the sliders can hold is loaded, and the rest is said.
