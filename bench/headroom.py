@@ -15,6 +15,12 @@ pairs, as `bench/studio_models.py` scores them; its saved scores give the served
   their 50 judgments, read in the bank's 32-d taste space (a ridge fit of their true utilities
   on the projected features of the train-pool images). What the user embedding could do with a
   noise-free bank in its feature space.
+- **bank posterior, true tastes, RBF**: the same with each training user's true utilities read
+  through an RBF kernel over all the standardised features (kernel ridge, as in the second table)
+  in place of the 32-d taste space; and **+ user embedding**, its log-odds added to the served
+  user embedding's, each divided by its spread over the person's judged images (as auto adds its
+  members). What a member reading the images non-linearly could add to the user embedding with a
+  noise-free bank (`bench/kernel_bank.py` fits such a bank from the judgments).
 
 A second table asks what a taste could express with unlimited judgments: each unseen user's true
 utilities of the train-pool images, fitted by ridge regression on one reading of the image features
@@ -144,6 +150,17 @@ def main(argv=None) -> int:
     true_tastes = torch.linalg.solve(design.T @ design + RIDGE * torch.eye(design.shape[1], dtype=torch.float64),
                                      design.T @ bank_people.utilities(train_rows))[:-1] / bank_people.temperature
 
+    standardised = (split.features.double() - split.features.double().mean(0)) / (split.features.double().std(0) + 1e-6)
+    median_sq = torch.cdist(standardised[train_rows], standardised[train_rows]).pow(2).median()
+
+    def rbf(a, b):
+        return torch.exp(-torch.cdist(standardised if a is None else standardised[a], standardised[b]).pow(2)
+                         / median_sq)
+
+    bank_rbf_utilities = unlimited_judgment_fits(
+        {"rbf": (rbf, CEILING_READINGS["all features, RBF kernel"])},
+        bank_people.utilities(torch.arange(split.features.shape[0])), train_rows)["rbf"] / bank_people.temperature
+
     owner = target_owner(split)
     unseen = torch.tensor([u not in split.seen for u in split.users])
     def true_gaps(pairs):  # [N, K] each drawn person's log-odds of liked over disliked
@@ -152,31 +169,36 @@ def main(argv=None) -> int:
     def bank_gaps(pairs):  # [N, K] the same for the bank's users, read in the taste space
         return (taste_space[pairs[:, 0]] - taste_space[pairs[:, 1]]) @ true_tastes
 
+    def bank_rbf_gaps(pairs):  # [N, K] the same read through the RBF kernel
+        return bank_rbf_utilities[pairs[:, 0]] - bank_rbf_utilities[pairs[:, 1]]
+
     def unseen_top1(scores_of_targets):  # [T, 2] -> (mean, SE) over unseen users
         return mean_se(per_user(top1(scores_of_targets), owner, len(split.users))[unseen])
 
     rows = []
     for n_ref in present(scores, "test"):
-        predicted = {"bayes": [], "bank": []}
-        for user in split.users:
+        predicted = {"bayes": [], "bank": [], "bank rbf": [], "bank rbf + ue": []}
+        user_embedding, scales = scores[f"test.{n_ref}.user-embedding"], scores[f"test.{n_ref}.scales"]
+        for k, user in enumerate(split.users):
             refs, targets = split.references[user][:n_ref], split.targets_1v1[user]
-            for name, gaps in (("bayes", true_gaps), ("bank", bank_gaps)):
+            for name, gaps in (("bayes", true_gaps), ("bank", bank_gaps), ("bank rbf", bank_rbf_gaps)):
                 p = posterior_predictive(gaps(refs), gaps(targets))
                 predicted[name].append(torch.stack([p, 1 - p], 1))
+            # As a member it scores an image by its posterior-mean utility (the user embedding's cold
+            # start scores by its posterior-mean taste), divided by the spread over the judged images.
+            weights = torch.softmax(F.logsigmoid(bank_rbf_gaps(refs)).sum(0), 0)
+            utility = bank_rbf_utilities @ weights
+            ue = user_embedding[owner == k]
+            both = ((utility[targets[:, 0]] - utility[targets[:, 1]]) / utility[refs.reshape(-1)].std()
+                    + (ue[:, 0] - ue[:, 1]) / scales[k, 0])
+            predicted["bank rbf + ue"].append(torch.stack([both, -both], 1))
         row = {"n_ref": n_ref, **{name: unseen_top1(scores[f"test.{n_ref}.{name}"]) for name in STUDIO_MODELS},
                **{name: unseen_top1(torch.cat(parts)) for name, parts in predicted.items()}}
         rows.append(row)
         print(row, flush=True)
 
-    standardised = (split.features.double() - split.features.double().mean(0)) / (split.features.double().std(0) + 1e-6)
-    median_sq = torch.cdist(standardised[train_rows], standardised[train_rows]).pow(2).median()
-
     def linear(x):
         return lambda a, b: (x if a is None else x[a]) @ x[b].T + 1  # + 1: the intercept
-
-    def rbf(a, b):
-        return torch.exp(-torch.cdist(standardised if a is None else standardised[a], standardised[b]).pow(2)
-                         / median_sq)
 
     kernels = {"taste space, linear": linear(taste_space), "all features, linear": linear(standardised),
                "all features, RBF kernel": rbf}
@@ -192,9 +214,10 @@ def main(argv=None) -> int:
     from prefstudio_research.report import machine, write_section
 
     head = ("| N_ref | user embedding | preference tokens | auto | bank posterior, true tastes, taste space "
-            "| Bayes, true utilities |\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+            "| bank posterior, true tastes, RBF | + user embedding | Bayes, true utilities |\n"
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     cell = lambda v: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
-    lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*STUDIO_MODELS, "bank", "bayes")) + " |"
+    lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*STUDIO_MODELS, "bank", "bank rbf", "bank rbf + ue", "bayes")) + " |"
              for r in rows]
     command = " ".join(["python bench/headroom.py"] + list(sys.argv[1:] if argv is None else argv))
     text = "\n".join([
@@ -202,7 +225,7 @@ def main(argv=None) -> int:
         f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
         f"end; {time.perf_counter() - start:.0f} s. PrefBench's {int(unseen.sum())} unseen test users (data/bench, "
         "seed 0), 1v1 top-1, ± the standard error over users. The first three columns are the studio's models "
-        "(the scores `bench/studio_models.py` saved); the last two read the hidden users and are analysis only "
+        "(the scores `bench/studio_models.py` saved); the last four read the hidden users and are analysis only "
         "(bench/headroom.py's docstring says how each is built).", "", head, *lines, "",
         "**With unlimited judgments**: each unseen user's true utilities of the train-pool images fitted in one "
         "reading of the image features (ridge; the regularisation chosen on the validation users), 1v1 top-1 on "
