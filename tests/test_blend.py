@@ -422,3 +422,33 @@ def test_a_grid_whose_page_switched_profile_stops_and_leaves_that_page_alone(stu
     api_session = GenerateSession()
     *_, last = tab.trade_off(api_session, "alice", PROMPT, FIXED, 5, 0.5, 2, ["user", "profile:bob"], 2, *weights)
     assert last[0].startswith("Trade-off grid of 3 images")
+
+
+def test_the_optimiser_check_of_one_profile_is_not_shown_under_another(studio):
+    """Found while using the studio: the Evaluate tab's optimiser check of alice ("Win rate …",
+    her scores per prompt) stayed on screen, and a run went on streaming into the page, after the
+    page switched to bob, where it read as bob's."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.evaluate_tab import EvaluateSession, EvaluateTab
+
+    with gr.Blocks():
+        tab = EvaluateTab(AppContext(studio), gr.Dropdown(["alice", "bob"], value="alice"), gr.State("alice"))
+    session = EvaluateSession()
+    tab.show(session, "alice")  # the page opened alice
+    *_, (result, _, table) = tab.evaluate(session, "alice", f"{PROMPT}\na red door", 2, 2, 3)
+    assert result.startswith("**Win rate") and len(table) == 2
+    cleared = tab.show(session, "bob")  # the page switched
+    assert cleared[0] == "" and cleared[1] is None and cleared[2].empty
+    assert tab.show(session, "bob") == (gr.skip(),) * 3  # bob's own views stay when nothing switched
+
+    stream = tab.evaluate(session, "bob", f"{PROMPT}\na red door", 2, 2, 3)
+    assert next(stream)[0].startswith("Prompt 1 of 2")
+    tab.show(session, "alice")  # switched mid-run
+    rest = list(stream)
+    assert rest == [], rest  # nothing more reaches alice's page: the run ended
+    assert session.stop.is_set()
+    # A client that never showed a profile (the API) gets its result.
+    *_, (result, _, _) = tab.evaluate(EvaluateSession(), "alice", PROMPT, 1, 2, 3)
+    assert result.startswith("**Win rate")

@@ -177,7 +177,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 gr.Markdown("### Blind test: you judge")
                 BlindEvaluation(ctx, profile, opened)
                 gr.Markdown("### Optimiser check: your taste model judges")
-                EvaluateTab(ctx, profile)
+                EvaluateTab(ctx, profile, opened)
 
         def create_profile(name, request: gr.Request):
             created = profiles.create(name, login(request))

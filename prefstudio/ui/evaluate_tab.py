@@ -25,6 +25,7 @@ COLUMNS = ["prompt", "seed", "baseline", "personalized", "gain", "winner"]
 @dataclass
 class EvaluateSession:
     stop: threading.Event | None = None
+    showing: str | None = None  # the profile the page shows; None for an API client, which shows none
 
 
 def win_rate(rows: list[tuple]) -> tuple[float, float, float]:
@@ -77,7 +78,7 @@ def distribution_plot(rows: list[tuple]):
 
 
 class EvaluateTab:
-    def __init__(self, ctx: AppContext, profile: gr.Dropdown):
+    def __init__(self, ctx: AppContext, profile: gr.Dropdown, opened: gr.State):
         self.ctx = ctx
         self.all_prompts = read_prompts()
         self.session = gr.State(EvaluateSession())
@@ -100,6 +101,18 @@ class EvaluateTab:
         run.click(user_errors(self.evaluate), [self.session, profile, self.prompts, self.k, self.iterations, self.seed],
                   [self.result, self.plot, self.table], api_name="evaluate")
         stop.click(self.stop, self.session, self.result, api_name="stop_evaluation", concurrency_limit=None)
+        # `opened` is the profile this page last opened: set on page load and on every switch.
+        opened.change(self.show, [self.session, opened], [self.result, self.plot, self.table],
+                      api_visibility="private", concurrency_limit=None)
+
+    def show(self, session: EvaluateSession, profile):
+        """On page load and profile switch: another profile's check leaves the screen (a run of it ends)."""
+        if session.showing == profile:
+            return (gr.skip(),) * 3
+        session.showing = profile
+        if session.stop is not None:
+            session.stop.set()
+        return "", None, _table([])
 
     def choose_prompts(self, text: str, k: int, seed: int) -> list[str]:
         return choose_prompts(self.all_prompts, text, k, seed)
@@ -112,6 +125,7 @@ class EvaluateTab:
         studio = self.ctx.studio
         studio.user_reward(profile)  # says "fit first" before any work is done
         session.stop = stop = threading.Event()
+        shown = session.showing
         rows = []
         for i, prompt in enumerate(prompts):
             if stop.is_set():
@@ -119,6 +133,8 @@ class EvaluateTab:
             yield f"Prompt {i + 1} of {len(prompts)}: “{markdown_text(prompt)}”…", None, _table(rows)
             steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
             *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
+            if session.showing != shown:  # the page shows another profile now: this check is not its
+                return
             b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
             rows.append((prompt, side.seed, b, p, p - b,
                          "personalized" if p > b else "tie" if p == b else "baseline"))
