@@ -452,3 +452,34 @@ def test_the_optimiser_check_of_one_profile_is_not_shown_under_another(studio):
     # A client that never showed a profile (the API) gets its result.
     *_, (result, _, _) = tab.evaluate(EvaluateSession(), "alice", PROMPT, 1, 2, 3)
     assert result.startswith("**Win rate")
+
+
+def test_a_profile_is_not_renamed_under_its_grid_or_optimiser_check(studio):
+    """Like a Generate run (test_app_api), a trade-off grid and the Evaluate tab's optimiser check
+    run under the profile's name: a rename or delete from another page mid-way lost their work
+    and ended them with "no profile named …". They are refused until the work ends."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.evaluate_tab import EvaluateSession, EvaluateTab
+    from prefstudio.ui.generate_tab import FIXED, GenerateSession, GenerateTab
+
+    ctx = AppContext(studio)
+    with gr.Blocks():
+        menu = gr.Dropdown(["alice", "bob"], value="alice")
+        generate, evaluate = GenerateTab(ctx, menu), EvaluateTab(ctx, menu, gr.State("alice"))
+    weights = [1.0 if n == "user" else 0.5 for n in generate.reward_names]
+    for what, stream in (
+            ("a trade-off grid", generate.trade_off(GenerateSession(), "alice", PROMPT, FIXED, 5, 0.5, 2,
+                                                    ["user", "profile:bob"], 2, *weights)),
+            ("an optimiser check", evaluate.evaluate(EvaluateSession(), "alice", f"{PROMPT}\na red door", 2, 2, 3))):
+        next(stream)
+        with pytest.raises(InvalidInput, match=f"alice has {what} going: stop it or let it finish first"):
+            ctx.check_nothing_under_way("alice")
+        ctx.check_nothing_under_way("bob")  # another profile's work does not hold it
+        list(stream)
+        ctx.check_nothing_under_way("alice")  # finished: free again
+    stream = evaluate.evaluate(EvaluateSession(), "alice", PROMPT, 1, 2, 3)
+    next(stream)
+    stream.close()  # the page went away mid-run
+    ctx.check_nothing_under_way("alice")

@@ -10,7 +10,9 @@ import secrets
 import shutil
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +42,33 @@ class AppContext:
     # What goes on for a profile in the background, one check per kind of work: each says what
     # (as "a Generate run") or None. Such work is stored under the name it started with.
     under_way: list[Callable[[str], str | None]] = field(default_factory=list, init=False)
+    _streaming: Counter = field(default_factory=Counter, init=False)  # (profile key, what) -> streams
+    _streaming_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _exports: dict[int, Path] = field(default_factory=dict, init=False)
     _exports_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self):
         self.access = SessionAccess(ProfileAccess(self.store))
+        self.under_way.append(self._streaming_for)
+
+    @contextmanager
+    def streaming(self, name: str, what: str):
+        """Marks work that a page's stream does for a profile (as "a trade-off grid") while it runs;
+        it ends with the stream, closed by the page going away too."""
+        key = (name.casefold(), what)
+        with self._streaming_lock:
+            self._streaming[key] += 1
+        try:
+            yield
+        finally:
+            with self._streaming_lock:
+                self._streaming[key] -= 1
+                if not self._streaming[key]:
+                    del self._streaming[key]
+
+    def _streaming_for(self, name: str) -> str | None:
+        with self._streaming_lock:
+            return next((what for key, what in self._streaming if key == name.casefold()), None)
 
     @property
     def store(self):

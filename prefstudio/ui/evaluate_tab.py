@@ -127,17 +127,18 @@ class EvaluateTab:
         session.stop = stop = threading.Event()
         shown = session.showing
         rows = []
-        for i, prompt in enumerate(prompts):
-            if stop.is_set():
-                break
-            yield f"Prompt {i + 1} of {len(prompts)}: “{markdown_text(prompt)}”…", None, _table(rows)
-            steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
-            *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
-            if session.showing != shown:  # the page shows another profile now: this check is not its
-                return
-            b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
-            rows.append((prompt, side.seed, b, p, p - b,
-                         "personalized" if p > b else "tie" if p == b else "baseline"))
+        with self.ctx.streaming(profile, "an optimiser check"):
+            for i, prompt in enumerate(prompts):
+                if stop.is_set():
+                    break
+                yield f"Prompt {i + 1} of {len(prompts)}: “{markdown_text(prompt)}”…", None, _table(rows)
+                steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
+                *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
+                if session.showing != shown:  # the page shows another profile now: this check is not its
+                    return
+                b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
+                rows.append((prompt, side.seed, b, p, p - b,
+                             "personalized" if p > b else "tie" if p == b else "baseline"))
         if not rows:
             yield "Stopped before the first prompt finished.", None, _table(rows)
             return

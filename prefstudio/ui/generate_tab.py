@@ -792,26 +792,31 @@ class GenerateTab:
         run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=int(steps), weights=weights,
                                         strength=float(strength), iterations=int(iterations))
         shown = session.showing  # None for an API client, which never shows a profile
-        for item in self.ctx.steps(run):
-            if session.showing != shown:  # the page shows another profile now: the grid is its old one's
-                run.close()
-                yield gr.skip(), gr.skip(), gr.skip()
-                return
-            if isinstance(item, str):
-                yield f"{item} · seed **{seed}** …", seed, gr.skip()
-                continue
-            path = self.ctx.ui_cache / "grids" / f"{name.casefold()}-{seed}-{secrets.token_hex(4)}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cells = item.cells()
-            write_png_with_provenance(draw_grid(item, self.ctx.store.load_image), path, {
-                "prompt": item.prompt, "seed": item.seed, "generator": self.ctx.studio.generator.name,
-                "role": "trade-off-grid",
-                "params": {"personalized_for": name, "axes": item.axes, "steps": item.steps,
-                           "strength": item.strength, "iterations": int(iterations),
-                           "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
-                                      "scores": c.side.personalized.normalised} for c in cells]}})
-            yield (f"Trade-off grid of {len(cells)} images, seed **{seed}**: "
-                   + " · ".join(reward_label(a) for a in item.axes) + ".", seed, str(path))
+        with self.ctx.streaming(name, "a trade-off grid"):
+            for item in self.ctx.steps(run):
+                if session.showing != shown:  # the page shows another profile now: the grid is its old one's
+                    run.close()
+                    yield gr.skip(), gr.skip(), gr.skip()
+                    return
+                if isinstance(item, str):
+                    yield f"{item} · seed **{seed}** …", seed, gr.skip()
+                    continue
+                yield (*self._grid_views(item, name, seed, iterations),)
+
+    def _grid_views(self, grid, name: str, seed: int, iterations) -> tuple:
+        """The finished grid as a PNG with its provenance, and the line that says what it is."""
+        path = self.ctx.ui_cache / "grids" / f"{name.casefold()}-{seed}-{secrets.token_hex(4)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cells = grid.cells()
+        write_png_with_provenance(draw_grid(grid, self.ctx.store.load_image), path, {
+            "prompt": grid.prompt, "seed": grid.seed, "generator": self.ctx.studio.generator.name,
+            "role": "trade-off-grid",
+            "params": {"personalized_for": name, "axes": grid.axes, "steps": grid.steps,
+                       "strength": grid.strength, "iterations": int(iterations),
+                       "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
+                                  "scores": c.side.personalized.normalised} for c in cells]}})
+        return (f"Trade-off grid of {len(cells)} images, seed **{seed}**: "
+                + " · ".join(reward_label(a) for a in grid.axes) + ".", seed, str(path))
 
     def stop(self, profile):
         job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
