@@ -1257,8 +1257,16 @@ def test_judgments_a_file_repeats_are_kept_once_and_said(exported, target, tmp_p
 @pytest.mark.parametrize("params, shown", [
     ({"weights": {"user": "x"}, "gain": 0.4}, "cannot be shown: its weights are not numbers"),
     ({"weights": {"user": 1.0}, "gain": "big"}, "cannot be shown: its gain is not a number"),
-    ({"weights": {"user": 1.0, "profile:[b](http://evil.example)": 0.5}, "gain": 0.4,
-      "method": "[m](http://evil.example)", "strength": 0.5}, None),
+    ({"weights": {"user": 1.0}, "gain": 0.4, "method": "[m](http://evil.example)", "strength": 0.5}, None),
+    ({"weights": {"user": 1.0, "profile:[b](http://evil.example)": 0.5}, "gain": 0.4},
+     "cannot be shown: its weights name a reward that is not one"),
+    # Found by a review: score names went into the scores tables as Markdown, and the page
+    # fetched the image they named.
+    ({"weights": {"user": 1.0}, "gain": 0.4, "scores": {"baseline": {"user": 0.1, "![x](http://evil.example/a.png)": 0.2},
+                                                        "personalized": {"user": 0.3}}},
+     "cannot be shown: its scores name a reward that is not one"),
+    ({"weights": {"user": 1.0}, "gain": 0.4, "trace": [[0, 0.1, {"user": 0.1, "it's": 0.2}]]},
+     "cannot be shown: its trace names a reward that is not one"),
 ])
 def test_an_imported_side_by_side_is_shown_as_text_or_refused_in_words(exported, target, tmp_path, params, shown):
     """An imported profile's personalized images carry their run's params as plain JSON. The
@@ -1278,8 +1286,10 @@ def test_an_imported_side_by_side_is_shown_as_text_or_refused_in_words(exported,
     import_profile(target, edited(exported, tmp_path, make_one_a_side_by_side))
     with gr.Blocks():
         tab = GenerateTab(AppContext(Studio(target.data_dir)), gr.Dropdown(["Alice"], value="Alice"))
-    text = tab._idle_view(GenerateSession(), "Alice")[0]
+    views = tab._idle_view(GenerateSession(), "Alice")
+    text = views[0]
     if shown is not None:
         assert shown in text
     else:
-        assert "](http" not in text and "Your last side by side" in text
+        assert "Your last side by side" in text
+    assert not any("](http" in view for view in views if isinstance(view, str)), views

@@ -18,7 +18,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from prefstudio.blend import blended_profile, profile_reward
+from prefstudio.blend import blended_profile, profile_reward, validate_reward_name
 from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.guidance.noise_optimization import DEFAULT_ITERATIONS, GuidanceProgress
 from prefstudio.provenance import read_provenance, write_png_with_provenance
@@ -71,7 +71,14 @@ def unreadable_run(params: dict) -> str | None:
     def numbers(mapping) -> bool:
         return isinstance(mapping, dict) and all(isinstance(k, str) and _number(v) for k, v in mapping.items())
 
-    if not numbers(params.get("weights", {})):
+    def reward_names(mapping) -> bool:  # they become table rows and chart series: no markup, no quotes
+        try:
+            return all(validate_reward_name(name) for name in mapping)
+        except InvalidInput:
+            return False
+
+    weights = params.get("weights", {})
+    if not numbers(weights):
         return "its weights are not numbers"
     scores = params.get("scores", {})
     if not isinstance(scores, dict) or not all(numbers(side) for side in scores.values()):
@@ -83,6 +90,10 @@ def unreadable_run(params: dict) -> str | None:
     if not isinstance(trace, list) or not all(
             isinstance(t, list) and len(t) == 3 and _number(t[0]) and _number(t[1]) and numbers(t[2]) for t in trace):
         return "its trace is not a list of scored iterations"
+    for what, mappings in (("weights name", [weights]), ("scores name", scores.values()),
+                           ("trace names", [t[2] for t in trace])):
+        if not all(reward_names(mapping) for mapping in mappings):
+            return f"its {what} a reward that is not one"
     return None
 
 
@@ -165,7 +176,7 @@ def gain_text(weights: dict[str, float], gain: float, guards: set[str], deltas: 
     text = f"raised {summed} by **{gain:+z.2f}**{' (weighted)' if len(raised) == 1 else ''} over the baseline"
     guarded = [n for n, w in weights.items() if w > 0 and n in guards and deltas and n in deltas]
     for n in guarded:
-        name, moved = _in_sentence(reward_label(n)), round(deltas[n], 2)
+        name, moved = markdown_text(_in_sentence(reward_label(n))), round(deltas[n], 2)
         text += (f"; {name} held ({moved:+z.2f}; a guard, not raised)" if moved >= 0
                  else f"; {name} fell {-moved:.2f} below the baseline (a guard, not raised)")
     return text
@@ -190,7 +201,7 @@ def reward_states_text(studio) -> str:
 
 def scores_table(normalised: dict[str, float], weights: dict[str, float]) -> str:
     order = sorted(normalised, key=lambda n: (n != "user", n))  # the person's taste first
-    rows = [f"| {reward_label(n)} | {normalised[n]:+z.2f} | {weights.get(n, 0):.2f} |" for n in order]
+    rows = [f"| {markdown_text(reward_label(n))} | {normalised[n]:+z.2f} | {weights.get(n, 0):.2f} |" for n in order]
     return "| reward | score | weight |\n|---|---:|---:|\n" + "\n".join(rows)
 
 
@@ -762,7 +773,7 @@ class GenerateTab:
             raise InvalidInput("choose or create a profile first (top of the page)")
         current = self.ctx.store.get_profile(profile).name
         preset = self.ctx.studio.save_preset(current, name, self._weights(session, values))
-        shown = ", ".join(f"{reward_label(n)} {w:g}" for n, w in preset.weights.items())
+        shown = ", ".join(f"{markdown_text(reward_label(n))} {w:g}" for n, w in preset.weights.items())
         return (gr.Dropdown(choices=[p.name for p in self.ctx.store.presets(current)], value=preset.name),
                 f"Saved preset **{preset.name}** of {current}: {shown}. It is exported with the profile.")
 
@@ -816,7 +827,7 @@ class GenerateTab:
                        "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
                                   "scores": c.side.personalized.normalised} for c in cells]}})
         return (f"Trade-off grid of {len(cells)} images, seed **{seed}**: "
-                + " · ".join(reward_label(a) for a in grid.axes) + ".", seed, str(path))
+                + " · ".join(markdown_text(reward_label(a)) for a in grid.axes) + ".", seed, str(path))
 
     def stop(self, profile):
         job = self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) if profile else None
