@@ -380,6 +380,10 @@ def test_removing_a_judgment_that_replaced_another_says_the_earlier_verdict_is_b
     replacing = store.judgments("remy")[-1]
     assert replacing.kind == "dislike" and len(store.judgments("remy")) == 1
     everything = ["like", "dislike", "pair", "tie", "skip"]
+    # Found by a review: the number box rounded 1.5 to 2 and removed judgment 2.
+    with pytest.raises(AppError, match=r"a judgment number must be a whole number, got %s\.5" % (replacing.id - 1)):
+        c.predict("remy", everything, replacing.id - 0.5, api_name="/remove_judgment")
+    assert store.judgments("remy") == [replacing]
     _, info, _ = c.predict("remy", everything, replacing.id, api_name="/remove_judgment")
     assert [j.kind for j in store.judgments("remy")] == ["like"]
     assert info.startswith(f"Removed judgment #{replacing.id} (👎 on")

@@ -227,6 +227,25 @@ def test_remove_judgment_only_within_its_profile(store, images):
     assert store.judgments("Alice") == [] and store.judgments("Bob") == [bobs]
 
 
+@pytest.mark.parametrize("number, refusal", [
+    (10**30, "profile 'Alice' has no judgment 1000000000000000000000000000000"),  # was SQLite's OverflowError
+    (-1, "profile 'Alice' has no judgment -1"),
+    (1.5, "a judgment number must be a whole number, got 1.5"),  # was int(): judgment 1 removed
+    (True, "a judgment number must be a whole number, got True"),
+    ("1", "a judgment number must be a whole number, got '1'"),
+])
+def test_a_judgment_number_that_is_none_is_refused_in_words_and_removes_nothing(store, images, number, refusal):
+    """Found by a review: the API's /remove_judgment with 10**30 crashed with a traceback, and
+    with 1.5 removed a judgment (a number box rounds it; the library truncated it)."""
+    store.create_profile("Alice")
+    store.record_judgment("Alice", "like", images[0])
+    kept = store.judgments("Alice")
+    with pytest.raises((InvalidInput, NotFound)) as refused:
+        store.remove_judgment("Alice", number)
+    assert str(refused.value) == refusal
+    assert store.judgments("Alice") == kept
+
+
 def test_concurrent_judging_into_two_profiles(store):
     """Several browser sessions write at once: every judgment lands in its own profile, and
     each writer reads back a count that includes everything it has recorded."""

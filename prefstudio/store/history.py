@@ -36,6 +36,7 @@ from prefstudio.validation import (
     validate_profile_name,
     validate_prompt,
     validate_seed,
+    whole_number,
 )
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled: store-only commands start fast
@@ -652,7 +653,10 @@ class HistoryStore:
 
     def remove_judgment(self, profile: str, judgment_id: int) -> Judgment:
         """Undo one current judgment of this profile; another profile's id is NotFound."""
-        return self._remove(profile, int(judgment_id))
+        judgment_id = whole_number(judgment_id, "a judgment number")
+        if not 1 <= judgment_id < 2**63:  # SQLite's integers: anything beyond is no judgment's
+            raise NoSuchJudgment(f"profile {self.get_profile(profile).name!r} has no judgment {judgment_id}")
+        return self._remove(profile, judgment_id)
 
     # --- feature cache -------------------------------------------------------------
 

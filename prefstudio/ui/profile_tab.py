@@ -134,7 +134,8 @@ class ProfileTab:
         gr.Markdown("### History")
         with gr.Row(equal_height=True):
             self.filters = gr.CheckboxGroup(FILTERS, value=[v for _, v in FILTERS], label="Show", scale=3)
-            self.selected = gr.Number(label="Selected judgment #", precision=0, minimum=1, scale=1,
+            # No precision: the box would round 1.5 to 2 before the store could refuse it.
+            self.selected = gr.Number(label="Selected judgment #", minimum=1, scale=1,
                                       elem_id="ps-selected-judgment")
             remove = gr.Button("🗑 Remove judgment", variant="stop", scale=1)
         self.history = gr.Gallery(label="Judgments, newest first (click one to select it)",
@@ -263,7 +264,7 @@ class ProfileTab:
         if judgment_id is None:
             raise InvalidInput("select a judgment in the history (or type its number) to remove it")
         store = self.ctx.store
-        removed = store.remove_judgment(profile, int(judgment_id))
+        removed = store.remove_judgment(profile, judgment_id)
         what = f"{KIND_MARKS[removed.kind]} on {short(removed.image_a)}"
         # Removing a verdict that replaced another makes that one current again: say so.
         if removed.image_b is None:
