@@ -601,14 +601,19 @@ def test_a_missing_image_tensor_is_named_as_missing(store, exported, tmp_path):
     assert snapshot(store) == before
 
 
-@pytest.mark.parametrize("blended", ["profile:Alice", "profile:carol"])
+# Found by a review: a name that looks like the profile's (fullwidth letters) passed, and the
+# studio then said to import a profile 'ＣＡＲＯＬ' that it would refuse as too like 'Carol'; the
+# refusal named the file's own name where the preset named the name it is imported under.
+@pytest.mark.parametrize("blended", ["Alice", "carol", "ＣＡＲＯＬ", "ａｌｉｃｅ"])
 def test_an_imported_preset_that_blends_the_profile_itself_is_refused(store, exported, tmp_path, blended):
     bad = rewrite(exported, tmp_path / "self.prefstudio", edit_metadata=edit_content(
-        lambda c: c["presets"].append({"name": "me", "weights": {"user": 1.0, blended: 0.5},
+        lambda c: c["presets"].append({"name": "me", "weights": {"user": 1.0, f"profile:{blended}": 0.5},
                                        "created": "2026-01-01T00:00:00+00:00"})))
     before = snapshot(store)
-    with pytest.raises(InvalidInput, match="blends the profile itself"):
+    with pytest.raises(InvalidInput) as refused:
         import_profile(store, bad, new_name="Carol")
+    assert str(refused.value) == (f"profile file has a bad preset: 'me' blends the profile itself (profile:{blended}); "
+                                  "its own taste is the 'user' weight")
     assert snapshot(store) == before
 
 

@@ -34,7 +34,7 @@ import safetensors.numpy
 from safetensors import deserialize
 
 from prefstudio import validation
-from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, blended_profile, validate_blend, validate_preset_name
+from prefstudio.blend import MAX_PRESETS, blended_profile, validate_blend, validate_preset_name
 from prefstudio.errors import InvalidInput, NotFound, echo
 from prefstudio.preference.state_schema import check_state
 from prefstudio.store.history import (
@@ -587,11 +587,12 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     models = _parse_models(content)
     presets = _parse_presets(content) if "presets" in content else []
     file_name = content["name"] if isinstance(content["name"], str) else None
-    itself = {n.casefold() for n in (name, file_name) if n}
+    itself = {validation.profile_name_key(n) for n in (name, file_name) if n}  # names a menu shows alike
     for preset_name, weights, _ in presets:
-        if any((blended_profile(key) or "").casefold() in itself for key in weights):
-            raise InvalidInput(f"profile file has a bad preset: {preset_name!r} blends the profile itself "
-                               f"({PROFILE_PREFIX}{file_name or name}); its own taste is the 'user' weight")
+        for key in weights:
+            if blended_profile(key) and validation.profile_name_key(blended_profile(key)) in itself:
+                raise InvalidInput(f"profile file has a bad preset: {preset_name!r} blends the profile itself "
+                                   f"({key}); its own taste is the 'user' weight")
     expected = {f"image.{sha}" for sha in shas}
     for model_name, _ in models:
         expected |= {key for key in entries if key.startswith(f"model.{model_name}.")}
