@@ -107,10 +107,19 @@ def validate_profile_name(name: str) -> str:
     return name
 
 
+# Cyrillic and Greek letters that the menu's fonts draw as these Latin ones (a name may use
+# either script, but not pass for another person's name by mixing them in).
+_LATIN_LOOK_ALIKES = str.maketrans(
+    "аеорсухіјѕԁһԛԝӏАВЕКМНОРСТХУІЈЅαονρΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeopcyxijsdhqwlABEKMHOPCTXYIJSaovpABEZHIKMNOPTYX")
+
+
 def profile_name_key(name: str) -> str:
-    """What two profile names must not share: names equal after Unicode compatibility
-    folding (fullwidth forms, ligatures, superscripts) and case folding look alike in a menu."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    """What two profile names must not share: names that a menu shows alike, equal after Unicode
+    compatibility folding (fullwidth forms, ligatures, superscripts), Latin look-alikes of
+    other scripts' letters, case folding and runs of spaces."""
+    folded = unicodedata.normalize("NFKC", name).translate(_LATIN_LOOK_ALIKES).casefold()
+    return " ".join(unicodedata.normalize("NFKC", folded).split())
 
 
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:

@@ -28,7 +28,7 @@ def test_rename_and_delete_from_the_command_line(tmp_path, capsys):
     assert cli(capsys, data, "profile", "rename", "ann", "Anna")[:2] == (0, {"renamed": "Ann", "to": "Anna"})
     code, _, err = cli(capsys, data, "profile", "rename", "Anna", "ＢＯＢ")
     assert code == 2 and err == "error: profile name 'ＢＯＢ' is too like the existing 'Bob' " \
-                                "(they differ only in letter case or character forms)\n"
+                                "(they differ only in letter case, spacing or look-alike characters)\n"
     code, _, err = cli(capsys, data, "profile", "rename", "Anna", "n" * 65)
     assert code == 2 and "65 characters; the limit is 64" in err
     code, _, err = cli(capsys, data, "profile", "rename", "Anna")

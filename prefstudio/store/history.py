@@ -351,9 +351,8 @@ class HistoryStore:
         return Profile(cursor.lastrowid, name, created)
 
     def check_name_free(self, name: str, keep: Profile | None = None, hint: str = "") -> None:
-        """Refuse a name that an existing profile (other than `keep`) has, or one that looks
-        like it: the same after case folding and Unicode compatibility folding (fullwidth
-        letters, ligatures, superscripts), which a menu shows alike."""
+        """Refuse a name that an existing profile (other than `keep`) has, or one that a menu
+        shows alike (`profile_name_key`)."""
         key = profile_name_key(name)
         for other in self.list_profiles():
             if other.id != getattr(keep, "id", None) and profile_name_key(other.name) == key:
@@ -361,7 +360,7 @@ class HistoryStore:
                     same = "" if other.name == name else " (names ignore upper/lower case)"
                     raise InvalidInput(f"a profile named {other.name!r} already exists{same}{hint}")
                 raise InvalidInput(f"profile name {name!r} is too like the existing {other.name!r} "
-                                   f"(they differ only in letter case or character forms){hint}")
+                                   f"(they differ only in letter case, spacing or look-alike characters){hint}")
 
     def rename_profile(self, old: str, new: str) -> Profile:
         """Give a profile a new name; its judgments and models stay with it."""
