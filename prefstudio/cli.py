@@ -400,8 +400,10 @@ def cmd_personalize(args, studio) -> dict:
 STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import,
                   "preset": cmd_preset}
 def cmd_suggest(args, studio) -> dict:
-    if bool(args.prompt) == bool(args.ids):
+    if (args.prompt is not None) == bool(args.ids):
         raise InvalidInput("suggest takes either --prompt P or candidate image ids, not both and not neither")
+    if args.prompt is not None:
+        validate_prompt(args.prompt)
     if not 1 <= args.top <= 100:
         raise InvalidInput(f"--top must lie in [1, 100], got {args.top}")
     if args.prompt and args.n < 2:  # checked before any image is made and stored
@@ -505,6 +507,10 @@ def run(args: argparse.Namespace) -> dict:
         return run_ppd(args)
     if args.command in ("generate", "personalize", "grid"):
         validate_prompt(args.prompt)  # before minutes of model loading
+    if args.command in ("personalize", "grid") and args.iterations is not None:
+        from prefstudio.guidance.noise_optimization import validate_iterations
+
+        validate_iterations(args.iterations)
     if args.command == "grid":
         from prefstudio.trade_off import check_axes
 

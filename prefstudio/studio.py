@@ -33,7 +33,7 @@ from prefstudio.guidance.instant import instant_image
 from prefstudio.guidance.methods import CHAIN_ITERATIONS, METHODS
 from prefstudio.guidance.noise_optimization import (
     DEFAULT_ITERATIONS, CandidatePool, GuidanceProgress, GuidanceResult, GuidanceSettings, optimise_noise,
-    run_guidance,
+    run_guidance, validate_iterations,
 )
 from prefstudio.preference.history_pairs import training_pairs
 from prefstudio.preference.model import JudgedPairs, PreferenceModel, Taste
@@ -638,7 +638,7 @@ class Studio:
                 rewards[name] = copy.copy(rewards[name])
                 rewards[name].guard = False
         strength = validate_strength(strength)
-        settings = GuidanceSettings(iterations=int(iterations), radius=strength * MAX_RADIUS)
+        settings = GuidanceSettings(iterations=validate_iterations(iterations), radius=strength * MAX_RADIUS)
         rows = [[dict(zip(axes, shares)) | base for shares in row] for row in simplex_rows(len(axes), steps, total)]
         count = sum(len(row) for row in rows)
         pool, runs = CandidatePool(), []

@@ -274,7 +274,9 @@ def test_cli_suggest_refuses_bad_input_in_one_line(data, capsys):
                           (["suggest", "nobody", "--prompt", "a fox"], "nobody"),
                           (["suggest", "ida", "zz"], "is not an image id"),
                           (["suggest", "ida", "abcdef0123", "abcdef0124"], "no image"),
-                          (["suggest", "ida", "--prompt", "a fox", "--top", "0"], "--top must lie in")]:
+                          (["suggest", "ida", "--prompt", "a fox", "--top", "0"], "--top must lie in"),
+                          # Found by a review: an empty prompt was told to give a prompt or ids.
+                          (["suggest", "ida", "--prompt", ""], "error: prompt is empty")]:
         assert cli.main(base + argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err

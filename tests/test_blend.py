@@ -222,6 +222,19 @@ def test_the_grid_shares_the_weight_over_every_combination():
         check_axes(["user", "profile:bob", "prompt_consistency"], 9)
 
 
+@pytest.mark.parametrize("iterations, refusal", [
+    (-1, "iterations must lie in [0, 500], got -1"), (10**8, "iterations must lie in [0, 500], got 100000000"),
+    (2.5, "iterations must be a whole number, got 2.5")])
+def test_a_grid_refuses_its_iterations_before_it_runs_a_cell(studio, iterations, refusal):
+    """Found by a review: `grid --iterations -1` printed "Image 1 of 5 …" before its refusal."""
+    stored = len(studio.store.personalized_images("alice", 1000))
+    run = studio.trade_off("alice", PROMPT, ["user", "profile:bob"], seed=5, steps=2, iterations=iterations)
+    with pytest.raises(InvalidInput) as refused_first:
+        next(run)
+    assert str(refused_first.value) == refusal
+    assert len(studio.store.personalized_images("alice", 1000)) == stored
+
+
 def test_a_grid_is_one_seed_across_the_blend_with_scores_under_each_image(studio):
     items = list(studio.trade_off("alice", PROMPT, ["user", "profile:bob"], seed=5, steps=2, iterations=10))
     assert items[:3] == ["Image 1 of 3: user 1, profile:bob 0", "Image 2 of 3: user 0.5, profile:bob 0.5",
@@ -323,6 +336,9 @@ def test_cli_blends_a_profile_with_weight_and_with_a_preset(capsys, cli_data, tm
      "--out must name a .png file, got 'grid.txt'"),
     (["personalize", "alice", PROMPT, "--method", "instant", "--adapter-scale", "0.5"],
      "--adapter-scale is read by --method ppd only"),
+    # Found by a review: a line of progress came before this refusal.
+    (["grid", "alice", PROMPT, "--axis", "user", "--axis", "profile:bob", "--iterations", "-1"],
+     "iterations must lie in [0, 500], got -1"),
 ])
 def test_cli_refuses_a_bad_blend_in_one_line(capsys, cli_data, argv, message):
     with HistoryStore(cli_data) as store:

@@ -33,7 +33,7 @@ from prefstudio.errors import InvalidInput
 from prefstudio.generators.base import Generator, to_pil
 from prefstudio.guidance.methods import DEFAULT_ITERATIONS  # noqa: F401  (imported from here too)
 from prefstudio.rewards.base import Reward, score_all
-from prefstudio.validation import validate_prompt, validate_seed, validate_weights
+from prefstudio.validation import validate_prompt, validate_seed, validate_weights, whole_number
 
 MAX_ITERATIONS = 500
 
@@ -153,6 +153,13 @@ def _scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v.detach()[0]) for k, v in scores.items()}
 
 
+def validate_iterations(iterations) -> int:
+    iterations = whole_number(iterations, "iterations")
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise InvalidInput(f"iterations must lie in [0, {MAX_ITERATIONS}], got {iterations}")
+    return iterations
+
+
 def optimise_noise(
     generator: Generator,
     prompt: str,
@@ -180,8 +187,7 @@ def optimise_noise(
     prompt = validate_prompt(prompt)
     seed = validate_seed(seed)
     weights = validate_weights(weights, set(rewards))
-    if not 0 <= int(settings.iterations) <= MAX_ITERATIONS:
-        raise InvalidInput(f"iterations must lie in [0, {MAX_ITERATIONS}], got {settings.iterations}")
+    validate_iterations(settings.iterations)
     if settings.radius is not None and not (math.isfinite(settings.radius) and settings.radius >= 0):
         raise InvalidInput(f"the trust region's radius must be a number ≥ 0, got {settings.radius}")
     active = {name: rewards[name] for name, w in weights.items() if w > 0 or pool is not None}
