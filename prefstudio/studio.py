@@ -55,6 +55,8 @@ DEFAULT_STRENGTH = 0.5
 MAX_RADIUS = 0.5  # strength 1: the noise may move half its norm away from the seed's
 MIN_GAIN = 0.05  # below this the personalized image is not called better (PNG rounding)
 MAX_CANDIDATES = 32
+# Judgments one import-pairs call records (each new image in them is decoded and stored).
+MAX_IMPORTED_PAIRS = 10_000
 # Fewer held-out pairs than this: a leave-one-out accuracy gets no verdict (chance or not).
 FEW_HELD_OUT = 8
 MAX_ADAPTER_SCALE = 2.0  # the PPD adapter's scale: 1 is what it was trained at, above exaggerates
@@ -261,8 +263,12 @@ class Studio:
 
         self.store.get_profile(profile)
         judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
+        whose = f" of user {echo(user_id)}" if user_id else ""
         if not judgments:
-            raise InvalidInput(f"{path} has no judgments" + (f" of user {echo(user_id)}" if user_id else ""))
+            raise InvalidInput(f"{path} has no judgments{whose}")
+        if len(judgments) > MAX_IMPORTED_PAIRS:  # each new image is decoded and stored: bound the cost
+            raise InvalidInput(f"{path} holds {len(judgments):,} judgments{whose}; one import takes at most "
+                               f"{MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")
         before = {frozenset((j.image_a, j.image_b)): j.image_a for j in self.store.judgments(profile, ("pair",))}
         last, winners = {}, {}  # per pair: the winner of the file's last line on it, and of every line
         for j in self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments]):

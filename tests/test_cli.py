@@ -525,6 +525,37 @@ def test_import_pairs_reports_what_changed_not_how_many_lines_it_read(tmp_path, 
                                              "judged_both_ways": 0, "repeated_lines": 2}
 
 
+def test_import_pairs_is_bounded_and_reads_each_image_once(tmp_path, capsys, monkeypatch):
+    """Found by a review: 200,000 lines naming the same two images ran past 5 minutes with no
+    word (each line decoded and wrote both images again). One import takes at most
+    MAX_IMPORTED_PAIRS judgments, refused before any image is read, and each image is read once."""
+    from prefstudio.store import history
+    from prefstudio.studio import MAX_IMPORTED_PAIRS
+
+    data = tmp_path / "data"
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").write_bytes(_png(i))
+    a, b, c = (f"images/{i}.png" for i in range(3))
+    line = {"user_id": "ana", "prompt": "a lighthouse at dusk"}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**line, "liked": x, "disliked": y}) + "\n"
+                             for x, y in [(a, b), (b, c)] * (MAX_IMPORTED_PAIRS // 2) + [(a, c)]))
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    assert refused(capsys, data, "import-pairs", "alice", str(pairs)) == (
+        f"error: {pairs} holds {MAX_IMPORTED_PAIRS + 1:,} judgments; one import takes at most "
+        f"{MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")
+    with HistoryStore(data) as store:
+        assert store.judgments("alice") == [] and not list((data / "images").rglob("*.png"))
+    read = []
+    real = history.load_untrusted_image
+    monkeypatch.setattr(history, "load_untrusted_image", lambda source: read.append(source) or real(source))
+    pairs.write_text("".join(json.dumps({**line, "liked": x, "disliked": y}) + "\n" for x, y in [(a, b), (b, c)] * 50))
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
+    assert code == 0 and json.loads(out)["recorded"] == 2
+    assert sorted(Path(p).name for p in read) == ["0.png", "1.png", "2.png"]
+
+
 def test_output_into_a_closed_pipe_is_quiet_and_keeps_the_work(tmp_path):
     # `prefstudio rewards | head -1`: the reader may go before the JSON is written.
     read_end, write_end = os.pipe()

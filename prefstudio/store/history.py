@@ -447,20 +447,23 @@ class HistoryStore:
         the images and the judgments; on any failure the files this call wrote are removed."""
         stored = self.get_profile(profile).name
         written, records, shas = [], [], []
+        stored_as = {}  # (source, prompt) -> sha256: a file names an image in many of its pairs
         try:
             for liked, disliked, prompt in pairs:
                 prompt = validate_prompt(prompt)
                 for source in (liked, disliked):
-                    try:
-                        image = load_untrusted_image(source)
-                    except InvalidInput as error:
-                        raise InvalidInput(f"{source}: {error}") from None
-                    metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
-                    sha256, path = write_png(image, metadata, self.images_dir)
-                    written.append(path)
-                    records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
-                                               image.height, _now()))
-                    shas.append(sha256)
+                    if (source, prompt) not in stored_as:
+                        try:
+                            image = load_untrusted_image(source)
+                        except InvalidInput as error:
+                            raise InvalidInput(f"{source}: {error}") from None
+                        metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
+                        sha256, path = write_png(image, metadata, self.images_dir)
+                        written.append(path)
+                        records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
+                                                   image.height, _now()))
+                        stored_as[source, prompt] = sha256
+                    shas.append(stored_as[source, prompt])
             with self._transaction() as db:
                 for record in records:
                     self._insert_image(db, record)
