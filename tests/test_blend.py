@@ -453,8 +453,12 @@ def test_the_optimiser_check_of_one_profile_is_not_shown_under_another(studio):
         tab = EvaluateTab(AppContext(studio), gr.Dropdown(["alice", "bob"], value="alice"), gr.State("alice"))
     session = EvaluateSession()
     tab.show(session, "alice")  # the page opened alice
+    listed = studio.store.personalized_images("alice", 1000)
     *_, (result, _, table) = tab.evaluate(session, "alice", f"{PROMPT}\na red door", 2, 2, 3)
     assert result.startswith("**Win rate") and len(table) == 2
+    # Found by a review: the check's runs became the Generate tab's "last side by side" and
+    # filled its list of past ones. They are a check, not the person's work.
+    assert studio.store.personalized_images("alice", 1000) == listed
     cleared = tab.show(session, "bob")  # the page switched
     assert cleared[0] == "" and cleared[1] is None and cleared[2].empty
     assert tab.show(session, "bob") == (gr.skip(),) * 3  # bob's own views stay when nothing switched

@@ -132,7 +132,9 @@ class EvaluateTab:
                 if stop.is_set():
                     break
                 yield f"Prompt {i + 1} of {len(prompts)}: “{markdown_text(prompt)}”…", None, _table(rows)
-                steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop)
+                # listed=False: a check's runs stay out of the Generate tab's side by sides
+                steps = studio.personalize(profile, prompt, (seed + i) % 2**32, None, int(iterations), stop=stop,
+                                           listed=False)
                 *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
                 if session.showing != shown:  # the page shows another profile now: this check is not its
                     return
