@@ -503,3 +503,30 @@ def test_a_profile_is_not_renamed_under_its_grid_or_optimiser_check(studio):
     next(stream)
     stream.close()  # the page went away mid-run
     ctx.check_nothing_under_way("alice")
+
+
+def test_the_generate_tab_says_a_profile_is_fitted_once_it_is(studio):
+    """Found by a review: after Fit on the Profile tab the Generate tab still said "dora has no
+    fitted taste yet" until the page switched profile. Opening the tab brings its status up to
+    date; a side by side on screen stays."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateSession, GenerateTab
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice", "dora"], value="dora"))
+    studio.store.create_profile("dora")
+    liked, disliked = studio.generate_candidates(PROMPT, n=2, seeds=[41, 42])
+    studio.store.record_judgment("dora", "like", liked.sha256)
+    studio.store.record_judgment("dora", "dislike", disliked.sha256)
+    session = GenerateSession()
+    assert "no fitted taste yet" in list(tab.attach(session, "dora"))[-1][0]
+    studio.fit("dora")
+    assert "is fitted and ready" in tab.refresh_idle(session, "dora")[0]
+    # A profile whose last side by side is on screen keeps it.
+    studio.personalize_once("alice", PROMPT, seed=3, iterations=2)
+    alices = GenerateSession()
+    shown = list(tab.attach(alices, "alice"))[-1]
+    assert shown[0].startswith("Your last side by side")
+    assert all(view == gr.skip() for view in tab.refresh_idle(alices, "alice"))

@@ -59,6 +59,31 @@ def choose(page, name):
     expect(page.locator("#ps-label-status")).to_contain_text(f"{name} ·", timeout=SLOW)
 
 
+def test_a_fit_or_a_removal_on_the_profile_tab_shows_in_the_other_tabs(server, page):
+    """Found by a review: after Fit on the Profile tab, the Generate tab still said "no fitted
+    taste yet"; after a judgment was removed there, the Label tab still counted it."""
+    studio, url = server
+    studio.store.create_profile("fresh")
+    liked, disliked = studio.generate_candidates("a red door", seeds=[71, 72])
+    studio.judge("fresh", "like", liked.sha256)
+    removed = studio.judge("fresh", "dislike", disliked.sha256)
+    open_studio(page, url)
+    choose(page, "fresh")
+    expect(page.locator("#ps-label-status")).to_contain_text("fresh · 2 judgments", timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.get_by_text("fresh has no fitted taste yet")).to_be_visible(timeout=SLOW)
+    page.get_by_role("tab", name="Profile").click()
+    page.click("#ps-fit")
+    expect(page.locator("#ps-fit-status")).to_contain_text("on 1 pairs", timeout=SLOW)
+    page.locator("#ps-selected-judgment input").fill(str(removed.id))
+    page.get_by_role("button", name="🗑 Remove judgment").click()
+    expect(page.get_by_text(f"Removed judgment #{removed.id}")).to_be_visible(timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.get_by_text("fresh is fitted and ready")).to_be_visible(timeout=SLOW)
+    page.get_by_role("tab", name="Label").click()
+    expect(page.locator("#ps-label-status")).to_contain_text("fresh · 1 judgment:", timeout=SLOW)
+
+
 def test_every_panel_shows_the_chosen_profile(server, page):
     """Defect 1: another profile's taste summary stayed on screen after a switch."""
     studio, url = server

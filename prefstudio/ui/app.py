@@ -167,11 +167,11 @@ def build_app(studio: Studio) -> gr.Blocks:
         # test never race a menu change that is still being opened).
         opened = gr.State(None)
         with gr.Tabs():
-            with gr.Tab("Label", id="label"):
+            with gr.Tab("Label", id="label") as label_page:
                 label = LabelTab(ctx, profile)
             with gr.Tab("Profile", id="profile") as profile_page:
                 profile_tab = ProfileTab(ctx, profile)
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_page:
                 generate = GenerateTab(ctx, profile)
             with gr.Tab("Evaluate", id="evaluate"):
                 gr.Markdown("### Blind test: you judge")
@@ -241,8 +241,12 @@ def build_app(studio: Studio) -> gr.Blocks:
             user_errors(restore_batch), [label.session, profile, browser], [*label.views, label.prompt],
             api_visibility="private"
         ).then(*running, api_visibility="private").then(*attach, **follow)
-        # Judgments made in the other tabs show up when the Profile tab opens.
+        # Judgments made in the other tabs show up when the Profile tab opens; a fit made there,
+        # when the Generate tab opens; judgments removed there, when the Label tab opens.
         profile_page.select(chooser, chosen_inputs, chosen_outputs, api_visibility="private")
+        generate_page.select(user_errors(generate.refresh_idle), [generate.session, opened], generate.views,
+                             api_visibility="private")
+        label_page.select(user_errors(label.render), [label.session, opened], label.views, api_visibility="private")
         # The batch on screen is kept for this browser, for a refresh.
         for event in (*label.generated, label.uploaded):
             event.success(remember_batch, [label.session, browser], None, api_visibility="private")

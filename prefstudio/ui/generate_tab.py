@@ -462,6 +462,15 @@ class GenerateTab:
             return
         yield self._idle_view(session, name)
 
+    def refresh_idle(self, session: GenerateSession, profile):
+        """When the tab opens: a status line that may be stale (a fit made on the Profile tab since)
+        is brought up to date. A side by side on screen, or a run being followed, stays."""
+        name = self.ctx.store.get_profile(profile).name if profile else None
+        if (name is None or (session.showing or "").casefold() != name.casefold() or session.baseline is not None
+                or self.jobs.running(name.casefold()) is not None):
+            return (gr.skip(),) * len(self.views)
+        return self._idle_view(session, name)
+
     def _idle_view(self, session: GenerateSession, name: str):
         """A profile with no run going: its last side by side, or what to do first."""
         past = self.ctx.store.personalized_images(name, 1)
