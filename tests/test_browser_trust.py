@@ -178,9 +178,12 @@ def test_a_page_reloaded_mid_run_still_lists_the_past_side_by_sides(server, page
     expect(page.locator("#ps-past img").first).to_be_visible(timeout=SLOW)
     assert "Optimising" in progress.inner_text()  # listed while the run still goes, not at its end
     # The settings of the run it follows come back with it: its prompt, the seed it runs on, its
-    # strength, iterations and weights (a hostile review found the defaults there instead).
+    # strength, iterations and weights (a hostile review found the defaults there instead), and
+    # the seed mode it was started in: a later review found "Random seed" turned into "Fixed seed",
+    # so every later run reused this one's seed.
     expect(page.locator("#ps-gen-prompt textarea")).to_have_value("a lighthouse at dawn", timeout=SLOW)
-    expect(page.get_by_role("radio", name="Fixed seed")).to_be_checked()
+    expect(page.get_by_role("radio", name="Random seed")).to_be_checked()
+    expect(page.locator("#ps-seed input")).to_have_value(re.compile(r"^\d+$"), timeout=SLOW)  # the seed it runs on
     page.click("#ps-advanced")
     expect(page.locator("#ps-iterations input[type=range]")).to_have_value("100", timeout=SLOW)
     expect(page.locator("#ps-strength input[type=range]")).to_have_value("0.8", timeout=SLOW)

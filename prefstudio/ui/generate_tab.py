@@ -395,8 +395,8 @@ class GenerateTab:
         *weights, method, adapter_scale = weights_and_method
         if method not in self.methods:
             raise InvalidInput(f"method must be one of {', '.join(self.methods)}, got {method!r}")
-        controls = {"strength": strength, "iterations": iterations, "method": method,
-                    "weights": list(weights[:len(self.reward_names)])}
+        controls = {"seed_mode": FIXED if seed_mode == FIXED else RANDOM, "strength": strength,
+                    "iterations": iterations, "method": method, "weights": list(weights[:len(self.reward_names)])}
         method = self.methods[method][0]
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, weights)
         controls["blend"] = {n: w for n, w in weights.items() if blended_profile(n) is not None}
@@ -419,7 +419,7 @@ class GenerateTab:
 
     def running_settings(self, session: GenerateSession, profile, *slots, request: gr.Request = None):
         """On page load and profile switch, before `attach` follows a running job: that job's
-        prompt, a fixed seed (the seed box shows its seed), strength, iterations, method, reward
+        prompt, seed mode as it was started (the seed box shows its seed), strength, iterations, method, reward
         weights and blend, so the settings on screen are the ones it runs with. Without a running
         job only the blend changes: each profile gets back the blend it had on this page. The
         status lines and the trade-off grid speak of the profile shown until now: a switch empties them."""
@@ -439,7 +439,7 @@ class GenerateTab:
             return (*(gr.skip(),) * (len(self.running_outputs) - len(views) - len(lines)), *views, *lines)
         c = job.controls
         self._set_blend(session, c["blend"], request)
-        return (job.prompt, FIXED, c["strength"], c["iterations"], c["method"], *c["weights"],
+        return (job.prompt, c["seed_mode"], c["strength"], c["iterations"], c["method"], *c["weights"],
                 *self._blend_views(session, c["blend"]), *lines)
 
     def attach(self, session: GenerateSession, profile):
