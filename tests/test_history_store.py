@@ -1206,3 +1206,60 @@ def test_a_new_profile_under_a_deleted_ones_name_has_none_of_its_generate_histor
     store.create_profile("Ann")
     assert store.personalized_images("Ann") == []
     assert "personalized_for" not in store.image_record(made.sha256).params
+
+
+KILLED_IMPORTER = """
+import os, signal, sys
+from PIL import Image
+from prefstudio.store import history
+from prefstudio.store.history import HistoryStore
+
+written = []
+real = history.store_png_bytes
+def write_then_die(*args):
+    written.append(real(*args))
+    if len(written) == 3:  # killed after its third image file, before its transaction
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written[-1]
+history.store_png_bytes = write_then_die
+store = HistoryStore(sys.argv[1])
+images = [(sys.argv[2] + f"/{i}.png", sys.argv[2] + f"/{i + 1}.png", "a private picture") for i in range(0, 6, 2)]
+if sys.argv[3] == "pairs":
+    store.import_pairs("Alice", images)
+else:  # a profile file's import, once checked
+    from prefstudio.store.image_files import encode_png
+    records = []
+    for i in range(6):
+        png = encode_png(Image.open(sys.argv[2] + f"/{i}.png").convert("RGB"), {"prompt": "a private picture"})
+        sha = __import__("hashlib").sha256(png).hexdigest()
+        records.append((history.ImageRecord(sha, None, "a private picture", None, "imported", {}, 32, 32,
+                                            "2026-01-01T00:00:00+00:00"), png))
+    store.restore_profile("Mallory", records, [], [])
+"""
+
+
+@pytest.mark.parametrize("importing", ["pairs", "profile"])
+def test_an_import_killed_before_its_transaction_leaves_no_image_files_after_the_next_import(tmp_path, importing):
+    """Found by a review: kill -9 during an import left hundreds of the file's images in the store,
+    never referred to and never removed (another person's pictures, for good)."""
+    from prefstudio.store.image_files import png_path
+
+    data, sources = tmp_path / "data", tmp_path / "sources"
+    sources.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 100, 200)).save(sources / f"{i}.png")
+    with HistoryStore(data) as store:
+        store.create_profile("Alice")
+        kept = store.import_pairs("Alice", [(sources / "6.png", sources / "7.png", "kept")])
+    killed = subprocess.run([sys.executable, "-c", KILLED_IMPORTER, str(data), str(sources), importing],
+                            cwd=Path(__file__).parents[1])
+    assert killed.returncode == -signal.SIGKILL
+    referred = {png_path(sha, data / "images") for j in kept for sha in (j.image_a, j.image_b)}
+    left = set((data / "images").rglob("*.png")) - referred
+    assert len(left) == 3  # what the killed import wrote
+    with HistoryStore(data) as store:
+        store.import_pairs("Alice", [(sources / "7.png", sources / "6.png", "kept")])  # the next import
+        assert set((data / "images").rglob("*.png")) == referred
+        assert not list((data / "images").glob(".import-*"))  # nor its notes
+        assert [j.image_a for j in store.judgments("Alice")] == [kept[0].image_b]
+        assert [p.name for p in store.list_profiles()] == ["Alice"]

@@ -8,11 +8,14 @@ is one IMMEDIATE transaction, and other processes wait up to `timeout` seconds.
 """
 from __future__ import annotations  # annotations name torch types without importing torch
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from PIL import Image
 from prefstudio.blend import MAX_PRESETS, PROFILE_PREFIX, validate_blend, validate_preset_name
 from prefstudio.errors import Busy, InvalidInput, NoSuchJudgment, NoSuchProfile, NotFound, echo
 from prefstudio.store.image_files import (
+    encode_png,
     load_untrusted_image,
     make_private,
     png_path,
@@ -448,33 +452,34 @@ class HistoryStore:
         stored = self.get_profile(profile).name
         written, records, shas = [], [], []
         stored_as = {}  # (source, prompt) -> sha256: a file names an image in many of its pairs
-        try:
-            for liked, disliked, prompt in pairs:
-                prompt = validate_prompt(prompt)
-                for source in (liked, disliked):
-                    if (source, prompt) not in stored_as:
-                        try:
-                            image = load_untrusted_image(source)
-                        except InvalidInput as error:
-                            raise InvalidInput(f"{source}: {error}") from None
-                        metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
-                        sha256, path = write_png(image, metadata, self.images_dir)
-                        written.append(path)
-                        records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
-                                                   image.height, _now()))
-                        stored_as[source, prompt] = sha256
-                    shas.append(stored_as[source, prompt])
-            with self._transaction() as db:
-                for record in records:
-                    self._insert_image(db, record)
-                return [self.record_judgment(stored, "pair", a, b) for a, b in zip(shas[::2], shas[1::2])]
-        except BaseException:
-            for path in written:
-                try:
-                    self.image_record(path.stem)
-                except NotFound:  # no row refers to it: this call's file (an earlier image keeps its row)
-                    path.unlink(missing_ok=True)
-            raise
+        with self._images_ahead_of_rows() as ahead:
+            try:
+                for liked, disliked, prompt in pairs:
+                    prompt = validate_prompt(prompt)
+                    for source in (liked, disliked):
+                        if (source, prompt) not in stored_as:
+                            try:
+                                image = load_untrusted_image(source)
+                            except InvalidInput as error:
+                                raise InvalidInput(f"{source}: {error}") from None
+                            metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
+                            sha256, path = ahead(encode_png(image, metadata))
+                            written.append(path)
+                            records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
+                                                       image.height, _now()))
+                            stored_as[source, prompt] = sha256
+                        shas.append(stored_as[source, prompt])
+                with self._transaction() as db:
+                    for record in records:
+                        self._insert_image(db, record)
+                    return [self.record_judgment(stored, "pair", a, b) for a, b in zip(shas[::2], shas[1::2])]
+            except BaseException:
+                for path in written:
+                    try:
+                        self.image_record(path.stem)
+                    except NotFound:  # no row refers to it: this call's file (an earlier image keeps its row)
+                        path.unlink(missing_ok=True)
+                raise
 
     def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
         """The profile's personalized images, newest first (each names its baseline in params);
@@ -781,6 +786,45 @@ class HistoryStore:
 
     # --- whole profiles (import) ---------------------------------------------------
 
+    @contextmanager
+    def _images_ahead_of_rows(self):
+        """For an import, which writes its image files before the transaction that adds their
+        rows: `ahead(png)` notes the file in a journal named for this process, then stores it. A process killed before its transaction leaves its
+        journal; the next import removes the files it lists that no row came to refer to
+        (`_remove_what_killed_imports_left`), so a refused or killed import leaves nothing."""
+        self._remove_what_killed_imports_left()
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        journal = self.images_dir / f".import-{os.getpid()}-{secrets.token_hex(8)}.txt"
+        with open(journal, "a", encoding="utf-8") as notes:
+            def ahead(png: bytes) -> tuple[str, Path]:
+                notes.write(f"{hashlib.sha256(png).hexdigest()}\n")  # noted before it exists
+                notes.flush()
+                return store_png_bytes(png, self.images_dir)
+            try:
+                yield ahead
+            finally:
+                notes.close()
+                journal.unlink(missing_ok=True)
+
+    def _remove_what_killed_imports_left(self) -> None:
+        for journal in self.images_dir.glob(".import-*.txt"):
+            try:
+                os.kill(int(journal.name.split("-")[1]), 0)
+                continue  # its process still runs: its transaction may yet come
+            except ProcessLookupError:
+                pass
+            except (PermissionError, ValueError, OSError):
+                continue  # another user's process, or not a journal of ours: left alone
+            for sha in journal.read_text(encoding="utf-8").split():
+                path = png_path(sha, self.images_dir) if len(sha) == 64 else None
+                if path is not None and not self._query("SELECT 1 FROM images WHERE sha256 = ?", (sha,)):
+                    path.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
+        # A write cut off mid-file leaves its temporary file; any a minute old is no live write's.
+        for leftover in [*self.images_dir.glob("*/.tmp-*"), *self.images_dir.glob("*/thumbs/.tmp-*")]:
+            if time.time() - leftover.stat().st_mtime > 60:
+                leftover.unlink(missing_ok=True)
+
     def restore_profile(
         self,
         name: str,
@@ -797,8 +841,12 @@ class HistoryStore:
         files. `judgments` are (kind, image_a, image_b, created), oldest first;
         `models` are (name, safetensors bytes, config); `presets` (name, weights, created).
         """
-        for record, png in images:
-            store_png_bytes(png, self.images_dir)
+        with self._images_ahead_of_rows() as ahead:
+            for record, png in images:
+                ahead(png)
+            return self._restore_rows(name, images, judgments, models, presets)
+
+    def _restore_rows(self, name, images, judgments, models, presets) -> Profile:
         with self._transaction() as db:
             profile = self.create_profile(name)
             for record, _ in images:
