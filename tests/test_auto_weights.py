@@ -473,7 +473,7 @@ def test_the_user_embedding_and_token_models_say_exactly_why(token_folder):
                     1.0, "test")
     _, short = UserEmbeddingPreference("enc", bank).fit(_judged(3))
     assert (short.mode, short.reason) == (
-        "bank posterior", "a short history: a mix of the bank's users who explain your judgments")
+        "bank posterior", "few judged images yet: a mix of the bank's users who explain your judgments")
     _, long = UserEmbeddingPreference("enc", bank).fit(_judged(20))
     assert (long.mode, long.reason) in {("bank posterior + personal", "the bank's users who explain you plus a personal offset"),
                                         ("free", FREE_REASON)}

@@ -74,7 +74,7 @@ def test_a_fit_or_a_removal_on_the_profile_tab_shows_in_the_other_tabs(server, p
     expect(page.get_by_text("fresh has no fitted taste yet")).to_be_visible(timeout=SLOW)
     page.get_by_role("tab", name="Profile").click()
     page.click("#ps-fit")
-    expect(page.locator("#ps-fit-status")).to_contain_text("on 1 pairs", timeout=SLOW)
+    expect(page.locator("#ps-fit-status")).to_contain_text("on 1 pair by", timeout=SLOW)  # "1 pairs" before
     page.locator("#ps-selected-judgment input").fill(str(removed.id))
     page.get_by_role("button", name="🗑 Remove judgment").click()
     expect(page.get_by_text(f"Removed judgment #{removed.id}")).to_be_visible(timeout=SLOW)

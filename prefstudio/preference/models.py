@@ -49,7 +49,7 @@ class UserEmbeddingPreference(PreferenceModel):
         feats = judged.features(shas).view(len(pairs), 2, -1) if pairs else torch.zeros(0, 2, 1)
         result = fit_user_embedding(feats[:, 0], feats[:, 1], self.bank, self.encoder, pair_images=pairs)
         reason = {"bank average": "no 👍/👎 pair judged yet: the average user of the bank",
-                  "bank posterior": "a short history: a mix of the bank's users who explain your judgments",
+                  "bank posterior": "few judged images yet: a mix of the bank's users who explain your judgments",
                   "bank posterior + personal": "the bank's users who explain you plus a personal offset",
                   "free": "fitted from your judgments alone: they predict your held-out pairs clearly better than "
                           "the bank's users do"}[result.mode]

@@ -42,8 +42,9 @@ LOOKAHEAD = 2  # pairs made but not yet judged, the one on screen included
 IDLE_LIMIT_S = 1800  # a round nobody judges for this long stops making pairs
 KEYS = ("**Keys** (when not typing in a box): <kbd>1</kbd> the first image is better · "
         "<kbd>2</kbd> the second is better · <kbd>T</kbd> tie")
-COLUMNS = ["prompt", "judged", "personalized preferred", "ties", "baseline preferred", "win rate",
-           "95% low", "95% high"]
+# Rates in percent, as the summary line above the table gives them.
+COLUMNS = ["prompt", "judged", "personalized preferred", "ties", "baseline preferred", "win rate %",
+           "95% low %", "95% high %"]
 OUTCOME = {"personalized": 1.0, "tie": 0.5, "baseline": 0.0}
 
 
@@ -122,9 +123,9 @@ def results(pairs: list[BlindPair]) -> tuple[tuple[float, float, float] | None, 
         choices = [p.choice for p in judged if p.prompt == prompt]
         rate, low, high = rate_interval([OUTCOME[c] for c in choices])
         rows.append((prompt, len(choices), choices.count("personalized"), choices.count("tie"),
-                     choices.count("baseline"), rate, low, high))
+                     choices.count("baseline"), 100 * rate, 100 * low, 100 * high))
     overall = rate_interval([OUTCOME[p.choice] for p in judged]) if judged else None
-    return overall, pd.DataFrame(rows, columns=COLUMNS).round(3)
+    return overall, pd.DataFrame(rows, columns=COLUMNS).round(1)
 
 
 def neutral_copy(image: Path) -> Path:

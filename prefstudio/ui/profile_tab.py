@@ -73,7 +73,8 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
                 "the studio ships with, not from yours.")
     when = _when(status["fitted_at"])
     loo = status.get("loo_accuracy")
-    lines = [f"**Fitted** {when} on **{status['n_pairs']} pairs** by **{model.name}** ({model.description}): "
+    n_pairs = status["n_pairs"]
+    lines = [f"**Fitted** {when} on **{n_pairs} pair{'' if n_pairs == 1 else 's'}** by **{model.name}** ({model.description}): "
              f"{markdown_text(status.get('reason') or status['mode'])}."]
     if not status["n_pairs"]:
         judged = sum(ctx.store.counts(profile).values())
