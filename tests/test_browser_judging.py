@@ -87,3 +87,18 @@ def test_a_reload_lands_on_the_first_candidate_not_judged_yet(app, page):
     expect(info).to_contain_text("Not judged yet.")
     # The prompt the batch was made from comes back with it (a hostile review found the box empty).
     expect(page.locator("#ps-label-prompt textarea")).to_have_value("a bouquet of pink flowers", timeout=SLOW)
+
+
+def test_keys_pressed_faster_than_the_server_answers_each_judge_their_own_candidate(app, page):
+    """Found by a review: L, L, D pressed with no pause recorded two verdicts, the second L was
+    lost and the D landed on the candidate meant to be liked. Every press counts, in order."""
+    demo, url = app
+    store = demo.prefstudio.store
+    status, info = open_batch(page, url)
+    for key in ("l", "l", "d", "ArrowRight"):
+        page.keyboard.press(key, delay=0)
+    expect(status).to_contain_text("3 judgments: 2 👍 · 1 👎", timeout=SLOW)
+    expect(info).to_contain_text("Candidate 1 of 4")  # D moved to the 4th, → wrapped round to the 1st
+    seeds = [store.image_record(j.image_a).seed for j in store.judgments("me")]
+    assert [(j.kind, seed) for j, seed in zip(store.judgments("me"), seeds)] == [
+        ("like", 21), ("like", 22), ("dislike", 23)], seeds

@@ -153,17 +153,24 @@ class LabelTab:
             surprise.click(self.surprise, None, self.prompt, api_name="surprise").then(
                 user_errors(self.generate), inputs, views, api_visibility="private"),
         ]
-        like.click(user_errors(self.like), [s, p], views, api_name="like")
-        dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike")
-        skip.click(user_errors(self.skip), [s, p], views, api_name="skip")
-        previous.click(self.previous, [s, p], views, api_name="previous")
-        following.click(self.next, [s, p], views, api_name="next")
-        pick_left.click(user_errors(self.pick_left), [s, p], views, api_name="pick_left")
-        pick_right.click(user_errors(self.pick_right), [s, p], views, api_name="pick_right")
-        tie.click(user_errors(self.tie), [s, p], views, api_name="tie")
-        pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair")
-        undo.click(user_errors(self.undo), [s, p], views, api_name="undo")
-        pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private")
+        # Keys come faster than answers: every press on a candidate is queued (gradio drops a click
+        # while the same button's last one is pending), and all run one at a time in the order
+        # pressed, each on the candidate the one before it moved to (the gallery shows them all).
+        # A pair's next pair is not on screen until the answer comes: the same key again before then
+        # is dropped (gradio's default), never spent on a pair not yet seen.
+        in_order = {"trigger_mode": "multiple", "concurrency_id": "label-verdicts", "concurrency_limit": 1}
+        one_pair = {"trigger_mode": "once", "concurrency_id": "label-verdicts", "concurrency_limit": 1}
+        like.click(user_errors(self.like), [s, p], views, api_name="like", **in_order)
+        dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike", **in_order)
+        skip.click(user_errors(self.skip), [s, p], views, api_name="skip", **in_order)
+        previous.click(self.previous, [s, p], views, api_name="previous", **in_order)
+        following.click(self.next, [s, p], views, api_name="next", **in_order)
+        pick_left.click(user_errors(self.pick_left), [s, p], views, api_name="pick_left", **one_pair)
+        pick_right.click(user_errors(self.pick_right), [s, p], views, api_name="pick_right", **one_pair)
+        tie.click(user_errors(self.tie), [s, p], views, api_name="tie", **one_pair)
+        pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair", **one_pair)
+        undo.click(user_errors(self.undo), [s, p], views, api_name="undo", **in_order)
+        pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private", **in_order)
         suggest.click(user_errors(self.suggest), [s, p], views, api_name="suggest")
         self.gallery.select(self.select, [s, p], views, api_visibility="private")
         self.mode.change(lambda mode: (gr.Column(visible=mode == SINGLE), gr.Column(visible=mode == PAIRWISE)),
