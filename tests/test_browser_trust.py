@@ -259,6 +259,12 @@ def test_rename_and_delete_ask_first_and_offer_an_export(server, page):
     expect(page.locator("#ps-manage-status")).to_contain_text("Renamed single to solo", timeout=SLOW)
     expect(page.locator("#ps-profile input")).to_have_value("solo")
     assert sum(studio.store.counts("solo").values()) == 1  # its judgment went with it
+    # Found by a review: "Renamed … to solo" stayed under a later refusal, and renaming a profile
+    # to its own name said "Renamed solo to solo".
+    page.fill("#ps-rename-to textarea", "solo")
+    page.click("#ps-rename")
+    expect(page.get_by_text("solo already has that name").first).to_be_visible(timeout=SLOW)
+    expect(page.locator("#ps-manage-status")).not_to_contain_text("Renamed", timeout=SLOW)
 
 
 def test_a_refused_import_or_upload_can_be_tried_again(server, page, tmp_path):
@@ -275,6 +281,8 @@ def test_a_refused_import_or_upload_can_be_tried_again(server, page, tmp_path):
     page.get_by_role("button", name="Import profile").click()
     expect(page.get_by_text("'alice' already exists").first).to_be_visible(timeout=SLOW)
     expect(box).not_to_contain_text("alice", timeout=SLOW)  # gone from the box as from the disk
+    expect(page.get_by_text("Nothing was imported. An upload is deleted once read: choose the file again")
+           ).to_be_visible(timeout=SLOW)  # a review pressed Import again on the emptied box
     page.get_by_label("Import as (optional)").fill("alice again")
     box.locator("input[type=file]").set_input_files(str(exported))
     page.get_by_role("button", name="Import profile").click()

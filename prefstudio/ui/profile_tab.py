@@ -189,8 +189,15 @@ class ProfileTab:
         remove.click(user_errors(self.remove), [self.session, profile, self.filters, self.selected],
                      self.history_views, api_name="remove_judgment")
         export.click(user_errors(self.export), profile, self.export_file, api_name="export_profile")
-        empty_after(do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
-                                    [self.import_status, profile], api_name="import_profile"), self.import_file)
+        imported = do_import.click(user_errors(self.import_profile), [self.import_file, self.import_name],
+                                   [self.import_status, profile], api_name="import_profile")
+        empty_after(imported, self.import_file)
+        # The emptied box is not a lost file: say why, and what to do (a review tried Import again).
+        imported.failure(lambda: "Nothing was imported. An upload is deleted once read: choose the file again "
+                         "(and a new name, if the toast asked for one).", None, self.import_status,
+                         api_visibility="private")
+        # The line under the buttons speaks of the last attempt only: a refusal is a toast, not this line.
+        rename.click(lambda: "", None, self.manage_status, api_visibility="private", queue=False)
         rename.click(user_errors(self.rename), [profile, self.rename_to], [self.manage_status, profile, self.rename_to],
                      api_name="rename_profile")
         # Deleting asks first, and offers an export before anything is lost.
@@ -293,6 +300,8 @@ class ProfileTab:
             raise InvalidInput("choose or create a profile first (top of the page)")
         old = self.ctx.store.get_profile(profile).name
         self.ctx.check_nothing_under_way(old)
+        if (new_name or "").strip() == old:
+            raise InvalidInput(f"{old} already has that name")
         renamed = self.ctx.store.rename_profile(old, (new_name or "").strip())
         choices = self.ctx.access.profiles.visible(login(request))
         return f"Renamed **{old}** to **{renamed.name}**.", gr.Dropdown(choices=choices, value=renamed.name), ""
