@@ -211,7 +211,7 @@ def main(argv=None) -> int:
         parts = [predicted[split.targets_1v1[user], k] for k, user in enumerate(split.users)]  # [T, 2] each
         ceilings[name] = unseen_top1(torch.cat(parts))
         print(name, ceilings[name], flush=True)
-    from prefstudio_research.report import machine, write_section
+    from prefstudio_research.report import how_it_ran, write_section
 
     head = ("| N_ref | user embedding | preference tokens | auto | bank posterior, true tastes, taste space "
             "| bank posterior, true tastes, RBF | + user embedding | Bayes, true utilities |\n"
@@ -219,11 +219,10 @@ def main(argv=None) -> int:
     cell = lambda v: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}"
     lines = [f"| {r['n_ref']} | " + " | ".join(cell(r[k]) for k in (*STUDIO_MODELS, "bank", "bank rbf", "bank rbf + ue", "bayes")) + " |"
              for r in rows]
-    command = " ".join(["python bench/headroom.py"] + list(sys.argv[1:] if argv is None else argv))
+    ran = how_it_ran("bench/headroom.py", list(sys.argv[1:] if argv is None else argv), load_start, start)
     text = "\n".join([
         "## Where the points go at each history length (issue 15)", "",
-        f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
-        f"end; {time.perf_counter() - start:.0f} s. PrefBench's {int(unseen.sum())} unseen test users (data/bench, "
+        f"{ran} PrefBench's {int(unseen.sum())} unseen test users (data/bench, "
         "seed 0), 1v1 top-1, ± the standard error over users. The first three columns are the studio's models "
         "(the scores `bench/studio_models.py` saved); the last four read the hidden users and are analysis only "
         "(bench/headroom.py's docstring says how each is built).", "", head, *lines, "",

@@ -101,13 +101,12 @@ def main(argv=None) -> int:
                 lines.append(f"| {landmarks} / {kept} / {width:g} | {split_name} | {n_ref} | {cells} | "
                              f"{100 * margin[0]:+.2f} ± {100 * margin[1]:.2f} ({best}) |")
                 print(lines[-1], flush=True)
-    from prefstudio_research.report import machine, write_section
+    from prefstudio_research.report import how_it_ran, write_section
 
-    command = " ".join(["python bench/kernel_bank.py"] + list(sys.argv[1:] if argv is None else argv))
+    ran = how_it_ran("bench/kernel_bank.py", list(sys.argv[1:] if argv is None else argv), load_start, start)
     text = "\n".join([
         "## Tried for auto: a member reading the images through an RBF kernel (issue 15)", "",
-        f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
-        f"end; {time.perf_counter() - start:.0f} s. A bank learned in an RBF reading of the features from PrefBench's "
+        f"{ran} A bank learned in an RBF reading of the features from PrefBench's "
         "1,000 training users' judgments, as a third member of auto (the script's docstring says how). Unseen "
         "users of the validation (60) and test (400) splits, 1v1 top-1; the last column is auto with the kernel "
         "bank minus the best single member of the row, ± the standard error over users.", "",

@@ -2,6 +2,7 @@
 import os
 import platform
 import re
+import time
 from datetime import date
 from pathlib import Path
 
@@ -23,6 +24,13 @@ def machine() -> str:
         cpu = platform.processor() or "unknown CPU"
     cores = os.cpu_count() or "?"
     return f"{cpu}, {cores} cores, {platform.system()} — {date.today().isoformat()}"
+
+
+def how_it_ran(script: str, argv: list[str], load_start: tuple, start: float) -> str:
+    """The line a section opens with: the command, the machine, the load and the time it took."""
+    command = " ".join([f"python {script}", *argv])
+    return (f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+            f"the end; {time.perf_counter() - start:.0f} s.")
 
 
 def write_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
