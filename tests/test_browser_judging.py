@@ -102,3 +102,23 @@ def test_keys_pressed_faster_than_the_server_answers_each_judge_their_own_candid
     seeds = [store.image_record(j.image_a).seed for j in store.judgments("me")]
     assert [(j.kind, seed) for j, seed in zip(store.judgments("me"), seeds)] == [
         ("like", 21), ("like", 22), ("dislike", 23)], seeds
+
+
+def test_a_pair_key_pressed_before_the_next_pair_shows_records_nothing(app, page):
+    """Found by a review (with keys pressed faster than the server answers): 1 then 2 judged the
+    first pair and then the next one, which the person had not seen yet."""
+    demo, url = app
+    store = demo.prefstudio.store
+    open_batch(page, url)
+    page.get_by_label("Better of two").check()
+    expect(page.locator("#ps-pair-info")).to_contain_text("Pair 1 of", timeout=SLOW)
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("1", delay=0)
+    page.keyboard.press("2", delay=0)
+    expect(page.get_by_text("the next pair came up before this choice reached the studio").first).to_be_visible(
+        timeout=SLOW)
+    expect(page.locator("#ps-pair-info")).to_contain_text("Pair 2 of")
+    assert [j.kind for j in store.judgments("me")] == ["pair"]
+    page.keyboard.press("2")  # now the second pair is on screen
+    expect(page.locator("#ps-pair-info")).to_contain_text("Pair 3 of", timeout=SLOW)
+    assert [j.kind for j in store.judgments("me")] == ["pair", "pair"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prefstudio.errors import NotFound
+from prefstudio.errors import InvalidInput, NotFound
 from prefstudio.studio import Studio
 from prefstudio.ui.common import AppContext
 from prefstudio.ui.label_tab import LabelSession, LabelTab
@@ -156,3 +156,21 @@ def test_an_undo_of_a_judgment_removed_elsewhere_says_so_and_moves_on_to_the_one
         tab.undo(shown, "me")
     assert "Undone" in status(tab.undo(shown, "me"))
     assert store.judgments("me") == []
+
+
+@pytest.mark.parametrize("pick", ["pick_left", "pick_right", "tie", "pair_skip"])
+def test_a_pick_sent_for_a_pair_no_longer_on_screen_records_nothing(tab, shown, pick):
+    """Found by a review: keys pressed faster than the server answered (1 then 2) judged the next
+    pair before it was on screen. Each pick says which pair the page showed; a pick for another
+    one is refused in words, and the person sees the pair it would have judged first."""
+    store = tab.ctx.store
+    first = tab.render(shown, "me")[-1]  # the pair on screen, as the page holds it
+    tab.pick_left(shown, "me", first)
+    after = store.judgments("me")
+    with pytest.raises(InvalidInput, match="the next pair came up before this choice reached the studio"):
+        getattr(tab, pick)(shown, "me", first)  # sent before the answer showed the second pair
+    assert store.judgments("me") == after and shown.pair_index == 1
+    second = tab.render(shown, "me")[-1]
+    assert second != first
+    getattr(tab, pick)(shown, "me", second)
+    assert shown.pair_index == 2

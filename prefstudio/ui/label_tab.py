@@ -110,7 +110,7 @@ class LabelTab:
                     self.status = gr.Markdown(elem_id="ps-label-status")
                     gr.Markdown(SINGLE_KEYS, elem_classes="ps-keys")
         with gr.Column(visible=False) as pairwise:
-            self.pair_info = gr.Markdown("Generate at least two candidates to compare.")
+            self.pair_info = gr.Markdown("Generate at least two candidates to compare.", elem_id="ps-pair-info")
             with gr.Row():
                 self.left = gr.Image(label="Left (1 / ←)", type="filepath", interactive=False, height=320,
                                      buttons=["fullscreen"], elem_id="ps-left")
@@ -141,8 +141,10 @@ class LabelTab:
                     self.upload_prompt = gr.Textbox(label="What do they show?", placeholder="a short description")
                     add = gr.Button("Add as candidates", elem_id="ps-label-add")
 
+        # The pair on screen, sent with each pick: one made before the next pair showed is refused.
+        self.shown_pair = gr.Textbox(visible=False, elem_id="ps-shown-pair")
         views = [self.gallery, self.view, self.view_info, self.left, self.right, self.pair_info, self.status,
-                 self.pair_status]
+                 self.pair_status, self.shown_pair]
         self.views = views
         s, p = self.session, profile
         inputs = [s, p, self.prompt, self.n, self.seeds]
@@ -153,22 +155,20 @@ class LabelTab:
             surprise.click(self.surprise, None, self.prompt, api_name="surprise").then(
                 user_errors(self.generate), inputs, views, api_visibility="private"),
         ]
-        # Keys come faster than answers: every press on a candidate is queued (gradio drops a click
-        # while the same button's last one is pending), and all run one at a time in the order
-        # pressed, each on the candidate the one before it moved to (the gallery shows them all).
-        # A pair's next pair is not on screen until the answer comes: the same key again before then
-        # is dropped (gradio's default), never spent on a pair not yet seen.
+        # Keys come faster than answers: every press is queued (gradio drops a click while the same
+        # button's last one is pending), and all run one at a time in the order pressed, each on the
+        # candidate the one before it moved to (the gallery shows them all). A pair's next pair is
+        # not on screen until the answer comes: a pick sent before then is refused, not spent on it.
         in_order = {"trigger_mode": "multiple", "concurrency_id": "label-verdicts", "concurrency_limit": 1}
-        one_pair = {"trigger_mode": "once", "concurrency_id": "label-verdicts", "concurrency_limit": 1}
         like.click(user_errors(self.like), [s, p], views, api_name="like", **in_order)
         dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike", **in_order)
         skip.click(user_errors(self.skip), [s, p], views, api_name="skip", **in_order)
         previous.click(self.previous, [s, p], views, api_name="previous", **in_order)
         following.click(self.next, [s, p], views, api_name="next", **in_order)
-        pick_left.click(user_errors(self.pick_left), [s, p], views, api_name="pick_left", **one_pair)
-        pick_right.click(user_errors(self.pick_right), [s, p], views, api_name="pick_right", **one_pair)
-        tie.click(user_errors(self.tie), [s, p], views, api_name="tie", **one_pair)
-        pair_skip.click(user_errors(self.pair_skip), [s, p], views, api_name="skip_pair", **one_pair)
+        pick_left.click(user_errors(self.pick_left), [s, p, self.shown_pair], views, api_name="pick_left", **in_order)
+        pick_right.click(user_errors(self.pick_right), [s, p, self.shown_pair], views, api_name="pick_right", **in_order)
+        tie.click(user_errors(self.tie), [s, p, self.shown_pair], views, api_name="tie", **in_order)
+        pair_skip.click(user_errors(self.pair_skip), [s, p, self.shown_pair], views, api_name="skip_pair", **in_order)
         undo.click(user_errors(self.undo), [s, p], views, api_name="undo", **in_order)
         pair_undo.click(user_errors(self.undo), [s, p], views, api_visibility="private", **in_order)
         suggest.click(user_errors(self.suggest), [s, p], views, api_name="suggest")
@@ -273,9 +273,15 @@ class LabelTab:
             session.current = event.index
         return self.render(session, profile)
 
-    def _pick(self, session, profile, outcome):
+    def _pick(self, session, profile, outcome, shown_pair=None):
+        """`shown_pair`: the pair the page showed when the key was pressed (`_pair_on_screen`);
+        a pick sent before the answer to the last one came is for a pair no longer current.
+        An API client may leave it out."""
         if session.pair_index >= len(session.pairs):
             raise InvalidInput("no pair to compare: generate at least two candidates")
+        if shown_pair and shown_pair != self._pair_on_screen(session):
+            raise InvalidInput("the next pair came up before this choice reached the studio: nothing was "
+                               "recorded; look at the pair on screen, then choose")
         left, right = (session.candidates[i] for i in session.pairs[session.pair_index])
         if outcome == "left":
             self._judge(session, profile, "pair", left, right)
@@ -288,17 +294,17 @@ class LabelTab:
                 "tie": f"{short(left)} = {short(right)}", "skip": "pair skipped"}[outcome]
         return self.render(session, profile, f"Recorded {said}.")
 
-    def pick_left(self, session, profile):
-        return self._pick(session, profile, "left")
+    def pick_left(self, session, profile, shown_pair=None):
+        return self._pick(session, profile, "left", shown_pair)
 
-    def pick_right(self, session, profile):
-        return self._pick(session, profile, "right")
+    def pick_right(self, session, profile, shown_pair=None):
+        return self._pick(session, profile, "right", shown_pair)
 
-    def tie(self, session, profile):
-        return self._pick(session, profile, "tie")
+    def tie(self, session, profile, shown_pair=None):
+        return self._pick(session, profile, "tie", shown_pair)
 
-    def pair_skip(self, session, profile):
-        return self._pick(session, profile, "skip")
+    def pair_skip(self, session, profile, shown_pair=None):
+        return self._pick(session, profile, "skip", shown_pair)
 
     def suggest(self, session: LabelSession, profile):
         """Puts the pairs most informative about this person's taste next (Studio.suggest)."""
@@ -420,7 +426,15 @@ class LabelTab:
             pair_info = ("All pairs of this batch compared: generate new candidates." if session.pairs
                          else "Generate at least two candidates to compare.")
         status = (message + "\n\n" if message else "") + counts_line(self.ctx, profile)
-        return gallery, view, info, left, right, pair_info, status, status
+        shown_pair = self._pair_on_screen(session) if pair_view else gr.skip()
+        return gallery, view, info, left, right, pair_info, status, status, shown_pair
+
+    @staticmethod
+    def _pair_on_screen(session: LabelSession) -> str:
+        """The current pair's two image ids, as the page keeps them to send with a pick."""
+        if session.pair_index >= len(session.pairs):
+            return ""
+        return ",".join(session.candidates[i] for i in session.pairs[session.pair_index])
 
 
 def _seed(record) -> str:
