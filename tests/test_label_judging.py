@@ -174,3 +174,15 @@ def test_a_pick_sent_for_a_pair_no_longer_on_screen_records_nothing(tab, shown, 
     assert second != first
     getattr(tab, pick)(shown, "me", second)
     assert shown.pair_index == 2
+
+
+def test_suggest_says_when_pairs_judged_elsewhere_leave_the_queue(tab, shown):
+    """Found by a review: after 💡 Suggest, "Pair 4 of 6" became "Pair 5 of 5" with no word. A pair
+    of the batch judged meanwhile (here, as another page would) leaves the queue, and it is said."""
+    a, b = (shown.candidates[i] for i in shown.pairs[3])
+    tab.ctx.store.record_judgment("me", "pair", a, b)
+    total = len(shown.pairs)
+    views = tab.suggest(shown, "me")
+    assert len(shown.pairs) == total - 1
+    assert "1 pair of this batch was judged already: it left the queue" in status(views)
+    assert f"Pair 1 of {total - 1}" in views[5]

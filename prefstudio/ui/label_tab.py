@@ -320,8 +320,11 @@ class LabelTab:
             raise InvalidInput("every pair of these candidates is judged already: generate new ones")
         session.pairs[session.pair_index:] = [sides[frozenset((index[q.first], index[q.second]))] for q in ahead]
         left, right = (self.ctx.store.image_record(session.candidates[i]) for i in session.pairs[session.pair_index])
+        gone = len(sides) - len(ahead)  # judged since the batch was made (another page, the CLI)
+        left_queue = (f" {gone} pair{'s' if gone != 1 else ''} of this batch {'were' if gone != 1 else 'was'} judged "
+                      f"already: {'they' if gone != 1 else 'it'} left the queue." if gone else "")
         return self.render(session, profile, f"💡 Next, on screen now: {_seed(left)} (left) vs {_seed(right)} "
-                                             f"(right) — {ahead[0].reason}.")
+                                             f"(right) — {ahead[0].reason}.{left_queue}")
 
     def undo(self, session: LabelSession, profile):
         if not session.made:
