@@ -115,7 +115,7 @@ def test_a_pair_key_pressed_before_the_next_pair_shows_records_nothing(app, page
     page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("1", delay=0)
     page.keyboard.press("2", delay=0)
-    expect(page.get_by_text("the next pair came up before this choice reached the studio").first).to_be_visible(
+    expect(page.get_by_text("the pair on screen changed before this choice reached the studio").first).to_be_visible(
         timeout=SLOW)
     expect(page.locator("#ps-pair-info")).to_contain_text("Pair 2 of")
     assert [j.kind for j in store.judgments("me")] == ["pair"]

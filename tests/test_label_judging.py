@@ -167,7 +167,7 @@ def test_a_pick_sent_for_a_pair_no_longer_on_screen_records_nothing(tab, shown, 
     first = tab.render(shown, "me")[-1]  # the pair on screen, as the page holds it
     tab.pick_left(shown, "me", first)
     after = store.judgments("me")
-    with pytest.raises(InvalidInput, match="the next pair came up before this choice reached the studio"):
+    with pytest.raises(InvalidInput, match="the pair on screen changed before this choice reached the studio"):
         getattr(tab, pick)(shown, "me", first)  # sent before the answer showed the second pair
     assert store.judgments("me") == after and shown.pair_index == 1
     second = tab.render(shown, "me")[-1]
@@ -186,3 +186,24 @@ def test_suggest_says_when_pairs_judged_elsewhere_leave_the_queue(tab, shown):
     assert len(shown.pairs) == total - 1
     assert "1 pair of this batch was judged already: it left the queue" in status(views)
     assert f"Pair 1 of {total - 1}" in views[5]
+
+
+def test_a_pick_sent_after_the_last_pair_says_the_batch_is_compared(tab, tmp_path):
+    """Found by a review: a fast second pick on a batch's only pair was told "no pair to compare:
+    generate at least two candidates", with two candidates on screen."""
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"two-{i}.png"
+        Image.fromarray(np.random.default_rng(10 + i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    session = LabelSession()
+    tab.add_uploads(session, "me", paths, "a test picture")
+    only = tab.render(session, "me")[-1]
+    tab.pick_left(session, "me", only)
+    with pytest.raises(InvalidInput) as late:
+        tab.pick_right(session, "me", only)
+    assert str(late.value) == ("the pair on screen changed before this choice reached the studio: nothing was "
+                               "recorded, and every pair of this batch is compared now")
+    with pytest.raises(InvalidInput, match="every pair of this batch is compared: generate new candidates"):
+        tab.pick_right(session, "me")  # an API client, which sends no pair
+    assert len(tab.ctx.store.judgments("me")) == 1

@@ -137,6 +137,8 @@ class EvaluateTab:
                                            listed=False)
                 *_, side = self.ctx.steps(steps)  # progress items, then the SideBySide
                 if session.showing != shown:  # the page shows another profile now: this check is not its
+                    # The stream's last view is the page's: an empty one, not this check's progress line.
+                    yield "", None, _table([])
                     return
                 b, p = side.baseline.normalised["user"], side.personalized.normalised["user"]
                 rows.append((prompt, side.seed, b, p, p - b,

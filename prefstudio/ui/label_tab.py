@@ -277,11 +277,14 @@ class LabelTab:
         """`shown_pair`: the pair the page showed when the key was pressed (`_pair_on_screen`);
         a pick sent before the answer to the last one came is for a pair no longer current.
         An API client may leave it out."""
+        on_screen = self._pair_on_screen(session)
+        if shown_pair and shown_pair != on_screen:
+            raise InvalidInput("the pair on screen changed before this choice reached the studio: nothing was "
+                               + ("recorded; look at the pair on screen, then choose" if on_screen else
+                                  "recorded, and every pair of this batch is compared now"))
         if session.pair_index >= len(session.pairs):
-            raise InvalidInput("no pair to compare: generate at least two candidates")
-        if shown_pair and shown_pair != self._pair_on_screen(session):
-            raise InvalidInput("the next pair came up before this choice reached the studio: nothing was "
-                               "recorded; look at the pair on screen, then choose")
+            raise InvalidInput("every pair of this batch is compared: generate new candidates" if session.pairs
+                               else "no pair to compare: generate at least two candidates")
         left, right = (session.candidates[i] for i in session.pairs[session.pair_index])
         if outcome == "left":
             self._judge(session, profile, "pair", left, right)
