@@ -98,6 +98,8 @@ CSS = """
   max-width: calc(100% - 84px); white-space: normal; height: auto; }
 /* A refused input is explained in the toast; no "Error" badge is left on every output. */
 [data-testid="status-tracker"]:has(> span.error) { display: none !important; }
+/* Narrow windows broke the scores tables mid-word ("scor e", "+1.5 9"): whole words only. */
+#ps-baseline-scores :is(th, td), #ps-personalized-scores :is(th, td) { word-break: normal; overflow-wrap: normal; }
 kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
       font-size: 0.85em; background: #f7f7fa; color: #333; }
 """

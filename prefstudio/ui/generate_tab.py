@@ -279,7 +279,7 @@ class GenerateTab:
                 self.baseline = gr.Image(label="Baseline (your seed, no personalization)", type="filepath",
                                          interactive=False, height=360, buttons=["download", "fullscreen"],
                                          elem_id="ps-baseline")
-                self.baseline_scores = gr.Markdown()
+                self.baseline_scores = gr.Markdown(elem_id="ps-baseline-scores")
                 with gr.Row():
                     like_base = gr.Button("👍 Baseline", size="sm")
                     dislike_base = gr.Button("👎 Baseline", size="sm")
