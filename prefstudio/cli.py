@@ -5,6 +5,7 @@
     python -m prefstudio profile delete alice-home --yes  # its judgments and models; images stay
     python -m prefstudio generate "a fox in the snow" -n 8 --out out/
     python -m prefstudio judge alice like 3fa2c1 77b0e4   # image ids (or unique prefixes)
+    python -m prefstudio profile show alice               # counts, fitted models, current judgments
     python -m prefstudio import-pairs alice pairs.jsonl   # {"user_id","prompt","liked","disliked"} per line
     python -m prefstudio fit alice
     python -m prefstudio suggest alice --prompt "a fox in the snow"   # which pair to judge next
@@ -125,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profile", help="create, list, rename or delete profiles")
-    p.add_argument("action", choices=["create", "list", "rename", "delete"])
+    p = sub.add_parser("profile", help="create, list, show (judgments), rename or delete profiles")
+    p.add_argument("action", choices=["create", "list", "show", "rename", "delete"])
     p.add_argument("name", nargs="?")
     p.add_argument("new_name", nargs="?", help="rename: the new name")
     p.add_argument("--yes", action="store_true", help="delete: confirm removing the profile's judgments and models")
@@ -253,6 +254,13 @@ def cmd_profile(args, store) -> dict:
             raise InvalidInput(f"deleting {echo(args.name)} removes its judgments and models for good: "
                                "add --yes to confirm (export it first to keep a copy)")
         return {"deleted": store.delete_profile(args.name).name}
+    if args.action == "show":
+        if not args.name:
+            raise InvalidInput("profile show needs a name")
+        name = store.get_profile(args.name).name
+        return {"profile": name, "counts": store.counts(name), "models": store.model_names(name),
+                "judgments": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b,
+                               "created": j.created} for j in store.judgments(name)]}
     return {"profiles": [p.name for p in store.list_profiles()]}
 
 

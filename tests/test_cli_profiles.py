@@ -60,3 +60,27 @@ def test_an_unreadable_user_bank_in_the_data_folder_is_named_in_one_line(tmp_pat
     assert err.strip().splitlines() == [
         f"error: {bank} is not a readable PrefStudio user bank (safetensors: Error while deserializing "
         "header: header too large); delete it or rebuild it with python -m prefstudio bank"]
+
+
+def test_profile_show_lists_the_current_judgments(tmp_path, capsys):
+    """A review had to open the database to check what the studio recorded: no command said.
+    `profile show NAME` gives the counts, the fitted models and every current judgment."""
+    data = tmp_path / "data"
+    with HistoryStore(data) as store:
+        store.create_profile("Ann")
+        shas = []
+        for seed in (1, 2):
+            pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            shas.append(store.add_image(GeneratedImage(Image.fromarray(pixels, "RGB"), "a kite", seed, "embedded", {})).sha256)
+        liked = store.record_judgment("Ann", "like", shas[0])
+        store.record_judgment("Ann", "dislike", shas[1])
+        store.record_judgment("Ann", "like", shas[1])  # replaces the dislike: not current any more
+        pair = store.record_judgment("Ann", "pair", shas[0], shas[1])
+    code, shown, _ = cli(capsys, data, "profile", "show", "ann")
+    assert code == 0 and shown["profile"] == "Ann" and shown["models"] == []
+    assert shown["counts"] == {"like": 2, "dislike": 0, "pair": 1, "tie": 0, "skip": 0}
+    assert [(j["kind"], j["image_a"], j["image_b"]) for j in shown["judgments"]] == [
+        ("like", shas[0], None), ("like", shas[1], None), ("pair", shas[0], shas[1])]
+    assert shown["judgments"][0]["id"] == liked.id and shown["judgments"][-1]["created"] == pair.created
+    code, _, err = cli(capsys, data, "profile", "show")
+    assert code == 2 and err == "error: profile show needs a name\n"
