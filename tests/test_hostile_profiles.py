@@ -224,11 +224,10 @@ def test_a_failed_restore_removes_the_files_it_wrote(exported, target, monkeypat
     before = snapshot(target)
 
     def fail_after_the_files(name, images, judgments, models, presets=()):
-        for _, png in images:
-            store_png_bytes(png, target.images_dir)
+        assert all(target.image_path(record.sha256).exists() for record, _ in images)  # written first
         raise InvalidInput(f"a profile named {name!r} already exists")  # e.g. created meanwhile
 
-    monkeypatch.setattr(target, "restore_profile", fail_after_the_files)
+    monkeypatch.setattr(target, "_restore_rows", fail_after_the_files)  # the rows' transaction fails
     with pytest.raises(InvalidInput, match="already exists"):
         import_profile(target, exported, new_name="Carol")
     assert snapshot(target) == before  # the shared image stayed, the three new ones went

@@ -450,36 +450,27 @@ class HistoryStore:
         nothing: each image is checked and its file written first, then one transaction records
         the images and the judgments; on any failure the files this call wrote are removed."""
         stored = self.get_profile(profile).name
-        written, records, shas = [], [], []
+        records, shas = [], []
         stored_as = {}  # (source, prompt) -> sha256: a file names an image in many of its pairs
         with self._images_ahead_of_rows() as ahead:
-            try:
-                for liked, disliked, prompt in pairs:
-                    prompt = validate_prompt(prompt)
-                    for source in (liked, disliked):
-                        if (source, prompt) not in stored_as:
-                            try:
-                                image = load_untrusted_image(source)
-                            except InvalidInput as error:
-                                raise InvalidInput(f"{source}: {error}") from None
-                            metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
-                            sha256, path = ahead(encode_png(image, metadata))
-                            written.append(path)
-                            records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
-                                                       image.height, _now()))
-                            stored_as[source, prompt] = sha256
-                        shas.append(stored_as[source, prompt])
-                with self._transaction() as db:
-                    for record in records:
-                        self._insert_image(db, record)
-                    return [self.record_judgment(stored, "pair", a, b) for a, b in zip(shas[::2], shas[1::2])]
-            except BaseException:
-                for path in written:
-                    try:
-                        self.image_record(path.stem)
-                    except NotFound:  # no row refers to it: this call's file (an earlier image keeps its row)
-                        path.unlink(missing_ok=True)
-                raise
+            for liked, disliked, prompt in pairs:
+                prompt = validate_prompt(prompt)
+                for source in (liked, disliked):
+                    if (source, prompt) not in stored_as:
+                        try:
+                            image = load_untrusted_image(source)
+                        except InvalidInput as error:
+                            raise InvalidInput(f"{source}: {error}") from None
+                        metadata = {"prompt": prompt, "seed": None, "generator": IMPORTED, "params": {}}
+                        sha256, path = ahead(encode_png(image, metadata))
+                        records.append(ImageRecord(sha256, path, prompt, None, IMPORTED, {}, image.width,
+                                                   image.height, _now()))
+                        stored_as[source, prompt] = sha256
+                    shas.append(stored_as[source, prompt])
+            with self._transaction() as db:
+                for record in records:
+                    self._insert_image(db, record)
+                return [self.record_judgment(stored, "pair", a, b) for a, b in zip(shas[::2], shas[1::2])]
 
     def personalized_images(self, profile: str, limit: int = 24) -> list[ImageRecord]:
         """The profile's personalized images, newest first (each names its baseline in params);
@@ -788,23 +779,36 @@ class HistoryStore:
 
     @contextmanager
     def _images_ahead_of_rows(self):
-        """For an import, which writes its image files before the transaction that adds their
-        rows: `ahead(png)` notes the file in a journal named for this process, then stores it. A process killed before its transaction leaves its
-        journal; the next import removes the files it lists that no row came to refer to
-        (`_remove_what_killed_imports_left`), so a refused or killed import leaves nothing."""
+        """For an import, which writes its image files before the transaction that adds their rows:
+        `ahead(png)` stores a PNG, first noting it in a journal named for this process when the
+        file is new. If the import fails, the files it wrote that no row refers to are removed
+        here; if its process is killed, the journal stays and the next import removes them
+        (`_remove_what_killed_imports_left`). Either way an import that did not happen leaves nothing."""
         self._remove_what_killed_imports_left()
         self.images_dir.mkdir(parents=True, exist_ok=True)
         journal = self.images_dir / f".import-{os.getpid()}-{secrets.token_hex(8)}.txt"
-        with open(journal, "a", encoding="utf-8") as notes:
-            def ahead(png: bytes) -> tuple[str, Path]:
-                notes.write(f"{hashlib.sha256(png).hexdigest()}\n")  # noted before it exists
-                notes.flush()
-                return store_png_bytes(png, self.images_dir)
-            try:
+        written = []
+        try:
+            with open(journal, "a", encoding="utf-8") as notes:
+                def ahead(png: bytes) -> tuple[str, Path]:
+                    sha256 = hashlib.sha256(png).hexdigest()
+                    if not png_path(sha256, self.images_dir).exists():  # another's file is not this import's
+                        notes.write(f"{sha256}\n")  # noted before it exists
+                        notes.flush()
+                        written.append(sha256)
+                    return store_png_bytes(png, self.images_dir)
                 yield ahead
-            finally:
-                notes.close()
-                journal.unlink(missing_ok=True)
+        except BaseException:
+            self._remove_unreferenced(written)
+            raise
+        finally:
+            journal.unlink(missing_ok=True)
+
+    def _remove_unreferenced(self, shas: Iterable[str]) -> None:
+        """Remove these image files where no row refers to them (another writer may have added one since)."""
+        for sha in shas:
+            if len(sha) == 64 and not self._query("SELECT 1 FROM images WHERE sha256 = ?", (sha,)):
+                png_path(sha, self.images_dir).unlink(missing_ok=True)
 
     def _remove_what_killed_imports_left(self) -> None:
         for journal in self.images_dir.glob(".import-*.txt"):
@@ -815,10 +819,7 @@ class HistoryStore:
                 pass
             except (PermissionError, ValueError, OSError):
                 continue  # another user's process, or not a journal of ours: left alone
-            for sha in journal.read_text(encoding="utf-8").split():
-                path = png_path(sha, self.images_dir) if len(sha) == 64 else None
-                if path is not None and not self._query("SELECT 1 FROM images WHERE sha256 = ?", (sha,)):
-                    path.unlink(missing_ok=True)
+            self._remove_unreferenced(journal.read_text(encoding="utf-8").split())
             journal.unlink(missing_ok=True)
         # A write cut off mid-file leaves its temporary file; any a minute old is no live write's.
         for leftover in [*self.images_dir.glob("*/.tmp-*"), *self.images_dir.glob("*/thumbs/.tmp-*")]:
@@ -837,8 +838,8 @@ class HistoryStore:
 
         `images` pairs checked records (their path is ignored: the store puts each
         file at `image_path(sha256)`) with their PNG bytes; the files are written
-        first and the rows after, so a crash between the two leaves only unreferenced
-        files. `judgments` are (kind, image_a, image_b, created), oldest first;
+        first and the rows after (`_images_ahead_of_rows`: a failure or a crash between
+        the two leaves no file behind). `judgments` are (kind, image_a, image_b, created), oldest first;
         `models` are (name, safetensors bytes, config); `presets` (name, weights, created).
         """
         with self._images_ahead_of_rows() as ahead:

@@ -546,7 +546,7 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
             name, records, judgments, models, presets = _check_file(store, file, size, new_name, encoder_dims)
     except OSError as error:  # the disk or the file failing while it is read
         raise InvalidInput(f"cannot read profile file {echo(str(path))}: {error.strerror or error}") from None
-    profile = _restore(store, name, records, judgments, models, presets)
+    profile = store.restore_profile(name, records, judgments, models, presets)
     # A later verdict on the same image (or pair) replaces an earlier one, as when judging here.
     return ImportedProfile(profile.id, profile.name, profile.created, judgments_in_file=len(judgments),
                            judgments_kept=sum(store.counts(profile.name).values()))
@@ -640,17 +640,3 @@ def _made_for(params: dict, file_name: str | None, name: str) -> dict:
     if made_for is not None and made_for == file_name:
         params["personalized_for"] = name
     return params
-
-
-def _restore(store: HistoryStore, name: str, records, judgments, models, presets) -> Profile:
-    """store.restore_profile, removing the image files it wrote if its transaction fails."""
-    new_files = [record.path for record, _ in records if not record.path.exists()]
-    try:
-        return store.restore_profile(name, records, judgments, models, presets)
-    except BaseException:
-        for path in new_files:
-            try:
-                store.image_record(path.stem)
-            except NotFound:  # no row refers to it (another writer may have added one since)
-                path.unlink(missing_ok=True)
-        raise
