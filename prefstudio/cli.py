@@ -36,6 +36,13 @@ from prefstudio.validation import (
     validate_device_name, validate_output_file, validate_output_folder, validate_prompt,
 )
 
+
+def validate_png_output(path: Path) -> Path:
+    from prefstudio.store.image_files import written_by_prefstudio
+
+    return validate_output_file(path, written_by_prefstudio, "an image PrefStudio wrote")
+
+
 # Commands that read or write only the history store: they never import torch or the models,
 # so they start in well under a second.
 STORE_COMMANDS = ("profile", "judge", "export", "import", "preset")  # preset save checks with the studio
@@ -298,9 +305,6 @@ def cmd_preset(args, store) -> dict:
 def cmd_export(args, store) -> dict:
     from prefstudio.store.profile_file import export_profile
 
-    # The library makes missing folders (the UI exports into its cache); a person typing a
-    # path gets no new tree from a typo.
-    validate_output_file(args.file)
     return {"exported": str(export_profile(store, args.profile, args.file))}
 
 
@@ -362,7 +366,7 @@ def cmd_grid(args, studio) -> dict:
     from prefstudio.provenance import write_png_with_provenance
     from prefstudio.trade_off import draw_grid
 
-    validate_output_file(args.out)
+    validate_png_output(args.out)
     if args.out.suffix.lower() != ".png":
         raise InvalidInput(f"--out must name a .png file, got {echo(str(args.out))}")
     grid = None
@@ -527,7 +531,7 @@ def run(args: argparse.Namespace) -> dict:
         if on_axis:
             raise InvalidInput(f"--weight {', '.join(on_axis)}: an axis of the grid, whose weight the grid sets; "
                                "give weights only for the other rewards (--total sets what the axes share)")
-        validate_output_file(args.out)  # a file, where the other commands write into a folder
+        validate_png_output(args.out)  # a file, where the other commands write into a folder
     elif getattr(args, "out", None) is not None:
         validate_output_folder(args.out)
 

@@ -3,7 +3,7 @@ import json
 import math
 import os
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from prefstudio.errors import InvalidInput, echo
@@ -180,8 +180,10 @@ def validate_seed(seed) -> int:
     return seed
 
 
-def validate_output_file(path: str | os.PathLike) -> Path:
-    """A file to write: not a folder, in a folder that exists (a typo is not a new tree)."""
+def validate_output_file(path: str | os.PathLike, replaceable: Callable[[Path], bool], kind: str) -> Path:
+    """A file to write: not a folder, in a folder that exists (a typo is not a new tree), and
+    not a file of the person's: an existing file is replaced only when `replaceable` says
+    PrefStudio wrote it (`kind` names what that is, for the refusal)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidInput(f"a file name must be a string or a path, got {echo(path)}")
     path = Path(path)
@@ -192,6 +194,9 @@ def validate_output_file(path: str | os.PathLike) -> Path:
         raise InvalidInput(f"cannot write {echo(str(path))}: the folder {echo(str(parent))} does not exist")
     if path.exists() and not path.is_file():
         raise InvalidInput(f"{echo(str(path))} exists and is not a regular file")
+    if path.exists() and not replaceable(path):
+        raise InvalidInput(f"{echo(str(path))} exists and is not {kind}: choose another name (or delete it "
+                           "first), so that nothing of yours is written over")
     if not os.access(parent, os.W_OK):
         raise InvalidInput(f"cannot write {echo(str(path))}: the folder {echo(str(parent))} is not writable")
     return path

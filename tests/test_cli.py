@@ -301,6 +301,35 @@ def test_export_refuses_folders_missing_parents_and_proc(tmp_path, capsys):
     assert run_cli(capsys, data, "export", "alice", str(tmp_path / "alice.prefstudio"))[0] == 0
 
 
+def test_export_replaces_only_a_profile_file(tmp_path, capsys):
+    # Seen in a review: `export alice notes.txt` replaced the person's notes with the profile.
+    data = tmp_path / "data"
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important notes")
+    line = refused(capsys, data, "export", "alice", str(notes))
+    assert "exists and is not a PrefStudio profile file" in line
+    assert notes.read_text() == "important notes"
+    # Exporting again to the profile file it wrote is how a person refreshes a backup.
+    target = tmp_path / "alice.prefstudio"
+    assert run_cli(capsys, data, "export", "alice", str(target))[0] == 0
+    assert run_cli(capsys, data, "profile", "create", "bob")[0] == 0
+    assert run_cli(capsys, data, "export", "bob", str(target))[0] == 0
+    assert run_cli(capsys, data, "import", str(target), "--name", "bob2")[0] == 0
+
+
+def test_grid_replaces_only_an_image_prefstudio_wrote(tmp_path, capsys):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), "red").save(photo)
+    before = photo.read_bytes()
+    line = refused(capsys, tmp_path, "grid", "me", "a fox", "--axis", "user", "--axis", "prompt_consistency",
+                   "--out", str(photo))
+    assert "exists and is not an image PrefStudio wrote" in line
+    assert photo.read_bytes() == before
+
+
 def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path, capsys):
     data = tmp_path / "data"
     assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefstudio.errors import InvalidInput, echo
+from prefstudio.store.profile_file import is_profile_file
 from prefstudio.validation import (MAX_PROFILE_NAME_CHARS, MAX_PROMPT_CHARS, MAX_WEIGHT,
                                    profile_name_key, size_over_limit, strip_hidden_characters,
                                    validate_device_name, validate_output_file,
@@ -128,18 +129,24 @@ def test_seeds_are_whole_numbers_in_the_32_bit_range():
     assert refusal(validate_seed, None) == "seed must be a whole number, got None"
 
 
+def profile_output(path):
+    return validate_output_file(path, is_profile_file, "a PrefStudio profile file")
+
+
 def test_an_output_file_must_be_a_file_in_an_existing_folder(tmp_path):
     target = tmp_path / "me.prefstudio"
-    assert validate_output_file(str(target)) == target
-    target.write_bytes(b"old")  # overwriting a regular file is allowed
-    assert validate_output_file(target) == target
-    assert refusal(validate_output_file, tmp_path) == f"{echo(str(tmp_path))} is a folder; give a file name inside it"
+    assert profile_output(str(target)) == target
+    target.write_bytes(b"old")  # a file PrefStudio did not write is the person's
+    assert refusal(profile_output, target) == (
+        f"{echo(str(target))} exists and is not a PrefStudio profile file: choose another name (or delete it "
+        "first), so that nothing of yours is written over")
+    assert refusal(profile_output, tmp_path) == f"{echo(str(tmp_path))} is a folder; give a file name inside it"
     missing = tmp_path / "typo" / "me.prefstudio"
-    assert refusal(validate_output_file, missing) == \
+    assert refusal(profile_output, missing) == \
         f"cannot write {echo(str(missing))}: the folder {echo(str(missing.parent))} does not exist"
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    assert refusal(validate_output_file, fifo) == f"{echo(str(fifo))} exists and is not a regular file"
+    assert refusal(profile_output, fifo) == f"{echo(str(fifo))} exists and is not a regular file"
     assert not (tmp_path / "typo").exists()
 
 
@@ -191,17 +198,17 @@ def test_an_output_file_in_an_unwritable_folder_is_refused():
     base = Path(tempfile.mkdtemp(prefix="prefstudio-test-"))
     try:
         base.chmod(0o755)
-        assert validate_output_file(base / "me.prefstudio") == base / "me.prefstudio"  # its owner may write
+        assert profile_output(base / "me.prefstudio") == base / "me.prefstudio"  # its owner may write
         locked = base / "locked"
         locked.mkdir(mode=0o555)
         locked.chmod(0o555)
         target = locked / "me.prefstudio"
-        assert _in_unprivileged_child(validate_output_file, target) == \
+        assert _in_unprivileged_child(profile_output, target) == \
             f"cannot write {echo(str(target))}: the folder {echo(str(locked))} is not writable"
         writable = base / "open"
         writable.mkdir()
         writable.chmod(0o777)
-        assert _in_unprivileged_child(validate_output_file, writable / "me.prefstudio") == ""
+        assert _in_unprivileged_child(profile_output, writable / "me.prefstudio") == ""
     finally:
         (base / "locked").chmod(0o755)
         shutil.rmtree(base)

@@ -221,6 +221,15 @@ def read_png_metadata(path: str | os.PathLike) -> dict:
         raise InvalidInput(f"PrefStudio metadata of {path} is not valid JSON: {error}") from None
 
 
+def written_by_prefstudio(path: Path) -> bool:
+    """Whether `path` is a PNG carrying PrefStudio's metadata chunk, which a command may replace."""
+    try:
+        read_png_metadata(path)
+    except InvalidInput:
+        return False
+    return True
+
+
 # --- gallery thumbnails ------------------------------------------------------------
 
 

@@ -122,7 +122,7 @@ def serialize(tensors: dict[str, RawTensor], metadata: dict[str, str] | None = N
 
 def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLike) -> Path:
     """Write the profile's judgments, the images they refer to and its fitted models."""
-    path = validation.validate_output_file(path)
+    path = validation.validate_output_file(path, is_profile_file, "a PrefStudio profile file")
     profile = store.get_profile(profile_name)
     judgments = store.judgments(profile.name)
     shas = list(dict.fromkeys(
@@ -286,6 +286,16 @@ def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
     if position != size:
         raise _not_safetensors(f"its tensors end at byte {position:,} of {size:,}")
     return metadata, entries
+
+
+def is_profile_file(path: Path) -> bool:
+    """Whether `path` holds a profile file (of any version), which an export may replace."""
+    try:
+        with open_regular_file(path) as file:
+            metadata, _ = _read_header(file, os.fstat(file.fileno()).st_size)
+    except (InvalidInput, OSError):
+        return False
+    return metadata.get("format") == FORMAT
 
 
 def _check_format(metadata: dict) -> None:
