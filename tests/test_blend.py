@@ -532,3 +532,30 @@ def test_the_generate_tab_says_a_profile_is_fitted_once_it_is(studio):
     shown = list(tab.attach(alices, "alice"))[-1]
     assert shown[0].startswith("Your last side by side")
     assert all(view == gr.skip() for view in tab.refresh_idle(alices, "alice"))
+
+
+def test_a_reloaded_page_shows_the_last_side_by_side_with_its_settings(studio):
+    """Found by a review: reloaded after a run had ended, the page showed the last side by side
+    and its seed, but the prompt box was empty and the iterations and method were the defaults,
+    so Generate then refused an empty prompt or ran the old seed with other settings. A page
+    switched to another profile keeps what the person typed."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateSession, GenerateTab
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice"], value="alice"))
+    studio.personalize_once("alice", "a red kite over the dunes", seed=11, iterations=0, method="instant",
+                            weights={"user": 1.2, "prompt_consistency": 0.5})
+    fresh = GenerateSession()
+    controls = dict(zip(tab.running_outputs, tab.running_settings(fresh, "alice")))
+    assert controls[tab.prompt] == "a red kite over the dunes"
+    assert controls[tab.iterations] == 0 and controls[tab.method] == "Instant"
+    taste = tab.sliders[tab.reward_names.index("user")]
+    assert controls[taste] == 1.2
+    shown = list(tab.attach(fresh, "alice"))[-1]
+    assert shown[0].startswith("Your last side by side: “a red kite over the dunes”, Instant")
+    switched = GenerateSession()
+    switched.showing = "dora"
+    assert tab.running_settings(switched, "alice")[0] == gr.skip()

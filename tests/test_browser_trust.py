@@ -164,6 +164,8 @@ def test_a_reload_during_a_run_loses_nothing_and_the_chart_ends_with_it(server, 
     expect(progress).to_contain_text(re.compile("Your last side by side: “a lighthouse at dusk”, Guided, seed"),
                                      timeout=SLOW)
     expect(page.locator("#ps-past")).to_contain_text("Guided · seed", timeout=SLOW)
+    # With the settings that made it (a review found an empty prompt box beside it).
+    expect(page.locator("#ps-gen-prompt textarea")).to_have_value("a lighthouse at dusk", timeout=SLOW)
     # Seen in a review: after a reload the sentence lost how far the prompt guard moved.
     if studio.store.personalized_images("alice", 1)[0].params["improved"]:
         expect(progress).to_contain_text(re.compile(r"prompt consistency (held|fell)"), timeout=SLOW)

@@ -430,6 +430,12 @@ class GenerateTab:
         switched = (session.showing or "").casefold() != (name or "").casefold()
         lines = ("", "", "", None) if switched else (gr.skip(),) * len(self.per_profile_views)
         job = self.jobs.running(name.casefold()) if profile else None
+        last = self._last_shown_run(name) if job is None and name and session.showing is None else None
+        if last is not None:
+            # A page just opened shows the profile's last side by side (`attach`): its controls
+            # are the ones that made it, as after a reload mid-run. The seed mode is the page's.
+            prompt, _, _, strength, iterations, *rest = self._record_controls(session, last, request)
+            return (prompt, gr.skip(), strength, iterations, rest[-1], *rest[:-1], *lines)
         if job is None:
             blend = session.blends.get(name.casefold(), {}) if name else {}
             if [blended_profile(n) for n in blend] == session.blended:
@@ -470,6 +476,13 @@ class GenerateTab:
                 or self.jobs.running(name.casefold()) is not None):
             return (gr.skip(),) * len(self.views)
         return self._idle_view(session, name)
+
+    def _last_shown_run(self, name: str) -> ImageRecord | None:
+        """The profile's last side by side, when the page can show it."""
+        past = self.ctx.store.personalized_images(name, 1)
+        if not past or unreadable_run(past[0].params) is not None or self._baseline_seed(past[0].params) is None:
+            return None
+        return past[0]
 
     def _idle_view(self, session: GenerateSession, name: str):
         """A profile with no run going: its last side by side, or what to do first."""
@@ -639,7 +652,11 @@ class GenerateTab:
     def reuse(self, session: GenerateSession, request: gr.Request = None):
         if session.personalized is None:
             raise InvalidInput("nothing to reuse yet: generate or select a side by side first")
-        record = self.ctx.store.image_record(session.personalized)
+        return self._record_controls(session, self.ctx.store.image_record(session.personalized), request)
+
+    def _record_controls(self, session: GenerateSession, record: ImageRecord, request) -> tuple:
+        """The controls that made a side by side: prompt, Fixed seed and its seed, strength,
+        iterations, reward weights, blend and method (and the blend set on the session)."""
         params = record.params
         weights = params.get("weights", {})
         self._set_blend(session, weights, request)
