@@ -302,6 +302,13 @@ class Studio:
         """Fit (or read) the profile's taste from its judgments with the studio's model, and store it."""
         start = time.perf_counter()
         judged = self.judged_pairs(profile)
+        if not judged.pairs:
+            # A model fitted on nothing is the bank's average person, not this one's taste: it
+            # would be served as "your taste" and offered for other profiles' blends.
+            n = sum(n for kind, n in self.store.counts(profile).items() if kind != "skip")
+            have = "nothing judged yet" if not n else f"{n} judgment{'s' if n > 1 else ''} but no pair yet"
+            raise InvalidInput(f"{self.store.get_profile(profile).name} has {have}: a fit learns from pairs, one "
+                               "image 👍 and one 👎 or a pick of the better of two; judge those, then fit")
         taste, outcome = self.preference.fit(judged)
         tensors, config = taste.state()
         config.update(fitted_at=time.time(), mode=outcome.mode, reason=outcome.reason, n_pairs=outcome.n_pairs,

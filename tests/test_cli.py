@@ -253,16 +253,18 @@ def test_imported_pairs_are_recorded_together_or_not_at_all(tmp_path, monkeypatc
 
 def test_model_commands_on_a_full_disk_say_so_in_one_line(tmp_path, capsys, full_database, full_files):
     data = tmp_path / "data"
-    add_images(data, 1)
+    liked, disliked = add_images(data, 2)
     pairs = REPO / "assets" / "sample_pairs" / "pairs.jsonl"
     assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    assert run_cli(capsys, data, "judge", "alice", "like", liked[:12])[0] == 0
+    assert run_cli(capsys, data, "judge", "alice", "dislike", disliked[:12])[0] == 0
     full_files()  # generated and imported images are files first
     _assert_disk_full(refused(capsys, data, "generate", "a fox in the snow", "--seeds", "1"))
     _assert_disk_full(refused(capsys, data, "import-pairs", "alice", str(pairs), "--user", "ana"))
     full_database()  # fit writes no file, only the model's row
     _assert_disk_full(refused(capsys, data, "fit", "alice"))
     with HistoryStore(data) as store:
-        assert store.judgments("alice") == [] and store.model_names("alice") == []
+        assert len(store.judgments("alice")) == 2 and store.model_names("alice") == []
 
 
 def test_the_ui_shows_a_full_disk_as_one_message(caplog):

@@ -25,10 +25,25 @@ def studio(tmp_path_factory):
 
 
 def test_fit_without_history_or_bank_is_a_clear_message(studio):
-    with pytest.raises(InvalidInput, match="no like/dislike pair"):
+    with pytest.raises(InvalidInput, match="ann has nothing judged yet: a fit learns from pairs"):
         studio.fit("ann")
     with pytest.raises(NotFound):
         studio.fit("nobody")
+
+
+def test_a_fit_needs_a_pair_even_with_a_bank(tmp_path):
+    """Found by a review: Fit on a profile with nothing judged said "Fitted … on 0 pairs", gave it a
+    taste summary, and the profile then counted as fitted (Generate "ready", offered for blends):
+    the bank's average person passed for the person's taste. A fit now needs a pair."""
+    studio = Studio(tmp_path)  # the default model, with the user bank's cold start
+    studio.store.create_profile("me")
+    with pytest.raises(InvalidInput, match=r"^me has nothing judged yet: a fit learns from pairs"):
+        studio.fit("me")
+    image = studio.generate_candidates("a fox in the snow", n=1, seeds=[3])[0]
+    studio.judge("me", "like", image.sha256)
+    with pytest.raises(InvalidInput, match=r"^me has 1 judgment but no pair yet: a fit learns from pairs"):
+        studio.fit("me")
+    assert studio.fit_status("me") is None and studio.blendable_profiles(None) == []
 
 
 def test_personalize_side_by_side_shares_the_seed(studio):

@@ -27,13 +27,15 @@ def judged(tmp_path_factory):
     return studio, images
 
 
-def test_no_history_is_a_cold_start_on_the_preference_tokens(tmp_path):
-    studio = Studio(tmp_path, preference_model=PREFERENCE_TOKENS)
-    studio.store.create_profile("new")
-    report = studio.fit("new")
-    assert report.mode == "preference tokens, no history" and report.n_pairs == 0
-    scores = studio.score_images("new", [studio.generate_candidates("a fox", seeds=[1])[0].sha256])
-    assert set(scores[0]) == {"user", "prompt_consistency"}
+def test_no_history_is_a_cold_start_on_the_preference_tokens():
+    # The library's model reads an empty history (the studio's Fit asks for a pair first).
+    from prefstudio.preference.model import JudgedPairs
+    from prefstudio.preference.models import build_preference_model
+
+    model = build_preference_model(PREFERENCE_TOKENS, EmbeddedImageEncoder.name, None, None, CHECKPOINT)
+    taste, outcome = model.fit(JudgedPairs([], lambda shas: None, lambda shas: []))
+    assert outcome.mode == "preference tokens, no history" and outcome.n_pairs == 0
+    assert torch.isfinite(taste.log_odds(torch.randn(2, EmbeddedImageEncoder.dim), torch.randn(2, 384))).all()
 
 
 def test_reads_the_latest_distinct_pairs_and_scores_as_the_model_does(judged):
@@ -106,8 +108,12 @@ def test_cli_flag_chooses_the_preference_model(tmp_path, capsys):
     data = str(tmp_path / "cli")
     base = ["--data", data, "--model", "embedded", "--preference-model", "preference-tokens"]
     assert cli.main(base + ["profile", "create", "cleo"]) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["generate", "a fox", "--seeds", "1", "2"]) == 0
+    first, second = (image["id"] for image in json.loads(capsys.readouterr().out)["images"])
+    assert cli.main(base + ["judge", "cleo", "pair", first, second]) == 0
     assert cli.main(base + ["fit", "cleo"]) == 0
-    assert '"mode": "preference tokens, no history"' in capsys.readouterr().out
+    assert '"mode": "preference tokens"' in capsys.readouterr().out
     assert cli.main(["--data", data, "--model", "embedded", "--preference-model", "nope", "fit", "cleo"]) == 2
     assert "preference model must be one of" in capsys.readouterr().err
 

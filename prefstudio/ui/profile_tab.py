@@ -67,10 +67,8 @@ def describe_fit(ctx: AppContext, profile: str | None) -> str:
             return (f"**Not fitted by this studio's model yet.** This profile was fitted by **{' and '.join(others)}** "
                     f"(elsewhere, or under another preference model); this studio serves **{model.name}**: "
                     "press **Fit my taste** to fit it here.")
-        # A fit with no pair is allowed (the bank's average person): say so, as a review found it unsaid.
         return ("**Not fitted yet.** Judge at least one image 👍 and one 👎 (or pick the better of two), "
-                "then press **Fit my taste**. A fit before that starts from the average taste of the people "
-                "the studio ships with, not from yours.")
+                "then press **Fit my taste**.")
     when = _when(status["fitted_at"])
     loo = status.get("loo_accuracy")
     n_pairs = status["n_pairs"]
