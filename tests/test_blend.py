@@ -559,3 +559,34 @@ def test_a_reloaded_page_shows_the_last_side_by_side_with_its_settings(studio):
     switched = GenerateSession()
     switched.showing = "dora"
     assert tab.running_settings(switched, "alice")[0] == gr.skip()
+
+
+def test_judging_during_a_run_says_to_wait_for_it(studio):
+    """Found by a review: pressing "Personalized is better" while a run optimised said "nothing to
+    judge yet: generate a side by side first", with the baseline and the live preview on screen."""
+    import threading
+
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateSession, GenerateTab
+    from prefstudio.ui.jobs import GenerationJob
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice"], value="alice"))
+    release = threading.Event()
+
+    def run():
+        release.wait(10)
+        yield from ()
+
+    job = tab.jobs.start("alice", GenerationJob("alice", PROMPT, 1, 30), run())
+    try:
+        for kind, which in (("pair", "personalized"), ("dislike", "baseline")):
+            with pytest.raises(InvalidInput, match=r"^the run is still going: judge its side by side when it ends"):
+                tab._judge_handler(kind, which)(GenerateSession(), "alice")
+    finally:
+        release.set()
+    assert job.done.wait(10)
+    with pytest.raises(InvalidInput, match="^nothing to judge yet"):
+        tab._judge_handler("pair", "personalized")(GenerateSession(), "alice")

@@ -867,10 +867,13 @@ class GenerateTab:
 
     def _judge_handler(self, kind: str, which: str):
         def judge(session: GenerateSession, profile):
-            if session.personalized is None:
-                raise InvalidInput("nothing to judge yet: generate a side by side first")
             if not profile:
                 raise InvalidInput("choose or create a profile first (top of the page)")
+            if session.personalized is None:
+                if self.jobs.running(self.ctx.store.get_profile(profile).name.casefold()) is not None:
+                    raise InvalidInput("the run is still going: judge its side by side when it ends "
+                                       "(or press Stop to end it with the best image so far)")
+                raise InvalidInput("nothing to judge yet: generate a side by side first")
             chosen = session.baseline if which == "baseline" else session.personalized
             other = session.personalized if which == "baseline" else session.baseline
             store = self.ctx.store
