@@ -537,6 +537,9 @@ class Studio:
             iterations = 0  # one pass, no iterations
         elif iterations is None:
             iterations = CHAIN_ITERATIONS if method == "instant+guidance" else DEFAULT_ITERATIONS
+        if method == "guidance" and validate_iterations(iterations) == 0:
+            raise InvalidInput("Guided with 0 iterations is the baseline itself: give it at least 1 iteration "
+                               "(Instant is the one-pass method)")
         strength = validate_strength(strength)
         try:
             adapter_scale = float(adapter_scale)

@@ -590,3 +590,23 @@ def test_judging_during_a_run_says_to_wait_for_it(studio):
     assert job.done.wait(10)
     with pytest.raises(InvalidInput, match="^nothing to judge yet"):
         tab._judge_handler("pair", "personalized")(GenerateSession(), "alice")
+
+
+def test_a_run_without_improvement_advises_only_what_its_method_reads(studio):
+    """Found by a review: an Instant run that did not improve advised "more iterations", which
+    Instant does not run."""
+    import gradio as gr
+
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateSession, GenerateTab
+    from prefstudio.ui.jobs import GenerationJob
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice"], value="alice"))
+    for method, advice in (("instant", "try another seed or a higher strength."),
+                           ("best_of_n", "try another seed."),
+                           ("guidance", "try another seed, a higher strength or more iterations.")):
+        job = GenerationJob("alice", PROMPT, 4, 1)
+        job.result = studio.personalize_once("alice", PROMPT, seed=4, iterations=1, method=method, strength=0.0)
+        text = tab._finished_view(GenerateSession(), job)[0]
+        assert "**No improvement on the baseline**" in text and advice in text, (method, text)

@@ -222,7 +222,7 @@ def test_a_pair_whose_personalized_pixels_are_the_baselines_is_not_shown(tmp_pat
     for i, image in enumerate(studio.generate_candidates("a fox", seeds=[1, 2, 3, 4])):
         studio.judge("bo", "like" if i % 2 else "dislike", image.sha256)
     studio.fit("bo")
-    same = studio.personalize_once("bo", "a fox in the snow", seed=5, iterations=0, blind=True)
+    same = studio.personalize_once("bo", "a fox in the snow", seed=5, iterations=1, strength=0.0, blind=True)
     pixels = [Image.open(r.path).convert("RGB").tobytes() for r in (same.personalized.record, same.baseline.record)]
     assert pixels[0] == pixels[1] and same.personalized.record.sha256 != same.baseline.record.sha256
     changed = studio.personalize_once("bo", "a fox in the snow", seed=6, iterations=3, blind=True)

@@ -82,6 +82,18 @@ def test_best_of_n_names_the_seed_it_picked_and_strength_0_is_the_baseline(studi
     assert Image.open(still.personalized.record.path).convert("RGB").tobytes() == baseline
 
 
+def test_guided_with_no_iterations_is_refused_before_any_work(studio):
+    """Found by a review: Guided with Iterations 0 ran, stored a side by side that was not
+    personalized, and advised more iterations."""
+    if not studio.store.model_names("ann"):
+        test_personalize_side_by_side_shares_the_seed(studio)
+    before = len(studio.store.personalized_images("ann"))
+    with pytest.raises(InvalidInput, match=r"^Guided with 0 iterations is the baseline itself: give it at least "
+                                           r"1 iteration \(Instant is the one-pass method\)$"):
+        studio.personalize_once("ann", "a fox in the snow", seed=9, iterations=0, method="guidance")
+    assert len(studio.store.personalized_images("ann")) == before
+
+
 @pytest.mark.parametrize("method", ["guidance", "best_of_n", "instant+guidance"])
 def test_a_run_whose_only_weight_is_a_guard_is_refused_before_any_work(studio, method):
     """Found by a hostile review: with Your taste at 0 and prompt consistency at 0.5 a run went

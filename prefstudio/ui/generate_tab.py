@@ -53,6 +53,10 @@ METHODS = {"Guided": ("guidance", DEFAULT_ITERATIONS), "Best of N": ("best_of_n"
 GUIDED = "Guided"
 PPD = "PPD adapter"  # a method only when the studio runs one (--ppd-adapter)
 ONE_PASS = {"instant": "the preference adapter", "ppd": "the PPD adapter"}
+# What may still help a run that did not improve on the baseline: what each method reads.
+RETRY = {"guidance": "another seed, a higher strength or more iterations", "best_of_n": "another seed",
+         "instant": "another seed or a higher strength", "ppd": "another seed or a higher PPD adapter scale"}
+RETRY["instant+guidance"] = RETRY["guidance"]
 METHOD_NAMES = {name: label for label, (name, _) in METHODS.items()} | {"ppd": PPD}
 
 
@@ -553,8 +557,9 @@ class GenerateTab:
                       for n in side.weights if n in side.baseline.normalised and n in side.personalized.normalised}
             verdict = f"{how}{best}, which {gain_text(side.weights, side.gain, self.guards, deltas)}."
         else:
+            retry = RETRY.get(side.personalized.record.params.get("method"), RETRY["guidance"])
             verdict = (f"{how}. **No improvement on the baseline** at these settings: the image on the right is "
-                       "not personalized — try another seed, a higher strength or more iterations.")
+                       f"not personalized — try {retry}.")
         seeds = (f"Baseline seed **{side.seed}**, personalized seed **{picked}**" if picked not in (None, side.seed)
                  else f"Seed **{side.seed}**")
         text = f"{verdict} {seeds} — both images are stored with their prompt, seed and weights."
