@@ -137,3 +137,19 @@ def test_switching_profile_during_a_round_hides_the_other_profiles_pair(server, 
     page.locator("#ps-profile input").click()  # and back: ann's round where it stood
     page.get_by_role("option", name="ann", exact=True).click()
     expect(status).to_contain_text(re.compile("Pair 1 of [12]"), timeout=SLOW)
+
+
+def test_the_evaluate_tab_fits_a_phone_as_the_other_tabs_do(server):
+    """Found by a review: at 390 px the per-prompt tables (eight columns) made the whole page
+    1,171 px wide, so the Evaluate tab's text and buttons ran off the screen."""
+    _, url = server
+    with chromium() as browser:
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(url + "/", wait_until="load")
+        phone.wait_for_selector("#ps-generate", timeout=SLOW)
+        widths = {}
+        for tab in ("Label", "Evaluate"):
+            phone.get_by_role("tab", name=tab).click()
+            phone.wait_for_timeout(1000)
+            widths[tab] = phone.evaluate("document.documentElement.scrollWidth")
+        assert widths["Evaluate"] <= widths["Label"], widths

@@ -100,6 +100,8 @@ CSS = """
 [data-testid="status-tracker"]:has(> span.error) { display: none !important; }
 /* Narrow windows broke the scores tables mid-word ("scor e", "+1.5 9"): whole words only. */
 #ps-baseline-scores :is(th, td), #ps-personalized-scores :is(th, td) { word-break: normal; overflow-wrap: normal; }
+/* The per-prompt tables are wider than a phone: they scroll inside the page, not widen it. */
+#ps-blind-table, #ps-opt-table { max-width: calc(100vw - 56px); overflow-x: auto; }
 kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
       font-size: 0.85em; background: #f7f7fa; color: #333; }
 """

@@ -97,7 +97,7 @@ class EvaluateTab:
             stop = gr.Button("■ Stop", variant="stop")
         self.result = gr.Markdown()
         self.plot = gr.Plot(label="Scores under your model")
-        self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt")
+        self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt", elem_id="ps-opt-table")
         run.click(user_errors(self.evaluate), [self.session, profile, self.prompts, self.k, self.iterations, self.seed],
                   [self.result, self.plot, self.table], api_name="evaluate")
         stop.click(self.stop, self.session, self.result, api_name="stop_evaluation", concurrency_limit=None)
