@@ -610,3 +610,21 @@ def test_a_run_without_improvement_advises_only_what_its_method_reads(studio):
         job.result = studio.personalize_once("alice", PROMPT, seed=4, iterations=1, method=method, strength=0.0)
         text = tab._finished_view(GenerateSession(), job)[0]
         assert "**No improvement on the baseline**" in text and advice in text, (method, text)
+
+
+def test_the_score_chart_keeps_each_rewards_colour_and_ends_where_the_run_ended():
+    """Found by a review: "Your taste" was green in one run and red in the next once another
+    profile's taste joined the blend; a run stopped at iteration 25 of 100 kept an axis to 100."""
+    from prefstudio.guidance.noise_optimization import GuidanceProgress
+    from prefstudio.ui.generate_tab import GenerateTab, reward_label
+
+    def progress(names):
+        return [GuidanceProgress(i, 0.1 * i, {n: 0.1 * i for n in names}, {}, 0, 0.1 * i) for i in range(3)]
+
+    alone = GenerateTab._trace(progress(["user", "prompt_consistency"]), 100, 25)
+    blended = GenerateTab._trace(progress(["profile:bob", "user", "prompt_consistency"]), 100, 25)
+    taste = reward_label("user")
+    assert alone.color_map[taste] == blended.color_map[taste]
+    assert alone.color_map[reward_label("prompt_consistency")] == blended.color_map[reward_label("prompt_consistency")]
+    assert alone.x_lim == [0, 25]
+    assert GenerateTab._trace(progress(["user"]), 100).x_lim == [0, 100]  # while it runs: the planned length

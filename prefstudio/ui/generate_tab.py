@@ -635,18 +635,24 @@ class GenerateTab:
 
     @staticmethod
     def _trace(progress, planned: int, last: int | None = None):
+        """The scores by iteration; the axis runs to `planned` while the run goes, and to `last`
+        (the iterations it ran) once it ended."""
         rows = []
         for item in progress:
             rows += [(item.iteration, item.total, TOTAL)] + [
                 (item.iteration, v, reward_label(n)) for n, v in item.normalised.items()]
         frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
-        # One colour per series, fixed by its name: the plot would colour them in the order they
-        # come, which differs between a live run and the same run read back from the history.
-        names = [TOTAL] + sorted(set(frame["series"]) - {TOTAL})
+        # One colour per reward, the same in every run: the plot would colour series in the order
+        # they come (a live run and the same run read back differ), and a blended profile's taste
+        # must not shift the person's own. Built-in rewards first, blended tastes after.
+        rewards = sorted({n for item in progress for n in item.normalised},
+                         key=lambda n: (n.startswith("profile:"), n != "user", n))
+        names = [TOTAL] + [reward_label(n) for n in rewards]
         colours = {name: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, name in enumerate(names)}
+        end = planned if last is None else last
         # Hidden until there is a line to draw: Instant runs no iterations, and an empty chart
         # reads as a failed one.
-        return gr.LinePlot(frame, x_lim=[0, max(planned, last or 0, 1)], color_map=colours, visible=len(progress) > 1)
+        return gr.LinePlot(frame, x_lim=[0, max(end, 1)], color_map=colours, visible=len(progress) > 1)
 
     def show_past(self, session: GenerateSession, profile, event: gr.SelectData):
         if not profile or event.index is None or event.index >= len(session.past):
