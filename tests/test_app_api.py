@@ -215,7 +215,7 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     deadline = time.monotonic() + 120
     while len(job.outputs()) < 3 and not job.done() and time.monotonic() < deadline:  # a few iterations in
         time.sleep(0.05)
-    assert c.predict(fitted, api_name="/stop").startswith("Stopping")
+    assert c.predict(fitted, api_name="/stop").startswith("Stop asked")
     progress, seed, baseline, personalized, *_ = job.result(timeout=120)
     ran = int(re.search(r"Stopped after (\d+) of 100 iterations", progress).group(1))
     best = re.search(r"the best was iteration (\d+)", progress)
@@ -597,7 +597,7 @@ def test_a_profile_with_a_run_going_is_not_renamed_or_deleted_under_it(app):
         with pytest.raises(AppError, match="mover has a Generate run going: stop it or let it finish first"):
             refused_call()
     assert [p.name for p in store_of(app).list_profiles() if p.name in ("mover", "moved")] == ["mover"]
-    assert runner.predict("mover", api_name="/stop").startswith("Stopping")
+    assert runner.predict("mover", api_name="/stop").startswith("Stop asked")
     job.result(timeout=120)
     assert store_of(app).personalized_images("mover", 1)[0].prompt == "a red barn in a field"
     assert "Renamed" in other.predict("mover", "moved", api_name="/rename_profile")[0]  # once it ended
@@ -665,7 +665,7 @@ def test_stop_on_a_method_that_makes_its_image_in_one_step_says_it_cannot_stop_m
         release.wait(10)
         yield from ()
 
-    for method, said in (("Best of N", "makes its image in one step"), ("Guided", "Stopping after this iteration")):
+    for method, said in (("Best of N", "makes its image in one step"), ("Guided", "Stop asked: the run ends after its current iteration")):
         job = GenerationJob("one step", "a prompt", 1, 8, {"method": method})
         tab.jobs.start("one step", job, run())
         assert said in tab.stop("one step")

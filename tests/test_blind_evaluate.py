@@ -135,7 +135,8 @@ def test_blind_choices_refused_without_a_pair_or_for_another_profile(app, fitted
     assert left is None and "Round ended early (1 pair not judged)" in status
     assert result == "No choices were made in this round."
     assert {p: len(store.judgments(p)) for p in before} == before
-    with pytest.raises(AppError, match="no pair is waiting for your choice"):
+    # A review read "no pair is waiting for your choice yet" here, as if more were coming.
+    with pytest.raises(AppError, match="this blind round is over: press Start blind test for another"):
         c.predict(fitted, 1, api_name="/blind_tie")
 
 
@@ -163,7 +164,7 @@ def test_ending_a_round_early_rates_the_choices_made(app, fitted):
     # In percent, as the line above it (a review found 0.207 in the table beside 21% in the line).
     assert value(table)["data"] == [["a red bicycle", 1, int(win), 0, 1 - int(win), 100 * rate,
                                      pytest.approx(round(100 * low, 1)), pytest.approx(round(100 * high, 1))]]
-    with pytest.raises(AppError, match="no pair is waiting for your choice"):
+    with pytest.raises(AppError, match="this blind round is over: press Start blind test for another"):
         c.predict(fitted, 2, api_name="/blind_pick_1")
     assert len(store.judgments(fitted)) == before + 1
 

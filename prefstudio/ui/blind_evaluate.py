@@ -364,6 +364,8 @@ class BlindEvaluation:
         with blind.changed:
             index = blind.on_screen
             if index is None or blind.pairs[index].choice is not None:
+                if blind.stop.is_set() or blind.finished():  # ended early, or every pair judged
+                    raise InvalidInput("this blind round is over: press Start blind test for another")
                 raise InvalidInput("no pair is waiting for your choice yet")
             if shown != index + 1:
                 raise InvalidInput(f"that choice was made on pair {shown}, not on the pair now on screen: "

@@ -874,7 +874,7 @@ class GenerateTab:
         method = job.controls.get("method", GUIDED)
         if self.methods.get(method, METHODS[GUIDED])[0] not in ("guidance", "instant+guidance"):
             return f"{method} makes its image in one step and cannot stop midway: it ends in a moment."
-        return "Stopping after this iteration; the best image so far is kept."
+        return "Stop asked: the run ends after its current iteration and keeps the best image so far."
 
     def _judge_handler(self, kind: str, which: str):
         def judge(session: GenerateSession, profile):
