@@ -147,15 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("judge", help="record judgments: like/dislike/skip ID…, pair A B (A better), tie A B")
     p.add_argument("profile")
-    p.add_argument("kind", choices=["like", "dislike", "pair", "tie", "skip"])
+    p.add_argument("kind", choices=["like", "dislike", "pair", "tie", "skip"],
+                   help="like, dislike or skip each image; pair A B: A is the better of the two; tie A B: "
+                        "neither is better")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image ids or unique prefixes of them")
 
     p = sub.add_parser("import-pairs", help="import judgments from a pair data set (JSON Lines)")
     p.add_argument("profile")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, metavar="PAIRS_JSONL",
+                   help="one judgment a line, images relative to the file (assets/sample_pairs/README.md)")
     p.add_argument("--user", help="only this user_id's lines")
 
-    p = sub.add_parser("fit", help="fit the profile's preference model")
+    p = sub.add_parser("fit", help="fit the profile's preference model (--preference-model) on its judgments")
     p.add_argument("profile")
 
     p = sub.add_parser("suggest", help="which pair of candidates to judge next (most informative first)")
@@ -222,21 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--out", type=Path, default=Path("trade-off.png"), help="the PNG to write (default trade-off.png)")
 
-    p = sub.add_parser("export", help="export a profile to one file")
+    p = sub.add_parser("export", help="export a profile (judgments, images, fitted models, presets) to one file")
     p.add_argument("profile")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, metavar="FILE",
+                   help="the file to write, e.g. alice.prefstudio; an existing file is replaced only if it is a "
+                        "profile file")
 
-    p = sub.add_parser("import", help="import a profile file")
-    p.add_argument("file", type=Path)
+    p = sub.add_parser("import", help="import a profile file (as a new profile; the file is checked first)")
+    p.add_argument("file", type=Path, metavar="FILE", help="a .prefstudio file written by export")
     p.add_argument("--name", help="profile name to import as (default: the name in the file)")
 
     p = sub.add_parser("evaluate", help="pairwise accuracy of the studio's preference model on a pair data set")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, metavar="PAIRS_JSONL",
+                   help="one judgment a line, images relative to the file (assets/sample_pairs/README.md)")
     p.add_argument("--n-ref", type=int, default=8, help="history pairs per user (default 8, as in 000)")
 
     from prefstudio.ppd.cli import add_ppd_parser
     add_ppd_parser(sub)
+    _describe_commands(parser)
     return parser
+
+
+def _describe_commands(parser: argparse.ArgumentParser) -> None:
+    """Each command's `--help` opens with the line the command list shows for it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for listed in action._choices_actions:
+                command = action.choices[listed.dest]
+                command.description = command.description or listed.help
+                _describe_commands(command)
 
 
 # --- store-only commands (no torch) -------------------------------------------------------

@@ -1,4 +1,5 @@
 """The CLI on bad input, full disks and odd paths: one line, exit 2, nothing changed."""
+import argparse
 import errno
 import json
 import os
@@ -711,3 +712,23 @@ def test_arguments_argparse_refuses_are_one_error_line_too(capsys, tmp_path, arg
     out, err = capsys.readouterr()
     assert exited.value.code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_every_commands_help_says_what_it_does(capsys):
+    """Found by a review: `evaluate --help` had no description and a bare `file` argument."""
+    from prefstudio.cli import build_parser
+
+    def commands(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    yield path + (name,), command
+                    yield from commands(command, path + (name,))
+
+    found = dict(commands(build_parser()))
+    assert {("evaluate",), ("judge",), ("export",), ("ppd", "winrate")} <= set(found)
+    for path, command in found.items():
+        assert command.description, path
+    evaluate = " ".join(found[("evaluate",)].format_help().split())
+    assert "PAIRS_JSONL" in evaluate and "one judgment a line" in evaluate
+    assert "pair A B: A is the better of the two" in " ".join(found[("judge",)].format_help().split())
