@@ -419,8 +419,8 @@ class Studio:
                 try:
                     self.store.get_profile(other)
                 except NotFound:
-                    raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which no longer exists here: "
-                                   "import that profile again, or save the preset without it") from None
+                    raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which is not a profile here: "
+                                   "import that profile's file, or save the preset without it") from None
         return stored.weights | dict(weights or {})
 
     def save_preset(self, profile: str, name: str, weights: dict[str, float]):

@@ -133,7 +133,7 @@ def test_a_preset_is_used_with_overrides_and_says_when_a_profile_is_gone(studio)
     with pytest.raises(InvalidInput, match="unknown reward 'clpi'"):
         studio.save_preset("alice", "typo", {"user": 1.0, "clpi": 0.5})
     studio.store.save_preset("alice", "with dave", {"user": 1.0, "profile:dave": 0.5})  # e.g. imported
-    with pytest.raises(NotFound, match="preset 'with dave' blends profile 'dave', which no longer exists here"):
+    with pytest.raises(NotFound, match="preset 'with dave' blends profile 'dave', which is not a profile here"):
         studio.blend_weights("alice", None, "with dave")
     studio.store.save_preset("alice", "elsewhere", {"user": 1.0, "clip": 0.5})  # made where CLIP runs
     with pytest.raises(NotFound, match="preset 'elsewhere' weighs reward 'clip', which this studio does not offer"):

@@ -303,7 +303,7 @@ class GenerateTab:
                                  y_title="normalised score", height=260, elem_id="ps-trace")
         gr.Markdown("### Your past side by sides\nSelect one to show it again, judge it, or reuse its prompt, "
                     "seed and weights.")
-        self.past = gr.Gallery(label="Past side by sides (baseline | personalized), newest first", columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
+        self.past = gr.Gallery(label=f"Past side by sides (baseline | personalized), the newest {PAST}", columns=PAST_COLUMNS, height=gallery_height(1, PAST_COLUMNS), allow_preview=False,
                                object_fit="contain", elem_id="ps-past")
         with gr.Accordion("See the trade-off: one seed across weight combinations of two or three rewards",
                           open=False, elem_id="ps-tradeoff"):
@@ -826,8 +826,8 @@ class GenerateTab:
             raise InvalidInput(f"preset {preset.name!r} blends {len(others)} profiles; the page holds {MAX_BLENDED}")
         for other in others:  # another login's profile reads as missing, and no other names are listed
             if not self.ctx.access.profiles.may_use(other, login(request)):
-                raise NotFound(f"preset {preset.name!r} blends profile {other!r}, which no longer exists here: "
-                               "import that profile again, or save the preset without it")
+                raise NotFound(f"preset {preset.name!r} blends profile {other!r}, which is not a profile here: "
+                               "import that profile's file, or save the preset without it")
         weights = self.ctx.studio.blend_weights(current, None, preset.name)
         self._set_blend(session, weights, request)
         return (*[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights),
