@@ -248,7 +248,7 @@ def check_usable(studio: Studio, name: str, what: str, fitted: set) -> None:
         try:
             studio.blend_weights(name, None, preset.name)
         except PrefStudioError as error:
-            assert "no longer exists" in one_line(error, what) or "does not offer" in str(error), what
+            assert "is not a profile here" in one_line(error, what) or "does not offer" in str(error), what
     history = tuple((j.kind, j.image_a, j.image_b) for j in judgments)
     if history in fitted:
         return
