@@ -737,9 +737,11 @@ class Studio:
         from prefstudio.store.profile_file import export_profile
         return export_profile(self.store, profile, path)
 
-    def import_profile(self, path: str | Path, new_name: str | None = None):
+    def import_profile(self, path: str | Path, new_name: str | None = None, visible=None):
+        """`visible`: which existing profiles a name clash may name (HistoryStore.check_name_free)."""
         from prefstudio.store.profile_file import import_profile
-        return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim})
+        return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim},
+                              visible=visible)
 
 
 def validate_strength(strength) -> float:

@@ -709,6 +709,30 @@ TOKEN = "a" * 43  # secrets.token_urlsafe(32) is 43 URL-safe characters
 OTHER_TOKEN = "B-_" + "b" * 40
 
 
+def test_a_name_clash_with_another_logins_profile_does_not_spell_out_that_profile(store):
+    """Found by a review: bob creating "Alice  Secret" was told it is too like "the existing
+    'alice secret'", another login's profile, spelled out; renames said the same. The clash is
+    refused (names are unique in one studio) without naming what it clashed with."""
+    from prefstudio.store.profile_access import ProfileAccess
+
+    access = ProfileAccess(store)
+    access.create("alice secret", "alice")
+    access.create("bob taste", "bob")
+    for typed in ("alice secret", "Alice  Secret", "аlice secret"):  # the last with a Cyrillic а
+        with pytest.raises(InvalidInput) as clash:
+            access.create(typed, "bob")
+        assert str(clash.value) == f"the name {typed!r} is taken in this studio: choose another"
+        with pytest.raises(InvalidInput) as clash:
+            store.rename_profile("bob taste", typed, visible=access.shown_to("bob"))
+        assert str(clash.value) == f"the name {typed!r} is taken in this studio: choose another"
+    # Its own profiles, and the person at this computer, are still told which profile clashes.
+    with pytest.raises(InvalidInput, match="too like the existing 'bob taste'"):
+        access.create("Bob  Taste", "bob")
+    with pytest.raises(InvalidInput, match="too like the existing 'alice secret'"):
+        access.create("Alice  Secret", None)
+    assert [p.name for p in store.list_profiles()] == ["alice secret", "bob taste"]
+
+
 def test_a_login_uses_only_the_profiles_it_owns_and_is_told_nothing_of_others(store):
     from prefstudio.store.profile_access import ProfileAccess
 

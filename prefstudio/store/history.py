@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -346,32 +346,37 @@ class HistoryStore:
 
     # --- profiles ------------------------------------------------------------------
 
-    def create_profile(self, name: str) -> Profile:
+    def create_profile(self, name: str, visible: Callable[[Profile], bool] | None = None) -> Profile:
+        """A new profile; `visible` (see `check_name_free`) says which profiles a clash may name."""
         name = validate_profile_name(name)
         created = _now()
         with self._transaction() as db:
-            self.check_name_free(name)
+            self.check_name_free(name, visible=visible)
             cursor = db.execute("INSERT INTO profiles (name, created) VALUES (?, ?)", (name, created))
         return Profile(cursor.lastrowid, name, created)
 
-    def check_name_free(self, name: str, keep: Profile | None = None, hint: str = "") -> None:
+    def check_name_free(self, name: str, keep: Profile | None = None, hint: str = "",
+                        visible: Callable[[Profile], bool] | None = None) -> None:
         """Refuse a name that an existing profile (other than `keep`) has, or one that a menu
-        shows alike (`profile_name_key`)."""
+        shows alike (`profile_name_key`). A clash with a profile that `visible` says the asker
+        may not see (another login's) is refused without naming that profile."""
         key = profile_name_key(name)
         for other in self.list_profiles():
             if other.id != getattr(keep, "id", None) and profile_name_key(other.name) == key:
+                if visible is not None and not visible(other):
+                    raise InvalidInput(f"the name {name!r} is taken in this studio: choose another{hint}")
                 if other.name.casefold() == name.casefold():
                     same = "" if other.name == name else " (names ignore upper/lower case)"
                     raise InvalidInput(f"a profile named {other.name!r} already exists{same}{hint}")
                 raise InvalidInput(f"profile name {name!r} is too like the existing {other.name!r} "
                                    f"(they differ only in letter case, spacing or look-alike characters){hint}")
 
-    def rename_profile(self, old: str, new: str) -> Profile:
+    def rename_profile(self, old: str, new: str, visible: Callable[[Profile], bool] | None = None) -> Profile:
         """Give a profile a new name; its judgments and models stay with it."""
         new = validate_profile_name(new)
         with self._transaction() as db:
             stored = self.get_profile(old)
-            self.check_name_free(new, keep=stored)
+            self.check_name_free(new, keep=stored, visible=visible)
             db.execute("UPDATE profiles SET name = ? WHERE id = ?", (new, stored.id))
             # Personalized images name the profile they were made for (its past side by sides).
             db.execute("UPDATE images SET params = json_set(params, '$.personalized_for', ?) "

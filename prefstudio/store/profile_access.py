@@ -15,6 +15,7 @@ the batch on screen) is kept here under the token's hash, never in the browser.
 """
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from prefstudio.errors import InvalidInput, NotFound, no_profile_named
@@ -63,9 +64,16 @@ class ProfileAccess:
     def create(self, name: str, owner: str | None) -> Profile:
         """A new profile and its owner, in one transaction."""
         with self.store._transaction():
-            created = self.store.create_profile(name)
+            created = self.store.create_profile(name, visible=self.shown_to(owner))
             self.set_owner(created.name, owner)
         return created
+
+    def shown_to(self, login: str | None) -> Callable[[Profile], bool] | None:
+        """Which profiles a refusal may name to `login`: its own (None: every one, for the person
+        at this computer)."""
+        if login is None:
+            return None
+        return lambda profile: self.owner(profile.id) == login
 
     def set_owner(self, profile: str, owner: str | None) -> None:
         """Record who created (or imported) a profile; None (no login) records nothing."""

@@ -23,7 +23,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -542,7 +542,8 @@ def _open_profile_file(path: Path):
 
 
 def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str | None = None,
-                   encoder_dims: Mapping[str, int] | None = None) -> "ImportedProfile":
+                   encoder_dims: Mapping[str, int] | None = None,
+                   visible: Callable[[Profile], bool] | None = None) -> "ImportedProfile":
     """Add the profile in `path` to `store`, all or nothing; refuses anything suspect.
 
     Every check runs before the store is touched; then image files are written and
@@ -553,7 +554,8 @@ def import_profile(store: HistoryStore, path: str | os.PathLike, new_name: str |
     file, size = _open_profile_file(Path(path))
     try:
         with file:
-            name, records, judgments, models, presets = _check_file(store, file, size, new_name, encoder_dims)
+            name, records, judgments, models, presets = _check_file(store, file, size, new_name, encoder_dims,
+                                                                    visible)
     except OSError as error:  # the disk or the file failing while it is read
         raise InvalidInput(f"cannot read profile file {echo(str(path))}: {error.strerror or error}") from None
     profile = store.restore_profile(name, records, judgments, models, presets)
@@ -575,7 +577,7 @@ class ImportedProfile(Profile):
 
 
 def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
-                encoder_dims: Mapping[str, int] | None) -> tuple:
+                encoder_dims: Mapping[str, int] | None, visible: Callable[[Profile], bool] | None) -> tuple:
     """Everything import_profile checks, in order of cost; returns what restore_profile takes."""
     metadata, entries = _read_header(file, size)
     _check_format(metadata)
@@ -613,7 +615,7 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     for sha in shas:
         if image_hashes[sha] != sha:
             raise InvalidInput(f"image {sha[:12]}… in the profile file does not match its hash")
-    store.check_name_free(name, hint="; import it under another name")
+    store.check_name_free(name, hint="; import it under another name", visible=visible)
 
     stored_models = []
     for model_name, config in models:

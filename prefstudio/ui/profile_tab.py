@@ -300,7 +300,8 @@ class ProfileTab:
         self.ctx.check_nothing_under_way(old)
         if (new_name or "").strip() == old:
             raise InvalidInput(f"{old} already has that name")
-        renamed = self.ctx.store.rename_profile(old, (new_name or "").strip())
+        renamed = self.ctx.store.rename_profile(old, (new_name or "").strip(),
+                                                visible=self.ctx.access.profiles.shown_to(login(request)))
         choices = self.ctx.access.profiles.visible(login(request))
         return f"Renamed **{old}** to **{renamed.name}**.", gr.Dropdown(choices=choices, value=renamed.name), ""
 
@@ -329,7 +330,8 @@ class ProfileTab:
             raise InvalidInput("choose a .prefstudio profile file to import")
         path = Path(getattr(file, "name", file))
         name = (new_name or "").strip() or None
-        imported = self.ctx.run(self.ctx.studio.import_profile, path, name)
+        imported = self.ctx.run(self.ctx.studio.import_profile, path, name,
+                                self.ctx.access.profiles.shown_to(login(request)))
         self.ctx.access.adopt(request, imported.name)  # this login owns it; this session has it open
         message = (f"Imported profile **{imported.name}** with {imported.judgments_kept} judgments"
                    + (" and its fitted model." if self.ctx.studio.fit_status(imported.name) else "."))
