@@ -207,3 +207,24 @@ def test_a_pick_sent_after_the_last_pair_says_the_batch_is_compared(tab, tmp_pat
     with pytest.raises(InvalidInput, match="every pair of this batch is compared: generate new candidates"):
         tab.pick_right(session, "me")  # an API client, which sends no pair
     assert len(tab.ctx.store.judgments("me")) == 1
+
+
+def test_undo_follows_a_renamed_profile_and_forgets_a_deleted_one(tab, shown):
+    """Found by a review: judged as tester, renamed it to "Tester Renamed", pressed U: "your last
+    judgment here was for tester: switch back to tester to undo it", a profile that no longer
+    existed, so that judgment and every earlier one of the session could never be undone."""
+    from prefstudio.errors import NotFound
+
+    store = tab.ctx.store
+    tab.like(shown, "me")
+    store.rename_profile("me", "Me Renamed")
+    assert "Undone" in status(tab.undo(shown, "Me Renamed"))
+    assert store.judgments("Me Renamed") == []
+    store.create_profile("gone")
+    tab.dislike(shown, "gone")
+    tab.like(shown, "Me Renamed")
+    store.delete_profile("Me Renamed")
+    with pytest.raises(NotFound, match="your last judgment here was for a profile deleted since"):
+        tab.undo(shown, "gone")
+    assert "Undone" in status(tab.undo(shown, "gone"))  # the one before it, the shown profile's
+    assert store.judgments("gone") == []

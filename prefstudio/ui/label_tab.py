@@ -41,7 +41,8 @@ class LabelSession:
     current: int = 0
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (left, right) indices
     pair_index: int = 0
-    made: list[tuple[str, int, str]] = field(default_factory=list)  # (profile, judgment id, image) for undo
+    # (profile id, judgment id, image) for undo: the id, as a profile may be renamed meanwhile
+    made: list[tuple[int, int, str]] = field(default_factory=list)
 
     def show(self, candidates: list[str]) -> None:
         self.candidates, self.current, self.pair_index = candidates, 0, 0
@@ -223,7 +224,7 @@ class LabelTab:
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         judgment = self.ctx.studio.judge(profile, kind, a, b)
-        made = (judgment.profile, judgment.id, a)
+        made = (self.ctx.store.get_profile(judgment.profile).id, judgment.id, a)
         if made not in session.made:  # the same verdict again is the existing judgment: nothing to undo
             session.made.append(made)
         return judgment
@@ -333,11 +334,16 @@ class LabelTab:
         if not session.made:
             raise InvalidInput("nothing to undo in this browser session; older judgments can be "
                                "removed in the Profile tab's history")
-        owner = session.made[-1][0]
-        shown = self.ctx.store.get_profile(profile).name if profile else None
-        if shown is None or owner.casefold() != shown.casefold():  # never another profile than the one shown
+        owner_id, judgment_id, image = session.made[-1]
+        shown = self.ctx.store.get_profile(profile) if profile else None
+        if shown is None or shown.id != owner_id:  # never another profile than the one shown
+            owner = next((p.name for p in self.ctx.store.list_profiles() if p.id == owner_id), None)
+            if owner is None:  # deleted, with its judgments: nothing of it is left to undo
+                session.made = [m for m in session.made if m[0] != owner_id]
+                raise NotFound("your last judgment here was for a profile deleted since; press Undo again "
+                               "for the one before it")
             raise InvalidInput(f"your last judgment here was for {owner}: switch back to {owner} to undo it")
-        owner, judgment_id, image = session.made[-1]
+        owner = shown.name
         try:
             removed = self.ctx.store.remove_judgment(owner, judgment_id)
         except NoSuchJudgment:  # removed elsewhere (the history, another page): nothing left to undo
