@@ -262,13 +262,14 @@ class Studio:
         from prefstudio.preference.pair_data import read_judgments
 
         self.store.get_profile(profile)
-        judgments = [j for j in read_judgments(path) if user_id is None or j.user_id == user_id]
+        # Each new image is decoded and stored: the cost is bounded, and so is the reading.
+        judgments = read_judgments(path, user_id=user_id, limit=MAX_IMPORTED_PAIRS)
         whose = f" of user {echo(user_id)}" if user_id else ""
         if not judgments:
             raise InvalidInput(f"{path} has no judgments{whose}")
-        if len(judgments) > MAX_IMPORTED_PAIRS:  # each new image is decoded and stored: bound the cost
-            raise InvalidInput(f"{path} holds {len(judgments):,} judgments{whose}; one import takes at most "
-                               f"{MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")
+        if len(judgments) > MAX_IMPORTED_PAIRS:
+            raise InvalidInput(f"{path} holds more than {MAX_IMPORTED_PAIRS:,} judgments{whose}; one import takes "
+                               f"at most {MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")
         before = {frozenset((j.image_a, j.image_b)): j.image_a for j in self.store.judgments(profile, ("pair",))}
         last, winners = {}, {}  # per pair: the winner of the file's last line on it, and of every line
         for j in self.store.import_pairs(profile, [(j.liked, j.disliked, j.prompt) for j in judgments]):

@@ -571,11 +571,13 @@ def test_import_pairs_is_bounded_and_reads_each_image_once(tmp_path, capsys, mon
     a, b, c = (f"images/{i}.png" for i in range(3))
     line = {"user_id": "ana", "prompt": "a lighthouse at dusk"}
     pairs = tmp_path / "pairs.jsonl"
+    # A later review fed 300,000 lines: all were read and checked (24 s, +230 MB) before the
+    # refusal. Reading stops at the first judgment over the bound: the broken line after it is never reached.
     pairs.write_text("".join(json.dumps({**line, "liked": x, "disliked": y}) + "\n"
-                             for x, y in [(a, b), (b, c)] * (MAX_IMPORTED_PAIRS // 2) + [(a, c)]))
+                             for x, y in [(a, b), (b, c)] * (MAX_IMPORTED_PAIRS // 2) + [(a, c)]) + "not json\n")
     assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
     assert refused(capsys, data, "import-pairs", "alice", str(pairs)) == (
-        f"error: {pairs} holds {MAX_IMPORTED_PAIRS + 1:,} judgments; one import takes at most "
+        f"error: {pairs} holds more than {MAX_IMPORTED_PAIRS:,} judgments; one import takes at most "
         f"{MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")
     with HistoryStore(data) as store:
         assert store.judgments("alice") == [] and not list((data / "images").rglob("*.png"))
@@ -586,6 +588,13 @@ def test_import_pairs_is_bounded_and_reads_each_image_once(tmp_path, capsys, mon
     code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs))
     assert code == 0 and json.loads(out)["recorded"] == 2
     assert sorted(Path(p).name for p in read) == ["0.png", "1.png", "2.png"]
+    # Only the chosen user's lines count towards the bound.
+    crowded = tmp_path / "crowded.jsonl"
+    crowded.write_text("".join(json.dumps({**line, "user_id": "ben", "liked": x, "disliked": y}) + "\n"
+                               for x, y in [(a, b), (b, c)] * (MAX_IMPORTED_PAIRS // 2 + 1))
+                       + json.dumps({**line, "liked": a, "disliked": c}) + "\n")
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(crowded), "--user", "ana")
+    assert code == 0 and json.loads(out)["recorded"] == 1
 
 
 def test_output_into_a_closed_pipe_is_quiet_and_keeps_the_work(tmp_path):

@@ -106,9 +106,11 @@ def _image_inside(root: Path, base: Path, value: str, what: str, where: str) -> 
     return resolved
 
 
-def read_judgments(path: str | Path, root: str | Path | None = None) -> list[Judgment]:
-    """Every judgment of a pair file, checked; images must be regular files inside `root`
-    (default: `default_root(path)`)."""
+def read_judgments(path: str | Path, root: str | Path | None = None, user_id: str | None = None,
+                   limit: int | None = None) -> list[Judgment]:
+    """The judgments of a pair file (of `user_id` only, if given), checked; images must be
+    regular files inside `root` (default: `default_root(path)`). With `limit`, reading stops at
+    the judgment after it: the caller sees more than `limit` and refuses without reading on."""
     path = Path(path)
     root = Path(default_root(path) if root is None else root).resolve()
     judgments = []
@@ -127,7 +129,10 @@ def read_judgments(path: str | Path, root: str | Path | None = None) -> list[Jud
         images = [_image_inside(root, path.parent, row[key], key, where) for key in ("liked", "disliked")]
         if images[0] == images[1]:
             raise InvalidInput(f"{where}: liked and disliked are the same image")
-        judgments.append(Judgment(row["user_id"], prompt, images[0], images[1]))
+        if user_id is None or row["user_id"] == user_id:
+            judgments.append(Judgment(row["user_id"], prompt, images[0], images[1]))
+            if limit is not None and len(judgments) > limit:
+                break
     return judgments
 
 
