@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile")
     p.add_argument("file", type=Path, metavar="PAIRS_JSONL",
                    help="one judgment a line, images relative to the file (assets/sample_pairs/README.md)")
-    p.add_argument("--user", help="only this user_id's lines")
+    p.add_argument("--user", help="whose judgments to import (their user_id): needed when the file holds several people's")
 
     p = sub.add_parser("fit", help="fit the profile's preference model (--preference-model) on its judgments")
     p.add_argument("profile")

@@ -267,6 +267,11 @@ class Studio:
         whose = f" of user {echo(user_id)}" if user_id else ""
         if not judgments:
             raise InvalidInput(f"{path} has no judgments{whose}")
+        people = list(dict.fromkeys(j.user_id for j in judgments))
+        if len(people) > 1:  # one profile is one person's taste
+            named = ", ".join(echo(u, 40) for u in people[:5]) + (", …" if len(people) > 5 else "")
+            raise InvalidInput(f"{path} holds several people's judgments ({named}): a profile is one person's; "
+                               "choose whose with --user")
         if len(judgments) > MAX_IMPORTED_PAIRS:
             raise InvalidInput(f"{path} holds more than {MAX_IMPORTED_PAIRS:,} judgments{whose}; one import takes "
                                f"at most {MAX_IMPORTED_PAIRS:,}: split the file, or import one user at a time")

@@ -741,3 +741,22 @@ def test_every_commands_help_says_what_it_does(capsys):
     evaluate = " ".join(found[("evaluate",)].format_help().split())
     assert "PAIRS_JSONL" in evaluate and "one judgment a line" in evaluate
     assert "pair A B: A is the better of the two" in " ".join(found[("judge",)].format_help().split())
+
+
+def test_import_pairs_of_several_people_asks_whose(tmp_path, capsys):
+    """Found by a review: a file of three user_ids imported into one profile without --user mixed
+    three people's tastes into one, with no word of it. A profile is one person's."""
+    data = tmp_path / "data"
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").write_bytes(_png(i))
+    a, b, c = (f"images/{i}.png" for i in range(3))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"user_id": user, "prompt": "a fox", "liked": x, "disliked": y}) + "\n"
+                             for user, x, y in (("u0", a, b), ("u1", b, a), ("u2", a, c), ("u0", b, c))))
+    assert run_cli(capsys, data, "profile", "create", "alice")[0] == 0
+    assert refused(capsys, data, "import-pairs", "alice", str(pairs)) == (
+        f"error: {pairs} holds several people's judgments ('u0', 'u1', 'u2'): a profile is one person's; "
+        "choose whose with --user")
+    code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs), "--user", "u0")
+    assert code == 0 and json.loads(out)["recorded"] == 2
