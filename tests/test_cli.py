@@ -290,6 +290,23 @@ def test_the_ui_shows_a_full_disk_as_one_message(caplog):
         bug()
 
 
+def test_a_refusal_shows_what_was_typed_as_text_not_markup():
+    """Found by a review: a profile name typed as `<a href=//e.co>c</a><i>i</i>` came back in the
+    refusal toast as a live link and italics (the toast renders HTML)."""
+    import gradio as gr
+
+    from prefstudio.ui.common import user_errors
+
+    @user_errors
+    def create():
+        raise InvalidInput("profile name '<a href=//e.co>c</a><i>i</i> & co' is too long")
+
+    with pytest.raises(gr.Error) as caught:
+        create()
+    assert caught.value.message == ("profile name '&lt;a href=//e.co&gt;c&lt;/a&gt;&lt;i&gt;i&lt;/i&gt; &amp; co' "
+                                    "is too long")
+
+
 # --- output paths -------------------------------------------------------------------------
 
 def test_export_refuses_folders_missing_parents_and_proc(tmp_path, capsys):

@@ -7,6 +7,7 @@ not open, or that its login does not own, is answered "no profile named …", th
 as for a profile that does not exist, and the handler never runs. Files a listener received
 as uploads are deleted once it returns, so uploads do not pile up in gradio's temp folder.
 """
+import html
 import inspect
 import threading
 from collections import OrderedDict
@@ -19,6 +20,12 @@ from prefstudio.errors import NotFound, PrefStudioError, served
 from prefstudio.store.profile_access import ProfileAccess, no_such_profile
 
 MAX_SESSIONS = 10_000  # sessions remembered at once; the oldest are forgotten first
+
+
+def refusal(message: str, title: str = "Not done") -> gr.Error:
+    """A refusal for the page. The toast renders HTML, and a message may quote what was typed:
+    it is escaped, so that it shows as text and never becomes a link or markup."""
+    return gr.Error(html.escape(message, quote=False), title=title, print_exception=False)
 
 
 def login(request: gr.Request | None) -> str | None:
@@ -112,7 +119,7 @@ def _guarded(fn, access: SessionAccess, profile_arg: int | None, file_args: list
                 access.require(request, args[profile_arg])
             except PrefStudioError as error:
                 # As ui/common.user_errors shows a person's mistake: no traceback in the log.
-                raise gr.Error(served(error), title="Not done", print_exception=False) from None
+                raise refusal(served(error)) from None
 
     if inspect.isgeneratorfunction(fn):
         def wrapper(request, *args, **kwargs):

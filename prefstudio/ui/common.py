@@ -23,7 +23,7 @@ from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, served
 from prefstudio.store.image_files import thumbnail, write_atomically
 from prefstudio.store.profile_access import ProfileAccess
 from prefstudio.studio import Studio
-from prefstudio.ui.access import SessionAccess
+from prefstudio.ui.access import SessionAccess, refusal
 
 GALLERY_THUMB = 192  # px, the longer side of a gallery thumbnail
 VIEW_SIZE = 512  # px, the single image being judged or compared
@@ -122,11 +122,11 @@ def _shown(error: Exception) -> gr.Error:
     full = disk_full(error)
     if full is not None:
         log.error("%s (%s)", full, error)  # one line in the server log too, not a traceback
-        return gr.Error(str(full), title="Not saved", print_exception=False)
+        return refusal(str(full), title="Not saved")
     if isinstance(error, PrefStudioError):
         # The person's mistake, not a bug: a line in the log, no traceback.
         log.info("refused: %s", error)
-        return gr.Error(served(error), title="Not done", print_exception=False)
+        return refusal(served(error))
     raise error
 
 
