@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -91,9 +92,13 @@ def validate_profile_name(name: str) -> str:
     """1-64 letters, digits, spaces, '-' or '_': safe in menus and file names."""
     if not isinstance(name, str):
         raise InvalidInput(f"profile name must be text, got {type(name).__name__}")
-    name = name.strip()
+    # As a menu shows it: composed accents ("e" + U+0301 is "é"), runs of spaces as one.
+    name = re.sub(" {2,}", " ", unicodedata.normalize("NFC", name).strip())
     if not name:
         raise InvalidInput("profile name is empty")
+    if name.startswith("-"):
+        raise InvalidInput(f"profile name {echo(name)} starts with '-', which a command line reads as an option; "
+                           "start it otherwise")
     if len(name) > MAX_PROFILE_NAME_CHARS:
         raise InvalidInput(
             f"profile name is {len(name)} characters; the limit is {MAX_PROFILE_NAME_CHARS}"

@@ -72,6 +72,14 @@ def test_profile_names_are_bounded_and_plain():
     assert refusal(validate_profile_name, 5) == "profile name must be text, got int"
     assert refusal(validate_profile_name, "a/b.c!") == \
         "profile name 'a/b.c!' contains '!./'; use letters, digits, spaces, '-' or '_'"
+    # Found by a review: "  spaced   name  " kept its three spaces, which the menu draws as one, so
+    # `profile show "spaced name"` found nothing; a decomposed "mé" was refused for a bare accent;
+    # "-" and "--yes" were names the command line reads as options.
+    assert validate_profile_name("  spaced   name  ") == "spaced name"
+    assert validate_profile_name("me\u0301") == "m\u00e9"
+    for name in ("-", "--yes", "-ann"):
+        assert refusal(validate_profile_name, name) == \
+            f"profile name {name!r} starts with '-', which a command line reads as an option; start it otherwise"
 
 
 def test_names_that_look_alike_in_a_menu_share_a_key_and_others_do_not():
