@@ -176,6 +176,10 @@ def test_each_profile_shown_gets_its_own_blend_back(server, page):
     choose(page, "alice")
     page.get_by_role("tab", name="Generate").click()
     page.click("#ps-advanced")
+    # A page just opened shows alice's last side by side with its settings, blend included (the
+    # tests before this one ran with bob in it): start from an empty blend.
+    page.click("#ps-blend-clear")
+    expect(page.locator("#ps-blend-0")).to_be_hidden(timeout=SLOW)
     page.locator("#ps-blend-choice input").click()
     page.get_by_role("option", name="bob", exact=True).click()
     page.click("#ps-blend-add")

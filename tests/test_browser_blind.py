@@ -139,12 +139,12 @@ def test_switching_profile_during_a_round_hides_the_other_profiles_pair(server, 
     expect(status).to_contain_text(re.compile("Pair 1 of [12]"), timeout=SLOW)
 
 
-def test_the_evaluate_tab_fits_a_phone_as_the_other_tabs_do(server):
+def test_the_evaluate_tab_fits_a_phone_as_the_other_tabs_do(server, page):
     """Found by a review: at 390 px the per-prompt tables (eight columns) made the whole page
     1,171 px wide, so the Evaluate tab's text and buttons ran off the screen."""
     _, url = server
-    with chromium() as browser:
-        phone = browser.new_page(viewport={"width": 390, "height": 844})
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
         phone.goto(url + "/", wait_until="load")
         phone.wait_for_selector("#ps-generate", timeout=SLOW)
         widths = {}
@@ -153,3 +153,5 @@ def test_the_evaluate_tab_fits_a_phone_as_the_other_tabs_do(server):
             phone.wait_for_timeout(1000)
             widths[tab] = phone.evaluate("document.documentElement.scrollWidth")
         assert widths["Evaluate"] <= widths["Label"], widths
+    finally:
+        phone.close()
