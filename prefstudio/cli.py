@@ -383,9 +383,6 @@ def cmd_grid(args, studio) -> dict:
     from prefstudio.provenance import write_png_with_provenance
     from prefstudio.trade_off import draw_grid
 
-    validate_png_output(args.out)
-    if args.out.suffix.lower() != ".png":
-        raise InvalidInput(f"--out must name a .png file, got {echo(str(args.out))}")
     grid = None
     for item in studio.trade_off(args.profile, args.prompt, args.axis, seed=args.seed, steps=args.steps,
                                  weights=studio.blend_weights(args.profile, _weights(args.weight), args.preset),
@@ -549,6 +546,8 @@ def run(args: argparse.Namespace) -> dict:
             raise InvalidInput(f"--weight {', '.join(on_axis)}: an axis of the grid, whose weight the grid sets; "
                                "give weights only for the other rewards (--total sets what the axes share)")
         validate_png_output(args.out)  # a file, where the other commands write into a folder
+        if args.out.suffix.lower() != ".png":
+            raise InvalidInput(f"--out must name a .png file, got {echo(str(args.out))}")
     elif getattr(args, "out", None) is not None:
         validate_output_folder(args.out)
 

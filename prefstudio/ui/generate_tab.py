@@ -438,8 +438,8 @@ class GenerateTab:
         if last is not None:
             # A page just opened shows the profile's last side by side (`attach`): its controls
             # are the ones that made it, as after a reload mid-run. The seed mode is the page's.
-            prompt, _, _, strength, iterations, *rest = self._record_controls(session, last, request)
-            return (prompt, gr.skip(), strength, iterations, rest[-1], *rest[:-1], *lines)
+            prompt, _, strength, iterations, weights, blend, method = self._record_controls(session, last, request)
+            return (prompt, gr.skip(), strength, iterations, method, *weights, *blend, *lines)
         if job is None:
             blend = session.blends.get(name.casefold(), {}) if name else {}
             if [blended_profile(n) for n in blend] == session.blended:
@@ -663,20 +663,21 @@ class GenerateTab:
     def reuse(self, session: GenerateSession, request: gr.Request = None):
         if session.personalized is None:
             raise InvalidInput("nothing to reuse yet: generate or select a side by side first")
-        return self._record_controls(session, self.ctx.store.image_record(session.personalized), request)
+        prompt, seed, strength, iterations, weights, blend, method = self._record_controls(
+            session, self.ctx.store.image_record(session.personalized), request)
+        return (prompt, FIXED, seed, strength, iterations, *weights, *blend, method)
 
     def _record_controls(self, session: GenerateSession, record: ImageRecord, request) -> tuple:
-        """The controls that made a side by side: prompt, Fixed seed and its seed, strength,
-        iterations, reward weights, blend and method (and the blend set on the session)."""
+        """The controls that made a side by side: prompt, seed, strength, iterations, the reward
+        sliders' weights, the blend's views and the method (the blend is set on the session)."""
         params = record.params
         weights = params.get("weights", {})
         self._set_blend(session, weights, request)
         seed = self._baseline_seed(params)
         seed = record.seed if seed is None else seed
         method = next((label for label, (name, _) in self.methods.items() if name == params.get("method")), GUIDED)
-        return (record.prompt, FIXED, seed, params.get("strength", DEFAULT_STRENGTH),
-                params.get("iterations", DEFAULT_ITERATIONS),
-                *[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights), method)
+        return (record.prompt, seed, params.get("strength", DEFAULT_STRENGTH), params.get("iterations", DEFAULT_ITERATIONS),
+                [weights.get(n, 0.0) for n in self.reward_names], self._blend_views(session, weights), method)
 
     def _baseline_seed(self, params: dict) -> int | None:
         """The seed a run asked for (its baseline's; Best of N's image may be another seed's), or
