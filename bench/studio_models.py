@@ -224,13 +224,19 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def shown_path(folder: Path) -> str:
+    """A folder as the docs name it: relative to the repository when it is inside it."""
+    folder = folder.resolve()
+    return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench")
     parser.add_argument("--n-refs", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"])
     parser.add_argument("--rescore", action="store_true", help="fit again even when the scores file exists")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true", help="print the table only: do not write docs/benchmarks.md or bench/results/studio_models.json")
     parser.add_argument("--token-checkpoint", type=Path, default=DEFAULT_TOKEN_CHECKPOINT,
                         help="the token checkpoint auto and preference-tokens serve (with its auto_weights.json)")
     parser.add_argument("--shard", help="I/K: score only the I-th of K blocks of users (0-based) into a file of "
@@ -280,7 +286,7 @@ def main(argv=None) -> int:
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "seconds": time.perf_counter() - start,
         "n_users": {"seen": len(test.seen), "unseen": len(test.users) - len(test.seen)},
-        "token_checkpoint": str(args.token_checkpoint.resolve().relative_to(REPO)),
+        "token_checkpoint": shown_path(args.token_checkpoint),
         "auto_weights": ("the stacking rows of its `auto_weights.json`, learned on the 60 validation users only"
                          if (args.token_checkpoint / AUTO_WEIGHTS_FILE).is_file()
                          else "its members at equal weights: the checkpoint has no `auto_weights.json`"),
@@ -295,12 +301,11 @@ def main(argv=None) -> int:
         results["token_gain"] = dict(zip(("diff", "se"), mean_se(gain)))
     if "val" in splits:
         results["validation"] = table(scores, splits["val"], present(scores, "val"))
-    out = REPO / "bench" / "results" / "studio_models.json"
-    out.write_text(json.dumps(results, indent=1))
     print(markdown(results))
-    if not args.no_docs:
+    if not args.no_docs:  # a run for another checkpoint or population leaves the served results alone
         from prefstudio_research.report import write_section
 
+        (REPO / "bench" / "results" / "studio_models.json").write_text(json.dumps(results, indent=1))
         write_section("studio-models", markdown(results))
     return 0
 

@@ -2,6 +2,7 @@
 import os
 import platform
 import re
+import shlex
 import time
 from datetime import date
 from pathlib import Path
@@ -28,7 +29,7 @@ def machine() -> str:
 
 def how_it_ran(script: str, argv: list[str], load_start: tuple, start: float) -> str:
     """The line a section opens with: the command, the machine, the load and the time it took."""
-    command = " ".join([f"python {script}", *argv])
+    command = " ".join([f"python {script}", shlex.join(argv)]) if argv else f"python {script}"
     return (f"`{command}` — {machine()}; load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
             f"the end; {time.perf_counter() - start:.0f} s.")
 
