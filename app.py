@@ -53,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         studio = build_studio(args.data, **studio_options(args))
         demo = build_app(studio)
-        launch(demo, args.host, args.port, prevent_thread_lock=True, auth=credentials)
     except PrefStudioError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # the port is taken
-        print(f"error: {error} Choose another with --port.", file=sys.stderr)
+    try:
+        launch(demo, args.host, args.port, prevent_thread_lock=True, auth=credentials)
+    except OSError as error:
+        if "empty port" in str(error):  # gradio's words name its own environment variable, not --port
+            error = f"port {args.port} on {args.host} is in use (another PrefStudio, or another program)"
+        print(f"error: {error}: choose another with --port", file=sys.stderr)
         return 2
     if exposure_warning:
         print(exposure_warning, file=sys.stderr, flush=True)

@@ -103,6 +103,25 @@ def test_with_logins_a_non_local_host_uses_them_and_warns(monkeypatch, capsys, t
     assert "warning: PrefStudio is reachable from the network on 0.0.0.0" in capsys.readouterr().err
 
 
+def test_a_taken_port_is_one_clear_line_and_a_clean_exit(tmp_path):
+    # The process must end as it says it does: the model warm-up used to start before the port
+    # was bound, and exiting under it aborted (exit status 134, "terminate called ..." on stderr).
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py", "--port", str(port), "--data", str(tmp_path / "data")],
+                              cwd=Path(app_script.__file__).parent, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"error: port {port} on 127.0.0.1 is in use (another PrefStudio, or another program): "
+                     "choose another with --port"]
+
+
 def test_credentials_are_checked_line_by_line_and_loopback_needs_none(tmp_path):
     env = {privacy.AUTH_VARIABLE: "cat:whiskers99"}
     assert privacy.read_credentials(None, env) == [("cat", "whiskers99")]

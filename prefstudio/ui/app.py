@@ -278,15 +278,20 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, prevent_t
     With `auth` (user, password) pairs every page and API call needs a login, and each login
     sees only its own profiles."""
     ctx: AppContext = demo.prefstudio
-    threading.Thread(target=warm_up, args=(ctx,), daemon=True, name="prefstudio-warm-up").start()
     data = ctx.store.data_dir
-    return demo.launch(
-        server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock, quiet=True,
+    served = demo.launch(
+        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
         auth=auth or None, show_error=True, ssr_mode=False,
         max_file_size=max(MAX_IMAGE_BYTES, MAX_PROFILE_FILE_BYTES),
         # Images and thumbnails only (by content hash): never the database beside them.
         allowed_paths=[str(data / "images"), str(ctx.ui_cache)],
         footer_links=["gradio", "settings"], **launch_options())
+    # Only once the port is bound: a process that exits (the port was taken) under a warm-up
+    # still running in torch aborts instead of returning its error.
+    threading.Thread(target=warm_up, args=(ctx,), daemon=True, name="prefstudio-warm-up").start()
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return served
 
 
 def warm_up(ctx: AppContext) -> None:
