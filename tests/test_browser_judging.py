@@ -122,3 +122,28 @@ def test_a_pair_key_pressed_before_the_next_pair_shows_records_nothing(app, page
     page.keyboard.press("2")  # now the second pair is on screen
     expect(page.locator("#ps-pair-info")).to_contain_text("Pair 3 of", timeout=SLOW)
     assert [j.kind for j in store.judgments("me")] == ["pair", "pair"]
+
+
+def test_a_press_whose_request_arrives_late_still_judges_the_candidate_it_was_meant_for(app, page):
+    """Found by a review: L D L D pressed with no pause stored seeds 1-8 as 👎 👍 👎 👍 …: each
+    press is its own request, and one that reached the studio late judged the candidate after its
+    own. Here the first press's request is held back on its way, as a slow connection would."""
+    demo, url = app
+    store = demo.prefstudio.store
+    status, info = open_batch(page, url)
+    held = []
+
+    def hold_the_first_verdict(route):
+        if not held:
+            held.append(route)  # sent on only after the presses that follow it
+        else:
+            route.continue_()
+
+    page.route("**/queue/join*", hold_the_first_verdict)
+    for key in ("l", "d", "l"):
+        page.keyboard.press(key, delay=0)
+    page.wait_for_timeout(800)
+    held[0].continue_()
+    expect(status).to_contain_text("3 judgments: 2 👍 · 1 👎", timeout=SLOW)
+    judged = sorted((store.image_record(j.image_a).seed, j.kind) for j in store.judgments("me"))
+    assert judged == [(21, "like"), (22, "dislike"), (23, "like")], judged

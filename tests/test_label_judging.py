@@ -37,6 +37,14 @@ def status(views) -> str:
     return views[6]
 
 
+def pair_on_screen(views) -> str:
+    return views[8]
+
+
+def candidate_on_screen(views) -> str:
+    return views[9]
+
+
 def test_same_verdict_twice_is_a_no_op_and_a_new_one_replaces(tab, shown):
     store = tab.ctx.store
     first = shown.candidates[0]
@@ -164,16 +172,34 @@ def test_a_pick_sent_for_a_pair_no_longer_on_screen_records_nothing(tab, shown, 
     pair before it was on screen. Each pick says which pair the page showed; a pick for another
     one is refused in words, and the person sees the pair it would have judged first."""
     store = tab.ctx.store
-    first = tab.render(shown, "me")[-1]  # the pair on screen, as the page holds it
+    first = pair_on_screen(tab.render(shown, "me"))  # as the page holds it
     tab.pick_left(shown, "me", first)
     after = store.judgments("me")
     with pytest.raises(InvalidInput, match="the pair on screen changed before this choice reached the studio"):
         getattr(tab, pick)(shown, "me", first)  # sent before the answer showed the second pair
     assert store.judgments("me") == after and shown.pair_index == 1
-    second = tab.render(shown, "me")[-1]
+    second = pair_on_screen(tab.render(shown, "me"))
     assert second != first
     getattr(tab, pick)(shown, "me", second)
     assert shown.pair_index == 2
+
+
+@pytest.mark.parametrize("verdict", ["like", "dislike", "skip"])
+def test_a_verdict_sent_for_a_candidate_no_longer_on_screen_records_nothing(tab, shown, verdict):
+    """Found by a review: L D L D pressed with no pause stored 👎 👍 … on the candidates, and a
+    double click on 👍 liked the next candidate unseen. Each verdict says which candidate the page
+    showed; one for another candidate is refused in words and changes nothing."""
+    store = tab.ctx.store
+    first = candidate_on_screen(tab.render(shown, "me"))
+    tab.like(shown, "me", first)
+    after = store.judgments("me")
+    with pytest.raises(InvalidInput, match="the candidate on screen changed before this verdict reached the studio"):
+        getattr(tab, verdict)(shown, "me", first)  # the second click, sent before the answer to the first
+    assert store.judgments("me") == after and shown.current == 1
+    second = candidate_on_screen(tab.render(shown, "me"))
+    assert second.split("@")[0] == shown.candidates[1]
+    getattr(tab, verdict)(shown, "me", second)
+    assert [j.image_a for j in store.judgments("me", ("like", "dislike", "skip"))] == shown.candidates[:2]
 
 
 def test_suggest_says_when_pairs_judged_elsewhere_leave_the_queue(tab, shown):
@@ -198,7 +224,7 @@ def test_a_pick_sent_after_the_last_pair_says_the_batch_is_compared(tab, tmp_pat
         paths.append(str(path))
     session = LabelSession()
     tab.add_uploads(session, "me", paths, "a test picture")
-    only = tab.render(session, "me")[-1]
+    only = pair_on_screen(tab.render(session, "me"))
     tab.pick_left(session, "me", only)
     with pytest.raises(InvalidInput) as late:
         tab.pick_right(session, "me", only)

@@ -46,6 +46,28 @@ SHORTCUTS_JS = """
   };
   const typing = (el) => el && (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT"
     || (el.tagName === "INPUT" && !["radio", "checkbox", "button"].includes(el.type)));
+  // Judging one at a time, a key waits for the answer to the key before it: each press is its own
+  // request, and one that overtook the one before would judge the wrong candidate (the studio
+  // refuses it). An answer shows as a new value of the hidden #ps-shown-candidate box.
+  const oneAtATime = new Set(["ps-like", "ps-dislike", "ps-skip", "ps-undo", "ps-prev", "ps-next"]);
+  const waiting = [];
+  let sent = null;  // {shown, at}: the box's value when the last queued press was sent
+  const shownCandidate = () => {
+    const box = document.querySelector("#ps-shown-candidate textarea, #ps-shown-candidate input");
+    return box ? box.value : "";
+  };
+  const sendNext = () => {
+    if (sent && shownCandidate() === sent.shown && Date.now() - sent.at < 5000) {
+      setTimeout(sendNext, 25);  // no answer yet (a refusal gives none: 5 s, then the next goes)
+      return;
+    }
+    sent = null;
+    const button = waiting.shift();
+    if (!button) return;
+    sent = {shown: shownCandidate(), at: Date.now()};
+    button.click();
+    setTimeout(sendNext, 25);
+  };
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat || typing(event.target)) return;
     for (const id of keys[event.key.toLowerCase()] || []) {
@@ -53,7 +75,11 @@ SHORTCUTS_JS = """
       const button = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
       if (button && button.offsetParent !== null && !button.disabled) {
         event.preventDefault();
-        button.click();
+        if (!oneAtATime.has(id)) {
+          button.click();
+        } else if (waiting.push(button) === 1 && !sent) {
+          sendNext();
+        }
         return;
       }
     }
@@ -98,6 +124,7 @@ CSS = """
   max-width: calc(100% - 84px); white-space: normal; height: auto; }
 /* A refused input is explained in the toast; no "Error" badge is left on every output. */
 [data-testid="status-tracker"]:has(> span.error) { display: none !important; }
+.ps-hidden { display: none !important; }
 /* Narrow windows broke the scores tables mid-word ("scor e", "+1.5 9"): whole words only. */
 #ps-baseline-scores :is(th, td), #ps-personalized-scores :is(th, td) { word-break: normal; overflow-wrap: normal; }
 /* The per-prompt tables are wider than a phone: they scroll inside the page, not widen it. */

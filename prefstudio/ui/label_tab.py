@@ -43,6 +43,7 @@ class LabelSession:
     pair_index: int = 0
     # (profile id, judgment id, image) for undo: the id, as a profile may be renamed meanwhile
     made: list[tuple[int, int, str]] = field(default_factory=list)
+    answers: int = 0  # views rendered: the page's keys wait for the next one (ui/app.py)
 
     def show(self, candidates: list[str]) -> None:
         self.candidates, self.current, self.pair_index = candidates, 0, 0
@@ -144,8 +145,13 @@ class LabelTab:
 
         # The pair on screen, sent with each pick: one made before the next pair showed is refused.
         self.shown_pair = gr.Textbox(visible=False, elem_id="ps-shown-pair")
+        # The candidate on screen (with the number of the answer that showed it), sent with each
+        # verdict: one meant for another candidate is refused. In the page but never shown, so
+        # that the keys can see an answer come (SHORTCUTS_JS).
+        self.shown_candidate = gr.Textbox(elem_id="ps-shown-candidate", elem_classes="ps-hidden",
+                                          show_label=False, container=False)
         views = [self.gallery, self.view, self.view_info, self.left, self.right, self.pair_info, self.status,
-                 self.pair_status, self.shown_pair]
+                 self.pair_status, self.shown_pair, self.shown_candidate]
         self.views = views
         s, p = self.session, profile
         inputs = [s, p, self.prompt, self.n, self.seeds]
@@ -156,14 +162,17 @@ class LabelTab:
             surprise.click(self.surprise, None, self.prompt, api_name="surprise").then(
                 user_errors(self.generate), inputs, views, api_visibility="private"),
         ]
-        # Keys come faster than answers: every press is queued (gradio drops a click while the same
-        # button's last one is pending), and all run one at a time in the order pressed, each on the
-        # candidate the one before it moved to (the gallery shows them all). A pair's next pair is
-        # not on screen until the answer comes: a pick sent before then is refused, not spent on it.
+        # Keys come faster than answers: the page holds each one-at-a-time key until the answer to
+        # the one before it shows (SHORTCUTS_JS), so each judges the candidate the one before moved
+        # to; a verdict that still arrives for another candidate (a double click) is refused. Every
+        # click is queued (gradio drops a click while the same button's last one is pending) and
+        # runs one at a time. A pair's next pair is not on screen until the answer comes: a pick
+        # sent before then is refused, not spent on it.
         in_order = {"trigger_mode": "multiple", "concurrency_id": "label-verdicts", "concurrency_limit": 1}
-        like.click(user_errors(self.like), [s, p], views, api_name="like", **in_order)
-        dislike.click(user_errors(self.dislike), [s, p], views, api_name="dislike", **in_order)
-        skip.click(user_errors(self.skip), [s, p], views, api_name="skip", **in_order)
+        shown = [s, p, self.shown_candidate]
+        like.click(user_errors(self.like), shown, views, api_name="like", **in_order)
+        dislike.click(user_errors(self.dislike), shown, views, api_name="dislike", **in_order)
+        skip.click(user_errors(self.skip), shown, views, api_name="skip", **in_order)
         previous.click(self.previous, [s, p], views, api_name="previous", **in_order)
         following.click(self.next, [s, p], views, api_name="next", **in_order)
         pick_left.click(user_errors(self.pick_left), [s, p, self.shown_pair], views, api_name="pick_left", **in_order)
@@ -229,12 +238,18 @@ class LabelTab:
             session.made.append(made)
         return judgment
 
-    def _judge_current(self, session, profile, kind):
+    def _judge_current(self, session, profile, kind, shown_candidate=None):
+        """`shown_candidate`: the candidate the page showed when the verdict was given
+        (`_candidate_on_screen`); a double click, or a key press whose request overtook the one
+        before it, would otherwise judge another image. An API client may leave it out."""
         if not session.candidates:
             raise InvalidInput("nothing to judge yet: generate candidates first")
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         sha = session.candidates[session.current]
+        if shown_candidate and shown_candidate.split("@")[0] != sha:
+            raise InvalidInput("the candidate on screen changed before this verdict reached the studio: nothing "
+                               "was recorded; look at the candidate on screen, then judge it")
         before = self.ctx.store.verdicts(profile, [sha]).get(sha)
         if before == kind:  # a repeated key press or click: one verdict per image, already given
             return self.render(session, profile, f"Already {KIND_MARKS[kind]} for {short(sha)}: nothing changed.")
@@ -249,14 +264,14 @@ class LabelTab:
         return self.render(session, profile, f"{KIND_MARKS[kind]} recorded for {short(sha)}{replaced}.{done}",
                            pair_view=False)
 
-    def like(self, session, profile):
-        return self._judge_current(session, profile, "like")
+    def like(self, session, profile, shown_candidate=None):
+        return self._judge_current(session, profile, "like", shown_candidate)
 
-    def dislike(self, session, profile):
-        return self._judge_current(session, profile, "dislike")
+    def dislike(self, session, profile, shown_candidate=None):
+        return self._judge_current(session, profile, "dislike", shown_candidate)
 
-    def skip(self, session, profile):
-        return self._judge_current(session, profile, "skip")
+    def skip(self, session, profile, shown_candidate=None):
+        return self._judge_current(session, profile, "skip", shown_candidate)
 
     def _move(self, session, profile, step):
         if session.candidates:
@@ -439,7 +454,15 @@ class LabelTab:
                          else "Generate at least two candidates to compare.")
         status = (message + "\n\n" if message else "") + counts_line(self.ctx, profile)
         shown_pair = self._pair_on_screen(session) if pair_view else gr.skip()
-        return gallery, view, info, left, right, pair_info, status, status, shown_pair
+        session.answers += 1
+        return (gallery, view, info, left, right, pair_info, status, status, shown_pair,
+                self._candidate_on_screen(session))
+
+    @staticmethod
+    def _candidate_on_screen(session: LabelSession) -> str:
+        """The current candidate's id and the answer's number, as the page keeps them."""
+        current = session.candidates[session.current] if session.candidates else ""
+        return f"{current}@{session.answers}"
 
     @staticmethod
     def _pair_on_screen(session: LabelSession) -> str:
