@@ -644,6 +644,23 @@ def test_an_api_client_adds_a_profile_to_the_blend_and_loads_a_preset_it_did_not
         c.predict(fitted, "nothing", api_name="/load_preset")
 
 
+def test_a_preset_name_shows_as_text_never_as_a_link_or_markup(app, fitted):
+    """Found by a review: a preset named <a href="https://evil.example/">click me</a>, typed or in
+    an imported profile file, showed on the status line as a live link, and <img …> as an image."""
+    name = '<a href="//e.example/">click me</a> *bold* [x](//e.example)'
+    c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
+    weights = (0.25, 0.5, 0, 0, 0, 0)
+    saved = c.predict(fitted, name, *weights, api_name="/save_preset")[-1]
+    app[0].prefstudio.studio.save_preset(fitted, "<img src=//127.0.0.1:9/p>", {"user": 1.0})
+    loaded = c.predict(fitted, "<img src=//127.0.0.1:9/p>", api_name="/load_preset")[-1]
+    for line in (saved, loaded):
+        assert "<a" not in line and "<img" not in line and "](" not in line and "*bold*" not in line, line
+    from prefstudio.ui.common import markdown_text
+
+    assert markdown_text(name) in saved and markdown_text("<img src=//127.0.0.1:9/p>") in loaded  # shown as typed
+
+
 def test_stop_on_a_method_that_makes_its_image_in_one_step_says_it_cannot_stop_midway(app):
     """Found by a review: Stop during Best of N answered "Stopping after this iteration; the best
     image so far is kept", but Best of N renders its seeds in one step and never stops early."""

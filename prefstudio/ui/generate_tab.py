@@ -813,7 +813,7 @@ class GenerateTab:
         preset = self.ctx.studio.save_preset(current, name, self._weights(session, values))
         shown = ", ".join(f"{markdown_text(reward_label(n))} {w:g}" for n, w in preset.weights.items())
         return (gr.Dropdown(choices=[p.name for p in self.ctx.store.presets(current)], value=preset.name),
-                f"Saved preset **{preset.name}** of {current}: {shown}. It is exported with the profile.")
+                f"Saved preset **{markdown_text(preset.name)}** of {current}: {shown}. It is exported with the profile.")
 
     def load_preset(self, session: GenerateSession, profile, name, request: gr.Request = None):
         if not profile:
@@ -832,7 +832,7 @@ class GenerateTab:
         weights = self.ctx.studio.blend_weights(current, None, preset.name)
         self._set_blend(session, weights, request)
         return (*[weights.get(n, 0.0) for n in self.reward_names], *self._blend_views(session, weights),
-                f"Loaded preset **{name}**.")
+                f"Loaded preset **{markdown_text(preset.name)}**.")
 
     # -- the trade-off grid ------------------------------------------------------------------
     def trade_off(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, axes,
