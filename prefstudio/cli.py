@@ -426,14 +426,17 @@ def cmd_personalize(args, studio) -> dict:
 STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import,
                   "preset": cmd_preset}
 def cmd_suggest(args, studio) -> dict:
+    from prefstudio.studio import MAX_CANDIDATES
+
     if (args.prompt is not None) == bool(args.ids):
         raise InvalidInput("suggest takes either --prompt P or candidate image ids, not both and not neither")
     if args.prompt is not None:
         validate_prompt(args.prompt)
     if not 1 <= args.top <= 100:
         raise InvalidInput(f"--top must lie in [1, 100], got {args.top}")
-    if args.prompt and args.n < 2:  # checked before any image is made and stored
-        raise InvalidInput(f"-n must be at least 2 with --prompt: a pair needs two candidates, got {args.n}")
+    if args.prompt and not 2 <= args.n <= MAX_CANDIDATES:  # checked before any image is made and stored
+        raise InvalidInput(f"-n must lie in [2, {MAX_CANDIDATES}] with --prompt (a pair needs two candidates), "
+                           f"got {args.n}")
     studio.store.get_profile(args.profile)  # an unknown profile fails before anything is generated
     shas = ([r.sha256 for r in studio.generate_candidates(args.prompt, n=args.n)] if args.prompt
             else [studio.store.resolve_image_id(ref) for ref in args.ids])

@@ -720,8 +720,9 @@ def test_suggest_with_too_few_new_candidates_is_refused_before_any_is_made(capsy
     two candidates."""
     data = tmp_path / "data"
     run_cli(capsys, data, "profile", "create", "alice")
-    line = refused(capsys, data, "suggest", "alice", "--prompt", "a fox", "-n", "1")
-    assert "-n must be at least 2" in line
+    for n in ("1", "100000"):  # one range, said the same way at both ends (a review saw [1, 32] and "at least 2")
+        line = refused(capsys, data, "suggest", "alice", "--prompt", "a fox", "-n", n)
+        assert f"-n must lie in [2, 32] with --prompt (a pair needs two candidates), got {n}" in line
     assert not (data / "images").exists() or not any((data / "images").rglob("*.png"))
 
 
