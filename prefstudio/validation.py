@@ -1,6 +1,7 @@
 """Bounds on everything a user can type or upload, checked before anything changes."""
 import json
 import math
+import numbers
 import os
 import re
 import unicodedata
@@ -176,10 +177,19 @@ def whole_number(value, what: str) -> int:
 
 
 def validate_seed(seed) -> int:
-    try:
+    """A whole number (an integer of any kind, a float with nothing after the point, or text of
+    digits) in [0, 2^32); never rounded: 1.5 is refused, not run as seed 1."""
+    given = seed
+    if isinstance(seed, str):
+        seed = seed.strip()
+        seed = int(seed) if seed.isascii() and seed.lstrip("+-").isdigit() else None
+    elif isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"seed must be a whole number, got {echo(seed)}") from None
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        seed = None
+    if seed is None:
+        raise InvalidInput(f"seed must be a whole number, got {echo(given)}")
+    seed = int(seed)
     if not 0 <= seed < 2**32:
         raise InvalidInput(f"seed {seed} is out of range [0, 2^32)")
     return seed

@@ -230,6 +230,18 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     assert f"stopped after {ran} of 100 iterations" in record_how(stored.params, stored.seed, baseline_seed)
 
 
+def test_a_seed_with_a_fraction_is_refused_not_rounded(app, fitted):
+    """Found by a review: "1.5" typed as the Generate tab's fixed seed ran seed 2, with no word."""
+    c = client(app[1])
+    c.predict(fitted, api_name="/open_profile")
+    before = store_of(app).personalized_images(fitted, 100)
+    with pytest.raises(AppError, match=r"seed must be a whole number, got 1\.5"):
+        c.predict(fitted, "a cold blue ocean at night", "Fixed seed", 1.5, 0.5, 2, 0.75, 0.5, api_name="/personalize")
+    with pytest.raises(AppError, match=r"seed must be a whole number, got 2\.5"):
+        c.predict(fitted, "a dense green forest", 4, 2, 2.5, api_name="/evaluate")
+    assert store_of(app).personalized_images(fitted, 100) == before
+
+
 def test_evaluate_reports_win_rate_and_score_distributions(app, fitted):
     c = client(app[1])
     c.predict(fitted, api_name="/open_profile")

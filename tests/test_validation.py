@@ -135,6 +135,11 @@ def test_seeds_are_whole_numbers_in_the_32_bit_range():
     assert refusal(validate_seed, -1) == "seed -1 is out of range [0, 2^32)"
     assert refusal(validate_seed, "seven") == "seed must be a whole number, got 'seven'"
     assert refusal(validate_seed, None) == "seed must be a whole number, got None"
+    # A seed typed as 1.5 ran as seed 1 (or 2, rounded by the page), with no word (found by a review).
+    assert validate_seed(7.0) == 7
+    assert refusal(validate_seed, 1.5) == "seed must be a whole number, got 1.5"
+    assert refusal(validate_seed, True) == "seed must be a whole number, got True"
+    assert refusal(validate_seed, float("nan")) == "seed must be a whole number, got nan"
 
 
 def profile_output(path):

@@ -89,7 +89,7 @@ class EvaluateTab:
         with gr.Row():
             self.k = gr.Slider(1, MAX_PROMPTS, value=4, step=1, label="K prompts")
             self.iterations = gr.Slider(0, 100, value=15, step=1, label="Iterations per prompt")
-            self.seed = gr.Number(value=0, precision=0, minimum=0, label="First seed (prompt i uses seed + i)")
+            self.seed = gr.Number(value=0, minimum=0, label="First seed (prompt i uses seed + i)")  # as Generate's
         self.prompts = gr.Textbox(label="Prompts (optional, one per line)", lines=3,
                                   placeholder="blank: K prompts drawn from the built-in list")
         with gr.Row():

@@ -229,7 +229,8 @@ class GenerateTab:
         with gr.Row():
             self.seed_mode = gr.Radio([RANDOM, FIXED], value=RANDOM, label="Seed",
                                       info="Random picks a new seed and shows it here; fixed reuses it.")
-            self.seed = gr.Number(label="Seed used", precision=0, minimum=0, maximum=2**32 - 1,
+            # No precision: gradio would round a typed 1.5 to 2 unseen; validate_seed refuses it.
+            self.seed = gr.Number(label="Seed used", minimum=0, maximum=2**32 - 1,
                                   elem_id="ps-seed")
             self.strength = gr.Slider(0, 1, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                       info="How far personalization may move away from the baseline (0: not at all).",
