@@ -31,6 +31,9 @@ MAX_PROFILE_NAME_CHARS = 64
 # would read differently from what it is.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LINE_CONTROLS = frozenset("\t\n\r")
+# Letters and symbols that draw as nothing: Hangul fillers (letters to Unicode) and the blank
+# Braille pattern. A name or prompt of them shows as blank, or as another name with a gap.
+BLANK_SYMBOLS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _refuse_constant(name: str):
@@ -74,7 +77,7 @@ def validate_prompt(prompt: str) -> str:
             raise InvalidInput(f"prompt has a text-direction override at position {position} "
                                f"({_codepoint(char)}): it would display differently from what is stored")
     # Zero-width and other format characters (U+200B, U+FEFF, …) are invisible on their own.
-    if not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in prompt):
+    if not any(not c.isspace() and unicodedata.category(c) != "Cf" and c not in BLANK_SYMBOLS for c in prompt):
         if prompt:
             raise InvalidInput("prompt has only invisible characters (zero-width or format characters): "
                                "type what the image should show")
@@ -89,12 +92,21 @@ def strip_hidden_characters(text: str) -> str:
                    for c in text if unicodedata.category(c) != "Cs" and c not in BIDI_CONTROLS)
 
 
+MAX_MARKS_PER_LETTER = 3  # accents on accents beyond this hide which letter is under them
+
+
+def profile_name_as_stored(name: str) -> str:
+    """A profile name as a menu shows it and the store keeps it: composed accents ("e" + U+0301
+    is "é"), no spaces around it, runs of spaces as one. Every lookup reads a name so."""
+    return re.sub(" {2,}", " ", unicodedata.normalize("NFC", name).strip())
+
+
 def validate_profile_name(name: str) -> str:
-    """1-64 letters, digits, spaces, '-' or '_': safe in menus and file names."""
+    """1-64 letters (with their accents and vowel marks), digits, spaces, '-' or '_': safe in
+    menus and file names."""
     if not isinstance(name, str):
         raise InvalidInput(f"profile name must be text, got {type(name).__name__}")
-    # As a menu shows it: composed accents ("e" + U+0301 is "é"), runs of spaces as one.
-    name = re.sub(" {2,}", " ", unicodedata.normalize("NFC", name).strip())
+    name = profile_name_as_stored(name)
     if not name:
         raise InvalidInput("profile name is empty")
     if name.startswith("-"):
@@ -104,10 +116,26 @@ def validate_profile_name(name: str) -> str:
         raise InvalidInput(
             f"profile name is {len(name)} characters; the limit is {MAX_PROFILE_NAME_CHARS}"
         )
-    bad = sorted({c for c in name if not (c.isalnum() or c in " -_")})
+    blank = sorted({_codepoint(c) for c in name if c in BLANK_SYMBOLS})
+    if blank:
+        raise InvalidInput(f"profile name {echo(name)} contains an invisible character ({', '.join(blank)}); "
+                           "use letters, digits, spaces, '-' or '_'")
+    bad, marks = set(), 0
+    for previous, char in zip(" " + name, name):
+        if unicodedata.category(char) in ("Mn", "Mc"):  # an accent or vowel sign: of the letter before it
+            marks += 1
+            if not (previous.isalnum() or unicodedata.category(previous) in ("Mn", "Mc")):
+                bad.add(char)
+            elif marks > MAX_MARKS_PER_LETTER:
+                raise InvalidInput(f"profile name {echo(name)} piles more than {MAX_MARKS_PER_LETTER} marks on one "
+                                   "letter; use letters, digits, spaces, '-' or '_'")
+        else:
+            marks = 0
+            if not (char.isalnum() or char in " -_"):
+                bad.add(char)
     if bad:
         raise InvalidInput(
-            f"profile name {echo(name)} contains {echo(''.join(bad))}; "
+            f"profile name {echo(name)} contains {echo(''.join(sorted(bad)))}; "
             "use letters, digits, spaces, '-' or '_'"
         )
     return name
@@ -120,12 +148,18 @@ _LATIN_LOOK_ALIKES = str.maketrans(
     "aeopcyxijsdhqwlABEKMHOPCTXYIJSaovpABEZHIKMNOPTYX")
 
 
-def profile_name_key(name: str) -> str:
-    """What two profile names must not share: names that a menu shows alike, equal after Unicode
-    compatibility folding (fullwidth forms, ligatures, superscripts), Latin look-alikes of
-    other scripts' letters, case folding and runs of spaces."""
-    folded = unicodedata.normalize("NFKC", name).translate(_LATIN_LOOK_ALIKES).casefold()
-    return " ".join(unicodedata.normalize("NFKC", folded).split())
+def profile_name_keys(name: str) -> frozenset[str]:
+    """Two names that share a key are one name to a menu: equal after Unicode compatibility
+    folding (fullwidth forms, ligatures, superscripts), Latin look-alikes of other scripts'
+    letters, case folding and runs of spaces. Look-alikes are read before case folding (Greek
+    "ΡΟΡΕ" passes for Latin "POPE") and after it ("ΑΒΓ" and "αβγ" differ only in case), so a
+    name has two keys."""
+    compatible = unicodedata.normalize("NFKC", name)
+    keys = set()
+    for read in (compatible, compatible.casefold()):
+        folded = unicodedata.normalize("NFKC", read.translate(_LATIN_LOOK_ALIKES).casefold())
+        keys.add(" ".join(folded.split()))
+    return frozenset(keys)
 
 
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from prefstudio.errors import InvalidInput, NotFound
+from prefstudio.validation import validate_profile_name, validate_prompt
 from prefstudio.generators.base import GeneratedImage
 from prefstudio.store import history
 from prefstudio.store.history import SCHEMA_VERSION, HistoryStore, Judgment, Preset, Profile
@@ -638,12 +639,48 @@ def test_rename_of_an_unknown_profile_is_not_found(store):
     # Found by a review: these read alike in the menu and were accepted.
     ("ana two", "ana  two"), ("ana two", "\u0430na two"), ("ocean", "\u043e\u0441\u0435\u0430n"),
     ("pope", "\u03c1ope"), ("Kim", "\u041aim"),
+    # Found by a review: Greek and Cyrillic names differing only in case were both accepted.
+    ("ΑΒΓ", "αβγ"), ("αβγ", "ΑΒΓ"), ("Елена", "ЕЛЕНА"), ("ΝΑΝΑ", "νανα"), ("NANA", "ΝΑΝΑ"),
 ])
 def test_create_refuses_look_alikes_of_existing_names(store, existing, new):
     store.create_profile(existing)
     with pytest.raises(InvalidInput, match=f"too like the existing {existing!r}|{existing!r} already exists"):
         store.create_profile(new)
     assert [p.name for p in store.list_profiles()] == [existing]
+
+
+def test_a_profile_is_found_by_the_name_it_was_created_with_as_typed(store, images):
+    """Found by a review: create_profile("Jose\u0301") made "José" (composed, as a menu shows it),
+    then fit("Jose\u0301") said "no profile named 'José'; existing profiles: José". So did
+    "  bob  " and a double space. Every lookup reads a name as creation stores it."""
+    for typed in ("Jose\u0301", "  bob  ", "ann  two"):
+        created = store.create_profile(typed)
+        assert store.get_profile(typed) == created
+        store.record_judgment(typed, "skip", images[0])
+        assert len(store.judgments(typed)) == 1
+
+
+def test_invisible_letters_make_no_profile_name_and_no_prompt():
+    """Found by a review: Hangul fillers (letters to Unicode, blank on screen) made profiles that
+    showed as nothing, or as "a b" beside an existing "a b"; a prompt of them was accepted."""
+    for name in ("\u3164", "\u115f\u115f", "a \u115f b", "x\uffa0"):
+        with pytest.raises(InvalidInput, match="invisible character"):
+            validate_profile_name(name)
+    with pytest.raises(InvalidInput, match="only invisible characters"):
+        validate_prompt("\u115f\u115f\u115f")
+    with pytest.raises(InvalidInput, match="only invisible characters"):
+        validate_prompt("\u2800 \u3164")
+
+
+def test_names_in_scripts_written_with_combining_marks_are_letters_too(store):
+    """Found by a review: "नमस्ते" and "שָׁלוֹם" were refused for containing bare marks."""
+    for name in ("नमस्ते", "שָׁלוֹם", "café"):
+        assert store.create_profile(name).name == name
+    for bare in ("\u0301abc", "- \u0301"):  # a mark on nothing is no letter
+        with pytest.raises(InvalidInput):
+            validate_profile_name(bare)
+    with pytest.raises(InvalidInput, match="marks"):  # marks piled on one letter hide what it is
+        validate_profile_name("a" + "\u0301\u0300\u0302\u0303\u0304")
 
 
 def test_names_are_refused_when_too_long_never_cut(store):

@@ -10,7 +10,7 @@ import pytest
 from prefstudio.errors import InvalidInput, echo
 from prefstudio.store.profile_file import is_profile_file
 from prefstudio.validation import (MAX_PROFILE_NAME_CHARS, MAX_PROMPT_CHARS, MAX_WEIGHT,
-                                   profile_name_key, size_over_limit, strip_hidden_characters,
+                                   profile_name_keys, size_over_limit, strip_hidden_characters,
                                    validate_device_name, validate_output_file,
                                    validate_output_folder, validate_profile_name, validate_prompt,
                                    validate_seed, validate_weights)
@@ -83,11 +83,13 @@ def test_profile_names_are_bounded_and_plain():
 
 
 def test_names_that_look_alike_in_a_menu_share_a_key_and_others_do_not():
-    assert profile_name_key("ME") == profile_name_key("me") == "me"
-    assert profile_name_key("ｍｅ") == "me"  # fullwidth
-    assert profile_name_key("ﬁne") == "fine"  # ligature
-    assert profile_name_key("STRASSE") == profile_name_key("straße")
-    assert profile_name_key("ann_1") != profile_name_key("ann21")
+    assert profile_name_keys("ME") == profile_name_keys("me") == {"me"}
+    assert profile_name_keys("ｍｅ") == {"me"}  # fullwidth
+    assert profile_name_keys("ﬁne") == {"fine"}  # ligature
+    assert profile_name_keys("STRASSE") == profile_name_keys("straße")
+    assert not profile_name_keys("ann_1") & profile_name_keys("ann21")
+    assert profile_name_keys("ΑΒΓ") & profile_name_keys("αβγ")  # case, read after case folding
+    assert profile_name_keys("ΡΟΡΕ") & profile_name_keys("pope")  # look-alikes, read before it
 
 
 def test_reward_weights_in_range_pass_as_floats():

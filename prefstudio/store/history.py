@@ -36,7 +36,8 @@ from prefstudio.store.image_files import (
     write_png,
 )
 from prefstudio.validation import (
-    profile_name_key,
+    profile_name_as_stored,
+    profile_name_keys,
     validate_profile_name,
     validate_prompt,
     validate_seed,
@@ -358,11 +359,11 @@ class HistoryStore:
     def check_name_free(self, name: str, keep: Profile | None = None, hint: str = "",
                         visible: Callable[[Profile], bool] | None = None) -> None:
         """Refuse a name that an existing profile (other than `keep`) has, or one that a menu
-        shows alike (`profile_name_key`). A clash with a profile that `visible` says the asker
+        shows alike (`profile_name_keys`). A clash with a profile that `visible` says the asker
         may not see (another login's) is refused without naming that profile."""
-        key = profile_name_key(name)
+        keys = profile_name_keys(name)
         for other in self.list_profiles():
-            if other.id != getattr(keep, "id", None) and profile_name_key(other.name) == key:
+            if other.id != getattr(keep, "id", None) and profile_name_keys(other.name) & keys:
                 if visible is not None and not visible(other):
                     raise InvalidInput(f"the name {name!r} is taken in this studio: choose another{hint}")
                 if other.name.casefold() == name.casefold():
@@ -408,6 +409,8 @@ class HistoryStore:
         return [Profile(*row) for row in rows]
 
     def get_profile(self, name: str) -> Profile:
+        if isinstance(name, str):  # as typed: "Jose" + U+0301 and "  bob  " are stored as "José", "bob"
+            name = profile_name_as_stored(name)
         rows = self._query("SELECT id, name, created FROM profiles WHERE name = ?", (name,))
         if rows:
             return Profile(*rows[0])

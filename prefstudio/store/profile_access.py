@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from prefstudio.errors import InvalidInput, NotFound, no_profile_named
 from prefstudio.store.history import HistoryStore, Profile
+from prefstudio.validation import profile_name_as_stored
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS profile_owners (
@@ -91,7 +92,8 @@ class ProfileAccess:
         """The profile if `login` may use it, else NotFound worded as for a missing one."""
         if not isinstance(name, str):
             raise no_such_profile(name)
-        rows = self.store._query("SELECT id, name, created FROM profiles WHERE name = ?", (name,))
+        rows = self.store._query("SELECT id, name, created FROM profiles WHERE name = ?",
+                                 (profile_name_as_stored(name),))
         if not rows:
             raise no_such_profile(name)
         profile = Profile(*rows[0])

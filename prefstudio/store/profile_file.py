@@ -599,10 +599,10 @@ def _check_file(store: HistoryStore, file, size: int, new_name: str | None,
     models = _parse_models(content)
     presets = _parse_presets(content) if "presets" in content else []
     file_name = content["name"] if isinstance(content["name"], str) else None
-    itself = {validation.profile_name_key(n) for n in (name, file_name) if n}  # names a menu shows alike
+    itself = {k for n in (name, file_name) if n for k in validation.profile_name_keys(n)}  # shown alike
     for preset_name, weights, _ in presets:
         for key in weights:
-            if blended_profile(key) and validation.profile_name_key(blended_profile(key)) in itself:
+            if blended_profile(key) and validation.profile_name_keys(blended_profile(key)) & itself:
                 raise InvalidInput(f"profile file has a bad preset: {preset_name!r} blends the profile itself "
                                    f"({key}); its own taste is the 'user' weight")
     expected = {f"image.{sha}" for sha in shas}
