@@ -119,6 +119,19 @@ def test_undo_never_changes_another_profile_than_the_one_shown(tab, shown):
     assert store.judgments("me") == []
 
 
+def test_a_right_to_left_name_keeps_to_itself_on_the_status_line():
+    """Found by a review: for "José 日本語 مرحبا" the line showed as "José 日本語 20 · مرحبا judgments",
+    the count drawn inside the name. A name holding right-to-left letters is isolated."""
+    from types import SimpleNamespace
+
+    from prefstudio.ui.common import counts_line
+
+    store = SimpleNamespace(counts=lambda profile: {"like": 20, "dislike": 0, "pair": 0, "tie": 0, "skip": 0})
+    ctx = SimpleNamespace(store=store)
+    assert counts_line(ctx, "José 日本語 مرحبا").startswith("**\u2068José 日本語 مرحبا\u2069** · 20 judgments")
+    assert counts_line(ctx, "ann").startswith("**ann** · 20 judgments")  # nothing added where nothing is needed
+
+
 def test_a_seed_given_twice_is_refused_it_would_make_the_same_candidate_twice():
     """Found by a hostile review: seeds "1,1,1" made three identical candidates to judge."""
     from prefstudio.errors import InvalidInput

@@ -10,6 +10,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -203,7 +204,15 @@ def counts_line(ctx: AppContext, profile: str | None) -> str:
     total = sum(counts.values())
     parts = [f"{counts['like']} 👍", f"{counts['dislike']} 👎", _count(counts["pair"], "pair"),
              _count(counts["tie"], "tie"), f"{counts['skip']} skipped"]
-    return f"**{profile}** · {_count(total, 'judgment')}: " + " · ".join(parts)
+    return f"**{isolated(profile)}** · {_count(total, 'judgment')}: " + " · ".join(parts)
+
+
+def isolated(name: str) -> str:
+    """A name holding right-to-left letters, isolated from the text around it (U+2068 … U+2069):
+    else the line's order mixes with the name's and a count reads as part of it."""
+    if any(unicodedata.bidirectional(c) in ("R", "AL") for c in name):
+        return f"\u2068{name}\u2069"
+    return name
 
 
 def gallery_height(items: int, columns: int, width: int = 1180) -> int:
