@@ -230,6 +230,17 @@ def test_stop_really_stops_and_keeps_the_best_so_far(app, fitted):
     assert f"stopped after {ran} of 100 iterations" in record_how(stored.params, stored.seed, baseline_seed)
 
 
+def test_an_export_is_named_after_the_profile_in_its_own_letters(app):
+    """Found by a review: "José 日本語" downloaded as "Jos.prefstudio", and "ΑΒΓ" as "profile.prefstudio"."""
+    store = store_of(app)
+    c = client(app[1])
+    for name, file_name in (("José 日本語", "José-日本語.prefstudio"), ("ΑΒΓ", "ΑΒΓ.prefstudio"),
+                            ("नमस्ते", "नमस्ते.prefstudio"), ("ann_1", "ann_1.prefstudio")):
+        store.create_profile(name)
+        c.predict(name, api_name="/open_profile")
+        assert Path(c.predict(name, api_name="/export_profile")["path"]).name == file_name
+
+
 def test_a_seed_with_a_fraction_is_refused_not_rounded(app, fitted):
     """Found by a review: "1.5" typed as the Generate tab's fixed seed ran seed 2, with no word."""
     c = client(app[1])

@@ -1,7 +1,6 @@
 """Profile: fit the taste model, see what it likes, browse and prune the history,
 export the profile as one file and import one."""
 import html
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -288,8 +287,9 @@ class ProfileTab:
         if not profile:
             raise InvalidInput("choose or create a profile first (top of the page)")
         stored = self.ctx.store.get_profile(profile)
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stored.name).strip("-") or "profile"
-        path = self.ctx.export_path(stored.id, f"{stem}.prefstudio")
+        # A stored name is letters of any script, digits, spaces, '-' and '_' (validate_profile_name):
+        # safe as a file name once its spaces are dashes.
+        path = self.ctx.export_path(stored.id, f"{stored.name.replace(' ', '-')}.prefstudio")
         return str(self.ctx.run(self.ctx.studio.export_profile, stored.name, path))
 
     # -- rename and delete ----------------------------------------------------------------
