@@ -13,11 +13,12 @@ asks the kind of.
 """
 import copy
 import hashlib
+import itertools
 import secrets
 import shlex
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -242,6 +243,9 @@ class Studio:
             if not 1 <= n <= MAX_CANDIDATES:
                 raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
             seeds = [secrets.randbelow(2**31) for _ in range(int(n))]
+        elif isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):  # "123" is no 1, 2, 3
+            raise InvalidInput(f"seeds must be a list of whole numbers, got {echo(seeds)}")
+        seeds = list(itertools.islice(seeds, MAX_CANDIDATES + 1))
         if len(seeds) > MAX_CANDIDATES:
             raise InvalidInput(f"{len(seeds)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
         seeds = [validate_seed(s) for s in seeds]

@@ -161,3 +161,15 @@ def test_a_fit_summary_over_few_held_out_pairs_says_they_are_too_few():
     few = FitReport("alice", "auto", "bank", "why", 6, 4 / 6, 6, 0.1).summary()
     assert "67% over 6 pairs (too few to say much yet)" in few
     assert "too few" not in FitReport("alice", "auto", "bank", "why", 20, 0.8, 20, 0.1).summary()
+
+
+def test_seeds_must_be_a_list_of_whole_numbers(studio):
+    """Found by a review: seeds="123" made and stored three images from seeds 1, 2 and 3, and
+    seeds=5 failed with "object of type 'int' has no len()"."""
+    before = len(studio.store._query("SELECT sha256 FROM images"))
+    for seeds in ("123", 5, b"12", {"a": 1}):
+        with pytest.raises(InvalidInput, match=r"^seeds must be a list of whole numbers"):
+            studio.generate_candidates("a fox in the snow", seeds=seeds)
+    assert len(studio.store._query("SELECT sha256 FROM images")) == before
+    made = studio.generate_candidates("a fox in the snow", seeds=(s for s in (4, 5)))  # any iterable of numbers
+    assert [r.seed for r in made] == [4, 5]
