@@ -130,6 +130,17 @@ def test_hostile_lines_get_a_one_line_error_with_file_and_line(root, line, messa
     assert text.startswith(f"{pairs}:2: ")
 
 
+def test_a_pair_file_saved_with_a_byte_order_mark_reads_as_without(root):
+    """Found by a review: a file saved by Windows Notepad (UTF-8 with a byte-order mark) was refused
+    as "not JSON ('Unexpected UTF-8 BOM')". The mark opens the file only: one later is refused."""
+    pairs = root / "pairs" / "train.jsonl"
+    line = json.dumps(judgment("../images/a.png", "../images/b.png")).encode()
+    pairs.write_bytes(b"\xef\xbb\xbf" + line + b"\n" + line + b"\n")
+    assert len(read_judgments(pairs)) == 2
+    pairs.write_bytes(line + b"\n\xef\xbb\xbf" + line + b"\n")
+    assert refused(lambda: read_judgments(pairs), "not JSON").startswith(f"{pairs}:2: ")
+
+
 def test_the_data_set_reader_applies_the_same_rules(tmp_path):
     root = write_pair_data(tmp_path / "data")
     data = PairDataSet.read(root)

@@ -68,8 +68,8 @@ def _json_lines(path: Path):
             number += 1
             if len(raw) > MAX_LINE_BYTES:
                 raise InvalidInput(f"{path}:{number}: line is over {MAX_LINE_BYTES:,} bytes")
-            try:
-                line = raw.decode("utf-8")
+            try:  # a byte-order mark may open the file (Windows Notepad writes one)
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise InvalidInput(f"{path}:{number}: not UTF-8 text") from None
             if line.strip():
