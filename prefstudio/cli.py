@@ -274,8 +274,9 @@ def cmd_profile(args, store) -> dict:
     if args.action == "delete":
         if not args.name:
             raise InvalidInput("profile delete needs a name")
+        name = store.get_profile(args.name).name  # one that does not exist needs no confirming
         if not args.yes:
-            raise InvalidInput(f"deleting {echo(args.name)} removes its judgments and models for good: "
+            raise InvalidInput(f"deleting {echo(name)} removes its judgments and models for good: "
                                "add --yes to confirm (export it first to keep a copy)")
         return {"deleted": store.delete_profile(args.name).name}
     if args.action == "show":

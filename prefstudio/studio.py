@@ -245,7 +245,8 @@ class Studio:
             seeds = [secrets.randbelow(2**31) for _ in range(int(n))]
         elif isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):  # "123" is no 1, 2, 3
             raise InvalidInput(f"seeds must be a list of whole numbers, got {echo(seeds)}")
-        seeds = list(itertools.islice(seeds, MAX_CANDIDATES + 1))
+        if not isinstance(seeds, (list, tuple)):  # an endless iterator is not read whole
+            seeds = list(itertools.islice(seeds, MAX_CANDIDATES + 1))
         if len(seeds) > MAX_CANDIDATES:
             raise InvalidInput(f"{len(seeds)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
         seeds = [validate_seed(s) for s in seeds]

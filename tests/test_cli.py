@@ -778,3 +778,11 @@ def test_import_pairs_of_several_people_asks_whose(tmp_path, capsys):
         "choose whose with --user")
     code, out, _ = run_cli(capsys, data, "import-pairs", "alice", str(pairs), "--user", "u0")
     assert code == 0 and json.loads(out)["recorded"] == 2
+
+
+def test_deleting_a_profile_that_does_not_exist_is_said_before_any_confirmation(capsys, tmp_path):
+    """Found by a review: `profile delete nobody` asked to confirm deleting a profile that does not exist."""
+    data = tmp_path / "data"
+    run_cli(capsys, data, "profile", "create", "alice")
+    assert refused(capsys, data, "profile", "delete", "nobody").startswith("error: no profile named 'nobody'")
+    assert "add --yes to confirm" in refused(capsys, data, "profile", "delete", "alice")
