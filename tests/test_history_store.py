@@ -649,6 +649,16 @@ def test_create_refuses_look_alikes_of_existing_names(store, existing, new):
     assert [p.name for p in store.list_profiles()] == [existing]
 
 
+def test_a_data_folder_that_is_a_file_is_named_as_such(tmp_path):
+    """Found by a review: `--data /etc/hostname profile list` said "File exists: '/etc/hostname'"."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    for data in (afile, afile / "sub"):
+        with pytest.raises(InvalidInput, match=rf"^the data folder {data} cannot be made: {afile} is a file, not a folder$"):
+            HistoryStore(data)
+    assert afile.read_text() == "mine"
+
+
 def test_a_profile_is_found_by_the_name_it_was_created_with_as_typed(store, images):
     """Found by a review: create_profile("Jose\u0301") made "José" (composed, as a menu shows it),
     then fit("Jose\u0301") said "no profile named 'José'; existing profiles: José". So did

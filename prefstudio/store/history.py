@@ -235,6 +235,9 @@ class HistoryStore:
         self.images_dir = self.data_dir / "images"
         # Owner only (0700 folders, 0600 files): a history is one person's taste. SQLite gives
         # its -wal and -shm files the database file's mode.
+        in_the_way = next((p for p in (self.data_dir, *self.data_dir.parents) if p.exists()), None)
+        if in_the_way is not None and not in_the_way.is_dir():
+            raise InvalidInput(f"the data folder {self.data_dir} cannot be made: {in_the_way} is a file, not a folder")
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.images_dir.mkdir(mode=0o700, exist_ok=True)
         self.db_path = self.data_dir / "history.sqlite3"
