@@ -362,3 +362,17 @@ def test_files_far_over_their_limits_are_refused_without_being_read_into_memory(
             tracemalloc.stop()
         assert peak < 256 * 2**20, f"{path.name}: {peak:,} bytes allocated to refuse it"
         path.write_bytes(original)
+
+
+def test_evaluate_names_the_image_that_is_not_one(root):
+    """Found by a review: `evaluate` on a file whose image was text saved as .png said "not an image: …"
+    without saying which file; import-pairs names it."""
+    from types import SimpleNamespace
+
+    from prefstudio.eval.pair_file import evaluate_pair_file
+
+    fake = root / "images" / "fake.png"
+    fake.write_text("just text")
+    pairs = write_lines(root / "pairs" / "train.jsonl", [judgment("../images/fake.png", "../images/b.png")])
+    encoder = SimpleNamespace(encode_images=lambda images: pytest.fail("an image that is not one was encoded"))
+    assert refused(lambda: evaluate_pair_file(pairs, 1, encoder, None), "not an image").startswith(f"{fake.resolve()}: ")

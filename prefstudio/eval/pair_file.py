@@ -23,7 +23,7 @@ def evaluate_pair_file(path: str | Path, n_ref: int, encoder, model: PreferenceM
     users = by_user(read_judgments(path))
     images = sorted({p for js in users.values() for j in js for p in (j.liked, j.disliked)})
     index = {str(p): i for i, p in enumerate(images)}
-    features = encoder.encode_images([load_untrusted_image(p) for p in images])
+    features = encoder.encode_images([_image(p) for p in images])
     prompt_of = {str(p): j.prompt or "" for js in users.values() for j in js for p in (j.liked, j.disliked)}
     scores, skipped = [], []
     for user, judgments in users.items():
@@ -58,3 +58,10 @@ def evaluate_pair_file(path: str | Path, n_ref: int, encoder, model: PreferenceM
         "encoder": encoder.name,
         "preference_model": model.name,
     }
+
+
+def _image(path: Path):
+    try:
+        return load_untrusted_image(path)
+    except InvalidInput as error:  # which of the file's images, as import-pairs says
+        raise InvalidInput(f"{path}: {error}") from None
