@@ -61,7 +61,9 @@ def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
     open_as(page, url, "ann")
     before = len(store.judgments("ann"))
 
-    start_round(page, "a red bicycle\na mountain lake at dawn", 1, 4, "21")
+    # A prompt of one long word (a review saw it push every number of the table out of view).
+    long_word = "Donaudampfschifffahrtsgesellschaftskapitänsmützenabzeichen" * 3
+    start_round(page, f"a red bicycle\na mountain lake at dawn, {long_word}", 1, 4, "21")
 
     status = page.locator("#ps-blind-status")
     shas = {png.stem for png in store.images_dir.rglob("*.png")}
@@ -89,6 +91,8 @@ def test_a_blind_round_of_two_prompts_judged_with_the_keys(server, page):
     table = page.locator("#ps-blind-table")
     expect(table).to_contain_text("a red bicycle")
     expect(table).to_contain_text("a mountain lake at dawn")
+    fits = table.evaluate("box => [...box.querySelectorAll('table')].every(t => t.scrollWidth <= box.clientWidth + 1)")
+    assert fits, "the per-prompt table is wider than its box: its numbers are out of view"
     expect(status).to_contain_text("Round over")
 
 

@@ -129,6 +129,8 @@ CSS = """
 #ps-baseline-scores :is(th, td), #ps-personalized-scores :is(th, td) { word-break: normal; overflow-wrap: normal; }
 /* The per-prompt tables are wider than a phone: they scroll inside the page, not widen it. */
 #ps-blind-table, #ps-opt-table { max-width: calc(100vw - 56px); overflow-x: auto; }
+/* A prompt of long words wraps within its column rather than pushing the numbers out of view. */
+#ps-blind-table td:first-child, #ps-opt-table td:first-child { overflow-wrap: anywhere; }
 kbd { border: 1px solid #c7c7cf; border-bottom-width: 2px; border-radius: 4px; padding: 0 5px;
       font-size: 0.85em; background: #f7f7fa; color: #333; }
 """

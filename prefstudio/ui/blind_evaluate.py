@@ -30,7 +30,7 @@ from prefstudio.guidance.noise_optimization import GuidanceProgress
 from prefstudio.store.image_files import thumbnail
 from prefstudio.studio import SideBySide
 from prefstudio.taste_summary import read_prompts
-from prefstudio.ui.common import VIEW_SIZE, AppContext, random_seed, user_errors
+from prefstudio.ui.common import VIEW_SIZE, AppContext, prompt_table_widths, random_seed, user_errors
 from prefstudio.ui.evaluate_tab import MAX_PROMPTS, choose_prompts, rate_interval
 from prefstudio.validation import validate_seed
 
@@ -180,7 +180,8 @@ class BlindEvaluation:
         gr.Markdown(KEYS, elem_classes="ps-keys")
         self.result = gr.Markdown(elem_id="ps-blind-result")
         self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt, from your choices",
-                                  elem_id="ps-blind-table")
+                                  elem_id="ps-blind-table", wrap=True,
+                                  column_widths=prompt_table_widths(len(COLUMNS)))
         # Which pair is on screen (its number only): a choice names the pair it was made on, so
         # a second key press that left before the next pair arrived is not taken for that pair.
         self.shown = gr.Number(value=0, precision=0, visible=False, elem_id="ps-blind-shown")

@@ -215,6 +215,13 @@ def isolated(name: str) -> str:
     return name
 
 
+def prompt_table_widths(columns: int) -> list[str]:
+    """Column widths of a per-prompt table: a long prompt wraps in its own column instead of
+    pushing the numbers out of view. Fixed, not shares of the page: on a phone the table
+    scrolls sideways rather than squeezing each heading to a letter a line."""
+    return ["320px"] + ["100px"] * (columns - 1)
+
+
 def gallery_height(items: int, columns: int, width: int = 1180) -> int:
     """Pixels for a gallery that shows `items` square thumbnails with no empty band below."""
     rows = max(1, math.ceil(items / columns))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from prefstudio.errors import InvalidInput
 from prefstudio.taste_summary import read_prompts
-from prefstudio.ui.common import AppContext, markdown_text, user_errors
+from prefstudio.ui.common import AppContext, markdown_text, prompt_table_widths, user_errors
 from prefstudio.validation import validate_prompt, validate_seed
 
 MAX_PROMPTS = 12
@@ -97,7 +97,8 @@ class EvaluateTab:
             stop = gr.Button("■ Stop", variant="stop")
         self.result = gr.Markdown()
         self.plot = gr.Plot(label="Scores under your model")
-        self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt", elem_id="ps-opt-table")
+        self.table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Per prompt", elem_id="ps-opt-table",
+                                  wrap=True, column_widths=prompt_table_widths(len(COLUMNS)))
         run.click(user_errors(self.evaluate), [self.session, profile, self.prompts, self.k, self.iterations, self.seed],
                   [self.result, self.plot, self.table], api_name="evaluate")
         stop.click(self.stop, self.session, self.result, api_name="stop_evaluation", concurrency_limit=None)
