@@ -45,7 +45,9 @@ from prefstudio.rewards.prompt_consistency import PromptConsistencyReward
 from prefstudio.rewards.user_preference import TasteReward
 from prefstudio.shipped import CHECKPOINTS, DEFAULT_BANK
 from prefstudio.store.history import HistoryStore, ImageRecord, Judgment
-from prefstudio.validation import MAX_WEIGHT, validate_prompt, validate_seed, validate_weights, whole_number
+from prefstudio.validation import (
+    MAX_WEIGHT, validate_prompt, validate_seed, validate_weights, weight_mapping, whole_number,
+)
 
 DEFAULT_ADAPTER = CHECKPOINTS / "preference_adapter_embedded"
 USER_WEIGHT = 0.75  # 000 app. D: the user model's weight in guided generation
@@ -418,7 +420,7 @@ class Studio:
         preset, the defaults, each overridden by `weights`. A preset whose rewards or blended profiles are not
         here is refused, saying which."""
         if preset is None:  # named weights change those rewards; the others keep their defaults
-            return self.default_weights() | dict(weights or {})
+            return self.default_weights() | weight_mapping(weights or {})
         stored = self.store.get_preset(profile, preset)
         offered = {"user", *self.base_rewards}
         for name in stored.weights:
@@ -432,10 +434,11 @@ class Studio:
                 except NotFound:
                     raise NotFound(f"preset {stored.name!r} blends profile {other!r}, which is not a profile here: "
                                    "import that profile's file, or save the preset without it") from None
-        return stored.weights | dict(weights or {})
+        return stored.weights | weight_mapping(weights or {})
 
     def save_preset(self, profile: str, name: str, weights: dict[str, float]):
         """Store a blend as a named preset of `profile`, once every reward it names is here."""
+        weights = weight_mapping(weights)
         self.rewards(profile, weights)  # an unknown or unfitted blended profile is refused now
         self._check_known(weights)
         return self.store.save_preset(profile, name, weights)
@@ -534,7 +537,9 @@ class Studio:
         prompt = validate_prompt(prompt)
         seed = secrets.randbelow(2**31) if seed is None else validate_seed(seed)
         self.store.get_profile(profile)  # a missing profile is not one without a fit
-        weights = dict(self.default_weights() if weights is None else weights)
+        weights = weight_mapping(self.default_weights() if weights is None else weights)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise InvalidInput(f"stop must be a threading.Event or None, got {echo(stop)}")
         rewards = self.rewards(profile, weights)
         if "user" not in rewards:
             raise NotFound(no_fit_yet(profile))
@@ -758,6 +763,8 @@ class Studio:
 def validate_strength(strength) -> float:
     """Guidance strength: how far from the seed's noise it may go, 0 (the baseline) to 1."""
     try:
+        if isinstance(strength, bool):  # True is no strength, though float(True) is 1
+            raise TypeError
         strength = float(strength)
     except (TypeError, ValueError):
         raise InvalidInput(f"strength must be a number in [0, 1], got {echo(strength)}") from None

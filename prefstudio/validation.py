@@ -162,13 +162,22 @@ def profile_name_keys(name: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+def weight_mapping(weights) -> dict:
+    """Reward weights as given to the library: a mapping of names to numbers, checked later."""
+    if not isinstance(weights, Mapping):
+        raise InvalidInput(f"weights must be a mapping of reward names to numbers, got {echo(weights)}")
+    return dict(weights)
+
+
 def validate_weights(weights: Mapping[str, float], known: set[str]) -> dict[str, float]:
     """Reward weights: finite, in [0, MAX_WEIGHT], names the backend offers, not all zero."""
     checked = {}
-    for name, value in weights.items():
+    for name, value in weight_mapping(weights).items():
         if name not in known:
             raise InvalidInput(f"unknown reward {echo(name)}; available: {', '.join(sorted(known))}")
         try:
+            if isinstance(value, bool):  # True is no weight, though float(True) is 1
+                raise TypeError
             value = float(value)
         except (TypeError, ValueError):
             raise InvalidInput(f"weight of {echo(name)} must be a number, got {echo(value)}") from None

@@ -328,7 +328,8 @@ def test_label_tab_suggest_puts_the_most_informative_pair_next(tmp_path):
         c.predict("lena", "a lighthouse at dusk", 4, "1, 2, 3, 4", api_name="/generate_candidates")
         shas = [r.sha256 for r in studio.generate_candidates("a lighthouse at dusk", seeds=[1, 2, 3, 4])]
         top = studio.suggest("lena", shas, top=1)[0]
-        *_, pair_info, status, _, _ = c.predict("lena", api_name="/suggest")  # …, pair status, pair on screen
+        # …, pair status, pair on screen, candidate on screen
+        *_, pair_info, status, _, _, _ = c.predict("lena", api_name="/suggest")
         # Named as the pair view names them: by seed, and on which side each now is.
         seed = {sha: i + 1 for i, sha in enumerate(shas)}
         said = value(status)

@@ -218,8 +218,8 @@ def check_judgment(kind: str, image_a: str, image_b: str | None) -> None:
             raise InvalidInput(f"a {kind} judgment compares two images; got one")
         raise InvalidInput(f"a {kind} judgment is about one image; got two")
     for image in (image_a, image_b):
-        if image is not None and not isinstance(image, str):
-            raise InvalidInput(f"{echo(image)} is not an image id (a string of 64 hexadecimal characters)")
+        if (image is not None or image is image_a) and not isinstance(image, str):
+            raise InvalidInput(f"an image id must be text (64 hexadecimal characters), got {echo(image)}")
     if image_a == image_b:
         raise InvalidInput(f"a {kind} judgment needs two different images; got the same twice")
 
