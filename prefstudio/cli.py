@@ -400,10 +400,11 @@ def cmd_grid(args, studio) -> dict:
                     "strength": grid.strength, "iterations": args.iterations,
                     "cells": [{"weights": c.weights, "image": c.side.personalized.record.sha256,
                                "scores": c.side.personalized.normalised} for c in cells]}})
+    repeats = grid.repeats(studio.store.load_image)
     return {"grid": str(path), "seed": grid.seed, "axes": grid.axes,
             "cells": [{"weights": c.weights, "id": c.side.personalized.record.sha256, "improved": c.side.improved,
                        "scores": {n: round(v, 4) for n, v in c.side.personalized.normalised.items()}}
-                      for c in cells]}
+                      | ({"same_image_as": same} if same else {}) for c, same in zip(cells, repeats)]}
 
 
 def cmd_personalize(args, studio) -> dict:

@@ -13,6 +13,7 @@ costs and buys.
 """
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -45,6 +46,17 @@ class TradeOffGrid:
     def cells(self) -> list[TradeOffCell]:
         return [cell for row in self.rows for cell in row]
 
+    def repeats(self, load_image) -> list[int | None]:
+        """For each cell in reading order, the number (from 1) of the first earlier cell showing
+        the same pixels, else None: neighbouring weights can have one pick, and the caption of
+        each must not read as if its image differed."""
+        first, out = {}, []
+        for number, cell in enumerate(self.cells(), 1):
+            pixels = load_image(cell.side.personalized.record.sha256).convert("RGB").tobytes()
+            out.append(first.setdefault(pixels, number) if pixels in first else None)
+            first.setdefault(pixels, number)
+        return out
+
 
 def check_axes(axes, steps: int | None) -> tuple[list[str], int]:
     """Two or three different rewards, and a number of steps within bounds."""
@@ -76,7 +88,11 @@ def reward_label(name: str) -> str:
 
 
 def _font(size: int):
-    return ImageFont.load_default(size=size)
+    """DejaVu Sans (shipped with matplotlib, a requirement): accents, Greek, Cyrillic, Hebrew and
+    Arabic, which Pillow's default font draws as boxes. Not CJK or emoji."""
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
 
 
 def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
@@ -101,6 +117,7 @@ def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
     draw.text((GAP, 6 + size + 6), "weights shared among: " + " · ".join(reward_label(a) for a in grid.axes)
               + "   (scores: normalised, higher is more of it)", fill="dimgray", font=_font(size))
     font = _font(size)
+    repeats = iter(grid.repeats(load_image))
     for r, (row, images) in enumerate(zip(grid.rows, pictures)):
         top = TITLE_BAND + r * (height + band)
         offset = (columns - len(row)) * (width + GAP) // 2  # a triangle's rows are centred
@@ -116,6 +133,9 @@ def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
                 text = f"{reward_label(name)[:22]} {value:+z.2f}" if value is not None else reward_label(name)
                 draw.text((x, y + line * (k + 1)), text, fill="black" if name in grid.axes else "dimgray",
                           font=font)
-            if not cell.side.improved:
-                draw.text((x, y + line * (len(shown) + 1)), "no gain over the baseline", fill="firebrick", font=font)
+            same, gain = next(repeats), cell.side.improved
+            note = (f"no gain; same as image {same}" if same and not gain else f"same image as image {same}" if same
+                    else "no gain over the baseline" if not gain else "")
+            if note:
+                draw.text((x, y + line * (len(shown) + 1)), note, fill="firebrick", font=font)
     return sheet

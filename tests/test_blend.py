@@ -628,3 +628,30 @@ def test_the_score_chart_keeps_each_rewards_colour_and_ends_where_the_run_ended(
     assert alone.color_map[reward_label("prompt_consistency")] == blended.color_map[reward_label("prompt_consistency")]
     assert alone.x_lim == [0, 25]
     assert GenerateTab._trace(progress(["user"]), 100).x_lim == [0, 100]  # while it runs: the planned length
+
+
+def _mask(font, text: str) -> list[int]:
+    return list(font.getmask(text))
+
+
+def test_a_grid_says_which_images_repeat_and_draws_letters_beyond_ascii():
+    """Found by a review: cells 1-3 of a grid were the same picture (the pool's pick for each of
+    their weights), each captioned with other weights as if it differed; and "kapitän", Greek,
+    Cyrillic and Arabic in a title came out as boxes."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from prefstudio.trade_off import TradeOffCell, TradeOffGrid, _font
+
+    pictures = {"a": Image.new("RGB", (32, 32), "red"), "b": Image.new("RGB", (32, 32), "red"),
+                "c": Image.new("RGB", (32, 32), "blue"), "d": Image.new("RGB", (32, 32), "blue")}
+    cells = [TradeOffCell({"user": 1 - w, "profile:bob": w}, SimpleNamespace(
+        personalized=SimpleNamespace(record=SimpleNamespace(sha256=sha), normalised={"user": 0.1}), improved=True))
+        for sha, w in zip("abcd", (0.0, 1 / 3, 2 / 3, 1.0))]
+    grid = TradeOffGrid("Jürgen", "Donaudampfschifffahrtskapitän", 7, ["user", "profile:bob"], 3, 0.5, [cells])
+    assert grid.repeats(pictures.__getitem__) == [None, 1, None, 3]
+    draw_grid(grid, pictures.__getitem__)  # draws, with "same image as image 1" under the second
+    unassigned = _mask(_font(14), "\u0378")  # a code point with no glyph in any font
+    for letter in "äéßΩЖم":
+        assert _mask(_font(14), letter) != unassigned, letter
