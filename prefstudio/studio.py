@@ -295,6 +295,8 @@ class Studio:
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:
         """[N, D] encoder features of stored images, computed once and cached in the store."""
+        if isinstance(shas, (str, bytes)) or not isinstance(shas, (list, tuple)):
+            raise InvalidInput(f"image ids must be a list of ids, got {echo(shas)}")
         cached = self.store.get_features(self.encoder.name, shas)
         missing = [s for s in dict.fromkeys(shas) if s not in cached]
         if missing:

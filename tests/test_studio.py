@@ -152,6 +152,8 @@ def _rows(studio) -> dict:
      "stop must be a threading.Event or None, got 'yes'"),
     (lambda s, shas: s.judge("alice", "like", None), r"an image id must be text \(64 hexadecimal characters\), got None"),
     (lambda s, shas: s.save_preset("alice", "p", None), "weights must be a mapping of reward names to numbers, got None"),
+    (lambda s, shas: s.features(None), "image ids must be a list of ids, got None"),
+    (lambda s, shas: s.features(shas[0]), "image ids must be a list of ids, got '"),
 ])
 def test_the_library_refuses_wrong_inputs_in_one_line_and_changes_nothing(fitted_library, call, message):
     """Found by a review of the library as README shows it: these raised a TypeError or a sqlite
@@ -184,3 +186,9 @@ def test_seeds_must_be_a_list_of_whole_numbers(studio):
     assert len(studio.store._query("SELECT sha256 FROM images")) == before
     made = studio.generate_candidates("a fox in the snow", seeds=(s for s in (4, 5)))  # any iterable of numbers
     assert [r.seed for r in made] == [4, 5]
+
+
+def test_a_data_folder_must_be_a_path(tmp_path):
+    """Found by a review: Studio(123) failed with pathlib's TypeError."""
+    with pytest.raises(InvalidInput, match=r"^the data folder must be a path, got 123$"):
+        Studio(123)

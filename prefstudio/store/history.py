@@ -231,6 +231,8 @@ def _is_busy(error: sqlite3.Error) -> bool:
 
 class HistoryStore:
     def __init__(self, data_dir: str | Path, timeout: float = 30.0):
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise InvalidInput(f"the data folder must be a path, got {echo(data_dir)}")
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
         # Owner only (0700 folders, 0600 files): a history is one person's taste. SQLite gives
