@@ -107,16 +107,19 @@ def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
     shown = list(grid.axes) + [n for n in grid.rows[0][0].weights if n not in grid.axes]
     band = line * (2 + len(shown)) + GAP
     columns = max(len(row) for row in grid.rows)
-    sheet = Image.new("RGB", (columns * (width + GAP) + GAP, TITLE_BAND + len(grid.rows) * (height + band)),
-                      "white")
-    draw = ImageDraw.Draw(sheet)
     fixed = {n: w for n, w in grid.rows[0][0].weights.items() if n not in grid.axes}
     title = (f"“{grid.prompt[:70]}” · seed {grid.seed} · strength {grid.strength:g} · {grid.profile}"
              + (" · fixed: " + ", ".join(f"{reward_label(n)} {w:g}" for n, w in fixed.items()) if fixed else ""))
-    draw.text((GAP, 6), title, fill="black", font=_font(min(16, size + 2)))
-    draw.text((GAP, 6 + size + 6), "weights shared among: " + " · ".join(reward_label(a) for a in grid.axes)
-              + "   (scores: normalised, higher is more of it)", fill="dimgray", font=_font(size))
-    font = _font(size)
+    subtitle = ("weights shared among: " + " · ".join(reward_label(a) for a in grid.axes)
+                + "   (scores: normalised, higher is more of it)")
+    title_font, font = _font(min(16, size + 2)), _font(size)
+    # As wide as the title and subtitle: a grid of two images would cut them off.
+    text_width = max(title_font.getlength(title), font.getlength(subtitle)) + 2 * GAP
+    sheet = Image.new("RGB", (max(columns * (width + GAP) + GAP, int(text_width) + 1),
+                              TITLE_BAND + len(grid.rows) * (height + band)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((GAP, 6), title, fill="black", font=title_font)
+    draw.text((GAP, 6 + size + 6), subtitle, fill="dimgray", font=font)
     repeats = iter(grid.repeats(load_image))
     for r, (row, images) in enumerate(zip(grid.rows, pictures)):
         top = TITLE_BAND + r * (height + band)

@@ -651,7 +651,14 @@ def test_a_grid_says_which_images_repeat_and_draws_letters_beyond_ascii():
         for sha, w in zip("abcd", (0.0, 1 / 3, 2 / 3, 1.0))]
     grid = TradeOffGrid("Jürgen", "Donaudampfschifffahrtskapitän", 7, ["user", "profile:bob"], 3, 0.5, [cells])
     assert grid.repeats(pictures.__getitem__) == [None, 1, None, 3]
-    draw_grid(grid, pictures.__getitem__)  # draws, with "same image as image 1" under the second
+    sheet = draw_grid(grid, pictures.__getitem__)  # with "same image as image 1" under the second
+    # Found by the same review: a grid of two images cut its title and subtitle off mid-word.
+    two = TradeOffGrid("Jürgen", "a lighthouse at dusk on a rocky coast", 7, ["user", "profile:bob"], 1, 0.5,
+                       [cells[:2]])
+    narrow = draw_grid(two, pictures.__getitem__)
+    right_edge = narrow.crop((narrow.width - 6, 0, narrow.width, 40)).convert("L")
+    assert narrow.width > 2 * (32 + 8) + 8 and right_edge.getextrema()[0] == 255  # the text ends inside
+    assert sheet.width >= 4 * 32
     unassigned = _mask(_font(14), "\u0378")  # a code point with no glyph in any font
     for letter in "äéßΩЖم":
         assert _mask(_font(14), letter) != unassigned, letter
