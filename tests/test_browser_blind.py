@@ -152,10 +152,11 @@ def test_the_evaluate_tab_fits_a_phone_as_the_other_tabs_do(server, page):
         phone.goto(url + "/", wait_until="load")
         phone.wait_for_selector("#ps-generate", timeout=SLOW)
         widths = {}
-        for tab in ("Label", "Evaluate"):
+        for tab in ("Label", "Profile", "Generate", "Evaluate"):
             phone.get_by_role("tab", name=tab).click()
             phone.wait_for_timeout(1000)
             widths[tab] = phone.evaluate("document.documentElement.scrollWidth")
-        assert widths["Evaluate"] <= widths["Label"], widths
+        # No tab scrolls sideways: a second review found every tab 400 px wide (gradio's container).
+        assert all(width <= 390 for width in widths.values()), widths
     finally:
         phone.close()

@@ -102,8 +102,16 @@ SHORTCUTS_JS = """
 }
 """
 
+# In the page's head: gradio scopes its `css` inside the app, and these margins are outside it.
+PHONE_MARGINS = ("<style>@media (max-width: 480px) { .gradio-container .main.fillable "
+                 "{ padding-left: 12px !important; padding-right: 12px !important; } }</style>")
+
 CSS = """
-.gradio-container { max-width: 1240px !important; margin: 0 auto !important; }
+/* width 100 %: gradio's own made the page 400 px wide on a 390 px phone, so every tab scrolled sideways.
+   On a phone, narrower margins (PHONE_MARGINS) and tab labels keep all four tabs in the bar, not behind "…". */
+.gradio-container { max-width: 1240px !important; width: 100% !important; min-width: 0 !important;
+                    margin: 0 auto !important; }
+@media (max-width: 480px) { [role=tab] { padding-left: 10px !important; padding-right: 10px !important; } }
 #ps-header { align-items: flex-end; }
 #ps-header h1 { margin: 0; font-size: 1.9em; }
 #ps-models { font-size: 0.88em; opacity: 0.85; }
@@ -298,7 +306,7 @@ def launch_options() -> dict:
     # still could not make the page fetch an outside address.
     policy = "img-src 'self' data: blob:; media-src 'self' data: blob:"
     return {"theme": theme, "css": CSS, "js": SHORTCUTS_JS,
-            "head": f'<meta http-equiv="Content-Security-Policy" content="{policy}">'}
+            "head": f'<meta http-equiv="Content-Security-Policy" content="{policy}">{PHONE_MARGINS}'}
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool = False,
