@@ -47,15 +47,20 @@ class TradeOffGrid:
         return [cell for row in self.rows for cell in row]
 
     def repeats(self, load_image) -> list[int | None]:
-        """For each cell in reading order, the number (from 1) of the first earlier cell showing
-        the same pixels, else None: neighbouring weights can have one pick, and the caption of
-        each must not read as if its image differed."""
-        first, out = {}, []
-        for number, cell in enumerate(self.cells(), 1):
-            pixels = load_image(cell.side.personalized.record.sha256).convert("RGB").tobytes()
-            out.append(first.setdefault(pixels, number) if pixels in first else None)
-            first.setdefault(pixels, number)
-        return out
+        """`repeated_pictures` of the cells' images, in reading order."""
+        return repeated_pictures([load_image(cell.side.personalized.record.sha256) for cell in self.cells()])
+
+
+def repeated_pictures(pictures: list[Image.Image]) -> list[int | None]:
+    """For each picture, the number (from 1) of the first earlier one with the same pixels, else
+    None: neighbouring weights of a grid can have one pick, and the caption of each must not
+    read as if its image differed."""
+    first, out = {}, []
+    for number, picture in enumerate(pictures, 1):
+        pixels = picture.convert("RGB").tobytes()
+        out.append(first.get(pixels))
+        first.setdefault(pixels, number)
+    return out
 
 
 def check_axes(axes, steps: int | None) -> tuple[list[str], int]:
@@ -120,7 +125,7 @@ def draw_grid(grid: TradeOffGrid, load_image) -> Image.Image:
     draw = ImageDraw.Draw(sheet)
     draw.text((GAP, 6), title, fill="black", font=title_font)
     draw.text((GAP, 6 + size + 6), subtitle, fill="dimgray", font=font)
-    repeats = iter(grid.repeats(load_image))
+    repeats = iter(repeated_pictures([picture for row in pictures for picture in row]))
     for r, (row, images) in enumerate(zip(grid.rows, pictures)):
         top = TITLE_BAND + r * (height + band)
         offset = (columns - len(row)) * (width + GAP) // 2  # a triangle's rows are centred

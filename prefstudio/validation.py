@@ -34,6 +34,7 @@ LINE_CONTROLS = frozenset("\t\n\r")
 # Letters and symbols that draw as nothing: Hangul fillers (letters to Unicode) and the blank
 # Braille pattern. A name or prompt of them shows as blank, or as another name with a gap.
 BLANK_SYMBOLS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+MAX_MARKS_PER_LETTER = 3  # accents on accents beyond this hide which letter is under them
 
 
 def _refuse_constant(name: str):
@@ -90,9 +91,6 @@ def strip_hidden_characters(text: str) -> str:
     control characters become spaces; surrogates and direction overrides are dropped."""
     return "".join(" " if unicodedata.category(c) == "Cc" and c not in LINE_CONTROLS else c
                    for c in text if unicodedata.category(c) != "Cs" and c not in BIDI_CONTROLS)
-
-
-MAX_MARKS_PER_LETTER = 3  # accents on accents beyond this hide which letter is under them
 
 
 def profile_name_as_stored(name: str) -> str:

@@ -217,8 +217,8 @@ def check_judgment(kind: str, image_a: str, image_b: str | None) -> None:
         if kind in ("pair", "tie"):
             raise InvalidInput(f"a {kind} judgment compares two images; got one")
         raise InvalidInput(f"a {kind} judgment is about one image; got two")
-    for image in (image_a, image_b):
-        if (image is not None or image is image_a) and not isinstance(image, str):
+    for image in (image_a,) if image_b is None else (image_a, image_b):
+        if not isinstance(image, str):
             raise InvalidInput(f"an image id must be text (64 hexadecimal characters), got {echo(image)}")
     if image_a == image_b:
         raise InvalidInput(f"a {kind} judgment needs two different images; got the same twice")
@@ -413,13 +413,19 @@ class HistoryStore:
         rows = self._query("SELECT id, name, created FROM profiles ORDER BY name COLLATE NOCASE")
         return [Profile(*row) for row in rows]
 
+    def find_profile(self, name: str) -> Profile | None:
+        """The profile of that name, read as creation stores names ("Jose" + U+0301 and "  bob  "
+        are "José" and "bob"), or None."""
+        if not isinstance(name, str):
+            return None
+        rows = self._query("SELECT id, name, created FROM profiles WHERE name = ?", (profile_name_as_stored(name),))
+        return Profile(*rows[0]) if rows else None
+
     def get_profile(self, name: str) -> Profile:
-        if isinstance(name, str):  # as typed: "Jose" + U+0301 and "  bob  " are stored as "José", "bob"
-            name = profile_name_as_stored(name)
-        rows = self._query("SELECT id, name, created FROM profiles WHERE name = ?", (name,))
-        if rows:
-            return Profile(*rows[0])
-        raise NoSuchProfile(name, [p.name for p in self.list_profiles()])
+        found = self.find_profile(name)
+        if found is None:
+            raise NoSuchProfile(name, [p.name for p in self.list_profiles()])
+        return found
 
     # --- images --------------------------------------------------------------------
 

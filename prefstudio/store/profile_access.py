@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 
 from prefstudio.errors import InvalidInput, NotFound, no_profile_named
 from prefstudio.store.history import HistoryStore, Profile
-from prefstudio.validation import profile_name_as_stored
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS profile_owners (
@@ -90,13 +89,9 @@ class ProfileAccess:
 
     def lookup(self, name, login: str | None) -> Profile:
         """The profile if `login` may use it, else NotFound worded as for a missing one."""
-        if not isinstance(name, str):
+        profile = self.store.find_profile(name)
+        if profile is None:
             raise no_such_profile(name)
-        rows = self.store._query("SELECT id, name, created FROM profiles WHERE name = ?",
-                                 (profile_name_as_stored(name),))
-        if not rows:
-            raise no_such_profile(name)
-        profile = Profile(*rows[0])
         if login is not None and self.owner(profile.id) != login:
             raise no_such_profile(name)
         return profile
