@@ -524,6 +524,8 @@ NEEDS_HISTORY = {"judge", "import-pairs", "fit", "suggest", "personalize", "pres
 def run(args: argparse.Namespace) -> dict:
     if args.device is not None:
         validate_device_name(args.device)
+    if not str(args.data):  # Path("") is the current folder: an unset shell variable, not a choice
+        raise InvalidInput("--data is empty: name the history folder (default ./data)")
     if (args.command in NEEDS_HISTORY or args.command == "profile" and args.action != "create") \
             and not Path(args.data).exists():
         raise InvalidInput(f"--data {echo(str(args.data))} does not exist, so it holds no profiles: check the path "

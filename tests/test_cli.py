@@ -786,3 +786,23 @@ def test_deleting_a_profile_that_does_not_exist_is_said_before_any_confirmation(
     run_cli(capsys, data, "profile", "create", "alice")
     assert refused(capsys, data, "profile", "delete", "nobody").startswith("error: no profile named 'nobody'")
     assert "add --yes to confirm" in refused(capsys, data, "profile", "delete", "alice")
+
+
+def test_a_data_folder_of_other_files_is_refused_even_for_a_listing(tmp_path, capsys):
+    """Found by a review: `--data pics profile list` turned a folder of photos into a history."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "photo.jpg").write_bytes(b"a photo")
+    for argv in (["profile", "list"], ["profile", "create", "alice"]):
+        assert "is not a PrefStudio data folder" in refused(capsys, pictures, *argv)
+    assert os.listdir(pictures) == ["photo.jpg"]
+    code, out, err = cli_in(tmp_path, "--data", "", "profile", "list")
+    assert code == 2 and "--data is empty" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["pictures"]
+
+
+def cli_in(folder: Path, *argv) -> tuple[int, str, str]:
+    """The CLI as a separate process started in `folder`."""
+    done = subprocess.run([sys.executable, "-m", "prefstudio", *argv], cwd=folder, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr

@@ -1334,3 +1334,30 @@ def test_an_import_killed_before_its_transaction_leaves_no_image_files_after_the
         assert not list((data / "images").glob(".import-*"))  # nor its notes
         assert [j.image_a for j in store.judgments("Alice")] == [kept[0].image_b]
         assert [p.name for p in store.list_profiles()] == ["Alice"]
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+    """Found by a review: `--data ~/Pictures` (or an empty `--data ""`, the current folder) made
+    the folder a history: a database and images/ among the person's files, and the folder 0700."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    (pictures / "photo.jpg").write_bytes(b"a photo")
+    os.chmod(pictures, 0o755)
+    with pytest.raises(InvalidInput, match="is not a PrefStudio data folder"):
+        HistoryStore(pictures)
+    assert os.listdir(pictures) == ["photo.jpg"]
+    assert stat.S_IMODE(os.stat(pictures).st_mode) == 0o755
+    with pytest.raises(InvalidInput, match="data folder must be a path"):
+        HistoryStore("")
+
+
+def test_an_empty_folder_and_a_folder_the_studio_wrote_become_a_history(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with HistoryStore(tmp_path / "empty") as store:
+        store.create_profile("alice")
+    banks_first = tmp_path / "banks-first"  # `python -m prefstudio bank` writes here before any profile
+    (banks_first / "user_banks").mkdir(parents=True)
+    with HistoryStore(banks_first) as store:
+        store.create_profile("alice")
+    with HistoryStore(banks_first) as store:  # and it opens again, now among its own files
+        assert [p.name for p in store.list_profiles()] == ["alice"]

@@ -229,20 +229,31 @@ def _is_busy(error: sqlite3.Error) -> bool:
     return error.sqlite_errorname == "SQLITE_BUSY"
 
 
+# What the studio itself writes into a data folder besides history.sqlite3: a folder holding
+# only these (`python -m prefstudio bank` run before any profile) may still become a history.
+DATA_FOLDER_ENTRIES = {"history.sqlite3-wal", "history.sqlite3-shm", "images", "ui-cache", "user_banks",
+                       "models", "reward_calibration.json", "browser-secret"}
+
+
 class HistoryStore:
     def __init__(self, data_dir: str | Path, timeout: float = 30.0):
-        if not isinstance(data_dir, (str, os.PathLike)):
+        if not isinstance(data_dir, (str, os.PathLike)) or not str(data_dir):
             raise InvalidInput(f"the data folder must be a path, got {echo(data_dir)}")
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
-        # Owner only (0700 folders, 0600 files): a history is one person's taste. SQLite gives
-        # its -wal and -shm files the database file's mode.
+        self.db_path = self.data_dir / "history.sqlite3"
         in_the_way = next((p for p in (self.data_dir, *self.data_dir.parents) if p.exists()), None)
         if in_the_way is not None and not in_the_way.is_dir():
             raise InvalidInput(f"the data folder {self.data_dir} cannot be made: {in_the_way} is a file, not a folder")
+        if in_the_way == self.data_dir and not self.db_path.exists():
+            others = sorted(set(os.listdir(self.data_dir)) - DATA_FOLDER_ENTRIES)
+            if others:  # a typo'd --data must not turn someone's folder into a history
+                raise InvalidInput(f"{self.data_dir} is not a PrefStudio data folder (it holds {echo(others[0])} and "
+                                   "no history.sqlite3): name a new or empty folder, or an existing data folder")
+        # Owner only (0700 folders, 0600 files): a history is one person's taste. SQLite gives
+        # its -wal and -shm files the database file's mode.
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.images_dir.mkdir(mode=0o700, exist_ok=True)
-        self.db_path = self.data_dir / "history.sqlite3"
         os.close(os.open(self.db_path, os.O_CREAT | os.O_RDWR, 0o600))
         for path, mode in ((self.data_dir, 0o700), (self.images_dir, 0o700), (self.db_path, 0o600)):
             make_private(path, mode)
