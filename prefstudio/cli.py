@@ -352,12 +352,12 @@ def cmd_generate(args, studio) -> dict:
 
     records = studio.generate_candidates(args.prompt, n=args.n, seeds=args.seeds)
     if args.out:
+        targets = new_or_ours(args.out, {r.sha256: f"{r.sha256[:12]}-seed{r.seed}.png" for r in records})
         _make_out_folder(args.out)
         for r in records:
             info = {"prompt": r.prompt, "seed": r.seed, "generator": r.generator, "params": r.params,
                     "role": "candidate"}
-            write_png_with_provenance(studio.store.load_image(r.sha256),
-                                      args.out / f"{r.sha256[:12]}-seed{r.seed}.png", info)
+            write_png_with_provenance(studio.store.load_image(r.sha256), targets[r.sha256], info)
     return {"images": [{"id": r.sha256, "seed": r.seed, "path": str(r.path)} for r in records]}
 
 
@@ -410,6 +410,8 @@ def cmd_grid(args, studio) -> dict:
 def cmd_personalize(args, studio) -> dict:
     if args.adapter_scale is not None and args.method != "ppd":
         raise InvalidInput(f"--adapter-scale is read by --method ppd only, not {args.method}")
+    if args.seed is not None:  # before minutes of guidance, where the names are known
+        side_by_side_paths(args.out, args.seed)
     weights = studio.blend_weights(args.profile, _weights(args.weight), args.preset)
     result = studio.personalize_once(args.profile, args.prompt, seed=args.seed,
                                      weights=weights, iterations=args.iterations,
@@ -597,6 +599,25 @@ def _caption(sheet, x: int, y: int, width: int, lines: list[str]) -> None:
         draw.text((x + 4, y + 4 + i * (size + 4)), line, fill="black", font=font)
 
 
+def side_by_side_paths(out: Path, seed: int) -> dict[str, Path]:
+    """The three files a personalize run writes into `out`, each checked to be new or one
+    PrefStudio wrote, so that a file of the person's is never written over."""
+    return new_or_ours(out, {key: f"seed{seed}-{name}.png" for key, name in
+                             (("baseline", "baseline"), ("personalized", "personalized"),
+                              ("side_by_side", "side-by-side"))})
+
+
+def new_or_ours(out: Path, names: dict) -> dict:
+    """`names`' paths in the folder `out` (which may be new), once each is checked to be new
+    or a PNG PrefStudio wrote."""
+    out = validate_output_folder(out)
+    paths = {key: out / name for key, name in names.items()}
+    if out.is_dir():
+        for path in paths.values():
+            validate_png_output(path)
+    return paths
+
+
 def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: str = "auto") -> dict[str, Path]:
     """Write the baseline, the personalized image and a labelled side-by-side sheet into `out`
     (created if its parent exists), each a PNG carrying prompt, seed, generator, reward weights
@@ -606,8 +627,8 @@ def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: s
     from prefstudio.provenance import fit_summary, write_png_with_provenance
 
     out = Path(out)
+    targets = side_by_side_paths(out, result.seed)
     _make_out_folder(out)
-    stem = f"seed{result.seed}"
     profile = result.personalized.record.params.get("personalized_for")
     images = {"baseline": result.baseline, "personalized": result.personalized}
     pictures = {side: Image.open(scored.record.path).convert("RGB") for side, scored in images.items()}
@@ -616,7 +637,7 @@ def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: s
     paths = {}
     for side, scored in images.items():
         paths[side] = write_png_with_provenance(
-            pictures[side], out / f"{stem}-{side}.png",
+            pictures[side], targets[side],
             shared | {"generator": scored.record.generator, "params": scored.record.params, "role": side,
                       "scores": scored.normalised})
 
@@ -634,7 +655,7 @@ def save_side_by_side(result, out: str | Path, fit: dict | None = None, model: s
         _caption(sheet, x, picture.height, picture.width,
                  [f"{label} · seed {result.seed} · strength {result.strength:g}", score_text, verdict[side]])
     paths["side_by_side"] = write_png_with_provenance(
-        sheet, out / f"{stem}-side-by-side.png",
+        sheet, targets["side_by_side"],
         shared | {"generator": result.personalized.record.generator, "role": "side-by-side",
                   "scores": {f"{side}.{name}": value for side, scored in images.items()
                              for name, value in scored.normalised.items()}})

@@ -166,3 +166,30 @@ def test_generate_out_writes_pngs_with_provenance(personalized):
     assert len(files) == 2
     seeds = sorted(read_provenance(f)["seed"] for f in files)
     assert seeds == [3, 4] and all(read_provenance(f)["role"] == "candidate" for f in files)
+
+
+def test_personalize_and_generate_never_write_over_a_file_of_the_persons(personalized, capsys):
+    """Found by a review: `personalize --out out2` replaced out2/seed7-baseline.png, a file of
+    the person's, where `grid --out` and `export` refuse."""
+    base = ["--data", str(personalized / "data"), "--model", "embedded"]
+    mine = personalized / "mine"
+    mine.mkdir()
+    (mine / "seed7-side-by-side.png").write_text("my notes")
+    capsys.readouterr()
+    assert cli.main(base + ["personalize", "alice", "a lighthouse at dusk", "--seed", "7", "--iterations", "1",
+                            "--out", str(mine)]) == 2
+    assert "is not an image PrefStudio wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["seed7-side-by-side.png"]  # nothing written beside it either
+    assert (mine / "seed7-side-by-side.png").read_text() == "my notes"
+    # a run's own files are PrefStudio's: running the same command again replaces them
+    again = ["personalize", "alice", "a lighthouse at dusk", "--seed", "7", "--iterations", "1",
+             "--out", str(personalized / "out")]
+    assert cli.main(base + again) == 0
+    cand = sorted(p.name for p in (personalized / "cand").iterdir())  # generate's names for seeds 3 and 4
+    mine_too = personalized / "mine-too"
+    mine_too.mkdir()
+    (mine_too / cand[0]).write_text("my notes")
+    capsys.readouterr()
+    assert cli.main(base + ["generate", "a fox in the snow", "--seeds", "3", "4", "--out", str(mine_too)]) == 2
+    assert "is not an image PrefStudio wrote" in capsys.readouterr().err
+    assert [p.name for p in mine_too.iterdir()] == [cand[0]] and (mine_too / cand[0]).read_text() == "my notes"
