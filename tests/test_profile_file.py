@@ -642,3 +642,19 @@ def test_a_file_cut_short_says_it_is_incomplete(store, exported, tmp_path):
     message = str(caught.value)
     assert "cut short" in message and f"{len(data):,} bytes" in message and len(message.splitlines()) == 1, message
     assert snapshot(store) == before
+
+
+def test_export_never_writes_a_file_that_import_would_refuse_and_import_says_why(store, tmp_path, monkeypatch):
+    """Found by a review: a profile of 105,570 judgments exported to a 25 MB file whose header
+    was over import's limit; importing it then said "not a PrefStudio profile file"."""
+    exported = export_profile(store, "Alice", tmp_path / "alice.prefstudio")
+    header_bytes = int.from_bytes(exported.read_bytes()[:8], "little")
+    monkeypatch.setattr(validation, "MAX_PROFILE_HEADER_BYTES", header_bytes - 8)
+    with pytest.raises(InvalidInput, match=r"header of .* over the .* a profile file may have") as caught:
+        export_profile(store, "Alice", tmp_path / "too-big.prefstudio")
+    assert "5 judgments" in str(caught.value)
+    assert not (tmp_path / "too-big.prefstudio").exists()
+    before = snapshot(store)
+    with pytest.raises(InvalidInput, match=r"its header is .* over the .* a profile file may have"):
+        import_profile(store, exported, new_name="Alice again")
+    assert snapshot(store) == before

@@ -160,8 +160,18 @@ def export_profile(store: HistoryStore, profile_name: str, path: str | os.PathLi
     profile_json = _canonical_json(content)
     metadata = {"format": FORMAT, "version": str(VERSION), "profile": profile_json,
                 "digest": content_digest(profile_json, tensors)}
-    write_atomically(path, serialize(tensors, metadata))
+    data = serialize(tensors, metadata)
+    header = int.from_bytes(data[:8], "little")
+    if header > validation.MAX_PROFILE_HEADER_BYTES:  # import would refuse it: no backup that cannot be restored
+        raise InvalidInput(f"{profile.name}'s file would have a header of {_size(header)} (its {len(judgments):,} "
+                           f"judgments and {len(images):,} images), over the {_size(validation.MAX_PROFILE_HEADER_BYTES)} "
+                           "a profile file may have: nothing was written; to keep all of it, copy the data folder")
+    write_atomically(path, data)
     return path
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n:,} bytes"
 
 
 # --- import ------------------------------------------------------------------------
@@ -248,8 +258,13 @@ def _read_header(file, size: int) -> tuple[dict, dict[str, _Entry]]:
         raise _not_safetensors("shorter than its header")
     head = file.read(8)
     length = int.from_bytes(head, "little")
-    if length > validation.MAX_PROFILE_HEADER_BYTES or any(head.startswith(m) for m, _ in _OTHER_KINDS):
-        raise _not_a_profile_file(head)  # no safetensors header is that long: another kind of file
+    if any(head.startswith(m) for m, _ in _OTHER_KINDS) \
+            or length > validation.MAX_PROFILE_HEADER_BYTES and length > size - 8:
+        raise _not_a_profile_file(head)  # a header longer than the file: another kind of file
+    if length > validation.MAX_PROFILE_HEADER_BYTES:
+        raise InvalidInput(f"its header is {_size(length)}, over the {_size(validation.MAX_PROFILE_HEADER_BYTES)} "
+                           "a profile file may have (a profile of tens of thousands of judgments): "
+                           "nothing was imported")
     if length > size - 8:
         raise _not_safetensors(f"a header of {length:,} bytes in a file of {size:,}")
     try:
