@@ -43,6 +43,9 @@ def validate_png_output(path: Path) -> Path:
     return validate_output_file(path, written_by_prefstudio, "an image PrefStudio wrote")
 
 
+DEFAULT_DATA = "data"
+DEFAULT_PREFERENCE_MODEL = "auto"
+
 # Commands that read or write only the history store: they never import torch or the models,
 # so they start in well under a second.
 STORE_COMMANDS = ("profile", "judge", "export", "import", "preset")  # preset save checks with the studio
@@ -78,7 +81,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "Face id or a local diffusers folder; 'auto' = sd-turbo on CUDA if its weights are "
                              "here, else the embedded offline generator (default auto)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
-    parser.add_argument("--preference-model", default="auto",
+    parser.add_argument("--preference-model", default=DEFAULT_PREFERENCE_MODEL,
                         help="preference model: 'auto' (the default: the user embedding and the preference-token "
                              "model combined for each person), 'user-embedding' (a fitted user embedding, cold-started "
                              "from the shipped user bank), 'preference-tokens' (the shipped lite preference-token model, "
@@ -129,7 +132,7 @@ class OneLineErrors(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="python -m prefstudio", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data", help="history folder (default: ./data)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="history folder (default: ./data)")
     add_model_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -326,6 +329,13 @@ def cmd_export(args, store) -> dict:
     return {"exported": str(export_profile(store, args.profile, args.file))}
 
 
+def same_history_command(args, *words: str) -> str:
+    """A command to paste that works on the same history with the same model as this one."""
+    options = ([] if args.data == DEFAULT_DATA else ["--data", str(args.data)]) + \
+              ([] if args.preference_model == DEFAULT_PREFERENCE_MODEL else ["--preference-model", args.preference_model])
+    return shlex.join(["python", "-m", "prefstudio", *options, *words])
+
+
 def cmd_import(args, store) -> dict:
     from prefstudio.store.profile_file import import_profile
 
@@ -340,7 +350,7 @@ def cmd_import(args, store) -> dict:
     others = other_models_fits(fits, args.preference_model)
     if others and args.preference_model not in fits:
         out["fit"] = (f"the file's fit is by {' and '.join(others)}; {args.preference_model} serves here: run "
-                      f"`python -m prefstudio fit {shlex.quote(imported.name)}` to fit it with {args.preference_model}")
+                      f"`{same_history_command(args, 'fit', imported.name)}` to fit it with {args.preference_model}")
     return out
 
 

@@ -707,7 +707,14 @@ def test_a_profile_fitted_by_another_model_says_so_in_the_profile_tab_and_on_imp
     elsewhere = tmp_path / "elsewhere"
     code, out, err = run_cli(capsys, elsewhere, "import", str(tmp_path / "alice.prefstudio"), "--name", "carol")
     assert code == 0, err
-    assert "the file's fit is by user-embedding; auto serves here: run `python -m prefstudio fit carol` to fit it with auto" in out
+    # the command to paste names this history (found by a review: it named ./data, and the default model)
+    assert ("the file's fit is by user-embedding; auto serves here: run "
+            f"`python -m prefstudio --data {elsewhere} fit carol` to fit it with auto") in out
+    code, out, err = run_cli(capsys, data, "--preference-model", "preference-tokens", "import",
+                             str(tmp_path / "alice.prefstudio"), "--name", "dave")
+    assert code == 0, err
+    assert (f"`python -m prefstudio --data {data} --preference-model preference-tokens fit dave` "
+            "to fit it with preference-tokens") in out
     with gr.Blocks():
         text = describe_fit(AppContext(Studio(elsewhere)), "carol")
     assert "Judge at least one" not in text
