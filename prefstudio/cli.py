@@ -128,6 +128,18 @@ class OneLineErrors(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # A command's options may stand between its words (`suggest alice --top 2 ID ID`):
+        # plain argparse gives a list of words (nargs="*") nothing once an option has come.
+        # Intermixed parsing cannot hold sub-commands, and calls this method itself.
+        if self._subparsers is not None or getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(prog="python -m prefstudio", description=__doc__,

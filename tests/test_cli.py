@@ -813,3 +813,14 @@ def cli_in(folder: Path, *argv) -> tuple[int, str, str]:
     done = subprocess.run([sys.executable, "-m", "prefstudio", *argv], cwd=folder, env=ENV,
                           capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout, done.stderr
+
+
+def test_options_may_come_between_a_commands_words():
+    """Found by a review: `suggest alice --top 2 ID ID ID`, the order the usage line shows, was
+    refused ("unrecognized arguments"), while the ids before --top worked."""
+    for argv in (["suggest", "alice", "--top", "2", "a1b2c3", "d4e5f6", "0a0b0c"],
+                 ["suggest", "alice", "a1b2c3", "--top", "2", "d4e5f6", "0a0b0c"]):
+        args = cli.build_parser().parse_args(argv)
+        assert (args.profile, args.ids, args.top) == ("alice", ["a1b2c3", "d4e5f6", "0a0b0c"], 2)
+    args = cli.build_parser().parse_args(["judge", "alice", "like", "a1b2c3", "d4e5f6"])
+    assert (args.profile, args.images) == ("alice", ["a1b2c3", "d4e5f6"])
