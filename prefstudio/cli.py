@@ -399,7 +399,10 @@ def cmd_preset_save(args, studio) -> dict:
     if not args.weight:
         raise InvalidInput("preset save needs the blend: --weight NAME=VALUE, repeated")
     preset = studio.save_preset(args.profile, args.name, _weights(args.weight))
-    return {"saved": preset.name, "profile": studio.store.get_profile(args.profile).name, "weights": preset.weights}
+    replaced = {} if preset.replaced is None else {"replaced": {"name": preset.replaced.name,
+                                                                "weights": preset.replaced.weights}}
+    return {"saved": preset.name, "profile": studio.store.get_profile(args.profile).name,
+            "weights": preset.weights} | replaced
 
 
 def cmd_grid(args, studio) -> dict:

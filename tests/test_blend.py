@@ -95,8 +95,10 @@ def test_presets_are_saved_listed_replaced_and_deleted(tmp_path):
     with HistoryStore(tmp_path) as store:
         store.create_profile("alice")
         store.create_profile("bob")
-        store.save_preset("alice", " warm mix ", {"user": 0.5, "profile:bob": 0.5})
-        store.save_preset("alice", "WARM MIX", {"user": 1.0})  # names ignore case: replaced
+        assert store.save_preset("alice", " warm mix ", {"user": 0.5, "profile:bob": 0.5}).replaced is None
+        saved = store.save_preset("alice", "WARM MIX", {"user": 1.0})  # names ignore case: replaced
+        # ... and it says so (found by a review: `preset save alice HALF-BOB` replaced half-bob without a word)
+        assert (saved.replaced.name, saved.replaced.weights) == ("warm mix", {"user": 0.5, "profile:bob": 0.5})
         assert [(p.name, p.weights) for p in store.presets("alice")] == [("WARM MIX", {"user": 1.0})]
         assert store.presets("bob") == []
         assert store.get_preset("alice", "warm mix").weights == {"user": 1.0}

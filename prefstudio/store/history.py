@@ -181,6 +181,13 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class SavedPreset(Preset):
+    """A preset just saved, and the one of the same name (in any case) it replaced."""
+
+    replaced: Preset | None = None
+
+
+@dataclass(frozen=True)
 class Judgment:
     id: int
     profile: str
@@ -767,20 +774,23 @@ class HistoryStore:
 
     # --- presets (named blends) ----------------------------------------------------
 
-    def save_preset(self, profile: str, name: str, weights: Mapping[str, float]) -> Preset:
+    def save_preset(self, profile: str, name: str, weights: Mapping[str, float]) -> SavedPreset:
         """Store (or replace) a named blend of `profile`; checked as an imported one is."""
         name = validate_preset_name(name)
         weights = validate_blend(weights)
         created = _now()
         with self._transaction() as db:
             stored = self.get_profile(profile)
+            old = db.execute("SELECT name, weights, created FROM presets WHERE profile_id = ? AND name = ?",
+                             (stored.id, name)).fetchone()
             (count,) = db.execute("SELECT COUNT(*) FROM presets WHERE profile_id = ? AND name != ?",
                                   (stored.id, name)).fetchone()
             if count >= MAX_PRESETS:
                 raise InvalidInput(f"{stored.name} already has {MAX_PRESETS} presets: delete one first")
             db.execute("INSERT OR REPLACE INTO presets VALUES (?, ?, ?, ?)",
                        (stored.id, name, json.dumps(weights), created))
-        return Preset(name, weights, created)
+        return SavedPreset(name, weights, created,
+                           None if old is None else Preset(old[0], json.loads(old[1]), old[2]))
 
     def presets(self, profile: str) -> list[Preset]:
         rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ? "

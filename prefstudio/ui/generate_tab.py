@@ -813,8 +813,12 @@ class GenerateTab:
         current = self.ctx.store.get_profile(profile).name
         preset = self.ctx.studio.save_preset(current, name, self._weights(session, values))
         shown = ", ".join(f"{markdown_text(reward_label(n))} {w:g}" for n, w in preset.weights.items())
+        replaced = "" if preset.replaced is None else (
+            f" It replaces **{markdown_text(preset.replaced.name)}** (names ignore case), which was "
+            + ", ".join(f"{markdown_text(reward_label(n))} {w:g}" for n, w in preset.replaced.weights.items()) + ".")
         return (gr.Dropdown(choices=[p.name for p in self.ctx.store.presets(current)], value=preset.name),
-                f"Saved preset **{markdown_text(preset.name)}** of {current}: {shown}. It is exported with the profile.")
+                f"Saved preset **{markdown_text(preset.name)}** of {current}: {shown}.{replaced} "
+                "It is exported with the profile.")
 
     def load_preset(self, session: GenerateSession, profile, name, request: gr.Request = None):
         if not profile:
