@@ -1,6 +1,8 @@
 """Blending tastes: other profiles as `profile:NAME` rewards, named presets (stored, exported
 with the profile, checked on import) and the trade-off grid, from the library and the CLI."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -664,3 +666,32 @@ def test_a_grid_says_which_images_repeat_and_draws_letters_beyond_ascii():
     unassigned = _mask(_font(14), "\u0378")  # a code point with no glyph in any font
     for letter in "äéßΩЖم":
         assert _mask(_font(14), letter) != unassigned, letter
+
+
+def test_a_live_run_shows_each_preview_from_one_file_written_once(studio):
+    """Found by a review: the server failed to send a file ("Too much data for declared
+    Content-Length"). Each live update handed gradio the baseline (and an unchanged preview) as a
+    picture again, which gradio writes in place at a path named by its content, while the page
+    may still be fetching it from the update before."""
+    import gradio as gr
+    from PIL import Image
+
+    from prefstudio.guidance.noise_optimization import GuidanceProgress
+    from prefstudio.ui.common import AppContext
+    from prefstudio.ui.generate_tab import GenerateTab
+    from prefstudio.ui.jobs import GenerationJob
+
+    with gr.Blocks():
+        tab = GenerateTab(AppContext(studio), gr.Dropdown(["alice"], value="alice"))
+    job = GenerationJob("alice", PROMPT, 1, 30)
+    first, later = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    job.progress = [GuidanceProgress(0, 0.0, {}, {}, 0, 0.0, first), GuidanceProgress(1, 0.1, {}, {}, 1, 0.1)]
+    views = [tab._progress_view(job) for _ in range(2)]
+    baseline = views[0][2]
+    assert isinstance(baseline, str) and Image.open(baseline).getpixel((0, 0)) == (255, 0, 0)
+    written = os.stat(baseline).st_mtime_ns
+    assert views[1][2] == baseline and views[1][3].value["path"].endswith(Path(baseline).name)
+    job.progress.append(GuidanceProgress(2, 0.2, {}, {}, 2, 0.2, later))
+    again = tab._progress_view(job)
+    assert again[2] == baseline and os.stat(baseline).st_mtime_ns == written  # not written again
+    assert Image.open(again[3].value["path"]).getpixel((0, 0)) == (0, 0, 255)

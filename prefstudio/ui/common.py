@@ -1,5 +1,6 @@
 """What every tab shares: the studio, one lock for model work, user-facing errors, thumbnails."""
 import functools
+import hashlib
 import html
 import io
 import inspect
@@ -98,6 +99,19 @@ class AppContext:
     @property
     def ui_cache(self) -> Path:
         return self.store.data_dir / "ui-cache"
+
+    def picture_file(self, picture: Image.Image) -> str:
+        """A picture as a PNG file named by its pixels, written once. A live view hands gradio
+        the same pictures update after update: handed as pictures, gradio would write each again
+        in place while the page may still be fetching it."""
+        rgb = picture.convert("RGB")
+        digest = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+        path = self.ui_cache / "pictures" / f"{digest[:32]}.png"
+        if not path.exists():
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="PNG")
+            write_atomically(path, buffer.getvalue())
+        return str(path)
 
     def run(self, fn, *args, **kwargs):
         with self.compute:

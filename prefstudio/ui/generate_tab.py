@@ -533,8 +533,9 @@ class GenerateTab:
             return (f"Starting: seed **{job.seed}** …", job.seed, None, None, "", "", self._trace([], job.iterations),
                     gr.skip())
         item = job.progress[-1]
-        baseline = next((p.preview for p in job.progress if p.preview is not None), None)
-        preview = next((p.preview for p in reversed(job.progress) if p.preview is not None), None)
+        first = next((p.preview for p in job.progress if p.preview is not None), None)
+        latest = next((p.preview for p in reversed(job.progress) if p.preview is not None), None)
+        baseline, preview = (None if picture is None else self.ctx.picture_file(picture) for picture in (first, latest))
         done = item.iteration / max(job.iterations, 1)
         bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
         text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+z.2f} · "
