@@ -465,3 +465,21 @@ def test_text_from_a_file_shows_literally_with_no_link(page):
             assert shown.locator("a").count() == 0, text
     finally:
         demo.close()
+
+
+def test_a_prompt_over_the_limit_is_refused_in_words_not_cut(server, page):
+    """Found by a review: 1,200 characters pasted into Label's prompt were cut to 1,000 mid-word
+    without a word, and the candidates followed the cut prompt."""
+    studio, url = server
+    open_studio(page, url)
+    choose(page, "alice")
+    page.fill("#ps-label-prompt textarea", "a fox " * 199 + "a fox!")
+    assert len(page.locator("#ps-label-prompt textarea").input_value()) == 1200
+    page.click("#ps-generate")
+    expect(page.get_by_text("prompt is 1,200 characters; the limit is 1,000")).to_be_visible(timeout=SLOW)
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#ps-gen-prompt textarea", "a kite " * 199 + "a kite!")
+    assert len(page.locator("#ps-gen-prompt textarea").input_value()) == 1400
+    # a long prompt keeps the buttons in reach: the box scrolls past a few lines (found on a phone)
+    box = page.locator("#ps-gen-prompt textarea").bounding_box()
+    assert box["height"] < 120, box

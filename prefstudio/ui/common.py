@@ -29,6 +29,7 @@ from prefstudio.ui.access import SessionAccess, refusal
 
 GALLERY_THUMB = 192  # px, the longer side of a gallery thumbnail
 VIEW_SIZE = 512  # px, the single image being judged or compared
+PROMPT_LINES = 3  # a prompt box grows to this, then scrolls
 
 KIND_MARKS = {"like": "👍", "dislike": "👎", "pair": "≻", "tie": "=", "skip": "⏭"}
 

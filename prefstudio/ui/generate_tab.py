@@ -31,7 +31,7 @@ from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
     markdown_text,
-    KIND_MARKS, AppContext, counts_line, empty_after, gallery_height, pair_thumb, random_seed, short,
+    KIND_MARKS, PROMPT_LINES, AppContext, counts_line, empty_after, gallery_height, pair_thumb, random_seed, short,
     user_errors,
 )
 from prefstudio.ui.jobs import GenerationJob, GenerationJobs
@@ -223,8 +223,10 @@ class GenerateTab:
             n: r.description for n, r in studio.base_rewards.items()}
         self.session = gr.State(GenerateSession())
         with gr.Row(equal_height=True):
+            # No max_length: the browser would cut a pasted prompt without a word; the studio
+            # refuses a long one, saying so. A few lines at most keep the buttons in reach.
             self.prompt = gr.Textbox(label="Prompt", placeholder="what should the image show?", scale=5,
-                                     max_length=1000, elem_id="ps-gen-prompt")
+                                     max_lines=PROMPT_LINES, elem_id="ps-gen-prompt")
             surprise = gr.Button("🎲 Surprise me", scale=1, elem_id="ps-gen-surprise")
         with gr.Row():
             self.seed_mode = gr.Radio([RANDOM, FIXED], value=RANDOM, label="Seed",
@@ -270,7 +272,7 @@ class GenerateTab:
                                                 visible=False, elem_id=f"ps-blend-{i}") for i in range(MAX_BLENDED)]
             with gr.Row(equal_height=True):
                 self.preset_name = gr.Textbox(label="Save these weights as a preset", placeholder="preset name",
-                                              submit_btn="Save", max_length=64, scale=2, elem_id="ps-preset-name")
+                                              submit_btn="Save", scale=2, elem_id="ps-preset-name")
                 self.preset_choice = gr.Dropdown([], value=None, label="Presets of this profile", scale=2,
                                                  allow_custom_value=True, elem_id="ps-preset-choice")
                 load_preset = gr.Button("Load preset", scale=1, elem_id="ps-preset-load")

@@ -19,7 +19,7 @@ from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
     markdown_text,
-    KIND_MARKS, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, random_seed, short, thumb,
+    KIND_MARKS, PROMPT_LINES, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, random_seed, short, thumb,
     user_errors,
 )
 from prefstudio.validation import validate_prompt, validate_seed
@@ -84,8 +84,8 @@ class LabelTab:
         self.prompts = read_prompts()
         self.session = gr.State(LabelSession())
         with gr.Row(equal_height=True):
-            self.prompt = gr.Textbox(label="Prompt", placeholder="what should the images show?",
-                                     scale=5, max_length=1000, elem_id="ps-label-prompt")
+            self.prompt = gr.Textbox(label="Prompt", placeholder="what should the images show?",  # as Generate's
+                                     scale=5, max_lines=PROMPT_LINES, elem_id="ps-label-prompt")
             surprise = gr.Button("🎲 Surprise me", scale=1)
             generate = gr.Button("Generate candidates", variant="primary", scale=1, elem_id="ps-generate")
         with gr.Row():
