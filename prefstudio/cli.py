@@ -343,8 +343,9 @@ def cmd_export(args, store) -> dict:
 
 def same_history_command(args, *words: str) -> str:
     """A command to paste that works on the same history with the same model as this one."""
-    options = ([] if args.data == DEFAULT_DATA else ["--data", str(args.data)]) + \
-              ([] if args.preference_model == DEFAULT_PREFERENCE_MODEL else ["--preference-model", args.preference_model])
+    given = {"--data": (str(args.data), DEFAULT_DATA),
+             "--preference-model": (args.preference_model, DEFAULT_PREFERENCE_MODEL)}
+    options = [part for flag, (value, default) in given.items() if value != default for part in (flag, value)]
     return shlex.join(["python", "-m", "prefstudio", *options, *words])
 
 

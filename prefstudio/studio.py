@@ -14,6 +14,7 @@ asks the kind of.
 import copy
 import hashlib
 import itertools
+import os
 import secrets
 import shlex
 import threading
@@ -295,8 +296,7 @@ class Studio:
     # -- features -------------------------------------------------------------------
     def features(self, shas: list[str]) -> torch.Tensor:
         """[N, D] encoder features of stored images, computed once and cached in the store."""
-        if isinstance(shas, (str, bytes)) or not isinstance(shas, (list, tuple)):
-            raise InvalidInput(f"image ids must be a list of ids, got {echo(shas)}")
+        check_id_list(shas, "image ids")
         cached = self.store.get_features(self.encoder.name, shas)
         missing = [s for s in dict.fromkeys(shas) if s not in cached]
         if missing:
@@ -473,7 +473,7 @@ class Studio:
 
         if whole_number(top, "top") < 1:
             raise InvalidInput(f"top must be a whole number ≥ 1, got {top}")
-        shas = list(dict.fromkeys(candidate_shas))
+        shas = list(dict.fromkeys(check_id_list(candidate_shas, "candidate image ids")))
         if len(shas) < 2:
             raise InvalidInput(f"suggesting a pair needs at least two different candidate images; got {len(shas)}")
         for sha in shas:
@@ -758,8 +758,17 @@ class Studio:
     def import_profile(self, path: str | Path, new_name: str | None = None, visible=None):
         """`visible`: which existing profiles a name clash may name (HistoryStore.check_name_free)."""
         from prefstudio.store.profile_file import import_profile
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInput(f"a profile file must be a path, got {echo(path)}")
         return import_profile(self.store, path, new_name, encoder_dims={self.encoder.name: self.encoder.dim},
                               visible=visible)
+
+
+def check_id_list(shas, what: str) -> list[str] | tuple[str, ...]:
+    """Ids come as a list: one id given alone would be read letter by letter."""
+    if isinstance(shas, (str, bytes)) or not isinstance(shas, (list, tuple)):
+        raise InvalidInput(f"{what} must be a list of ids, got {echo(shas)}")
+    return shas
 
 
 def validate_strength(strength) -> float:

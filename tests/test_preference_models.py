@@ -96,3 +96,13 @@ def test_studio_and_ui_never_branch_on_the_model_name():
     offenders = [f"{p.name}:{n}" for p in sources for n, line in enumerate(p.read_text().splitlines(), 1)
                  if branching.search(line)]
     assert not offenders, offenders
+
+
+def test_no_images_score_to_no_log_odds(fitted):
+    """Found by a review: an empty batch crashed the token model and auto, where the user
+    embedding gave an empty tensor."""
+    studio, *_ = fitted
+    taste = studio.user_reward("pat").taste
+    features = torch.zeros(0, studio.encoder.dim)
+    odds = taste.log_odds(features, taste.prompt_context(["a quiet landscape"]))
+    assert odds.shape == (0,)

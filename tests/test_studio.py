@@ -154,6 +154,9 @@ def _rows(studio) -> dict:
     (lambda s, shas: s.save_preset("alice", "p", None), "weights must be a mapping of reward names to numbers, got None"),
     (lambda s, shas: s.features(None), "image ids must be a list of ids, got None"),
     (lambda s, shas: s.features(shas[0]), "image ids must be a list of ids, got '"),
+    # Found by a third review: one id read as its letters ("no image 'e'"), and pathlib's TypeError.
+    (lambda s, shas: s.suggest("alice", shas[0]), "candidate image ids must be a list of ids, got '"),
+    (lambda s, shas: s.import_profile(None), "a profile file must be a path, got None"),
 ])
 def test_the_library_refuses_wrong_inputs_in_one_line_and_changes_nothing(fitted_library, call, message):
     """Found by a review of the library as README shows it: these raised a TypeError or a sqlite

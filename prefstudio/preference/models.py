@@ -97,6 +97,8 @@ class TokenTaste(Taste):
         return self.text_encoder.encode(prompts).float() if self.model.config.text_dim else None
 
     def log_odds(self, features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if features.shape[0] == 0:  # attention over no targets has no shape to give
+            return features.new_zeros(0)
         prompts = None if context is None else context.expand(features.shape[0], -1)
         odds = []
         for prefix in self.prefixes:
