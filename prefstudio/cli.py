@@ -63,6 +63,8 @@ def _weights(items: list[str]) -> dict[str, float] | None:
         if name in weights:
             raise InvalidInput(f"--weight {echo(name)} is given twice")
         try:
+            if "_" in value:  # float() reads 1_0 as 10: a typo, not a number anyone writes
+                raise ValueError
             weights[name] = float(value)
         except ValueError:
             raise InvalidInput(f"--weight {echo(name)}: {echo(value)} is not a number") from None
@@ -391,7 +393,8 @@ def cmd_import_pairs(args, studio) -> dict:
 def cmd_fit(args, studio) -> dict:
     report = studio.fit(args.profile)
     return {"summary": report.summary(), "model": report.model, "mode": report.mode, "why": report.reason,
-            "pairs": report.n_pairs, "loo_accuracy": report.loo_accuracy, "seconds": round(report.seconds, 3)}
+            "pairs": report.n_pairs, "loo_accuracy": report.loo_accuracy, "loo_pairs": report.loo_pairs,
+            "seconds": round(report.seconds, 3)}
 
 
 def cmd_preset_save(args, studio) -> dict:

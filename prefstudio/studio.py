@@ -253,6 +253,9 @@ class Studio:
         if len(seeds) > MAX_CANDIDATES:
             raise InvalidInput(f"{len(seeds)} seeds given; at most {MAX_CANDIDATES} candidates at a time")
         seeds = [validate_seed(s) for s in seeds]
+        twice = next((s for s in seeds if seeds.count(s) > 1), None)
+        if twice is not None:
+            raise InvalidInput(f"seed {twice} is given twice: a prompt and a seed make one image")
         generated = self.generator.generate(prompt, seeds)
         return [self.store.add_image(g) for g in generated]
 

@@ -370,6 +370,7 @@ def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path, capsys):
     (["export", "alice", "/dev/null"], "not a regular file"),
     (["generate", "a fox", "-n", "0"], "number of candidates"),
     (["personalize", "alice", "a fox", "--weight", "user=abc"], "not a number"),
+    (["personalize", "alice", "a fox", "--weight", "user=1_0"], "not a number"),  # float() reads it as 10
     (["personalize", "alice", "a fox", "--seed", "-1"], "out of range"),
     (["profile", "create"], "needs a name"),
     (["profile", "create", "a/b"], "contains '/'"),

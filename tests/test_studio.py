@@ -187,6 +187,10 @@ def test_seeds_must_be_a_list_of_whole_numbers(studio):
         with pytest.raises(InvalidInput, match=r"^seeds must be a list of whole numbers"):
             studio.generate_candidates("a fox in the snow", seeds=seeds)
     assert len(studio.store._query("SELECT sha256 FROM images")) == before
+    # Found by a review: `generate --seeds 1 1` stored one image and listed it twice.
+    with pytest.raises(InvalidInput, match=r"^seed 1 is given twice"):
+        studio.generate_candidates("a fox in the snow", seeds=[1, 2, 1])
+    assert len(studio.store._query("SELECT sha256 FROM images")) == before
     made = studio.generate_candidates("a fox in the snow", seeds=(s for s in (4, 5)))  # any iterable of numbers
     assert [r.seed for r in made] == [4, 5]
 

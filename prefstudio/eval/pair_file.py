@@ -50,8 +50,8 @@ def evaluate_pair_file(path: str | Path, n_ref: int, encoder, model: PreferenceM
     return {
         "protocol": f"per user: first {n_ref} pairs = history, later pairs = 1 liked vs 1 disliked targets; "
                     f"top-1 accuracy; preference model {model.name}",
-        "top1_1v1": accuracy,
-        "standard_error": standard_error(accuracy, len(scores)),
+        "top1_1v1": round(accuracy, 4),
+        "standard_error": round(standard_error(accuracy, len(scores)), 4),
         "targets": len(scores),
         "users": len(users) - len(skipped),
         "users_skipped": len(skipped),

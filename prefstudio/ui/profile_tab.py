@@ -336,7 +336,7 @@ class ProfileTab:
         message = (f"Imported profile **{imported.name}** with {imported.judgments_kept} judgments"
                    + (" and its fitted model." if self.ctx.studio.fit_status(imported.name) else "."))
         if imported.repeated_or_replaced:
-            message += (f" {imported.repeated_or_replaced} of the file's {imported.judgments_in_file} judgments "
+            message += (f" {imported.repeated_or_replaced:,} of the file's {imported.judgments_in_file:,} judgments "
                         "repeated or replaced an earlier one of the same image or pair: the latest of each is kept, "
                         "as when you judge again here.")
         choices = self.ctx.access.profiles.visible(login(request))
