@@ -483,3 +483,36 @@ def test_a_prompt_over_the_limit_is_refused_in_words_not_cut(server, page):
     # a long prompt keeps the buttons in reach: the box scrolls past a few lines (found on a phone)
     box = page.locator("#ps-gen-prompt textarea").bounding_box()
     assert box["height"] < 120, box
+
+
+def test_a_profile_created_while_the_page_loads_stays_chosen(server, page):
+    """Found walking through the studio: a profile created straight after the page opened was
+    chosen, then the page's late restore of this browser's last profile switched the menu back,
+    and the next judgments went to that other profile. Here every event of the page's load is
+    held back on its way, as on a slow machine, until the new profile shows."""
+    studio, url = server
+    held, holding = [], [True]
+
+    def hold_the_load(route):
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    fresh = page.context.browser.new_page(viewport=VIEWPORT)  # a browser that has chosen nothing yet
+    fresh.route("**/queue/join*", hold_the_load)
+    fresh.goto(url + "/", wait_until="load")
+    fresh.wait_for_selector("#ps-generate", timeout=SLOW)
+    fresh.wait_for_timeout(1000)  # the load's events are sent (and held)
+    holding[0] = False
+    assert held, "no event of the page's load was held"
+    box = fresh.locator("#ps-new-profile textarea, #ps-new-profile input").first
+    box.fill("early bird")
+    box.press("Enter")
+    expect(fresh.locator("#ps-label-status")).to_contain_text("early bird ·", timeout=SLOW)
+    for route in held:
+        route.continue_()
+    fresh.wait_for_timeout(3000)  # the restore and what follows it run now
+    expect(fresh.locator("#ps-label-status")).to_contain_text("early bird ·", timeout=SLOW)
+    assert fresh.locator("#ps-profile input").input_value() == "early bird"
+    fresh.close()

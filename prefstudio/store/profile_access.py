@@ -125,9 +125,11 @@ class ProfileAccess:
 
     def chosen_profile(self, token: str, login: str | None) -> str | None:
         choice = self._choice(token, login)
-        if choice is None or choice[0] is None:
-            return None
-        rows = self.store._query("SELECT name FROM profiles WHERE id = ?", (choice[0],))
+        return None if choice is None or choice[0] is None else self.usable_name(choice[0], login)
+
+    def usable_name(self, profile_id: int, login: str | None) -> str | None:
+        """The profile's name now, if it still exists and `login` may use it."""
+        rows = self.store._query("SELECT name FROM profiles WHERE id = ?", (profile_id,))
         return rows[0][0] if rows and self.may_use(rows[0][0], login) else None
 
     def saved_batch(self, token: str, login: str | None) -> list[str]:

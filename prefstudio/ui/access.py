@@ -46,18 +46,26 @@ class SessionAccess:
 
     def __init__(self, profiles: ProfileAccess):
         self.profiles = profiles
-        self._opened: OrderedDict[str, set[int]] = OrderedDict()
+        self._opened: OrderedDict[str, dict[int, None]] = OrderedDict()  # profile ids, the latest last
         self._lock = threading.Lock()
 
     def open(self, request: gr.Request | None, name) -> str:
         profile = self.profiles.lookup(name, login(request))
         session = _session(request)
         with self._lock:
-            self._opened.setdefault(session, set()).add(profile.id)
+            opened = self._opened.setdefault(session, {})
+            opened.pop(profile.id, None)
+            opened[profile.id] = None
             self._opened.move_to_end(session)
             while len(self._opened) > MAX_SESSIONS:
                 self._opened.popitem(last=False)
         return profile.name
+
+    def latest(self, request: gr.Request | None) -> str | None:
+        """The profile this session opened last, if it is still one its login may use."""
+        with self._lock:
+            opened = list(self._opened.get(getattr(request, "session_hash", None) or "", {}))
+        return self.profiles.usable_name(opened[-1], login(request)) if opened else None
 
     def adopt(self, request: gr.Request | None, name: str) -> str:
         """A profile this session just made (an import): its login owns it and it is open."""
@@ -69,7 +77,7 @@ class SessionAccess:
         profile = self.profiles.lookup(name, login(request))
         session = getattr(request, "session_hash", None) or ""
         with self._lock:
-            opened = self._opened.get(session, set())
+            opened = self._opened.get(session, {})
             if opened:
                 self._opened.move_to_end(session)  # in use: the last to be forgotten
         if profile.id not in opened:

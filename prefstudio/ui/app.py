@@ -238,7 +238,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             user = login(request)
             token = token if valid_token(token) else secrets.token_urlsafe(32)
             visible = profiles.visible(user)
-            value = profiles.chosen_profile(token, user) or (visible[0] if visible else None)
+            # A profile chosen or created on this page before its load got here stays chosen.
+            value = (access.latest(request) or profiles.chosen_profile(token, user)
+                     or (visible[0] if visible else None))
             return gr.Dropdown(choices=visible, value=value), token
 
         def profile_chosen(name, token, label_session, history_session, filters, request: gr.Request):
