@@ -48,7 +48,7 @@ DEFAULT_PREFERENCE_MODEL = "auto"
 
 # Commands that read or write only the history store: they never import torch or the models,
 # so they start in well under a second.
-STORE_COMMANDS = ("profile", "judge", "export", "import", "preset")  # preset save checks with the studio
+STORE_COMMANDS = ("profile", "judge", "remove-judgment", "export", "import", "preset")  # preset save checks with the studio
 
 
 def _weights(items: list[str]) -> dict[str, float] | None:
@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="like, dislike or skip each image; pair A B: A is the better of the two; tie A B: "
                         "neither is better")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image ids or unique prefixes of them")
+
+    p = sub.add_parser("remove-judgment", help="take judgments back by their numbers (judge and profile show print "
+                                                "them); a verdict a removed one replaced counts again")
+    p.add_argument("profile")
+    p.add_argument("ids", type=int, nargs="+", metavar="N", help="judgment numbers")
 
     p = sub.add_parser("import-pairs", help="import judgments from a pair data set (JSON Lines)")
     p.add_argument("profile")
@@ -324,6 +329,12 @@ def cmd_judge(args, store) -> dict:
                           for j in recorded]}
 
 
+def cmd_remove_judgment(args, store) -> dict:
+    removed = store.remove_judgments(store.get_profile(args.profile).name, args.ids)
+    return {"removed": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
+                        for j in removed]}
+
+
 def cmd_preset(args, store) -> dict:
     """list and delete read the store only; save runs in the studio (cmd_preset_save)."""
     if args.action != "list" and not args.name:
@@ -456,8 +467,8 @@ def cmd_personalize(args, studio) -> dict:
             "files": {k: str(v) for k, v in paths.items()}}
 
 
-STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "export": cmd_export, "import": cmd_import,
-                  "preset": cmd_preset}
+STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "remove-judgment": cmd_remove_judgment,
+                  "export": cmd_export, "import": cmd_import, "preset": cmd_preset}
 def cmd_suggest(args, studio) -> dict:
     from prefstudio.studio import MAX_CANDIDATES
 
@@ -549,7 +560,7 @@ STUDIO_HANDLERS = {"generate": cmd_generate, "import-pairs": cmd_import_pairs, "
 
 # Commands that work on profiles already in the history: a --data folder that does not exist
 # is a typo for them, not a new history to start.
-NEEDS_HISTORY = {"judge", "import-pairs", "fit", "suggest", "personalize", "preset", "grid", "export"}
+NEEDS_HISTORY = {"judge", "remove-judgment", "import-pairs", "fit", "suggest", "personalize", "preset", "grid", "export"}
 
 
 def run(args: argparse.Namespace) -> dict:

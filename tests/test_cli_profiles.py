@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from prefstudio.cli import main
@@ -84,3 +85,29 @@ def test_profile_show_lists_the_current_judgments(tmp_path, capsys):
     assert shown["judgments"][0]["id"] == liked.id and shown["judgments"][-1]["created"] == pair.created
     code, _, err = cli(capsys, data, "profile", "show")
     assert code == 2 and err == "error: profile show needs a name\n"
+
+
+def test_a_judgment_is_removed_by_its_number_and_the_verdict_before_it_comes_back(tmp_path, capsys):
+    """Found by a review: the CLI could record a judgment but not take one back, where the page
+    has Undo and Remove judgment."""
+    from tests.test_cli import add_images
+
+    data = tmp_path / "data"
+    shas = add_images(data, 2)
+    cli(capsys, data, "profile", "create", "alice")
+    first = cli(capsys, data, "judge", "alice", "like", shas[0])[1]["judgments"][0]["id"]
+    changed = cli(capsys, data, "judge", "alice", "dislike", shas[0])[1]["judgments"][0]["id"]
+    other = cli(capsys, data, "judge", "alice", "like", shas[1])[1]["judgments"][0]["id"]
+    code, out, err = cli(capsys, data, "remove-judgment", "alice", str(changed), str(other))
+    assert code == 0, err
+    assert [r["id"] for r in out["removed"]] == [changed, other]
+    shown = cli(capsys, data, "profile", "show", "alice")[1]
+    assert [(j["id"], j["kind"]) for j in shown["judgments"]] == [(first, "like")]  # the 👍 it replaced is back
+    code, _, err = cli(capsys, data, "remove-judgment", "alice", str(changed))
+    assert code == 2 and f"has no judgment {changed}" in err
+    with pytest.raises(SystemExit) as refused:
+        cli(capsys, data, "remove-judgment", "alice", str(first), "x")
+    assert refused.value.code == 2 and "invalid int value: 'x'" in capsys.readouterr().err
+    code, _, err = cli(capsys, data, "remove-judgment", "alice", str(first), str(changed))  # all or nothing
+    assert code == 2 and f"has no judgment {changed}" in err
+    assert [j["id"] for j in cli(capsys, data, "profile", "show", "alice")[1]["judgments"]] == [first]

@@ -653,6 +653,11 @@ class HistoryStore:
                                   (self.get_profile(profile).id,)))
         return counts
 
+    def remove_judgments(self, profile: str, judgment_ids: Iterable[int]) -> list[Judgment]:
+        """Undo several current judgments of this profile together: all of them, or none."""
+        with self._transaction():
+            return [self.remove_judgment(profile, judgment_id) for judgment_id in judgment_ids]
+
     def _remove(self, profile: str, judgment_id: int | None) -> Judgment:
         with self._transaction() as db:
             stored = self.get_profile(profile)
