@@ -394,7 +394,13 @@ def cmd_generate(args, studio) -> dict:
             info = {"prompt": r.prompt, "seed": r.seed, "generator": r.generator, "params": r.params,
                     "role": "candidate"}
             write_png_with_provenance(studio.store.load_image(r.sha256), targets[r.sha256], info)
-    return {"images": [{"id": r.sha256, "seed": r.seed, "path": str(r.path)} for r in records]}
+    return {"images": [{"id": r.sha256, "seed": r.seed, "path": str(r.path)} for r in records]} | prompt_notes(studio, args)
+
+
+def prompt_notes(studio, args) -> dict:
+    """What of the prompt the generator does not read, when something is not."""
+    notes = studio.prompt_notes(args.prompt)
+    return {"prompt_notes": notes} if notes else {}
 
 
 def cmd_import_pairs(args, studio) -> dict:
@@ -464,7 +470,7 @@ def cmd_personalize(args, studio) -> dict:
             "baseline": {"id": result.baseline.record.sha256, "scores": result.baseline.normalised},
             "personalized": {"id": result.personalized.record.sha256,
                              "scores": result.personalized.normalised},
-            "files": {k: str(v) for k, v in paths.items()}}
+            "files": {k: str(v) for k, v in paths.items()}} | prompt_notes(studio, args)
 
 
 STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "remove-judgment": cmd_remove_judgment,

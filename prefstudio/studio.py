@@ -259,6 +259,10 @@ class Studio:
         generated = self.generator.generate(prompt, seeds)
         return [self.store.add_image(g) for g in generated]
 
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What of `prompt` the generator will not read (past its text encoder's window), in words."""
+        return self.generator.prompt_notes(validate_prompt(prompt))
+
     def judge(self, profile: str, kind: str, image_a: str, image_b: str | None = None) -> Judgment:
         return self.store.record_judgment(profile, kind, image_a, image_b)
 

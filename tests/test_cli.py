@@ -825,3 +825,13 @@ def test_options_may_come_between_a_commands_words():
         assert (args.profile, args.ids, args.top) == ("alice", ["a1b2c3", "d4e5f6", "0a0b0c"], 2)
     args = cli.build_parser().parse_args(["judge", "alice", "like", "a1b2c3", "d4e5f6"])
     assert (args.profile, args.images) == ("alice", ["a1b2c3", "d4e5f6"])
+
+
+def test_generate_says_which_end_of_a_long_prompt_is_not_read(tmp_path, capsys):
+    long_prompt = "a castle, a hill, a stormy sky; " * 29 + "a red dragon"
+    code, out, err = run_cli(capsys, tmp_path / "data", "generate", long_prompt, "--seeds", "1")
+    assert code == 0, err
+    (note,) = json.loads(out)["prompt_notes"]
+    assert "reads 256; this end of it is ignored: 'hill, a stormy sky" in note  # where the cut begins
+    code, out, err = run_cli(capsys, tmp_path / "data", "generate", "a castle", "--seeds", "1")
+    assert "prompt_notes" not in json.loads(out)

@@ -42,7 +42,11 @@ def test_minilm_padding_does_not_change_features(minilm):
 
 def test_minilm_reports_truncation(minilm, caplog):
     long_prompt = "a castle on a hill under a stormy sky " * 40
-    assert minilm.count_tokens(long_prompt) > minilm.window == 256
+    assert minilm.window == 256
+    # what a person is told before anything is made: which end of the prompt is not read
+    (note,) = minilm.prompt_notes(long_prompt)
+    assert "reads 256" in note and "this end of it is ignored" in note
+    assert minilm.prompt_notes("a short prompt") == []
     with caplog.at_level(logging.WARNING, logger="prefstudio.encoders.embedded"):
         minilm.encode(["a short prompt", long_prompt])
     assert minilm.last_truncated == [False, True]

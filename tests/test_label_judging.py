@@ -267,3 +267,13 @@ def test_undo_follows_a_renamed_profile_and_forgets_a_deleted_one(tab, shown):
         tab.undo(shown, "gone")
     assert "Undone" in status(tab.undo(shown, "gone"))  # the one before it, the shown profile's
     assert store.judgments("gone") == []
+
+
+def test_candidates_of_a_prompt_longer_than_the_models_read_say_what_is_ignored(tab):
+    """Found by a review: a prompt of 337 tokens was cut to the text encoder's 256 with a line in
+    the server log only; the page said nothing, and the images followed the cut prompt."""
+    views = tab.generate(LabelSession(), "me", "a castle, a hill, a stormy sky; " * 29 + "a red dragon", 2, "")
+    shown = status(views).replace("\\", "")  # as the page renders the Markdown
+    assert "reads 256; this end of it is ignored: 'hill, a stormy sky" in shown
+    views = tab.generate(LabelSession(), "me", "a castle on a hill", 2, "")
+    assert "ignored" not in status(views)

@@ -62,3 +62,7 @@ class TextEncoder(ABC):
     @abstractmethod
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> [B, dim] L2-normalised features."""
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What of `prompt` this encoder does not read, in words (see Generator.prompt_notes)."""
+        return []

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from prefstudio.encoders import efficientnet_lite0, image_stats
 from prefstudio.encoders.base import ImageEncoder, TextEncoder
+from prefstudio.encoders.token_window import truncation_note
 from prefstudio.errors import InvalidInput, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class MiniLMTextEncoder(TextEncoder):
 
     Prompts longer than `window` tokens are cut to it. That is never silent: a warning is
     logged, `last_truncated` holds one flag per prompt of the last `encode` call, and
-    `count_tokens` lets a caller tell the person before encoding.
+    `prompt_notes` lets a caller tell the person before encoding.
     """
 
     name = "minilm-l6-v2-mean"
@@ -154,9 +155,10 @@ class MiniLMTextEncoder(TextEncoder):
         """Most tokens (special tokens included) the model reads of one prompt."""
         return self._loaded()[2]
 
-    def count_tokens(self, prompt: str) -> int:
-        tokenizer = self._loaded()[0]
-        return len(tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+    def prompt_notes(self, prompt: str) -> list[str]:
+        tokenizer, _, window = self._loaded()
+        note = truncation_note(tokenizer, prompt, window, "the embedded text encoder (MiniLM)")
+        return [] if note is None else [note]
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):

@@ -46,6 +46,11 @@ class Generator(ABC):
     def encode_prompt(self, prompt: str) -> Any:
         """Conditioning for `render`; computed once per prompt, reused across iterations."""
 
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What of `prompt` this generator does not read, in words for the person (a text
+        encoder's token window cuts it); none unless a generator says otherwise."""
+        return []
+
     @abstractmethod
     def initial_noise(self, seed: int, batch: int = 1) -> torch.Tensor:
         """Deterministic standard-normal noise for a seed, shape [batch, *noise_shape]."""

@@ -137,11 +137,7 @@ class DiffusersOneStepGenerator(Generator):
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptConditioning:
-        truncation = [
-            note
-            for tokenizer, window, reader in self._token_windows()
-            if (note := truncation_note(tokenizer, prompt, window, reader)) is not None
-        ]
+        truncation = self.prompt_notes(prompt)
         if not self.cpu_offload:
             return self._encode(prompt, truncation)
         for module in self.text_encoders:
@@ -171,6 +167,10 @@ class DiffusersOneStepGenerator(Generator):
             prompt, prompt_2=None, device=self.device, max_sequence_length=FLUX_T5_TOKENS
         )
         return PromptConditioning(embeds, pooled, text_ids, truncation)
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        return [note for tokenizer, window, reader in self._token_windows()
+                if (note := truncation_note(tokenizer, prompt, window, reader)) is not None]
 
     def _token_windows(self):
         pipe = self.pipeline

@@ -115,6 +115,9 @@ class EmbeddedGenerator(Generator):
     def encode_prompt(self, prompt: str) -> PromptStyle:
         return self.styler(prompt)
 
+    def prompt_notes(self, prompt: str) -> list[str]:
+        return [] if self.styler.text_encoder is None else self.styler.text_encoder.prompt_notes(prompt)
+
     def conditioning_tokens(self, conditioning: PromptStyle) -> torch.Tensor:
         return conditioning.mean.reshape(-1, len(STYLE_NAMES))[:1]   # [1, S]: the prompt's own style
 

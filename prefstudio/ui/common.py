@@ -158,6 +158,11 @@ def markdown_text(text: str) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
+def notes_text(notes: list[str]) -> str:
+    """Notes on a prompt (what of it a model does not read), said after a status line."""
+    return "".join(f" Note: {markdown_text(note)}." for note in notes)
+
+
 def user_errors(fn):
     """PrefStudio errors and a full disk become a visible gr.Error with a message a person
     can act on; nothing else is caught (anything else is a bug and gradio reports it as one)."""

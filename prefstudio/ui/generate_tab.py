@@ -31,8 +31,8 @@ from prefstudio.trade_off import MAX_STEPS, draw_grid
 from prefstudio.ui.access import login
 from prefstudio.ui.common import (
     markdown_text,
-    KIND_MARKS, PROMPT_LINES, AppContext, counts_line, empty_after, gallery_height, pair_thumb, random_seed, short,
-    user_errors,
+    KIND_MARKS, PROMPT_LINES, AppContext, counts_line, empty_after, gallery_height, notes_text, pair_thumb,
+    random_seed, short, user_errors,
 )
 from prefstudio.ui.jobs import GenerationJob, GenerationJobs
 from prefstudio.validation import validate_prompt, validate_seed
@@ -417,7 +417,7 @@ class GenerateTab:
             self.ctx.studio.instant_embedding(name)
         elif method == "ppd":
             self.ctx.studio.ppd_embedding(name)
-        job = GenerationJob(name, prompt, seed, int(iterations), controls)
+        job = GenerationJob(name, prompt, seed, int(iterations), controls, self.ctx.studio.prompt_notes(prompt))
         run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
                                           stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
@@ -532,8 +532,8 @@ class GenerateTab:
 
     def _progress_view(self, job: GenerationJob):
         if not job.progress:
-            return (f"Starting: seed **{job.seed}** …", job.seed, None, None, "", "", self._trace([], job.iterations),
-                    gr.skip())
+            return (f"Starting: seed **{job.seed}** …{notes_text(job.prompt_notes)}", job.seed, None, None, "", "",
+                    self._trace([], job.iterations), gr.skip())
         item = job.progress[-1]
         first = next((p.preview for p in job.progress if p.preview is not None), None)
         latest = next((p.preview for p in reversed(job.progress) if p.preview is not None), None)
@@ -541,7 +541,7 @@ class GenerateTab:
         done = item.iteration / max(job.iterations, 1)
         bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
         text = (f"Optimising `{bar}` iteration {item.iteration}/{job.iterations} · objective {item.total:+z.2f} · "
-                f"best so far {item.best_total:+z.2f} (iteration {item.best_iteration})")
+                f"best so far {item.best_total:+z.2f} (iteration {item.best_iteration}){notes_text(job.prompt_notes)}")
         return (text, job.seed, baseline, gr.Image(preview, label=PERSONALIZED), "", "",
                 self._trace(job.progress, job.iterations), gr.skip())
 
@@ -566,7 +566,7 @@ class GenerateTab:
                        f"not personalized — try {retry}.")
         seeds = (f"Baseline seed **{side.seed}**, personalized seed **{picked}**" if picked not in (None, side.seed)
                  else f"Seed **{side.seed}**")
-        text = f"{verdict} {seeds} — both images are stored with their prompt, seed and weights."
+        text = f"{verdict} {seeds} — both images are stored with their prompt, seed and weights.{notes_text(job.prompt_notes)}"
         return (text, side.seed, self._provenance_png(side.baseline.record, "baseline"),
                 self._result_image(side.personalized.record, side.improved),
                 scores_table(side.baseline.normalised, side.weights),

@@ -24,6 +24,7 @@ class GenerationJob:
     iterations: int
     # The settings it runs with, as the page's controls hold them (a reloaded page shows them).
     controls: dict = field(default_factory=dict)
+    prompt_notes: list[str] = field(default_factory=list)  # what of the prompt the generator does not read
     stop: threading.Event = field(default_factory=threading.Event)
     progress: list[GuidanceProgress] = field(default_factory=list)
     result: SideBySide | None = None

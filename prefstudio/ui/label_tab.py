@@ -19,8 +19,8 @@ from prefstudio.store.image_files import load_untrusted_image
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import (
     markdown_text,
-    KIND_MARKS, PROMPT_LINES, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, random_seed, short, thumb,
-    user_errors,
+    KIND_MARKS, PROMPT_LINES, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, notes_text, random_seed,
+    short, thumb, user_errors,
 )
 from prefstudio.validation import validate_prompt, validate_seed
 
@@ -210,7 +210,9 @@ class LabelTab:
         records = self.ctx.run(self.ctx.studio.generate_candidates, prompt, int(n), seeds)
         session.show([r.sha256 for r in records])
         self._first_unjudged(session, profile)  # seeds given again bring back images judged before
-        return self.render(session, profile, f"{len(records)} candidate{'s' if len(records) != 1 else ''} for “{markdown_text(prompt)}”.")
+        notes = notes_text(self.ctx.studio.prompt_notes(prompt))
+        return self.render(session, profile,
+                           f"{len(records)} candidate{'s' if len(records) != 1 else ''} for “{markdown_text(prompt)}”.{notes}")
 
     def add_uploads(self, session: LabelSession, profile, files, prompt):
         if not files:
