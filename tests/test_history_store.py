@@ -1361,3 +1361,7 @@ def test_an_empty_folder_and_a_folder_the_studio_wrote_become_a_history(tmp_path
         store.create_profile("alice")
     with HistoryStore(banks_first) as store:  # and it opens again, now among its own files
         assert [p.name for p in store.list_profiles()] == ["alice"]
+    bench_first = tmp_path / "data"  # a checkout's ./data after `python bench/run_benchmark.py`
+    (bench_first / "bench").mkdir(parents=True)
+    with HistoryStore(bench_first) as store:
+        store.create_profile("alice")

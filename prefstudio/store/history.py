@@ -236,10 +236,12 @@ def _is_busy(error: sqlite3.Error) -> bool:
     return error.sqlite_errorname == "SQLITE_BUSY"
 
 
-# What the studio itself writes into a data folder besides history.sqlite3: a folder holding
-# only these (`python -m prefstudio bank` run before any profile) may still become a history.
+# What the studio itself writes into a data folder besides history.sqlite3, and what the
+# repository's benchmark scripts put in the default ./data: a folder holding only these
+# (`python -m prefstudio bank`, or PrefBench, run before any profile) may still become a history.
 DATA_FOLDER_ENTRIES = {"history.sqlite3-wal", "history.sqlite3-shm", "images", "ui-cache", "user_banks",
-                       "models", "reward_calibration.json", "browser-secret"}
+                       "models", "reward_calibration.json", "browser-secret",
+                       "bench", "bench-fresh", "bench-tiny", "studio_images"}
 
 
 class HistoryStore:
