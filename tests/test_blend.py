@@ -102,6 +102,16 @@ def test_presets_are_saved_listed_replaced_and_deleted(tmp_path):
         # ... and it says so (found by a review: `preset save alice HALF-BOB` replaced half-bob without a word)
         assert (saved.replaced.name, saved.replaced.weights) == ("warm mix", {"user": 0.5, "profile:bob": 0.5})
         assert [(p.name, p.weights) for p in store.presets("alice")] == [("WARM MIX", {"user": 1.0})]
+        # Found by a second review: names beyond ASCII kept both spellings (SQLite's NOCASE folds
+        # ASCII only), and export then wrote a file its own import refused ("listed twice").
+        store.save_preset("alice", "straße", {"user": 0.5})
+        assert store.save_preset("alice", "STRASSE", {"user": 1.0}).replaced.name == "straße"
+        assert store.save_preset("alice", "ÉTÉ", {"user": 1.0}).replaced is None
+        assert store.save_preset("alice", "été", {"user": 0.5}).replaced.name == "ÉTÉ"
+        assert store.get_preset("alice", "Été").name == "été"
+        assert [p.name for p in store.presets("alice")] == ["été", "STRASSE", "WARM MIX"]
+        store.delete_preset("alice", "strasse")
+        store.delete_preset("alice", "ÉtÉ")
         assert store.presets("bob") == []
         assert store.get_preset("alice", "warm mix").weights == {"user": 1.0}
         with pytest.raises(NotFound, match="alice has no preset named 'nope'; its presets: WARM MIX"):

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -786,32 +787,33 @@ class HistoryStore:
         name = validate_preset_name(name)
         weights = validate_blend(weights)
         created = _now()
-        with self._transaction() as db:
+        with self._transaction():
             stored = self.get_profile(profile)
-            old = db.execute("SELECT name, weights, created FROM presets WHERE profile_id = ? AND name = ?",
-                             (stored.id, name)).fetchone()
-            (count,) = db.execute("SELECT COUNT(*) FROM presets WHERE profile_id = ? AND name != ?",
-                                  (stored.id, name)).fetchone()
-            if count >= MAX_PRESETS:
+            existing = self.presets(stored.name)
+            old = next((p for p in existing if p.name.casefold() == name.casefold()), None)
+            if old is None and len(existing) >= MAX_PRESETS:
                 raise InvalidInput(f"{stored.name} already has {MAX_PRESETS} presets: delete one first")
-            db.execute("INSERT OR REPLACE INTO presets VALUES (?, ?, ?, ?)",
-                       (stored.id, name, json.dumps(weights), created))
-        return SavedPreset(name, weights, created,
-                           None if old is None else Preset(old[0], json.loads(old[1]), old[2]))
+            if old is not None:
+                self._db.execute("DELETE FROM presets WHERE profile_id = ? AND name = ?", (stored.id, old.name))
+            self._db.execute("INSERT INTO presets VALUES (?, ?, ?, ?)", (stored.id, name, json.dumps(weights), created))
+        return SavedPreset(name, weights, created, old)
 
     def presets(self, profile: str) -> list[Preset]:
-        rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ? "
-                           "ORDER BY name COLLATE NOCASE", (self.get_profile(profile).id,))
-        return [Preset(name, json.loads(weights), created) for name, weights, created in rows]
+        """A profile's presets by name; names ignore case in every script (casefold: "STRASSE"
+        is "straße"), as the profile file's check does, where SQLite's NOCASE knows ASCII only."""
+        rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ?",
+                           (self.get_profile(profile).id,))
+        return sorted((Preset(name, json.loads(weights), created) for name, weights, created in rows),
+                      key=lambda p: unicodedata.normalize("NFKD", p.name.casefold()))  # é beside e
 
     def get_preset(self, profile: str, name: str) -> Preset:
         stored = self.get_profile(profile)
-        rows = self._query("SELECT name, weights, created FROM presets WHERE profile_id = ? AND name = ?",
-                           (stored.id, name if isinstance(name, str) else ""))
-        if rows:
-            found, weights, created = rows[0]
-            return Preset(found, json.loads(weights), created)
-        existing = [p.name for p in self.presets(stored.name)]
+        existing = self.presets(stored.name)
+        wanted = name.strip().casefold() if isinstance(name, str) else None
+        found = next((p for p in existing if p.name.casefold() == wanted), None)
+        if found is not None:
+            return found
+        existing = [p.name for p in existing]
         raise NotFound(f"{stored.name} has no preset named {echo(name)}; "
                        + (f"its presets: {', '.join(existing)}" if existing else "it has no presets yet"))
 
