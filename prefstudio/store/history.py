@@ -787,15 +787,15 @@ class HistoryStore:
         name = validate_preset_name(name)
         weights = validate_blend(weights)
         created = _now()
-        with self._transaction():
+        with self._transaction() as db:
             stored = self.get_profile(profile)
             existing = self.presets(stored.name)
             old = next((p for p in existing if p.name.casefold() == name.casefold()), None)
             if old is None and len(existing) >= MAX_PRESETS:
                 raise InvalidInput(f"{stored.name} already has {MAX_PRESETS} presets: delete one first")
             if old is not None:
-                self._db.execute("DELETE FROM presets WHERE profile_id = ? AND name = ?", (stored.id, old.name))
-            self._db.execute("INSERT INTO presets VALUES (?, ?, ?, ?)", (stored.id, name, json.dumps(weights), created))
+                db.execute("DELETE FROM presets WHERE profile_id = ? AND name = ?", (stored.id, old.name))
+            db.execute("INSERT INTO presets VALUES (?, ?, ?, ?)", (stored.id, name, json.dumps(weights), created))
         return SavedPreset(name, weights, created, old)
 
     def presets(self, profile: str) -> list[Preset]:
