@@ -1349,6 +1349,20 @@ def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
     assert stat.S_IMODE(os.stat(pictures).st_mode) == 0o755
     with pytest.raises(InvalidInput, match="data folder must be a path"):
         HistoryStore("")
+    # Found by a second review: a project laid out as images/ and models/ was taken for one of ours.
+    project = tmp_path / "project"
+    (project / "images").mkdir(parents=True)
+    (project / "models").mkdir()
+    (project / "images" / "holiday.jpg").write_bytes(b"a photo")
+    with pytest.raises(InvalidInput, match="is not a PrefStudio data folder"):
+        HistoryStore(project)
+    assert not (project / "history.sqlite3").exists()
+    # ... and a history's own images/ folder is no place for a second history
+    with HistoryStore(tmp_path / "data") as store:
+        store.create_profile("alice")
+    with pytest.raises(InvalidInput, match="is inside the PrefStudio data folder"):
+        HistoryStore(tmp_path / "data" / "images")
+    assert not (tmp_path / "data" / "images" / "history.sqlite3").exists()
 
 
 def test_an_empty_folder_and_a_folder_the_studio_wrote_become_a_history(tmp_path):

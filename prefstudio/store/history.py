@@ -240,8 +240,7 @@ def _is_busy(error: sqlite3.Error) -> bool:
 # What the studio itself writes into a data folder besides history.sqlite3, and what the
 # repository's benchmark scripts put in the default ./data: a folder holding only these
 # (`python -m prefstudio bank`, or PrefBench, run before any profile) may still become a history.
-DATA_FOLDER_ENTRIES = {"history.sqlite3-wal", "history.sqlite3-shm", "images", "ui-cache", "user_banks",
-                       "models", "reward_calibration.json", "browser-secret",
+DATA_FOLDER_ENTRIES = {"ui-cache", "user_banks", "reward_calibration.json", "browser-secret",
                        "bench", "bench-fresh", "bench-tiny", "studio_images"}
 
 
@@ -255,6 +254,10 @@ class HistoryStore:
         in_the_way = next((p for p in (self.data_dir, *self.data_dir.parents) if p.exists()), None)
         if in_the_way is not None and not in_the_way.is_dir():
             raise InvalidInput(f"the data folder {self.data_dir} cannot be made: {in_the_way} is a file, not a folder")
+        home = next((p for p in self.data_dir.absolute().parents if (p / "history.sqlite3").is_file()), None)
+        if home is not None:
+            raise InvalidInput(f"{self.data_dir} is inside the PrefStudio data folder {home}: name that folder, "
+                               "or a new one outside it")
         if in_the_way == self.data_dir and not self.db_path.exists():
             others = sorted(set(os.listdir(self.data_dir)) - DATA_FOLDER_ENTRIES)
             if others:  # a typo'd --data must not turn someone's folder into a history
