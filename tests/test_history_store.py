@@ -873,7 +873,8 @@ def test_presets_are_kept_per_profile_replaced_by_name_bounded_and_follow_a_rena
     assert store.get_preset("Ann", "WARM").weights == {"aesthetic": 1.0, "profile:Ben": 0.5}
     assert [p.created for p in store.presets("Ann")] == [store.get_preset("Ann", n).created for n in ("bright", "warm")]
     again = store.save_preset("Ann", "Warm", {"aesthetic": 0.25})  # the same name, any case, replaces it
-    assert store.get_preset("Ann", "warm") == again
+    assert store.get_preset("Ann", "warm") == Preset(again.name, again.weights, again.created)
+    assert again.replaced.name == "warm"
     assert again.weights == {"aesthetic": 0.25}
     assert [(p.name, p.weights) for p in store.presets("Ann")] == [("Bright", {"aesthetic": 2.0}),
                                                                    ("Warm", {"aesthetic": 0.25})]
