@@ -19,7 +19,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,13 +179,8 @@ class Preset:
     name: str
     weights: dict[str, float]  # reward name (or profile:NAME) -> weight
     created: str
-
-
-@dataclass(frozen=True)
-class SavedPreset(Preset):
-    """A preset just saved, and the one of the same name (in any case) it replaced."""
-
-    replaced: Preset | None = None
+    # On the preset `save_preset` returns: the one of the same name (in any case) it replaced.
+    replaced: "Preset | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -254,8 +249,9 @@ class HistoryStore:
         in_the_way = next((p for p in (self.data_dir, *self.data_dir.parents) if p.exists()), None)
         if in_the_way is not None and not in_the_way.is_dir():
             raise InvalidInput(f"the data folder {self.data_dir} cannot be made: {in_the_way} is a file, not a folder")
-        home = next((p for p in self.data_dir.absolute().parents if (p / "history.sqlite3").is_file()), None)
-        if home is not None:
+        home = next((p for p in self.data_dir.absolute().parents if (p / "history.sqlite3").is_file()
+                     and self.data_dir.absolute().relative_to(p).parts[0] in ("images", "ui-cache")), None)
+        if home is not None:  # the studio's own folders hold its files only
             raise InvalidInput(f"{self.data_dir} is inside the PrefStudio data folder {home}: name that folder, "
                                "or a new one outside it")
         if in_the_way == self.data_dir and not self.db_path.exists():
@@ -785,7 +781,7 @@ class HistoryStore:
 
     # --- presets (named blends) ----------------------------------------------------
 
-    def save_preset(self, profile: str, name: str, weights: Mapping[str, float]) -> SavedPreset:
+    def save_preset(self, profile: str, name: str, weights: Mapping[str, float]) -> Preset:
         """Store (or replace) a named blend of `profile`; checked as an imported one is."""
         name = validate_preset_name(name)
         weights = validate_blend(weights)
@@ -799,7 +795,7 @@ class HistoryStore:
             if old is not None:
                 db.execute("DELETE FROM presets WHERE profile_id = ? AND name = ?", (stored.id, old.name))
             db.execute("INSERT INTO presets VALUES (?, ?, ?, ?)", (stored.id, name, json.dumps(weights), created))
-        return SavedPreset(name, weights, created, old)
+        return Preset(name, weights, created, old)
 
     def presets(self, profile: str) -> list[Preset]:
         """A profile's presets by name; names ignore case in every script (casefold: "STRASSE"
