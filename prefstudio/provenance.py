@@ -109,7 +109,9 @@ def _name(value, what: str) -> str:
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # A whole number past float's range is no weight or score either (and isfinite would overflow).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or isinstance(value, int) and abs(value) > 2**64 or not math.isfinite(value):
         raise InvalidInput(f"provenance: {what} must be a finite number")
     return value
 

@@ -76,6 +76,9 @@ def test_a_stored_history_image_reads_as_a_subset(tmp_path):
     ('{"prompt": "a fox", "generator": "x\\u0000"}', "printable text"),
     ("[" * 100_000 + "]" * 100_000, "over"),
     ('{"a":' * 5000 + "1" + "}" * 5000, "not valid JSON"),
+    # Found by a review: a huge whole number raised OverflowError (int too large to convert to float)
+    ('{"prompt": "a fox", "generator": "x", "weights": {"user": 1' + "0" * 400 + '}}', "finite number"),
+    ('{"prompt": "a fox", "generator": "x", "seed": 1' + "0" * 5000 + '}', "not valid JSON|out of range"),
 ])
 def test_hostile_chunks_are_refused_with_a_message(chunk, message):
     with pytest.raises(InvalidInput, match=message):
@@ -193,3 +196,17 @@ def test_personalize_and_generate_never_write_over_a_file_of_the_persons(persona
     assert cli.main(base + ["generate", "a fox in the snow", "--seeds", "3", "4", "--out", str(mine_too)]) == 2
     assert "is not an image PrefStudio wrote" in capsys.readouterr().err
     assert [p.name for p in mine_too.iterdir()] == [cand[0]] and (mine_too / cand[0]).read_text() == "my notes"
+
+
+def test_only_a_png_with_prefstudios_own_record_counts_as_written_by_it(tmp_path):
+    """Found by a review: a PNG whose prefstudio chunk was just `null` counted as PrefStudio's,
+    so `generate --out` wrote over it; one of 5,000 digits crashed the check."""
+    from prefstudio.store.image_files import write_png, written_by_prefstudio
+
+    for chunk in ("null", "9" * 5000, '{"x": 1}'):
+        path = tmp_path / f"forged-{len(chunk)}.png"
+        path.write_bytes(png_with_text(prefstudio=chunk))
+        assert not written_by_prefstudio(path)
+    _, stored = write_png(picture(), {"prompt": "a kite", "seed": 3, "generator": "embedded", "params": {}}, tmp_path)
+    made = write_png_with_provenance(picture(), tmp_path / "made.png", INFO)
+    assert written_by_prefstudio(stored) and written_by_prefstudio(made)

@@ -217,17 +217,18 @@ def read_png_metadata(path: str | os.PathLike) -> dict:
         raise InvalidInput(f"{path} has no PrefStudio metadata (it was not written by PrefStudio)")
     try:
         return json.loads(text)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # ValueError: a number of thousands of digits, too
         raise InvalidInput(f"PrefStudio metadata of {path} is not valid JSON: {error}") from None
 
 
 def written_by_prefstudio(path: Path) -> bool:
-    """Whether `path` is a PNG carrying PrefStudio's metadata chunk, which a command may replace."""
+    """Whether `path` is a PNG carrying PrefStudio's own record (a prompt and the generator that
+    made it), which a command may replace: any chunk of that name is not enough."""
     try:
-        read_png_metadata(path)
+        record = read_png_metadata(path)
     except InvalidInput:
         return False
-    return True
+    return isinstance(record, dict) and all(isinstance(record.get(key), str) for key in ("prompt", "generator"))
 
 
 # --- gallery thumbnails ------------------------------------------------------------
