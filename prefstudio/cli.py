@@ -330,6 +330,9 @@ def cmd_judge(args, store) -> dict:
 
 
 def cmd_remove_judgment(args, store) -> dict:
+    twice = next((n for n in args.ids if args.ids.count(n) > 1), None)
+    if twice is not None:
+        raise InvalidInput(f"judgment {twice} is given twice")
     removed = store.remove_judgments(store.get_profile(args.profile).name, args.ids)
     return {"removed": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
                         for j in removed]}

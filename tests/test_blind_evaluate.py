@@ -232,3 +232,14 @@ def test_a_pair_whose_personalized_pixels_are_the_baselines_is_not_shown(tmp_pat
     BlindEvaluation._add(blind, changed)
     assert blind.unchanged == [("a fox in the snow", 5)]
     assert [pair.seed for pair in blind.pairs] == [6]
+
+
+def test_the_optimiser_checks_line_counts_its_ties():
+    """Found by a review: "Win rate 75% … beat the baseline on 1 of 2 prompts" with the other
+    prompt a tie read as a contradiction: the line did not say that a tie counts half."""
+    from prefstudio.ui.evaluate_tab import check_summary
+
+    rows = [("a fox", 1, 0.1, 0.5, 0.4, "personalized"), ("a kite", 2, 0.3, 0.3, 0.0, "tie")]
+    line = check_summary(rows, stopped=False)
+    assert "Win rate 75%" in line and "on 1 of 2 prompts under your model and tied on 1 (a tie counts half)" in line
+    assert "tied" not in check_summary(rows[:1], stopped=True) and "(stopped early)" in check_summary(rows[:1], True)

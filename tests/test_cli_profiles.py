@@ -105,6 +105,8 @@ def test_a_judgment_is_removed_by_its_number_and_the_verdict_before_it_comes_bac
     assert [(j["id"], j["kind"]) for j in shown["judgments"]] == [(first, "like")]  # the 👍 it replaced is back
     code, _, err = cli(capsys, data, "remove-judgment", "alice", str(changed))
     assert code == 2 and f"has no judgment {changed}" in err
+    code, _, err = cli(capsys, data, "remove-judgment", "alice", str(first), str(first))
+    assert code == 2 and f"judgment {first} is given twice" in err
     with pytest.raises(SystemExit) as refused:
         cli(capsys, data, "remove-judgment", "alice", str(first), "x")
     assert refused.value.code == 2 and "invalid int value: 'x'" in capsys.readouterr().err

@@ -467,7 +467,7 @@ def test_a_replaced_judgment_cannot_be_removed_behind_its_replacement(store, ima
     liked = store.record_judgment("Alice", "like", images[0])
     disliked = store.record_judgment("Alice", "dislike", images[0])
     with pytest.raises(NotFound, match=f"^judgment {liked.id} was replaced by judgment {disliked.id}: "
-                                       "undo that one to bring it back$"):
+                                       "remove that one to bring it back$"):
         store.remove_judgment("Alice", liked.id)
     assert store.judgments("Alice") == [disliked]
     # The same for a pair, whichever way round it was judged again.

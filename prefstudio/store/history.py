@@ -682,7 +682,7 @@ class HistoryStore:
             if not active:
                 newer = self._current_verdict(db, stored, judgment.image_a, judgment.image_b)
                 raise NotFound(f"judgment {judgment.id} was replaced by judgment {newer.id}: "
-                               "undo that one to bring it back")
+                               "remove that one to bring it back")
             db.execute("DELETE FROM judgments WHERE id = ?", (judgment.id,))
             if replaces is not None:  # the verdict it replaced is current again
                 db.execute("UPDATE judgments SET active = 1 WHERE id = ?", (replaces,))

@@ -34,6 +34,16 @@ def win_rate(rows: list[tuple]) -> tuple[float, float, float]:
     return rate_interval([1.0 if p > b else 0.5 if p == b else 0.0 for _, _, b, p, *_ in rows])
 
 
+def check_summary(rows: list[tuple], stopped: bool) -> str:
+    """The optimiser check's result line: win rate, its interval, wins and ties."""
+    rate, low, high = win_rate(rows)
+    wins = sum(r[5] == "personalized" for r in rows)
+    ties = sum(r[5] == "tie" for r in rows)
+    tied = f" and tied on {ties} (a tie counts half)" if ties else ""
+    return (f"**Win rate {rate:.0%}** (95% interval {low:.0%}–{high:.0%}): personalized beat the baseline "
+            f"on {wins} of {len(rows)} prompts under your model{tied}{' (stopped early)' if stopped else ''}.")
+
+
 def rate_interval(outcomes: list[float]) -> tuple[float, float, float]:
     """The mean of win (1), tie (0.5) and loss (0) outcomes with its 95% Wilson interval
     (unlike rate ± standard error it stays honest at 0 or K wins of K)."""
@@ -147,11 +157,7 @@ class EvaluateTab:
         if not rows:
             yield "Stopped before the first prompt finished.", None, _table(rows)
             return
-        rate, low, high = win_rate(rows)
-        wins = sum(r[5] == "personalized" for r in rows)
-        stopped = " (stopped early)" if stop.is_set() else ""
-        yield (f"**Win rate {rate:.0%}** (95% interval {low:.0%}–{high:.0%}): personalized beat the baseline "
-               f"on {wins} of {len(rows)} prompts under your model{stopped}.", distribution_plot(rows), _table(rows))
+        yield check_summary(rows, stop.is_set()), distribution_plot(rows), _table(rows)
 
     def stop(self, session: EvaluateSession):
         if session.stop is None or session.stop.is_set():
