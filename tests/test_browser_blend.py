@@ -92,6 +92,13 @@ def test_a_friends_imported_taste_joins_the_blend_and_the_grid(server, page):
     page.locator("#ps-preset-name textarea").press("Enter")
     expect(page.locator("#ps-blend-status")).to_contain_text("Saved preset with bob", timeout=SLOW)
     assert studio.store.get_preset("alice", "with bob").weights["profile:bob"] == 1.2
+    # A refused load leaves no line claiming the last success (found by a review: "Loaded preset …"
+    # stayed under a toast saying the preset could not be loaded).
+    page.locator("#ps-preset-choice input").fill("no such preset")
+    page.locator("#ps-preset-choice input").press("Enter")
+    page.click("#ps-preset-load")
+    expect(page.get_by_text("has no preset named 'no such preset'")).to_be_visible(timeout=SLOW)
+    expect(page.locator("#ps-blend-status")).not_to_contain_text("Saved preset", timeout=SLOW)
 
     # The trade-off grid between alice's own taste and bob's, from one seed.
     page.click("#ps-tradeoff")

@@ -359,11 +359,13 @@ class GenerateTab:
                           api_name="clear_blend")
         self.preset_choice.focus(user_errors(self.preset_choices), profile, self.preset_choice,
                                  api_visibility="private")
-        self.preset_name.submit(user_errors(self.save_preset),
-                                [self.session, profile, self.preset_name, *self.sliders, *self.blend_sliders],
-                                [self.preset_choice, self.blend_status], api_name="save_preset")
-        load_preset.click(user_errors(self.load_preset), [self.session, profile, self.preset_choice],
-                          [*self.sliders, *blend_views, self.blend_status], api_name="load_preset")
+        saved = self.preset_name.submit(user_errors(self.save_preset),
+                                        [self.session, profile, self.preset_name, *self.sliders, *self.blend_sliders],
+                                        [self.preset_choice, self.blend_status], api_name="save_preset")
+        loaded = load_preset.click(user_errors(self.load_preset), [self.session, profile, self.preset_choice],
+                                   [*self.sliders, *blend_views, self.blend_status], api_name="load_preset")
+        for event in (saved, loaded):  # a refusal's toast says why; the line must not still claim the last success
+            event.failure(lambda: "", None, self.blend_status, api_visibility="private")
         grid_run.click(user_errors(self.trade_off),
                        [self.session, profile, self.prompt, self.seed_mode, self.seed, self.strength, self.iterations,
                         self.grid_axes, self.grid_steps, *self.sliders, *self.blend_sliders],
