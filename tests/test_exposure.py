@@ -358,3 +358,33 @@ def test_history_files_are_private_to_their_owner(tmp_path):
         assert stat.S_IMODE((data / "history.sqlite3").stat().st_mode) == 0o600
     finally:
         os.umask(old_umask)
+
+
+def test_a_served_export_is_no_upload_for_any_listener(tmp_path):
+    """Found by a review: another login who had an export's address passed it to /import_profile as
+    if uploaded: the profile was imported as theirs, and the file deleted as a used upload."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from prefstudio.store.history import HistoryStore
+    from prefstudio.store.profile_access import ProfileAccess
+    from prefstudio.ui.access import SessionAccess, guard_listeners
+    from prefstudio.ui.access import EXPORT_FOLDER_PREFIX
+
+    export = Path(get_upload_folder()) / f"{EXPORT_FOLDER_PREFIX}probe-{tmp_path.name}" / "ann.prefstudio"
+    export.parent.mkdir(parents=True)
+    export.write_bytes(b"an export served to ann's page")
+    used = []
+    with gr.Blocks() as demo:
+        box, shown, profile = gr.File(), gr.Textbox(), gr.Dropdown()
+        box.upload(lambda file: used.append(file) or "read", box, shown)
+    with HistoryStore(tmp_path / "data") as store:
+        guard_listeners(demo, profile, SessionAccess(ProfileAccess(store)))
+        listener = next(block.fn for block in demo.fns.values())
+        request = SimpleNamespace(session_hash="ben-session", username="ben")
+        with pytest.raises(gr.Error, match="is a profile export this studio serves, not an upload"):
+            listener(request, str(export))
+    assert used == [] and export.read_bytes() == b"an export served to ann's page"
+    export.unlink()
+    export.parent.rmdir()

@@ -22,6 +22,10 @@ from prefstudio.store.profile_access import ProfileAccess, no_such_profile
 MAX_SESSIONS = 10_000  # sessions remembered at once; the oldest are forgotten first
 
 
+# Exports are served from gradio's upload folder, in folders named so; never taken as uploads.
+EXPORT_FOLDER_PREFIX = "prefstudio-export-"
+
+
 def refusal(message: str, title: str = "Not done") -> gr.Error:
     """A refusal for the page. The toast renders HTML, and a message may quote what was typed:
     it is escaped, so that it shows as text and never becomes a link or markup."""
@@ -110,9 +114,16 @@ def _uploaded_paths(value) -> list[Path]:
     return paths
 
 
+def _served_exports(value) -> list[Path]:
+    """Among a File input's value(s), exports this studio serves to a page: gradio takes any path
+    in its folder as an input, so an export's address would pass for an upload of it."""
+    return [path for path in _uploaded_paths(value)
+            if path.resolve().parent.name.startswith(EXPORT_FOLDER_PREFIX)]
+
+
 def _delete_uploads(values) -> None:
     for value in values:
-        for path in _uploaded_paths(value):
+        for path in set(_uploaded_paths(value)) - set(_served_exports(value)):
             path.unlink(missing_ok=True)
             try:
                 path.parent.rmdir()  # gradio keeps each upload in a folder of its own
@@ -122,6 +133,11 @@ def _delete_uploads(values) -> None:
 
 def _guarded(fn, access: SessionAccess, profile_arg: int | None, file_args: list[int]):
     def check(request, args):
+        for i in file_args:
+            served_export = _served_exports(args[i]) if i < len(args) else []
+            if served_export:
+                raise refusal(f"{served_export[0].name} is a profile export this studio serves, not an upload: "
+                              "upload the file itself")
         if profile_arg is not None and profile_arg < len(args) and args[profile_arg]:
             try:
                 access.require(request, args[profile_arg])

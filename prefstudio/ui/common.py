@@ -25,7 +25,7 @@ from prefstudio.errors import InvalidInput, PrefStudioError, disk_full, served
 from prefstudio.store.image_files import thumbnail, write_atomically
 from prefstudio.store.profile_access import ProfileAccess
 from prefstudio.studio import Studio
-from prefstudio.ui.access import SessionAccess, refusal
+from prefstudio.ui.access import EXPORT_FOLDER_PREFIX, SessionAccess, refusal
 
 GALLERY_THUMB = 192  # px, the longer side of a gallery thumbnail
 VIEW_SIZE = 512  # px, the single image being judged or compared
@@ -85,7 +85,7 @@ class AppContext:
             previous = self._exports.pop(profile_id, None)
             if previous is not None:
                 shutil.rmtree(previous.parent, ignore_errors=True)
-            folder = Path(gr.utils.get_upload_folder()) / f"prefstudio-export-{secrets.token_urlsafe(24)}"
+            folder = Path(gr.utils.get_upload_folder()) / f"{EXPORT_FOLDER_PREFIX}{secrets.token_urlsafe(24)}"
             folder.mkdir(mode=0o700, parents=True)  # private, as the file written in it
             self._exports[profile_id] = path = folder / file_name
         return path
