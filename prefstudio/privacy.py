@@ -29,8 +29,9 @@ MAX_AUTH_FILE_BYTES = 1 << 20
 
 
 def apply_defaults(allow_downloads: bool = False) -> None:
-    for key, value in _DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    # Set, not defaulted: a variable a shell profile exported must not turn on telemetry or the
+    # Hub behind the person's back; --allow-downloads is the one way to the Hub.
+    os.environ.update(_DEFAULTS)
     if allow_downloads:
         os.environ["HF_HUB_OFFLINE"] = "0"
 

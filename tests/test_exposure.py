@@ -148,10 +148,16 @@ def test_credentials_are_checked_line_by_line_and_loopback_needs_none(tmp_path):
 
 def test_privacy_defaults_stay():
     assert app_script.build_parser().parse_args([]).host == "127.0.0.1"
-    saved = {k: os.environ.pop(k, None) for k in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
+    keys = ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+    saved = {k: os.environ.pop(k, None) for k in keys}
     try:
         privacy.apply_defaults()
         assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
+        # Found by a review: a shell that exported these turned Hub access and telemetry on, and the
+        # page blamed --allow-downloads, which nobody gave. Only the flag turns downloads on.
+        os.environ.update(GRADIO_ANALYTICS_ENABLED="True", HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="0")
+        privacy.apply_defaults()
+        assert [os.environ[k] for k in keys] == ["False", "1", "1"]
         privacy.apply_defaults(allow_downloads=True)
         assert os.environ["HF_HUB_OFFLINE"] == "0"
     finally:
