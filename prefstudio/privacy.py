@@ -55,7 +55,7 @@ def parse_credentials(text: str, source: str) -> list[tuple[str, str]]:
         if not line or line.startswith("#"):
             continue
         user, colon, password = line.partition(":")
-        user = user.strip()
+        user, password = user.strip(), password.strip()  # `ann: pw` is ann's pw, not " pw"
         where = f"{source} line {number}"
         if not colon or not user:
             raise InvalidInput(f"{where} is not 'user:password'")
@@ -82,9 +82,15 @@ def read_credentials(auth_file: str | os.PathLike | None, environ: Mapping[str, 
         if len(data) > MAX_AUTH_FILE_BYTES:
             raise InvalidInput(f"the auth file {auth_file} is over 1 MB: it should hold user:password lines")
         try:
-            credentials += parse_credentials(data.decode("utf-8"), str(auth_file))
+            from_file = parse_credentials(data.decode("utf-8"), str(auth_file))
         except UnicodeDecodeError:
             raise InvalidInput(f"the auth file {auth_file} is not UTF-8 text") from None
+        if not from_file:
+            raise InvalidInput(f"the auth file {auth_file} holds no user:password line (only blank lines or comments)")
+        if os.stat(auth_file).st_mode & 0o077:  # as ssh treats a key others can read
+            raise InvalidInput(f"the auth file {auth_file} can be read by other users of this computer: "
+                               f"chmod 600 {auth_file}")
+        credentials += from_file
     if environ.get(AUTH_VARIABLE, "").strip():
         credentials += parse_credentials(environ[AUTH_VARIABLE], AUTH_VARIABLE)
     users = [user for user, _ in credentials]

@@ -94,6 +94,7 @@ def test_with_logins_a_non_local_host_uses_them_and_warns(monkeypatch, capsys, t
     monkeypatch.setattr("prefstudio.ui.app.launch", fake_launch)
     logins = tmp_path / "logins.txt"
     logins.write_text("# who may log in\nann:correct horse battery\n\nben:staple-gun-42\n")
+    logins.chmod(0o600)
     old_umask = os.umask(0o022)
     try:
         assert app_script.main(["--host", "0.0.0.0", "--auth-file", str(logins)]) == 0
@@ -140,6 +141,7 @@ def test_credentials_are_checked_line_by_line_and_loopback_needs_none(tmp_path):
             privacy.read_credentials(bad, {})
         assert "long enough" not in str(refused.value) and "short\n" not in str(refused.value)
     bad.write_text("cat:other-password\n")
+    bad.chmod(0o600)
     with pytest.raises(InvalidInput, match="'cat' is in both"):
         privacy.read_credentials(bad, env)
     with pytest.raises(InvalidInput, match="cannot read the auth file"):
@@ -394,3 +396,20 @@ def test_a_served_export_is_no_upload_for_any_listener(tmp_path):
     assert used == [] and export.read_bytes() == b"an export served to ann's page"
     export.unlink()
     export.parent.rmdir()
+
+
+
+def test_an_auth_file_is_private_its_passwords_trimmed_and_never_empty(tmp_path):
+    """Found by a review: a 0644 auth file was accepted; `ann: password` kept the space as part of
+    the password (the login then failed without a hint); a file of comments only was answered with
+    advice to give --auth-file, which had been given."""
+    logins = tmp_path / "logins.txt"
+    logins.write_text("ann: a long password  \n")
+    logins.chmod(0o644)
+    with pytest.raises(InvalidInput, match=r"can be read by other users of this computer: chmod 600"):
+        privacy.read_credentials(logins, {})
+    logins.chmod(0o600)
+    assert privacy.read_credentials(logins, {}) == [("ann", "a long password")]
+    logins.write_text("# nobody yet\n\n")
+    with pytest.raises(InvalidInput, match="holds no user:password line"):
+        privacy.read_credentials(logins, {})
