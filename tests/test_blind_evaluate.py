@@ -243,3 +243,17 @@ def test_the_optimiser_checks_line_counts_its_ties():
     line = check_summary(rows, stopped=False)
     assert "Win rate 75%" in line and "on 1 of 2 prompts under your model and tied on 1 (a tie counts half)" in line
     assert "tied" not in check_summary(rows[:1], stopped=True) and "(stopped early)" in check_summary(rows[:1], True)
+
+
+def test_a_nan_from_an_api_client_is_refused_in_words():
+    """Found by a review: NaN for a count (candidates, prompts, seeds per prompt, grid steps,
+    iterations) answered with Python's "cannot convert float NaN to integer" and a traceback."""
+    from prefstudio.errors import InvalidInput
+    from prefstudio.ui.blind_evaluate import plan_round
+    from prefstudio.ui.evaluate_tab import choose_prompts
+
+    nan = float("nan")
+    with pytest.raises(InvalidInput, match="must be a whole number, got nan"):
+        choose_prompts(["a fox", "a kite"], "", nan, 1)
+    with pytest.raises(InvalidInput, match="must be a whole number, got nan"):
+        plan_round(["a fox"], nan, 1)

@@ -413,3 +413,18 @@ def test_an_auth_file_is_private_its_passwords_trimmed_and_never_empty(tmp_path)
     logins.write_text("# nobody yet\n\n")
     with pytest.raises(InvalidInput, match="holds no user:password line"):
         privacy.read_credentials(logins, {})
+
+
+def test_a_profile_name_that_is_not_text_is_refused_not_read_as_its_repr(tmp_path):
+    """Found by a review: /open_profile with null answered "no profile named 'None'" (a profile
+    really named None would have opened), and a list was read as its Python text."""
+    from prefstudio.store.history import HistoryStore
+    from prefstudio.store.profile_access import ProfileAccess
+
+    with HistoryStore(tmp_path / "data") as store:
+        store.create_profile("None")
+        access = ProfileAccess(store)
+        for name in (None, ["None"], {"a": 1}):
+            with pytest.raises(InvalidInput, match="a profile name must be text"):
+                access.lookup(name, None)
+        assert access.lookup("None", None).name == "None"

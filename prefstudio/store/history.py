@@ -697,7 +697,7 @@ class HistoryStore:
         """Undo one current judgment of this profile; another profile's id is NotFound."""
         judgment_id = whole_number(judgment_id, "a judgment number")
         if not 1 <= judgment_id < 2**63:  # SQLite's integers: anything beyond is no judgment's
-            raise NoSuchJudgment(f"profile {self.get_profile(profile).name!r} has no judgment {judgment_id}")
+            raise NoSuchJudgment(f"profile {self.get_profile(profile).name!r} has no judgment {echo(judgment_id)}")
         return self._remove(profile, judgment_id)
 
     # --- feature cache -------------------------------------------------------------

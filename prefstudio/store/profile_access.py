@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from prefstudio.errors import InvalidInput, NotFound, no_profile_named
+from prefstudio.errors import InvalidInput, NotFound, echo, no_profile_named
 from prefstudio.store.history import HistoryStore, Profile
 
 _TABLES = (
@@ -89,6 +89,8 @@ class ProfileAccess:
 
     def lookup(self, name, login: str | None) -> Profile:
         """The profile if `login` may use it, else NotFound worded as for a missing one."""
+        if not isinstance(name, str):  # None is no profile named 'None'
+            raise InvalidInput(f"a profile name must be text, got {echo(name)}")
         profile = self.store.find_profile(name)
         if profile is None:
             raise no_such_profile(name)

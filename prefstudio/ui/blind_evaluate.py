@@ -32,7 +32,7 @@ from prefstudio.studio import SideBySide
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import VIEW_SIZE, AppContext, prompt_table_widths, random_seed, user_errors
 from prefstudio.ui.evaluate_tab import MAX_PROMPTS, choose_prompts, rate_interval
-from prefstudio.validation import validate_seed
+from prefstudio.validation import validate_seed, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ def draw_sides() -> bool:
 
 def plan_round(prompts: list[str], per_prompt: int, first_seed: int) -> list[tuple[str, int]]:
     """Every prompt once, then every prompt again with the next seed…; pair i uses seed + i."""
-    if not 1 <= int(per_prompt) <= MAX_SEEDS_PER_PROMPT:
+    per_prompt = whole_number(per_prompt, "seeds per prompt")
+    if not 1 <= per_prompt <= MAX_SEEDS_PER_PROMPT:
         raise InvalidInput(f"seeds per prompt must lie in [1, {MAX_SEEDS_PER_PROMPT}], got {per_prompt}")
-    order = [prompt for _ in range(int(per_prompt)) for prompt in prompts]
+    order = [prompt for _ in range(per_prompt) for prompt in prompts]
     return [(prompt, (first_seed + i) % 2**32) for i, prompt in enumerate(order)]
 
 
@@ -240,7 +241,7 @@ class BlindEvaluation:
         first_seed = validate_seed(seed) if seed else random_seed()
         prompts = choose_prompts(self.all_prompts, prompts_text, k, first_seed)
         plan = plan_round(prompts, per_prompt, first_seed)
-        if not isinstance(iterations, (int, float)) or not 0 <= iterations <= 100:
+        if not 0 <= whole_number(iterations, "iterations") <= 100:
             raise InvalidInput(f"iterations must be a number in [0, 100], got {iterations!r}")
         self.ctx.run(self.ctx.studio.user_reward, profile)  # says "fit first" before any work is done
         blind = BlindRound(profile, plan, int(iterations), controls=(prompts_text, k, per_prompt, iterations,

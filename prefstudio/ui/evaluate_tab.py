@@ -16,7 +16,7 @@ import pandas as pd
 from prefstudio.errors import InvalidInput
 from prefstudio.taste_summary import read_prompts
 from prefstudio.ui.common import AppContext, markdown_text, prompt_table_widths, user_errors
-from prefstudio.validation import validate_prompt, validate_seed
+from prefstudio.validation import validate_prompt, validate_seed, whole_number
 
 MAX_PROMPTS = 12
 COLUMNS = ["prompt", "seed", "baseline", "personalized", "gain", "winner"]
@@ -64,7 +64,7 @@ def choose_prompts(pool: list[str], text: str, k: int, seed: int) -> list[str]:
         if len(typed) > MAX_PROMPTS:
             raise InvalidInput(f"{len(typed)} prompts given; the limit is {MAX_PROMPTS}")
         return [validate_prompt(p) for p in typed]
-    return random.Random(seed).sample(pool, min(int(k), len(pool)))
+    return random.Random(seed).sample(pool, min(whole_number(k, "the number of prompts"), len(pool)))
 
 
 def distribution_plot(rows: list[tuple]):
@@ -133,6 +133,7 @@ class EvaluateTab:
             raise InvalidInput("choose or create a profile first (top of the page)")
         seed = validate_seed(0 if seed is None else seed)
         prompts = self.choose_prompts(prompts_text, k, seed)
+        iterations = whole_number(iterations, "iterations")
         studio = self.ctx.studio
         studio.user_reward(profile)  # says "fit first" before any work is done
         session.stop = stop = threading.Event()

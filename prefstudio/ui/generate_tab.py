@@ -35,7 +35,7 @@ from prefstudio.ui.common import (
     random_seed, short, user_errors,
 )
 from prefstudio.ui.jobs import GenerationJob, GenerationJobs
-from prefstudio.validation import validate_prompt, validate_seed
+from prefstudio.validation import validate_prompt, validate_seed, whole_number
 
 RANDOM, FIXED = "Random seed", "Fixed seed"
 MAX_SLIDER_WEIGHT = 2.0
@@ -404,6 +404,7 @@ class GenerateTab:
         *weights, method, adapter_scale = weights_and_method
         if method not in self.methods:
             raise InvalidInput(f"method must be one of {', '.join(self.methods)}, got {method!r}")
+        whole_number(iterations, "iterations")  # NaN from an API client is refused in words
         controls = {"seed_mode": FIXED if seed_mode == FIXED else RANDOM, "strength": strength,
                     "iterations": iterations, "method": method, "weights": list(weights[:len(self.reward_names)])}
         method = self.methods[method][0]
@@ -848,8 +849,9 @@ class GenerateTab:
     def trade_off(self, session: GenerateSession, profile, prompt, seed_mode, seed, strength, iterations, axes,
                   steps, *values):
         name, prompt, seed, weights = self._run_settings(session, profile, prompt, seed_mode, seed, values)
-        run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=int(steps), weights=weights,
-                                        strength=float(strength), iterations=int(iterations))
+        steps, iterations = whole_number(steps, "grid steps"), whole_number(iterations, "iterations")
+        run = self.ctx.studio.trade_off(name, prompt, list(axes or []), seed=seed, steps=steps, weights=weights,
+                                        strength=float(strength), iterations=iterations)
         shown = session.showing  # None for an API client, which never shows a profile
         with self.ctx.streaming(name, "a trade-off grid"):
             for item in self.ctx.steps(run):

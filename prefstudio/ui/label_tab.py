@@ -22,7 +22,7 @@ from prefstudio.ui.common import (
     KIND_MARKS, PROMPT_LINES, VIEW_SIZE, AppContext, counts_line, empty_after, gallery_height, notes_text, random_seed,
     short, thumb, user_errors,
 )
-from prefstudio.validation import validate_prompt, validate_seed
+from prefstudio.validation import validate_prompt, validate_seed, whole_number
 
 MAX_CANDIDATES = 16
 GALLERY_COLUMNS = 8
@@ -204,7 +204,8 @@ class LabelTab:
 
     def generate(self, session: LabelSession, profile, prompt, n, seeds_text):
         prompt = validate_prompt(prompt)
-        if not 1 <= int(n) <= MAX_CANDIDATES:
+        n = whole_number(n, "number of candidates")
+        if not 1 <= n <= MAX_CANDIDATES:
             raise InvalidInput(f"number of candidates must lie in [1, {MAX_CANDIDATES}], got {n}")
         seeds = parse_seeds(seeds_text) or [random_seed() for _ in range(int(n))]
         records = self.ctx.run(self.ctx.studio.generate_candidates, prompt, int(n), seeds)
