@@ -471,6 +471,9 @@ def test_a_prompt_over_the_limit_is_refused_in_words_not_cut(server, page):
     """Found by a review: 1,200 characters pasted into Label's prompt were cut to 1,000 mid-word
     without a word, and the candidates followed the cut prompt."""
     studio, url = server
+    # A browser with no batch of its own: the page's load restores a saved batch's prompt into the
+    # box, which would race the text typed here.
+    page = page.context.browser.new_page(viewport=VIEWPORT)
     open_studio(page, url)
     choose(page, "alice")
     page.fill("#ps-label-prompt textarea", "a fox " * 199 + "a fox!")
@@ -483,6 +486,7 @@ def test_a_prompt_over_the_limit_is_refused_in_words_not_cut(server, page):
     # a long prompt keeps the buttons in reach: the box scrolls past a few lines (found on a phone)
     box = page.locator("#ps-gen-prompt textarea").bounding_box()
     assert box["height"] < 120, box
+    page.close()
 
 
 def test_a_profile_created_while_the_page_loads_stays_chosen(server, page):

@@ -803,7 +803,7 @@ def test_a_login_uses_only_the_profiles_it_owns_and_is_told_nothing_of_others(st
         access.lookup("nobody-taste", "alice")
     assert str(taken.value) == "no profile named 'bob-taste'"
     assert str(missing.value) == "no profile named 'nobody-taste'"
-    with pytest.raises(NotFound, match="^no profile named '3'$"):
+    with pytest.raises(InvalidInput, match="^a profile name must be text, got 3$"):  # not read as '3'
         access.lookup(3, None)
     with pytest.raises(NotFound) as long_name:
         access.lookup("x" * 100, None)
