@@ -330,9 +330,6 @@ def cmd_judge(args, store) -> dict:
 
 
 def cmd_remove_judgment(args, store) -> dict:
-    twice = next((n for n in args.ids if args.ids.count(n) > 1), None)
-    if twice is not None:
-        raise InvalidInput(f"judgment {twice} is given twice")
     removed = store.remove_judgments(store.get_profile(args.profile).name, args.ids)
     return {"removed": [{"id": j.id, "kind": j.kind, "image_a": j.image_a, "image_b": j.image_b}
                         for j in removed]}
@@ -478,6 +475,8 @@ def cmd_personalize(args, studio) -> dict:
 
 STORE_HANDLERS = {"profile": cmd_profile, "judge": cmd_judge, "remove-judgment": cmd_remove_judgment,
                   "export": cmd_export, "import": cmd_import, "preset": cmd_preset}
+
+
 def cmd_suggest(args, studio) -> dict:
     from prefstudio.studio import MAX_CANDIDATES
 

@@ -239,6 +239,11 @@ DATA_FOLDER_ENTRIES = {"ui-cache", "user_banks", "reward_calibration.json", "bro
                        "bench", "bench-fresh", "bench-tiny", "studio_images"}
 
 
+def _named(presets: list[Preset], name: str) -> Preset | None:
+    """The preset of this name, in any case of any script (casefold: "STRASSE" is "straße")."""
+    return next((p for p in presets if p.name.casefold() == name.casefold()), None)
+
+
 class HistoryStore:
     def __init__(self, data_dir: str | Path, timeout: float = 30.0):
         if not isinstance(data_dir, (str, os.PathLike)) or not str(data_dir):
@@ -657,6 +662,10 @@ class HistoryStore:
 
     def remove_judgments(self, profile: str, judgment_ids: Iterable[int]) -> list[Judgment]:
         """Undo several current judgments of this profile together: all of them, or none."""
+        judgment_ids = list(judgment_ids)
+        twice = next((n for n in judgment_ids if judgment_ids.count(n) > 1), None)
+        if twice is not None:  # the second would read as "no such judgment", the first being gone
+            raise InvalidInput(f"judgment {echo(twice)} is given twice")
         with self._transaction():
             return [self.remove_judgment(profile, judgment_id) for judgment_id in judgment_ids]
 
@@ -789,7 +798,7 @@ class HistoryStore:
         with self._transaction() as db:
             stored = self.get_profile(profile)
             existing = self.presets(stored.name)
-            old = next((p for p in existing if p.name.casefold() == name.casefold()), None)
+            old = _named(existing, name)
             if old is None and len(existing) >= MAX_PRESETS:
                 raise InvalidInput(f"{stored.name} already has {MAX_PRESETS} presets: delete one first")
             if old is not None:
@@ -808,8 +817,7 @@ class HistoryStore:
     def get_preset(self, profile: str, name: str) -> Preset:
         stored = self.get_profile(profile)
         existing = self.presets(stored.name)
-        wanted = name.strip().casefold() if isinstance(name, str) else None
-        found = next((p for p in existing if p.name.casefold() == wanted), None)
+        found = _named(existing, name.strip()) if isinstance(name, str) else None
         if found is not None:
             return found
         existing = [p.name for p in existing]

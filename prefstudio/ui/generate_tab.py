@@ -404,7 +404,7 @@ class GenerateTab:
         *weights, method, adapter_scale = weights_and_method
         if method not in self.methods:
             raise InvalidInput(f"method must be one of {', '.join(self.methods)}, got {method!r}")
-        whole_number(iterations, "iterations")  # NaN from an API client is refused in words
+        iterations = whole_number(iterations, "iterations")  # NaN from an API client is refused in words
         controls = {"seed_mode": FIXED if seed_mode == FIXED else RANDOM, "strength": strength,
                     "iterations": iterations, "method": method, "weights": list(weights[:len(self.reward_names)])}
         method = self.methods[method][0]
@@ -420,8 +420,8 @@ class GenerateTab:
             self.ctx.studio.instant_embedding(name)
         elif method == "ppd":
             self.ctx.studio.ppd_embedding(name)
-        job = GenerationJob(name, prompt, seed, int(iterations), controls, self.ctx.studio.prompt_notes(prompt))
-        run = self.ctx.studio.personalize(name, prompt, seed, weights, int(iterations), strength=strength,
+        job = GenerationJob(name, prompt, seed, iterations, controls, self.ctx.studio.prompt_notes(prompt))
+        run = self.ctx.studio.personalize(name, prompt, seed, weights, iterations, strength=strength,
                                           stop=job.stop, method=method, adapter_scale=adapter_scale)
         self.jobs.start(name.casefold(), job, run)
         session.showing = name
